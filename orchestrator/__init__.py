@@ -1,0 +1,1 @@
+"""perstack-sandbox: run one Perstack Expert's MCP skills in a hardened Docker sandbox."""

@@ -1,0 +1,86 @@
+"""The one error tree of perstack-sandbox.
+
+```
+SandboxError                     every error we raise on purpose
+├── InputError                   bad input: exit code 2
+│   ├── ConfigError              perstack.toml is unreadable or invalid (holds every issue)
+│   ├── UnknownExpertError       the expert key is not in the config
+│   ├── MissingEnvError          a skill's requiredEnv variable has no value
+│   └── UsageError               a bad command-line value (JSON, address, path)
+└── RunError                     the run failed: exit code 1
+    ├── EngineError              the Docker engine is missing, unreachable or refused a call
+    │   └── ImageBuildError      an image build failed (holds the failing step's output)
+    ├── SkillError               a skill failed to start, died, or timed out
+    └── GatewayError             the gateway could not serve (collision, bind, transport)
+```
+
+The CLI maps the two middle classes to exit codes in one table; nothing else calls `sys.exit`.
+Errors of dependencies never leak: the edges that call them re-raise as one of these `from exc`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SandboxError(Exception):
+    """Root of every error perstack-sandbox raises on purpose."""
+
+
+class InputError(SandboxError):
+    """The user's input (config, arguments, environment) is wrong; exit code 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in perstack.toml, located by its TOML path (e.g. `experts."a".version`)."""
+
+    path: str
+    message: str
+    is_warning: bool = False
+
+    def __str__(self) -> str:
+        """Render as `path: message`, the form `validate` prints."""
+        where = self.path or "<document>"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(InputError):
+    """perstack.toml is invalid; `issues` holds every problem found, not just the first."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        """Keep every issue; the message is all of them, one per line."""
+        self.issues = issues
+        super().__init__("\n".join(str(issue) for issue in issues))
+
+
+class UnknownExpertError(InputError):
+    """The requested expert key does not exist in the config."""
+
+
+class MissingEnvError(InputError):
+    """A variable named in a skill's requiredEnv has no value (names only, never values)."""
+
+
+class UsageError(InputError):
+    """A command-line value is malformed (JSON arguments, listen address, paths)."""
+
+
+class RunError(SandboxError):
+    """The run itself failed; exit code 1."""
+
+
+class EngineError(RunError):
+    """The Docker engine is missing, unreachable, or refused an operation."""
+
+
+class ImageBuildError(EngineError):
+    """An image build failed; the message carries the output of the step that failed."""
+
+
+class SkillError(RunError):
+    """A skill failed to start, died, or did not answer in time."""
+
+
+class GatewayError(RunError):
+    """The gateway could not start or serve (tool-name collision, bind failure)."""
