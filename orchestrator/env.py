@@ -82,8 +82,8 @@ class Secret:
 def parse_dotenv(text: str, *, source: str) -> dict[str, Secret]:
     r"""Parse a dotenv file strictly: `KEY=VALUE` lines, `export ` prefix, `#` comments.
 
+    Values may be bare (trailing ` #comment` dropped, surrounding blanks trimmed), single-quoted
     (literal) or double-quoted (escapes `\n \t \r \" \\ \$`). A later key overrides an
-    (literal) or double-quoted (escapes `\\n \\t \\r \\" \\\\ \\$`). A later key overrides an
     earlier one. No interpolation, no multi-line values.
 
     Raises:
