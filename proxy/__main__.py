@@ -1,0 +1,101 @@
+"""``python -m proxy --policy FILE --listen HOST:PORT [--listen HOST:PORT ...]``.
+
+Audit lines go to stdout, diagnostics to stderr. Exit status: 0 after SIGTERM/SIGINT, 2 for a
+bad command line or policy, 1 when a listening address cannot be bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from proxy._audit import AuditLog
+from proxy._policy import PolicyError, load_policy
+from proxy._resolver import Resolver, SystemResolver
+from proxy._server import ProxyServer
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` or ``[V6]:PORT``.
+
+    Raises:
+        argparse.ArgumentTypeError: not a host and a port in 0-65535.
+
+    """
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
+    parser.add_argument("--policy", required=True, type=Path, help="policy JSON file")
+    parser.add_argument(
+        "--listen",
+        required=True,
+        action="append",
+        type=parse_listen,
+        help="HOST:PORT to listen on; repeat for several addresses",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(
+    server: ProxyServer, listen: list[tuple[str, int]], stop: asyncio.Event | None = None
+) -> None:
+    """Listen on ``listen`` until SIGTERM/SIGINT (or until ``stop`` is set).
+
+    Raises:
+        OSError: a listening address cannot be bound.
+
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    bound = await server.start(listen)
+    addresses = ", ".join(f"{host}:{port}" for host, port in bound)
+    patterns = len(server.policy.allowed_domains)
+    sys.stderr.write(f"proxy: listening on {addresses}; {patterns} allowed domain patterns\n")
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main(argv: Sequence[str] | None = None, resolver: Resolver | None = None) -> int:
+    """Run the proxy; ``resolver`` replaces the system resolver (benchmarks, tests).
+
+    Returns:
+        The process exit status.
+
+    """
+    args = _arguments(argv)
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        sys.stderr.write(f"proxy: invalid policy: {exc}\n")
+        return EXIT_BAD_INPUT
+    server = ProxyServer(policy, resolver or SystemResolver(), AuditLog(policy.sandbox_id))
+    try:
+        asyncio.run(serve(server, args.listen))
+    except OSError as exc:
+        sys.stderr.write(f"proxy: cannot listen: {exc}\n")
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The policy file: which hosts a sandbox may reach, and the proxy's limits.
+
+```json
+{"allowedDomains": ["api.example.com", "*.example.org"],
+ "sandboxId": "abc123",
+ "testAllowCidrs": [],
+ "limits": {"maxConnections": 1024, "connectTimeout": 10}}
+```
+Unknown keys are ignored so that the engine can grow the file; every known key is checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from proxy._netrules import AddressRules, IPNetwork
+from proxy.hosts import HostRejected, canonicalise_host
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class PolicyError(ValueError):
+    """The policy file is missing, not JSON, or holds a value of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; times are in seconds. The JSON keys are the camelCase names."""
+
+    # Enough for every skill of one expert with room to spare; each costs two sockets.
+    max_connections: int = 1024
+    # A CONNECT request and its headers fit in far less; more is an attack or a mistake.
+    max_header_bytes: int = 8192
+    # A client that cannot send its headers in this time is treated as slowloris.
+    header_timeout: float = 10.0
+    resolve_timeout: float = 5.0
+    connect_timeout: float = 10.0
+    # A TLS client sends its ClientHello right after the 200; this bounds a silent one.
+    client_hello_timeout: float = 10.0
+    # Large post-quantum key shares still fit well below this.
+    max_client_hello_bytes: int = 65536
+    # A tunnel with no bytes either way for this long is closed.
+    idle_timeout: float = 300.0
+
+
+_LIMIT_KEYS = {
+    "".join(part.capitalize() if i else part for i, part in enumerate(f.name.split("_"))): f
+    for f in fields(Limits)
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed, validated policy."""
+
+    allowed_domains: tuple[str, ...] = ()
+    sandbox_id: str = ""
+    addresses: AddressRules = field(default_factory=AddressRules)
+    limits: Limits = field(default_factory=Limits)
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate the policy file at ``path``.
+
+    Raises:
+        PolicyError: the file cannot be read, is not a JSON object, or a known key is invalid.
+
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PolicyError(f"cannot read policy {path}: {exc}") from exc
+    return parse_policy(document)
+
+
+def parse_policy(document: object) -> Policy:
+    """Validate a decoded policy document.
+
+    Raises:
+        PolicyError: the document is not an object or a known key is invalid.
+
+    """
+    if not isinstance(document, dict):
+        raise PolicyError("policy must be a JSON object")
+    domains = _string_list(document, "allowedDomains")
+    sandbox_id = document.get("sandboxId", "")
+    if not isinstance(sandbox_id, str):
+        raise PolicyError("sandboxId must be a string")
+    return Policy(
+        allowed_domains=tuple(_check_pattern(pattern) for pattern in domains),
+        sandbox_id=sandbox_id,
+        addresses=AddressRules(test_allow=_cidrs(_string_list(document, "testAllowCidrs"))),
+        limits=_limits(document.get("limits", {})),
+    )
+
+
+def _string_list(document: dict[str, Any], key: str) -> list[str]:
+    value = document.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise PolicyError(f"{key} must be a list of strings")
+    return value
+
+
+def _check_pattern(pattern: str) -> str:
+    """Accept a pattern only if it is already in canonical form (the config made it so)."""
+    bare = pattern.removeprefix("*.")
+    try:
+        canonical = canonicalise_host(bare)
+    except HostRejected as exc:
+        raise PolicyError(f"allowedDomains entry {pattern!r} is invalid: {exc}") from exc
+    if canonical != bare:
+        raise PolicyError(f"allowedDomains entry {pattern!r} is not canonical ({canonical!r})")
+    return pattern
+
+
+def _cidrs(values: list[str]) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(value, strict=True) for value in values)
+    except ValueError as exc:
+        raise PolicyError(f"testAllowCidrs: {exc}") from exc
+
+
+def _limits(value: object) -> Limits:
+    if not isinstance(value, dict):
+        raise PolicyError("limits must be an object")
+    chosen: dict[str, Any] = {}
+    for key, item in value.items():
+        spec = _LIMIT_KEYS.get(key)
+        if spec is not None:
+            chosen[spec.name] = _limit_value(key, item, whole=spec.type == "int")
+    return Limits(**chosen)
+
+
+def _limit_value(key: str, item: object, *, whole: bool) -> float:
+    if isinstance(item, bool) or not isinstance(item, int | float):
+        raise PolicyError(f"limits.{key} must be a number")
+    if whole and not isinstance(item, int):
+        raise PolicyError(f"limits.{key} must be a whole number")
+    if not math.isfinite(item) or item <= 0:
+        raise PolicyError(f"limits.{key} must be positive")
+    return item

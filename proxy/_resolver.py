@@ -1,0 +1,83 @@
+"""Name resolution, behind a small interface so that tests can inject a stub.
+
+The proxy asks a resolver only for canonical names that the allowlist has already accepted,
+and bounds the time of every query itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+
+class ResolveError(Exception):
+    """The name has no usable address (NXDOMAIN, no answer, resolver failure)."""
+
+
+class Resolver(Protocol):
+    """Anything that turns a canonical host name into address strings."""
+
+    async def resolve(self, host: str) -> list[str]:
+        """Return the addresses of ``host``, in the order the proxy should prefer them.
+
+        Raises:
+            ResolveError: the name has no address.
+
+        """
+        ...
+
+
+class SystemResolver:
+    """The real resolver: the C library's getaddrinfo, run in the loop's thread pool."""
+
+    async def resolve(self, host: str) -> list[str]:
+        """Resolve ``host`` with getaddrinfo.
+
+        Raises:
+            ResolveError: getaddrinfo failed or returned nothing.
+
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                host, 443, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except (OSError, UnicodeError) as exc:
+            raise ResolveError(host) from exc
+        answers = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not answers:
+            raise ResolveError(host)
+        return answers
+
+
+class StaticResolver:
+    """A resolver from a fixed table, with a log of every query (for tests and benchmarks).
+
+    Each name maps to a list of answer sets; successive queries walk through them and the
+    last one repeats, which is how a rebinding attacker's DNS server behaves.
+    """
+
+    def __init__(self, table: Mapping[str, Sequence[Sequence[str]]]) -> None:
+        """Build a resolver that answers from ``table`` (name -> successive answer sets)."""
+        self._table = {
+            name: [list(answer) for answer in answers] for name, answers in table.items()
+        }
+        self.queries: list[str] = []
+
+    async def resolve(self, host: str) -> list[str]:
+        """Answer from the table, logging the query.
+
+        Raises:
+            ResolveError: the name is not in the table.
+
+        """
+        self.queries.append(host)
+        answers = self._table.get(host)
+        if not answers:
+            raise ResolveError(host)
+        count = self.queries.count(host)
+        return list(answers[min(count, len(answers)) - 1])

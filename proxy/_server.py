@@ -1,0 +1,155 @@
+"""The listening side: accept, enforce the connection cap, dispatch one request, audit it.
+
+Each connection carries exactly one request. After a refusal, a health answer or the end of a
+tunnel the connection is closed, so no second request (and no Host-header game on a
+kept-alive connection) is ever interpreted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from proxy._audit import AuditLog, Decision
+from proxy._http import Refusal, RequestHead, parse_head, read_head, request_line, response
+from proxy._netrules import AddressRules, parse_address
+from proxy._splice import TunnelStats, close_writer, splice
+from proxy._tunnel import Connector, Streams, TunnelRequest, open_tunnel, open_upstream
+
+if TYPE_CHECKING:
+    from proxy._policy import Policy
+    from proxy._resolver import Resolver
+
+HEALTH_PATH: Final = "/healthz"
+
+
+class ProxyServer:
+    """An allowlist-enforcing CONNECT proxy bound to one or more listening addresses."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        resolver: Resolver,
+        audit: AuditLog,
+        connector: Connector = open_upstream,
+    ) -> None:
+        """Hold the collaborators; nothing listens until :meth:`start`."""
+        self.policy = policy
+        self.resolver = resolver
+        self.audit = audit
+        self.connector = connector
+        self.active = 0
+        self._ids = itertools.count(1)
+        self._servers: list[asyncio.Server] = []
+        self._rules = policy.addresses
+
+    async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Listen on every ``(host, port)``; return the bound addresses (port 0 picks one).
+
+        Raises:
+            OSError: an address cannot be bound.
+
+        """
+        bound: list[tuple[str, int]] = []
+        for host, port in listen:
+            server = await asyncio.start_server(self._handle, host, port, backlog=1024)
+            self._servers.append(server)
+            bound += [sock.getsockname()[:2] for sock in server.sockets]
+        own = [parse_address(host) for host, _ in bound]
+        self._rules = self._rules.with_own(a for a in own if a is not None and not a.is_unspecified)
+        return bound
+
+    async def close(self) -> None:
+        """Stop listening; connections in progress are left to finish or time out."""
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn, started = next(self._ids), time.monotonic()
+        client = _address_text(writer.get_extra_info("peername"))
+        record = Decision(client=client)
+        stats = TunnelStats()
+        audited = False
+        self.active += 1
+        try:
+            audited = await self._serve(conn, (reader, writer), record, stats)
+        except Refusal as refusal:
+            audited = self._refuse(conn, writer, record, refusal)
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the proxy
+            sys.stderr.write(f"proxy: connection {conn} failed: {exc!r}\n")
+        finally:
+            self.active -= 1
+            await close_writer(writer)
+            if audited:
+                self.audit.close(conn, client, stats.up, stats.down, started)
+
+    async def _serve(
+        self, conn: int, client: Streams, record: Decision, stats: TunnelStats
+    ) -> bool:
+        """Read and answer one request; return whether a decision line was written."""
+        limits = self.policy.limits
+        if self.active > limits.max_connections:
+            raise Refusal(503, "too-many-connections")
+        try:
+            async with asyncio.timeout(limits.header_timeout):
+                raw, early = await read_head(client[0], limits.max_header_bytes)
+        except TimeoutError as exc:
+            raise Refusal(408, "header-timeout") from exc
+        record.raw_host = request_line(raw)
+        head = parse_head(raw)
+        record.method, record.raw_host = head.method, head.target
+        if head.method == "GET" and head.target == HEALTH_PATH:
+            client[1].write(response(200, "ok"))
+            return False
+        if head.method != "CONNECT":
+            _refuse_plain_http(head, record)
+        rules = self._rules_for(client[1])
+        request = TunnelRequest(self.policy, self.resolver, self.connector, rules, record)
+        upstream, hello = await open_tunnel(request, head, client, early)
+        record.decision, record.reason = "allow", "allowed"
+        self.audit.decision(conn, record)
+        stats.up += len(hello)
+        upstream[1].write(hello)
+        await splice(client, upstream, stats, limits.idle_timeout)
+        return True
+
+    def _rules_for(self, writer: asyncio.StreamWriter) -> AddressRules:
+        """Add the address this client reached us on: with a wildcard listen it is ours too."""
+        sockname = writer.get_extra_info("sockname")
+        local = parse_address(str(sockname[0])) if isinstance(sockname, tuple) else None
+        return self._rules.with_own([local] if local is not None else [])
+
+    def _refuse(
+        self, conn: int, writer: asyncio.StreamWriter, record: Decision, refusal: Refusal
+    ) -> bool:
+        if refusal.status is not None and not writer.is_closing():
+            writer.write(response(refusal.status, refusal.reason))
+        if refusal.reason == "no-request":
+            return False  # a bare TCP connect (a port probe) is not a request
+        record.decision, record.reason = "deny", refusal.reason
+        self.audit.decision(conn, record)
+        return True
+
+
+def _refuse_plain_http(head: RequestHead, record: Decision) -> None:
+    """Refuse a request that is not CONNECT, naming its host in the record when it has one."""
+    if "://" in head.target:
+        try:
+            record.raw_host = urlsplit(head.target).netloc or head.target
+        except ValueError:
+            record.raw_host = head.target
+    else:
+        record.raw_host = head.header("host") or head.target
+    raise Refusal(403, "plain-http-refused")
+
+
+def _address_text(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:  # noqa: PLR2004 - (host, port, ...)
+        return f"{address[0]}:{address[1]}"
+    return str(address)

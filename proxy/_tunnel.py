@@ -1,0 +1,195 @@
+"""One CONNECT request, in the order of DESIGN.md decision 3.
+
+parse -> canonicalise -> allowlist (no DNS yet) -> resolve -> refuse any non-public answer ->
+dial the checked address -> 200 -> read the ClientHello, refuse a missing or different SNI ->
+forward the ClientHello -> splice.
+
+The upstream is dialled before the ClientHello is read so that an unreachable upstream can
+still be answered with 502/504. No byte reaches the upstream before the SNI has been
+checked: a mismatch costs it a TCP handshake with an address that passed every check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from proxy._http import CONNECT_ESTABLISHED, Refusal, RequestHead, split_authority
+from proxy._netrules import AddressRules, IPAddress, parse_address
+from proxy._resolver import ResolveError, Resolver
+from proxy._tls import TlsError, read_client_hello, server_name
+from proxy.hosts import HostRejected, canonicalise_host, match_host
+
+if TYPE_CHECKING:
+    from proxy._audit import Decision
+    from proxy._policy import Policy
+
+TLS_PORT: Final = 443
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Connector = Callable[[str, int], Awaitable[Streams]]
+
+
+async def open_upstream(address: str, port: int) -> Streams:
+    """Open a TCP connection to ``address`` (an IP literal, never a name) and ``port``.
+
+    Raises:
+        OSError: the connection failed.
+
+    """
+    return await asyncio.open_connection(address, port)
+
+
+@dataclass
+class TunnelRequest:
+    """What a CONNECT handler needs: the policy, collaborators, and the record to fill."""
+
+    policy: Policy
+    resolver: Resolver
+    connector: Connector
+    rules: AddressRules
+    record: Decision
+
+
+def check_target(request: TunnelRequest, head: RequestHead) -> str:
+    """Canonicalise the CONNECT target and decide on it without any DNS query.
+
+    Returns:
+        The canonical host.
+
+    Raises:
+        Refusal: the authority is malformed, the host is invalid or not allowed, the port is
+            not 443, or the Host header names another target.
+
+    """
+    record = request.record
+    raw_host, port = split_authority(head.target)
+    record.raw_host, record.port = raw_host, port
+    host = _canonical(raw_host, "host-")
+    record.host = host
+    if port != TLS_PORT:
+        raise Refusal(403, "port-not-allowed")
+    record.rule = match_host(host, request.policy.allowed_domains)
+    if record.rule is None:
+        raise Refusal(403, "not-allowed")
+    host_header = head.header("host")
+    if host_header is not None and not _same_target(host_header, host, port):
+        raise Refusal(403, "host-header-mismatch")
+    return host
+
+
+def _canonical(raw: str, prefix: str) -> str:
+    try:
+        return canonicalise_host(raw)
+    except HostRejected as exc:
+        raise Refusal(403, prefix + exc.reason) from exc
+
+
+def _same_target(header: str, host: str, port: int) -> bool:
+    name, colon, port_text = header.rpartition(":")
+    if not colon:
+        name, port_text = header, str(port)
+    try:
+        return canonicalise_host(name) == host and port_text == str(port)
+    except HostRejected:
+        return False
+
+
+async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
+    """Resolve ``host`` and refuse unless every answer may be dialled.
+
+    Raises:
+        Refusal: 504 on a resolver timeout, 502 on no answer, 403 on any refused address.
+
+    """
+    limits = request.policy.limits
+    try:
+        async with asyncio.timeout(limits.resolve_timeout):
+            answers = await request.resolver.resolve(host)
+    except TimeoutError as exc:
+        raise Refusal(504, "resolve-timeout") from exc
+    except ResolveError as exc:
+        raise Refusal(502, "resolve-failed") from exc
+    request.record.resolved = answers[:16]
+    if not answers:
+        raise Refusal(502, "resolve-failed")
+    checked: list[IPAddress] = []
+    for answer in answers:
+        address = parse_address(answer)
+        reason = "bad-answer" if address is None else request.rules.refusal(address)
+        if address is None or reason is not None:
+            raise Refusal(403, reason or "bad-answer")  # one bad answer taints the name
+        checked.append(address)
+    return checked
+
+
+async def dial_checked(request: TunnelRequest, addresses: list[IPAddress]) -> Streams:
+    """Connect to the first reachable address of ``addresses``, within the connect timeout.
+
+    Raises:
+        Refusal: 504 when the timeout passes, 502 when every address refused.
+
+    """
+    try:
+        async with asyncio.timeout(request.policy.limits.connect_timeout):
+            for address in addresses:
+                request.record.dialled = str(address)
+                try:
+                    return await request.connector(str(address), TLS_PORT)
+                except OSError:
+                    continue
+    except TimeoutError as exc:
+        raise Refusal(504, "connect-timeout") from exc
+    raise Refusal(502, "connect-failed")
+
+
+async def open_tunnel(
+    request: TunnelRequest, head: RequestHead, client: Streams, early: bytes
+) -> tuple[Streams, bytes]:
+    """Run every check of a CONNECT request and dial the upstream.
+
+    ``early`` holds bytes the client sent right after its request head.
+
+    Returns:
+        The upstream streams and the client's ClientHello bytes, not yet forwarded.
+
+    Raises:
+        Refusal: any check failed; its status is None once the 200 has been sent.
+
+    """
+    host = check_target(request, head)
+    addresses = await resolve_checked(request, host)
+    upstream = await dial_checked(request, addresses)
+    try:
+        client[1].write(CONNECT_ESTABLISHED)
+        await client[1].drain()
+        hello = await _checked_hello(request, client[0], host, early)
+    except BaseException:
+        upstream[1].close()
+        raise
+    return upstream, hello
+
+
+async def _checked_hello(
+    request: TunnelRequest, reader: asyncio.StreamReader, host: str, early: bytes
+) -> bytes:
+    limits = request.policy.limits
+    try:
+        async with asyncio.timeout(limits.client_hello_timeout):
+            raw, body = await read_client_hello(reader, limits.max_client_hello_bytes, early)
+        name = server_name(body)
+    except TimeoutError as exc:
+        raise Refusal(None, "client-hello-timeout") from exc
+    except TlsError as exc:
+        raise Refusal(None, exc.reason) from exc
+    if name is None:
+        raise Refusal(None, "sni-missing")
+    try:
+        canonical = canonicalise_host(name)
+    except HostRejected as exc:
+        raise Refusal(None, "sni-" + exc.reason) from exc
+    if canonical != host:
+        raise Refusal(None, "sni-mismatch")
+    return raw
