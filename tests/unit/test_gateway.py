@@ -1,0 +1,267 @@
+"""Gateway logic with local stdlib skills and in-memory MCP clients (no Docker)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from orchestrator.errors import GatewayError, SkillError, UsageError
+from orchestrator.gateway import (
+    argument_shape,
+    build_routes,
+    make_server,
+    open_gateway,
+    parse_listen,
+    serve_http,
+)
+from orchestrator.http_guard import new_token
+from orchestrator.plan import InteractiveTool
+from orchestrator.skills import SkillSession, SkillSpec, local_process
+
+pytestmark = pytest.mark.anyio
+SKILL = Path(__file__).parents[1] / "fixtures" / "stdlib_skill.py"
+DEADLINE_S = 30
+CANARY = "v4lue-that-must-not-be-logged"
+ASK = InteractiveTool(
+    skill="human",
+    name="ask_user",
+    description="Ask the user",
+    input_schema={"type": "object", "properties": {"question": {"type": "string"}}},
+)
+
+
+@pytest.fixture
+def anyio_backend():
+    """Run the async tests on asyncio (uvicorn needs it)."""
+    return "asyncio"
+
+
+def skill(name, *args, **spec):
+    """Build a SkillSession over a local subprocess running the stdlib fixture skill."""
+    factory = functools.partial(
+        local_process, [sys.executable, str(SKILL), *args], env={"PATH": "/usr/bin:/bin"}
+    )
+    return SkillSession(SkillSpec(name, **spec), factory)
+
+
+def text_of(result):
+    """Join the text blocks of a CallToolResult."""
+    return "".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+def test_argument_shape_keeps_keys_and_types_but_never_values():
+    """The logged shape of arguments names keys and types only."""
+    shape = argument_shape({"token": CANARY, "n": 3, "x": 1.5, "ok": True, "l": [CANARY, "b"]})
+    assert shape == {"token": "str", "n": "int", "x": "float", "ok": "bool", "l": ["str"]}
+    assert CANARY not in json.dumps(shape)
+
+
+def test_collision_names_both_skills_and_suggests_fixes():
+    """Two skills offering the same tool name is an error naming both and the remedies."""
+    tool = types.Tool(name="echo", input_schema={"type": "object"})
+    with pytest.raises(GatewayError) as caught:
+        build_routes({"alpha": [tool], "beta": [tool]})
+    message = str(caught.value)
+    for expected in ("'alpha'", "'beta'", "pick/omit", "--prefix-tools", "alpha__echo"):
+        assert expected in message
+
+
+def test_prefix_tools_exposes_skill_double_underscore_tool():
+    """With prefixing, every tool is exposed as `skill__tool`, so duplicates coexist."""
+    tool = types.Tool(name="echo", input_schema={"type": "object"})
+    routes = build_routes({"alpha": [tool], "beta": [tool]}, prefix=True)
+    assert set(routes) == {"alpha__echo", "beta__echo"}
+    assert routes["beta__echo"].original == "echo"
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8080", "10.1.2.3:80", "127.0.0.1", "h:x"])
+def test_http_listen_address_must_be_loopback_host_and_port(address):
+    """`--http` refuses non-loopback hosts and malformed addresses."""
+    with pytest.raises(UsageError):
+        parse_listen(address)
+
+
+async def test_tools_of_all_skills_are_listed_after_pick_and_omit():
+    """Pick keeps only the named tools, omit drops tools; names stay original."""
+    skills = [
+        skill("a", "--only", "echo,add,sleep", pick=("echo", "add")),
+        skill("b", "--only", "whoami,env_names,read_file", omit=("read_file",)),
+    ]
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway(skills) as gateway, Client(make_server(gateway)) as client:
+            listed = await client.list_tools()
+            assert sorted(tool.name for tool in listed.tools) == [
+                "add",
+                "echo",
+                "env_names",
+                "whoami",
+            ]
+            result = await client.call_tool("echo", {"text": "hello"})
+            assert text_of(result) == "hello"
+            assert not result.is_error
+
+
+async def test_unknown_or_omitted_tool_is_refused():
+    """Calling a tool that pick/omit removed is a protocol error, not a skill call."""
+    skills = [skill("a", "--only", "echo,add", omit=("add",))]
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway(skills) as gateway:
+            with pytest.raises(UsageError, match="no tool named 'add'"):
+                await gateway.call_tool("add", {"a": 1, "b": 2})
+
+
+async def test_name_collision_is_a_startup_error_unless_prefixed():
+    """Two skills exposing `echo` fail at startup; --prefix-tools makes both callable."""
+    with anyio.fail_after(DEADLINE_S):
+        with pytest.raises(GatewayError, match="'one' and skill 'two'"):
+            async with open_gateway([skill("one"), skill("two")]):
+                pytest.fail("the gateway must not start")
+        async with open_gateway([skill("one"), skill("two")], prefix_tools=True) as gateway:
+            result = await gateway.call_tool("two__echo", {"text": "x"})
+            assert text_of(result) == "x"
+
+
+async def test_lazy_skill_starts_on_first_use_and_eager_skill_with_gateway():
+    """A lazyInit skill has no process until its tools are needed; others start at once."""
+    eager, lazy = skill("eager", "--only", "echo"), skill("lazy", "--only", "add", lazy_init=True)
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([eager, lazy]) as gateway:
+            assert eager.is_running
+            assert not lazy.is_running
+            result = await gateway.call_tool("add", {"a": 2, "b": 3})
+            assert text_of(result) == "5.0"
+            assert lazy.is_running
+
+
+async def test_crashed_skill_is_reported_then_restarted_once():
+    """A death reports exit code and stderr; the next call restarts; a second death is final."""
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([skill("a", "--banner")]) as gateway:
+            with pytest.raises(SkillError) as died:
+                await gateway.call_tool("crash", {"message": "boom-first"})
+            assert "exited with code 3" in str(died.value)
+            assert "boom-first" in str(died.value)
+            assert text_of(await gateway.call_tool("echo", {"text": "back"})) == "back"
+            with pytest.raises(SkillError):
+                await gateway.call_tool("crash", {"message": "boom-second"})
+            with pytest.raises(SkillError, match="already restarted once"):
+                await gateway.call_tool("echo", {"text": "again"})
+
+
+async def test_skill_death_reaches_mcp_client_as_error_result():
+    """Through MCP, a crash is an isError result carrying the stderr tail."""
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([skill("a")]) as gateway, Client(make_server(gateway)) as client:
+            result = await client.call_tool("crash", {"message": "gone"})
+            assert result.is_error
+            assert "gone" in text_of(result)
+
+
+async def test_request_timeout_comes_from_config():
+    """A call slower than the skill's timeout fails with a timeout error naming the tool."""
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([skill("a", timeout_s=0.5)]) as gateway:
+            with pytest.raises(
+                SkillError, match=r"did not answer tools/call 'sleep' within 0\.5 s"
+            ):
+                await gateway.call_tool("sleep", {"seconds": 10})
+
+
+async def test_tool_calls_are_logged_by_name_and_shape_only(caplog):
+    """The call log shows the tool and argument types, never argument values."""
+    caplog.set_level(logging.INFO, logger="orchestrator.gateway")
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([skill("a")]) as gateway:
+            await gateway.call_tool("echo", {"text": CANARY})
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert 'tools/call echo (skill a) args={"text": "str"}' in logged
+    assert CANARY not in logged
+
+
+async def test_interactive_tool_without_elicitation_says_input_is_needed():
+    """A client without elicitation gets an error result that says input is needed."""
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([], [ASK]) as gateway, Client(make_server(gateway)) as client:
+            assert [tool.name for tool in (await client.list_tools()).tools] == ["ask_user"]
+            result = await client.call_tool("ask_user", {"question": "Deploy?"})
+            assert result.is_error
+            assert "Input is needed" in text_of(result)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_interactive_tool_asks_the_client_through_elicitation(mode):
+    """With elicitation, the user's answer is the tool result (handshake and 2026 eras)."""
+    asked: list[str] = []
+
+    async def elicit(_context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"answer": "yes, deploy"})
+
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([], [ASK]) as gateway,
+            Client(make_server(gateway), mode=mode, elicitation_callback=elicit) as client,
+        ):
+            result = await client.call_tool("ask_user", {"question": "Deploy?"})
+    assert not result.is_error
+    assert text_of(result) == "yes, deploy"
+    assert asked == ["Deploy?"]
+
+
+async def test_interactive_tool_uses_the_local_prompter_when_no_client_can_ask():
+    """The `call` command's terminal prompter answers when there is no MCP client."""
+
+    async def prompter(message):
+        return f"answer to {message}"
+
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([], [ASK], prompter=prompter) as gateway:
+            result = await gateway.call_tool("ask_user", {"question": "Q"})
+    assert text_of(result) == "answer to Q"
+
+
+async def test_http_transport_requires_bearer_token_and_loopback_origin():
+    """Over HTTP: no token is 401, a foreign Origin is 403, the right token lists tools."""
+    token, ready, stop = new_token(), anyio.Event(), anyio.Event()
+    urls: list[str] = []
+
+    def on_ready(url):
+        urls.append(url)
+        ready.set()
+
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([skill("a", "--only", "echo")]) as gateway,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(
+                functools.partial(
+                    serve_http, gateway, port=0, token=token, on_ready=on_ready, stop=stop
+                )
+            )
+            await ready.wait()
+            url = urls[0]
+            auth = {"Authorization": f"Bearer {token}"}
+            async with httpx2.AsyncClient() as raw:
+                body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+                assert (await raw.post(url, json=body)).status_code == 401
+                evil = {**auth, "Origin": "http://evil.invalid"}
+                assert (await raw.post(url, json=body, headers=evil)).status_code == 403
+            async with (
+                httpx2.AsyncClient(headers=auth) as http,
+                Client(streamable_http_client(url, http_client=http)) as client,
+            ):
+                tools = await client.list_tools()
+                assert [tool.name for tool in tools.tools] == ["echo"]
+                assert text_of(await client.call_tool("echo", {"text": "via http"})) == "via http"
+            stop.set()
