@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections import deque
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -24,8 +25,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import anyio
 import anyio.abc
+import httpx2
 import mcp_types as types
 from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
@@ -161,6 +165,8 @@ class SkillSession:
         self._tools: list[types.Tool] = []
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
+        self._lost = anyio.Event()
+        self._handshaken = False
         self._lock = anyio.Lock()
         self._starts = 0
         self._death: str | None = None
@@ -195,7 +201,7 @@ class SkillSession:
             if self._task_group is None:
                 raise SkillError(f"skill {self.name!r} is not attached to a running gateway")
             self._starts += 1
-            self._stop, self._stopped = anyio.Event(), anyio.Event()
+            self._stop, self._stopped, self._lost = anyio.Event(), anyio.Event(), anyio.Event()
             try:
                 await self._task_group.start(self._serve)
             except Exception as exc:
@@ -235,6 +241,7 @@ class SkillSession:
                 ) from exc
             if exc.error.code != types.CONNECTION_CLOSED:
                 raise
+            self._lost.set()
             with anyio.move_on_after(DEATH_REPORT_WAIT_S):
                 await self._stopped.wait()
             raise SkillError(self._death or self._describe("closed its connection")) from exc
@@ -250,14 +257,20 @@ class SkillSession:
 
     async def _serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self._tail.clear()
+        self._handshaken = False
+        outcome = "exited with code None"
         try:
             async with self._factory() as process, anyio.create_task_group() as pumps:
-                code = await self._run_session(process, pumps, task_status)
+                outcome = f"exited with code {await self._run_session(process, pumps, task_status)}"
+        except Exception as exc:
+            if not self._handshaken:
+                raise  # reaches ensure_started through task_group.start
+            outcome = f"failed ({_reason(exc)})"  # after start: report, never crash the gateway
         finally:
             self._session = None
             self._stopped.set()
         if not self._stop.is_set():
-            self._death = self._describe(f"exited with code {code}")
+            self._death = self._describe(outcome)
             logger.warning("%s", self._death)
 
     async def _run_session(
@@ -279,9 +292,9 @@ class SkillSession:
                 with anyio.fail_after(STARTUP_TIMEOUT_S):
                     await session.initialize()
                     self._tools = await _list_all_tools(session)
-                self._session = session
+                self._session, self._handshaken = session, True
                 task_status.started()
-                await _first_of(self._stop.wait, exited.wait)
+                await _first_of(self._stop.wait, exited.wait, self._lost.wait)
                 self._session = None
         finally:
             outbound.close()  # closes the skill's stdin: the MCP shutdown signal
@@ -408,3 +421,76 @@ async def _pump_stdin(
     finally:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             await stdin.aclose()
+
+
+class RemoteSkillSession(SkillSession):
+    """An mcpSseSkill: SSE or streamable HTTP from the host, through the sandbox's proxy.
+
+    The endpoint is tried with the transport its path suggests (`.../sse` means SSE), then with
+    the other one, so servers that speak streamable HTTP are accepted too.
+    """
+
+    def __init__(self, spec: SkillSpec, endpoint: str, *, proxy_url: str) -> None:
+        """Prepare the session; every byte goes through `proxy_url` (an HTTP CONNECT proxy)."""
+        super().__init__(spec, _no_process)
+        self.endpoint = endpoint
+        self._proxy_url = proxy_url
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        kinds = ("sse", "http") if self.endpoint.rstrip("/").endswith("/sse") else ("http", "sse")
+        self._handshaken = False
+        try:
+            try:
+                await self._serve_over(kinds[0], task_status)
+            except Exception:
+                if self._handshaken:
+                    raise
+                logger.info("skill %r: %s transport failed; trying %s", self.name, *kinds)
+                await self._serve_over(kinds[1], task_status)
+        except Exception as exc:
+            if not self._handshaken:
+                raise
+            logger.warning("remote skill %r failed: %s", self.name, _reason(exc))
+        finally:
+            self._session = None
+            self._stopped.set()
+        if not self._stop.is_set():
+            self._death = f"remote skill {self.name!r} lost its connection to {self.endpoint}"
+
+    async def _serve_over(self, kind: str, task_status: anyio.abc.TaskStatus[None]) -> None:
+        def client(
+            headers: dict[str, str] | None = None,
+            timeout: httpx2.Timeout | None = None,
+            auth: httpx2.Auth | None = None,
+        ) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(
+                proxy=self._proxy_url,
+                verify=ssl.create_default_context(),
+                trust_env=False,
+                headers=headers,
+                timeout=timeout or httpx2.Timeout(self.spec.timeout_s),
+                auth=auth,
+            )
+
+        async with contextlib.AsyncExitStack() as stack:
+            if kind == "sse":
+                streams = sse_client(self.endpoint, httpx_client_factory=client)
+            else:
+                http = await stack.enter_async_context(client())
+                streams = streamable_http_client(self.endpoint, http_client=http)
+            read, write = await stack.enter_async_context(streams)
+            session = await stack.enter_async_context(
+                ClientSession(read, write, read_timeout_seconds=self.spec.timeout_s)
+            )
+            with anyio.fail_after(STARTUP_TIMEOUT_S):
+                await session.initialize()
+                self._tools = await _list_all_tools(session)
+            self._session, self._handshaken = session, True
+            task_status.started()
+            await _first_of(self._stop.wait, self._lost.wait)
+
+
+@asynccontextmanager
+async def _no_process() -> AsyncIterator[SkillProcess]:
+    raise SkillError("a remote skill has no process")
+    yield  # pragma: no cover - unreachable; makes this an async generator
