@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -58,3 +58,100 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the top of the CLI: never a bare traceback
         typer.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+
+
+# --- skills and gateway: tools, call, run ----------------------------------------------------
+
+if TYPE_CHECKING:
+    from orchestrator.launch import LaunchOptions
+
+EnvPathOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--env-path",
+        help="Dotenv file with skill secrets (repeatable); replaces envPath and .env/.env.local.",
+    ),
+]
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", help="Folder mounted read-write at /workspace."),
+]
+
+
+def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
+    config: Path,
+    expert: str,
+    env_path: list[Path] | None,
+    workspace: Path | None,
+    *,
+    prefix_tools: bool = False,
+    interactive: bool = False,
+) -> LaunchOptions:
+    """Build the launch options; paths the user typed are taken against the current folder."""
+    from orchestrator import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+
+    if workspace is not None and not workspace.is_dir():
+        raise UsageError(f"--workspace {workspace} is not a folder")
+    return launch.LaunchOptions(
+        config_path=config,
+        expert=expert,
+        env_paths=tuple(path.absolute() for path in env_path or ()),
+        workspace=workspace.absolute() if workspace is not None else None,
+        prefix_tools=prefix_tools,
+        prompter=gateway.terminal_prompter() if interactive else None,
+    )
+
+
+@app.command()
+def tools(
+    expert: str,
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the MCP tool list.")] = False,  # noqa: FBT002 - a typer flag
+    env_path: EnvPathOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Start the Expert's sandbox, list every tool its skills expose, and stop."""
+    from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
+
+    options = _launch_options(config, expert, env_path, workspace)
+    typer.echo(launch.tools_report(options, as_json=as_json))
+
+
+@app.command()
+def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
+    expert: str,
+    tool: str,
+    args: Annotated[
+        str | None, typer.Option("--args", help="Tool arguments (JSON object).")
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    env_path: EnvPathOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
+    from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
+
+    arguments = launch.parse_tool_args(args)
+    options = _launch_options(config, expert, env_path, workspace, interactive=True)
+    typer.echo(launch.call_report(options, tool, arguments))
+
+
+@app.command()
+def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
+    expert: str,
+    http: Annotated[
+        str | None, typer.Option("--http", help="Serve streamable HTTP on 127.0.0.1:PORT.")
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    env_path: EnvPathOption = None,
+    workspace: WorkspaceOption = None,
+    prefix_tools: Annotated[  # noqa: FBT002 - a typer flag
+        bool, typer.Option("--prefix-tools", help="Expose every tool as skill__tool.")
+    ] = False,
+) -> None:
+    """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
+    from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
+
+    options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
+    launch.serve(options, http=http)

@@ -298,6 +298,16 @@ def _text_result(text: str, *, error: bool = False) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=error)
 
 
+def tools_payload(tools: Sequence[types.Tool]) -> list[dict[str, Any]]:
+    """Return tools as MCP JSON (camelCase keys, no nulls)."""
+    return [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
+
+
+def result_payload(result: types.CallToolResult) -> dict[str, Any]:
+    """Return a CallToolResult as MCP JSON (camelCase keys, no nulls)."""
+    return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def make_server(gateway: Gateway, *, name: str = "perstack-sandbox") -> Server[Any]:
     """Build the low-level MCP server whose handlers forward to `gateway`."""
 
