@@ -1,0 +1,72 @@
+"""Run as the last step of a per-expert image build: make one entry point per skill package.
+
+`/opt/perstack/entry/<slug>` links to the executable `npx`/`uvx` would run for that package,
+so a skill starts with no package manager in the way and no registry at run time. The
+resolved versions are printed on one marker line, which the builder records as an image label.
+"""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+ENTRY_DIR = Path("/opt/perstack/entry")
+NPM_ROOT = Path("/opt/perstack/npm")
+UV_BIN = Path("/opt/perstack/uv/bin")
+UV_TOOLS = Path("/opt/perstack/uv/tools")
+MARKER = "PERSTACK_PACKAGES="
+
+
+def npm_entry(name, slug):
+    """The bin `npx NAME` runs: the only one, else the one named like the package."""
+    package_dir = NPM_ROOT / slug / "node_modules" / name
+    manifest = json.loads((package_dir / "package.json").read_text())
+    unscoped = name.rsplit("/", 1)[-1]
+    bins = manifest.get("bin") or {}
+    if isinstance(bins, str):
+        bins = {unscoped: bins}
+    if len(bins) == 1:
+        (bin_name,) = bins
+    elif unscoped in bins:
+        bin_name = unscoped
+    else:
+        sys.exit(f"npm package {name} has no single executable (bins: {sorted(bins)})")
+    return NPM_ROOT / slug / "node_modules" / ".bin" / bin_name, manifest["version"]
+
+
+def uv_entry(name):
+    """The executable `uvx NAME` runs: the one named like the package."""
+    target = UV_BIN / name
+    if not target.exists():
+        available = sorted(p.name for p in UV_BIN.iterdir())
+        sys.exit(f"PyPI package {name} installs no executable named {name} (has: {available})")
+    wanted = normalise(name)
+    for dist in UV_TOOLS.glob("*/lib/python3*/site-packages/*.dist-info"):
+        dist_name, _, version = dist.name.removesuffix(".dist-info").partition("-")
+        if normalise(dist_name) == wanted:
+            return target, version
+    return target, ""
+
+
+def normalise(name):
+    """PEP 503 name normalisation."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def main():
+    """Create the entry links and print the resolved versions."""
+    packages = json.loads(Path(sys.argv[1]).read_text())
+    ENTRY_DIR.mkdir(parents=True, exist_ok=True)
+    resolved = []
+    for package in packages:
+        if package["manager"] == "npm":
+            target, version = npm_entry(package["name"], package["slug"])
+        else:
+            target, version = uv_entry(package["name"])
+        os.symlink(target, ENTRY_DIR / package["slug"])
+        resolved.append({**package, "version": version, "entry": str(target)})
+    print(MARKER + json.dumps(resolved, sort_keys=True, separators=(",", ":")))
+
+
+main()

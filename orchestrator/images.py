@@ -1,0 +1,336 @@
+"""The three images of a sandbox, each cached under a content-hash tag.
+
+```
+debian:trixie-slim            stock name; bootstrapped with debootstrap when it cannot be pulled
+├── perstack-sandbox/base     Node.js (NODE_USE_ENV_PROXY), npm, Python 3, uv, skill users, CA
+│   └── perstack-sandbox/expert:<hash>   + every npx/uvx package of one expert, pinned at build
+└── perstack-sandbox/proxy    Python 3 + the `proxy/` package
+```
+
+A tag is the hash of everything that goes into its image (recipe files, parent image id,
+package specs, the trusted CA bundle), so an image that exists is reused without a build.
+Registry hosts come from the host's npm and pip settings at build time, never from this code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import docker.errors
+
+from orchestrator import _build
+from orchestrator._build import stderr_progress
+from orchestrator._docker import LABEL_KIND, LABEL_PACKAGES, LABEL_RECIPE, client, docker_errors
+from orchestrator.errors import EngineError, ImageBuildError
+from orchestrator.plan import NPM_ROOT, PackageSpec, SandboxPlan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+IMAGES_DIR: Final = Path(__file__).resolve().parent.parent / "images"
+PROXY_SRC_DIR: Final = Path(__file__).resolve().parent.parent / "proxy"
+DEBIAN_IMAGE: Final = "debian:trixie-slim"
+BASE_REPO: Final = "perstack-sandbox/base"
+PROXY_REPO: Final = "perstack-sandbox/proxy"
+EXPERT_REPO: Final = "perstack-sandbox/expert"
+ENTRY_DIR: Final = "/opt/perstack/entry"
+NODE_MAJOR: Final = "24"  # the first LTS line with NODE_USE_ENV_PROXY (24.5+)
+NPM_MAJOR: Final = "11"
+HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
+HOST_CA_ENV: Final = "PERSTACK_SANDBOX_HOST_CA"
+BOOTSTRAP_TIMEOUT_S: Final = 1800  # debootstrap over a slow mirror
+PACKAGES_MARKER: Final = "PERSTACK_PACKAGES="
+
+Progress = "Callable[[str], None]"
+
+
+def is_host_ca_enabled(*, host_ca: bool | None = None) -> bool:
+    """Tell whether the host CA bundle is trusted: `host_ca`, else `$PERSTACK_SANDBOX_HOST_CA`."""
+    if host_ca is not None:
+        return host_ca
+    return os.environ.get(HOST_CA_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _digest(*parts: bytes | str) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        hasher.update(len(data).to_bytes(8, "big"))
+        hasher.update(data)
+    return hasher.hexdigest()[:16]
+
+
+def _host_ca_bytes(*, host_ca: bool | None) -> bytes:
+    if not is_host_ca_enabled(host_ca=host_ca) or not HOST_CA_BUNDLE.is_file():
+        return b""
+    return HOST_CA_BUNDLE.read_bytes()
+
+
+def _node_package() -> str:
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+    return f"node-linux-{arch.get(platform.machine().lower(), 'x64')}@{NODE_MAJOR}"
+
+
+def base_image_name(*, host_ca: bool | None = None) -> str:
+    """Return the tag of the sandbox base image for the current recipe and CA choice."""
+    recipe = _digest(
+        (IMAGES_DIR / "sandbox.Dockerfile").read_bytes(),
+        (IMAGES_DIR / "perstack-launch.sh").read_bytes(),
+        _node_package(),
+        f"npm@{NPM_MAJOR}",
+        _host_ca_bytes(host_ca=host_ca),
+    )
+    return f"{BASE_REPO}:{recipe}"
+
+
+def _proxy_sources() -> list[Path]:
+    return sorted(p for p in PROXY_SRC_DIR.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def proxy_image_name() -> str:
+    """Return the tag of the proxy image for the current proxy sources and recipe."""
+    parts: list[bytes | str] = [
+        (IMAGES_DIR / "proxy.Dockerfile").read_bytes(),
+        (IMAGES_DIR / "proxy-entry.sh").read_bytes(),
+    ]
+    for source in _proxy_sources():
+        parts += [source.relative_to(PROXY_SRC_DIR).as_posix(), source.read_bytes()]
+    return f"{PROXY_REPO}:{_digest(*parts)}"
+
+
+def image_id(name: str) -> str | None:
+    """Return the id of a local image, or None when it is absent.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    with docker_errors(f"inspecting image {name}"):
+        try:
+            return str(client().images.get(name).id)
+        except docker.errors.ImageNotFound:
+            return None
+
+
+def ensure_debian(progress: Callable[[str], None] = stderr_progress) -> None:
+    """Make `debian:trixie-slim` exist: present, pulled, or bootstrapped from the apt mirror.
+
+    Raises:
+        EngineError: the bootstrap script failed.
+
+    """
+    if image_id(DEBIAN_IMAGE) is not None:
+        return
+    progress(f"{DEBIAN_IMAGE} is missing: bootstrapping it (images/bootstrap-debian.sh)")
+    script = IMAGES_DIR / "bootstrap-debian.sh"
+    try:
+        done = subprocess.run(  # noqa: S603 - our own script
+            ["/bin/bash", str(script), DEBIAN_IMAGE],
+            check=False,
+            timeout=BOOTSTRAP_TIMEOUT_S,
+            stdout=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError(f"bootstrapping {DEBIAN_IMAGE} timed out") from exc
+    if done.returncode != 0 or image_id(DEBIAN_IMAGE) is None:
+        raise EngineError(f"bootstrapping {DEBIAN_IMAGE} failed (see the messages above)")
+
+
+def ensure_base_image(
+    *, host_ca: bool | None = None, progress: Callable[[str], None] = stderr_progress
+) -> str:
+    """Return the sandbox base image's tag, building it first when it is missing.
+
+    Raises:
+        ImageBuildError: the build failed.
+        EngineError: the engine, npm or pip failed.
+
+    """
+    name = base_image_name(host_ca=host_ca)
+    if image_id(name) is not None:
+        return name
+    ensure_debian(progress)
+    progress(f"building {name}")
+    with tempfile.TemporaryDirectory(prefix="perstack-base-") as tmp:
+        context = Path(tmp)
+        for file in ("sandbox.Dockerfile", "perstack-launch.sh"):
+            shutil.copy2(IMAGES_DIR / file, context / file)
+        (context / "host-ca.crt").write_bytes(_host_ca_bytes(host_ca=host_ca))
+        node, npm = _build.npm_pack([_node_package(), f"npm@{NPM_MAJOR}"], context)
+        node.rename(context / "node.tgz")
+        npm.rename(context / "npm.tgz")
+        _build.pip_download_wheel("uv", context).rename(context / "uv.whl")
+        _build.build_image(
+            context,
+            dockerfile="sandbox.Dockerfile",
+            tag=name,
+            labels={LABEL_KIND: "base", LABEL_RECIPE: name.rsplit(":", 1)[1]},
+            progress=progress,
+        )
+    return name
+
+
+def ensure_proxy_image(*, progress: Callable[[str], None] = stderr_progress) -> str:
+    """Return the proxy image's tag, building it first when it is missing.
+
+    Raises:
+        ImageBuildError: the build failed.
+        EngineError: the engine could not be reached.
+
+    """
+    name = proxy_image_name()
+    if image_id(name) is not None:
+        return name
+    ensure_debian(progress)
+    progress(f"building {name}")
+    with tempfile.TemporaryDirectory(prefix="perstack-proxy-") as tmp:
+        context = Path(tmp)
+        for file in ("proxy.Dockerfile", "proxy-entry.sh"):
+            shutil.copy2(IMAGES_DIR / file, context / file)
+        for source in _proxy_sources():
+            target = context / "proxy" / source.relative_to(PROXY_SRC_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        _build.build_image(
+            context,
+            dockerfile="proxy.Dockerfile",
+            tag=name,
+            labels={LABEL_KIND: "proxy", LABEL_RECIPE: name.rsplit(":", 1)[1]},
+            progress=progress,
+        )
+    return name
+
+
+def _install_step(package: PackageSpec) -> str:
+    if package.manager == "npm":
+        spec = f"{package.name}@{package.version_spec}" if package.version_spec else package.name
+        prefix = f"{NPM_ROOT}/{package.slug}"
+        return (
+            f"RUN mkdir -p {shlex.quote(prefix)} && npm install --prefix {shlex.quote(prefix)}"
+            ' ${NPM_REGISTRY:+--registry "$NPM_REGISTRY"} --omit=dev --no-audit --no-fund'
+            f" --no-update-notifier {shlex.quote(spec)} && rm -rf /root/.npm"
+        )
+    requirement = package.name
+    if package.version_spec:
+        operator = "" if package.version_spec[0] in "=<>!~" else "=="
+        requirement = f"{package.name}{operator}{package.version_spec}"
+    return (
+        'RUN uv tool install ${UV_INDEX_URL:+--default-index "$UV_INDEX_URL"}'
+        f" {shlex.quote(requirement)} && rm -rf /root/.cache"
+    )
+
+
+def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
+    """Return the per-expert Dockerfile: one install step per package, then the entry links."""
+    lines = [
+        f"FROM {base}",
+        "USER root",
+        "ARG NPM_REGISTRY=",
+        "ARG UV_INDEX_URL=",
+        # Build-time settings only: ENV would leak into every skill's environment.
+        "ARG UV_TOOL_DIR=/opt/perstack/uv/tools",
+        "ARG UV_TOOL_BIN_DIR=/opt/perstack/uv/bin",
+        "ARG UV_PYTHON=/usr/bin/python3",
+        "ARG UV_PYTHON_DOWNLOADS=never",
+        "ARG UV_COMPILE_BYTECODE=1",
+        "ARG UV_SYSTEM_CERTS=1",
+        "ARG NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt",
+        "ARG SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+        *(_install_step(package) for package in packages),
+        "COPY finalize.py manifest.json /tmp/perstack/",
+        "RUN python3 /tmp/perstack/finalize.py /tmp/perstack/manifest.json && rm -rf /tmp/perstack",
+        "USER 10000",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def expert_image_name(plan: SandboxPlan, base_id: str) -> str:
+    """Return the per-expert tag: a hash of the base image id, package specs and recipe."""
+    packages = [p.model_dump(mode="json") for p in plan.packages]
+    recipe = _digest(
+        base_id,
+        json.dumps(packages, sort_keys=True),
+        expert_dockerfile("BASE", plan.packages),
+        (IMAGES_DIR / "expert-finalize.py").read_bytes(),
+    )
+    return f"{EXPERT_REPO}:{recipe}"
+
+
+def ensure_expert_image(
+    plan: SandboxPlan,
+    *,
+    host_ca: bool | None = None,
+    progress: Callable[[str], None] = stderr_progress,
+) -> str:
+    """Return the per-expert image's tag, building it (and its base) when missing.
+
+    Raises:
+        ImageBuildError: a build step failed (the error holds its output).
+        EngineError: the engine, npm or pip failed.
+
+    """
+    base = ensure_base_image(host_ca=host_ca, progress=progress)
+    base_id = image_id(base)
+    if base_id is None:  # pragma: no cover - removed between the two calls
+        raise EngineError(f"{base} vanished during the build")
+    name = expert_image_name(plan, base_id)
+    if image_id(name) is not None:
+        return name
+    progress(f"building {name} for expert {plan.expert} ({len(plan.packages)} packages)")
+    lines: list[str] = []
+
+    def collect(line: str) -> None:
+        lines.append(line)
+        progress(line)
+
+    with tempfile.TemporaryDirectory(prefix="perstack-expert-") as tmp:
+        context = Path(tmp)
+        (context / "Dockerfile").write_text(expert_dockerfile(base, plan.packages))
+        shutil.copy2(IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
+        manifest = [p.model_dump(mode="json") for p in plan.packages]
+        (context / "manifest.json").write_text(json.dumps(manifest))
+        built = _build.build_image(
+            context,
+            dockerfile="Dockerfile",
+            tag=name,
+            buildargs={
+                "NPM_REGISTRY": _build.npm_registry(),
+                "UV_INDEX_URL": _build.python_index_url(),
+            },
+            progress=collect,
+        )
+    resolved = _build.last_marker(lines, PACKAGES_MARKER)
+    if resolved is None:
+        raise ImageBuildError(f"building {name}: the package versions were not reported")
+    _build.label_image(
+        built,
+        tag=name,
+        labels={
+            LABEL_KIND: "expert",
+            LABEL_RECIPE: name.rsplit(":", 1)[1],
+            LABEL_PACKAGES: resolved,
+        },
+    )
+    return name
+
+
+def resolved_packages(name: str) -> list[dict[str, str]]:
+    """Return the package versions recorded in an expert image's label.
+
+    Raises:
+        EngineError: the image is missing or the engine could not be reached.
+
+    """
+    with docker_errors(f"inspecting image {name}"):
+        labels = client().images.get(name).labels
+    loaded = json.loads(labels.get(LABEL_PACKAGES, "[]"))
+    return loaded if isinstance(loaded, list) else []
