@@ -14,9 +14,27 @@ Container layout contract (shared with `images.py`, which builds it):
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+import json
+import re
+import shlex
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import UnknownExpertError
+from proxy.hosts import match_host
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from orchestrator.config import (
+        Expert,
+        InteractiveSkill,
+        McpSseSkill,
+        McpStdioSkill,
+        PerstackConfig,
+    )
 
 NPM_ROOT = "/opt/perstack/npm"
 UV_TOOL_DIR = "/opt/perstack/uv/tools"
@@ -122,3 +140,173 @@ class SandboxPlan(_Frozen):
     def packages(self) -> tuple[PackageSpec, ...]:
         """Every package the per-expert image must preinstall."""
         return tuple(s.package for s in self.skills if s.package is not None)
+
+
+def plan(config: PerstackConfig, expert_key: str) -> SandboxPlan:
+    """Decide everything the sandbox of `expert_key` will do, without touching Docker.
+
+    Raises:
+        UnknownExpertError: the expert is not defined in the config.
+
+    """
+    expert = config.experts.get(expert_key)
+    if expert is None:
+        known = ", ".join(sorted(config.experts)) or "none"
+        raise UnknownExpertError(f"no expert {expert_key!r} in the config (defined: {known})")
+    stdio, sse, interactive = _skills_by_type(expert)
+    launches = tuple(_launch(name, skill) for name, skill in stdio)
+    sse_skills = tuple(
+        SseSkill(name=name, endpoint=s.endpoint, host=s.host, pick=s.pick, omit=s.omit)
+        for name, s in sse
+    )
+    requests = [(p, launch.name) for launch in launches for p in launch.allowed_domains]
+    for name, skill in sse:
+        requests += [(skill.host, name), *((p, name) for p in skill.allowed_domains)]
+    return SandboxPlan(
+        expert=expert_key,
+        config_dir=config.config_dir,
+        skills=launches,
+        sse_skills=sse_skills,
+        interactive_tools=tuple(_interactive_tools(interactive)),
+        egress=fold_egress(requests),
+        mounts=(Mount(source=config.config_dir, target=EXPERT_DIR, read_only=True),),
+        timeout_ms=config.timeout or DEFAULT_TIMEOUT_MS,
+    )
+
+
+def container_argv(
+    kind: Literal["npx", "uvx"], package: PackageSpec, args: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Return the command that starts a preinstalled package offline in the container."""
+    if kind == "npx":
+        return ("npx", "--offline", "--prefix", f"{NPM_ROOT}/{package.slug}", package.name, *args)
+    return ("uvx", "--offline", package.name, *args)
+
+
+def skill_slug(skill_key: str) -> str:
+    """Return a filesystem-safe name for a skill, unique by the hash of its exact key."""
+    digest = hashlib.sha256(skill_key.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9._-]+", "-", skill_key.lower()).strip("-.")[:48]
+    return f"{readable or 'skill'}-{digest}"
+
+
+def fold_egress(requests: Iterable[tuple[str, str]]) -> tuple[EgressRule, ...]:
+    """Merge (pattern, source skill) pairs: dedupe, fold entries a wildcard covers, sort."""
+    sources: dict[str, set[str]] = {}
+    for pattern, source in requests:
+        sources.setdefault(pattern, set()).add(source)
+    wildcards = [p for p in sources if p.startswith("*.")]
+    for pattern in sorted(sources, key=len, reverse=True):
+        host = pattern.removeprefix("*.")
+        cover = match_host(host, [w for w in wildcards if w != pattern])
+        if cover is not None:
+            sources[cover] |= sources.pop(pattern)
+    return tuple(EgressRule(pattern=p, sources=tuple(sorted(sources[p]))) for p in sorted(sources))
+
+
+def plan_to_json(sandbox: SandboxPlan) -> str:
+    """Render the plan as stable JSON: sorted keys, fixed indent, one trailing newline."""
+    return json.dumps(sandbox.model_dump(mode="json"), sort_keys=True, indent=2) + "\n"
+
+
+def plan_to_text(sandbox: SandboxPlan) -> str:
+    """Render the plan for a human reviewer: what runs, with which secrets, reaching where."""
+    lines = [f"expert {sandbox.expert}", f"  config folder  {sandbox.config_dir}"]
+    lines += [f"  mount  {m.source} -> {m.target} ({_mode(m)})" for m in sandbox.mounts]
+    limits = sandbox.limits
+    lines.append(
+        f"  limits  memory {limits.memory_bytes // 1024**2} MiB, cpus {limits.cpus:g}, "
+        f"pids {limits.pids}, generation timeout {sandbox.timeout_ms} ms"
+    )
+    for launch in sandbox.skills:
+        lines += _launch_text(launch)
+    for sse in sandbox.sse_skills:
+        lines += [f"sse skill {sse.name}", f"  endpoint  {sse.endpoint}", *_filter(sse)]
+    for tool in sandbox.interactive_tools:
+        lines.append(f"interactive tool {tool.skill}/{tool.name}  {tool.description}".rstrip())
+    lines.append("egress allowlist" + ("" if sandbox.egress else "  (empty: no egress at all)"))
+    lines += [f"  {r.pattern}  <- {', '.join(r.sources)}" for r in sandbox.egress]
+    return "\n".join(lines) + "\n"
+
+
+def _skills_by_type(
+    expert: Expert,
+) -> tuple[
+    list[tuple[str, McpStdioSkill]],
+    list[tuple[str, McpSseSkill]],
+    list[tuple[str, InteractiveSkill]],
+]:
+    stdio, sse, interactive = [], [], []
+    for name in sorted(expert.skills):
+        skill = expert.skills[name]
+        if skill.type == "mcpStdioSkill":
+            stdio.append((name, skill))
+        elif skill.type == "mcpSseSkill":
+            sse.append((name, skill))
+        else:
+            interactive.append((name, skill))
+    return stdio, sse, interactive
+
+
+def _launch(name: str, skill: McpStdioSkill) -> SkillLaunch:
+    package: PackageSpec | None = None
+    kind: Literal["npx", "uvx", "local"] = "local"
+    argv, workdir = (skill.command, *skill.args), EXPERT_DIR
+    if skill.is_package:
+        launcher: Literal["npx", "uvx"] = "npx" if skill.command == "npx" else "uvx"
+        package_name, version, args = skill.package_spec()
+        package = PackageSpec(
+            manager="npm" if launcher == "npx" else "pypi",
+            name=package_name,
+            version_spec=version,
+            slug=skill_slug(name),
+        )
+        kind, argv, workdir = launcher, container_argv(launcher, package, args), WORKSPACE_DIR
+    return SkillLaunch(
+        name=name,
+        kind=kind,
+        argv=argv,
+        package=package,
+        env_names=tuple(sorted(set(skill.required_env))),
+        pick=skill.pick,
+        omit=skill.omit,
+        lazy_init=skill.lazy_init,
+        workdir=workdir,
+        allowed_domains=tuple(sorted(set(skill.allowed_domains))),
+    )
+
+
+def _interactive_tools(skills: list[tuple[str, InteractiveSkill]]) -> Iterable[InteractiveTool]:
+    for name, skill in skills:
+        for tool_name in sorted(skill.tools):
+            tool = skill.tools[tool_name]
+            yield InteractiveTool(
+                skill=name,
+                name=tool_name,
+                description=tool.description or "",
+                input_schema=json.loads(tool.input_json_schema),
+            )
+
+
+def _launch_text(launch: SkillLaunch) -> list[str]:
+    lines = [f"skill {launch.name} ({launch.kind})", f"  runs  {shlex.join(launch.argv)}"]
+    lines.append(f"  in    {launch.workdir}" + ("  (started on first use)" * launch.lazy_init))
+    if launch.package is not None:
+        spec = launch.package.version_spec or "newest at build time"
+        lines.append(f"  package  {launch.package.manager} {launch.package.name} ({spec})")
+    lines.append(f"  env names  {', '.join(launch.env_names) or '(none)'}")
+    lines += _filter(launch)
+    lines.append(f"  may reach  {', '.join(launch.allowed_domains) or '(nothing)'}")
+    return lines
+
+
+def _filter(skill: SkillLaunch | SseSkill) -> list[str]:
+    if skill.pick:
+        return [f"  tools  only {', '.join(skill.pick)}"]
+    if skill.omit:
+        return [f"  tools  all but {', '.join(skill.omit)}"]
+    return []
+
+
+def _mode(mount: Mount) -> str:
+    return "read-only" if mount.read_only else "read-write"
