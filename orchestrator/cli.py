@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.errors import InputError, RunError, SandboxError
+from orchestrator.errors import ConfigError, InputError, RunError, SandboxError
 
 EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
     (InputError, 2),
@@ -46,18 +46,35 @@ def exit_code_for(error: SandboxError) -> int:
 def main() -> None:
     """Console-script entry point: run the app and map errors to exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer.Exit(n) comes back as the return value
     except SandboxError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        for line in error_lines(exc):
+            typer.echo(line, err=True)
         sys.exit(exit_code_for(exc))
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # a bad command line (missing argument, bad option)
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"error: {exc}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     except Exception as exc:  # noqa: BLE001 - the top of the CLI: never a bare traceback
         typer.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def error_lines(error: SandboxError) -> list[str]:
+    """Render an error for stderr: a config error gives one line per issue, with its path."""
+    if isinstance(error, ConfigError):
+        return [f"{'warning' if i.is_warning else 'error'}: {i}" for i in error.issues]
+    return [f"error: {error}"]
 
 
 # --- skills and gateway: tools, call, run ----------------------------------------------------
@@ -155,3 +172,53 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
 
     options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
     launch.serve(options, http=http)
+
+
+# --- config and plan: validate, plan, schema --------------------------------------------------
+
+
+@app.command()
+def validate(
+    config: ConfigOption = DEFAULT_CONFIG,
+    strict: Annotated[  # noqa: FBT002 - a typer flag
+        bool, typer.Option("--strict", help="Unknown keys are errors (with a suggestion).")
+    ] = False,
+    publish: Annotated[  # noqa: FBT002 - a typer flag
+        bool, typer.Option("--publish", help="Also apply the registry's publishing rules.")
+    ] = False,
+) -> None:
+    """Validate perstack.toml: every problem on its own line with its TOML path; exit 2."""
+    from orchestrator.config import load_config  # noqa: PLC0415 - keeps --help fast
+
+    loaded, warnings = load_config(config, strict=strict, publish=publish)
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    count = len(loaded.experts)
+    typer.echo(f"{config}: valid ({count} expert{'s' * (count != 1)})")
+
+
+@app.command(name="plan")
+def plan_command(
+    expert: str,
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="Print stable JSON.")] = False,  # noqa: FBT002 - a typer flag
+) -> None:
+    """Print what the Expert's sandbox will run, with which env names, reaching which hosts."""
+    from orchestrator.config import load_config  # noqa: PLC0415 - keeps --help fast
+    from orchestrator.plan import plan, plan_to_json, plan_to_text  # noqa: PLC0415
+
+    loaded, warnings = load_config(config)
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    sandbox = plan(loaded, expert)
+    typer.echo(plan_to_json(sandbox) if as_json else plan_to_text(sandbox), nl=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of perstack.toml."""
+    import json  # noqa: PLC0415 - keeps --help fast
+
+    from orchestrator.config import config_schema  # noqa: PLC0415
+
+    typer.echo(json.dumps(config_schema(), indent=2, sort_keys=True))

@@ -241,6 +241,7 @@ def parse_config(
     """Validate perstack.toml text; return the model and its warnings (unknown keys).
 
     `strict` makes unknown keys errors; `publish` adds the registry's publishing rules.
+    A ConfigError lists the errors first, then any warnings (`is_warning`).
 
     Raises:
         ConfigError: the text is not TOML or breaks any rule; holds every issue found.
@@ -248,14 +249,16 @@ def parse_config(
     """
     document = read_toml(text)
     warnings = find_unknown_keys(document, config_schema())
+    # Under --strict unknown keys are errors; otherwise they ride along after the errors.
     promoted = [ConfigIssue(w.path, w.message) for w in warnings] if strict else []
+    trailing = [] if strict else warnings
     try:
         config = PerstackConfig.model_validate(document)
     except ValueError as exc:
-        raise ConfigError(validation_issues(exc, document) + promoted) from exc
+        raise ConfigError(validation_issues(exc, document) + promoted + trailing) from exc
     errors = promoted + (check_publish_rules(document, config) if publish else [])
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors + trailing)
     config._config_dir = config_dir  # noqa: SLF001 - set once, right after construction
     return config, [] if strict else warnings
 
