@@ -123,7 +123,7 @@ def split_authority(authority: str) -> tuple[str, int]:
     if not colon or not host or not port.isascii() or not port.isdigit() or len(port) > 5:  # noqa: PLR2004
         raise Refusal(400, "malformed-authority")
     number = int(port)
-    if not 0 < number <= _MAX_PORT:
+    if not 0 < number <= _MAX_PORT or port.startswith("0"):  # one spelling per port
         raise Refusal(400, "malformed-authority")
     return host, number
 
