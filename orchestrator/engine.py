@@ -1,0 +1,225 @@
+"""The sandbox lifecycle: networks, the proxy container, the sandbox container, teardown.
+
+```
+                   shared egress bridge (inter-container traffic off) ──► the world
+                                  │
+   sandbox ──internal network──► proxy (the only member of both networks)
+  (skills)   no route out, no DNS
+```
+
+`open_sandbox()` is an async context manager. Blocking docker-py calls run in worker threads;
+teardown is shielded from cancellation and bounded in time, and removes every object labelled
+with the run id (not only the ones this process remembers creating), so a cancellation at any
+point of the set-up leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from orchestrator import _containers
+from orchestrator._docker import LABEL_RUN
+from orchestrator._exec import ExecProcess, start_exec
+from orchestrator.errors import EngineError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+    from pathlib import Path
+
+    from orchestrator.plan import SandboxPlan
+    from orchestrator.state import RunState
+
+__all__ = [
+    "SKILL_UID_COUNT",
+    "SKILL_UID_FIRST",
+    "ExecProcess",
+    "Sandbox",
+    "cancel_on_signals",
+    "open_sandbox",
+]
+
+SKILL_UID_FIRST: Final = 10001
+SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.Dockerfile)
+CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
+NO_PROXY: Final = "localhost,127.0.0.1,::1"
+LAUNCHER: Final = "/usr/local/bin/perstack-launch"
+TEARDOWN_TIMEOUT_S: Final = 30.0  # force-removing two containers and a network; engine is slow
+EXEC_CLOSE_TIMEOUT_S: Final = 15.0  # killing a skill that outlived its session
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """A started sandbox: its container, its proxy, and how to run processes in it."""
+
+    run_id: str
+    container_id: str
+    proxy_ip: str
+    proxy_port: int
+    proxy_container_id: str
+    proxy_host_ip: str
+    network_id: str
+
+    def proxy_env(self) -> dict[str, str]:
+        """Return the proxy and CA variables every skill process gets (no secrets in them)."""
+        url = f"http://{self.proxy_ip}:{self.proxy_port}"
+        return {
+            "HTTPS_PROXY": url,
+            "HTTP_PROXY": url,
+            "https_proxy": url,
+            "http_proxy": url,
+            "NO_PROXY": NO_PROXY,
+            "no_proxy": NO_PROXY,
+            "NODE_USE_ENV_PROXY": "1",
+            "SSL_CERT_FILE": CA_BUNDLE,
+            "NODE_EXTRA_CA_CERTS": CA_BUNDLE,
+            "REQUESTS_CA_BUNDLE": CA_BUNDLE,
+        }
+
+    @property
+    def host_proxy_url(self) -> str:
+        """The proxy as the host reaches it (for remote skills connected from the host)."""
+        return f"http://{self.proxy_host_ip}:{self.proxy_port}"
+
+    def skill_uid(self, index: int) -> int:
+        """Return the uid of the `index`-th skill (each skill gets its own).
+
+        Raises:
+            ValueError: there are more skills than uids baked into the image.
+
+        """
+        if not 0 <= index < SKILL_UID_COUNT:
+            raise ValueError(f"skill index {index} outside 0..{SKILL_UID_COUNT - 1}")
+        return SKILL_UID_FIRST + index
+
+    @asynccontextmanager
+    async def exec_stdio(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        user: int,
+        workdir: str,
+    ) -> AsyncIterator[ExecProcess]:
+        """Start `argv` as skill uid `user`, with exactly `env`, and yield its stdio streams.
+
+        `env` is the exec's environment (never the container's, never argv). `HOME` defaults
+        to `/home/skill<uid>`; the launcher creates it mode 700 and refuses one it does not own.
+        On exit the process is killed if it still runs.
+
+        Raises:
+            ValueError: `user` is not a skill uid.
+            EngineError: the engine refused the exec or could not be reached.
+
+        """
+        if not SKILL_UID_FIRST <= user < SKILL_UID_FIRST + SKILL_UID_COUNT:
+            raise ValueError(f"uid {user} is not a skill uid")
+        full_env = {"HOME": f"/home/skill{user}", **env}
+        process = await start_exec(
+            self.container_id, [LAUNCHER, *argv], env=full_env, user=user, workdir=workdir
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(process.pump)
+            try:
+                yield process
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(EXEC_CLOSE_TIMEOUT_S):
+                    await process.close()
+                group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_sandbox(
+    plan: SandboxPlan,
+    *,
+    image: str,
+    run: RunState,
+    workspace: Path | None = None,
+    test_allow_cidrs: tuple[str, ...] = (),
+) -> AsyncIterator[Sandbox]:
+    """Start the sandbox of `plan` from `image` and tear everything down on exit.
+
+    The proxy enforces `plan.allowed_domains`; `test_allow_cidrs` lets tests reach their own
+    listeners and is empty (off) everywhere else. Teardown runs on normal exit, on an
+    exception and on cancellation (SIGINT/SIGTERM via `cancel_on_signals`).
+
+    Raises:
+        EngineError: the engine refused an operation, or the proxy never became ready.
+
+    """
+    policy = {
+        "allowedDomains": list(plan.allowed_domains),
+        "sandboxId": run.run_id,
+        "testAllowCidrs": list(test_allow_cidrs),
+    }
+    run.policy_path.write_text(json.dumps(policy, indent=2) + "\n", encoding="utf-8")
+    run.update_meta(image=image, status="starting", workspace=str(workspace or ""))
+    spec = _containers.SandboxSpec(
+        run_id=run.run_id,
+        expert=plan.expert,
+        image=image,
+        limits=plan.limits,
+        expert_dir=plan.config_dir,
+        workspace=str(workspace) if workspace else None,
+        policy=json.dumps(policy),
+    )
+    status = "failed"
+    try:
+        started = await _containers.start(spec, run)
+        run.update_meta(status="running", container=started.container_id)
+        yield Sandbox(
+            run_id=run.run_id,
+            container_id=started.container_id,
+            proxy_ip=started.proxy_ip,
+            proxy_port=_containers.PROXY_PORT,
+            proxy_container_id=started.proxy_id,
+            proxy_host_ip=started.proxy_host_ip,
+            network_id=started.network_id,
+        )
+        status = "finished"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _teardown(run, status)
+
+
+async def _teardown(run: RunState, status: str) -> None:
+    try:
+        with anyio.fail_after(TEARDOWN_TIMEOUT_S):
+            await anyio.to_thread.run_sync(_containers.remove_run, run.run_id)
+    except (EngineError, TimeoutError) as exc:
+        run.update_meta(status=f"{status}; teardown failed: {exc}")
+        raise EngineError(
+            f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox gc` removes "
+            f"what is left (objects labelled {LABEL_RUN}={run.run_id})"
+        ) from exc
+    run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@asynccontextmanager
+async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
+    """Cancel the body on SIGINT or SIGTERM, so every sandbox in it is torn down.
+
+    Use it around `open_sandbox` in a command: `async with cancel_on_signals(): ...`.
+    """
+    async with anyio.create_task_group() as group:
+        scope = group.cancel_scope
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        try:
+            yield scope
+        finally:
+            with contextlib.suppress(RuntimeError):
+                scope.cancel()
