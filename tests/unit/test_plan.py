@@ -1,0 +1,229 @@
+"""plan(): the pure, reviewable SandboxPlan of one expert, and its stable renderings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config, parse_config
+from orchestrator.errors import UnknownExpertError
+from orchestrator.plan import (
+    EXPERT_DIR,
+    NPM_ROOT,
+    WORKSPACE_DIR,
+    PackageSpec,
+    SandboxPlan,
+    container_argv,
+    fold_egress,
+    plan,
+    plan_to_json,
+    plan_to_text,
+    skill_slug,
+)
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+RICH = FIXTURES / "plan_rich.toml"
+
+
+@pytest.fixture(scope="module")
+def rich() -> SandboxPlan:
+    """Plan the rich fixture's only expert."""
+    config, _ = load_config(RICH)
+    return plan(config, "reviewer")
+
+
+def launch_of(sandbox: SandboxPlan, name: str):
+    """Return the launch of skill `name`."""
+    return next(s for s in sandbox.skills if s.name == name)
+
+
+def test_npx_launch_composes_args_drops_yes_and_parses_the_spec(rich: SandboxPlan) -> None:
+    """Without packageName the first non-flag arg is the spec; -y is npx's own and dropped."""
+    base = launch_of(rich, "@perstack/base")
+    assert base.package == PackageSpec(
+        manager="npm", name="@perstack/base", version_spec="^0.3", slug=skill_slug("@perstack/base")
+    )
+    assert base.argv == (
+        "npx",
+        "--offline",
+        "--prefix",
+        f"{NPM_ROOT}/{base.package.slug}",
+        "@perstack/base",
+        "--verbose",
+    )
+    assert base.workdir == WORKSPACE_DIR
+
+
+def test_package_name_and_args_are_composed(rich: SandboxPlan) -> None:
+    """With packageName, args (minus --yes) follow the package name; the version is recorded."""
+    search = launch_of(rich, "search")
+    assert search.package is not None
+    assert (search.package.name, search.package.version_spec) == ("exa-mcp-server", "1.2.3")
+    assert search.argv[-2:] == ("exa-mcp-server", "--log-level=info")
+    assert "--yes" not in search.argv
+
+
+def test_uvx_launch_is_offline_with_a_pep440_spec(rich: SandboxPlan) -> None:
+    """A uvx skill runs its preinstalled tool offline; the specifier goes to the image build."""
+    fetch = launch_of(rich, "fetch")
+    assert fetch.argv == ("uvx", "--offline", "mcp-server-fetch", "--ignore-robots-txt")
+    assert fetch.package is not None
+    assert (fetch.package.manager, fetch.package.version_spec) == ("pypi", "==2025.1.1")
+
+
+def test_local_command_runs_as_written_in_the_expert_folder(rich: SandboxPlan) -> None:
+    """A local command keeps its argv and works in /expert; it preinstalls nothing."""
+    local = launch_of(rich, "local")
+    assert local.argv == ("python3", "-m", "local_server", "--root", ".")
+    assert (local.kind, local.workdir, local.package) == ("local", EXPERT_DIR, None)
+
+
+def test_env_names_are_sorted_deduplicated_names(rich: SandboxPlan) -> None:
+    """Each skill gets the NAMES of its requiredEnv, sorted and unique, never values."""
+    assert launch_of(rich, "search").env_names == ("EXA_API_KEY", "ZETA_TOKEN")
+    assert launch_of(rich, "local").env_names == ("LOCAL_TOKEN",)
+
+
+def test_tool_filters_and_lazy_init_are_carried(rich: SandboxPlan) -> None:
+    """pick, omit and lazyInit reach the plan unchanged."""
+    search = launch_of(rich, "search")
+    assert (search.pick, search.lazy_init) == (("web_search_exa",), True)
+    assert launch_of(rich, "fetch").omit == ("fetch_raw",)
+
+
+def test_egress_is_canonical_folded_sorted_with_every_source(rich: SandboxPlan) -> None:
+    """Exact entries under a wildcard fold into it, keeping every skill that asked."""
+    assert [(r.pattern, r.sources) for r in rich.egress] == [
+        ("*.example.com", ("@perstack/base", "remote", "search")),
+        ("api.exa.ai", ("search",)),
+        ("fetch-target.example.org", ("fetch",)),
+    ]
+    assert rich.allowed_domains == ("*.example.com", "api.exa.ai", "fetch-target.example.org")
+
+
+def test_sse_endpoints_interactive_tools_limits_and_mounts(rich: SandboxPlan) -> None:
+    """The plan holds SSE skills, interactive tools, the timeout and the read-only mount."""
+    [remote] = rich.sse_skills
+    assert (remote.host, remote.omit) == ("mcp.example.com", ("admin",))
+    [tool] = rich.interactive_tools
+    assert (tool.skill, tool.name, tool.input_schema["type"]) == ("ask", "askUser", "object")
+    assert rich.timeout_ms == 90_000
+    [mount] = rich.mounts
+    assert (mount.source, mount.target, mount.read_only) == (
+        str(FIXTURES.resolve()),
+        "/expert",
+        True,
+    )
+
+
+def test_an_expert_without_egress_gets_an_empty_allowlist() -> None:
+    """No allowedDomains and no SSE skill means deny everything."""
+    config, _ = load_config(FIXTURES / "seed_002_complete.toml")
+    assert plan(config, "web-researcher").egress == ()
+
+
+def test_an_unknown_expert_is_an_input_error() -> None:
+    """Planning an expert that is not in the file names the ones that are."""
+    config, _ = load_config(FIXTURES / "seed_002_complete.toml")
+    with pytest.raises(UnknownExpertError, match="data-analyst"):
+        plan(config, "nope")
+
+
+@pytest.mark.parametrize(
+    ("requests", "expected"),
+    [
+        ([("a.example.com", "x"), ("a.example.com", "y")], [("a.example.com", ("x", "y"))]),
+        (
+            [("*.api.example.com", "x"), ("*.example.com", "y"), ("deep.api.example.com", "z")],
+            [("*.example.com", ("x", "y", "z"))],
+        ),
+        (
+            [("example.com", "x"), ("*.example.com", "y")],
+            [("*.example.com", ("y",)), ("example.com", ("x",))],
+        ),
+        (
+            [("b.example.org", "x"), ("a.example.org", "x")],
+            [("a.example.org", ("x",)), ("b.example.org", ("x",))],
+        ),
+        ([], []),
+    ],
+)
+def test_fold_egress(
+    requests: list[tuple[str, str]], expected: list[tuple[str, tuple[str, ...]]]
+) -> None:
+    """A wildcard never folds its own base; nested wildcards fold into the wider one."""
+    assert [(r.pattern, r.sources) for r in fold_egress(requests)] == expected
+
+
+def test_container_argv_forms() -> None:
+    """An npx skill runs from the skill's own prefix, uvx from the shared tool dir, both offline."""
+    npm = PackageSpec(manager="npm", name="p", version_spec="", slug="s-1")
+    pypi = PackageSpec(manager="pypi", name="t", version_spec="==1", slug="s-2")
+    assert container_argv("npx", npm, ("a",)) == (
+        "npx",
+        "--offline",
+        "--prefix",
+        f"{NPM_ROOT}/s-1",
+        "p",
+        "a",
+    )
+    assert container_argv("uvx", pypi, ()) == ("uvx", "--offline", "t")
+
+
+@pytest.mark.parametrize("key", ["@perstack/base", "a..b", "web_search", "x" * 214, "@a/.."])
+def test_skill_slugs_are_filesystem_safe_and_distinct(key: str) -> None:
+    """A slug is one safe path component, and near-identical keys still get distinct slugs."""
+    slug = skill_slug(key)
+    assert "/" not in slug
+    assert slug not in {".", ".."}
+    assert not slug.startswith(("-", "."))
+    assert len(slug) <= 60
+    assert skill_slug(key + "x") != slug
+
+
+def test_plan_json_is_sorted_and_round_trips(rich: SandboxPlan) -> None:
+    """The output of plan --json is sorted-key JSON that parses back into the same plan."""
+    text = plan_to_json(rich)
+    assert text.endswith("}\n")
+    assert SandboxPlan.model_validate(json.loads(text)) == rich
+    assert list(json.loads(text)) == sorted(json.loads(text))
+
+
+def test_plan_text_shows_what_runs_which_names_and_where(rich: SandboxPlan) -> None:
+    """The readable plan shows argv, env names, tool filters and egress with sources."""
+    text = plan_to_text(rich)
+    assert "runs  npx --offline --prefix" in text
+    assert "env names  EXA_API_KEY, ZETA_TOKEN" in text
+    assert "tools  only web_search_exa" in text
+    assert "*.example.com  <- @perstack/base, remote, search" in text
+    assert "(started on first use)" in text
+
+
+def test_plan_json_is_byte_identical_across_hash_seeds() -> None:
+    """The same file gives the same bytes under different PYTHONHASHSEED values."""
+    outputs = set()
+    for seed in ("0", "1", "4242", "random"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "plan", "reviewer", "--json", "-c", str(RICH)],
+            capture_output=True,
+            check=True,
+            env=env,
+            timeout=60,
+        )
+        outputs.add(result.stdout)
+    assert len(outputs) == 1
+    assert b'"expert": "reviewer"' in outputs.pop()
+
+
+def test_plan_is_pure_and_repeatable() -> None:
+    """Planning twice from freshly parsed text gives equal plans."""
+    text = RICH.read_text(encoding="utf-8")
+    first = plan(parse_config(text)[0], "reviewer")
+    second = plan(parse_config(text)[0], "reviewer")
+    assert plan_to_json(first) == plan_to_json(second)
