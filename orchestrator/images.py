@@ -42,7 +42,6 @@ DEBIAN_IMAGE: Final = "debian:trixie-slim"
 BASE_REPO: Final = "perstack-sandbox/base"
 PROXY_REPO: Final = "perstack-sandbox/proxy"
 EXPERT_REPO: Final = "perstack-sandbox/expert"
-ENTRY_DIR: Final = "/opt/perstack/entry"
 NODE_MAJOR: Final = "24"  # the first LTS line with NODE_USE_ENV_PROXY (24.5+)
 NPM_MAJOR: Final = "11"
 HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")

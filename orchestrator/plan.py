@@ -8,8 +8,10 @@ Container layout contract (shared with `images.py`, which builds it):
   `npm install --prefix /opt/perstack/npm/<slug> <name>@<spec>`;
 - uvx skill packages are installed at build time with `uv tool install` into
   `/opt/perstack/uv/tools` (bin links in `/opt/perstack/uv/bin`);
+- each package's executable (the one `npx <name>` / `uvx <name>` would run) is linked at
+  `/opt/perstack/entry/<slug>`;
 - `SkillLaunch.argv` is the exact command run in the container, which never touches a
-  registry at run time.
+  registry at run time: `/opt/perstack/entry/<slug> ARGS...` for npx and uvx skills.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     )
 
 NPM_ROOT = "/opt/perstack/npm"
+ENTRY_DIR = "/opt/perstack/entry"
 UV_TOOL_DIR = "/opt/perstack/uv/tools"
 UV_BIN_DIR = "/opt/perstack/uv/bin"
 WORKSPACE_DIR = "/workspace"
@@ -177,10 +180,15 @@ def plan(config: PerstackConfig, expert_key: str) -> SandboxPlan:
 def container_argv(
     kind: Literal["npx", "uvx"], package: PackageSpec, args: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """Return the command that starts a preinstalled package offline in the container."""
-    if kind == "npx":
-        return ("npx", "--offline", "--prefix", f"{NPM_ROOT}/{package.slug}", package.name, *args)
-    return ("uvx", "--offline", package.name, *args)
+    """Return the command that starts a preinstalled package offline in the container.
+
+    Both kinds run `/opt/perstack/entry/<slug>`, a link the image build makes to the executable
+    `npx <name>` / `uvx <name>` would pick. The package managers themselves cannot start an
+    installed package from a read-only root with no registry: `npx --offline --prefix DIR`
+    finds the package but not its bin outside DIR, and `uvx --offline` writes into the tool dir.
+    """
+    del kind  # both package managers resolve to the same entry-link layout
+    return (f"{ENTRY_DIR}/{package.slug}", *args)
 
 
 def skill_slug(skill_key: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 from orchestrator.config import load_config, parse_config
 from orchestrator.errors import UnknownExpertError
 from orchestrator.plan import (
+    ENTRY_DIR,
     EXPERT_DIR,
-    NPM_ROOT,
     WORKSPACE_DIR,
     PackageSpec,
     SandboxPlan,
@@ -48,14 +48,7 @@ def test_npx_launch_composes_args_drops_yes_and_parses_the_spec(rich: SandboxPla
     assert base.package == PackageSpec(
         manager="npm", name="@perstack/base", version_spec="^0.3", slug=skill_slug("@perstack/base")
     )
-    assert base.argv == (
-        "npx",
-        "--offline",
-        "--prefix",
-        f"{NPM_ROOT}/{base.package.slug}",
-        "@perstack/base",
-        "--verbose",
-    )
+    assert base.argv == (f"{ENTRY_DIR}/{base.package.slug}", "--verbose")
     assert base.workdir == WORKSPACE_DIR
 
 
@@ -64,15 +57,15 @@ def test_package_name_and_args_are_composed(rich: SandboxPlan) -> None:
     search = launch_of(rich, "search")
     assert search.package is not None
     assert (search.package.name, search.package.version_spec) == ("exa-mcp-server", "1.2.3")
-    assert search.argv[-2:] == ("exa-mcp-server", "--log-level=info")
+    assert search.argv == (f"{ENTRY_DIR}/{search.package.slug}", "--log-level=info")
     assert "--yes" not in search.argv
 
 
 def test_uvx_launch_is_offline_with_a_pep440_spec(rich: SandboxPlan) -> None:
     """A uvx skill runs its preinstalled tool offline; the specifier goes to the image build."""
     fetch = launch_of(rich, "fetch")
-    assert fetch.argv == ("uvx", "--offline", "mcp-server-fetch", "--ignore-robots-txt")
     assert fetch.package is not None
+    assert fetch.argv == (f"{ENTRY_DIR}/{fetch.package.slug}", "--ignore-robots-txt")
     assert (fetch.package.manager, fetch.package.version_spec) == ("pypi", "==2025.1.1")
 
 
@@ -160,19 +153,12 @@ def test_fold_egress(
     assert [(r.pattern, r.sources) for r in fold_egress(requests)] == expected
 
 
-def test_container_argv_forms() -> None:
-    """An npx skill runs from the skill's own prefix, uvx from the shared tool dir, both offline."""
+def test_container_argv_runs_the_entry_link_the_image_build_made() -> None:
+    """Both npx and uvx skills run the entry link directly: no package manager, no registry."""
     npm = PackageSpec(manager="npm", name="p", version_spec="", slug="s-1")
     pypi = PackageSpec(manager="pypi", name="t", version_spec="==1", slug="s-2")
-    assert container_argv("npx", npm, ("a",)) == (
-        "npx",
-        "--offline",
-        "--prefix",
-        f"{NPM_ROOT}/s-1",
-        "p",
-        "a",
-    )
-    assert container_argv("uvx", pypi, ()) == ("uvx", "--offline", "t")
+    assert container_argv("npx", npm, ("a",)) == (f"{ENTRY_DIR}/s-1", "a")
+    assert container_argv("uvx", pypi, ()) == (f"{ENTRY_DIR}/s-2",)
 
 
 @pytest.mark.parametrize("key", ["@perstack/base", "a..b", "web_search", "x" * 214, "@a/.."])
@@ -197,7 +183,7 @@ def test_plan_json_is_sorted_and_round_trips(rich: SandboxPlan) -> None:
 def test_plan_text_shows_what_runs_which_names_and_where(rich: SandboxPlan) -> None:
     """The readable plan shows argv, env names, tool filters and egress with sources."""
     text = plan_to_text(rich)
-    assert "runs  npx --offline --prefix" in text
+    assert f"runs  {ENTRY_DIR}/" in text
     assert "env names  EXA_API_KEY, ZETA_TOKEN" in text
     assert "tools  only web_search_exa" in text
     assert "*.example.com  <- @perstack/base, remote, search" in text
