@@ -6,6 +6,7 @@ Commands stay synchronous and call `anyio.run` once. Every error is mapped to an
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -43,8 +44,15 @@ def exit_code_for(error: SandboxError) -> int:
     return 1  # pragma: no cover - SandboxError is the last row
 
 
+def _interrupt_on_sigterm(_signum: int, _frame: object) -> None:
+    # SIGTERM takes the path of Ctrl-C: the running command is cancelled and every sandbox is
+    # torn down by its context manager, instead of the process dying with containers left.
+    signal.raise_signal(signal.SIGINT)
+
+
 def main() -> None:
     """Console-script entry point: run the app and map errors to exit codes."""
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         code = app(standalone_mode=False)  # typer.Exit(n) comes back as the return value
     except SandboxError as exc:
@@ -222,3 +230,82 @@ def schema() -> None:
     from orchestrator.config import config_schema  # noqa: PLC0415
 
     typer.echo(json.dumps(config_schema(), indent=2, sort_keys=True))
+
+
+# --- engine and images: build, ps, down, gc, doctor ------------------------------------------
+
+
+@app.command()
+def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Build the Expert's image (or reuse it when nothing changed); progress on stderr."""
+    from orchestrator import images  # noqa: PLC0415 - keeps --help fast
+    from orchestrator.config import load_config  # noqa: PLC0415
+    from orchestrator.plan import plan  # noqa: PLC0415
+
+    loaded, warnings = load_config(config)
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    sandbox = plan(loaded, expert)
+    name = images.ensure_expert_image(sandbox)
+    for package in images.resolved_packages(name):
+        typer.echo(f"  {package['manager']} {package['name']} {package['version']}", err=True)
+    typer.echo(name)
+
+
+@app.command()
+def ps() -> None:
+    """List the sandboxes on this engine: run id, expert, owner and containers."""
+    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
+
+    runs = engine.list_sandboxes()
+    if not runs:
+        typer.echo("no sandboxes", err=True)
+    for info in runs:
+        owner = f"pid {info.owner_pid}@{info.owner_host}"
+        owner += "" if info.is_owner_alive else " (gone: `gc` removes it)"
+        typer.echo(f"{info.run_id}  {info.expert}  {owner}  {', '.join(info.containers)}")
+
+
+@app.command()
+def down(
+    run_id: Annotated[str | None, typer.Argument(help="The run to remove (see `ps`).")] = None,
+    remove_all: Annotated[bool, typer.Option("--all", help="Remove every sandbox.")] = False,  # noqa: FBT002 - a typer flag
+) -> None:
+    """Remove one sandbox (RUN_ID) or every sandbox (--all), even if its owner still runs."""
+    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+
+    if (run_id is None) == (not remove_all):
+        raise UsageError("give a run id or --all (not both)")
+    removed = engine.take_down(None if remove_all else run_id)
+    for line in removed:
+        typer.echo(f"removed {line}", err=True)
+    if run_id is not None and not removed:
+        raise UsageError(f"no sandbox objects for run {run_id}")
+
+
+@app.command()
+def gc() -> None:
+    """Remove every sandbox object whose owning process is gone (on this host)."""
+    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
+
+    removed = engine.collect_garbage()
+    for line in removed:
+        typer.echo(f"removed {line}", err=True)
+    typer.echo(f"gc: removed {len(removed)} object(s)", err=True)
+
+
+@app.command()
+def doctor(
+    fix: Annotated[bool, typer.Option("--fix", help="Bootstrap and build missing images.")] = False,  # noqa: FBT002 - a typer flag
+) -> None:
+    """Check the engine, storage driver, cgroup version and images; say what to do about each."""
+    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
+
+    checks = engine.diagnose(fix=fix)
+    for check in checks:
+        mark = "ok  " if check.is_ok else "FAIL"
+        advice = f"  -> {check.advice}" if not check.is_ok and check.advice else ""
+        typer.echo(f"{mark} {check.name}: {check.detail}{advice}")
+    if not all(check.is_ok for check in checks):
+        raise typer.Exit(1)

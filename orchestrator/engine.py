@@ -15,7 +15,6 @@ point of the set-up leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 from contextlib import asynccontextmanager
@@ -25,13 +24,14 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _containers
+from orchestrator import _containers, _doctor, _sweep
+from orchestrator._build import stderr_progress
 from orchestrator._docker import LABEL_RUN
 from orchestrator._exec import ExecProcess, start_exec
 from orchestrator.errors import EngineError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
     from orchestrator.plan import SandboxPlan
@@ -41,9 +41,14 @@ __all__ = [
     "SKILL_UID_COUNT",
     "SKILL_UID_FIRST",
     "ExecProcess",
+    "RunInfo",
     "Sandbox",
     "cancel_on_signals",
+    "collect_garbage",
+    "diagnose",
+    "list_sandboxes",
     "open_sandbox",
+    "take_down",
 ]
 
 SKILL_UID_FIRST: Final = 10001
@@ -221,5 +226,66 @@ async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
         try:
             yield scope
         finally:
-            with contextlib.suppress(RuntimeError):
-                scope.cancel()
+            scope.cancel()  # stop watching: the body is done
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run's live Docker objects, as `ps` lists them."""
+
+    run_id: str
+    expert: str
+    owner_pid: str
+    owner_host: str
+    is_owner_alive: bool
+    created: str
+    containers: tuple[str, ...]  # "role: status"
+
+
+def list_sandboxes() -> list[RunInfo]:
+    """Return every run that has labelled containers on this engine, oldest first.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    return _sweep.list_runs()
+
+
+def collect_garbage() -> list[str]:
+    """Remove every labelled object whose owning process is gone (on this host); name them.
+
+    Objects of live owners, and of owners on other hosts, are never touched. The shared egress
+    network goes once no container uses it.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    return _sweep.collect_garbage()
+
+
+def take_down(run_id: str | None) -> list[str]:
+    """Remove the objects of one run (`run_id`), or of every run (`None`); name them.
+
+    Unlike `collect_garbage`, this removes objects of live owners too: it is what the user
+    asked for.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    return _sweep.take_down(run_id)
+
+
+def diagnose(
+    *, fix: bool = False, progress: Callable[[str], None] = stderr_progress
+) -> list[_doctor.Check]:
+    """Report the engine, storage driver, cgroup version, images and leftovers (`doctor`).
+
+    Raises:
+        ImageBuildError: `fix` was asked and a build failed.
+        EngineError: `fix` was asked and the engine, npm or pip failed.
+
+    """
+    return _doctor.diagnose(fix=fix, progress=progress)

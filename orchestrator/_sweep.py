@@ -1,0 +1,102 @@
+"""Listing and sweeping labelled objects: `ps`, `gc` and `down`."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import docker.errors
+
+from orchestrator import _containers
+from orchestrator._docker import (
+    LABEL_CREATED,
+    LABEL_EXPERT,
+    LABEL_MANAGED,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_ROLE,
+    LABEL_RUN,
+    MANAGED_FILTER,
+    client,
+    docker_errors,
+    is_owner_alive,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.engine import RunInfo
+
+
+def list_runs() -> list[RunInfo]:
+    """Group labelled containers by run id (see `engine.list_sandboxes`).
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    from orchestrator.engine import RunInfo  # noqa: PLC0415 - engine imports this module
+
+    with docker_errors("listing sandboxes"):
+        containers = client().api.containers(all=True, filters=MANAGED_FILTER)
+    runs: dict[str, RunInfo] = {}
+    for container in sorted(containers, key=lambda c: c["Labels"].get(LABEL_CREATED, "")):
+        labels = container["Labels"]
+        run_id = labels.get(LABEL_RUN, "?")
+        entry = f"{labels.get(LABEL_ROLE, '?')}: {container['State']}"
+        known = runs.get(run_id)
+        runs[run_id] = RunInfo(
+            run_id=run_id,
+            expert=labels.get(LABEL_EXPERT, ""),
+            owner_pid=labels.get(LABEL_OWNER_PID, ""),
+            owner_host=labels.get(LABEL_OWNER_HOST, ""),
+            is_owner_alive=is_owner_alive(labels),
+            created=labels.get(LABEL_CREATED, ""),
+            containers=(*known.containers, entry) if known else (entry,),
+        )
+    return list(runs.values())
+
+
+def _is_shared(labels: dict[str, str]) -> bool:
+    return LABEL_RUN not in labels
+
+
+def collect_garbage() -> list[str]:
+    """Remove objects of dead owners, then the egress network if unused (see `engine`).
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    removed = _containers.remove_labelled(
+        MANAGED_FILTER, keep=lambda labels: _is_shared(labels) or is_owner_alive(labels)
+    )
+    return removed + _remove_unused_shared()
+
+
+def take_down(run_id: str | None) -> list[str]:
+    """Remove one run's objects, or all of ours (see `engine.take_down`).
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    if run_id is None:
+        return (
+            _containers.remove_labelled(MANAGED_FILTER, keep=_is_shared) + _remove_unused_shared()
+        )
+    return _containers.remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
+
+
+def _remove_unused_shared() -> list[str]:
+    api = client().api
+    removed = []
+    with docker_errors("removing the egress network"):
+        for network in api.networks(filters=MANAGED_FILTER):
+            if not _is_shared(network.get("Labels") or {}):
+                continue
+            if api.inspect_network(network["Id"]).get("Containers"):
+                continue
+            # In use again (a proxy connected since the inspect) or already gone: keep going.
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_network(network["Id"])
+                removed.append(f"network {network['Name']}")
+    return removed
