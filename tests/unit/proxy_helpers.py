@@ -126,7 +126,9 @@ class ProxyHarness:
         self.thread.start()
 
         async def begin() -> None:
-            upstream = await asyncio.start_server(self.upstream.handle, UPSTREAM_HOST, 0)
+            upstream = await asyncio.start_server(
+                self.upstream.handle, UPSTREAM_HOST, 0, backlog=1024
+            )
             self.upstream_port = upstream.sockets[0].getsockname()[1]
             [self.address] = await self.server.start([(PROXY_HOST, 0)])
 
