@@ -21,16 +21,16 @@ sed -i "s/^allowedDomains = \[\"example.com\"\]$/allowedDomains = [\"example.com
 config=(-c "$work/perstack.toml")
 
 step "build (packages are installed into the per-expert image, once)"
-"${cli[@]}" "${config[@]}" build demo
+"${cli[@]}" build demo "${config[@]}"
 
 step "tools"
-"${cli[@]}" "${config[@]}" tools demo
+"${cli[@]}" tools demo "${config[@]}"
 
 step "call everything/echo"
-"${cli[@]}" "${config[@]}" call demo echo --args '{"message": "hello from the sandbox"}'
+"${cli[@]}" call demo echo "${config[@]}" --args '{"message": "hello from the sandbox"}'
 
 step "call time/get_current_time"
-"${cli[@]}" "${config[@]}" call demo get_current_time --args '{"timezone": "UTC"}'
+"${cli[@]}" call demo get_current_time "${config[@]}" --args '{"timezone": "UTC"}'
 
 show_audit() {
     "$root/.venv/bin/python" - <<'PY'
@@ -45,11 +45,11 @@ PY
 }
 
 step "egress: an allowlisted host (through the proxy)"
-"${cli[@]}" "${config[@]}" call demo fetch_status --args "{\"url\": \"https://$allowed_host/\"}"
+"${cli[@]}" call demo fetch_status "${config[@]}" --args "{\"url\": \"https://$allowed_host/\"}"
 show_audit
 
 step "egress: a host that is not on the allowlist"
-"${cli[@]}" "${config[@]}" call demo fetch_status --args '{"url": "https://example.org/"}'
+"${cli[@]}" call demo fetch_status "${config[@]}" --args '{"url": "https://example.org/"}'
 show_audit
 
 step "teardown"

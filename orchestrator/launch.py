@@ -111,9 +111,12 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
     )
     run = state.create_run(prepared.plan.expert)
     with _run_log(run.skills_log_path):
-        async with engine.open_sandbox(
-            prepared.plan, image=image, run=run, workspace=options.workspace
-        ) as sandbox:
+        async with (
+            engine.cancel_on_signals(),
+            engine.open_sandbox(
+                prepared.plan, image=image, run=run, workspace=options.workspace
+            ) as sandbox,
+        ):
             sessions = build_sessions(prepared, sandbox)
             async with open_gateway(
                 sessions,
@@ -124,9 +127,9 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
                 yield gateway
 
 
-def skill_home(index: int) -> str:
-    """Return the private HOME of the skill at `index` (created mode 700 by the launcher)."""
-    return f"/home/skill-{index}"
+def skill_home(uid: int) -> str:
+    """Return the private HOME of the skill running as `uid` (made mode 700 by the launcher)."""
+    return f"/home/skill{uid}"
 
 
 def build_sessions(prepared: Prepared, sandbox: engine.Sandbox) -> list[SkillSession]:
@@ -136,11 +139,13 @@ def build_sessions(prepared: Prepared, sandbox: engine.Sandbox) -> list[SkillSes
     sessions: list[SkillSession] = []
     for index, launch in enumerate(prepared.plan.skills):
         env = skill_environment(
-            prepared.secrets[launch.name], proxy_env=proxy_env, home=skill_home(index)
+            prepared.secrets[launch.name],
+            proxy_env=proxy_env,
+            home=skill_home(sandbox.skill_uid(index)),
         )
         spec = SkillSpec(launch.name, launch.pick, launch.omit, launch.lazy_init, timeout_s)
         sessions.append(SkillSession(spec, _exec_factory(sandbox, launch, index, env)))
-    proxy_url = f"http://{sandbox.proxy_ip}:{sandbox.proxy_port}"
+    proxy_url = sandbox.host_proxy_url
     for sse in prepared.plan.sse_skills:
         spec = SkillSpec(sse.name, sse.pick, sse.omit, lazy_init=False, timeout_s=timeout_s)
         sessions.append(RemoteSkillSession(spec, sse.endpoint, proxy_url=proxy_url))

@@ -58,7 +58,7 @@ def test_tool_name_collision_fails_the_start_with_both_skill_names(tmp_path):
     """Two skills offering `echo` stop the run with exit 1, naming both and the remedies."""
     expert = unique("clash")
     config = write_expert(tmp_path, expert_toml(expert, stdlib_skill("one"), stdlib_skill("two")))
-    done = run_cli("-c", str(config), "tools", expert)
+    done = run_cli("tools", expert, "-c", str(config))
     assert done.returncode == 1
     assert "'one'" in done.stderr
     assert "'two'" in done.stderr
@@ -89,7 +89,7 @@ def test_missing_env_fails_before_any_container_exists(tmp_path):
         tmp_path,
         expert_toml(expert, stdlib_skill("needs", requiredEnv=["PERSTACK_TEST_ABSENT_KEY"])),
     )
-    done = run_cli("-c", str(config), "tools", expert)
+    done = run_cli("tools", expert, "-c", str(config))
     assert done.returncode == 2, done.stderr
     assert "PERSTACK_TEST_ABSENT_KEY (needed by 'needs')" in done.stderr
     assert labelled_containers(expert) == []

@@ -41,7 +41,7 @@ def anyio_backend():
 
 def test_tools_command_lists_tools_of_both_example_skills():
     """`tools --json` shows the everything server's and the time server's tools."""
-    done = run_cli(*EXAMPLE, "tools", "demo", "--json")
+    done = run_cli("tools", "demo", *EXAMPLE, "--json")
     assert done.returncode == 0, done.stderr
     names = {tool["name"] for tool in json.loads(done.stdout)}
     assert {"echo", "get-sum", "get_current_time", "convert_time", "fetch_status"} <= names
@@ -49,10 +49,10 @@ def test_tools_command_lists_tools_of_both_example_skills():
 
 def test_call_command_prints_call_tool_results_of_each_skill():
     """`call` prints each skill's CallToolResult as JSON on stdout."""
-    echo = run_cli(*EXAMPLE, "call", "demo", "echo", "--args", '{"message": "hi there"}')
+    echo = run_cli("call", "demo", *EXAMPLE, "echo", "--args", '{"message": "hi there"}')
     assert echo.returncode == 0, echo.stderr
     assert "hi there" in json.loads(echo.stdout)["content"][0]["text"]
-    now = run_cli(*EXAMPLE, "call", "demo", "get_current_time", "--args", '{"timezone": "UTC"}')
+    now = run_cli("call", "demo", *EXAMPLE, "get_current_time", "--args", '{"timezone": "UTC"}')
     assert now.returncode == 0, now.stderr
     result = json.loads(now.stdout)
     assert result.get("isError") is not True
@@ -61,7 +61,7 @@ def test_call_command_prints_call_tool_results_of_each_skill():
 
 def test_call_command_with_bad_arguments_json_exits_2_before_starting():
     """Malformed `--args` is bad input: exit code 2 and one clear message."""
-    done = run_cli(*EXAMPLE, "call", "demo", "echo", "--args", "{not json")
+    done = run_cli("call", "demo", *EXAMPLE, "echo", "--args", "{not json")
     assert done.returncode == 2
     assert "--args is not valid JSON" in done.stderr
     assert "Traceback" not in done.stderr
@@ -71,7 +71,7 @@ async def test_gateway_over_stdio_serves_both_skills_to_the_sdk_client():
     """The SDK's stdio client lists and calls both skills through `run`."""
     server = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "orchestrator", *EXAMPLE, "run", "demo"],
+        args=["-m", "orchestrator", "run", "demo", *EXAMPLE],
         env={**os.environ},
         cwd=str(ROOT),
     )
@@ -91,9 +91,9 @@ async def test_gateway_over_http_serves_both_skills_with_a_bearer_token():
         sys.executable,
         "-m",
         "orchestrator",
-        *EXAMPLE,
         "run",
         "demo",
+        *EXAMPLE,
         "--http",
         "127.0.0.1:0",
     ]
