@@ -128,6 +128,10 @@ def _create_network(spec: SandboxSpec) -> str:
             driver="bridge",
             internal=True,
             check_duplicate=True,
+            # An internal network still gives the host an address on its bridge, the
+            # container's default gateway: anything on the host listening on all addresses
+            # would be reachable. Without that address there is no host end at all.
+            options={"com.docker.network.bridge.inhibit_ipv4": "true"},
             labels=_labels(spec, "network"),
         )
     return str(created["Id"])

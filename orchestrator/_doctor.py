@@ -95,7 +95,7 @@ def _leftover_check() -> Check:
 
 
 def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
-    """Check the engine and images; with `fix`, build what is missing first.
+    """Check the engine and images; with `fix`, first sweep leftovers and build what is missing.
 
     Raises:
         ImageBuildError: `fix` was asked and a build failed.
@@ -106,6 +106,8 @@ def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
     if not all(check.is_ok for check in checks[:1]):
         return checks
     if fix:
+        for line in _sweep.collect_garbage():
+            progress(f"removed {line} (its owner is gone)")
         images.ensure_debian(progress)
         images.ensure_base_image(progress=progress)
         images.ensure_proxy_image(progress=progress)
