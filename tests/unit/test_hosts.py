@@ -179,3 +179,38 @@ def test_match_host_fails_closed_on_non_canonical_input() -> None:
     """A host that was not canonicalised does not match (callers canonicalise first)."""
     assert match_host("EXAMPLE.com", ["example.com"]) is None
     assert match_host("example.com.", ["example.com"]) is None
+
+
+def test_public_suffixes_come_from_the_bundled_list_without_any_network(monkeypatch) -> None:
+    """With every socket refused, a fresh extractor still decides public suffixes (bundled)."""
+    import socket  # noqa: PLC0415 - only this test needs it
+
+    from proxy import hosts  # noqa: PLC0415
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the public suffix list must never be fetched")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    hosts._bundled_extractor.cache_clear()
+    try:
+        with pytest.raises(HostRejected) as caught:
+            canonicalise_pattern("*.co.uk")
+        assert caught.value.reason == "public-suffix-wildcard"
+        assert canonicalise_pattern("*.example.co.uk") == "*.example.co.uk"
+    finally:
+        hosts._bundled_extractor.cache_clear()
+
+
+def test_the_proxy_side_never_imports_tldextract() -> None:
+    """Canonicalising and matching (all the proxy container does) work without tldextract."""
+    import subprocess  # noqa: PLC0415 - only this test needs it
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys; from proxy import hosts; "
+        "h = hosts.canonicalise_host('API.example.com.'); "
+        "assert hosts.match_host(h, [hosts.canonicalise_pattern('api.example.com')]) == h; "
+        "assert 'tldextract' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
