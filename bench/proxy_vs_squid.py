@@ -1,0 +1,408 @@
+"""Our egress proxy against Squid, the same CONNECT workload through each, in one run.
+
+Everything runs on loopback and stops by itself:
+
+- a sink/echo upstream on 127.0.0.3:443 (CONNECT goes to port 443 only, so this needs root);
+- Squid (the Debian package) in the foreground (`squid -N`), configured the way Perstack
+  configures it: a `dstdomain` allowlist, CONNECT to port 443 only, deny everything else, no
+  cache. Squid resolves the allowlisted name through a `hosts_file` in the temp dir;
+- this proxy as a child process (`python -m proxy`'s own main) with a static resolver that
+  answers the same name with the same address, and `testAllowCidrs` opened for that one address.
+
+Both see the same name, the same upstream and the same client. Each tunnel starts with a real
+TLS ClientHello carrying the right SNI (our proxy checks it), then a one-line command for the
+sink: ECHO (answer PONG, then echo), UP n (swallow n bytes, answer OK), DOWN n (send n bytes).
+
+Run: `python bench/proxy_vs_squid.py` (the `make bench` aggregator calls `main()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import socketserver
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+SQUID = shutil.which("squid") or "/usr/sbin/squid"
+NAME = "sink.bench.test"
+SINK_HOST = "127.0.0.3"
+SINK_PORT = 443
+PROXY_HOST = "127.0.0.1"
+# Every wait in the benchmark is bounded by this.
+DEADLINE = 60.0
+LATENCY_SAMPLES = 300
+CONCURRENT = 200
+MIB = 1024 * 1024
+CHUNK = 4 * MIB
+ZEROS = bytes(CHUNK)
+
+
+# --- the upstream -----------------------------------------------------------------------
+
+
+class _SinkHandler(socketserver.BaseRequestHandler):
+    """Skip the ClientHello record, then serve one ECHO / UP n / DOWN n command."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(DEADLINE)
+        with contextlib.suppress(OSError):
+            header = _recv_exactly(sock, 5)
+            _recv_exactly(sock, int.from_bytes(header[3:5], "big"))
+            command = _recv_line(sock).split()
+            if command[0] == b"ECHO":
+                sock.sendall(b"PONG\n")
+                while data := sock.recv(65536):
+                    sock.sendall(data)
+            elif command[0] == b"UP":
+                _drain(sock, int(command[1]))
+                sock.sendall(b"OK\n")
+            elif command[0] == b"DOWN":
+                _send_zeros(sock, int(command[1]))
+
+
+class _Sink(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return bytes(data)
+
+
+def _recv_line(sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        line += _recv_exactly(sock, 1)
+    return line
+
+
+def _drain(sock: socket.socket, size: int) -> None:
+    buffer = bytearray(CHUNK)
+    left = size
+    while left:
+        got = sock.recv_into(buffer, min(left, CHUNK))
+        if not got:
+            raise ConnectionError("closed early")
+        left -= got
+
+
+def _send_zeros(sock: socket.socket, size: int) -> None:
+    view = memoryview(ZEROS)
+    while size:
+        step = min(size, CHUNK)
+        sock.sendall(view[:step])
+        size -= step
+
+
+# --- the two proxies --------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((PROXY_HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((PROXY_HOST, port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on {port} within {DEADLINE} s")
+
+
+SQUID_CONF = """\
+http_port {host}:{port}
+acl allowed_domains dstdomain {name}
+acl SSL_ports port 443
+acl CONNECT method CONNECT
+http_access deny CONNECT !SSL_ports
+http_access allow CONNECT allowed_domains
+http_access deny all
+cache deny all
+hosts_file {dir}/hosts
+dns_nameservers 127.0.0.1
+access_log stdio:{dir}/access.log
+cache_log {dir}/cache.log
+pid_filename {dir}/squid.pid
+coredump_dir {dir}
+visible_hostname bench
+shutdown_lifetime 0 seconds
+"""
+
+OUR_PROXY = (
+    "import sys; from proxy.__main__ import main; from proxy._resolver import StaticResolver; "
+    f"sys.exit(main(sys.argv[1:], StaticResolver({{{NAME!r}: [[{SINK_HOST!r}]]}})))"
+)
+
+
+@contextlib.contextmanager
+def _squid(workdir: Path) -> Iterator[tuple[int, int]]:
+    port = _free_port()
+    workdir.chmod(0o777)  # squid drops root privileges to its own user before writing logs
+    (workdir / "hosts").write_text(f"{SINK_HOST} {NAME}\n")
+    conf = workdir / "squid.conf"
+    conf.write_text(SQUID_CONF.format(host=PROXY_HOST, port=port, name=NAME, dir=workdir))
+    process = subprocess.Popen([SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL)
+    try:
+        _wait_listening(port, process, "squid")
+        yield port, process.pid
+    finally:
+        _stop(process)
+
+
+@contextlib.contextmanager
+def _ours(workdir: Path) -> Iterator[tuple[int, int]]:
+    port = _free_port()
+    policy = workdir / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {"allowedDomains": [NAME], "sandboxId": "bench", "testAllowCidrs": [f"{SINK_HOST}/32"]}
+        )
+    )
+    args = [sys.executable, "-c", OUR_PROXY, "--policy", str(policy)]
+    with (workdir / "audit.jsonl").open("wb") as audit:
+        process = subprocess.Popen(
+            [*args, "--listen", f"{PROXY_HOST}:{port}"], cwd=REPO, stdout=audit
+        )
+        try:
+            _wait_listening(port, process, "our proxy")
+            yield port, process.pid
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(DEADLINE / 4)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(DEADLINE / 4)
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants, in KiB."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+# --- the workload -----------------------------------------------------------------------
+
+
+def _client_hello() -> bytes:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=NAME)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+HELLO = _client_hello()
+CONNECT = f"CONNECT {NAME}:443 HTTP/1.1\r\nHost: {NAME}:443\r\n\r\n".encode()
+
+
+def _tunnel(port: int, command: bytes) -> socket.socket:
+    """Open a tunnel through the proxy at ``port`` and send the ClientHello and ``command``."""
+    sock = socket.create_connection((PROXY_HOST, port), DEADLINE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(CONNECT)
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += _recv_exactly(sock, 1)
+    if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+        sock.close()
+        raise RuntimeError(f"tunnel refused: {head!r}")
+    sock.sendall(HELLO + command)
+    return sock
+
+
+def _setup_latency(port: int) -> list[float]:
+    """Seconds from TCP connect to the first byte back from the upstream, per tunnel."""
+    samples = []
+    for _ in range(LATENCY_SAMPLES):
+        started = time.perf_counter()
+        with _tunnel(port, b"ECHO\n") as sock:
+            _recv_exactly(sock, 5)
+            samples.append(time.perf_counter() - started)
+    return samples
+
+
+def _upload(port: int, size: int) -> float:
+    """Seconds to push ``size`` bytes through an open tunnel until the sink confirms."""
+    with _tunnel(port, f"UP {size}\n".encode()) as sock:
+        started = time.perf_counter()
+        _send_zeros(sock, size)
+        _recv_exactly(sock, 3)
+        return time.perf_counter() - started
+
+
+def _download(port: int, size: int) -> float:
+    """Seconds to receive ``size`` bytes from the sink through an open tunnel."""
+    with _tunnel(port, f"DOWN {size}\n".encode()) as sock:
+        started = time.perf_counter()
+        _drain(sock, size)
+        return time.perf_counter() - started
+
+
+async def _async_tunnel(port: int, payload: bytes) -> None:
+    reader, writer = await asyncio.open_connection(PROXY_HOST, port)
+    try:
+        writer.write(CONNECT)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"tunnel refused: {head!r}")
+        writer.write(HELLO + b"ECHO\n" + payload)
+        await reader.readexactly(5 + len(payload))
+    finally:
+        writer.close()
+
+
+async def _concurrent(port: int) -> float:
+    """Seconds for CONCURRENT tunnels, started together, each to echo 64 KiB."""
+    payload = os.urandom(64 * 1024)
+    started = time.perf_counter()
+    async with asyncio.timeout(DEADLINE):
+        await asyncio.gather(*(_async_tunnel(port, payload) for _ in range(CONCURRENT)))
+    return time.perf_counter() - started
+
+
+def _median_of(runs: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(runs))
+
+
+@dataclass
+class Figures:
+    """One proxy's results."""
+
+    rss_start_kib: int = 0
+    rss_after_kib: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    up_1m: float = 0.0  # MiB/s
+    up_64m: float = 0.0
+    down_64m: float = 0.0
+    concurrent_ms: float = 0.0
+
+
+def _measure(port: int, pid: int) -> Figures:
+    figures = Figures(rss_start_kib=_rss_kib(pid))
+    for _ in range(20):  # warm-up
+        _setup_latency_once(port)
+    latency = sorted(_setup_latency(port))
+    figures.p50_ms = statistics.median(latency) * 1000
+    figures.p99_ms = latency[int(len(latency) * 0.99) - 1] * 1000
+    figures.up_1m = 1 / _median_of(15, lambda: _upload(port, MIB))
+    figures.up_64m = 64 / _median_of(3, lambda: _upload(port, 64 * MIB))
+    figures.down_64m = 64 / _median_of(3, lambda: _download(port, 64 * MIB))
+    figures.concurrent_ms = _median_of(3, lambda: asyncio.run(_concurrent(port))) * 1000
+    time.sleep(1)  # let both proxies settle to idle before reading memory again
+    figures.rss_after_kib = _rss_kib(pid)
+    return figures
+
+
+def _setup_latency_once(port: int) -> None:
+    with _tunnel(port, b"ECHO\n") as sock:
+        _recv_exactly(sock, 5)
+
+
+ROWS = (
+    ("tunnel setup p50 (ms)", "p50_ms", "lower"),
+    ("tunnel setup p99 (ms)", "p99_ms", "lower"),
+    ("upload 1 MiB (MiB/s)", "up_1m", "higher"),
+    ("upload 64 MiB (MiB/s)", "up_64m", "higher"),
+    ("download 64 MiB (MiB/s)", "down_64m", "higher"),
+    (f"{CONCURRENT} concurrent tunnels (ms)", "concurrent_ms", "lower"),
+    ("idle RSS at start (MiB)", "rss_start_kib", "lower"),
+    ("idle RSS after load (MiB)", "rss_after_kib", "lower"),
+)
+
+
+def _table(ours: Figures, squid: Figures) -> str:
+    lines = [
+        f"{'metric':<30} {'squid':>10} {'ours':>10} {'ours/squid':>11}  better",
+        "-" * 72,
+    ]
+    for label, attr, better in ROWS:
+        mine, theirs = float(getattr(ours, attr)), float(getattr(squid, attr))
+        scale = 1024 if attr.startswith("rss") else 1
+        lines.append(
+            f"{label:<30} {theirs / scale:>10.2f} {mine / scale:>10.2f} "
+            f"{mine / theirs if theirs else float('nan'):>11.2f}  {better}"
+        )
+    return "\n".join(lines)
+
+
+def _check_environment() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("proxy_vs_squid: needs root (the upstream listens on port 443)")
+    if not Path(SQUID).exists():
+        raise SystemExit("proxy_vs_squid: squid is not installed (apt-get install squid)")
+
+
+def main() -> None:
+    """Run the workload through Squid and through our proxy; print the ratio table."""
+    _check_environment()
+    sink = _Sink((SINK_HOST, SINK_PORT), _SinkHandler)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
+            work = Path(tmp)
+            work.chmod(0o755)  # squid's unprivileged user must reach its own subdirectory
+            (work / "squid").mkdir()
+            (work / "ours").mkdir()
+            with _squid(work / "squid") as (port, pid):
+                squid = _measure(port, pid)
+            with _ours(work / "ours") as (port, pid):
+                ours = _measure(port, pid)
+    finally:
+        sink.shutdown()
+        sink.server_close()
+    print(f"CONNECT through each proxy to a loopback sink; {sys.platform}, {os.cpu_count()} cpus")
+    print(_table(ours, squid))
+
+
+if __name__ == "__main__":
+    main()
