@@ -16,7 +16,7 @@ BENCHMARKS = ("proxy_vs_squid", "startup", "gateway")
 
 
 def main() -> int:
-    """Run each benchmark's main(); return 1 if any of them failed."""
+    """Run every benchmark in turn; return 1 if any of them failed."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     failed: list[str] = []
     for name in BENCHMARKS:

@@ -37,7 +37,7 @@ TOOLS = [
 def run_python(code: str) -> dict[str, object]:
     """Execute `code` with the skill's own environment and report what happened."""
     try:
-        done = subprocess.run(  # noqa: S603 - executing the caller's code is the point
+        done = subprocess.run(  # executing the caller's code is the point
             [sys.executable, "-c", code],
             capture_output=True,
             text=True,
