@@ -7,6 +7,7 @@ the gateway's call log go to the run's `skills.log`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -24,7 +25,7 @@ from orchestrator import engine, images, state
 from orchestrator._build import stderr_progress
 from orchestrator.config import load_config
 from orchestrator.env import env_files, load_env_files, resolve_secrets, skill_environment
-from orchestrator.errors import UsageError
+from orchestrator.errors import RunError, UsageError
 from orchestrator.gateway import (
     Gateway,
     Prompter,
@@ -33,6 +34,7 @@ from orchestrator.gateway import (
     result_payload,
     serve_http,
     serve_stdio,
+    sole_exception,
     tools_payload,
 )
 from orchestrator.http_guard import new_token
@@ -66,6 +68,7 @@ class LaunchOptions:
     prefix_tools: bool = False
     prompter: Prompter | None = None
     progress: Callable[[str], None] = field(default=stderr_progress)
+    signal_is_error: bool = True  # `run` is meant to be stopped by a signal: not an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,21 +113,30 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
         functools.partial(images.ensure_expert_image, prepared.plan, progress=options.progress)
     )
     run = state.create_run(prepared.plan.expert)
-    with _run_log(run.skills_log_path):
-        async with (
-            engine.cancel_on_signals(),
-            engine.open_sandbox(
-                prepared.plan, image=image, run=run, workspace=options.workspace
-            ) as sandbox,
-        ):
-            sessions = build_sessions(prepared, sandbox)
-            async with open_gateway(
-                sessions,
-                prepared.plan.interactive_tools,
-                prefix_tools=options.prefix_tools,
-                prompter=options.prompter,
-            ) as gateway:
+    finished = False
+    try:
+        with _run_log(run.skills_log_path):
+            async with (
+                engine.cancel_on_signals() as signalled,
+                engine.open_sandbox(
+                    prepared.plan, image=image, run=run, workspace=options.workspace
+                ) as sandbox,
+                open_gateway(
+                    build_sessions(prepared, sandbox),
+                    prepared.plan.interactive_tools,
+                    prefix_tools=options.prefix_tools,
+                    prompter=options.prompter,
+                ) as gateway,
+            ):
                 yield gateway
+                finished = True
+    except BaseExceptionGroup as group:
+        sole = sole_exception(group)
+        if sole is group:
+            raise
+        raise sole from sole.__cause__
+    if not finished and options.signal_is_error:  # the body was cancelled by SIGINT/SIGTERM
+        raise RunError(f"interrupted by a signal; run {run.run_id} was torn down")
 
 
 def skill_home(uid: int) -> str:
@@ -261,6 +273,7 @@ def serve(options: LaunchOptions, *, http: str | None) -> None:
 
     """
     listen = parse_listen(http) if http is not None else None
+    options = dataclasses.replace(options, signal_is_error=False)
 
     async def main() -> None:
         async with open_expert(options) as gateway:

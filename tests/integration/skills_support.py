@@ -73,10 +73,13 @@ def ensure_image(config_path: Path, expert: str) -> str:
 def write_expert(folder: Path, toml: str) -> Path:
     """Write a test Expert folder (perstack.toml + the stdlib skill + the Node probe)."""
     folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)  # pytest makes tmp folders 0700: skills run as other uids
     shutil.copy2(STDLIB_SKILL, folder / "stdlib_skill.py")
     shutil.copy2(EGRESS_PROBE, folder / "egress_probe.mjs")
     path = folder / "perstack.toml"
     path.write_text(toml, encoding="utf-8")
+    for file in folder.iterdir():
+        file.chmod(0o644)
     return path
 
 

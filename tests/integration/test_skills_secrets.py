@@ -24,8 +24,9 @@ from skills_support import (
 from orchestrator import state
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
+# PWD is exported by the launcher's /bin/sh: it comes from the sandbox, never the host.
 SANDBOX_VARIABLE = re.compile(
-    r"^(PATH|HOME|LANG|.*PROXY.*|.*CERT.*|SSL_.*|NODE_.*|.*CA_.*)$", re.IGNORECASE
+    r"^(PATH|HOME|LANG|PWD|.*PROXY.*|.*CERT.*|SSL_.*|NODE_.*|.*CA_.*)$", re.IGNORECASE
 )
 
 
@@ -64,17 +65,19 @@ async def test_skill_cannot_read_another_skills_secret_and_host_canaries_stay_ou
         ),
     )
     with anyio.fail_after(DEADLINE_S):
-        async with started(config, expert, env_paths=(tmp_path / "b.env",)) as gateway:
-            who_a = json.loads((await _json_call(gateway, "whoami"))[1])
+        async with started(
+            config, expert, env_paths=(tmp_path / "b.env",), prefix_tools=True
+        ) as gateway:
+            who_a = json.loads((await _json_call(gateway, "a-skill__whoami"))[1])
             who_b = json.loads(text_of(await gateway.skills["b-skill"].call_tool("whoami", {})))
             assert who_a["uid"] != who_b["uid"]
             assert who_a["uid"] != 0
             stolen, text = await _json_call(
-                gateway, "read_file", {"path": f"/proc/{who_b['pid']}/environ"}
+                gateway, "a-skill__read_file", {"path": f"/proc/{who_b['pid']}/environ"}
             )
             assert stolen.is_error, text
             assert value_b not in text
-            names_a = set(json.loads((await _json_call(gateway, "env_names"))[1]))
+            names_a = set(json.loads((await _json_call(gateway, "a-skill__env_names"))[1]))
             names_b = set(
                 json.loads(text_of(await gateway.skills["b-skill"].call_tool("env_names", {})))
             )
@@ -84,7 +87,9 @@ async def test_skill_cannot_read_another_skills_secret_and_host_canaries_stay_ou
             for name in names_a - {"SECRET_A"}:
                 assert SANDBOX_VARIABLE.match(name), f"unexpected variable {name} in a skill"
             assert canary_name not in names_a
-            _own, own_text = await _json_call(gateway, "read_file", {"path": "/proc/self/environ"})
+            _own, own_text = await _json_call(
+                gateway, "a-skill__read_file", {"path": "/proc/self/environ"}
+            )
             assert canary_value not in own_text
             for container in labelled_containers(expert):
                 config_env = "\n".join(container.attrs["Config"].get("Env") or [])
