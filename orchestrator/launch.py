@@ -117,7 +117,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
     try:
         with _run_log(run.skills_log_path):
             async with (
-                engine.cancel_on_signals() as signalled,
+                engine.cancel_on_signals(),
                 engine.open_sandbox(
                     prepared.plan, image=image, run=run, workspace=options.workspace
                 ) as sandbox,
