@@ -14,6 +14,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"; "${cli[@]}" gc >/dev/null 2>&1 || true' EXIT
 cp "$here/perstack.toml" "$here/egress_probe.mjs" "$work/"
+chmod 755 "$work" && chmod 644 "$work"/*  # skills run as their own uids and must read /expert
 allowed_host="$(npm config get registry 2>/dev/null | sed -E 's#^[a-z]+://##; s#[:/].*$##')"
 [ -n "$allowed_host" ] || { echo "cannot derive the npm registry host" >&2; exit 1; }
 sed -i "s/^allowedDomains = \[\"example.com\"\]$/allowedDomains = [\"example.com\", \"$allowed_host\"]/" \
