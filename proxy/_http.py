@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    import asyncio
+    from proxy._connection import Connection
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSIONS: Final = frozenset({"HTTP/1.1", "HTTP/1.0"})
@@ -55,7 +55,7 @@ class RequestHead:
         return values[0] if values else None
 
 
-async def read_head(reader: asyncio.StreamReader, max_bytes: int) -> tuple[bytes, bytes]:
+async def read_head(reader: Connection, max_bytes: int) -> tuple[bytes, bytes]:
     """Read up to the blank line that ends a request head (the caller bounds the time).
 
     Returns:

@@ -15,16 +15,18 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from proxy._audit import AuditLog, Decision
+from proxy._connection import Connection, TunnelStats, splice
 from proxy._http import Refusal, RequestHead, parse_head, read_head, request_line, response
 from proxy._netrules import AddressRules, parse_address
-from proxy._splice import TunnelStats, close_writer, splice
-from proxy._tunnel import Connector, Streams, TunnelRequest, open_tunnel, open_upstream
+from proxy._tunnel import Connector, TunnelRequest, open_tunnel, open_upstream
 
 if TYPE_CHECKING:
     from proxy._policy import Policy
     from proxy._resolver import Resolver
 
 HEALTH_PATH: Final = "/healthz"
+# A closing client gets this long to take our last bytes (a refusal) before it is cut off.
+CLOSE_TIMEOUT: Final = 5.0
 
 
 class ProxyServer:
@@ -45,6 +47,7 @@ class ProxyServer:
         self.active = 0
         self._ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._rules = policy.addresses
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -54,9 +57,12 @@ class ProxyServer:
             OSError: an address cannot be bound.
 
         """
+        loop = asyncio.get_running_loop()
         bound: list[tuple[str, int]] = []
         for host, port in listen:
-            server = await asyncio.start_server(self._handle, host, port, backlog=1024)
+            server = await loop.create_server(
+                lambda: Connection(on_connect=self._accept), host, port, backlog=1024
+            )
             self._servers.append(server)
             bound += [sock.getsockname()[:2] for sock in server.sockets]
         own = [parse_address(host) for host, _ in bound]
@@ -70,27 +76,31 @@ class ProxyServer:
         for server in self._servers:
             await server.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, client: Connection) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, client: Connection) -> None:
         conn, started = next(self._ids), time.monotonic()
-        client = _address_text(writer.get_extra_info("peername"))
-        record = Decision(client=client)
+        record = Decision(client=_address_text(client.peername()))
         stats = TunnelStats()
         audited = False
         self.active += 1
         try:
-            audited = await self._serve(conn, (reader, writer), record, stats)
+            audited = await self._serve(conn, client, record, stats)
         except Refusal as refusal:
-            audited = self._refuse(conn, writer, record, refusal)
+            audited = self._refuse(conn, client, record, refusal)
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the proxy
             sys.stderr.write(f"proxy: connection {conn} failed: {exc!r}\n")
         finally:
             self.active -= 1
-            await close_writer(writer)
+            await client.close_within(CLOSE_TIMEOUT)
             if audited:
-                self.audit.close(conn, client, stats.up, stats.down, started)
+                self.audit.close(conn, record.client, stats.up, stats.down, started)
 
     async def _serve(
-        self, conn: int, client: Streams, record: Decision, stats: TunnelStats
+        self, conn: int, client: Connection, record: Decision, stats: TunnelStats
     ) -> bool:
         """Read and answer one request; return whether a decision line was written."""
         limits = self.policy.limits
@@ -98,38 +108,36 @@ class ProxyServer:
             raise Refusal(503, "too-many-connections")
         try:
             async with asyncio.timeout(limits.header_timeout):
-                raw, early = await read_head(client[0], limits.max_header_bytes)
+                raw, early = await read_head(client, limits.max_header_bytes)
         except TimeoutError as exc:
             raise Refusal(408, "header-timeout") from exc
         record.raw_host = request_line(raw)
         head = parse_head(raw)
         record.method, record.raw_host = head.method, head.target
         if head.method == "GET" and head.target == HEALTH_PATH:
-            client[1].write(response(200, "ok"))
+            client.write(response(200, "ok"))
             return False
         if head.method != "CONNECT":
             _refuse_plain_http(head, record)
-        rules = self._rules_for(client[1])
+        rules = self._rules_for(client)
         request = TunnelRequest(self.policy, self.resolver, self.connector, rules, record)
         upstream, hello = await open_tunnel(request, head, client, early)
         record.decision, record.reason = "allow", "allowed"
         self.audit.decision(conn, record)
         stats.up += len(hello)
-        upstream[1].write(hello)
+        upstream.write(hello)
         await splice(client, upstream, stats, limits.idle_timeout)
         return True
 
-    def _rules_for(self, writer: asyncio.StreamWriter) -> AddressRules:
+    def _rules_for(self, client: Connection) -> AddressRules:
         """Add the address this client reached us on: with a wildcard listen it is ours too."""
-        sockname = writer.get_extra_info("sockname")
+        sockname = client.sockname()
         local = parse_address(str(sockname[0])) if isinstance(sockname, tuple) else None
         return self._rules.with_own([local] if local is not None else [])
 
-    def _refuse(
-        self, conn: int, writer: asyncio.StreamWriter, record: Decision, refusal: Refusal
-    ) -> bool:
-        if refusal.status is not None and not writer.is_closing():
-            writer.write(response(refusal.status, refusal.reason))
+    def _refuse(self, conn: int, client: Connection, record: Decision, refusal: Refusal) -> bool:
+        if refusal.status is not None:
+            client.write(response(refusal.status, refusal.reason))
         if refusal.reason == "no-request":
             return False  # a bare TCP connect (a port probe) is not a request
         record.decision, record.reason = "deny", refusal.reason

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    import asyncio
+    from proxy._connection import Connection
 
 _RECORD_HANDSHAKE: Final = 22
 _HANDSHAKE_CLIENT_HELLO: Final = 1
@@ -68,7 +68,7 @@ def _complete_message(handshake: bytearray) -> bytes | None:
 
 
 async def read_client_hello(
-    reader: asyncio.StreamReader, max_bytes: int, early: bytes = b""
+    reader: Connection, max_bytes: int, early: bytes = b""
 ) -> tuple[bytes, bytes]:
     """Read from ``reader`` (after the bytes ``early``) until a whole ClientHello has arrived.
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from proxy._connection import Connection
 from proxy._http import CONNECT_ESTABLISHED, Refusal, RequestHead, split_authority
 from proxy._netrules import AddressRules, IPAddress, parse_address
 from proxy._resolver import ResolveError, Resolver
@@ -28,18 +29,19 @@ if TYPE_CHECKING:
 
 TLS_PORT: Final = 443
 
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-Connector = Callable[[str, int], Awaitable[Streams]]
+Connector = Callable[[str, int], Awaitable[Connection]]
 
 
-async def open_upstream(address: str, port: int) -> Streams:
+async def open_upstream(address: str, port: int) -> Connection:
     """Open a TCP connection to ``address`` (an IP literal, never a name) and ``port``.
 
     Raises:
         OSError: the connection failed.
 
     """
-    return await asyncio.open_connection(address, port)
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(lambda: Connection(upstream=True), address, port)
+    return connection
 
 
 @dataclass
@@ -125,7 +127,7 @@ async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
     return checked
 
 
-async def dial_checked(request: TunnelRequest, addresses: list[IPAddress]) -> Streams:
+async def dial_checked(request: TunnelRequest, addresses: list[IPAddress]) -> Connection:
     """Connect to the first reachable address of ``addresses``, within the connect timeout.
 
     Raises:
@@ -146,14 +148,14 @@ async def dial_checked(request: TunnelRequest, addresses: list[IPAddress]) -> St
 
 
 async def open_tunnel(
-    request: TunnelRequest, head: RequestHead, client: Streams, early: bytes
-) -> tuple[Streams, bytes]:
+    request: TunnelRequest, head: RequestHead, client: Connection, early: bytes
+) -> tuple[Connection, bytes]:
     """Run every check of a CONNECT request and dial the upstream.
 
     ``early`` holds bytes the client sent right after its request head.
 
     Returns:
-        The upstream streams and the client's ClientHello bytes, not yet forwarded.
+        The upstream connection and the client's ClientHello bytes, not yet forwarded.
 
     Raises:
         Refusal: any check failed; its status is None once the 200 has been sent.
@@ -163,17 +165,17 @@ async def open_tunnel(
     addresses = await resolve_checked(request, host)
     upstream = await dial_checked(request, addresses)
     try:
-        client[1].write(CONNECT_ESTABLISHED)
-        await client[1].drain()
-        hello = await _checked_hello(request, client[0], host, early)
+        client.write(CONNECT_ESTABLISHED)
+        await client.drain()
+        hello = await _checked_hello(request, client, host, early)
     except BaseException:
-        upstream[1].close()
+        upstream.abort()
         raise
     return upstream, hello
 
 
 async def _checked_hello(
-    request: TunnelRequest, reader: asyncio.StreamReader, host: str, early: bytes
+    request: TunnelRequest, reader: Connection, host: str, early: bytes
 ) -> bytes:
     limits = request.policy.limits
     try:

@@ -25,9 +25,12 @@ from proxy._audit import AuditLog
 from proxy._policy import parse_policy
 from proxy._resolver import ResolveError
 from proxy._server import ProxyServer
+from proxy._tunnel import open_upstream
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+
+    from proxy._connection import Connection
 
 PROXY_HOST = "127.0.0.1"
 UPSTREAM_HOST = "127.0.0.2"
@@ -109,13 +112,11 @@ class ProxyHarness:
         self.address: tuple[str, int] = ("", 0)
         self.upstream_port = 0
 
-    async def _connect(
-        self, address: str, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self, address: str, port: int) -> Connection:
         self.dials.append((address, port))
         if self.connect_hangs:
             await asyncio.Event().wait()
-        return await asyncio.open_connection(address, self.upstream_port)
+        return await open_upstream(address, self.upstream_port)
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` on the harness loop and return its result."""
