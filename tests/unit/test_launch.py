@@ -1,0 +1,109 @@
+"""Launch inputs are checked before Docker: secrets, env files, tool arguments, CLI exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from orchestrator.errors import MissingEnvError, UsageError
+from orchestrator.launch import LaunchOptions, parse_tool_args, prepare
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CANARY = "c4nary-secret-value"
+TOML = """
+envPath = ["secrets/app.env"]
+
+[experts."e"]
+instruction = "test"
+
+[experts."e".skills."api"]
+type = "mcpStdioSkill"
+command = "python3"
+args = ["server.py"]
+requiredEnv = ["API_TOKEN", "REGION"]
+
+[experts."e".skills."db"]
+type = "mcpStdioSkill"
+command = "python3"
+args = ["db.py"]
+requiredEnv = ["DB_PASSWORD", "REGION"]
+"""
+
+
+def _config(tmp_path: Path, env_file: str | None = None) -> Path:
+    (tmp_path / "perstack.toml").write_text(TOML)
+    if env_file is not None:
+        (tmp_path / "secrets").mkdir()
+        (tmp_path / "secrets" / "app.env").write_text(env_file)
+    return tmp_path / "perstack.toml"
+
+
+def test_prepare_reads_the_tomls_env_path_relative_to_the_config(tmp_path, monkeypatch):
+    """The envPath files resolve against the config folder; the real environment wins."""
+    monkeypatch.chdir("/")
+    monkeypatch.setenv("REGION", "from-environment")
+    config = _config(tmp_path, f"API_TOKEN={CANARY}\nDB_PASSWORD=pw\nREGION=from-file\n")
+    prepared = prepare(LaunchOptions(config_path=config, expert="e"))
+    api = prepared.secrets["api"].values
+    assert api["API_TOKEN"].reveal() == CANARY
+    assert api["REGION"].reveal() == "from-environment"
+    assert set(prepared.secrets["db"].values) == {"DB_PASSWORD", "REGION"}
+
+
+def test_prepare_names_every_missing_variable_and_its_skills(tmp_path, monkeypatch):
+    """All missing variables are reported at once, each with the skills that need it."""
+    for name in ("API_TOKEN", "REGION", "DB_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    config = _config(tmp_path)
+    with pytest.raises(MissingEnvError) as caught:
+        prepare(LaunchOptions(config_path=config, expert="e"))
+    message = str(caught.value)
+    assert "API_TOKEN (needed by 'api')" in message
+    assert "DB_PASSWORD (needed by 'db')" in message
+    assert "REGION (needed by 'api', 'db')" in message
+
+
+def test_cli_env_path_replaces_the_tomls_env_path(tmp_path, monkeypatch):
+    """`--env-path` files are read instead of envPath (which would be missing here)."""
+    for name in ("API_TOKEN", "REGION", "DB_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    config = _config(tmp_path)
+    other = tmp_path / "other.env"
+    other.write_text("API_TOKEN=t\nREGION=r\nDB_PASSWORD=p\n")
+    prepared = prepare(LaunchOptions(config_path=config, expert="e", env_paths=(other,)))
+    assert prepared.secrets["db"].values["DB_PASSWORD"].reveal() == "p"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"text"'])
+def test_tool_arguments_must_be_a_json_object(text):
+    """`--args` must parse as a JSON object."""
+    with pytest.raises(UsageError):
+        parse_tool_args(text)
+
+
+def test_tool_arguments_default_to_an_empty_object():
+    """No `--args` means `{}`; an object parses as it is."""
+    assert parse_tool_args(None) == {}
+    assert parse_tool_args('{"a": [1]}') == {"a": [1]}
+
+
+def test_call_with_missing_env_exits_2_without_touching_docker(tmp_path):
+    """The CLI reports missing variables with exit code 2 and one message, no traceback."""
+    config = _config(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "call", "e", "tool", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: missing environment variables: ")
+    assert "Traceback" not in done.stderr
