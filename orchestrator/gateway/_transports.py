@@ -1,0 +1,117 @@
+"""Serving the gateway: stdio, and streamable HTTP on 127.0.0.1 behind the bearer/Origin guard."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.to_thread
+import uvicorn
+from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
+
+from orchestrator.errors import GatewayError, UsageError
+from orchestrator.gateway._server import make_server
+from orchestrator.http_guard import BearerOriginGuard, loopback_origins
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from orchestrator.gateway._core import Gateway, Prompter
+
+
+MAX_PORT: Final = 65535
+LISTEN_BACKLOG: Final = 128
+
+
+async def serve_stdio(gateway: Gateway) -> None:
+    """Serve the gateway over this process's stdin/stdout until the client closes it."""
+    server = make_server(gateway)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Parse `--http HOST:PORT`; the host must be loopback (127.0.0.1 or localhost).
+
+    Raises:
+        UsageError: malformed, or not a loopback host.
+
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= MAX_PORT:
+        raise UsageError(f"--http wants HOST:PORT, got {address!r}")
+    if host not in ("127.0.0.1", "localhost"):
+        raise UsageError(f"--http must bind 127.0.0.1 (loopback only), got {host!r}")
+    return "127.0.0.1", int(port_text)
+
+
+async def serve_http(
+    gateway: Gateway,
+    *,
+    port: int,
+    token: str,
+    on_ready: Callable[[str], None] | None = None,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
+
+    `on_ready(url)` is called once the socket listens; setting `stop` shuts down cleanly.
+
+    Raises:
+        GatewayError: the port cannot be bound.
+
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(LISTEN_BACKLOG)  # listening before on_ready: clients may connect at once
+    except OSError as exc:
+        sock.close()
+        raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    actual = sock.getsockname()[1]
+    origins = loopback_origins(actual)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"127.0.0.1:{actual}", f"localhost:{actual}"],
+        allowed_origins=sorted(origins),
+    )
+    app = make_server(gateway).streamable_http_app(transport_security=security, host="127.0.0.1")
+    guarded = BearerOriginGuard(app, token=token, allowed_origins=origins)
+    config = uvicorn.Config(guarded, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as group:
+        if stop is not None:
+
+            async def watch() -> None:
+                await stop.wait()
+                server.should_exit = True
+
+            group.start_soon(watch)
+        if on_ready is not None:
+            on_ready(f"http://127.0.0.1:{actual}/mcp")
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+            group.cancel_scope.cancel()
+
+
+def terminal_prompter() -> Prompter | None:
+    """Return a prompter on the terminal, or None when stdin/stderr are not a TTY."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask_blocking(message: str) -> str | None:
+        sys.stderr.write(f"{message}\n> ")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+
+    async def ask(message: str) -> str | None:
+        return await anyio.to_thread.run_sync(ask_blocking, message)
+
+    return ask

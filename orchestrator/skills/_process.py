@@ -1,0 +1,154 @@
+"""Skill processes: the byte-stream protocol, local subprocesses, and the stdio pumps."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.shared.message import SessionMessage
+
+from orchestrator.errors import SkillError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+
+logger = logging.getLogger(__name__)
+MAX_LINE_BYTES: Final = 64 * 1024 * 1024  # one JSON-RPC message; beyond this the skill is broken
+
+
+class SkillProcess(Protocol):
+    """A running skill process: three byte streams, a wait and a kill."""
+
+    @property
+    def stdin(self) -> anyio.abc.ByteSendStream:
+        """The process's standard input."""
+
+    @property
+    def stdout(self) -> anyio.abc.ByteReceiveStream:
+        """The process's standard output (JSON-RPC, one message per line)."""
+
+    @property
+    def stderr(self) -> anyio.abc.ByteReceiveStream:
+        """The process's standard error (free text for the log)."""
+
+    async def wait(self) -> int | None:
+        """Wait for the exit and return the code, when known."""
+
+    async def kill(self) -> None:
+        """Kill the process."""
+
+
+ProcessFactory: TypeAlias = "Callable[[], AbstractAsyncContextManager[SkillProcess]]"
+"""Opens one skill process; entered once per (re)start."""
+
+
+class _LocalProcess:
+    """`SkillProcess` over an `anyio` subprocess (tests, benchmarks)."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        # spawned with pipes, so all three exist
+        assert process.stdin is not None  # noqa: S101
+        assert process.stdout is not None  # noqa: S101
+        assert process.stderr is not None  # noqa: S101
+        self.stdin: anyio.abc.ByteSendStream = process.stdin
+        self.stdout: anyio.abc.ByteReceiveStream = process.stdout
+        self.stderr: anyio.abc.ByteReceiveStream = process.stderr
+        self._process = process
+
+    async def wait(self) -> int | None:
+        return await self._process.wait()
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+
+
+@asynccontextmanager
+async def local_process(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None
+) -> AsyncIterator[SkillProcess]:
+    """Start a local subprocess as a skill process; killed and reaped on exit.
+
+    Raises:
+        SkillError: the command cannot be started.
+
+    """
+    try:
+        process = await anyio.open_process(
+            list(argv), env=dict(env), cwd=cwd, start_new_session=True
+        )
+    except OSError as exc:
+        raise SkillError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    try:
+        yield _LocalProcess(process)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            await process.aclose()
+
+
+async def read_lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[bytes]:
+    """Yield complete lines (without the newline); a trailing partial line is yielded at EOF."""
+    buffer = bytearray()
+    with contextlib.suppress(
+        anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError
+    ):
+        while True:
+            chunk = await stream.receive()
+            buffer += chunk
+            while (end := buffer.find(b"\n")) >= 0:
+                yield bytes(buffer[:end])
+                del buffer[: end + 1]
+            if len(buffer) > MAX_LINE_BYTES:
+                logger.warning("dropping an over-long line (%d bytes)", len(buffer))
+                buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+async def pump_stdout(
+    skill: str,
+    stream: anyio.abc.ByteReceiveStream,
+    sink: MemoryObjectSendStream[SessionMessage | Exception],
+    exited: anyio.Event,
+) -> None:
+    try:
+        async with sink:
+            async for line in read_lines(stream):
+                if not line.strip():
+                    continue
+                try:
+                    message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                except ValueError:
+                    logger.warning("skill %r wrote a non-JSON-RPC line to stdout; ignored", skill)
+                    continue
+                await sink.send(SessionMessage(message))
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+    finally:
+        exited.set()
+
+
+async def pump_stdin(
+    source: MemoryObjectReceiveStream[SessionMessage], stdin: anyio.abc.ByteSendStream
+) -> None:
+    try:
+        async with source:
+            async for message in source:
+                data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                await stdin.send(data.encode() + b"\n")
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await stdin.aclose()

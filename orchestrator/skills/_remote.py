@@ -1,0 +1,107 @@
+"""`RemoteSkillSession`: an mcpSseSkill reached from the host through the sandbox's proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import httpx2
+from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from orchestrator.errors import SkillError
+from orchestrator.skills._session import (
+    STARTUP_TIMEOUT_S,
+    SkillSession,
+    failure_reason,
+    first_of,
+    list_all_tools,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from orchestrator.skills._process import SkillProcess
+    from orchestrator.skills._session import SkillSpec
+
+
+logger = logging.getLogger(__name__)
+
+
+class RemoteSkillSession(SkillSession):
+    """An mcpSseSkill: SSE or streamable HTTP from the host, through the sandbox's proxy.
+
+    The endpoint is tried with the transport its path suggests (`.../sse` means SSE), then with
+    the other one, so servers that speak streamable HTTP are accepted too.
+    """
+
+    def __init__(self, spec: SkillSpec, endpoint: str, *, proxy_url: str) -> None:
+        """Prepare the session; every byte goes through `proxy_url` (an HTTP CONNECT proxy)."""
+        super().__init__(spec, _no_process)
+        self.endpoint = endpoint
+        self._proxy_url = proxy_url
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        kinds = ("sse", "http") if self.endpoint.rstrip("/").endswith("/sse") else ("http", "sse")
+        self._handshaken = False
+        try:
+            try:
+                await self._serve_over(kinds[0], task_status)
+            except Exception:
+                if self._handshaken:
+                    raise
+                logger.info("skill %r: %s transport failed; trying %s", self.name, *kinds)
+                await self._serve_over(kinds[1], task_status)
+        except Exception as exc:
+            if not self._handshaken:
+                raise
+            logger.warning("remote skill %r failed: %s", self.name, failure_reason(exc))
+        finally:
+            self._session = None
+            self._stopped.set()
+        if not self._stop.is_set():
+            self._death = f"remote skill {self.name!r} lost its connection to {self.endpoint}"
+
+    async def _serve_over(self, kind: str, task_status: anyio.abc.TaskStatus[None]) -> None:
+        def client(
+            headers: dict[str, str] | None = None,
+            timeout: httpx2.Timeout | None = None,
+            auth: httpx2.Auth | None = None,
+        ) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(
+                proxy=self._proxy_url,
+                verify=ssl.create_default_context(),
+                trust_env=False,
+                headers=headers,
+                timeout=timeout or httpx2.Timeout(self.spec.timeout_s),
+                auth=auth,
+            )
+
+        async with contextlib.AsyncExitStack() as stack:
+            if kind == "sse":
+                streams = sse_client(self.endpoint, httpx_client_factory=client)
+            else:
+                http = await stack.enter_async_context(client())
+                streams = streamable_http_client(self.endpoint, http_client=http)
+            read, write = await stack.enter_async_context(streams)
+            session = await stack.enter_async_context(
+                ClientSession(read, write, read_timeout_seconds=self.spec.timeout_s)
+            )
+            with anyio.fail_after(STARTUP_TIMEOUT_S):
+                await session.initialize()
+                self._tools = await list_all_tools(session)
+            self._session, self._handshaken = session, True
+            task_status.started()
+            await first_of(self._stop.wait, self._lost.wait)
+
+
+@asynccontextmanager
+async def _no_process() -> AsyncIterator[SkillProcess]:
+    raise SkillError("a remote skill has no process")
+    yield  # pragma: no cover - unreachable; makes this an async generator
