@@ -178,6 +178,11 @@ class Connection(asyncio.Protocol):
             self.abort()
 
     @property
+    def closed(self) -> asyncio.Future[None]:
+        """A future that completes when the connection is lost."""
+        return self._closed
+
+    @property
     def saw_eof(self) -> bool:
         """Whether the remote side has finished sending."""
         return self._eof
@@ -231,7 +236,9 @@ async def splice(
             other.half_close()
         if side.is_closed:
             other.close()
-    both = asyncio.gather(client.wait_closed(), upstream.wait_closed())
+    # Plain futures, not tasks: shutting the loop down cancels tasks, and a cancelled
+    # gather of tasks would be reported as an exception nobody retrieved.
+    both = asyncio.gather(client.closed, upstream.closed)
     while True:
         remaining = stats.last_activity + idle_timeout - time.monotonic()
         if remaining <= 0:

@@ -122,10 +122,10 @@ class ProxyServer:
         rules = self._rules_for(client)
         request = TunnelRequest(self.policy, self.resolver, self.connector, rules, record)
         upstream, hello = await open_tunnel(request, head, client, early)
+        upstream.write(hello)  # every check has passed; the audit line need not delay it
+        stats.up += len(hello)
         record.decision, record.reason = "allow", "allowed"
         self.audit.decision(conn, record)
-        stats.up += len(hello)
-        upstream.write(hello)
         await splice(client, upstream, stats, limits.idle_timeout)
         return True
 

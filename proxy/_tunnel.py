@@ -12,6 +12,7 @@ checked: a mismatch costs it a TCP handshake with an address that passed every c
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -40,7 +41,15 @@ async def open_upstream(address: str, port: int) -> Connection:
 
     """
     loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(lambda: Connection(upstream=True), address, port)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
+        await loop.sock_connect(sock, (address, port))
+        _, connection = await loop.create_connection(lambda: Connection(upstream=True), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     return connection
 
 
