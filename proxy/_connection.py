@@ -225,6 +225,7 @@ async def splice(
     client: Connection, upstream: Connection, stats: TunnelStats, idle_timeout: float
 ) -> None:
     """Pair ``client`` and ``upstream`` until both are closed or the tunnel goes idle."""
+    stats.last_activity = time.monotonic()
     for side, other in ((client, upstream), (upstream, client)):
         side.stats, side.peer = stats, other
     for side, other in ((client, upstream), (upstream, client)):

@@ -91,6 +91,8 @@ class ProxyServer:
             audited = await self._serve(conn, client, record, stats)
         except Refusal as refusal:
             audited = self._refuse(conn, client, record, refusal)
+        except OSError:  # the client went away mid-request (e.g. before our 200 reached it)
+            audited = self._refuse(conn, client, record, Refusal(None, "client-gone"))
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the proxy
             sys.stderr.write(f"proxy: connection {conn} failed: {exc!r}\n")
         finally:

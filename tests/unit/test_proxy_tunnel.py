@@ -269,3 +269,20 @@ def test_garbage_on_other_connections_does_not_disturb_an_open_tunnel() -> None:
         sock.sendall(b"still here")
         assert _recv_exactly(sock, 10) == b"still here"
         sock.close()
+
+
+def test_client_that_never_reads_is_throttled_by_backpressure() -> None:
+    """A client pushing data it never reads back is stalled; the proxy does not buffer it all."""
+    with running_proxy() as harness:
+        sock = open_tunnel(harness, "api.example.com:443", "api.example.com")
+        sock.settimeout(0.5)  # how long a blocked send may take before we call it stalled
+        chunk, sent, stalled = bytes(1 << 20), 0, False
+        while sent < 256 << 20 and not stalled:
+            try:
+                sent += sock.send(chunk)
+            except TimeoutError:
+                stalled = True
+        sock.close()
+        assert stalled
+        # Kernel socket buffers on loopback hold some MiB; an unthrottled proxy would take all.
+        assert sent < 64 << 20
