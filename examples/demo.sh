@@ -40,8 +40,9 @@ from orchestrator.state import latest_run
 run = latest_run()
 for line in run.audit_path.read_text().splitlines() if run else []:
     event = json.loads(line)
-    keep = {k: event[k] for k in ("decision", "host", "port", "reason") if k in event}
-    print("  audit:", json.dumps(keep or event, sort_keys=True))
+    if "decision" in event:  # the proxy's verdicts; connection-close records are left out
+        keep = {k: event[k] for k in ("decision", "host", "port", "reason") if k in event}
+        print("  audit:", json.dumps(keep, sort_keys=True))
 PY
 }
 
