@@ -18,6 +18,6 @@ if ! mkdir -m 700 "$HOME" 2>/dev/null; then
     fi
     chmod 700 "$HOME"
 fi
-# Docker adds HOSTNAME to every exec; a skill's environment is what the orchestrator passed.
-unset HOSTNAME
+# Docker adds HOSTNAME to every exec and sh exports PWD: a skill gets only what was passed.
+unset HOSTNAME PWD OLDPWD
 exec "$@"
