@@ -41,8 +41,12 @@ class RemoteSkillSession(SkillSession):
     the other one, so servers that speak streamable HTTP are accepted too.
     """
 
-    def __init__(self, spec: SkillSpec, endpoint: str, *, proxy_url: str) -> None:
-        """Prepare the session; every byte goes through `proxy_url` (an HTTP CONNECT proxy)."""
+    def __init__(self, spec: SkillSpec, endpoint: str, *, proxy_url: str | None) -> None:
+        """Prepare the session; every byte goes through `proxy_url` (an HTTP CONNECT proxy).
+
+        `proxy_url=None` (a direct connection) exists for tests against loopback servers; a run
+        always passes the sandbox's proxy.
+        """
         super().__init__(spec, _no_process)
         self.endpoint = endpoint
         self._proxy_url = proxy_url
