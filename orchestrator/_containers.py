@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,6 +31,8 @@ from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from orchestrator.plan import Limits
     from orchestrator.state import RunState
 
@@ -255,24 +258,38 @@ def remove_run(run_id: str) -> None:
     remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
 
 
-def remove_labelled(filters: dict[str, Any], *, keep: Any = None) -> list[str]:  # noqa: ANN401
+def remove_labelled(
+    filters: dict[str, Any], *, keep: Callable[[dict[str, str]], bool] | None = None
+) -> list[str]:
     """Remove containers then networks matching `filters` (unless `keep(labels)`); name them.
+
+    Containers go in parallel (each removal waits for its filesystem to be unmounted); the
+    networks go after them, since a network in use cannot be removed.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
 
     """
     api = client().api
-    removed: list[str] = []
-    with docker_errors("removing sandbox objects"):
-        for container in api.containers(all=True, filters=filters):
-            if keep is not None and keep(container.get("Labels") or {}):
-                continue
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_container(container["Id"], force=True, v=True)
-            removed.append(f"container {container['Names'][0].lstrip('/')}")
+
+    def is_kept(item: dict[str, Any]) -> bool:
+        return keep is not None and keep(item.get("Labels") or {})
+
+    def remove_container(container_id: str) -> None:
+        with (
+            docker_errors("removing a sandbox container"),
+            contextlib.suppress(docker.errors.NotFound),
+        ):
+            api.remove_container(container_id, force=True, v=True)
+
+    with docker_errors("listing sandbox objects"):
+        containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
+        list(pool.map(remove_container, [c["Id"] for c in containers]))
+    removed = [f"container {c['Names'][0].lstrip('/')}" for c in containers]
+    with docker_errors("removing sandbox networks"):
         for network in api.networks(filters=filters):
-            if keep is not None and keep(network.get("Labels") or {}):
+            if is_kept(network):
                 continue
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_network(network["Id"])
