@@ -5,7 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import pty
+import select
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -265,3 +270,42 @@ async def test_http_transport_requires_bearer_token_and_loopback_origin():
                 assert [tool.name for tool in tools.tools] == ["echo"]
                 assert text_of(await client.call_tool("echo", {"text": "via http"})) == "via http"
             stop.set()
+
+
+PROMPT_SCRIPT = """
+import anyio
+from orchestrator.gateway import open_gateway, terminal_prompter
+from orchestrator.plan import InteractiveTool
+
+ask = InteractiveTool(skill="human", name="ask_user", input_schema={"type": "object"})
+
+async def main():
+    async with open_gateway([], [ask], prompter=terminal_prompter()) as gateway:
+        result = await gateway.call_tool("ask_user", {"question": "Deploy now?"})
+        print(result.content[0].text, flush=True)
+
+anyio.run(main)
+"""
+
+
+def test_call_on_a_terminal_prompts_there_for_interactive_tools():
+    """With stdin and stderr on a TTY, the question is asked there and the typed line answers."""
+    main_fd, child_fd = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-c", PROMPT_SCRIPT],
+        stdin=child_fd,
+        stderr=child_fd,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        os.close(child_fd)
+        seen, deadline = b"", time.monotonic() + DEADLINE_S
+        while b"> " not in seen:
+            ready, _, _ = select.select([main_fd], [], [], max(0, deadline - time.monotonic()))
+            assert ready, f"no prompt within {DEADLINE_S} s; saw {seen!r}"
+            seen += os.read(main_fd, 1024)
+        os.write(main_fd, b"yes, ship it\n")
+        out, _ = child.communicate(timeout=DEADLINE_S)
+    os.close(main_fd)
+    assert b"Deploy now?" in seen
+    assert out.strip() == "yes, ship it"
