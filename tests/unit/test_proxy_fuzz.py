@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from proxy_helpers import ProxyHarness
 
-FUZZ_SECONDS = 60.0 if os.environ.get("CI") == "true" else 12.0
+# Per test: a minute each under CI, a few seconds in a developer's run.
+FUZZ_SECONDS = 60.0 if os.environ.get("CI") == "true" else 6.0
 STATUSES = {None, 200, 400, 403, 408, 431, 502, 503, 504}
 TEMPLATE = connect_request("api.example.com:443") + client_hello("api.example.com") + b"data"
 FUZZ = settings(
@@ -64,8 +65,8 @@ def _assert_still_serving(harness: ProxyHarness, response: bytes) -> None:
     assert set(harness.dials) <= {(UPSTREAM_HOST, 443)}
 
 
-def _run_for_budget(check: Callable[[], None], share: float) -> None:
-    deadline = time.monotonic() + FUZZ_SECONDS * share
+def _run_for_budget(check: Callable[[], None]) -> None:
+    deadline = time.monotonic() + FUZZ_SECONDS
     check()
     while time.monotonic() < deadline:
         check()
@@ -79,7 +80,7 @@ def test_random_bytes_leave_the_proxy_serving(harness: ProxyHarness) -> None:
     def check(data: bytes) -> None:
         _assert_still_serving(harness, _send_and_half_close(harness, data))
 
-    _run_for_budget(check, 0.4)
+    _run_for_budget(check)
     assert all(line["event"] in {"decision", "close"} for line in harness.audit())
 
 
@@ -114,6 +115,6 @@ def test_mutated_requests_leave_the_proxy_serving(harness: ProxyHarness) -> None
 
     # The unmutated template is a valid tunnel: mutations start from something that works.
     assert _send_and_half_close(harness, TEMPLATE).endswith(TEMPLATE[-4:])
-    _run_for_budget(check, 0.6)
+    _run_for_budget(check)
     lines = harness.audit_stream.getvalue().splitlines()
     assert all(line.isascii() and line.isprintable() for line in lines)
