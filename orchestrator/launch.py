@@ -280,10 +280,13 @@ def serve(options: LaunchOptions, *, http: str | None) -> None:
             if listen is None:
                 await serve_stdio(gateway)
                 return
-            token = os.environ.get(TOKEN_ENV) or new_token()
+            given = os.environ.get(TOKEN_ENV)
+            token = given or new_token()
+            # A token the user chose is a secret they already hold: never echo it back.
+            shown = f"the value of ${TOKEN_ENV}" if given else token
 
             def ready(url: str) -> None:
-                print(f"gateway: {url}\nbearer token: {token}", file=sys.stderr, flush=True)  # noqa: T201
+                print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
 
             await serve_http(gateway, port=listen[1], token=token, on_ready=ready)
 

@@ -101,7 +101,8 @@ async def test_gateway_over_http_serves_both_skills_with_a_bearer_token():
     with anyio.fail_after(DEADLINE_S):
         async with await anyio.open_process(command, env=env, cwd=ROOT) as process:
             try:
-                url = await _read_url(process)
+                url, announced = await _read_url(process)
+                assert TOKEN not in announced  # a token the user chose is never echoed
                 async with httpx2.AsyncClient() as raw:
                     refused = await raw.post(
                         url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}
@@ -124,13 +125,15 @@ async def test_gateway_over_http_serves_both_skills_with_a_bearer_token():
                     await process.wait()
 
 
-async def _read_url(process: anyio.abc.Process) -> str:
-    """Read the gateway's stderr until it announces its URL."""
+async def _read_url(process: anyio.abc.Process) -> tuple[str, str]:
+    """Read the gateway's stderr until it announces its URL and token; return both texts."""
     assert process.stderr is not None
     seen = ""
     async for chunk in process.stderr:
         seen += chunk.decode()
+        if "bearer token: " not in seen:
+            continue
         for line in seen.splitlines():
             if line.startswith("gateway: "):
-                return line.removeprefix("gateway: ").strip()
+                return line.removeprefix("gateway: ").strip(), seen
     pytest.fail(f"the gateway never announced its URL; stderr:\n{seen}")
