@@ -15,6 +15,7 @@ import threading
 from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
+import anyio
 import pytest
 from engine_support import run_in
 
@@ -184,3 +185,30 @@ class host_listener:  # noqa: N801 - used like a function-style context manager
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+
+
+AUDIT_DEADLINE_S = 30.0  # the proxy's line travels: proxy -> engine -> attach -> file
+
+
+async def test_proxy_decisions_reach_the_runs_audit_file_as_they_happen(
+    plan_factory, empty_expert_image
+):
+    """A refused CONNECT is written to the run's audit.jsonl while the sandbox still runs."""
+    plan = plan_factory()
+    run = state.create_run("audit")
+    request = (
+        "import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5);"
+        "s.sendall(b'CONNECT example.com:443 HTTP/1.1\\r\\nHost: example.com:443\\r\\n\\r\\n');"
+        "print(s.recv(64).decode().split()[1])"
+    )
+    async with open_sandbox(plan, image=empty_expert_image, run=run) as sb:
+        refused = await run_in(sb, ["python3", "-c", request, sb.proxy_ip, str(sb.proxy_port)])
+        assert refused.stdout.strip() == b"403", refused.stderr
+        with anyio.fail_after(AUDIT_DEADLINE_S):
+            while b"example.com" not in run.audit_path.read_bytes():  # noqa: ASYNC110 - a file
+                await anyio.sleep(0.05)
+    lines = [json.loads(line) for line in run.audit_path.read_text().splitlines() if line]
+    decision = next(line for line in lines if line.get("event") == "decision")
+    assert decision["host"] == "example.com"
+    assert decision["decision"] == "deny"
+    assert json.loads(run.policy_path.read_text())["allowedDomains"] == []
