@@ -1,0 +1,171 @@
+"""The attack suite's set-up: one hostile Expert started the way the product starts it.
+
+A session fixture writes a test Expert (the hostile server as two skills, `hostile` and
+`decoy`, each with its own secret), plants canary variables in this process's environment,
+and starts it through `orchestrator.launch.open_expert` (real engine, real proxy, real
+gateway). Every attack then runs as code inside the `hostile` skill.
+
+Without an engine these tests skip, unless `CI` is set, where a missing engine fails them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from typing import TYPE_CHECKING
+
+import docker
+import pytest
+from support import (
+    EXPERT,
+    Canaries,
+    Hostile,
+    Listener,
+    UdpEcho,
+    environment_restored,
+    host_addresses,
+    host_bridge_addresses,
+    registry_host,
+    write_expert,
+)
+
+from orchestrator import state
+from orchestrator.launch import LaunchOptions, open_expert
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+
+@functools.cache
+def _engine_answers() -> bool:
+    try:
+        return bool(docker.from_env(timeout=10).ping())
+    except docker.errors.DockerException:
+        return False
+
+
+def require_engine() -> None:
+    """Skip without an engine, unless under CI, where a missing engine is a failure."""
+    if _engine_answers():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI is set but no Docker engine answers")
+    pytest.skip("no Docker engine (and CI is unset)")
+
+
+def quiet(_line: str) -> None:
+    """Swallow build progress."""
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Run async tests and the session's sandbox on asyncio (the orchestrator's backend)."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def canaries() -> Iterator[Canaries]:
+    """Plant canaries in this process's environment for the whole session."""
+    planted = Canaries.fresh()
+    saved = {name: os.environ.get(name) for name in planted.values}
+    os.environ.update(planted.values)
+    yield planted
+    environment_restored(saved)
+
+
+@pytest.fixture(scope="session")
+def skill_secrets() -> Iterator[dict[str, str]]:
+    """Give each skill its own random secret, from the orchestrator's environment."""
+    values = {
+        "HOSTILE_TOKEN": f"hostile-{secrets.token_hex(12)}",
+        "DECOY_SECRET": f"decoy-{secrets.token_hex(12)}",
+    }
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    yield values
+    environment_restored(saved)
+
+
+@pytest.fixture(scope="session")
+def security_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep this session's runs in their own state directory."""
+    saved = {state.STATE_ENV: os.environ.get(state.STATE_ENV)}
+    os.environ[state.STATE_ENV] = str(tmp_path_factory.mktemp("security-state"))
+    yield
+    environment_restored(saved)
+
+
+@pytest.fixture(scope="session")
+async def hostile(
+    tmp_path_factory: pytest.TempPathFactory,
+    canaries: Canaries,
+    skill_secrets: dict[str, str],
+    security_state: None,
+) -> AsyncIterator[Hostile]:
+    """Start the hostile Expert once for the session; yield it; tear it down at the end."""
+    del security_state
+    require_engine()
+    folder = tmp_path_factory.mktemp("hostile-expert")
+    config = write_expert(folder, registry_host())
+    workspace = tmp_path_factory.mktemp("hostile-workspace")
+    workspace.chmod(0o777)  # the skills' uids write their symlinks here
+    options = LaunchOptions(
+        config_path=config,
+        expert=EXPERT,
+        workspace=workspace,
+        prefix_tools=True,
+        progress=quiet,
+    )
+    async with open_expert(options) as gateway:
+        run = state.latest_run()
+        assert run is not None
+        yield Hostile(gateway, run, skill_secrets, canaries, workspace)
+
+
+@pytest.fixture(scope="session")
+def host_listeners() -> Iterator[list[Listener]]:
+    """Listen on the host: all addresses, and each Docker bridge's host address."""
+    listeners = [Listener("0.0.0.0")]  # noqa: S104 - the attack target: "anything on the host"
+    listeners += [Listener(address) for address in host_bridge_addresses()]
+    yield listeners
+    for listener in listeners:
+        listener.close()
+
+
+@pytest.fixture(scope="session")
+def udp_echo() -> Iterator[UdpEcho]:
+    """Echo UDP on every host address (a listener of ours)."""
+    echo = UdpEcho()
+    yield echo
+    echo.close()
+
+
+# Both "no route" (ENETUNREACH) and "a next hop that never answers" (EHOSTUNREACH: the internal
+# network's gateway has no host end) fail locally; anything else means a packet got somewhere.
+UNREACHABLE = frozenset({"ENETUNREACH", "EHOSTUNREACH"})
+
+
+@pytest.fixture(scope="module")
+async def no_route_out(hostile: Hostile, host_listeners: list[Listener]) -> dict[str, str]:
+    """Guard of every direct-egress module: the sandbox reaches no listener of ours on the host.
+
+    It aims only at this machine (the host's own addresses and the sandbox's gateway), so a
+    broken protection fails here, before any test aims at an outside address.
+    """
+    everywhere = host_listeners[0]
+    calls = {
+        f"{address}:{everywhere.port}": (address, everywhere.port) for address in host_addresses()
+    }
+    calls |= {f"{lis.address}:{lis.port}": (lis.address, lis.port) for lis in host_listeners[1:]}
+    code = (
+        f"gw = default_gateway()\ncalls = {calls!r}\n"
+        f"if gw: calls['gateway ' + gw] = (gw, {everywhere.port})\n"
+        "emit(in_parallel({k: (tcp_connect, *v) for k, v in calls.items()}))"
+    )
+    outcomes: dict[str, str] = await hostile.probe(code)
+    reached = {target: seen for target, seen in outcomes.items() if seen not in UNREACHABLE}
+    accepted = [peer for listener in host_listeners for peer in listener.accepted]
+    if reached or accepted:
+        pytest.fail(f"GUARD: the sandbox reached the host: {reached} {accepted}; stopping here")
+    return outcomes
