@@ -259,7 +259,7 @@ def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object])
 
     async def main() -> str:
         async with open_expert(options) as gateway:
-            result = await gateway.call_tool(tool, dict(arguments))
+            result = await gateway.call_tool_checked(tool, dict(arguments))
             return json.dumps(result_payload(result), indent=2, sort_keys=True)
 
     return anyio.run(main)

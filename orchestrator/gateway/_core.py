@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import anyio
 import anyio.to_thread
 import mcp_types as types
+from mcp.shared.exceptions import MCPError
 
 from orchestrator.errors import GatewayError, SkillError, UsageError
 
@@ -238,6 +239,26 @@ class Gateway:
         if answer is None:
             return text_result(f"The user declined to answer {item.name!r}.", error=True)
         return text_result(answer)
+
+    async def call_tool_checked(
+        self, name: str, arguments: dict[str, Any] | None
+    ) -> types.CallToolResult:
+        """Call a tool for the `call` command: a skill's JSON-RPC error becomes our error.
+
+        Raises:
+            UsageError: no such tool, or the skill rejected the arguments (invalid params).
+            SkillError: the skill died, timed out, or answered with another JSON-RPC error.
+
+        """
+        try:
+            return await self.call_tool(name, arguments)
+        except MCPError as exc:
+            error_class = UsageError if exc.error.code == types.INVALID_PARAMS else SkillError
+            skill = self.route(name).skill
+            raise error_class(
+                f"skill {skill!r} refused tools/call {name!r}: {exc.error.message} "
+                f"(JSON-RPC error {exc.error.code})"
+            ) from exc
 
     async def close(self) -> None:
         """Stop every skill (bounded)."""

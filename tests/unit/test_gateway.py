@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -309,3 +310,14 @@ def test_call_on_a_terminal_prompts_there_for_interactive_tools():
     os.close(main_fd)
     assert b"Deploy now?" in seen
     assert out.strip() == "yes, ship it"
+
+
+async def test_call_command_turns_a_skills_protocol_error_into_an_input_error():
+    """For `call`, a skill rejecting the arguments is bad input (exit 2), naming the skill."""
+    with anyio.fail_after(DEADLINE_S):
+        async with open_gateway([skill("a", "--only", "echo")]) as gateway:
+            gateway._routes["ghost"] = dataclasses.replace(
+                gateway.route("echo"), exposed="ghost", original="no-such-tool"
+            )
+            with pytest.raises(UsageError, match="skill 'a' refused tools/call 'ghost'"):
+                await gateway.call_tool_checked("ghost", {})
