@@ -174,7 +174,9 @@ def status_and_reason(data: bytes) -> str:
 def connect_via_proxy(authority: str, *, host_header: str | None = None) -> str:
     """CONNECT to `authority` through the proxy; return 'STATUS reason'."""
     host = authority if host_header is None else host_header
-    head = f"CONNECT {authority} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("latin-1")
+    head = (
+        f"CONNECT {authority} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    )  # UTF-8, as clients send it
     return proxy_exchange(head)
 
 
