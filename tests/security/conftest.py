@@ -120,7 +120,7 @@ async def hostile(
     async with open_expert(options) as gateway:
         run = state.latest_run()
         assert run is not None
-        yield Hostile(gateway, run, skill_secrets, canaries, workspace)
+        yield Hostile(gateway, run, skill_secrets, canaries, workspace, config)
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,7 @@ class Hostile:
     secrets: dict[str, str]
     canaries: Canaries
     workspace: Path
+    run_config: Path
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def python(self, code: str, *, skill: str = "hostile") -> dict[str, Any]:

@@ -1,0 +1,202 @@
+"""Files: secrets of the image, the Docker socket, host files via symlinks, the root filesystem."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+from conftest import quiet
+from support import EXPERT
+
+from orchestrator import state
+from orchestrator.launch import LaunchOptions, open_expert
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from support import Hostile
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+# EROFS where only the read-only mount stops the write (/var/tmp is world-writable in the
+# image); EACCES where the file's mode stops it first.
+READ_ONLY_TARGETS = {
+    "/var/tmp/evil": "EROFS",  # noqa: S108 - a path inside the sandbox
+    "/usr/local/bin/evil": "EROFS",
+    "/etc/ld.so.preload": "EROFS",
+    "/opt/perstack/evil": "EROFS",
+    "/evil": "EROFS",
+    "/etc/passwd": "EACCES",
+    "/expert/new-file": "EROFS",
+    "/expert/perstack.toml": "EACCES",
+}
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
+EXPECTED_BINDS = {"/expert", "/workspace", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"}
+STATE_NAMES = ("audit.jsonl", "meta.json", "skills.log", "tools.jsonl", "policy.json", "proxy.log")
+CONFIG_NAMES = (".env", ".env.local", "perstack.toml")
+
+
+async def test_etc_shadow_is_unreadable(hostile: Hostile) -> None:
+    """/etc/shadow exists but the skill's uid may not read it.
+
+    Fails when: skills run as root (checked by hand: `user=0` for the exec reads it).
+    """
+    assert await hostile.probe("emit(open_outcome('/etc/shadow'))") == "EACCES"
+
+
+@pytest.mark.parametrize("path", DOCKER_SOCKETS)
+async def test_no_engine_socket_is_mounted(hostile: Hostile, path: str) -> None:
+    """The Docker and containerd sockets do not exist in the sandbox.
+
+    Fails when: the socket is bind-mounted (checked by hand: a mount of /var/run/docker.sock).
+    """
+    assert await hostile.probe(f"emit(open_outcome({path!r}))") == "ENOENT"
+
+
+async def test_no_unix_socket_of_the_host_exists_anywhere_in_the_sandbox(hostile: Hostile) -> None:
+    """A walk of the whole filesystem finds no socket file at all.
+
+    Fails when: any host socket is mounted into the sandbox.
+    """
+    code = (
+        "import os, stat\nfound = []\n"
+        "for root, dirs, files in os.walk('/'):\n"
+        "    if root in ('/proc', '/sys'): dirs.clear(); continue\n"
+        "    for name in files:\n"
+        "        try: mode = os.lstat(os.path.join(root, name)).st_mode\n"
+        "        except OSError: continue\n"
+        "        if stat.S_ISSOCK(mode): found.append(os.path.join(root, name))\n"
+        "emit(found)"
+    )
+    assert await hostile.probe(code) == []
+
+
+@pytest.mark.parametrize(("path", "expected"), sorted(READ_ONLY_TARGETS.items()))
+async def test_the_root_filesystem_and_the_expert_folder_are_read_only(
+    hostile: Hostile, path: str, expected: str
+) -> None:
+    """Creating or appending to files outside the scratch areas fails (EROFS, or EACCES).
+
+    Fails when: the container is started without `read_only=True` (checked by hand: writing
+    /var/tmp/evil succeeds and the others turn EACCES), or /expert is mounted read-write.
+    """
+    assert await hostile.probe(f"emit(open_outcome({path!r}, 'ab'))") == expected
+
+
+async def test_a_program_written_to_scratch_space_cannot_be_executed(hostile: Hostile) -> None:
+    """Scratch space (/tmp, the skill's home) is mounted noexec: a dropped binary does not run.
+
+    Fails when: the tmpfs mounts lose `noexec`.
+    """
+    code = (
+        "import os, shutil, subprocess\nresults = []\n"
+        "for folder in ('/tmp', os.environ['HOME']):\n"
+        "    target = os.path.join(folder, 'dropped')\n"
+        "    shutil.copy('/bin/true', target); os.chmod(target, 0o755)\n"
+        "    try: subprocess.run([target], check=False); results.append('ran')\n"
+        "    except OSError as exc: results.append(outcome_of(exc))\n"
+        "emit(results)"
+    )
+    assert await hostile.probe(code) == ["EACCES", "EACCES"]
+
+
+async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
+    hostile: Hostile,
+) -> None:
+    """Bind mounts are /expert (read-only), /workspace and Docker's three /etc files.
+
+    Fails when: any other host path is mounted into the sandbox.
+    """
+    code = (
+        "binds = {}\n"
+        "for line in open('/proc/self/mountinfo'):\n"
+        "    f = line.split()\n"
+        "    if f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev')):\n"
+        "        binds[f[4]] = f[5].split(',')[0]\n"
+        "emit(binds)"
+    )
+    binds = await hostile.probe(code)
+    assert set(binds) == EXPECTED_BINDS
+    assert binds["/expert"] == "ro"
+
+
+async def test_a_symlink_to_a_host_path_resolves_inside_the_sandbox_only(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    """A link planted in the workspace to a host file points at nothing the sandbox can see.
+
+    Fails when: the host path is mounted into the sandbox (the link then reads it).
+    """
+    secret = tmp_path / "host-only-secret.txt"
+    secret.write_text("host secret\n", encoding="utf-8")
+    secret.chmod(0o644)
+    code = (
+        f"import os\nos.symlink({str(secret)!r}, '/workspace/escape')\n"
+        "emit([open_outcome('/workspace/escape'), open_outcome('/proc/1/root/etc/hostname')])"
+    )
+    try:
+        assert await hostile.probe(code) == ["ENOENT", "EACCES"]
+    finally:
+        (hostile.workspace / "escape").unlink(missing_ok=True)
+
+
+async def test_the_orchestrator_follows_no_symlink_the_sandbox_wrote(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    """Links planted in the workspace under the names of run files lead nowhere after a run.
+
+    A fresh run gets a workspace; the sandbox plants links named like the state files and the
+    config files, pointing at host files; after teardown those files are unchanged and the
+    run's own files are regular files.
+
+    Fails when: the orchestrator writes into the workspace (or reads config from it).
+    """
+    targets = {name: tmp_path / f"target-{name}" for name in (*STATE_NAMES, *CONFIG_NAMES)}
+    for target in targets.values():
+        target.write_text("untouched\n", encoding="utf-8")
+    before = {name: target.stat().st_mtime_ns for name, target in targets.items()}
+    workspace = tmp_path / "workspace"
+    workspace.mkdir(mode=0o777)
+    workspace.chmod(0o777)
+    links = {name: str(target) for name, target in targets.items()}
+    options = LaunchOptions(
+        config_path=hostile.run_config,
+        expert=EXPERT,
+        workspace=workspace,
+        prefix_tools=True,
+        progress=quiet,
+    )
+    with anyio.fail_after(120):
+        async with open_expert(options) as gateway:
+            code = f"import os\nfor n, t in {links!r}.items(): os.symlink(t, '/workspace/' + n)"
+            result = await gateway.call_tool("hostile__run_python", {"code": code})
+            assert not result.is_error
+            run = state.latest_run()
+            assert run is not None
+    for name, target in targets.items():
+        assert target.read_text(encoding="utf-8") == "untouched\n", name
+        assert target.stat().st_mtime_ns == before[name], name
+        assert (workspace / name).is_symlink()
+    for path in run.path.iterdir():
+        assert path.is_file(), path
+        assert not path.is_symlink(), path
+    assert run.read_meta()["status"] == "finished"
+
+
+async def test_a_workspace_that_overlaps_the_expert_folder_is_refused(
+    hostile: Hostile,
+) -> None:
+    """The sandbox must not write the next run's perstack.toml or .env: no overlapping workspace.
+
+    Fails when: `launch.prepare` accepts a workspace that is, contains or lies inside the
+    Expert's folder (the sandbox could then add allowedDomains and skills to its own config).
+    """
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.launch import prepare  # noqa: PLC0415
+
+    folder = hostile.run_config.parent
+    for workspace in (folder, folder.parent, folder / "sub"):
+        options = LaunchOptions(config_path=hostile.run_config, expert=EXPERT, workspace=workspace)
+        with pytest.raises(UsageError, match="workspace"):
+            prepare(options)
