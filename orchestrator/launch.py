@@ -86,16 +86,38 @@ def prepare(options: LaunchOptions) -> Prepared:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed.
+        UsageError: an env file is missing or malformed, or the workspace overlaps the
+            Expert's folder.
 
     """
     config, _warnings = load_config(options.config_path)
     sandbox_plan = make_plan(config, options.expert)
+    check_workspace(options.workspace, Path(sandbox_plan.config_dir))
     files = env_files(
         Path(sandbox_plan.config_dir), options.env_paths, list(config.env_path) or None
     )
     secrets = resolve_secrets(sandbox_plan, load_env_files(files))
     return Prepared(plan=sandbox_plan, secrets=secrets)
+
+
+def check_workspace(workspace: Path | None, config_dir: Path) -> None:
+    """Refuse a workspace that is, contains or lies inside the Expert's folder.
+
+    The sandbox writes to its workspace; if that were the Expert's folder it could rewrite
+    perstack.toml or plant `.env` files (or links) that the NEXT run would read on the host.
+
+    Raises:
+        UsageError: the two folders overlap.
+
+    """
+    if workspace is None:
+        return
+    space, expert = workspace.resolve(), config_dir.resolve()
+    if space == expert or space in expert.parents or expert in space.parents:
+        raise UsageError(
+            f"--workspace {workspace} overlaps the Expert's folder {config_dir}: the sandbox "
+            "could rewrite its own perstack.toml and env files; use a separate folder"
+        )
 
 
 @asynccontextmanager
@@ -181,32 +203,28 @@ def _formatter() -> logging.Formatter:
 
 
 class _run_log:  # noqa: N801 - used like a function: `with _run_log(path):`
-    """Send the skills' stderr and the gateway's call log to the run's log file."""
+    """Send the skills' stderr and the call log to the run's log; warnings also to stderr."""
 
     def __init__(self, path: Path) -> None:
-        self._handler = logging.FileHandler(path, encoding="utf-8")
-        self._handler.setFormatter(_formatter())
+        self._file = logging.FileHandler(path, encoding="utf-8")
+        self._file.setFormatter(_formatter())
+        self._terminal = logging.StreamHandler(sys.stderr)  # a skill's death, for one
+        self._terminal.setLevel(logging.WARNING)
+        self._terminal.setFormatter(logging.Formatter("warning: %(message)s"))
 
     def __enter__(self) -> None:
         for name in RUN_LOGGERS:
             logger = logging.getLogger(name)
-            logger.addHandler(self._handler)
+            logger.addHandler(self._file)
+            logger.addHandler(self._terminal)
             logger.setLevel(logging.INFO)
-            logger.propagate = False  # keep INFO lines out of the terminal; WARNINGs below
+            logger.propagate = False  # INFO lines go to the file only
 
     def __exit__(self, *_exc: object) -> None:
         for name in RUN_LOGGERS:
-            logging.getLogger(name).removeHandler(self._handler)
-        self._handler.close()
-
-
-def stderr_warnings() -> None:
-    """Show WARNING and above from the run loggers on stderr (a skill's death, for one)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    for name in RUN_LOGGERS:
-        logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).removeHandler(self._file)
+            logging.getLogger(name).removeHandler(self._terminal)
+        self._file.close()
 
 
 def parse_tool_args(text: str | None) -> dict[str, object]:
