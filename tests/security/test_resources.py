@@ -1,0 +1,150 @@
+"""Resources: a fork bomb and a memory hog hit the sandbox's limits; the rest stays healthy.
+
+They run in a second sandbox of the same Expert (started for this module), so the session's
+sandbox is the "other sandbox" that must keep answering, and the host must keep forking.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import TYPE_CHECKING
+
+import anyio
+import docker
+import pytest
+from conftest import quiet
+from support import EXPERT, Hostile
+
+from orchestrator import state
+from orchestrator.launch import LaunchOptions, open_expert
+from orchestrator.plan import DEFAULT_MEMORY_BYTES, DEFAULT_PIDS
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+HOLD_DEADLINE_S = 60  # the bomb holds its processes until the test has checked the others
+MIB = 1024**2
+# The attacks stop themselves past the limit, so that removing the limit by hand (to see the
+# test fail) cannot hurt this machine.
+FORK_CAP = DEFAULT_PIDS * 8
+HOG_CAP_MIB = DEFAULT_MEMORY_BYTES // MIB + 512
+
+FORK_BOMB = f"""
+import json, os, time
+from probes import outcome_of
+r, w = os.pipe()
+children, error = 0, None
+while children < {FORK_CAP}:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        error = outcome_of(exc)
+        break
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    children += 1
+with open('/workspace/full', 'w') as f:
+    json.dump({{'children': children, 'error': error}}, f)
+deadline = time.monotonic() + {HOLD_DEADLINE_S}
+while not os.path.exists('/workspace/release') and time.monotonic() < deadline:
+    time.sleep(0.05)
+os.close(w)
+for _ in range(children):
+    os.wait()
+print(json.dumps({{'children': children, 'error': error}}))
+"""
+MEMORY_HOG = f"""
+import json
+chunks = []
+try:
+    while len(chunks) < {HOG_CAP_MIB}:
+        chunks.append(b'x' * {MIB})
+    print(json.dumps({{'allocated_mib': len(chunks)}}))
+except MemoryError:
+    print(json.dumps({{'memory_error_at_mib': len(chunks)}}))
+"""
+
+
+@pytest.fixture(scope="module")
+async def second(
+    hostile: Hostile, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Hostile]:
+    """Start a second sandbox of the hostile Expert, with its own workspace."""
+    workspace = tmp_path_factory.mktemp("resources-workspace")
+    workspace.chmod(0o777)
+    options = LaunchOptions(
+        config_path=hostile.run_config,
+        expert=EXPERT,
+        workspace=workspace,
+        prefix_tools=True,
+        progress=quiet,
+    )
+    async with open_expert(options) as gateway:
+        run = state.latest_run()
+        assert run is not None
+        assert run.run_id != hostile.run.run_id
+        yield Hostile(
+            gateway, run, hostile.secrets, hostile.canaries, workspace, hostile.run_config
+        )
+
+
+async def wait_for_file(path: anyio.Path) -> str:
+    """Wait (bounded) until `path` exists with content, and return it."""
+    with anyio.fail_after(HOLD_DEADLINE_S):
+        while not (await path.exists() and await path.read_text()):
+            await anyio.sleep(0.05)
+    return await path.read_text()
+
+
+async def test_a_fork_bomb_hits_the_pids_limit_while_the_host_and_others_stay_healthy(
+    hostile: Hostile, second: Hostile
+) -> None:
+    """Forking stops with EAGAIN below the pids limit; meanwhile the host and the session's
+    sandbox work normally, and afterwards the bombed sandbox answers again.
+
+    Fails when: the sandbox has no pids limit (checked by hand: `pids_limit=None` lets the
+    bomb reach its own cap of FORK_CAP children with no error).
+    """
+    full = anyio.Path(second.workspace / "full")
+    outcome: dict[str, object] = {}
+
+    async def bomb() -> None:
+        outcome.update(await second.python(FORK_BOMB))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(bomb)
+        held = json.loads(await wait_for_file(full))
+        try:
+            assert await hostile.probe("emit('alive')") == "alive"
+            assert subprocess.run(["true"], check=False).returncode == 0
+            assert docker.from_env().ping()
+        finally:
+            await anyio.Path(second.workspace / "release").touch()
+    assert held["error"] == "EAGAIN"
+    assert 0 < held["children"] < DEFAULT_PIDS
+    assert outcome["exit"] == 0, outcome
+    assert (await second.whoami("hostile"))["uid"] > 0
+
+
+async def test_a_memory_hog_is_stopped_at_the_memory_limit(
+    hostile: Hostile, second: Hostile
+) -> None:
+    """Allocating past the limit gets the hog killed (SIGKILL); the others stay healthy.
+
+    Fails when: the sandbox has no memory limit (checked by hand: `mem_limit=None` lets the hog
+    allocate its whole cap of HOG_CAP_MIB and exit normally).
+    """
+    limit = await second.probe(
+        "emit(int(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read()))"
+    )
+    assert limit == DEFAULT_MEMORY_BYTES
+    done = await second.python(MEMORY_HOG)
+    assert done["exit"] == -9, done
+    assert done["stdout"] == ""
+    assert await hostile.probe("emit('alive')") == "alive"
+    assert (await second.whoami("hostile"))["uid"] > 0
