@@ -170,6 +170,8 @@ class Connection(asyncio.Protocol):
 
     async def close_within(self, seconds: float) -> None:
         """Close after flushing, but abort if the peer has not taken the bytes in time."""
+        if self._closed.done():
+            return
         self.close()
         try:
             async with asyncio.timeout(seconds):
@@ -225,6 +227,7 @@ async def splice(
     client: Connection, upstream: Connection, stats: TunnelStats, idle_timeout: float
 ) -> None:
     """Pair ``client`` and ``upstream`` until both are closed or the tunnel goes idle."""
+    loop = asyncio.get_running_loop()
     stats.last_activity = time.monotonic()
     for side, other in ((client, upstream), (upstream, client)):
         side.stats, side.peer = stats, other
@@ -237,18 +240,29 @@ async def splice(
             other.half_close()
         if side.is_closed:
             other.close()
-    # Plain futures, not tasks: shutting the loop down cancels tasks, and a cancelled
-    # gather of tasks would be reported as an exception nobody retrieved.
-    both = asyncio.gather(client.closed, upstream.closed)
-    while True:
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish_when_both_closed(_: object = None) -> None:
+        if client.is_closed and upstream.is_closed and not done.done():
+            done.set_result(None)
+
+    timer: asyncio.TimerHandle | None = None
+
+    def cut_when_idle() -> None:
+        nonlocal timer
         remaining = stats.last_activity + idle_timeout - time.monotonic()
-        if remaining <= 0:
+        if remaining > 0:
+            timer = loop.call_later(remaining, cut_when_idle)
+        else:
             client.abort()
             upstream.abort()
-            return
-        try:
-            async with asyncio.timeout(remaining):
-                await asyncio.shield(both)
-        except TimeoutError:
-            continue  # bytes may have moved meanwhile; the loop re-checks the deadline
-        return
+
+    client.closed.add_done_callback(finish_when_both_closed)
+    upstream.closed.add_done_callback(finish_when_both_closed)
+    finish_when_both_closed()
+    timer = loop.call_later(idle_timeout, cut_when_idle)
+    try:
+        await done
+    finally:
+        if timer is not None:
+            timer.cancel()
