@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import socket
-import socketserver
 import ssl
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from _tunnel_sink import Sink, SinkHandler, drain, recv_exactly, send_zeros
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -50,73 +51,6 @@ DEADLINE = 60.0
 LATENCY_SAMPLES = 300
 CONCURRENT = 200
 MIB = 1024 * 1024
-CHUNK = 4 * MIB
-ZEROS = bytes(CHUNK)
-
-
-# --- the upstream -----------------------------------------------------------------------
-
-
-class _SinkHandler(socketserver.BaseRequestHandler):
-    """Skip the ClientHello record, then serve one ECHO / UP n / DOWN n command."""
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.settimeout(DEADLINE)
-        with contextlib.suppress(OSError):
-            header = _recv_exactly(sock, 5)
-            _recv_exactly(sock, int.from_bytes(header[3:5], "big"))
-            command = _recv_line(sock).split()
-            if command[0] == b"ECHO":
-                sock.sendall(b"PONG\n")
-                while data := sock.recv(65536):
-                    sock.sendall(data)
-            elif command[0] == b"UP":
-                _drain(sock, int(command[1]))
-                sock.sendall(b"OK\n")
-            elif command[0] == b"DOWN":
-                _send_zeros(sock, int(command[1]))
-
-
-class _Sink(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 1024
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed early")
-        data += chunk
-    return bytes(data)
-
-
-def _recv_line(sock: socket.socket) -> bytes:
-    line = b""
-    while not line.endswith(b"\n"):
-        line += _recv_exactly(sock, 1)
-    return line
-
-
-def _drain(sock: socket.socket, size: int) -> None:
-    buffer = bytearray(CHUNK)
-    left = size
-    while left:
-        got = sock.recv_into(buffer, min(left, CHUNK))
-        if not got:
-            raise ConnectionError("closed early")
-        left -= got
-
-
-def _send_zeros(sock: socket.socket, size: int) -> None:
-    view = memoryview(ZEROS)
-    while size:
-        step = min(size, CHUNK)
-        sock.sendall(view[:step])
-        size -= step
 
 
 # --- the two proxies --------------------------------------------------------------------
@@ -171,7 +105,9 @@ def _squid(workdir: Path) -> Iterator[tuple[int, int]]:
     (workdir / "hosts").write_text(f"{SINK_HOST} {NAME}\n")
     conf = workdir / "squid.conf"
     conf.write_text(SQUID_CONF.format(host=PROXY_HOST, port=port, name=NAME, dir=workdir))
-    process = subprocess.Popen([SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait_listening(port, process, "squid")
         yield port, process.pid
@@ -191,7 +127,10 @@ def _ours(workdir: Path) -> Iterator[tuple[int, int]]:
     args = [sys.executable, "-c", OUR_PROXY, "--policy", str(policy)]
     with (workdir / "audit.jsonl").open("wb") as audit:
         process = subprocess.Popen(
-            [*args, "--listen", f"{PROXY_HOST}:{port}"], cwd=REPO, stdout=audit
+            [*args, "--listen", f"{PROXY_HOST}:{port}"],
+            cwd=REPO,
+            stdout=audit,
+            stderr=subprocess.DEVNULL,
         )
         try:
             _wait_listening(port, process, "our proxy")
@@ -251,7 +190,7 @@ def _tunnel(port: int, command: bytes) -> socket.socket:
     sock.sendall(CONNECT)
     head = b""
     while not head.endswith(b"\r\n\r\n"):
-        head += _recv_exactly(sock, 1)
+        head += recv_exactly(sock, 1)
     if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
         sock.close()
         raise RuntimeError(f"tunnel refused: {head!r}")
@@ -259,13 +198,13 @@ def _tunnel(port: int, command: bytes) -> socket.socket:
     return sock
 
 
-def _setup_latency(port: int) -> list[float]:
+def _setup_latency(port: int, count: int) -> list[float]:
     """Seconds from TCP connect to the first byte back from the upstream, per tunnel."""
     samples = []
-    for _ in range(LATENCY_SAMPLES):
+    for _ in range(count):
         started = time.perf_counter()
         with _tunnel(port, b"ECHO\n") as sock:
-            _recv_exactly(sock, 5)
+            recv_exactly(sock, 5)
             samples.append(time.perf_counter() - started)
     return samples
 
@@ -274,8 +213,8 @@ def _upload(port: int, size: int) -> float:
     """Seconds to push ``size`` bytes through an open tunnel until the sink confirms."""
     with _tunnel(port, f"UP {size}\n".encode()) as sock:
         started = time.perf_counter()
-        _send_zeros(sock, size)
-        _recv_exactly(sock, 3)
+        send_zeros(sock, size)
+        recv_exactly(sock, 3)
         return time.perf_counter() - started
 
 
@@ -283,7 +222,7 @@ def _download(port: int, size: int) -> float:
     """Seconds to receive ``size`` bytes from the sink through an open tunnel."""
     with _tunnel(port, f"DOWN {size}\n".encode()) as sock:
         started = time.perf_counter()
-        _drain(sock, size)
+        drain(sock, size)
         return time.perf_counter() - started
 
 
@@ -309,16 +248,12 @@ async def _concurrent(port: int) -> float:
     return time.perf_counter() - started
 
 
-def _median_of(runs: int, measure: Callable[[], float]) -> float:
-    return statistics.median(measure() for _ in range(runs))
-
-
 @dataclass
 class Figures:
-    """One proxy's results."""
+    """One proxy's results (medians over interleaved rounds)."""
 
-    rss_start_kib: int = 0
-    rss_after_kib: int = 0
+    rss_start_kib: float = 0.0
+    rss_after_kib: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     up_1m: float = 0.0  # MiB/s
@@ -327,25 +262,55 @@ class Figures:
     concurrent_ms: float = 0.0
 
 
-def _measure(port: int, pid: int) -> Figures:
-    figures = Figures(rss_start_kib=_rss_kib(pid))
-    for _ in range(20):  # warm-up
-        _setup_latency_once(port)
-    latency = sorted(_setup_latency(port))
-    figures.p50_ms = statistics.median(latency) * 1000
-    figures.p99_ms = latency[int(len(latency) * 0.99) - 1] * 1000
-    figures.up_1m = 1 / _median_of(15, lambda: _upload(port, MIB))
-    figures.up_64m = 64 / _median_of(3, lambda: _upload(port, 64 * MIB))
-    figures.down_64m = 64 / _median_of(3, lambda: _download(port, 64 * MIB))
-    figures.concurrent_ms = _median_of(3, lambda: asyncio.run(_concurrent(port))) * 1000
+ROUNDS = 5
+
+
+def _alternating(names: list[str], round_number: int) -> list[str]:
+    return names if round_number % 2 == 0 else names[::-1]
+
+
+def _interleaved(ports: dict[str, int], measure: Callable[[int], float]) -> dict[str, float]:
+    """Median of ROUNDS samples per proxy, alternating which proxy goes first each round."""
+    samples: dict[str, list[float]] = {name: [] for name in ports}
+    for round_number in range(ROUNDS):
+        for name in _alternating(list(ports), round_number):
+            samples[name].append(measure(ports[name]))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _latencies(ports: dict[str, int]) -> dict[str, list[float]]:
+    """LATENCY_SAMPLES setup latencies per proxy, taken in alternating blocks."""
+    samples: dict[str, list[float]] = {name: [] for name in ports}
+    for round_number in range(ROUNDS):
+        for name in _alternating(list(ports), round_number):
+            samples[name] += _setup_latency(ports[name], LATENCY_SAMPLES // ROUNDS)
+    return {name: sorted(values) for name, values in samples.items()}
+
+
+COLUMNS: tuple[tuple[str, Callable[[int], float]], ...] = (
+    ("up_1m", lambda port: 1 / statistics.median(_upload(port, MIB) for _ in range(5))),
+    ("up_64m", lambda port: 64 / _upload(port, 64 * MIB)),
+    ("down_64m", lambda port: 64 / _download(port, 64 * MIB)),
+    ("concurrent_ms", lambda port: asyncio.run(_concurrent(port)) * 1000),
+)
+
+
+def _measure(proxies: dict[str, tuple[int, int]]) -> dict[str, Figures]:
+    """Measure every proxy in ``proxies`` (name -> (port, pid)), interleaving the rounds."""
+    ports = {name: port for name, (port, _) in proxies.items()}
+    figures = {name: Figures(rss_start_kib=_rss_kib(pid)) for name, (_, pid) in proxies.items()}
+    for port in ports.values():
+        _setup_latency(port, 50)  # warm-up
+    for name, latency in _latencies(ports).items():
+        figures[name].p50_ms = statistics.median(latency) * 1000
+        figures[name].p99_ms = latency[int(len(latency) * 0.99) - 1] * 1000
+    for attr, measure in COLUMNS:
+        for name, value in _interleaved(ports, measure).items():
+            setattr(figures[name], attr, value)
     time.sleep(1)  # let both proxies settle to idle before reading memory again
-    figures.rss_after_kib = _rss_kib(pid)
+    for name, (_, pid) in proxies.items():
+        figures[name].rss_after_kib = _rss_kib(pid)
     return figures
-
-
-def _setup_latency_once(port: int) -> None:
-    with _tunnel(port, b"ECHO\n") as sock:
-        _recv_exactly(sock, 5)
 
 
 ROWS = (
@@ -385,7 +350,7 @@ def _check_environment() -> None:
 def main() -> None:
     """Run the workload through Squid and through our proxy; print the ratio table."""
     _check_environment()
-    sink = _Sink((SINK_HOST, SINK_PORT), _SinkHandler)
+    sink = Sink((SINK_HOST, SINK_PORT), SinkHandler)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
@@ -393,15 +358,13 @@ def main() -> None:
             work.chmod(0o755)  # squid's unprivileged user must reach its own subdirectory
             (work / "squid").mkdir()
             (work / "ours").mkdir()
-            with _squid(work / "squid") as (port, pid):
-                squid = _measure(port, pid)
-            with _ours(work / "ours") as (port, pid):
-                ours = _measure(port, pid)
+            with _squid(work / "squid") as squid, _ours(work / "ours") as ours:
+                figures = _measure({"squid": squid, "ours": ours})
     finally:
         sink.shutdown()
         sink.server_close()
     print(f"CONNECT through each proxy to a loopback sink; {sys.platform}, {os.cpu_count()} cpus")
-    print(_table(ours, squid))
+    print(_table(figures["ours"], figures["squid"]))
 
 
 if __name__ == "__main__":

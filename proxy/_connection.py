@@ -223,11 +223,8 @@ def _count(stats: TunnelStats, source: Connection, size: int) -> None:
         stats.up += size
 
 
-async def splice(
-    client: Connection, upstream: Connection, stats: TunnelStats, idle_timeout: float
-) -> None:
-    """Pair ``client`` and ``upstream`` until both are closed or the tunnel goes idle."""
-    loop = asyncio.get_running_loop()
+def _pair(client: Connection, upstream: Connection, stats: TunnelStats) -> None:
+    """Make each side forward to the other, handing over what each has buffered so far."""
     stats.last_activity = time.monotonic()
     for side, other in ((client, upstream), (upstream, client)):
         side.stats, side.peer = stats, other
@@ -240,29 +237,46 @@ async def splice(
             other.half_close()
         if side.is_closed:
             other.close()
-    done: asyncio.Future[None] = loop.create_future()
+
+
+class _IdleCutter:
+    """Aborts both sides once no byte has moved for ``idle_timeout`` seconds."""
+
+    def __init__(
+        self, sides: tuple[Connection, Connection], stats: TunnelStats, idle: float
+    ) -> None:
+        self._sides, self._stats, self._idle = sides, stats, idle
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(idle, self._check)
+
+    def _check(self) -> None:
+        remaining = self._stats.last_activity + self._idle - time.monotonic()
+        if remaining > 0:
+            self._timer = self._loop.call_later(remaining, self._check)
+            return
+        for side in self._sides:
+            side.abort()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+async def splice(
+    client: Connection, upstream: Connection, stats: TunnelStats, idle_timeout: float
+) -> None:
+    """Pair ``client`` and ``upstream`` until both are closed or the tunnel goes idle."""
+    _pair(client, upstream, stats)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def finish_when_both_closed(_: object = None) -> None:
         if client.is_closed and upstream.is_closed and not done.done():
             done.set_result(None)
 
-    timer: asyncio.TimerHandle | None = None
-
-    def cut_when_idle() -> None:
-        nonlocal timer
-        remaining = stats.last_activity + idle_timeout - time.monotonic()
-        if remaining > 0:
-            timer = loop.call_later(remaining, cut_when_idle)
-        else:
-            client.abort()
-            upstream.abort()
-
     client.closed.add_done_callback(finish_when_both_closed)
     upstream.closed.add_done_callback(finish_when_both_closed)
     finish_when_both_closed()
-    timer = loop.call_later(idle_timeout, cut_when_idle)
+    cutter = _IdleCutter((client, upstream), stats, idle_timeout)
     try:
         await done
     finally:
-        if timer is not None:
-            timer.cancel()
+        cutter.cancel()
