@@ -196,7 +196,15 @@ def _start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
             host_config=host_config,
         )
         _connect_egress(created["Id"])
-        api.start(created["Id"])
+        try:
+            api.start(created["Id"])
+        except docker.errors.NotFound:
+            # A concurrent `gc` removed the egress network after our connect (an endpoint
+            # exists only once a container runs): join a fresh one and start again.
+            with contextlib.suppress(docker.errors.APIError):
+                api.disconnect_container_from_network(created["Id"], EGRESS_NETWORK, force=True)
+            _connect_egress(created["Id"])
+            api.start(created["Id"])
     return str(created["Id"])
 
 

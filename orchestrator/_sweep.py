@@ -90,6 +90,9 @@ def _remove_unused_shared() -> list[str]:
     api = client().api
     removed = []
     with docker_errors("removing the egress network"):
+        if api.containers(all=True, filters=MANAGED_FILTER):
+            # Some sandbox (maybe still being created, not yet attached) may need it.
+            return []
         for network in api.networks(filters=MANAGED_FILTER):
             if not _is_shared(network.get("Labels") or {}):
                 continue
