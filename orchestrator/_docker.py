@@ -36,6 +36,7 @@ LABEL_CREATED: Final = f"{LABEL_PREFIX}.created"
 LABEL_KIND: Final = f"{LABEL_PREFIX}.kind"
 LABEL_RECIPE: Final = f"{LABEL_PREFIX}.recipe"
 LABEL_PACKAGES: Final = f"{LABEL_PREFIX}.packages"
+LABEL_BASE: Final = f"{LABEL_PREFIX}.base"
 MANAGED_FILTER: Final = {"label": f"{LABEL_MANAGED}=1"}
 
 API_TIMEOUT_S: Final = 120  # one engine call; image builds stream and are not bound by it

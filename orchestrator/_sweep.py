@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import docker.errors
 
-from orchestrator import _containers
+from orchestrator import _containers, images
 from orchestrator._docker import (
     LABEL_CREATED,
     LABEL_EXPERT,
@@ -102,4 +102,20 @@ def _remove_unused_shared() -> list[str]:
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_network(network["Id"])
                 removed.append(f"network {network['Name']}")
+    return removed
+
+
+def remove_superseded_images() -> list[str]:
+    """Remove images no current recipe uses; images a container still uses are kept.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    api = client().api
+    removed = []
+    for tag in images.superseded_images():
+        with docker_errors(f"removing image {tag}"), contextlib.suppress(docker.errors.APIError):
+            api.remove_image(tag)
+            removed.append(f"image {tag}")
     return removed

@@ -284,12 +284,17 @@ def down(
         raise UsageError(f"no sandbox objects for run {run_id}")
 
 
+ImagesFlag = Annotated[
+    bool, typer.Option("--images", help="Also remove images no current recipe uses.")
+]
+
+
 @app.command()
-def gc() -> None:
+def gc(include_images: ImagesFlag = False) -> None:  # noqa: FBT002 - a typer flag
     """Remove every sandbox object whose owning process is gone (on this host)."""
     from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
 
-    removed = engine.collect_garbage()
+    removed = engine.collect_garbage(include_images=include_images)
     for line in removed:
         typer.echo(f"removed {line}", err=True)
     typer.echo(f"gc: removed {len(removed)} object(s)", err=True)
@@ -309,3 +314,25 @@ def doctor(
         typer.echo(f"{mark} {check.name}: {check.detail}{advice}")
     if not all(check.is_ok for check in checks):
         raise typer.Exit(1)
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+@app.command()
+def audit(
+    run_id: Annotated[
+        str | None, typer.Argument(metavar="RUN", help="The run to summarise (default: latest).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,  # noqa: FBT002 - a typer flag
+) -> None:
+    """Summarise a run's audit trail: egress per host (allowed, refused, bytes), then tool calls."""
+    import json  # noqa: PLC0415 - keeps --help fast
+
+    from orchestrator.audit import find_run, render_text, summarise_run  # noqa: PLC0415
+
+    summary = summarise_run(find_run(run_id))
+    if as_json:
+        typer.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    else:
+        typer.echo(render_text(summary))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _containers, _doctor, _sweep
+from orchestrator import _containers, _doctor, _health, _sweep
 from orchestrator._build import stderr_progress
 from orchestrator._docker import LABEL_RUN
 from orchestrator._exec import ExecProcess, start_exec
@@ -87,6 +87,22 @@ class Sandbox:
             "NODE_EXTRA_CA_CERTS": CA_BUNDLE,
             "REQUESTS_CA_BUNDLE": CA_BUNDLE,
         }
+
+    def egress_problem(self) -> str | None:
+        """Return why the sandbox has lost its egress proxy, or None while the proxy runs.
+
+        Without its proxy the sandbox has no way out at all (it fails closed); the gateway
+        uses this to refuse further calls with a clear message instead of letting skills
+        fail one by one, unaudited.
+        """
+        if not _health.has_stopped(self.proxy_container_id):
+            return None
+        how = _health.describe_stopped(self.proxy_container_id)
+        return (
+            f"egress is down: the proxy of run {self.run_id} stopped ({how}). The sandbox has "
+            f"no network access any more and tool calls are refused; stop this run "
+            f"(`perstack-sandbox down {self.run_id}`) and start a new one"
+        )
 
     @property
     def host_proxy_url(self) -> str:
@@ -252,17 +268,19 @@ def list_sandboxes() -> list[RunInfo]:
     return _sweep.list_runs()
 
 
-def collect_garbage() -> list[str]:
+def collect_garbage(*, include_images: bool = False) -> list[str]:
     """Remove every labelled object whose owning process is gone (on this host); name them.
 
     Objects of live owners, and of owners on other hosts, are never touched. The shared egress
-    network goes once no container uses it.
+    network goes once no container uses it. With `include_images`, images that no current
+    recipe uses (older base/proxy builds, experts built on an older base) go too.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
 
     """
-    return _sweep.collect_garbage()
+    removed = _sweep.collect_garbage()
+    return removed + (_sweep.remove_superseded_images() if include_images else [])
 
 
 def take_down(run_id: str | None) -> list[str]:

@@ -29,7 +29,14 @@ import docker.errors
 
 from orchestrator import _build
 from orchestrator._build import stderr_progress
-from orchestrator._docker import LABEL_KIND, LABEL_PACKAGES, LABEL_RECIPE, client, docker_errors
+from orchestrator._docker import (
+    LABEL_BASE,
+    LABEL_KIND,
+    LABEL_PACKAGES,
+    LABEL_RECIPE,
+    client,
+    docker_errors,
+)
 from orchestrator.errors import EngineError, ImageBuildError
 from orchestrator.plan import NPM_ROOT, PackageSpec, SandboxPlan
 
@@ -317,6 +324,7 @@ def ensure_expert_image(
             LABEL_KIND: "expert",
             LABEL_RECIPE: name.rsplit(":", 1)[1],
             LABEL_PACKAGES: resolved,
+            LABEL_BASE: base,
         },
     )
     return name
@@ -333,3 +341,30 @@ def resolved_packages(name: str) -> list[dict[str, str]]:
         labels = client().images.get(name).labels
     loaded = json.loads(labels.get(LABEL_PACKAGES, "[]"))
     return loaded if isinstance(loaded, list) else []
+
+
+def superseded_images() -> list[str]:
+    """Return our images that no current recipe uses (pure cache: at most a rebuild to redo).
+
+    That is older base and proxy builds, and expert images built on an older base.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    current_base, current_proxy = base_image_name(), proxy_image_name()
+    with docker_errors("listing images"):
+        found = client().api.images(filters={"label": LABEL_KIND})
+    stale: list[str] = []
+    for image in found:
+        labels = image.get("Labels") or {}
+        kind = labels.get(LABEL_KIND)
+        tags = image.get("RepoTags") or []
+        is_current = (
+            (kind == "base" and current_base in tags)
+            or (kind == "proxy" and current_proxy in tags)
+            or (kind == "expert" and labels.get(LABEL_BASE, current_base) == current_base)
+        )
+        if not is_current:
+            stale.extend(tag for tag in tags if tag != "<none>:<none>")
+    return stale
