@@ -24,6 +24,8 @@ CONNECT_TIMEOUT_S: Final = 1.0
 HEALTHZ_REQUEST: Final = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
 LOG_TAIL_LINES: Final = 30
 FRAME_HEADER: Final = 8
+# The copier of each proxy's output, by container id: its stream ends when the proxy stops.
+_followers: dict[str, threading.Thread] = {}
 
 
 async def _is_healthy(host: str, port: int) -> bool:
@@ -78,7 +80,25 @@ def follow_logs(proxy_id: str, run: RunState) -> threading.Thread:
         target=_copy_frames, args=(sock, run), name=f"proxy-logs-{run.run_id}", daemon=True
     )
     thread.start()
+    _followers[proxy_id] = thread
     return thread
+
+
+def has_stopped(proxy_id: str) -> bool:
+    """Tell whether the proxy's output stream has ended, i.e. the proxy container stopped."""
+    follower = _followers.get(proxy_id)
+    return follower is not None and not follower.is_alive()
+
+
+def describe_stopped(proxy_id: str) -> str:
+    """Say how the proxy ended (exit code, OOM kill, removal), for the gateway's report."""
+    try:
+        with docker_errors("inspecting the proxy"):
+            status = client().api.inspect_container(proxy_id)["State"]
+    except EngineError:
+        return "its container is gone"
+    how = f"its container {status.get('Status', 'stopped')} with code {status.get('ExitCode')}"
+    return how + (" (killed for lack of memory)" if status.get("OOMKilled") else "")
 
 
 def _copy_frames(sock: object, run: RunState) -> None:

@@ -7,6 +7,7 @@ the gateway's call log go to the run's `skills.log`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -23,6 +24,7 @@ import anyio.to_thread
 
 from orchestrator import engine, images, state
 from orchestrator._build import stderr_progress
+from orchestrator.audit import ToolCallWriter
 from orchestrator.config import load_config
 from orchestrator.env import env_files, load_env_files, resolve_secrets, skill_environment
 from orchestrator.errors import RunError, UsageError
@@ -42,7 +44,7 @@ from orchestrator.plan import plan as make_plan
 from orchestrator.skills import RemoteSkillSession, SkillSession, SkillSpec
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from orchestrator.env import SkillSecrets
@@ -137,7 +139,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
     run = state.create_run(prepared.plan.expert)
     finished = False
     try:
-        with _run_log(run.skills_log_path):
+        with _run_log(run.skills_log_path), _tool_call_log(run.tools_path):
             async with (
                 engine.cancel_on_signals(),
                 engine.open_sandbox(
@@ -148,6 +150,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
                     prepared.plan.interactive_tools,
                     prefix_tools=options.prefix_tools,
                     prompter=options.prompter,
+                    egress_check=sandbox.egress_problem,
                 ) as gateway,
             ):
                 yield gateway
@@ -200,6 +203,19 @@ def _exec_factory(
 @functools.cache
 def _formatter() -> logging.Formatter:
     return logging.Formatter(LOG_FORMAT)
+
+
+@contextlib.contextmanager
+def _tool_call_log(path: Path) -> Iterator[None]:
+    """Append the gateway's tool calls to the run's `tools.jsonl` (names and shapes only)."""
+    writer = ToolCallWriter(path)
+    gateway_logger = logging.getLogger("orchestrator.gateway")
+    gateway_logger.addHandler(writer)
+    try:
+        yield
+    finally:
+        gateway_logger.removeHandler(writer)
+        writer.close()
 
 
 class _run_log:  # noqa: N801 - used like a function: `with _run_log(path):`

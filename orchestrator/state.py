@@ -7,7 +7,8 @@ $PERSTACK_SANDBOX_STATE  (default ~/.local/state/perstack-sandbox)
     ├── policy.json   the proxy policy the run enforced
     ├── audit.jsonl   the proxy's decisions, one JSON object per line, written as they happen
     ├── proxy.log     the proxy's own diagnostics (stderr)
-    └── skills.log    the skills' stderr and the gateway's tool-call log
+    ├── skills.log    the skills' stderr and the gateway's tool-call log
+    └── tools.jsonl   the gateway's tool calls: skill, tool, argument shape, duration, outcome
 ```
 
 Files are appended line by line while the run is live, so a run that crashed can still be read.
@@ -30,6 +31,7 @@ AUDIT_FILE: Final = "audit.jsonl"
 PROXY_LOG_FILE: Final = "proxy.log"
 SKILLS_LOG_FILE: Final = "skills.log"
 POLICY_FILE: Final = "policy.json"
+TOOLS_FILE: Final = "tools.jsonl"
 
 
 def state_dir() -> Path:
@@ -81,6 +83,11 @@ class RunState:
         return self.path / SKILLS_LOG_FILE
 
     @property
+    def tools_path(self) -> Path:
+        """`tools.jsonl`: the gateway's tool calls as JSON lines (names and shapes only)."""
+        return self.path / TOOLS_FILE
+
+    @property
     def policy_path(self) -> Path:
         """`policy.json`: the policy the proxy enforced."""
         return self.path / POLICY_FILE
@@ -113,7 +120,7 @@ def create_run(expert: str, *, run_id: str | None = None) -> RunState:
     path = runs_dir() / rid
     path.mkdir(parents=True, exist_ok=False)
     run = RunState(run_id=rid, path=path)
-    for name in (AUDIT_FILE, PROXY_LOG_FILE, SKILLS_LOG_FILE):
+    for name in (AUDIT_FILE, PROXY_LOG_FILE, SKILLS_LOG_FILE, TOOLS_FILE):
         (path / name).touch()
     run.update_meta(
         run_id=rid,

@@ -7,6 +7,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import anyio
@@ -14,6 +15,7 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from orchestrator.audit import TOOL_CALL_FIELD
 from orchestrator.errors import GatewayError, SkillError, UsageError
 
 if TYPE_CHECKING:
@@ -114,12 +116,18 @@ class Gateway:
         *,
         prefix_tools: bool = False,
         prompter: Prompter | None = None,
+        egress_check: Callable[[], str | None] | None = None,
     ) -> None:
-        """Prepare the gateway (skills start in `start`)."""
+        """Prepare the gateway (skills start in `start`).
+
+        `egress_check()` returns why the sandbox lost its egress (or None); while it returns a
+        reason, sandboxed tool calls are refused with it.
+        """
         self.skills = {skill.name: skill for skill in skills}
         self.interactive = tuple(interactive)
         self.prefix_tools = prefix_tools
         self.prompter = prompter
+        self.egress_check = egress_check
         self._routes: dict[str, Route] = {}
         self._listed: set[str] = set()
         self._lock = anyio.Lock()
@@ -209,8 +217,14 @@ class Gateway:
                 await self._refresh(include_lazy=True)
         route = self.route(name)
         started = time.perf_counter()
+        began = datetime.now(UTC).isoformat(timespec="milliseconds")
         outcome = "error"
         try:
+            problem = self.egress_check() if self.egress_check and not route.interactive else None
+            if problem is not None:
+                logger.warning("%s", problem)
+                outcome = "refused-egress-down"
+                return text_result(problem, error=True)
             if route.interactive is not None:
                 result = await self._ask(
                     route.interactive, arguments or {}, elicit or self.prompter
@@ -220,13 +234,24 @@ class Gateway:
             outcome = "isError" if result.is_error else "ok"
             return result
         finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            shape = argument_shape(arguments or {})
+            record = {
+                "time": began,
+                "skill": route.skill,
+                "tool": name,
+                "argShape": shape,
+                "durationMs": round(elapsed_ms, 1),
+                "outcome": outcome,
+            }
             logger.info(
                 "tools/call %s (skill %s) args=%s -> %s in %.1f ms",
                 name,
                 route.skill,
-                json.dumps(argument_shape(arguments or {}), sort_keys=True),
+                json.dumps(shape, sort_keys=True),
                 outcome,
-                (time.perf_counter() - started) * 1000,
+                elapsed_ms,
+                extra={TOOL_CALL_FIELD: record},
             )
 
     async def _ask(
@@ -307,6 +332,7 @@ async def open_gateway(
     *,
     prefix_tools: bool = False,
     prompter: Prompter | None = None,
+    egress_check: Callable[[], str | None] | None = None,
 ) -> AsyncIterator[Gateway]:
     """Start the skills and yield the gateway; every skill is stopped on exit.
 
@@ -315,7 +341,9 @@ async def open_gateway(
         GatewayError: two skills expose the same tool name.
 
     """
-    gateway = Gateway(skills, interactive, prefix_tools=prefix_tools, prompter=prompter)
+    gateway = Gateway(
+        skills, interactive, prefix_tools=prefix_tools, prompter=prompter, egress_check=egress_check
+    )
     try:
         async with anyio.create_task_group() as task_group:
             try:

@@ -1,0 +1,230 @@
+"""The audit summariser on hand-written JSON lines, the tool-call writer, and `audit` on the CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from orchestrator import audit, cli, state
+from orchestrator.errors import UsageError
+from orchestrator.gateway import open_gateway
+from orchestrator.skills import SkillSession, SkillSpec, local_process
+
+SKILL = Path(__file__).parents[1] / "fixtures" / "stdlib_skill.py"
+SECRET_ARGUMENT = "value-that-must-never-be-logged"  # noqa: S105 - a canary, not a password
+
+
+def decision(  # noqa: PLR0913 - every field of a decision line
+    conn, host, decision="deny", reason="not-allowed", *, raw=None, time="T1", port=443
+):
+    """Return one decision line as the proxy writes it."""
+    return {
+        "time": time,
+        "event": "decision",
+        "conn": conn,
+        "rawHost": raw if raw is not None else host,
+        "host": host,
+        "port": port,
+        "decision": decision,
+        "reason": reason,
+    }
+
+
+def close(conn, up, down):
+    """Return one close line as the proxy writes it."""
+    return {"time": "T9", "event": "close", "conn": conn, "bytesUp": up, "bytesDown": down}
+
+
+def write_lines(path: Path, lines: list[object], tail: str = "") -> None:
+    """Write JSON lines, optionally followed by a raw (e.g. truncated) tail."""
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + tail, encoding="utf-8")
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> state.RunState:
+    """Create a fresh run folder in a private state directory."""
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path / "state"))
+    return state.create_run("audited", run_id="20260101-000000-aaaaaa")
+
+
+def test_decisions_and_closes_fold_into_per_host_counts_reasons_bytes_and_times(run):
+    """Allowed and refused counts, reasons, bytes (joined by conn) and first/last times per host."""
+    write_lines(
+        run.audit_path,
+        [
+            decision(1, "api.example.com", "allow", "allowed", time="2026-01-01T00:00:01"),
+            close(1, 100, 2000),
+            decision(2, "api.example.com", "allow", "allowed", time="2026-01-01T00:00:05"),
+            close(2, 10, 20),
+            decision(3, "api.example.com", "deny", "sni-mismatch", time="2026-01-01T00:00:03"),
+            close(3, 0, 0),
+            decision(4, "evil.example", time="2026-01-01T00:00:02"),
+            decision(
+                5, "evil.example", time="2026-01-01T00:00:04", port=80, reason="port-not-allowed"
+            ),
+        ],
+    )
+    hosts = {h.host: h for h in audit.summarise_run(run).hosts}
+    api, evil = hosts["api.example.com"], hosts["evil.example"]
+    assert (api.allowed, api.refused, api.reasons) == (2, 1, {"sni-mismatch": 1})
+    assert (api.bytes_up, api.bytes_down) == (110, 2020)
+    assert (api.first, api.last) == ("2026-01-01T00:00:01", "2026-01-01T00:00:05")
+    assert (evil.allowed, evil.refused) == (0, 2)
+    assert evil.reasons == {"not-allowed": 1, "port-not-allowed": 1}
+    assert sorted(evil.ports) == [80, 443]
+
+
+def test_a_refusal_without_a_canonical_host_is_listed_under_its_raw_host(run):
+    """An IP literal has no canonical host: the raw (escaped) spelling names it."""
+    write_lines(
+        run.audit_path,
+        [decision(1, None, reason="host-ip-literal", raw="169.254.169.254"), close(1, 0, 0)],
+    )
+    (host,) = audit.summarise_run(run).hosts
+    assert host.host == "169.254.169.254"
+    assert host.reasons == {"host-ip-literal": 1}
+
+
+def test_a_crashed_run_is_read_truncated_line_counted_and_no_end_time(run):
+    """A half-written last line and a non-object line are skipped and counted; ended is None."""
+    write_lines(
+        run.audit_path,
+        [decision(1, "a.example", "allow", "allowed"), [1, 2]],
+        tail='{"time": "T", "event": "deci',
+    )
+    write_lines(run.tools_path, [], tail='{"skill": "x", "to')
+    summary = audit.summarise_run(run)
+    assert [h.host for h in summary.hosts] == ["a.example"]
+    assert summary.unreadable_lines == {"audit.jsonl": 2, "tools.jsonl": 1}
+    assert summary.ended is None
+    text = audit.render_text(summary)
+    assert "no end time (still running, or it crashed)" in text
+    assert "audit.jsonl: 2" in text
+
+
+def test_missing_files_are_an_empty_trail(tmp_path, monkeypatch):
+    """A run folder without audit or tool files summarises to nothing, without error."""
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path))
+    folder = tmp_path / "runs" / "20260101-000000-bbbbbb"
+    folder.mkdir(parents=True)
+    summary = audit.summarise_run(state.RunState("20260101-000000-bbbbbb", folder))
+    assert (summary.hosts, summary.tools, summary.status) == ([], [], "unknown")
+
+
+def test_tool_calls_fold_per_skill_and_tool_with_outcomes_durations_and_shapes(run):
+    """Each (skill, tool) gets its call count, outcomes, total time and distinct shapes."""
+    calls = [
+        {"skill": "s", "tool": "t", "argShape": {"q": "str"}, "durationMs": 5, "outcome": "ok"},
+        {"skill": "s", "tool": "t", "argShape": {"q": "str"}, "durationMs": 7.5, "outcome": "ok"},
+        {"skill": "s", "tool": "t", "argShape": {}, "durationMs": 1, "outcome": "isError"},
+        {"skill": "r", "tool": "u", "argShape": {}, "durationMs": 2, "outcome": "error"},
+    ]
+    write_lines(run.tools_path, calls)
+    summary = audit.summarise_run(run)
+    tools = {(t.skill, t.tool): t for t in summary.tools}
+    assert tools["s", "t"].calls == 3
+    assert tools["s", "t"].outcomes == {"ok": 2, "isError": 1}
+    assert tools["s", "t"].total_ms == pytest.approx(13.5)
+    assert tools["s", "t"].shapes == [{"q": "str"}, {}]
+    assert audit.tool_counts(summary) == {"s/t": 3, "r/u": 1}
+    assert summary.to_json()["tools"][0] == {
+        "skill": "r",
+        "tool": "u",
+        "calls": 1,
+        "outcomes": {"error": 1},
+        "totalMs": 2.0,
+        "shapes": [{}],
+    }
+
+
+def test_find_run_defaults_to_the_latest_and_refuses_unknown_or_odd_ids(run):
+    """No id gives the latest run; an unknown id or a path-like id is a usage error."""
+    later = state.create_run("audited", run_id="20260101-000001-cccccc")
+    assert audit.find_run(None).run_id == later.run_id
+    assert audit.find_run(run.run_id).path == run.path
+    for bad in ("nope", "../runs", "..", ""):
+        with pytest.raises(UsageError):
+            audit.find_run(bad)
+
+
+def test_find_run_without_any_run_says_where_it_looked(tmp_path, monkeypatch):
+    """With no run recorded, the error names the runs folder."""
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path))
+    with pytest.raises(UsageError, match="no runs recorded"):
+        audit.find_run(None)
+
+
+def test_the_writer_appends_only_tool_call_records_one_json_line_each(tmp_path):
+    """Records carrying the tool-call field become lines; other log records are ignored."""
+    path = tmp_path / "tools.jsonl"
+    writer = audit.ToolCallWriter(path)
+    logger = logging.getLogger("test.audit.writer")
+    logger.addHandler(writer)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("plain line")
+        logger.info("call", extra={audit.TOOL_CALL_FIELD: {"skill": "s", "tool": "t"}})
+    finally:
+        logger.removeHandler(writer)
+        writer.close()
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"skill": "s", "tool": "t"}]
+
+
+def test_the_cli_prints_text_and_json_and_an_unknown_run_exits_2(run, monkeypatch, capsys):
+    """`audit RUN --json` prints the summary as JSON; `audit nope` is a usage error (exit 2)."""
+    write_lines(run.audit_path, [decision(1, "a.example", "allow", "allowed"), close(1, 3, 4)])
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit", run.run_id, "--json"])
+    cli.main()
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["hosts"][0]["host"] == "a.example"
+    assert (payload["hosts"][0]["bytesUp"], payload["hosts"][0]["bytesDown"]) == (3, 4)
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit"])
+    cli.main()
+    assert "a.example  port 443  allowed 1  refused 0" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit", "nope"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_gateway_logs_shapes_and_refuses_calls_once_egress_is_down(tmp_path):
+    """Gateway calls reach tools.jsonl by shape only; after egress loss they are refused."""
+    factory = functools.partial(
+        local_process, [sys.executable, str(SKILL)], env={"PATH": "/usr/bin:/bin"}
+    )
+    problem: list[str] = []
+    path = tmp_path / "tools.jsonl"
+    writer = audit.ToolCallWriter(path)
+    logging.getLogger("orchestrator.gateway").addHandler(writer)
+    logging.getLogger("orchestrator.gateway").setLevel(logging.INFO)
+    try:
+        with anyio.fail_after(30):
+            async with open_gateway(
+                [SkillSession(SkillSpec("local"), factory)],
+                egress_check=lambda: problem[0] if problem else None,
+            ) as gateway:
+                ok = await gateway.call_tool("echo", {"text": SECRET_ARGUMENT})
+                problem.append("egress is down: the proxy stopped")
+                refused = await gateway.call_tool("echo", {"text": SECRET_ARGUMENT})
+    finally:
+        logging.getLogger("orchestrator.gateway").removeHandler(writer)
+        writer.close()
+    assert not ok.is_error
+    assert refused.is_error
+    assert "egress is down" in refused.content[0].text
+    text = path.read_text()
+    assert SECRET_ARGUMENT not in text
+    lines = [json.loads(x) for x in text.splitlines()]
+    assert [(x["tool"], x["argShape"], x["outcome"]) for x in lines] == [
+        ("echo", {"text": "str"}, "ok"),
+        ("echo", {"text": "str"}, "refused-egress-down"),
+    ]
+    assert all(x["skill"] == "local" and x["durationMs"] >= 0 and x["time"] for x in lines)
