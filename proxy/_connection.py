@@ -70,6 +70,8 @@ class Connection(asyncio.Protocol):
         """Forward to the peer when spliced, else buffer (pausing above the limit)."""
         peer, stats = self.peer, self.stats
         if peer is not None and stats is not None and peer.transport is not None:
+            if peer.transport.is_closing():
+                return  # the other side is gone; what it can no longer take is dropped
             stats.last_activity = time.monotonic()
             _count(stats, self, len(data))
             peer.transport.write(data)
