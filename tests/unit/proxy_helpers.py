@@ -201,10 +201,13 @@ def running_proxy(
 
 
 def read_response_head(sock: socket.socket) -> bytes:
-    """Read a response head (up to CRLFCRLF) or whatever arrives before EOF."""
+    """Read a response head (up to CRLFCRLF) or whatever arrives before EOF.
+
+    One byte at a time, so that tunnel bytes right behind the head are left unread.
+    """
     data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
+    while not data.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
         if not chunk:
             break
         data += chunk
