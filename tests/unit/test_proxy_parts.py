@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import struct
@@ -13,6 +14,7 @@ from proxy_helpers import client_hello
 from proxy._http import Refusal, parse_head, split_authority
 from proxy._netrules import AddressRules, is_non_public
 from proxy._policy import Limits, PolicyError, load_policy, parse_policy
+from proxy._resolver import ResolveError, StaticResolver, SystemResolver
 from proxy._tls import TlsError, client_hello_body, server_name
 
 if TYPE_CHECKING:
@@ -288,3 +290,23 @@ def test_unreadable_policy_file_is_a_policy_error(tmp_path: Path) -> None:
     for name in ("missing.json", "bad.json"):
         with pytest.raises(PolicyError, match="cannot read policy"):
             load_policy(tmp_path / name)
+
+
+# --- resolvers ---------------------------------------------------------------------------
+
+
+def test_system_resolver_answers_from_the_hosts_file_without_duplicates() -> None:
+    """The getaddrinfo resolver returns each address once ('localhost' comes from /etc/hosts)."""
+    answers = asyncio.run(SystemResolver().resolve("localhost"))
+    assert "127.0.0.1" in answers
+    assert len(answers) == len(set(answers))
+
+
+def test_static_resolver_walks_its_answer_sets_and_logs_queries() -> None:
+    """Successive queries get successive answer sets (the last repeats); unknown names fail."""
+    resolver = StaticResolver({"a.example.org": [["192.0.2.1"], ["10.0.0.1"]]})
+    answers = [asyncio.run(resolver.resolve("a.example.org")) for _ in range(3)]
+    assert answers == [["192.0.2.1"], ["10.0.0.1"], ["10.0.0.1"]]
+    with pytest.raises(ResolveError):
+        asyncio.run(resolver.resolve("b.example.org"))
+    assert resolver.queries == ["a.example.org"] * 3 + ["b.example.org"]
