@@ -40,6 +40,8 @@ class Decision:
     rule: str | None = None
     resolved: list[str] = field(default_factory=list)
     dialled: str | None = None
+    # Set once the decision line is out, so that exactly those connections get a close line.
+    written: bool = False
 
 
 @dataclass
@@ -51,6 +53,7 @@ class AuditLog:
 
     def decision(self, conn: int, record: Decision) -> None:
         """Write the decision line of connection ``conn``."""
+        record.written = True
         self._write(
             {
                 "event": "decision",

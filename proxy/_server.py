@@ -70,9 +70,14 @@ class ProxyServer:
         return bound
 
     async def close(self) -> None:
-        """Stop listening; connections in progress are left to finish or time out."""
+        """Stop listening and end every connection (tunnels included), then return."""
         for server in self._servers:
             server.close()
+        # Since Python 3.12 wait_closed() waits for every connection, and a tunnel may idle
+        # for minutes: end them first (each handler closes its sockets as it unwinds).
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
 
@@ -85,26 +90,25 @@ class ProxyServer:
         conn, started = next(self._ids), time.monotonic()
         record = Decision(client=_address_text(client.peername()))
         stats = TunnelStats()
-        audited = False
         self.active += 1
         try:
-            audited = await self._serve(conn, client, record, stats)
+            await self._serve(conn, client, record, stats)
         except Refusal as refusal:
-            audited = self._refuse(conn, client, record, refusal)
+            self._refuse(conn, client, record, refusal)
         except OSError:  # the client went away mid-request (e.g. before our 200 reached it)
-            audited = self._refuse(conn, client, record, Refusal(None, "client-gone"))
+            self._refuse(conn, client, record, Refusal(None, "client-gone"))
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the proxy
             sys.stderr.write(f"proxy: connection {conn} failed: {exc!r}\n")
         finally:
             self.active -= 1
             await client.close_within(CLOSE_TIMEOUT)
-            if audited:
+            if record.written:  # also when a stop cancelled us mid-tunnel
                 self.audit.close(conn, record.client, stats.up, stats.down, started)
 
     async def _serve(
         self, conn: int, client: Connection, record: Decision, stats: TunnelStats
-    ) -> bool:
-        """Read and answer one request; return whether a decision line was written."""
+    ) -> None:
+        """Read and answer one request (a refusal is raised, an allowed tunnel spliced)."""
         limits = self.policy.limits
         if self.active > limits.max_connections:
             raise Refusal(503, "too-many-connections")
@@ -118,7 +122,7 @@ class ProxyServer:
         record.method, record.raw_host = head.method, head.target
         if head.method == "GET" and head.target == HEALTH_PATH:
             client.write(response(200, "ok"))
-            return False
+            return
         if head.method != "CONNECT":
             _refuse_plain_http(head, record)
         rules = self._rules_for(client)
@@ -129,7 +133,6 @@ class ProxyServer:
         record.decision, record.reason = "allow", "allowed"
         self.audit.decision(conn, record)
         await splice(client, upstream, stats, limits.idle_timeout)
-        return True
 
     def _rules_for(self, client: Connection) -> AddressRules:
         """Add the address this client reached us on: with a wildcard listen it is ours too."""
@@ -137,14 +140,13 @@ class ProxyServer:
         local = parse_address(str(sockname[0])) if isinstance(sockname, tuple) else None
         return self._rules.with_own([local] if local is not None else [])
 
-    def _refuse(self, conn: int, client: Connection, record: Decision, refusal: Refusal) -> bool:
+    def _refuse(self, conn: int, client: Connection, record: Decision, refusal: Refusal) -> None:
         if refusal.status is not None:
             client.write(response(refusal.status, refusal.reason))
-        if refusal.reason == "no-request":
-            return False  # a bare TCP connect (a port probe) is not a request
+        if refusal.reason == "no-request" or record.written:
+            return  # a bare TCP connect (a port probe) is not a request; one line per decision
         record.decision, record.reason = "deny", refusal.reason
         self.audit.decision(conn, record)
-        return True
 
 
 def _refuse_plain_http(head: RequestHead, record: Decision) -> None:

@@ -286,3 +286,14 @@ def test_client_that_never_reads_is_throttled_by_backpressure() -> None:
         assert stalled
         # Kernel socket buffers on loopback hold some MiB; an unthrottled proxy would take all.
         assert sent < 64 << 20
+
+
+def test_stopping_the_proxy_ends_open_tunnels() -> None:
+    """Closing the server ends established tunnels too, so a stop never waits on idle clients."""
+    with running_proxy() as harness:
+        sock = open_tunnel(harness, "api.example.com:443", "api.example.com")
+        _recv_exactly(sock, len(client_hello("api.example.com")))
+        harness.run(harness.server.close())
+        assert read_until_eof(sock) == b""
+        sock.close()
+        harness.wait_for(lambda: len(harness.audit()) == 2, "the close line")
