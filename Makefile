@@ -51,5 +51,5 @@ demo: install engine images ## Build the example Expert, list and call its tools
 .PHONY: bench
 bench: install engine images ## Benchmarks that print ratio tables (installs Debian's squid to compare with)
 	@command -v squid >/dev/null 2>&1 || test -x /usr/sbin/squid || \
-		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq squid >/dev/null)
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq squid >/dev/null)
 	$(PY) bench/run.py
