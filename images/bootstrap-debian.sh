@@ -46,6 +46,7 @@ fi
 
 if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap debian-archive-keyring >/dev/null
 fi
 
