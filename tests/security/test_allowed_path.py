@@ -40,7 +40,8 @@ async def test_nodes_fetch_honours_the_proxy_and_reaches_the_allowed_host(
 ) -> None:
     """Node's built-in fetch goes through the proxy (NODE_USE_ENV_PROXY) and gets an answer.
 
-    Fails when: NODE_USE_ENV_PROXY is not passed to skills (fetch then tries DNS and fails).
+    Fails when: NODE_USE_ENV_PROXY is not passed to skills (checked by hand: fetch then
+    tries DNS itself and fails with EAI_AGAIN).
     """
     script = (
         f"fetch('https://{registry_host()}/').then(r => console.log(r.status),"
@@ -63,7 +64,8 @@ async def test_the_runs_audit_shows_the_allowed_and_the_refused_attempts(
     never appears in tools.jsonl.
 
     Fails when: the engine stops copying the proxy's audit to the run folder, or the gateway
-    stops writing tools.jsonl (or writes argument values).
+    stops writing tools.jsonl (checked by hand: a no-op `ToolCallWriter.emit`), or writes
+    argument values.
     """
     host = registry_host()
     marker = "refused-for-the-audit.example"

@@ -40,7 +40,7 @@ CONFIG_NAMES = (".env", ".env.local", "perstack.toml")
 async def test_etc_shadow_is_unreadable(hostile: Hostile) -> None:
     """/etc/shadow exists but the skill's uid may not read it.
 
-    Fails when: skills run as root (checked by hand: `user=0` for the exec reads it).
+    Fails when: skills run as root (checked by hand: an exec as uid 0 reads it).
     """
     assert await hostile.probe("emit(open_outcome('/etc/shadow'))") == "EACCES"
 
@@ -49,7 +49,8 @@ async def test_etc_shadow_is_unreadable(hostile: Hostile) -> None:
 async def test_no_engine_socket_is_mounted(hostile: Hostile, path: str) -> None:
     """The Docker and containerd sockets do not exist in the sandbox.
 
-    Fails when: the socket is bind-mounted (checked by hand: a mount of /var/run/docker.sock).
+    Fails when: the socket is bind-mounted (not checked by hand: handing the engine to a
+    hostile skill on a shared machine is not an experiment worth running).
     """
     assert await hostile.probe(f"emit(open_outcome({path!r}))") == "ENOENT"
 
@@ -57,7 +58,7 @@ async def test_no_engine_socket_is_mounted(hostile: Hostile, path: str) -> None:
 async def test_no_unix_socket_of_the_host_exists_anywhere_in_the_sandbox(hostile: Hostile) -> None:
     """A walk of the whole filesystem finds no socket file at all.
 
-    Fails when: any host socket is mounted into the sandbox.
+    Fails when: any host socket is mounted into the sandbox (not checked by hand).
     """
     code = (
         "import os, stat\nfound = []\n"
@@ -78,8 +79,9 @@ async def test_the_root_filesystem_and_the_expert_folder_are_read_only(
 ) -> None:
     """Creating or appending to files outside the scratch areas fails (EROFS, or EACCES).
 
-    Fails when: the container is started without `read_only=True` (checked by hand: writing
-    /var/tmp/evil succeeds and the others turn EACCES), or /expert is mounted read-write.
+    Fails when: the container is started without `read_only=True` (checked by hand: every
+    EROFS case then fails: /var/tmp/evil is written, the others turn EACCES), or /expert is
+    mounted read-write.
     """
     assert await hostile.probe(f"emit(open_outcome({path!r}, 'ab'))") == expected
 
@@ -87,7 +89,8 @@ async def test_the_root_filesystem_and_the_expert_folder_are_read_only(
 async def test_a_program_written_to_scratch_space_cannot_be_executed(hostile: Hostile) -> None:
     """Scratch space (/tmp, the skill's home) is mounted noexec: a dropped binary does not run.
 
-    Fails when: the tmpfs mounts lose `noexec`.
+    Fails when: the tmpfs mounts are made `exec` (checked by hand: both copies run; note that
+    Docker's tmpfs default is already noexec, so dropping the word alone changes nothing).
     """
     code = (
         "import os, shutil, subprocess\nresults = []\n"
@@ -106,7 +109,8 @@ async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
 ) -> None:
     """Bind mounts are /expert (read-only), /workspace and Docker's three /etc files.
 
-    Fails when: any other host path is mounted into the sandbox.
+    Fails when: any other host path is mounted into the sandbox (checked by hand: one extra
+    read-only bind mount).
     """
     code = (
         "binds = {}\n"
@@ -126,7 +130,8 @@ async def test_a_symlink_to_a_host_path_resolves_inside_the_sandbox_only(
 ) -> None:
     """A link planted in the workspace to a host file points at nothing the sandbox can see.
 
-    Fails when: the host path is mounted into the sandbox (the link then reads it).
+    Fails when: the host path is mounted into the sandbox (the link then reads it; not
+    checked by hand).
     """
     secret = tmp_path / "host-only-secret.txt"
     secret.write_text("host secret\n", encoding="utf-8")
@@ -150,7 +155,8 @@ async def test_the_orchestrator_follows_no_symlink_the_sandbox_wrote(
     config files, pointing at host files; after teardown those files are unchanged and the
     run's own files are regular files.
 
-    Fails when: the orchestrator writes into the workspace (or reads config from it).
+    Fails when: the orchestrator writes into the workspace (or reads config from it); not
+    checked by hand: the orchestrator has no code path that touches the workspace to remove.
     """
     targets = {name: tmp_path / f"target-{name}" for name in (*STATE_NAMES, *CONFIG_NAMES)}
     for target in targets.values():
@@ -190,7 +196,8 @@ async def test_a_workspace_that_overlaps_the_expert_folder_is_refused(
     """The sandbox must not write the next run's perstack.toml or .env: no overlapping workspace.
 
     Fails when: `launch.prepare` accepts a workspace that is, contains or lies inside the
-    Expert's folder (the sandbox could then add allowedDomains and skills to its own config).
+    Expert's folder (checked by hand: `check_workspace` as a no-op). The sandbox could then add
+    allowedDomains and skills to its own perstack.toml, or plant `.env` links, for the next run.
     """
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.launch import prepare  # noqa: PLC0415

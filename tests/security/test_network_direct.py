@@ -75,9 +75,9 @@ async def test_direct_tcp_to_metadata_private_and_public_addresses_is_unreachabl
 ) -> None:
     """A TCP connect that ignores the proxy fails locally (no host end of the network).
 
-    Fails when: the sandbox network is not internal, or its bridge gets a host address
-    (checked by hand: `internal=False` and then without `inhibit_ipv4`, against our host
-    listener only; the guard fails first, as intended).
+    Fails when: the sandbox network gets a host end (checked by hand: without `inhibit_ipv4`
+    the guard connects to our host listeners on every host address and fails first, so no
+    probe of this module is ever aimed outside).
     """
     assert outcomes[f"tcp {target}"] in UNREACHABLE
 
@@ -88,7 +88,8 @@ async def test_direct_ipv6_has_no_source_address_at_all(
 ) -> None:
     """The sandbox has no IPv6 address, so IPv6 sockets cannot even pick a source.
 
-    Fails when: the sandbox network is created with `enable_ipv6=True`.
+    Fails when: the sandbox network is created with `enable_ipv6=True` (not checked by hand:
+    that would give the sandbox a real IPv6 path, and there is no local-only IPv6 target).
     """
     assert outcomes[f"tcp {target}"] == "EADDRNOTAVAIL"
     assert outcomes[f"udp6 {target}"] == "EADDRNOTAVAIL"
@@ -135,8 +136,9 @@ async def test_guard_no_listener_on_the_host_is_reachable(
 ) -> None:
     """Our host listeners (all addresses, each bridge, the sandbox's gateway) see nothing.
 
-    Fails when: the internal network gets a host address (drop `inhibit_ipv4`: the gateway
-    probe connects to our 0.0.0.0 listener), or the sandbox joins a non-internal network.
+    Fails when: the internal network gets a host address (checked by hand: without
+    `inhibit_ipv4` the sandbox connected to our listeners on docker0, the host's LAN address,
+    every bridge address and its own gateway).
     """
     assert any(target.startswith("gateway ") for target in no_route_out)
     assert set(no_route_out.values()) <= UNREACHABLE

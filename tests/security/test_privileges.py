@@ -36,7 +36,8 @@ async def test_no_capabilities_no_new_privileges_and_seccomp_filtering(hostile: 
     """Every capability set is empty, NoNewPrivs is 1 and seccomp is in filter mode (2).
 
     Fails when: `cap_drop=["ALL"]` or `no-new-privileges` is removed (checked by hand:
-    CapBnd becomes Docker's default set and NoNewPrivs 0), or seccomp is unconfined.
+    CapBnd becomes Docker's default set and NoNewPrivs 0), or seccomp is unconfined (checked by
+    hand: Seccomp 0).
     """
     code = (
         "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
@@ -56,7 +57,8 @@ async def test_setuid_binaries_never_raise_the_effective_uid(hostile: Hostile) -
     Each one is started with stdin held open, and its credentials are read from /proc once it
     has executed. no-new-privileges makes the kernel ignore the set-id bits.
 
-    Fails when: `no-new-privileges` is removed (a setuid-root binary then runs with euid 0).
+    Fails when: `no-new-privileges` is removed (checked by hand, with `cap_drop` removed too:
+    a setuid-root binary then runs with euid 0).
     """
     code = r"""
 import os, stat, subprocess, time
@@ -123,8 +125,10 @@ emit({'uid': os.getuid(), 'gid': os.getgid(), 'seen': seen})
 async def test_privileged_operations_are_refused(hostile: Hostile, attempt: str, code: str) -> None:
     """setuid(0), namespaces, raw sockets, chown and mount all fail with EPERM.
 
-    Fails when: the capabilities are not dropped (checked by hand: without `cap_drop` a raw
-    socket needs only CAP_NET_RAW, which Docker grants by default).
+    Fails when (checked by hand): skills run as root (setuid and chown succeed); root without
+    `cap_drop` and without no-new-privileges (raw and packet sockets open too); seccomp
+    unconfined (a user namespace is created). Mount and a mount namespace stayed refused in
+    every one of those (default seccomp, no CAP_SYS_ADMIN).
     """
     wrapped = (
         "from probes import *\ntry:\n"
@@ -138,7 +142,8 @@ async def test_privileged_operations_are_refused(hostile: Hostile, attempt: str,
 async def test_the_decoy_skill_cannot_be_traced_or_signalled(hostile: Hostile) -> None:
     """ptrace(ATTACH) and kill() on the other skill's process fail with EPERM.
 
-    Fails when: both skills run as one uid (checked by hand: kill then succeeds).
+    Fails when: both skills run as one uid (checked by hand: `skill_uid` returning a constant
+    makes kill and ptrace succeed).
     """
     pid = (await hostile.whoami("decoy"))["pid"]
     code = (

@@ -155,7 +155,8 @@ async def test_metadata_endpoints_by_ip_and_by_name_are_refused_via_connect(
 async def test_plain_http_is_refused_whatever_it_asks_for(hostile: Hostile, name: str) -> None:
     """Every plain-HTTP request (metadata, or even the allowed host) gets 403 plain-http-refused.
 
-    Fails when: the proxy forwards absolute-form or origin-form requests.
+    Fails when: the proxy forwards absolute-form or origin-form requests (not checked by
+    hand: a forwarding proxy would dial the metadata addresses).
     """
     head = real(METADATA_PLAIN[name]) + "\r\n\r\n"
     answer = await hostile.probe(f"emit(proxy_exchange({head.encode()!r}))")
@@ -192,7 +193,8 @@ async def test_suffix_and_prefix_confusion_with_the_allowed_host_is_refused(
 ) -> None:
     """Names that merely contain the allowed host are not the allowed host.
 
-    Fails when: matching uses `endswith`/`in` instead of exact and `*.`-subdomain rules.
+    Fails when: matching uses `endswith`/`in` instead of exact and `*.`-subdomain rules (not
+    checked by hand: the proxy would then resolve and dial names outside the allowlist).
     """
     await refused_before_dns(hostile, real(template), reason)
 
@@ -215,8 +217,8 @@ async def test_ports_other_than_443_are_refused_even_for_the_allowed_host(
 ) -> None:
     """CONNECT goes to 443 only; odd spellings of a port are malformed.
 
-    Fails when: the port check is removed (checked by hand: the allowed host on port 80
-    then tunnels: the answer is 200, not 403).
+    Fails when: the port check is removed (the allowed host on port 80 would then tunnel and
+    answer 200; not checked by hand, to dial nothing but port 443).
     """
     answer = await hostile.probe(f"emit(connect_via_proxy({real(template)!r}))")
     assert answer == expected
@@ -240,7 +242,7 @@ async def test_a_tunnel_to_the_allowed_host_cannot_carry_tls_for_another_name(
 async def test_a_tunnel_without_sni_is_closed(hostile: Hostile) -> None:
     """A ClientHello without a server name is refused (`sni-missing`).
 
-    Fails when: the proxy's SNI check is disabled (the handshake then completes).
+    Fails when: the proxy's SNI check is disabled (checked by hand: the handshake completes).
     """
     authority = f"{registry_host()}:443"
     answer = await hostile.probe(f"emit(tls_through_tunnel({authority!r}, None))")
@@ -264,7 +266,7 @@ async def test_host_header_smuggling_is_refused(
     """A CONNECT to the allowed host whose Host header names another target is refused.
 
     Fails when: the Host-header check of proxy/_tunnel.py is removed (checked by hand: the
-    tunnel is then opened, 200).
+    three mismatch cases are then answered 200).
     """
     authority = f"{registry_host()}:443"
     code = f"emit(connect_via_proxy({authority!r}, host_header={real(host_header)!r}))"
@@ -274,7 +276,7 @@ async def test_host_header_smuggling_is_refused(
 async def test_a_second_request_on_a_refused_connection_is_never_read(hostile: Hostile) -> None:
     """After a refusal the proxy closes the connection: a pipelined request gets no answer.
 
-    Fails when: the proxy keeps connections alive after a refusal.
+    Fails when: the proxy keeps connections alive after a refusal (not checked by hand).
     """
     first = b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n"
     second = real(f"CONNECT {REGISTRY}:443 HTTP/1.1\r\nHost: {REGISTRY}:443\r\n\r\n").encode()

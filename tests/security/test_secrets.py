@@ -55,7 +55,7 @@ async def test_the_skill_sees_its_own_secret_and_nothing_else_of_the_host(
     """The hostile skill's environment is its HOSTILE_TOKEN plus the sandbox variables.
 
     Fails when: a canary is added to the container's or the exec's environment (checked by
-    hand: passing `os.environ` to the exec makes the canaries appear).
+    hand: AWS_SECRET_ACCESS_KEY set on the sandbox container reaches every exec).
     """
     environment = await hostile.probe("import os\nemit(dict(os.environ))")
     assert environment["HOSTILE_TOKEN"] == hostile.secrets["HOSTILE_TOKEN"]
@@ -69,8 +69,8 @@ async def test_no_readable_process_environment_or_command_line_holds_a_canary(
 ) -> None:
     """Every /proc/*/environ and cmdline the skill can read is free of canaries and secrets.
 
-    Fails when: a canary or the decoy's secret is set on the container (every process then
-    inherits it) or on a command line.
+    Fails when: a canary or the decoy's secret is set on the container (checked by hand:
+    every process then holds it) or on a command line.
     """
     code = (
         "import glob\nseen = {}\n"
@@ -121,7 +121,7 @@ async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
     """Container config (env, labels, cmd), exec configs and networks hold no canary or secret.
 
     Fails when: a secret is set on the container rather than per exec (checked by hand:
-    `environment=` with the canaries on the sandbox container), or a value goes into argv.
+    `environment=` with a canary on the sandbox container), or a value goes into argv.
     """
     api = docker.from_env().api
     containers = hostile.containers()
@@ -150,9 +150,12 @@ async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
 async def test_the_run_state_files_hold_names_never_values(hostile: Hostile) -> None:
     """The run's audit, logs, policy and meta files contain no secret or canary value.
 
-    Fails when: the gateway logs argument values, or the launch logs the skills' environment.
+    Fails when: the gateway logs argument values (checked by hand: `argument_shape` returning
+    the value puts the canary sent below into skills.log and tools.jsonl), or the launch logs
+    the skills' environment.
     """
-    await hostile.probe("emit(1)")  # at least one logged tool call
+    canary = hostile.canaries.values["AWS_SECRET_ACCESS_KEY"]
+    await hostile.probe(f"# an argument that carries a canary: {canary}\nemit(1)")
     every_value = [*hostile.canaries.values.values(), *hostile.secrets.values()]
     for path in hostile.run.path.iterdir():
         text = path.read_text(encoding="utf-8", errors="replace")
