@@ -1,28 +1,32 @@
-"""One TCP connection: buffered reads while the request is checked, then a zero-task splice.
+"""One TCP socket driven straight from the event loop's readiness callbacks, and the splice.
 
-The proxy owns the protocol object of both its sockets. Before a tunnel is accepted it buffers
-what arrives (bounded: reading pauses above ``limit``) and offers ``read``/``write``/``drain``.
-Once :func:`splice` pairs two connections, every ``data_received`` is written straight to the
-peer's transport. Backpressure is the transports' own: when the peer's write buffer passes its
-high-water mark, reading from this side pauses until it drains. EOF on one side is passed on
-as a half-close; the tunnel ends when both sides are closed, or on the idle timeout.
+No asyncio transports, streams or per-connection tasks: a request is read and answered from
+``add_reader``/``add_writer`` callbacks, so each step costs one loop iteration and no hop
+through a future. :func:`splice` pairs two connections so that whatever one side receives is
+sent to the other at once. Backpressure: when a side holds more than ``WRITE_HIGH_WATER``
+unsent bytes, its peer is no longer read until it drains below ``WRITE_LOW_WATER``. EOF on one
+side is passed on as a half-close; the tunnel ends when both sides are closed, or on the idle
+timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# Buffered before a tunnel is accepted: a request head plus a large ClientHello fit in this.
-READ_LIMIT: Final = 128 * 1024
-# Per-socket write buffer before the other side stops being read; big enough for loopback
+# The most one read takes from a socket (asyncio's own transport reads this much).
+RECV_SIZE: Final = 256 * 1024
+# Unsent bytes per socket before the other side stops being read; big enough for loopback
 # throughput, small enough that a thousand tunnels cannot hold much memory.
 WRITE_HIGH_WATER: Final = 256 * 1024
+WRITE_LOW_WATER: Final = WRITE_HIGH_WATER // 4
+_WOULD_BLOCK: Final = (BlockingIOError, InterruptedError)
 
 
 @dataclass
@@ -34,215 +38,186 @@ class TunnelStats:
     last_activity: float = field(default_factory=time.monotonic)
 
 
-class Connection(asyncio.Protocol):
-    """The protocol of one socket, readable like a stream until it is spliced."""
+class Connection:
+    """One non-blocking TCP socket; its owner decides what a readable socket means."""
 
-    def __init__(
-        self, *, upstream: bool = False, on_connect: Callable[[Connection], None] | None = None
-    ) -> None:
-        """Create a protocol; ``upstream`` marks the dialled side.
-
-        ``on_connect`` is called once the transport exists.
-        """
+    def __init__(self, sock: socket.socket, *, upstream: bool = False) -> None:
+        """Wrap the connected, non-blocking ``sock``; ``upstream`` marks the dialled side."""
+        self.sock = sock
         self.upstream = upstream
-        self._on_connect = on_connect
-        self.transport: asyncio.Transport | None = None
         self.peer: Connection | None = None
         self.stats: TunnelStats | None = None
-        self._buffer = bytearray()
-        self._eof = False
-        self._reading_paused = False
-        self._writing_paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Called once, when the socket has been closed.
+        self.on_closed: Callable[[], None] | None = None
+        self.saw_eof = False
+        self.is_closed = False
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+        self._reader: Callable[[], None] | None = None
+        self._reading = False
+        self._closing = False
+        self._eof_pending = False
 
-    # --- asyncio.Protocol -------------------------------------------------------------
+    # --- reading -------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport and set its write buffer high-water mark."""
-        self.transport = cast("asyncio.Transport", transport)
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        if self._on_connect is not None:
-            self._on_connect(self)
+    def read_with(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the socket is readable, until paused or closed."""
+        self._reader = callback
+        self.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
-        """Forward to the peer when spliced, else buffer (pausing above the limit)."""
-        peer, stats = self.peer, self.stats
-        if peer is not None and stats is not None and peer.transport is not None:
-            if peer.transport.is_closing():
-                return  # the other side is gone; what it can no longer take is dropped
-            stats.last_activity = time.monotonic()
-            _count(stats, self, len(data))
-            peer.transport.write(data)
-            return
-        self._buffer += data
-        if len(self._buffer) > READ_LIMIT and self.transport is not None:
-            self.transport.pause_reading()
-            self._reading_paused = True
-        self._wake()
+    def pause_reading(self) -> None:
+        """Stop watching the socket for input."""
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
 
-    def eof_received(self) -> bool:
-        """Pass EOF on as a half-close when spliced; keep the socket open for writing."""
-        self._eof = True
-        self._wake()
-        if self.peer is not None:
-            self.peer.half_close()
-            if self.peer.saw_eof:  # both directions ended: nothing more can move
-                self.close()
-                self.peer.close()
-        return True
+    def resume_reading(self) -> None:
+        """Watch the socket for input again (not after EOF or close)."""
+        if not self._reading and self._reader and not (self.saw_eof or self._closing):
+            self._reading = True
+            self._loop.add_reader(self._fd, self._reader)
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - protocol
-        """Wake every waiter; a spliced peer is closed after it flushes what it holds."""
-        self._eof = True
-        self._wake()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("connection lost"))
-        if not self._closed.done():
-            self._closed.set_result(None)
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+    def recv(self, size: int) -> bytes | None:
+        """Return up to ``size`` bytes, None when nothing is there yet, b"" at EOF.
 
-    def pause_writing(self) -> None:
-        """Our write buffer is full: stop reading the side that fills it."""
-        self._writing_paused = True
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        A failed connection (reset, for instance) reads as EOF: no more bytes will come.
+        """
+        try:
+            return self.sock.recv(size)
+        except _WOULD_BLOCK:
+            return None
+        except OSError:
+            return b""
 
-    def resume_writing(self) -> None:
-        """Our write buffer drained: read the other side again."""
-        self._writing_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-    # --- stream-like use before the splice ----------------------------------------------
-
-    async def read(self, size: int) -> bytes:
-        """Return up to ``size`` buffered bytes, waiting for some; b"" at EOF."""
-        while not self._buffer and not self._eof:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        if self._reading_paused and len(self._buffer) <= READ_LIMIT and self.transport:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        return data
+    # --- writing -------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` for sending."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        """Send ``data`` now, queueing what the socket does not take (dropped once closing)."""
+        if self._closing or self.is_closed:
+            return
+        if not self._out:
+            try:
+                sent = self.sock.send(data)
+            except _WOULD_BLOCK:
+                sent = 0
+            except OSError:
+                self.abort()
+                return
+            if sent == len(data):
+                return
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._out += memoryview(data)[sent:]
+        else:
+            self._out += data
+        if len(self._out) > WRITE_HIGH_WATER and self.peer is not None:
+            self.peer.pause_reading()
 
-    async def drain(self) -> None:
-        """Wait until the write buffer is below its high-water mark.
+    def _write_ready(self) -> None:
+        try:
+            sent = self.sock.send(self._out)
+        except _WOULD_BLOCK:
+            return
+        except OSError:
+            self.abort()
+            return
+        del self._out[:sent]
+        if len(self._out) <= WRITE_LOW_WATER and self.peer is not None:
+            self.peer.resume_reading()
+        if self._out:
+            return
+        self._loop.remove_writer(self._fd)
+        if self._eof_pending:
+            self._shutdown_write()
+        if self._closing:
+            self._close_now()
 
-        Raises:
-            ConnectionResetError: the connection was lost while waiting.
+    def write_eof(self) -> None:
+        """Half-close: send EOF once everything queued has been sent."""
+        if self._closing or self.is_closed:
+            return
+        if self._out:
+            self._eof_pending = True
+        else:
+            self._shutdown_write()
 
-        """
-        if self._closed.done():
-            raise ConnectionResetError("connection lost")
-        if self._writing_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
+    def _shutdown_write(self) -> None:
+        self._eof_pending = False
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.abort()
 
-    def half_close(self) -> None:
-        """Send EOF (after anything buffered) if the transport supports it."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
+    # --- closing -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close after flushing the write buffer."""
-        if self.transport is not None:
-            self.transport.close()
+        """Close after flushing what is queued."""
+        if self._closing or self.is_closed:
+            return
+        self._closing = True
+        self.pause_reading()
+        if not self._out:
+            self._close_now()
 
     def abort(self) -> None:
         """Close at once, dropping anything unsent."""
-        if self.transport is not None:
-            self.transport.abort()
+        if self._out:
+            self._out.clear()
+            self._loop.remove_writer(self._fd)
+        self._close_now()
 
-    async def wait_closed(self) -> None:
-        """Wait until the socket is closed."""
-        await asyncio.shield(self._closed)
-
-    async def close_within(self, seconds: float) -> None:
-        """Close after flushing, but abort if the peer has not taken the bytes in time."""
-        if self._closed.done():
+    def _close_now(self) -> None:
+        if self.is_closed:
             return
-        self.close()
+        self.is_closed = self._closing = True
+        self.pause_reading()
+        self._reader = None
+        self.sock.close()
+        if self.peer is not None:  # a spliced side takes its peer down with it (after a flush)
+            self.peer.close()
+        callback, self.on_closed = self.on_closed, None
+        if callback is not None:
+            callback()
+
+    # --- spliced -------------------------------------------------------------------------
+
+    def _forward(self) -> None:
+        """Send what arrived to the peer (reader callback once spliced)."""
         try:
-            async with asyncio.timeout(seconds):
-                await self.wait_closed()
-        except TimeoutError:
+            data = self.sock.recv(RECV_SIZE)
+        except _WOULD_BLOCK:
+            return
+        except OSError:
             self.abort()
+            return
+        if not data:
+            self._end_of_input()
+            return
+        peer, stats = self.peer, self.stats
+        if peer is None or stats is None or peer._closing:  # noqa: SLF001 - same class
+            return  # the other side is gone; what it can no longer take is dropped
+        stats.last_activity = time.monotonic()
+        if self.upstream:
+            stats.down += len(data)
+        else:
+            stats.up += len(data)
+        peer.write(data)
 
-    @property
-    def closed(self) -> asyncio.Future[None]:
-        """A future that completes when the connection is lost."""
-        return self._closed
-
-    @property
-    def saw_eof(self) -> bool:
-        """Whether the remote side has finished sending."""
-        return self._eof
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether the connection has been lost."""
-        return self._closed.done()
-
-    def peername(self) -> object:
-        """Return the remote address, as the transport reports it."""
-        return self.transport.get_extra_info("peername") if self.transport else None
-
-    def sockname(self) -> object:
-        """Return the local address, as the transport reports it."""
-        return self.transport.get_extra_info("sockname") if self.transport else None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def take_buffered(self) -> tuple[bytes, bool]:
-        """Hand over what is buffered and whether EOF was seen; reading resumes."""
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        return data, self._eof
-
-
-def _count(stats: TunnelStats, source: Connection, size: int) -> None:
-    if source.upstream:
-        stats.down += size
-    else:
-        stats.up += size
-
-
-def _pair(client: Connection, upstream: Connection, stats: TunnelStats) -> None:
-    """Make each side forward to the other, handing over what each has buffered so far."""
-    stats.last_activity = time.monotonic()
-    for side, other in ((client, upstream), (upstream, client)):
-        side.stats, side.peer = stats, other
-    for side, other in ((client, upstream), (upstream, client)):
-        pending, eof = side.take_buffered()
-        if pending:
-            _count(stats, side, len(pending))
-            other.write(pending)
-        if eof:
-            other.half_close()
-        if side.is_closed:
-            other.close()
+    def _end_of_input(self) -> None:
+        """Pass EOF on as a half-close; close both once both directions have ended."""
+        self.saw_eof = True
+        self.pause_reading()
+        peer = self.peer
+        if peer is None:
+            return
+        peer.write_eof()
+        if peer.saw_eof:
+            self.close()
+            peer.close()
 
 
 class _IdleCutter:
-    """Aborts both sides once no byte has moved for ``idle_timeout`` seconds."""
+    """Aborts both sides once no byte has moved for ``idle`` seconds."""
 
     def __init__(
         self, sides: tuple[Connection, Connection], stats: TunnelStats, idle: float
@@ -263,22 +238,30 @@ class _IdleCutter:
         self._timer.cancel()
 
 
-async def splice(
-    client: Connection, upstream: Connection, stats: TunnelStats, idle_timeout: float
+def splice(
+    client: Connection,
+    upstream: Connection,
+    stats: TunnelStats,
+    idle_timeout: float,
+    on_done: Callable[[], None],
 ) -> None:
-    """Pair ``client`` and ``upstream`` until both are closed or the tunnel goes idle."""
-    _pair(client, upstream, stats)
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def finish_when_both_closed(_: object = None) -> None:
-        if client.is_closed and upstream.is_closed and not done.done():
-            done.set_result(None)
-
-    client.closed.add_done_callback(finish_when_both_closed)
-    upstream.closed.add_done_callback(finish_when_both_closed)
-    finish_when_both_closed()
+    """Pair ``client`` and ``upstream``; call ``on_done`` once both are closed."""
+    stats.last_activity = time.monotonic()
+    client.peer, client.stats = upstream, stats
+    upstream.peer, upstream.stats = client, stats
     cutter = _IdleCutter((client, upstream), stats, idle_timeout)
-    try:
-        await done
-    finally:
-        cutter.cancel()
+    ended: list[bool] = []
+
+    def closed() -> None:
+        if client.is_closed and upstream.is_closed and not ended:
+            ended.append(True)
+            cutter.cancel()
+            on_done()
+
+    client.on_closed = upstream.on_closed = closed
+    for side, other in ((client, upstream), (upstream, client)):
+        if side.is_closed:
+            other.close()
+        else:
+            side.read_with(side._forward)  # noqa: SLF001 - the splice is part of this class
+    closed()

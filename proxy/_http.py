@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from proxy._connection import Connection
+from typing import Final
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSIONS: Final = frozenset({"HTTP/1.1", "HTTP/1.0"})
@@ -53,29 +50,6 @@ class RequestHead:
         """Return the single value of header ``name`` (lower-case), or None when absent."""
         values = [value for key, value in self.headers if key == name]
         return values[0] if values else None
-
-
-async def read_head(reader: Connection, max_bytes: int) -> tuple[bytes, bytes]:
-    """Read up to the blank line that ends a request head (the caller bounds the time).
-
-    Returns:
-        The head (with its final CRLFCRLF) and any bytes the client sent after it.
-
-    Raises:
-        Refusal: the head is too large (431) or cut short by EOF (400).
-
-    """
-    data = b""
-    while (end := data.find(b"\r\n\r\n")) < 0:
-        if len(data) >= max_bytes:
-            raise Refusal(431, "header-too-large")
-        chunk = await reader.read(max_bytes + 4 - len(data))
-        if not chunk:
-            raise Refusal(400, "incomplete-request" if data else "no-request")
-        data += chunk
-    if end + 4 > max_bytes:
-        raise Refusal(431, "header-too-large")
-    return data[: end + 4], data[end + 4 :]
 
 
 def request_line(head: bytes) -> str:

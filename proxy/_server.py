@@ -1,4 +1,4 @@
-"""The listening side: accept, enforce the connection cap, dispatch one request, audit it.
+"""The listening side: accept, enforce the connection cap, hand each connection to a session.
 
 Each connection carries exactly one request. After a refusal, a health answer or the end of a
 tunnel the connection is closed, so no second request (and no Host-header game on a
@@ -8,25 +8,29 @@ kept-alive connection) is ever interpreted.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
-import sys
-import time
+import socket
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
 
-from proxy._audit import AuditLog, Decision
-from proxy._connection import Connection, TunnelStats, splice
-from proxy._http import Refusal, RequestHead, parse_head, read_head, request_line, response
 from proxy._netrules import AddressRules, parse_address
-from proxy._tunnel import Connector, TunnelRequest, open_tunnel, open_upstream
+from proxy._session import Session
+from proxy._tunnel import Connector, open_upstream
 
 if TYPE_CHECKING:
+    from proxy._audit import AuditLog
+    from proxy._connection import Connection
     from proxy._policy import Policy
     from proxy._resolver import Resolver
 
-HEALTH_PATH: Final = "/healthz"
-# A closing client gets this long to take our last bytes (a refusal) before it is cut off.
-CLOSE_TIMEOUT: Final = 5.0
+BACKLOG: Final = 1024
+# Connections accepted per readiness callback of a listening socket.
+ACCEPT_BATCH: Final = 64
+# Out of file descriptors (or memory): stop accepting for this long, as asyncio does.
+ACCEPT_RETRY_DELAY: Final = 1.0
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Local addresses whose address rules are kept (one per interface a wildcard listen serves).
+_RULES_CACHE_SIZE: Final = 64
 
 
 class ProxyServer:
@@ -46,9 +50,10 @@ class ProxyServer:
         self.connector = connector
         self.active = 0
         self._ids = itertools.count(1)
-        self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[socket.socket] = []
+        self._sessions: set[Session] = set()
         self._rules = policy.addresses
+        self._rules_by_local: dict[str, AddressRules] = {}
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Listen on every ``(host, port)``; return the bound addresses (port 0 picks one).
@@ -60,108 +65,107 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         bound: list[tuple[str, int]] = []
         for host, port in listen:
-            server = await loop.create_server(
-                lambda: Connection(on_connect=self._accept), host, port, backlog=1024
-            )
-            self._servers.append(server)
-            bound += [sock.getsockname()[:2] for sock in server.sockets]
+            for sock in await _listening_sockets(host, port):
+                self._listeners.append(sock)
+                loop.add_reader(sock.fileno(), self._accept, sock)
+                bound.append(sock.getsockname()[:2])
         own = [parse_address(host) for host, _ in bound]
         self._rules = self._rules.with_own(a for a in own if a is not None and not a.is_unspecified)
         return bound
 
     async def close(self) -> None:
         """Stop listening and end every connection (tunnels included), then return."""
-        for server in self._servers:
-            server.close()
-        # Since Python 3.12 wait_closed() waits for every connection, and a tunnel may idle
-        # for minutes: end them first (each handler closes its sockets as it unwinds).
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        sessions = list(self._sessions)
+        tasks = [session.task for session in sessions if session.task is not None]
+        for session in sessions:
+            session.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _accept(self, client: Connection) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(client))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _handle(self, client: Connection) -> None:
-        conn, started = next(self._ids), time.monotonic()
-        record = Decision(client=_address_text(client.peername()))
-        stats = TunnelStats()
-        self.active += 1
-        try:
-            await self._serve(conn, client, record, stats)
-        except Refusal as refusal:
-            self._refuse(conn, client, record, refusal)
-        except OSError:  # the client went away mid-request (e.g. before our 200 reached it)
-            self._refuse(conn, client, record, Refusal(None, "client-gone"))
-        except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the proxy
-            sys.stderr.write(f"proxy: connection {conn} failed: {exc!r}\n")
-        finally:
-            self.active -= 1
-            await client.close_within(CLOSE_TIMEOUT)
-            if record.written:  # also when a stop cancelled us mid-tunnel
-                self.audit.close(conn, record.client, stats.up, stats.down, started)
-
-    async def _serve(
-        self, conn: int, client: Connection, record: Decision, stats: TunnelStats
-    ) -> None:
-        """Read and answer one request (a refusal is raised, an allowed tunnel spliced)."""
-        limits = self.policy.limits
-        if self.active > limits.max_connections:
-            raise Refusal(503, "too-many-connections")
-        try:
-            async with asyncio.timeout(limits.header_timeout):
-                raw, early = await read_head(client, limits.max_header_bytes)
-        except TimeoutError as exc:
-            raise Refusal(408, "header-timeout") from exc
-        record.raw_host = request_line(raw)
-        head = parse_head(raw)
-        record.method, record.raw_host = head.method, head.target
-        if head.method == "GET" and head.target == HEALTH_PATH:
-            client.write(response(200, "ok"))
-            return
-        if head.method != "CONNECT":
-            _refuse_plain_http(head, record)
-        rules = self._rules_for(client)
-        request = TunnelRequest(self.policy, self.resolver, self.connector, rules, record)
-        upstream, hello = await open_tunnel(request, head, client, early)
-        upstream.write(hello)  # every check has passed; the audit line need not delay it
-        stats.up += len(hello)
-        record.decision, record.reason = "allow", "allowed"
-        self.audit.decision(conn, record)
-        await splice(client, upstream, stats, limits.idle_timeout)
-
-    def _rules_for(self, client: Connection) -> AddressRules:
+    def rules_for(self, client: Connection) -> AddressRules:
         """Add the address this client reached us on: with a wildcard listen it is ours too."""
-        sockname = client.sockname()
-        local = parse_address(str(sockname[0])) if isinstance(sockname, tuple) else None
-        return self._rules.with_own([local] if local is not None else [])
+        local = client.sock.getsockname()[0]
+        rules = self._rules_by_local.get(local)
+        if rules is None:
+            address = parse_address(str(local))
+            rules = self._rules.with_own([address] if address is not None else [])
+            if len(self._rules_by_local) < _RULES_CACHE_SIZE:
+                self._rules_by_local[local] = rules
+        return rules
 
-    def _refuse(self, conn: int, client: Connection, record: Decision, refusal: Refusal) -> None:
-        if refusal.status is not None:
-            client.write(response(refusal.status, refusal.reason))
-        if refusal.reason == "no-request" or record.written:
-            return  # a bare TCP connect (a port probe) is not a request; one line per decision
-        record.decision, record.reason = "deny", refusal.reason
-        self.audit.decision(conn, record)
+    def ended(self, session: Session) -> None:
+        """Release the connection slot of ``session``."""
+        if session in self._sessions:
+            self._sessions.discard(session)
+            self.active -= 1
 
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting(listener)
+                    return
+                continue  # e.g. the client gave up before we accepted
+            self._open(sock, peer)
 
-def _refuse_plain_http(head: RequestHead, record: Decision) -> None:
-    """Refuse a request that is not CONNECT, naming its host in the record when it has one."""
-    if "://" in head.target:
+    def _open(self, sock: socket.socket, peer: object) -> None:
         try:
-            record.raw_host = urlsplit(head.target).netloc or head.target
-        except ValueError:
-            record.raw_host = head.target
-    else:
-        record.raw_host = head.header("host") or head.target
-    raise Refusal(403, "plain-http-refused")
+            sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            sock.close()
+            return
+        session = Session(self, next(self._ids), sock, peer)
+        self._sessions.add(session)
+        self.active += 1
+        session.start(over_limit=self.active > self.policy.limits.max_connections)
+
+    def _pause_accepting(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+
+        def resume() -> None:
+            if listener in self._listeners:
+                loop.add_reader(listener.fileno(), self._accept, listener)
+
+        loop.call_later(ACCEPT_RETRY_DELAY, resume)
 
 
-def _address_text(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:  # noqa: PLR2004 - (host, port, ...)
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+async def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bind and listen on every address ``host`` names, as asyncio's create_server does.
+
+    Raises:
+        OSError: an address cannot be bound.
+
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"error while attempting to bind on address {address!r}: {exc}"
+                ) from None
+            sock.listen(BACKLOG)
+            sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

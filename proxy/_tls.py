@@ -7,10 +7,7 @@ refusal, not a guess.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from proxy._connection import Connection
+from typing import Final
 
 _RECORD_HANDSHAKE: Final = 22
 _HANDSHAKE_CLIENT_HELLO: Final = 1
@@ -65,33 +62,6 @@ def _complete_message(handshake: bytearray) -> bytes | None:
     if len(handshake) < 4 + length:
         return None
     return bytes(handshake[4 : 4 + length])
-
-
-async def read_client_hello(
-    reader: Connection, max_bytes: int, early: bytes = b""
-) -> tuple[bytes, bytes]:
-    """Read from ``reader`` (after the bytes ``early``) until a whole ClientHello has arrived.
-
-    The caller bounds the time.
-
-    Returns:
-        The raw bytes read (to be forwarded unchanged) and the ClientHello body.
-
-    Raises:
-        TlsError: not a ClientHello, larger than ``max_bytes``, or EOF first.
-
-    """
-    data = early
-    while True:
-        body = client_hello_body(data)
-        if body is not None:
-            return data, body
-        if len(data) >= max_bytes:
-            raise TlsError("client-hello-too-large")
-        chunk = await reader.read(max_bytes - len(data))
-        if not chunk:
-            raise TlsError("client-hello-eof")
-        data += chunk
 
 
 def server_name(body: bytes) -> str | None:

@@ -1,4 +1,6 @@
-"""One CONNECT request, in the order of DESIGN.md decision 3.
+"""The checks of one CONNECT request, in the order of DESIGN.md decision 3.
+
+proxy/_session.py runs them in this order:
 
 parse -> canonicalise -> allowlist (no DNS yet) -> resolve -> refuse any non-public answer ->
 dial the checked address -> 200 -> read the ClientHello, refuse a missing or different SNI ->
@@ -18,10 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from proxy._connection import Connection
-from proxy._http import CONNECT_ESTABLISHED, Refusal, RequestHead, split_authority
+from proxy._http import Refusal, RequestHead, split_authority
 from proxy._netrules import AddressRules, IPAddress, parse_address
 from proxy._resolver import ResolveError, Resolver
-from proxy._tls import TlsError, read_client_hello, server_name
+from proxy._tls import TlsError, server_name
 from proxy.hosts import HostRejected, canonicalise_host, match_host
 
 if TYPE_CHECKING:
@@ -46,11 +48,11 @@ async def open_upstream(address: str, port: int) -> Connection:
     try:
         sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
         await loop.sock_connect(sock, (address, port))
-        _, connection = await loop.create_connection(lambda: Connection(upstream=True), sock=sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Connection(sock, upstream=True)
     except BaseException:
         sock.close()
         raise
-    return connection
 
 
 @dataclass
@@ -156,43 +158,16 @@ async def dial_checked(request: TunnelRequest, addresses: list[IPAddress]) -> Co
     raise Refusal(502, "connect-failed")
 
 
-async def open_tunnel(
-    request: TunnelRequest, head: RequestHead, client: Connection, early: bytes
-) -> tuple[Connection, bytes]:
-    """Run every check of a CONNECT request and dial the upstream.
-
-    ``early`` holds bytes the client sent right after its request head.
-
-    Returns:
-        The upstream connection and the client's ClientHello bytes, not yet forwarded.
+def check_hello(body: bytes, host: str) -> None:
+    """Check the server name of the ClientHello ``body`` against the CONNECT ``host``.
 
     Raises:
-        Refusal: any check failed; its status is None once the 200 has been sent.
+        Refusal: (status None: the 200 has been sent) the hello is malformed, carries no SNI,
+            or names another host.
 
     """
-    host = check_target(request, head)
-    addresses = await resolve_checked(request, host)
-    upstream = await dial_checked(request, addresses)
     try:
-        client.write(CONNECT_ESTABLISHED)
-        await client.drain()
-        hello = await _checked_hello(request, client, host, early)
-    except BaseException:
-        upstream.abort()
-        raise
-    return upstream, hello
-
-
-async def _checked_hello(
-    request: TunnelRequest, reader: Connection, host: str, early: bytes
-) -> bytes:
-    limits = request.policy.limits
-    try:
-        async with asyncio.timeout(limits.client_hello_timeout):
-            raw, body = await read_client_hello(reader, limits.max_client_hello_bytes, early)
         name = server_name(body)
-    except TimeoutError as exc:
-        raise Refusal(None, "client-hello-timeout") from exc
     except TlsError as exc:
         raise Refusal(None, exc.reason) from exc
     if name is None:
@@ -203,4 +178,3 @@ async def _checked_hello(
         raise Refusal(None, "sni-" + exc.reason) from exc
     if canonical != host:
         raise Refusal(None, "sni-mismatch")
-    return raw

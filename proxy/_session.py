@@ -1,0 +1,264 @@
+"""One client connection, from accept to its close line, as a chain of loop callbacks.
+
+The steps, in the order of DESIGN.md decision 3: read the request head (bounded in size and
+time) -> parse, canonicalise and decide without DNS -> resolve and dial the checked address
+(the only step run as a task: the resolver and connector are coroutines) -> 200 -> read the
+ClientHello (bounded in size and time) and check its SNI -> forward it, write the decision
+line -> splice. Every refusal answers (when an answer can still be sent), writes one decision
+line and closes; every decided connection gets one close line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from proxy._audit import Decision
+from proxy._connection import Connection, TunnelStats, splice
+from proxy._http import (
+    CONNECT_ESTABLISHED,
+    Refusal,
+    RequestHead,
+    parse_head,
+    request_line,
+    response,
+)
+from proxy._tls import TlsError, client_hello_body
+from proxy._tunnel import TunnelRequest, check_hello, check_target, dial_checked, resolve_checked
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+
+    from proxy._server import ProxyServer
+
+HEALTH_PATH: Final = "/healthz"
+# A closing client gets this long to take our last bytes (a refusal) before it is cut off.
+CLOSE_TIMEOUT: Final = 5.0
+
+
+class Session:
+    """The state of one client connection; each method runs as one loop callback."""
+
+    def __init__(self, server: ProxyServer, conn: int, sock: socket.socket, peer: object) -> None:
+        """Take over the accepted, non-blocking ``sock``; nothing happens until :meth:`start`."""
+        self.server = server
+        self.conn = conn
+        self.started = time.monotonic()
+        self.client = Connection(sock)
+        self.record = Decision(client=_address_text(peer))
+        self.stats = TunnelStats()
+        self.upstream: Connection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._limits = server.policy.limits
+        self._data = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._host = ""
+        self._reading_for_step = False
+        self._finished = False
+
+    def start(self, *, over_limit: bool) -> None:
+        """Begin with the request head (already buffered, usually), or refuse at the cap."""
+        if over_limit:
+            self._refuse(Refusal(503, "too-many-connections"))
+        else:
+            self._guard(self._read_head)
+
+    def stop(self) -> None:
+        """End the connection now (the server is stopping); its close line is still written."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.client.abort()
+        self._finish()
+
+    def _guard(self, step: Callable[[], None]) -> None:
+        """Run one step; map what it raises to the refusal the client and the audit get."""
+        try:
+            step()
+        except Refusal as refusal:
+            self._refuse(refusal)
+        except OSError:  # the client went away mid-request (e.g. before our 200 reached it)
+            self._refuse(Refusal(None, "client-gone"))
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the proxy
+            sys.stderr.write(f"proxy: connection {self.conn} failed: {exc!r}\n")
+            self._end()
+
+    def _wait_readable(self, step: Callable[[], None], timeout: float, refusal: Refusal) -> None:
+        """Run ``step`` when the client sends more, or refuse once ``timeout`` has passed."""
+        if self._timer is None:
+            self._timer = self._loop.call_later(timeout, self._guard, partial(_raise, refusal))
+        if not self._reading_for_step:
+            self._reading_for_step = True
+            self.client.read_with(partial(self._guard, step))
+
+    def _stop_reading(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._reading_for_step = False
+        self.client.pause_reading()
+
+    # --- the request head ----------------------------------------------------------------
+
+    def _read_head(self) -> None:
+        limit = self._limits.max_header_bytes
+        while (end := self._data.find(b"\r\n\r\n")) < 0:
+            if len(self._data) >= limit:
+                raise Refusal(431, "header-too-large")
+            chunk = self.client.recv(limit + 4 - len(self._data))
+            if chunk is None:
+                refusal = Refusal(408, "header-timeout")
+                self._wait_readable(self._read_head, self._limits.header_timeout, refusal)
+                return
+            if not chunk:
+                raise Refusal(400, "incomplete-request" if self._data else "no-request")
+            self._data += chunk
+        if end + 4 > limit:
+            raise Refusal(431, "header-too-large")
+        self._stop_reading()
+        raw, self._data = self._data[: end + 4], self._data[end + 4 :]
+        self._decide(raw)
+
+    def _decide(self, raw: bytes) -> None:
+        """Parse the head and decide on it without DNS; start the resolve-and-dial task."""
+        record = self.record
+        record.raw_host = request_line(raw)
+        head = parse_head(raw)
+        record.method, record.raw_host = head.method, head.target
+        if head.method == "GET" and head.target == HEALTH_PATH:
+            self.client.write(response(200, "ok"))
+            self._end()
+            return
+        if head.method != "CONNECT":
+            _refuse_plain_http(head, record)
+        server = self.server
+        rules = server.rules_for(self.client)
+        request = TunnelRequest(server.policy, server.resolver, server.connector, rules, record)
+        host = check_target(request, head)
+        self._host = host
+        self.task = self._loop.create_task(self._resolve_and_dial(request, host))
+
+    async def _resolve_and_dial(self, request: TunnelRequest, host: str) -> None:
+        try:
+            addresses = await resolve_checked(request, host)
+            self.upstream = await dial_checked(request, addresses)
+        except asyncio.CancelledError:
+            self._end()
+            raise
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the proxy
+            sys.stderr.write(f"proxy: connection {self.conn} failed: {exc!r}\n")
+            self._end()
+            return
+        self.task = None
+        self._guard(self._established)
+
+    # --- the ClientHello -----------------------------------------------------------------
+
+    def _established(self) -> None:
+        self.client.write(CONNECT_ESTABLISHED)
+        if self.client.is_closed:
+            raise ConnectionResetError("connection lost")
+        self._read_hello()
+
+    def _read_hello(self) -> None:
+        limit = self._limits.max_client_hello_bytes
+        while (body := _hello_body(self._data)) is None:
+            if len(self._data) >= limit:
+                raise Refusal(None, "client-hello-too-large")
+            chunk = self.client.recv(limit - len(self._data))
+            if chunk is None:
+                refusal = Refusal(None, "client-hello-timeout")
+                self._wait_readable(self._read_hello, self._limits.client_hello_timeout, refusal)
+                return
+            if not chunk:
+                raise Refusal(None, "client-hello-eof")
+            self._data += chunk
+        self._stop_reading()
+        check_hello(body, self._host)
+        self._allow()
+
+    def _allow(self) -> None:
+        """Every check has passed: forward the ClientHello, write the decision, splice."""
+        upstream, hello = self.upstream, self._data
+        assert upstream is not None  # noqa: S101 - dialled before the 200
+        self._data = b""
+        upstream.write(hello)  # the audit line need not delay it
+        self.stats.up += len(hello)
+        record = self.record
+        record.decision, record.reason = "allow", "allowed"
+        self.server.audit.decision(self.conn, record)
+        splice(self.client, upstream, self.stats, self._limits.idle_timeout, self._finish)
+
+    # --- the end -------------------------------------------------------------------------
+
+    def _refuse(self, refusal: Refusal) -> None:
+        if refusal.status is not None:
+            self.client.write(response(refusal.status, refusal.reason))
+        record = self.record
+        if refusal.reason != "no-request" and not record.written:  # one line per decision
+            record.decision, record.reason = "deny", refusal.reason
+            self.server.audit.decision(self.conn, record)
+        self._end()
+
+    def _end(self) -> None:
+        """Close the client after it has taken our last bytes (cut off after CLOSE_TIMEOUT)."""
+        self._stop_reading()
+        if self.upstream is not None:
+            self.upstream.abort()
+        client = self.client
+        client.close()
+        if client.is_closed:
+            self._finish()
+            return
+        client.on_closed = self._finish
+        self._timer = self._loop.call_later(CLOSE_TIMEOUT, client.abort)
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.server.ended(self)
+        if self.record.written:  # also when a stop ended us mid-tunnel
+            record, stats = self.record, self.stats
+            self.server.audit.close(self.conn, record.client, stats.up, stats.down, self.started)
+
+
+def _refuse_plain_http(head: RequestHead, record: Decision) -> None:
+    """Refuse a request that is not CONNECT, naming its host in the record when it has one."""
+    if "://" in head.target:
+        try:
+            record.raw_host = urlsplit(head.target).netloc or head.target
+        except ValueError:
+            record.raw_host = head.target
+    else:
+        record.raw_host = head.header("host") or head.target
+    raise Refusal(403, "plain-http-refused")
+
+
+def _hello_body(data: bytes) -> bytes | None:
+    try:
+        return client_hello_body(data)
+    except TlsError as exc:
+        raise Refusal(None, exc.reason) from exc
+
+
+def _raise(refusal: Refusal) -> None:
+    raise refusal
+
+
+def _address_text(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:  # noqa: PLR2004 - (host, port, ...)
+        return f"{address[0]}:{address[1]}"
+    return str(address)
