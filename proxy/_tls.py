@@ -71,11 +71,10 @@ def server_name(body: bytes) -> str | None:
         TlsError: the body is malformed, carries Encrypted ClientHello, or a non-ASCII name.
 
     """
-    extensions = _extensions(body)
-    if _EXT_ECH in extensions:
+    kinds, payload = _extensions(body)
+    if _EXT_ECH in kinds:
         # The outer SNI of an ECH hello names the front, not the server the client reaches.
         raise TlsError("encrypted-client-hello")
-    payload = extensions.get(_EXT_SERVER_NAME)
     if payload is None:
         return None
     names = _vector(payload, 0, 2)
@@ -90,28 +89,46 @@ def server_name(body: bytes) -> str | None:
         raise TlsError("malformed-sni") from exc
 
 
-def _extensions(body: bytes) -> dict[int, bytes]:
-    offset = 2 + 32  # legacy_version, random
-    offset += 1 + len(_vector(body, offset, 1))  # legacy_session_id
-    offset += 2 + len(_vector(body, offset, 2))  # cipher_suites
-    offset += 1 + len(_vector(body, offset, 1))  # legacy_compression_methods
-    if offset == len(body):
-        return {}
-    block = _vector(body, offset, 2)
-    if offset + 2 + len(block) != len(body):
+def _extensions(body: bytes) -> tuple[set[int], bytes | None]:
+    """Return the extension types of a ClientHello body and its SNI payload (None if absent).
+
+    Raises:
+        TlsError: the body is malformed or repeats an extension.
+
+    """
+    size = len(body)
+    offset = _skip(body, 2 + 32, 1)  # legacy_session_id, after legacy_version and random
+    offset = _skip(body, offset, 2)  # cipher_suites
+    offset = _skip(body, offset, 1)  # legacy_compression_methods
+    if offset == size:
+        return set(), None
+    if _skip(body, offset, 2) != size:
         raise TlsError("malformed-client-hello")
-    found: dict[int, bytes] = {}
-    position = 0
-    while position < len(block):
-        if len(block) - position < 4:  # noqa: PLR2004 - extension header size
+    kinds: set[int] = set()
+    sni: bytes | None = None
+    position = offset + 2
+    while position < size:
+        if size - position < 4:  # noqa: PLR2004 - extension header size
             raise TlsError("malformed-client-hello")
-        kind = _u16(block, position)
-        payload = _vector(block, position + 2, 2)
-        if kind in found:
-            raise TlsError("malformed-client-hello")  # duplicates are forbidden by RFC 8446
-        found[kind] = payload
-        position += 4 + len(payload)
-    return found
+        kind = body[position] << 8 | body[position + 1]
+        end = position + 4 + (body[position + 2] << 8 | body[position + 3])
+        if end > size or kind in kinds:  # duplicates are forbidden by RFC 8446
+            raise TlsError("malformed-client-hello")
+        kinds.add(kind)
+        if kind == _EXT_SERVER_NAME:
+            sni = body[position + 4 : end]
+        position = end
+    return kinds, sni
+
+
+def _skip(data: bytes, offset: int, width: int) -> int:
+    """Return where the length-prefixed vector at ``offset`` ends, bounds-checked."""
+    if offset + width > len(data):
+        raise TlsError("malformed-client-hello")
+    end = offset + width + int.from_bytes(data[offset : offset + width], "big")
+    if end > len(data):
+        raise TlsError("malformed-client-hello")
+    return end
 
 
 def _vector(data: bytes, offset: int, width: int) -> bytes:
