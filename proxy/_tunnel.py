@@ -104,6 +104,8 @@ def _same_target(header: str, host: str, port: int) -> bool:
     name, colon, port_text = header.rpartition(":")
     if not colon:
         name, port_text = header, str(port)
+    if name == host:  # already canonical (canonicalising is idempotent): skip the rules
+        return port_text == str(port)
     try:
         return canonicalise_host(name) == host and port_text == str(port)
     except HostRejected:
@@ -172,6 +174,8 @@ def check_hello(body: bytes, host: str) -> None:
         raise Refusal(None, exc.reason) from exc
     if name is None:
         raise Refusal(None, "sni-missing")
+    if name == host:  # already canonical (canonicalising is idempotent): skip the rules
+        return
     try:
         canonical = canonicalise_host(name)
     except HostRejected as exc:
