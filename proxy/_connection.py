@@ -64,7 +64,10 @@ class Connection:
     def read_with(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever the socket is readable, until paused or closed."""
         self._reader = callback
-        self.resume_reading()
+        if self._reading:  # swap the callback (no epoll_ctl: the watched events stay the same)
+            self._loop.add_reader(self._fd, callback)
+        else:
+            self.resume_reading()
 
     def pause_reading(self) -> None:
         """Stop watching the socket for input."""

@@ -98,11 +98,15 @@ class Session:
             self._reading_for_step = True
             self.client.read_with(partial(self._guard, step))
 
-    def _stop_reading(self) -> None:
+    def _stop_waiting(self) -> None:
+        """Cancel the timer of the current wait; the socket stays watched (see ``_allow``)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._reading_for_step = False
+
+    def _stop_reading(self) -> None:
+        self._stop_waiting()
         self.client.pause_reading()
 
     # --- the request head ----------------------------------------------------------------
@@ -183,7 +187,7 @@ class Session:
             if not chunk:
                 raise Refusal(None, "client-hello-eof")
             self._data += chunk
-        self._stop_reading()
+        self._stop_waiting()  # a refusal stops reading; the splice swaps in its own callback
         check_hello(body, self._host)
         self._allow()
 
