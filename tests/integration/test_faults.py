@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,12 +41,22 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from docker.models.containers import Container
+
 pytestmark = [pytest.mark.docker, pytest.mark.anyio, pytest.mark.usefixtures("state_home")]
 
 FAULT_DEADLINE_S = 120  # start a sandbox, hit it, watch it fail, tear down (2 busy cores)
+REPORT_DEADLINE_S = 20  # the proxy's output stream ends within a second of its death
 LABEL_EXPERT = "perstack-sandbox.expert"
 LABEL_ROLE = "perstack-sandbox.role"
-SLEEPY_CALL = ("sleep", "--args", '{"seconds": 90}')
+HOSTILE_SERVER = ROOT / "tests" / "security" / "expert" / "hostile_server.py"
+# A call whose work is a visible process: once it shows in the sandbox, the call is in flight.
+IN_FLIGHT_MARK = "in-flight-call"
+SLEEPY_CALL = (
+    "run_python",
+    "--args",
+    json.dumps({"code": f"import time; time.sleep(90)  # {IN_FLIGHT_MARK}"}),
+)
 # Inside the sandbox: CONNECT to the allowed host through the proxy, and a direct connect to
 # the proxy's port, printed as one JSON list of outcomes.
 EGRESS_PROBE = """
@@ -90,12 +101,15 @@ def sleepy_expert(folder: Path, *, egress: bool = False) -> tuple[Path, str]:
     """Write an Expert with one stdlib skill (optionally allowed to reach the registry)."""
     expert = unique("fault")
     extra = {"allowedDomains": [registry_host()]} if egress else {}
-    config = write_expert(folder, expert_toml(expert, stdlib_skill("sleepy", **extra)))
+    skill = stdlib_skill("sleepy", **extra).replace("stdlib_skill.py", "hostile_server.py")
+    config = write_expert(folder, expert_toml(expert, skill))
+    shutil.copy2(HOSTILE_SERVER, folder / "hostile_server.py")
+    (folder / "hostile_server.py").chmod(0o644)
     ensure_image(config, expert)
     return config, expert
 
 
-def containers_of(expert: str) -> list[docker.models.containers.Container]:
+def containers_of(expert: str) -> list[Container]:
     """Return every container labelled with this expert key."""
     return docker.from_env().containers.list(
         all=True, filters={"label": f"{LABEL_EXPERT}={expert}"}
@@ -106,12 +120,11 @@ def objects_of(expert: str) -> list[str]:
     """Name every container and network labelled with this expert key."""
     api = docker.from_env().api
     flt = {"label": f"{LABEL_EXPERT}={expert}"}
-    return [c["Names"][0] for c in api.containers(all=True, filters=flt)] + [
-        n["Name"] for n in api.networks(filters=flt)
-    ]
+    names: list[str] = [c["Names"][0] for c in api.containers(all=True, filters=flt)]
+    return names + [n["Name"] for n in api.networks(filters=flt)]
 
 
-def role(expert: str, name: str) -> docker.models.containers.Container:
+def role(expert: str, name: str) -> Container:
     """Return the running container of `expert` with role `name`."""
     found = [c for c in containers_of(expert) if c.labels.get(LABEL_ROLE) == name]
     assert len(found) == 1, found
@@ -129,8 +142,8 @@ async def wait_until(
     pytest.fail(f"not within {deadline} s: {what}")
 
 
-def skill_is_running(expert: str) -> bool:
-    """Tell whether the sandbox of `expert` runs and its skill process has started."""
+def call_in_flight(expert: str) -> bool:
+    """Tell whether the sandbox of `expert` runs the SLEEPY_CALL's process right now."""
     try:
         sandbox = role(expert, "sandbox")
     except AssertionError:
@@ -138,7 +151,7 @@ def skill_is_running(expert: str) -> bool:
     if sandbox.status != "running":
         return False
     processes = sandbox.top().get("Processes") or []
-    return any("stdlib_skill.py" in " ".join(p) for p in processes)
+    return any(IN_FLIGHT_MARK in " ".join(p) for p in processes)
 
 
 def probe_egress(expert: str, proxy_host_ip: str) -> list[str]:
@@ -147,7 +160,10 @@ def probe_egress(expert: str, proxy_host_ip: str) -> list[str]:
     done = sandbox.exec_run(
         ["python3", "-c", EGRESS_PROBE, registry_host(), proxy_host_ip], user="10001"
     )
-    return json.loads(done.output.decode().strip().splitlines()[-1])
+    output = done.output
+    assert isinstance(output, bytes)
+    outcomes: list[str] = json.loads(output.decode().strip().splitlines()[-1])
+    return outcomes
 
 
 def assert_clear_failure(done: subprocess.CompletedProcess[str] | tuple[int, str]) -> str:
@@ -163,6 +179,8 @@ async def test_killing_the_proxy_leaves_no_egress_and_the_gateway_says_so(tmp_pa
     """After `docker kill` of the proxy, proxy and direct attempts fail and calls are refused.
 
     The proxy first demonstrably works (a CONNECT to the allowed host is answered 200).
+    Fails when: the gateway is not told (checked by hand: `egress_problem` returning None; the
+    calls then keep succeeding as if nothing happened).
     """
     config, expert = sleepy_expert(tmp_path, egress=True)
     with anyio.fail_after(FAULT_DEADLINE_S):
@@ -178,9 +196,10 @@ async def test_killing_the_proxy_leaves_no_egress_and_the_gateway_says_so(tmp_pa
             assert before[0].startswith("HTTP/1.1 200")
             proxy.kill()
             refused = None
-            while refused is None or not refused.is_error:
-                refused = await gateway.call_tool("echo", {"text": "hello"})
-                await anyio.sleep(0.1)
+            with anyio.fail_after(REPORT_DEADLINE_S):
+                while refused is None or not refused.is_error:
+                    refused = await gateway.call_tool("run_python", {"code": "print(1)"})
+                    await anyio.sleep(0.1)
             after = await anyio.to_thread.run_sync(probe_egress, expert, egress_ip)
     assert "egress is down" in text_of(refused)
     assert "proxy" in text_of(refused)
@@ -228,10 +247,11 @@ async def test_killing_the_skill_process_mid_call_is_a_clear_error_and_nothing_r
     """`call` whose skill is SIGKILLed exits 1 naming the skill; gc finds nothing left."""
     config, expert = sleepy_expert(tmp_path)
     with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config)) as process:
-        await wait_until(lambda: skill_is_running(expert), "the skill runs")
-        role(expert, "sandbox").exec_run(["kill", "-KILL", "-1"], user="10001")
+        await wait_until(lambda: call_in_flight(expert), "the call is in flight")
+        killed = role(expert, "sandbox").exec_run(["sh", "-c", "kill -KILL -1"], user="10001")
+        assert killed.exit_code == 0, killed.output
         stderr = assert_clear_failure(await finish(process))
-    assert "skill 'sleepy'" in stderr
+    assert "skill 'sleepy' exited with code 137" in stderr
     assert run_cli("gc").returncode == 0
     assert objects_of(expert) == []
 
@@ -242,7 +262,7 @@ async def test_killing_the_sandbox_container_mid_call_is_a_clear_error_and_nothi
     """`call` whose sandbox container is killed exits 1 with a clear message; gc finds nothing."""
     config, expert = sleepy_expert(tmp_path)
     with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config)) as process:
-        await wait_until(lambda: skill_is_running(expert), "the skill runs")
+        await wait_until(lambda: call_in_flight(expert), "the call is in flight")
         role(expert, "sandbox").kill()
         assert_clear_failure(await finish(process))
     assert run_cli("gc").returncode == 0
@@ -308,7 +328,7 @@ async def test_losing_the_engine_connection_mid_call_is_a_clear_error_and_gc_cle
     try:
         env = {"DOCKER_HOST": f"unix://{relay.path}"}
         with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config), env=env) as process:
-            await wait_until(lambda: skill_is_running(expert), "the skill runs")
+            await wait_until(lambda: call_in_flight(expert), "the call is in flight")
             relay.cut()
             stderr = assert_clear_failure(await finish(process))
     finally:
@@ -323,7 +343,7 @@ async def test_a_killed_runs_audit_trail_is_still_readable(tmp_path: Path) -> No
     """SIGKILL of the orchestrator mid-run: `audit RUN --json` reads what the proxy decided."""
     config, expert = sleepy_expert(tmp_path, egress=True)
     with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config)) as process:
-        await wait_until(lambda: skill_is_running(expert), "the skill runs")
+        await wait_until(lambda: call_in_flight(expert), "the call is in flight")
         proxy = role(expert, "proxy")
         egress_ip = next(
             n["IPAddress"]

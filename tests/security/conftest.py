@@ -19,6 +19,7 @@ import docker
 import pytest
 from support import (
     EXPERT,
+    UNREACHABLE,
     Canaries,
     Hostile,
     Listener,
@@ -26,6 +27,7 @@ from support import (
     environment_restored,
     host_addresses,
     host_bridge_addresses,
+    quiet,
     registry_host,
     write_expert,
 )
@@ -52,10 +54,6 @@ def require_engine() -> None:
     if os.environ.get("CI"):
         pytest.fail("CI is set but no Docker engine answers")
     pytest.skip("no Docker engine (and CI is unset)")
-
-
-def quiet(_line: str) -> None:
-    """Swallow build progress."""
 
 
 @pytest.fixture(scope="session")
@@ -139,11 +137,6 @@ def udp_echo() -> Iterator[UdpEcho]:
     echo = UdpEcho()
     yield echo
     echo.close()
-
-
-# Both "no route" (ENETUNREACH) and "a next hop that never answers" (EHOSTUNREACH: the internal
-# network's gateway has no host end) fail locally; anything else means a packet got somewhere.
-UNREACHABLE = frozenset({"ENETUNREACH", "EHOSTUNREACH"})
 
 
 @pytest.fixture(scope="module")

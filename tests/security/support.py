@@ -28,6 +28,13 @@ EXPERT = "hostile-expert"
 LABEL_RUN = "perstack-sandbox.run"
 LABEL_ROLE = "perstack-sandbox.role"
 CALL_DEADLINE_S = 120  # one snippet in a sandbox on a busy 2-core host (builds excluded)
+# Both "no route" (ENETUNREACH) and "a next hop that never answers" (EHOSTUNREACH: the internal
+# network's gateway has no host end) fail locally; anything else means a packet got somewhere.
+UNREACHABLE = frozenset({"ENETUNREACH", "EHOSTUNREACH"})
+
+
+def quiet(_line: str) -> None:
+    """Swallow build progress."""
 
 
 @functools.cache

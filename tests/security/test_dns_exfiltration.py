@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import UNREACHABLE
-from support import registry_host
+from support import UNREACHABLE, registry_host
 
 if TYPE_CHECKING:
     from support import Hostile

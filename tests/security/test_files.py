@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from conftest import quiet
-from support import EXPERT
+from support import EXPERT, quiet
 
 from orchestrator import state
 from orchestrator.launch import LaunchOptions, open_expert

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import UNREACHABLE
-from support import host_addresses
+from support import UNREACHABLE, host_addresses
 
 if TYPE_CHECKING:
     from support import Hostile, Listener, UdpEcho

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 import docker
 import pytest
-from conftest import quiet
-from support import EXPERT, Hostile
+from support import EXPERT, Hostile, quiet
 
 from orchestrator import state
 from orchestrator.launch import LaunchOptions, open_expert

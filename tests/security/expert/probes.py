@@ -14,7 +14,11 @@ import socket
 import ssl
 import struct
 import urllib.request
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TIMEOUT_S = 5.0  # a refused or unroutable connect answers in microseconds; this bounds a hang
 
@@ -27,7 +31,7 @@ def outcome_of(exc: BaseException) -> str:
             socket.EAI_AGAIN: "EAI_AGAIN",
             socket.EAI_FAIL: "EAI_FAIL",
         }
-        return names.get(exc.errno, f"EAI_{exc.errno}")
+        return names.get(exc.errno or 0, f"EAI_{exc.errno}")
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timeout"
     number = getattr(exc, "errno", None)
@@ -89,7 +93,7 @@ def default_gateway() -> str:
     return ""
 
 
-def in_parallel(calls: dict[str, tuple[object, ...]]) -> dict[str, str]:
+def in_parallel(calls: dict[str, tuple[Callable[..., str], *tuple[object, ...]]]) -> dict[str, str]:
     """Run probes concurrently: {label: (function, *args)} -> {label: outcome}.
 
     Unreachable next hops take seconds each to be reported; together they take that once.
@@ -97,7 +101,7 @@ def in_parallel(calls: dict[str, tuple[object, ...]]) -> dict[str, str]:
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
-        futures = {label: pool.submit(*call) for label, call in calls.items()}  # type: ignore[arg-type]
+        futures = {label: pool.submit(call[0], *call[1:]) for label, call in calls.items()}
         return {label: future.result() for label, future in futures.items()}
 
 
@@ -107,7 +111,7 @@ def resolve(name: str) -> str:
         answers = socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)
     except OSError as exc:
         return outcome_of(exc)
-    return "resolved:" + ",".join(sorted({a[4][0] for a in answers}))
+    return "resolved:" + ",".join(sorted({str(a[4][0]) for a in answers}))
 
 
 def dns_query(server: str, name: str, *, tcp: bool = False) -> str:
