@@ -28,7 +28,7 @@ from proxy._http import (
     response,
 )
 from proxy._tls import TlsError, client_hello_body
-from proxy._tunnel import TunnelRequest, check_hello, check_target, dial_checked, resolve_checked
+from proxy._tunnel import TunnelRequest, check_hello, check_target, resolve_and_dial
 
 if TYPE_CHECKING:
     import socket
@@ -151,8 +151,7 @@ class Session:
 
     async def _resolve_and_dial(self, request: TunnelRequest, host: str) -> None:
         try:
-            addresses = await resolve_checked(request, host)
-            self.upstream = await dial_checked(request, addresses)
+            self.upstream = await resolve_and_dial(request, host)
         except asyncio.CancelledError:
             self._end()
             raise
@@ -174,6 +173,10 @@ class Session:
             raise ConnectionResetError("connection lost")
         self._read_hello()
 
+    def _wait_for_hello(self) -> None:
+        refusal = Refusal(None, "client-hello-timeout")
+        self._wait_readable(self._read_hello, self._limits.client_hello_timeout, refusal)
+
     def _read_hello(self) -> None:
         limit = self._limits.max_client_hello_bytes
         while (body := _hello_body(self._data)) is None:
@@ -181,8 +184,7 @@ class Session:
                 raise Refusal(None, "client-hello-too-large")
             chunk = self.client.recv(limit - len(self._data))
             if chunk is None:
-                refusal = Refusal(None, "client-hello-timeout")
-                self._wait_readable(self._read_hello, self._limits.client_hello_timeout, refusal)
+                self._wait_for_hello()
                 return
             if not chunk:
                 raise Refusal(None, "client-hello-eof")

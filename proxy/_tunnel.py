@@ -112,17 +112,36 @@ def _same_target(header: str, host: str, port: int) -> bool:
         return False
 
 
-async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
-    """Resolve ``host`` and refuse unless every answer may be dialled.
+async def resolve_and_dial(request: TunnelRequest, host: str) -> Connection:
+    """Resolve ``host``, check every answer, then dial the first reachable checked address.
+
+    The resolve and the dial each have their own time limit: one timer, moved between them.
 
     Raises:
-        Refusal: 504 on a resolver timeout, 502 on no answer, 403 on any refused address.
+        Refusal: 504 when either limit passes, else as resolve_checked and dial_checked.
 
     """
     limits = request.policy.limits
+    reason = "resolve-timeout"
     try:
-        async with asyncio.timeout(limits.resolve_timeout):
-            answers = await request.resolver.resolve(host)
+        async with asyncio.timeout(limits.resolve_timeout) as deadline:
+            addresses = await resolve_checked(request, host)
+            reason = "connect-timeout"
+            deadline.reschedule(asyncio.get_running_loop().time() + limits.connect_timeout)
+            return await dial_checked(request, addresses)
+    except TimeoutError as exc:  # the deadline's own: inner timeouts are mapped below
+        raise Refusal(504, reason) from exc
+
+
+async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
+    """Resolve ``host`` and refuse unless every answer may be dialled (the caller bounds time).
+
+    Raises:
+        Refusal: 504 when the resolver times out, 502 on no answer, 403 on any refused address.
+
+    """
+    try:
+        answers = await request.resolver.resolve(host)
     except TimeoutError as exc:
         raise Refusal(504, "resolve-timeout") from exc
     except ResolveError as exc:
@@ -141,22 +160,18 @@ async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
 
 
 async def dial_checked(request: TunnelRequest, addresses: list[IPAddress]) -> Connection:
-    """Connect to the first reachable address of ``addresses``, within the connect timeout.
+    """Connect to the first reachable address of ``addresses`` (the caller bounds the time).
 
     Raises:
-        Refusal: 504 when the timeout passes, 502 when every address refused.
+        Refusal: 502 when every address refused.
 
     """
-    try:
-        async with asyncio.timeout(request.policy.limits.connect_timeout):
-            for address in addresses:
-                request.record.dialled = str(address)
-                try:
-                    return await request.connector(str(address), TLS_PORT)
-                except OSError:
-                    continue
-    except TimeoutError as exc:
-        raise Refusal(504, "connect-timeout") from exc
+    for address in addresses:
+        request.record.dialled = str(address)
+        try:
+            return await request.connector(str(address), TLS_PORT)
+        except OSError:
+            continue
     raise Refusal(502, "connect-failed")
 
 
