@@ -147,7 +147,11 @@ class Session:
         request = TunnelRequest(server.policy, server.resolver, server.connector, rules, record)
         host = check_target(request, head)
         self._host = host
-        self.task = self._loop.create_task(self._resolve_and_dial(request, host))
+        coroutine = self._resolve_and_dial(request, host)
+        if sys.version_info >= (3, 12):  # the image's Python: start it now, not an iteration later
+            self.task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)
+        else:
+            self.task = self._loop.create_task(coroutine)
 
     async def _resolve_and_dial(self, request: TunnelRequest, host: str) -> None:
         try:
