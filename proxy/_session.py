@@ -175,7 +175,10 @@ class Session:
         self.client.write(CONNECT_ESTABLISHED)
         if self.client.is_closed:
             raise ConnectionResetError("connection lost")
-        self._read_hello()
+        if self._data:  # sent along with the request head
+            self._read_hello()
+        else:  # it comes a round trip after the 200: wait, rather than try a read now
+            self._wait_for_hello()
 
     def _wait_for_hello(self) -> None:
         refusal = Refusal(None, "client-hello-timeout")
