@@ -259,6 +259,7 @@ def splice(
         if client.is_closed and upstream.is_closed and not ended:
             ended.append(True)
             cutter.cancel()
+            client.peer = upstream.peer = None  # no cycle left for the garbage collector
             on_done()
 
     client.on_closed = upstream.on_closed = closed
