@@ -41,8 +41,17 @@ class TunnelStats:
 class Connection:
     """One non-blocking TCP socket; its owner decides what a readable socket means."""
 
-    def __init__(self, sock: socket.socket, *, upstream: bool = False) -> None:
-        """Wrap the connected, non-blocking ``sock``; ``upstream`` marks the dialled side."""
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        upstream: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Wrap the connected, non-blocking ``sock``; ``upstream`` marks the dialled side.
+
+        ``loop`` defaults to the running loop (on Python 3.11 each lookup is a getpid call).
+        """
         self.sock = sock
         self.upstream = upstream
         self.peer: Connection | None = None
@@ -52,7 +61,7 @@ class Connection:
         self.saw_eof = False
         self.is_closed = False
         self._fd = sock.fileno()
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self._out = bytearray()
         self._reader: Callable[[], None] | None = None
         self._reading = False
@@ -226,7 +235,7 @@ class _IdleCutter:
         self, sides: tuple[Connection, Connection], stats: TunnelStats, idle: float
     ) -> None:
         self._sides, self._stats, self._idle = sides, stats, idle
-        self._loop = asyncio.get_running_loop()
+        self._loop = sides[0]._loop  # noqa: SLF001 - same module
         self._timer = self._loop.call_later(idle, self._check)
 
     def _check(self) -> None:

@@ -49,6 +49,7 @@ class ProxyServer:
         self.audit = audit
         self.connector = connector
         self.active = 0
+        self.loop: asyncio.AbstractEventLoop  # set by start(), before any connection exists
         self._ids = itertools.count(1)
         self._listeners: list[socket.socket] = []
         self._sessions: set[Session] = set()
@@ -62,7 +63,7 @@ class ProxyServer:
             OSError: an address cannot be bound.
 
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         bound: list[tuple[str, int]] = []
         for host, port in listen:
             for sock in await _listening_sockets(host, port):
@@ -129,7 +130,7 @@ class ProxyServer:
         session.start(over_limit=self.active > self.policy.limits.max_connections)
 
     def _pause_accepting(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         loop.remove_reader(listener.fileno())
 
         def resume() -> None:

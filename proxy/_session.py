@@ -49,12 +49,12 @@ class Session:
         self.server = server
         self.conn = conn
         self.started = time.monotonic()
-        self.client = Connection(sock)
+        self._loop = server.loop
+        self.client = Connection(sock, loop=self._loop)
         self.record = Decision(client=_address_text(peer))
         self.stats = TunnelStats()
         self.upstream: Connection | None = None
         self.task: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
         self._limits = server.policy.limits
         self._data = b""
         self._timer: asyncio.TimerHandle | None = None

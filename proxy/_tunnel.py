@@ -49,7 +49,7 @@ async def open_upstream(address: str, port: int) -> Connection:
         sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
         await loop.sock_connect(sock, (address, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return Connection(sock, upstream=True)
+        return Connection(sock, upstream=True, loop=loop)
     except BaseException:
         sock.close()
         raise
