@@ -62,9 +62,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def canaries() -> Iterator[Canaries]:
-    """Plant canaries in this process's environment for the whole session."""
+    """Plant canaries in this process's environment while the attack suite runs."""
     planted = Canaries.fresh()
     saved = {name: os.environ.get(name) for name in planted.values}
     os.environ.update(planted.values)
@@ -72,7 +72,7 @@ def canaries() -> Iterator[Canaries]:
     environment_restored(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def skill_secrets() -> Iterator[dict[str, str]]:
     """Give each skill its own random secret, from the orchestrator's environment."""
     values = {
@@ -85,23 +85,23 @@ def skill_secrets() -> Iterator[dict[str, str]]:
     environment_restored(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def security_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep this session's runs in their own state directory."""
+    """Keep the attack suite's runs in their own state directory."""
     saved = {state.STATE_ENV: os.environ.get(state.STATE_ENV)}
     os.environ[state.STATE_ENV] = str(tmp_path_factory.mktemp("security-state"))
     yield
     environment_restored(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def hostile(
     tmp_path_factory: pytest.TempPathFactory,
     canaries: Canaries,
     skill_secrets: dict[str, str],
     security_state: None,
 ) -> AsyncIterator[Hostile]:
-    """Start the hostile Expert once for the session; yield it; tear it down at the end."""
+    """Start the hostile Expert once for the suite; yield it; tear it down after the suite."""
     del security_state
     require_engine()
     folder = tmp_path_factory.mktemp("hostile-expert")
@@ -121,7 +121,7 @@ async def hostile(
         yield Hostile(gateway, run, skill_secrets, canaries, workspace, config)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def host_listeners() -> Iterator[list[Listener]]:
     """Listen on the host: all addresses, and each Docker bridge's host address."""
     listeners = [Listener("0.0.0.0")]  # noqa: S104 - the attack target: "anything on the host"
@@ -131,7 +131,7 @@ def host_listeners() -> Iterator[list[Listener]]:
         listener.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def udp_echo() -> Iterator[UdpEcho]:
     """Echo UDP on every host address (a listener of ours)."""
     echo = UdpEcho()
