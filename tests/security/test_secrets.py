@@ -118,7 +118,7 @@ async def test_no_file_in_the_sandbox_holds_a_canary_or_the_decoys_secret(
 async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
     hostile: Hostile,
 ) -> None:
-    """Container config (env, labels, cmd), exec configs and networks hold no canary or secret.
+    """Containers (env, labels, cmd), their images, execs and networks hold no canary or secret.
 
     Fails when: a secret is set on the container rather than per exec (checked by hand:
     `environment=` with a canary on the sandbox container), or a value goes into argv.
@@ -130,6 +130,9 @@ async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
     for container in containers:
         attrs = api.inspect_container(container.id)
         texts[f"container {container.name}"] = json.dumps(attrs)
+        texts[f"image of {container.name}"] = json.dumps(
+            [api.inspect_image(attrs["Image"]), api.history(attrs["Image"])]
+        )
         for exec_id in attrs.get("ExecIDs") or []:
             texts[f"exec {exec_id[:12]}"] = json.dumps(api.exec_inspect(exec_id))
         for network in attrs["NetworkSettings"]["Networks"].values():
