@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from orchestrator import state
+from orchestrator._text import printable
 from orchestrator.errors import UsageError
 
 if TYPE_CHECKING:
@@ -234,7 +235,7 @@ def render_text(summary: RunSummary) -> str:
     if skipped:
         detail = ", ".join(f"{name}: {n}" for name, n in sorted(skipped.items()))
         lines += ["", f"unreadable lines skipped (a crash mid-write?): {detail}"]
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # tool names come from the skills
 
 
 def _host_line(host: HostSummary) -> str:

@@ -79,10 +79,15 @@ def main() -> None:
 
 
 def error_lines(error: SandboxError) -> list[str]:
-    """Render an error for stderr: a config error gives one line per issue, with its path."""
+    """Render an error for stderr: a config error gives one line per issue, with its path.
+
+    Messages may quote a skill (stderr lines, JSON-RPC errors): control characters are escaped.
+    """
+    from orchestrator._text import printable  # noqa: PLC0415 - keeps --help fast
+
     if isinstance(error, ConfigError):
-        return [f"{'warning' if i.is_warning else 'error'}: {i}" for i in error.issues]
-    return [f"error: {error}"]
+        return [printable(f"{'warning' if i.is_warning else 'error'}: {i}") for i in error.issues]
+    return [printable(f"error: {error}")]
 
 
 # --- skills and gateway: tools, call, run ----------------------------------------------------

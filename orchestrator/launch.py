@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from orchestrator import engine, images, state
 from orchestrator._build import stderr_progress
+from orchestrator._text import printable
 from orchestrator.audit import ToolCallWriter
 from orchestrator.config import load_config
 from orchestrator.env import env_files, load_env_files, resolve_secrets, skill_environment
@@ -218,6 +219,14 @@ def _tool_call_log(path: Path) -> Iterator[None]:
         writer.close()
 
 
+class _PrintableFormatter(logging.Formatter):
+    """A formatter whose output has a skill's control characters escaped (see `_text`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format, then escape control characters."""
+        return printable(super().format(record))
+
+
 class _run_log:  # noqa: N801 - used like a function: `with _run_log(path):`
     """Send the skills' stderr and the call log to the run's log; warnings also to stderr."""
 
@@ -226,7 +235,7 @@ class _run_log:  # noqa: N801 - used like a function: `with _run_log(path):`
         self._file.setFormatter(_formatter())
         self._terminal = logging.StreamHandler(sys.stderr)  # a skill's death, for one
         self._terminal.setLevel(logging.WARNING)
-        self._terminal.setFormatter(logging.Formatter("warning: %(message)s"))
+        self._terminal.setFormatter(_PrintableFormatter("warning: %(message)s"))
 
     def __enter__(self) -> None:
         for name in RUN_LOGGERS:
@@ -278,7 +287,8 @@ def tools_report(options: LaunchOptions, *, as_json: bool) -> str:
                 (t.name, gateway.route(t.name).skill, _first_line(t.description)) for t in tools
             ]
             width = max((len(name) for name, _, _ in rows), default=0)
-            return "\n".join(f"{n:<{width}}  [{s}]  {d}".rstrip() for n, s, d in rows)
+            text = "\n".join(f"{n:<{width}}  [{s}]  {d}".rstrip() for n, s, d in rows)
+            return printable(text)  # names and descriptions come from the skills
 
     return anyio.run(main)
 

@@ -15,6 +15,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from orchestrator._text import printable
 from orchestrator.errors import SkillError
 from orchestrator.skills._process import pump_stdin, pump_stdout, read_lines
 
@@ -219,7 +220,7 @@ class SkillSession:
     async def _pump_stderr(self, stream: anyio.abc.ByteReceiveStream, done: anyio.Event) -> None:
         try:
             async for line in read_lines(stream):
-                text = line.decode("utf-8", "replace").rstrip()
+                text = printable(line.decode("utf-8", "replace").rstrip())
                 self._tail.append(text)
                 self._on_stderr(self.name, text)
         finally:
