@@ -130,9 +130,8 @@ async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
     for container in containers:
         attrs = api.inspect_container(container.id)
         texts[f"container {container.name}"] = json.dumps(attrs)
-        texts[f"image of {container.name}"] = json.dumps(
-            [api.inspect_image(attrs["Image"]), api.history(attrs["Image"])]
-        )
+        image = docker.from_env().images.get(attrs["Image"])
+        texts[f"image of {container.name}"] = json.dumps([image.attrs, image.history()])
         for exec_id in attrs.get("ExecIDs") or []:
             texts[f"exec {exec_id[:12]}"] = json.dumps(api.exec_inspect(exec_id))
         for network in attrs["NetworkSettings"]["Networks"].values():
