@@ -32,11 +32,14 @@ PROTECTED_ENV_NAMES: frozenset[str] = frozenset(
         "NODE_EXTRA_CA_CERTS", "NODE_USE_ENV_PROXY", "PYTHONPATH", "PYTHONHOME",
         "PYTHONSTARTUP", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
         "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "BASH_ENV",
-        "ENV", "IFS",
+        "ENV", "IFS", "TMPDIR", "TMP", "TEMP", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+        "PERL5OPT", "PERL5LIB", "RUBYOPT", "RUBYLIB", "GCONV_PATH",
+        "NODE_TLS_REJECT_UNAUTHORIZED",
     }
 )  # fmt: skip
-"""Variables a skill may never receive from requiredEnv: they steer the loader, the
-interpreter, the package managers, TLS trust or the proxy, which the sandbox sets itself.
+"""Variables a skill may never receive from requiredEnv: they steer the loader, an
+interpreter, the package managers, TLS trust, the proxy or the private scratch directory,
+which the sandbox sets itself.
 Compared case-insensitively (curl and many libraries read `http_proxy` in lower case)."""
 PROTECTED_ENV_PREFIXES: tuple[str, ...] = (
     "LC_", "LD_", "NPM_CONFIG_", "UV_", "PIP_", "PERSTACK_SANDBOX_",

@@ -257,7 +257,9 @@ def skill_environment(
             (config validation rejects such names; this is the last line of defence).
 
     """
-    base = {"PATH": MINIMAL_PATH, "HOME": home, "LANG": DEFAULT_LANG, **proxy_env}
+    # TMPDIR is the private home too: /tmp is shared by every skill in the sandbox, so a
+    # hostile skill could plant files or links where another expects its scratch files.
+    base = {"PATH": MINIMAL_PATH, "HOME": home, "TMPDIR": home, "LANG": DEFAULT_LANG, **proxy_env}
     clashes = sorted(set(base) & set(secrets.values))
     if clashes:
         raise UsageError(

@@ -24,8 +24,9 @@ from orchestrator import state
 from orchestrator.engine import Sandbox
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
-# What every skill gets besides its own requiredEnv: the proxy/CA variables and PATH/HOME/LANG.
-SANDBOX_VARIABLES = {"PATH", "HOME", "LANG"} | set(
+# What every skill gets besides its own requiredEnv: the proxy/CA variables, PATH, HOME, LANG
+# and TMPDIR (the private home, since /tmp is shared by every skill).
+SANDBOX_VARIABLES = {"PATH", "HOME", "TMPDIR", "LANG"} | set(
     Sandbox("run", "c", "10.0.0.2", 3128, "p", "10.0.0.3", "n").proxy_env()
 )
 

@@ -164,7 +164,7 @@ def test_missing_variables_are_all_named_with_their_skills():
 
 
 def test_skill_environment_is_exactly_secrets_proxy_and_minimal_vars():
-    """The exec environment is requiredEnv + proxy/CA + PATH, HOME, LANG and nothing else."""
+    """The exec environment is requiredEnv + proxy/CA + PATH, HOME, TMPDIR, LANG, nothing else."""
     proxy = {"HTTPS_PROXY": "http://10.0.0.2:3128", "SSL_CERT_FILE": "/etc/ssl/ca.pem"}
     env = skill_environment(
         SkillSecrets(skill="a", values={"API_KEY": Secret(CANARY)}),
@@ -177,6 +177,7 @@ def test_skill_environment_is_exactly_secrets_proxy_and_minimal_vars():
         "SSL_CERT_FILE": "/etc/ssl/ca.pem",
         "PATH": MINIMAL_PATH,
         "HOME": "/home/skill-0",
+        "TMPDIR": "/home/skill-0",
         "LANG": "C.UTF-8",
     }
 
