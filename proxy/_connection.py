@@ -65,6 +65,7 @@ class Connection:
         self._out = bytearray()
         self._reader: Callable[[], None] | None = None
         self._reading = False
+        self._writing = False
         self._closing = False
         self._eof_pending = False
 
@@ -118,7 +119,7 @@ class Connection:
                 return
             if sent == len(data):
                 return
-            self._loop.add_writer(self._fd, self._write_ready)
+            self._watch_writable(self._write_ready)
             self._out += memoryview(data)[sent:]
         else:
             self._out += data
@@ -138,11 +139,29 @@ class Connection:
             self.peer.resume_reading()
         if self._out:
             return
-        self._loop.remove_writer(self._fd)
+        self._unwatch_writable()
         if self._eof_pending:
             self._shutdown_write()
         if self._closing:
             self._close_now()
+
+    def when_connected(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with SO_ERROR once the TCP handshake has ended (0: connected)."""
+
+        def ended() -> None:
+            self._unwatch_writable()
+            callback(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+        self._watch_writable(ended)
+
+    def _watch_writable(self, callback: Callable[[], None]) -> None:
+        self._writing = True
+        self._loop.add_writer(self._fd, callback)
+
+    def _unwatch_writable(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
 
     def write_eof(self) -> None:
         """Half-close: send EOF once everything queued has been sent."""
@@ -173,9 +192,7 @@ class Connection:
 
     def abort(self) -> None:
         """Close at once, dropping anything unsent."""
-        if self._out:
-            self._out.clear()
-            self._loop.remove_writer(self._fd)
+        self._out.clear()
         self._close_now()
 
     def _close_now(self) -> None:
@@ -183,6 +200,7 @@ class Connection:
             return
         self.is_closed = self._closing = True
         self.pause_reading()
+        self._unwatch_writable()
         self._reader = None
         self.sock.close()
         if self.peer is not None:  # a spliced side takes its peer down with it (after a flush)

@@ -28,7 +28,14 @@ from proxy._http import (
     response,
 )
 from proxy._tls import TlsError, client_hello_body
-from proxy._tunnel import TunnelRequest, check_hello, check_target, resolve_and_dial
+from proxy._tunnel import (
+    Dial,
+    TunnelRequest,
+    check_hello,
+    check_target,
+    redial,
+    resolve_and_dial,
+)
 
 if TYPE_CHECKING:
     import socket
@@ -59,6 +66,8 @@ class Session:
         self._data = b""
         self._timer: asyncio.TimerHandle | None = None
         self._host = ""
+        self._request: TunnelRequest | None = None
+        self._dial: Dial | None = None
         self._reading_for_step = False
         self._finished = False
 
@@ -147,15 +156,25 @@ class Session:
         request = TunnelRequest(server.policy, server.resolver, server.connector, rules, record)
         host = check_target(request, head)
         self._host = host
-        coroutine = self._resolve_and_dial(request, host)
+        self._request = request
+        self._start_dial()
+
+    def _start_dial(self) -> None:
+        coroutine = self._resolve_and_dial()
         if sys.version_info >= (3, 12):  # the image's Python: start it now, not an iteration later
             self.task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)
         else:
             self.task = self._loop.create_task(coroutine)
 
-    async def _resolve_and_dial(self, request: TunnelRequest, host: str) -> None:
+    async def _resolve_and_dial(self) -> None:
+        """Resolve and start the dial (or, after a failed handshake, dial the next address)."""
+        request = self._request
+        assert request is not None  # noqa: S101 - set before the first dial
         try:
-            self.upstream = await resolve_and_dial(request, host)
+            if self._dial is None:
+                self.upstream, self._dial = await resolve_and_dial(request, self._host)
+            else:
+                self.upstream = await redial(request, self._dial)
         except asyncio.CancelledError:
             self._end()
             raise
@@ -167,7 +186,26 @@ class Session:
             self._end()
             return
         self.task = None
-        self._guard(self._established)
+        self._guard(self._wait_connected)
+
+    def _wait_connected(self) -> None:
+        """Wait for the handshake from the writability callback (no task wake-up after it)."""
+        upstream, dial = self.upstream, self._dial
+        assert upstream is not None  # noqa: S101 - just dialled
+        assert dial is not None  # noqa: S101
+        refusal = Refusal(504, "connect-timeout")
+        self._timer = self._loop.call_at(dial.deadline, self._guard, partial(_raise, refusal))
+        upstream.when_connected(lambda error: self._guard(partial(self._connected, error)))
+
+    def _connected(self, error: int) -> None:
+        self._stop_waiting()
+        if error:  # refused or unreachable: the next checked address, within the same deadline
+            assert self.upstream is not None  # noqa: S101
+            self.upstream.abort()
+            self.upstream = None
+            self._start_dial()
+            return
+        self._established()
 
     # --- the ClientHello -----------------------------------------------------------------
 

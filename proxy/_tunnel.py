@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 TLS_PORT: Final = 443
 # What connect_ex returns while the handshake goes on (loop.sock_connect's BlockingIOError and
-# InterruptedError): wait until the socket is writable, then read SO_ERROR.
+# InterruptedError): the socket becomes writable when it has ended, and SO_ERROR tells how.
 _IN_PROGRESS: Final = frozenset(
     {errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
 )
@@ -43,10 +43,13 @@ Connector = Callable[[str, int], Awaitable[Connection]]
 
 
 async def open_upstream(address: str, port: int) -> Connection:
-    """Open a TCP connection to ``address`` (an IP literal, never a name) and ``port``.
+    """Start a TCP connection to ``address`` (an IP literal, never a name) and ``port``.
+
+    The handshake may still be under way when this returns: the session waits for it with
+    :meth:`Connection.when_connected`, straight from the loop's writability callback.
 
     Raises:
-        OSError: the connection failed.
+        OSError: the connection failed at once (no route, for instance).
 
     """
     loop = asyncio.get_running_loop()
@@ -54,7 +57,7 @@ async def open_upstream(address: str, port: int) -> Connection:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
-        await _connect(loop, sock, address, port)
+        _start_connect(sock, address, port)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return Connection(sock, upstream=True, loop=loop)
     except BaseException:
@@ -62,35 +65,16 @@ async def open_upstream(address: str, port: int) -> Connection:
         raise
 
 
-async def _connect(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: str, port: int
-) -> None:
-    """Connect the non-blocking ``sock``: what loop.sock_connect does, with less around it.
-
-    ``address`` is an IP literal, so the socket module parses it without any name lookup
-    (sock_connect would check that again for every dial).
+def _start_connect(sock: socket.socket, address: str, port: int) -> None:
+    """Begin the handshake of the non-blocking ``sock`` (an IP literal: parsed, not looked up).
 
     Raises:
-        OSError: the connection failed.
+        OSError: the connection failed at once.
 
     """
     error = sock.connect_ex((address, port))
-    if error in _IN_PROGRESS:
-        writable = loop.create_future()
-        fd = sock.fileno()
-        loop.add_writer(fd, _set_done, writable)
-        try:
-            await writable
-        finally:
-            loop.remove_writer(fd)
-        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if error:
+    if error and error not in _IN_PROGRESS:
         raise OSError(error, f"connect to {address} port {port}: {os.strerror(error)}")
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 @dataclass
@@ -150,13 +134,22 @@ def _same_target(header: str, host: str, port: int) -> bool:
         return False
 
 
-async def resolve_and_dial(request: TunnelRequest, host: str) -> Connection:
-    """Resolve ``host``, check every answer, then dial the first reachable checked address.
+@dataclass
+class Dial:
+    """The checked addresses not tried yet, and when the whole dial must have succeeded."""
+
+    addresses: list[IPAddress]
+    deadline: float  # in loop time
+
+
+async def resolve_and_dial(request: TunnelRequest, host: str) -> tuple[Connection, Dial]:
+    """Resolve ``host``, check every answer, then start dialling the first checked address.
 
     The resolve and the dial each have their own time limit: one timer, moved between them.
+    The connection returned may still be completing its handshake (see ``Dial``).
 
     Raises:
-        Refusal: 504 when either limit passes, else as resolve_checked and dial_checked.
+        Refusal: 504 when either limit passes, else as resolve_checked and dial_next.
 
     """
     limits = request.policy.limits
@@ -165,10 +158,25 @@ async def resolve_and_dial(request: TunnelRequest, host: str) -> Connection:
         async with asyncio.timeout(limits.resolve_timeout) as deadline:
             addresses = await resolve_checked(request, host)
             reason = "connect-timeout"
-            deadline.reschedule(asyncio.get_running_loop().time() + limits.connect_timeout)
-            return await dial_checked(request, addresses)
+            dial = Dial(addresses, asyncio.get_running_loop().time() + limits.connect_timeout)
+            deadline.reschedule(dial.deadline)
+            return await dial_next(request, dial), dial
     except TimeoutError as exc:  # the deadline's own: inner timeouts are mapped below
         raise Refusal(504, reason) from exc
+
+
+async def redial(request: TunnelRequest, dial: Dial) -> Connection:
+    """Start dialling the next address of ``dial`` (the last handshake failed).
+
+    Raises:
+        Refusal: 504 once the dial's deadline has passed, 502 when no address is left.
+
+    """
+    try:
+        async with asyncio.timeout_at(dial.deadline):
+            return await dial_next(request, dial)
+    except TimeoutError as exc:
+        raise Refusal(504, "connect-timeout") from exc
 
 
 async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
@@ -197,14 +205,15 @@ async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
     return checked
 
 
-async def dial_checked(request: TunnelRequest, addresses: list[IPAddress]) -> Connection:
-    """Connect to the first reachable address of ``addresses`` (the caller bounds the time).
+async def dial_next(request: TunnelRequest, dial: Dial) -> Connection:
+    """Start a connection to the next address of ``dial`` that takes one (the caller bounds time).
 
     Raises:
         Refusal: 502 when every address refused.
 
     """
-    for address in addresses:
+    while dial.addresses:
+        address = dial.addresses.pop(0)
         request.record.dialled = str(address)
         try:
             return await request.connector(str(address), TLS_PORT)
