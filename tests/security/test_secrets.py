@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 # What a skill's environment may hold besides its own requiredEnv (see engine.Sandbox.proxy_env).
 SANDBOX_VARIABLES = re.compile(
-    r"^(PATH|HOME|LANG|HTTPS?_PROXY|https?_proxy|NO_PROXY|no_proxy|NODE_USE_ENV_PROXY|"
+    r"^(PATH|HOME|TMPDIR|LANG|HTTPS?_PROXY|https?_proxy|NO_PROXY|no_proxy|NODE_USE_ENV_PROXY|"
     r"SSL_CERT_FILE|NODE_EXTRA_CA_CERTS|REQUESTS_CA_BUNDLE)$"
 )
 SCAN_SKIP = ("/proc", "/sys", "/dev")
