@@ -43,9 +43,12 @@ def build_image(  # noqa: PLR0913 - the build's inputs, each needed
     tag: str,
     buildargs: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
+    network_mode: str | None = None,
     progress: Callable[[str], None] = stderr_progress,
 ) -> str:
     """Build `context` with the classic builder, streaming steps; return the image id.
+
+    `network_mode` puts every RUN step on that network (a fenced build's internal network).
 
     Raises:
         ImageBuildError: a step failed (the error holds its output).
@@ -59,6 +62,7 @@ def build_image(  # noqa: PLR0913 - the build's inputs, each needed
             tag=tag,
             buildargs=dict(buildargs or {}),
             labels=dict(labels or {}),
+            network_mode=network_mode,
             rm=True,
             forcerm=True,
             decode=True,

@@ -124,7 +124,13 @@ def ensure_egress_network() -> str:
         return str(created["Id"])
 
 
-def _create_network(spec: SandboxSpec) -> str:
+def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
+    """Create the internal network of `spec`'s run (a sandbox's, or a fenced build's).
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
     with docker_errors(f"creating the internal network of run {spec.run_id}"):
         created = client().api.create_network(
             _name(spec, "net"),
@@ -135,7 +141,7 @@ def _create_network(spec: SandboxSpec) -> str:
             # container's default gateway: anything on the host listening on all addresses
             # would be reachable. Without that address there is no host end at all.
             options={"com.docker.network.bridge.inhibit_ipv4": "true"},
-            labels=_labels(spec, "network"),
+            labels=_labels(spec, role),
         )
     return str(created["Id"])
 
@@ -174,7 +180,13 @@ def _start_sandbox(spec: SandboxSpec, network: str) -> str:
     return str(created["Id"])
 
 
-def _start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
+def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
+    """Create and start `spec`'s proxy on `network` and the egress network; return its id.
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
     api = client().api
     host_config = api.create_host_config(
         **HARDENING,
@@ -217,7 +229,13 @@ def _connect_egress(container_id: str) -> None:
         api.connect_container_to_network(container_id, ensure_egress_network())
 
 
-def _addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
+def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
+    """Return the proxy's address on `network_id` and its address on the egress network.
+
+    Raises:
+        EngineError: the proxy lacks one of them, or the engine could not be reached.
+
+    """
     with docker_errors("inspecting the proxy"):
         networks = client().api.inspect_container(proxy_id)["NetworkSettings"]["Networks"]
     internal = next((n for n in networks.values() if n.get("NetworkID") == network_id), None)
@@ -238,19 +256,19 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
 
     """
     proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
-    network = await anyio.to_thread.run_sync(_create_network, spec)
+    network = await anyio.to_thread.run_sync(create_internal_network, spec)
     ids: dict[str, str] = {}
 
     async def make(role: str) -> None:
         if role == "proxy":
-            ids[role] = await anyio.to_thread.run_sync(_start_proxy, spec, network, proxy_image)
+            ids[role] = await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image)
         else:
             ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network)
 
     async with anyio.create_task_group() as group:
         group.start_soon(make, "proxy")
         group.start_soon(make, "sandbox")
-    proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(_addresses, ids["proxy"], network)
+    proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, ids["proxy"], network)
     _health.follow_logs(ids["proxy"], run)
     await _health.wait_ready(ids["proxy"], proxy_host_ip, PROXY_PORT)
     return Started(ids["sandbox"], ids["proxy"], proxy_ip, proxy_host_ip, network)

@@ -10,6 +10,14 @@ debian:trixie-slim            stock name; bootstrapped with debootstrap when it 
 A tag is the hash of everything that goes into its image (recipe files, parent image id,
 package specs, the trusted CA bundle), so an image that exists is reused without a build.
 Registry hosts come from the host's npm and pip settings at build time, never from this code.
+
+The per-expert build runs untrusted code (npm install scripts, sdist builds), so it is fenced
+like a sandbox (see `_fence`): its RUN steps sit on an internal network with no host address,
+whose only way out is a proxy allowing just the registry hosts derived for this build
+(`_registries`), with its decisions in `builds/<build-id>/audit.jsonl`; and every step after
+one root `chown` runs as `BUILD_UID`, which owns only the install folders. Install scripts and
+sdist builds stay enabled: they are the same author's code the skill runs anyway, now with no
+more reach at build time than at run time, and native addons need them.
 """
 
 from __future__ import annotations
@@ -55,6 +63,20 @@ HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_ENV: Final = "PERSTACK_SANDBOX_HOST_CA"
 BOOTSTRAP_TIMEOUT_S: Final = 1800  # debootstrap over a slow mirror
 PACKAGES_MARKER: Final = "PERSTACK_PACKAGES="
+# Package installs of a per-expert build run as this uid: no skill (10001..10032) nor the
+# sandbox's idle process (10000) ever runs as it, and it owns nothing but the install folders.
+BUILD_UID: Final = 10999
+# npm's and uv's caches, inside the build container only; removed at the end of each step.
+BUILD_HOME: Final = "/tmp/perstack-build"  # noqa: S108 - a path in the image, not on the host
+INSTALL_DIRS: Final = tuple(f"/opt/perstack/{d}" for d in ("npm", "uv/tools", "uv/bin", "entry"))
+PROXY_ARGS: Final = (
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+)
 
 Progress = "Callable[[str], None]"
 
@@ -217,29 +239,47 @@ def ensure_proxy_image(*, progress: Callable[[str], None] = stderr_progress) -> 
 
 
 def _install_step(package: PackageSpec) -> str:
+    # Each step runs as BUILD_USER with a scratch HOME (npm and uv caches) removed at its end.
     if package.manager == "npm":
         spec = f"{package.name}@{package.version_spec}" if package.version_spec else package.name
         prefix = f"{NPM_ROOT}/{package.slug}"
         return (
-            f"RUN mkdir -p {shlex.quote(prefix)} && npm install --prefix {shlex.quote(prefix)}"
+            f'RUN mkdir -p "$HOME" {shlex.quote(prefix)}'
+            f" && npm install --prefix {shlex.quote(prefix)}"
             ' ${NPM_REGISTRY:+--registry "$NPM_REGISTRY"} --omit=dev --no-audit --no-fund'
-            f" --no-update-notifier {shlex.quote(spec)} && rm -rf /root/.npm"
+            f' --no-update-notifier {shlex.quote(spec)} && rm -rf "$HOME"'
         )
     requirement = package.name
     if package.version_spec:
         operator = "" if package.version_spec[0] in "=<>!~" else "=="
         requirement = f"{package.name}{operator}{package.version_spec}"
     return (
-        'RUN uv tool install ${UV_INDEX_URL:+--default-index "$UV_INDEX_URL"}'
-        f" {shlex.quote(requirement)} && rm -rf /root/.cache"
+        'RUN mkdir -p "$HOME" && uv tool install ${UV_INDEX_URL:+--default-index "$UV_INDEX_URL"}'
+        f' {shlex.quote(requirement)} && rm -rf "$HOME"'
     )
+
+
+def build_prelude(base: str) -> list[str]:
+    """Return the Dockerfile lines every fenced build starts with (after them: BUILD_USER).
+
+    Root only hands the install folders to the build user; every later step runs as that user
+    with the fence's proxy variables, which are build arguments (an ENV would leak into every
+    skill's environment) and so never reach the image's configuration.
+    """
+    return [
+        f"FROM {base}",
+        "USER root",
+        f"RUN install -d -o {BUILD_UID} -g {BUILD_UID} -m 755 {' '.join(INSTALL_DIRS)}",
+        f"USER {BUILD_UID}:{BUILD_UID}",
+        *(f"ARG {name}=" for name in PROXY_ARGS),
+        f"ARG HOME={BUILD_HOME}",
+    ]
 
 
 def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
     """Return the per-expert Dockerfile: one install step per package, then the entry links."""
     lines = [
-        f"FROM {base}",
-        "USER root",
+        *build_prelude(base),
         "ARG NPM_REGISTRY=",
         "ARG UV_INDEX_URL=",
         # Build-time settings only: ENV would leak into every skill's environment.
@@ -252,7 +292,7 @@ def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
         "ARG NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt",
         "ARG SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
         *(_install_step(package) for package in packages),
-        "COPY finalize.py manifest.json /tmp/perstack/",
+        f"COPY --chown={BUILD_UID}:{BUILD_UID} finalize.py manifest.json /tmp/perstack/",
         "RUN python3 /tmp/perstack/finalize.py /tmp/perstack/manifest.json && rm -rf /tmp/perstack",
         "USER 10000",
     ]
@@ -291,6 +331,8 @@ def ensure_expert_image(
     name = expert_image_name(plan, base_id)
     if image_id(name) is not None:
         return name
+    from orchestrator import _fence  # noqa: PLC0415 - _fence -> _containers -> images
+
     progress(f"building {name} for expert {plan.expert} ({len(plan.packages)} packages)")
     lines: list[str] = []
 
@@ -304,16 +346,7 @@ def ensure_expert_image(
         shutil.copy2(IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
         manifest = [p.model_dump(mode="json") for p in plan.packages]
         (context / "manifest.json").write_text(json.dumps(manifest))
-        built = _build.build_image(
-            context,
-            dockerfile="Dockerfile",
-            tag=name,
-            buildargs={
-                "NPM_REGISTRY": _build.npm_registry(),
-                "UV_INDEX_URL": _build.python_index_url(),
-            },
-            progress=collect,
-        )
+        built = _fence.build_expert(context, name, plan, collect)
     resolved = _build.last_marker(lines, PACKAGES_MARKER)
     if resolved is None:
         raise ImageBuildError(f"building {name}: the package versions were not reported")

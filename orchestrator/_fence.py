@@ -1,0 +1,177 @@
+"""The fence around a per-expert image build: its own internal network and egress proxy.
+
+```
+build container (RUN steps, non-root) ── internal network (no host address, no route out)
+                                              │
+                          proxy container ────┴──── egress network ──► the registries only
+```
+The build's RUN steps run on a network of their own, made like a sandbox's: `internal` (no
+route out) with `inhibit_ipv4` (the host has no address on it, so no host listener is
+reachable). The only other member is a proxy container (the sandbox's proxy image, hardened
+the same way) whose allowlist is the registry hosts derived for this build; RUN steps get its
+URL by IP in the proxy variables. Its decisions go to `builds/<build-id>/audit.jsonl` under
+the state directory. Network and proxy carry a run label `build-...` with the owner labels,
+so a crashed build's objects are swept by `gc`; a normal exit removes them at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from orchestrator import _build, _health, _registries
+from orchestrator._containers import (
+    PROXY_PORT,
+    SandboxSpec,
+    create_internal_network,
+    proxy_addresses,
+    remove_run,
+    start_proxy,
+)
+from orchestrator.errors import EngineError
+from orchestrator.images import PROXY_ARGS, ensure_proxy_image
+from orchestrator.plan import Limits
+from orchestrator.state import RunState, state_dir
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from pathlib import Path
+
+    from orchestrator.plan import SandboxPlan
+
+BUILDS_DIR: Final = "builds"
+LOG_DRAIN_TIMEOUT_S: Final = 10.0  # the proxy's last audit lines after its container is removed
+NO_PROXY: Final = "localhost,127.0.0.1,::1"
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A ready build fence: the network to build on and the proxy the RUN steps must use."""
+
+    build_id: str
+    network_id: str
+    proxy_url: str
+    audit_path: Path
+
+    def proxy_args(self) -> dict[str, str]:
+        """Return the proxy variables, both cases, as build arguments (never image ENV)."""
+        return {
+            name: NO_PROXY if name.lower() == "no_proxy" else self.proxy_url for name in PROXY_ARGS
+        }
+
+
+def builds_dir() -> Path:
+    """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
+    return state_dir() / BUILDS_DIR
+
+
+def new_build_id() -> str:
+    """Return a fresh build id: sortable by start time, unique, and safe in Docker names."""
+    return f"build-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+@contextlib.contextmanager
+def build_fence(
+    expert: str, hosts: Sequence[str], *, progress: Callable[[str], None]
+) -> Iterator[Fence]:
+    """Create the build network and its proxy allowing only `hosts`; remove both on exit.
+
+    Raises:
+        EngineError: an engine call failed, or the proxy did not become ready.
+
+    """
+    build_id = new_build_id()
+    record = RunState(run_id=build_id, path=builds_dir() / build_id)
+    record.path.mkdir(parents=True, exist_ok=True)
+    policy = json.dumps({"allowedDomains": sorted(hosts), "sandboxId": build_id})
+    record.policy_path.write_text(policy + "\n")
+    spec = SandboxSpec(build_id, expert, "", Limits(), "", None, policy)
+    progress(f"build fence {build_id}: registries {', '.join(sorted(hosts)) or '(none)'}")
+    follower = None
+    try:
+        image = ensure_proxy_image(progress=progress)
+        network = create_internal_network(spec, role="build-network")
+        proxy_id = start_proxy(spec, network, image)
+        proxy_ip, proxy_host_ip = proxy_addresses(proxy_id, network)
+        follower = _health.follow_logs(proxy_id, record)
+        _wait_ready(proxy_id, proxy_host_ip)
+        yield Fence(build_id, network, f"http://{proxy_ip}:{PROXY_PORT}", record.audit_path)
+    finally:
+        with contextlib.suppress(EngineError):
+            remove_run(build_id)
+        if follower is not None:
+            follower.join(LOG_DRAIN_TIMEOUT_S)
+
+
+def _wait_ready(proxy_id: str, host: str) -> None:
+    # A thread of its own runs the event loop, so that a caller inside one is no problem.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(anyio.run, _health.wait_ready, proxy_id, host, PROXY_PORT).result()
+
+
+def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
+    context: Path,
+    *,
+    tag: str,
+    expert: str,
+    hosts: Sequence[str],
+    buildargs: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] = _build.stderr_progress,
+) -> tuple[str, Path]:
+    """Build `context`'s Dockerfile inside a fence allowing `hosts`; return its id and audit.
+
+    Every RUN step runs on the fence's network and gets the fence's proxy in the proxy build
+    arguments (`images.build_prelude` declares them, and drops root).
+
+    Raises:
+        ImageBuildError: a step failed (the error holds its output).
+        EngineError: the engine failed, or the fence could not be set up.
+
+    """
+    with build_fence(expert, hosts, progress=progress) as fence:
+        built = _build.build_image(
+            context,
+            dockerfile="Dockerfile",
+            tag=tag,
+            buildargs={**(buildargs or {}), **fence.proxy_args()},
+            network_mode=fence.network_id,
+            progress=progress,
+        )
+    return built, fence.audit_path
+
+
+def build_expert(
+    context: Path, name: str, plan: SandboxPlan, progress: Callable[[str], None]
+) -> str:
+    """Build the per-expert context: fenced when a package is installed, offline when none is.
+
+    Raises:
+        ImageBuildError: a step failed.
+        EngineError: the engine, the fence or the registry look-ups failed.
+
+    """
+    if not plan.packages:  # only our own steps run: no network at all
+        return _build.build_image(
+            context, dockerfile="Dockerfile", tag=name, network_mode="none", progress=progress
+        )
+    has = {p.manager for p in plan.packages}
+    built, audit = build_fenced(
+        context,
+        tag=name,
+        expert=plan.expert,
+        hosts=_registries.build_hosts(plan.packages),
+        buildargs={
+            "NPM_REGISTRY": _registries.npm_registry() if "npm" in has else "",
+            "UV_INDEX_URL": _registries.python_index() if "pypi" in has else "",
+        },
+        progress=progress,
+    )
+    progress(f"the build's proxy decisions: {audit}")
+    return built

@@ -1,0 +1,254 @@
+"""The per-expert build is fenced: a hostile package's install script reaches nothing but the proxy.
+
+The hostile package is a local npm tarball whose `install` script tries our listeners on the
+host (the docker0 and egress-network gateway addresses), the same listeners and the metadata IP
+through the build's proxy, and a name lookup. It is installed by the production recipe
+(`images.expert_dockerfile`, one COPY added for the tarball) through the production fenced
+build (`_fence.build_fenced`), so it runs exactly where a registry package's script would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import shutil
+import socket
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from orchestrator import _containers, _fence, _registries, images, state
+from orchestrator.errors import ImageBuildError
+from orchestrator.plan import PackageSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import docker
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("state_home")]
+
+METADATA_IP = "169.254.169.254"  # only ever asked of our proxy, which refuses before dialling
+HOST_NAME = "host.docker.internal"  # a name the proxy refuses before any lookup
+PROBE_RESULT = "/tmp/perstack-probe.json"  # noqa: S108 - a path inside the build container
+PROBE_JS = r"""
+const fs = require('fs'), net = require('net'), dns = require('dns');
+const t = JSON.parse(fs.readFileSync(__dirname + '/targets.json', 'utf8'));
+const out = {ran: true, uid: process.getuid(), direct: {}, proxied: {}, lookup: null};
+const TIMEOUT_MS = 4000;
+function direct([host, port]) {
+  return new Promise((done) => {
+    const s = net.connect({host, port, timeout: TIMEOUT_MS});
+    s.on('connect', () => { s.destroy(); done('connected'); });
+    s.on('timeout', () => { s.destroy(); done('timeout'); });
+    s.on('error', (e) => done(e.code || String(e)));
+  });
+}
+function proxied(target) {
+  const proxy = process.env.HTTPS_PROXY;
+  if (!proxy) return Promise.resolve('no proxy variable');
+  const url = new URL(proxy);
+  return new Promise((done) => {
+    const s = net.connect({host: url.hostname, port: Number(url.port), timeout: TIMEOUT_MS});
+    let head = '';
+    s.on('connect', () => s.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`));
+    s.on('data', (d) => {
+      head += d;
+      if (head.includes('\r\n')) { s.destroy(); done(head.split('\r\n')[0]); }
+    });
+    s.on('timeout', () => { s.destroy(); done('timeout'); });
+    s.on('error', (e) => done(e.code || String(e)));
+  });
+}
+function lookup(name) {
+  return new Promise((done) => {
+    const timer = setTimeout(() => done('timeout'), TIMEOUT_MS);
+    dns.lookup(name, (e, address) => { clearTimeout(timer); done(e ? e.code : address); });
+  });
+}
+(async () => {
+  for (const target of t.direct) out.direct[target.join(':')] = await direct(target);
+  for (const target of t.proxied) out.proxied[target] = await proxied(target);
+  out.lookup = await lookup(t.lookup);
+  fs.writeFileSync(process.env.PROBE_RESULT, JSON.stringify(out));
+  process.exit(0);
+})();
+"""
+
+
+@contextlib.contextmanager
+def listeners(addresses: list[str]) -> Iterator[list[socket.socket]]:
+    """Listen on an ephemeral port of each address (connections queue in the kernel)."""
+    sockets = []
+    try:
+        for address in addresses:
+            server = socket.create_server((address, 0))
+            server.setblocking(False)  # noqa: FBT003 - the socket API
+            sockets.append(server)
+        yield sockets
+    finally:
+        for server in sockets:
+            server.close()
+
+
+def has_pending_connection(server: socket.socket) -> bool:
+    """Tell whether a client has connected (a listening socket is readable once one has)."""
+    readable, _, _ = select.select([server], [], [], 0)
+    return bool(readable)
+
+
+def host_address(api: docker.APIClient, network: str) -> str:
+    """Return the host's own IPv4 address on a Docker bridge network."""
+    info = api.inspect_network(network)
+    for config in info["IPAM"].get("Config") or []:
+        if config.get("Gateway"):
+            return str(config["Gateway"])
+    bridge = (info.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    ip = shutil.which("ip")
+    assert ip is not None, "iproute2 names the bridge's address"
+    out = subprocess.run(
+        [ip, "-4", "-o", "addr", "show", "dev", bridge],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return out.split()[3].split("/")[0]
+
+
+def hostile_tarball(folder: Path, targets: dict[str, object]) -> Path:
+    """Pack a local npm package whose install script runs the probe against `targets`."""
+    source = folder / "hostile"
+    source.mkdir()
+    manifest = {
+        "name": "perstack-itest-hostile",
+        "version": "1.0.0",
+        "bin": {"perstack-itest-hostile": "probe.js"},
+        "scripts": {"install": "node probe.js"},
+    }
+    (source / "package.json").write_text(json.dumps(manifest))
+    (source / "probe.js").write_text(PROBE_JS)
+    (source / "targets.json").write_text(json.dumps(targets))
+    npm = shutil.which("npm")
+    assert npm is not None, "the host's npm packs the hostile package"
+    subprocess.run(
+        [npm, "pack", "--pack-destination", str(folder)], cwd=source, check=True, timeout=120
+    )
+    return folder / "perstack-itest-hostile-1.0.0.tgz"
+
+
+def hostile_context(folder: Path, base: str, tarball: Path) -> Path:
+    """Return a build context: the production recipe installing the hostile tarball."""
+    package = PackageSpec(
+        manager="npm",
+        name="perstack-itest-hostile",
+        version_spec=f"file:/tmp/{tarball.name}",
+        slug="hostile",
+    )
+    recipe = images.expert_dockerfile(base, [package]).splitlines()
+    first_install = next(i for i, line in enumerate(recipe) if "npm install" in line)
+    recipe[first_install:first_install] = [
+        f"COPY {tarball.name} /tmp/",
+        f"ARG PROBE_RESULT={PROBE_RESULT}",
+    ]
+    recipe.insert(first_install + 3, f"RUN cat {PROBE_RESULT}")  # after the install step
+    context = folder / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("\n".join(recipe) + "\n")
+    shutil.copy2(tarball, context / tarball.name)
+    shutil.copy2(images.IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
+    (context / "manifest.json").write_text(json.dumps([package.model_dump(mode="json")]))
+    return context
+
+
+def probe_result(lines: list[str]) -> dict[str, Any]:
+    """Return the probe's JSON report from the build's output."""
+    found = [line for line in lines if line.startswith('{"ran":true')]
+    assert found, "the install script did not run:\n" + "\n".join(lines[-40:])
+    report = json.loads(found[-1])
+    assert isinstance(report, dict)
+    return report
+
+
+def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
+    tmp_path: Path, docker_api: docker.APIClient, base_images: tuple[str, str]
+) -> None:
+    """A package's install script in a per-expert build reaches none of our listeners.
+
+    It runs as the non-root build user; direct connections to the host's bridge addresses
+    fail, the same listeners, a name and the metadata IP asked of the proxy are refused (and
+    audited), and no name resolves. Fails when (checked by hand with a pytest plugin patching
+    the build): the fence is removed (`build_fenced` replaced by a plain `_build.build_image`
+    on the default bridge, no proxy arguments): both host listeners got the script's
+    connection and the lookup answered; root is not dropped (the prelude's `USER` line
+    removed): the script reported uid 0.
+    """
+    base, _ = base_images
+    egress = _containers.ensure_egress_network()
+    addresses = [host_address(docker_api, "bridge"), host_address(docker_api, egress)]
+    registry = _registries.npm_registry()
+    with listeners(addresses) as servers:
+        ports = [server.getsockname()[1] for server in servers]
+        hosts = [f"{a}:{p}" for a, p in zip(addresses, ports, strict=True)]
+        targets = {
+            "direct": [[a, p] for a, p in zip(addresses, ports, strict=True)],
+            "proxied": [*hosts, f"{METADATA_IP}:80", f"{METADATA_IP}:443", f"{HOST_NAME}:443"],
+            "lookup": _registries.https_host(registry),
+        }
+        context = hostile_context(tmp_path, base, hostile_tarball(tmp_path, targets))
+        lines: list[str] = []
+        tag = f"perstack-itest/hostile:{state.new_run_id()}"
+        try:
+            _, audit = _fence.build_fenced(
+                context,
+                tag=tag,
+                expert="hostile",
+                hosts=[_registries.https_host(registry)],
+                buildargs={"NPM_REGISTRY": registry},
+                progress=lines.append,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                docker_api.remove_image(tag)
+        reached = [
+            h for h, server in zip(hosts, servers, strict=True) if has_pending_connection(server)
+        ]
+    report = probe_result(lines)
+    assert reached == []
+    assert report["uid"] == images.BUILD_UID
+    assert "connected" not in report["direct"].values(), report
+    assert all(not status.startswith("HTTP/1.1 200") for status in report["proxied"].values())
+    assert report["lookup"] in {"EAI_AGAIN", "ENOTFOUND", "timeout"}, report
+    decisions = [json.loads(line) for line in audit.read_text().splitlines() if line]
+    refused = {d.get("rawHost") for d in decisions if d.get("decision") == "deny"}
+    assert {METADATA_IP, HOST_NAME} <= refused
+    assert set(addresses) <= refused
+
+
+def test_a_fenced_build_leaves_no_network_or_proxy_behind(
+    tmp_path: Path, docker_api: docker.APIClient, base_images: tuple[str, str]
+) -> None:
+    """After a fenced build that failed, no object labelled with its build id remains."""
+    base, _ = base_images
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "\n".join([*images.build_prelude(base), 'RUN test -n "$HTTPS_PROXY" && exit 3']) + "\n"
+    )
+    lines: list[str] = []
+    with pytest.raises(ImageBuildError):
+        _fence.build_fenced(
+            context,
+            tag="perstack-itest/failing:1",
+            expert="failing",
+            hosts=[],
+            progress=lines.append,
+        )
+    build_ids = [line.split()[2].rstrip(":") for line in lines if line.startswith("build fence ")]
+    assert len(build_ids) == 1
+    flt = {"label": f"perstack-sandbox.run={build_ids[0]}"}
+    assert docker_api.containers(all=True, filters=flt) == []
+    assert docker_api.networks(filters=flt) == []

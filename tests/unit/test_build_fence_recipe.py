@@ -1,0 +1,139 @@
+"""The fenced build's pure parts: the recipe drops root, and registry hosts are derived."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from orchestrator import _fence, _registries, images
+from orchestrator.errors import EngineError
+from orchestrator.plan import PackageSpec
+
+NPM = PackageSpec(manager="npm", name="@scope/srv", version_spec="^1.2", slug="srv-1")
+PYPI = PackageSpec(manager="pypi", name="Tool_X", version_spec="", slug="tool")
+# Stand-in registries: reserved example names, answered by a mock transport (nothing is sent).
+INDEX = "https://index.example.test/simple"
+REGISTRY = "https://npm.example.test/"
+
+
+def test_every_package_install_runs_after_root_is_dropped():
+    """Only the prelude's one `install -d` runs as root; each install step follows the USER."""
+    lines = images.expert_dockerfile("base:1", (NPM, PYPI)).splitlines()
+    drop = lines.index(f"USER {images.BUILD_UID}:{images.BUILD_UID}")
+    root_runs = [line for line in lines[:drop] if line.startswith("RUN ")]
+    assert root_runs == [
+        f"RUN install -d -o {images.BUILD_UID} -g {images.BUILD_UID} -m 755 "
+        + " ".join(images.INSTALL_DIRS)
+    ]
+    installs = [i for i, line in enumerate(lines) if "npm install" in line or "uv tool" in line]
+    assert len(installs) == 2
+    assert min(installs) > drop
+    assert "USER root" not in lines[drop:]
+    assert lines[-1] == "USER 10000"
+
+
+def test_proxy_settings_are_build_arguments_and_never_image_env():
+    """Each proxy variable is declared as ARG (a build argument) and never as ENV."""
+    text = images.expert_dockerfile("b", (NPM,))
+    for name in images.PROXY_ARGS:
+        assert f"\nARG {name}=\n" in text
+    assert "\nENV " not in text
+
+
+def test_the_fence_hands_its_proxy_by_address_and_keeps_loopback_direct():
+    """Proxy arguments name the fence's proxy URL; NO_PROXY covers loopback only."""
+    fence = _fence.Fence("build-x", "net", "http://172.30.0.2:3128", _fence.builds_dir())
+    args = fence.proxy_args()
+    assert set(args) == set(images.PROXY_ARGS)
+    assert args["HTTPS_PROXY"] == args["http_proxy"] == "http://172.30.0.2:3128"
+    assert args["NO_PROXY"] == args["no_proxy"] == "localhost,127.0.0.1,::1"
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://Registry.Example.TEST/", "registry.example.test"),
+        ("https://a.test:443/x", "a.test"),
+    ],
+)
+def test_a_registry_url_gives_its_canonical_host(url, host):
+    """An https URL on the default port yields its canonical host name."""
+    assert _registries.https_host(url) == host
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://plain.test/", "https://other-port.test:8443/", "https://10.0.0.1/", "file:///x"],
+)
+def test_a_registry_the_proxy_cannot_tunnel_is_an_error(url):
+    """Plain http, another port, an IP literal or a local index cannot be allowed."""
+    with pytest.raises(EngineError):
+        _registries.https_host(url)
+
+
+def _answers(request: httpx.Request) -> httpx.Response:
+    if request.url.host == "npm.example.test":
+        assert request.url.raw_path == b"/@scope%2Fsrv"
+        tarball = "https://tarballs.example.test/srv-1.2.0.tgz"
+        body = {"versions": {"1.2.0": {"dist": {"tarball": tarball}}}}
+        return httpx.Response(200, json=body)
+    assert request.url.path == "/simple/tool-x/"
+    files = [{"url": "https://files.example.test/t/tool_x-1.whl"}, {"url": "../../p/t.tar.gz"}]
+    return httpx.Response(
+        200,
+        content=json.dumps({"files": files}),
+        headers={"content-type": _registries.PYPI_SIMPLE_JSON},
+    )
+
+
+def test_file_hosts_come_from_the_registries_answers():
+    """Tarball and file hosts are read from the packument and the index's project page."""
+    with httpx.Client(transport=httpx.MockTransport(_answers)) as http:
+        tarballs = _registries._npm_tarballs(http, REGISTRY, "@scope/srv")
+        files = _registries._pypi_files(http, INDEX, "Tool_X")
+    assert {_registries.https_host(url) for url in tarballs} == {"tarballs.example.test"}
+    assert {_registries.https_host(url) for url in files} == {
+        "index.example.test",
+        "files.example.test",
+    }
+
+
+def test_an_html_project_page_yields_its_link_hosts():
+    """A simple index that answers HTML gives the hosts of its file links."""
+    page = "<a href=\"https://cdn.example.test/a.whl#sha256=00\">a</a><a href='/b.tgz'>b</a>"
+
+    def html(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=page, headers={"content-type": "text/html"})
+
+    with httpx.Client(transport=httpx.MockTransport(html)) as http:
+        files = _registries._pypi_files(http, INDEX, "x")
+    assert {_registries.https_host(url) for url in files} == {
+        "cdn.example.test",
+        "index.example.test",
+    }
+
+
+def test_an_unknown_package_adds_no_host_and_leaves_the_error_to_its_install_step():
+    """A 404 from the registry derives no file host (npm or uv then reports the package)."""
+
+    def missing(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404)
+
+    with httpx.Client(transport=httpx.MockTransport(missing)) as http:
+        assert not _registries._npm_tarballs(http, REGISTRY, "nope")
+        assert not _registries._pypi_files(http, INDEX, "nope")
+
+
+def test_a_registry_that_fails_otherwise_is_an_engine_error():
+    """A registry answering 500 stops the build before it starts, naming the URL."""
+
+    def broken(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500)
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(broken)) as http,
+        pytest.raises(EngineError, match=r"npm\.example\.test"),
+    ):
+        _registries._npm_tarballs(http, REGISTRY, "srv")
