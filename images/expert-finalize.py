@@ -1,8 +1,11 @@
 """Run as the last step of a per-expert image build: make one entry point per skill package.
 
 `/opt/perstack/entry/<slug>` links to the executable `npx`/`uvx` would run for that package,
-so a skill starts with no package manager in the way and no registry at run time. The
-resolved versions are printed on one marker line, which the builder records as an image label.
+so a skill starts with no package manager in the way and no registry at run time. Nothing is
+linked into a folder on the skills' PATH: a package naming an executable `node` or `python3`
+would otherwise run as every other skill. The resolved versions are printed on one marker
+line, which the builder records as an image label. Run with `python3 -I`: nothing a package
+installed is on its import path.
 """
 
 import json
@@ -13,7 +16,7 @@ from pathlib import Path
 
 ENTRY_DIR = Path("/opt/perstack/entry")
 NPM_ROOT = Path("/opt/perstack/npm")
-UV_BIN = Path("/opt/perstack/uv/bin")
+UV_LINKS = Path("/opt/perstack/uv/links")
 UV_TOOLS = Path("/opt/perstack/uv/tools")
 MARKER = "PERSTACK_PACKAGES="
 
@@ -35,14 +38,15 @@ def npm_entry(name, slug):
     return NPM_ROOT / slug / "node_modules" / ".bin" / bin_name, manifest["version"]
 
 
-def uv_entry(name):
-    """The executable `uvx NAME` runs: the one named like the package."""
-    target = UV_BIN / name
+def uv_entry(name, slug):
+    """The executable `uvx NAME` runs: the one named like the package, in its own links."""
+    links = UV_LINKS / slug
+    target = links / name
     if not target.exists():
-        available = sorted(p.name for p in UV_BIN.iterdir())
+        available = sorted(p.name for p in links.iterdir())
         sys.exit(f"PyPI package {name} installs no executable named {name} (has: {available})")
     wanted = normalise(name)
-    for dist in UV_TOOLS.glob("*/lib/python3*/site-packages/*.dist-info"):
+    for dist in (UV_TOOLS / slug).glob("*/lib/python3*/site-packages/*.dist-info"):
         dist_name, _, version = dist.name.removesuffix(".dist-info").partition("-")
         if normalise(dist_name) == wanted:
             return target, version
@@ -63,7 +67,7 @@ def main():
         if package["manager"] == "npm":
             target, version = npm_entry(package["name"], package["slug"])
         else:
-            target, version = uv_entry(package["name"])
+            target, version = uv_entry(package["name"], package["slug"])
         os.symlink(target, ENTRY_DIR / package["slug"])
         resolved.append({**package, "version": version, "entry": str(target)})
     print(MARKER + json.dumps(resolved, sort_keys=True, separators=(",", ":")))

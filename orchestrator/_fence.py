@@ -35,8 +35,9 @@ from orchestrator._containers import (
     remove_run,
     start_proxy,
 )
+from orchestrator._recipe import PROXY_ARGS
 from orchestrator.errors import EngineError
-from orchestrator.images import PROXY_ARGS, ensure_proxy_image
+from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import Limits
 from orchestrator.state import RunState, state_dir
 
@@ -128,7 +129,7 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
     """Build `context`'s Dockerfile inside a fence allowing `hosts`; return its id and audit.
 
     Every RUN step runs on the fence's network and gets the fence's proxy in the proxy build
-    arguments (`images.build_prelude` declares them, and drops root).
+    arguments (`_recipe.build_prelude` declares them, and drops root).
 
     Raises:
         ImageBuildError: a step failed (the error holds its output).

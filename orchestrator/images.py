@@ -14,10 +14,10 @@ Registry hosts come from the host's npm and pip settings at build time, never fr
 The per-expert build runs untrusted code (npm install scripts, sdist builds), so it is fenced
 like a sandbox (see `_fence`): its RUN steps sit on an internal network with no host address,
 whose only way out is a proxy allowing just the registry hosts derived for this build
-(`_registries`), with its decisions in `builds/<build-id>/audit.jsonl`; and every step after
-one root `chown` runs as `BUILD_UID`, which owns only the install folders. Install scripts and
-sdist builds stay enabled: they are the same author's code the skill runs anyway, now with no
-more reach at build time than at run time, and native addons need them.
+(`_registries`), with its decisions in `builds/<build-id>/audit.jsonl`; and each package is
+installed by a non-root uid of its own that owns only that package's folders (`_recipe`).
+Install scripts and sdist builds stay enabled: they are the same author's code the skill runs
+anyway, now with no more reach at build time than at run time, and native addons need them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import platform
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 import docker.errors
 
-from orchestrator import _build
+from orchestrator import _build, _recipe
 from orchestrator._build import stderr_progress
 from orchestrator._docker import (
     LABEL_BASE,
@@ -46,10 +45,11 @@ from orchestrator._docker import (
     docker_errors,
 )
 from orchestrator.errors import EngineError, ImageBuildError
-from orchestrator.plan import NPM_ROOT, PackageSpec, SandboxPlan
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from orchestrator.plan import PackageSpec, SandboxPlan
 
 IMAGES_DIR: Final = Path(__file__).resolve().parent.parent / "images"
 PROXY_SRC_DIR: Final = Path(__file__).resolve().parent.parent / "proxy"
@@ -63,21 +63,6 @@ HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_ENV: Final = "PERSTACK_SANDBOX_HOST_CA"
 BOOTSTRAP_TIMEOUT_S: Final = 1800  # debootstrap over a slow mirror
 PACKAGES_MARKER: Final = "PERSTACK_PACKAGES="
-# Package installs of a per-expert build run as this uid: no skill (10001..10032) nor the
-# sandbox's idle process (10000) ever runs as it, and it owns nothing but the install folders.
-BUILD_UID: Final = 10999
-# npm's and uv's caches, inside the build container only; removed at the end of each step.
-BUILD_HOME: Final = "/tmp/perstack-build"  # noqa: S108 - a path in the image, not on the host
-INSTALL_DIRS: Final = tuple(f"/opt/perstack/{d}" for d in ("npm", "uv/tools", "uv/bin", "entry"))
-PROXY_ARGS: Final = (
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "https_proxy",
-    "http_proxy",
-    "NO_PROXY",
-    "no_proxy",
-)
-
 Progress = "Callable[[str], None]"
 
 
@@ -238,65 +223,14 @@ def ensure_proxy_image(*, progress: Callable[[str], None] = stderr_progress) -> 
     return name
 
 
-def _install_step(package: PackageSpec) -> str:
-    # Each step runs as BUILD_USER with a scratch HOME (npm and uv caches) removed at its end.
-    if package.manager == "npm":
-        spec = f"{package.name}@{package.version_spec}" if package.version_spec else package.name
-        prefix = f"{NPM_ROOT}/{package.slug}"
-        return (
-            f'RUN mkdir -p "$HOME" {shlex.quote(prefix)}'
-            f" && npm install --prefix {shlex.quote(prefix)}"
-            ' ${NPM_REGISTRY:+--registry "$NPM_REGISTRY"} --omit=dev --no-audit --no-fund'
-            f' --no-update-notifier {shlex.quote(spec)} && rm -rf "$HOME"'
-        )
-    requirement = package.name
-    if package.version_spec:
-        operator = "" if package.version_spec[0] in "=<>!~" else "=="
-        requirement = f"{package.name}{operator}{package.version_spec}"
-    return (
-        'RUN mkdir -p "$HOME" && uv tool install ${UV_INDEX_URL:+--default-index "$UV_INDEX_URL"}'
-        f' {shlex.quote(requirement)} && rm -rf "$HOME"'
-    )
-
-
-def build_prelude(base: str) -> list[str]:
-    """Return the Dockerfile lines every fenced build starts with (after them: BUILD_USER).
-
-    Root only hands the install folders to the build user; every later step runs as that user
-    with the fence's proxy variables, which are build arguments (an ENV would leak into every
-    skill's environment) and so never reach the image's configuration.
-    """
-    return [
-        f"FROM {base}",
-        "USER root",
-        f"RUN install -d -o {BUILD_UID} -g {BUILD_UID} -m 755 {' '.join(INSTALL_DIRS)}",
-        f"USER {BUILD_UID}:{BUILD_UID}",
-        *(f"ARG {name}=" for name in PROXY_ARGS),
-        f"ARG HOME={BUILD_HOME}",
-    ]
-
-
 def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
-    """Return the per-expert Dockerfile: one install step per package, then the entry links."""
-    lines = [
-        *build_prelude(base),
-        "ARG NPM_REGISTRY=",
-        "ARG UV_INDEX_URL=",
-        # Build-time settings only: ENV would leak into every skill's environment.
-        "ARG UV_TOOL_DIR=/opt/perstack/uv/tools",
-        "ARG UV_TOOL_BIN_DIR=/opt/perstack/uv/bin",
-        "ARG UV_PYTHON=/usr/bin/python3",
-        "ARG UV_PYTHON_DOWNLOADS=never",
-        "ARG UV_COMPILE_BYTECODE=1",
-        "ARG UV_SYSTEM_CERTS=1",
-        "ARG NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt",
-        "ARG SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-        *(_install_step(package) for package in packages),
-        f"COPY --chown={BUILD_UID}:{BUILD_UID} finalize.py manifest.json /tmp/perstack/",
-        "RUN python3 /tmp/perstack/finalize.py /tmp/perstack/manifest.json && rm -rf /tmp/perstack",
-        "USER 10000",
-    ]
-    return "\n".join(lines) + "\n"
+    """Return the per-expert Dockerfile (see `_recipe`): one uid per package install.
+
+    Raises:
+        ImageBuildError: too many packages.
+
+    """
+    return _recipe.expert_dockerfile(base, packages)
 
 
 def expert_image_name(plan: SandboxPlan, base_id: str) -> str:

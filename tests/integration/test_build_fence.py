@@ -2,9 +2,10 @@
 
 The hostile package is a local npm tarball whose `install` script tries our listeners on the
 host (the docker0 and egress-network gateway addresses), the same listeners and the metadata IP
-through the build's proxy, and a name lookup. It is installed by the production recipe
-(`images.expert_dockerfile`, one COPY added for the tarball) through the production fenced
-build (`_fence.build_fenced`), so it runs exactly where a registry package's script would.
+through the build's proxy, a name lookup, and writes into the next package's folder (a benign
+local "victim" package installed after it). Both are installed by the production recipe
+(`images.expert_dockerfile`, one COPY added for the tarballs) through the production fenced
+build (`_fence.build_fenced`), so the script runs exactly where a registry package's would.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from orchestrator import _containers, _fence, _registries, images, state
+from orchestrator import _containers, _fence, _recipe, _registries, images, state
 from orchestrator.errors import ImageBuildError
 from orchestrator.plan import PackageSpec
 
@@ -32,12 +33,15 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
 METADATA_IP = "169.254.169.254"  # only ever asked of our proxy, which refuses before dialling
+HOSTILE, VICTIM = "perstack-itest-hostile", "perstack-itest-victim"
+# Folders the hostile install must not write: the next package's, the entry links', parents.
+PLANT_TARGETS = ("/opt/perstack/npm/victim", "/opt/perstack/entry", "/opt/perstack/npm")
 HOST_NAME = "host.docker.internal"  # a name the proxy refuses before any lookup
 PROBE_RESULT = "/tmp/perstack-probe.json"  # noqa: S108 - a path inside the build container
 PROBE_JS = r"""
 const fs = require('fs'), net = require('net'), dns = require('dns');
 const t = JSON.parse(fs.readFileSync(__dirname + '/targets.json', 'utf8'));
-const out = {ran: true, uid: process.getuid(), direct: {}, proxied: {}, lookup: null};
+const out = {ran: true, uid: process.getuid(), direct: {}, proxied: {}, lookup: null, writes: {}};
 const TIMEOUT_MS = 4000;
 function direct([host, port]) {
   return new Promise((done) => {
@@ -73,6 +77,10 @@ function lookup(name) {
   for (const target of t.direct) out.direct[target.join(':')] = await direct(target);
   for (const target of t.proxied) out.proxied[target] = await proxied(target);
   out.lookup = await lookup(t.lookup);
+  for (const dir of t.writes) {
+    try { fs.writeFileSync(dir + '/planted', 'x'); out.writes[dir] = 'written'; }
+    catch (e) { out.writes[dir] = e.code || String(e); }
+  }
   fs.writeFileSync(process.env.PROBE_RESULT, JSON.stringify(out));
   process.exit(0);
 })();
@@ -119,48 +127,50 @@ def host_address(api: docker.APIClient, network: str) -> str:
     return out.split()[3].split("/")[0]
 
 
-def hostile_tarball(folder: Path, targets: dict[str, object]) -> Path:
-    """Pack a local npm package whose install script runs the probe against `targets`."""
-    source = folder / "hostile"
+def local_package(folder: Path, name: str, files: dict[str, str], **scripts: str) -> Path:
+    """Pack a local npm package `name` (one bin, `probe.js`) and return its tarball."""
+    source = folder / name
     source.mkdir()
-    manifest = {
-        "name": "perstack-itest-hostile",
-        "version": "1.0.0",
-        "bin": {"perstack-itest-hostile": "probe.js"},
-        "scripts": {"install": "node probe.js"},
-    }
+    manifest = {"name": name, "version": "1.0.0", "bin": {name: "probe.js"}, "scripts": scripts}
     (source / "package.json").write_text(json.dumps(manifest))
-    (source / "probe.js").write_text(PROBE_JS)
-    (source / "targets.json").write_text(json.dumps(targets))
+    for file, text in {"probe.js": "", **files}.items():
+        (source / file).write_text(text)
     npm = shutil.which("npm")
-    assert npm is not None, "the host's npm packs the hostile package"
+    assert npm is not None, "the host's npm packs the local packages"
     subprocess.run(
         [npm, "pack", "--pack-destination", str(folder)], cwd=source, check=True, timeout=120
     )
-    return folder / "perstack-itest-hostile-1.0.0.tgz"
+    return folder / f"{name}-1.0.0.tgz"
 
 
-def hostile_context(folder: Path, base: str, tarball: Path) -> Path:
-    """Return a build context: the production recipe installing the hostile tarball."""
-    package = PackageSpec(
-        manager="npm",
-        name="perstack-itest-hostile",
-        version_spec=f"file:/tmp/{tarball.name}",
-        slug="hostile",
+def hostile_context(folder: Path, base: str, targets: dict[str, object]) -> Path:
+    """Return a build context: the production recipe installing the hostile, then the victim."""
+    hostile = local_package(
+        folder,
+        HOSTILE,
+        {"probe.js": PROBE_JS, "targets.json": json.dumps(targets)},
+        install="node probe.js",
     )
-    recipe = images.expert_dockerfile(base, [package]).splitlines()
+    victim = local_package(folder, VICTIM, {})
+    packages = [
+        PackageSpec(manager="npm", name=n, version_spec=f"file:/tmp/{t.name}", slug=s)
+        for n, t, s in ((HOSTILE, hostile, "hostile"), (VICTIM, victim, "victim"))
+    ]
+    recipe = images.expert_dockerfile(base, packages).splitlines()
     first_install = next(i for i, line in enumerate(recipe) if "npm install" in line)
     recipe[first_install:first_install] = [
-        f"COPY {tarball.name} /tmp/",
+        f"COPY {hostile.name} {victim.name} /tmp/",
         f"ARG PROBE_RESULT={PROBE_RESULT}",
     ]
-    recipe.insert(first_install + 3, f"RUN cat {PROBE_RESULT}")  # after the install step
+    recipe.insert(first_install + 3, f"RUN cat {PROBE_RESULT}")  # after the hostile install
     context = folder / "context"
     context.mkdir()
     (context / "Dockerfile").write_text("\n".join(recipe) + "\n")
-    shutil.copy2(tarball, context / tarball.name)
+    for tarball in (hostile, victim):
+        shutil.copy2(tarball, context / tarball.name)
     shutil.copy2(images.IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
-    (context / "manifest.json").write_text(json.dumps([package.model_dump(mode="json")]))
+    manifest = [package.model_dump(mode="json") for package in packages]
+    (context / "manifest.json").write_text(json.dumps(manifest))
     return context
 
 
@@ -176,15 +186,17 @@ def probe_result(lines: list[str]) -> dict[str, Any]:
 def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
     tmp_path: Path, docker_api: docker.APIClient, base_images: tuple[str, str]
 ) -> None:
-    """A package's install script in a per-expert build reaches none of our listeners.
+    """A package's install script in a build reaches nothing of ours, nor the next package.
 
-    It runs as the non-root build user; direct connections to the host's bridge addresses
-    fail, the same listeners, a name and the metadata IP asked of the proxy are refused (and
-    audited), and no name resolves. Fails when (checked by hand with a pytest plugin patching
-    the build): the fence is removed (`build_fenced` replaced by a plain `_build.build_image`
-    on the default bridge, no proxy arguments): both host listeners got the script's
-    connection and the lookup answered; root is not dropped (the prelude's `USER` line
-    removed): the script reported uid 0.
+    It runs as its own non-root uid; direct connections to the host's bridge addresses fail;
+    the same listeners, a name and the metadata IP asked of the proxy are refused (and
+    audited); no name resolves; the next package's folder and the entry links are not
+    writable. Fails when (each checked by hand with a pytest plugin that patched the build):
+    the fence is removed (`build_fenced` replaced by `_build.build_image` on the default
+    bridge, no proxy arguments): both host listeners got the script's connection and the
+    lookup answered; root is not dropped (the recipe's `USER 109..` lines removed): uid 0,
+    every folder written; one uid for every package (`package_uid` always 10999): the
+    victim's folder and the entry links were written.
     """
     base, _ = base_images
     egress = _containers.ensure_egress_network()
@@ -197,8 +209,9 @@ def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
             "direct": [[a, p] for a, p in zip(addresses, ports, strict=True)],
             "proxied": [*hosts, f"{METADATA_IP}:80", f"{METADATA_IP}:443", f"{HOST_NAME}:443"],
             "lookup": _registries.https_host(registry),
+            "writes": PLANT_TARGETS,
         }
-        context = hostile_context(tmp_path, base, hostile_tarball(tmp_path, targets))
+        context = hostile_context(tmp_path, base, targets)
         lines: list[str] = []
         tag = f"perstack-itest/hostile:{state.new_run_id()}"
         try:
@@ -218,7 +231,8 @@ def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
         ]
     report = probe_result(lines)
     assert reached == []
-    assert report["uid"] == images.BUILD_UID
+    assert report["uid"] == _recipe.package_uid(0)
+    assert set(report["writes"].values()) == {"EACCES"}, report
     assert "connected" not in report["direct"].values(), report
     assert all(not status.startswith("HTTP/1.1 200") for status in report["proxied"].values())
     assert report["lookup"] in {"EAI_AGAIN", "ENOTFOUND", "timeout"}, report
@@ -236,7 +250,7 @@ def test_a_fenced_build_leaves_no_network_or_proxy_behind(
     context = tmp_path / "context"
     context.mkdir()
     (context / "Dockerfile").write_text(
-        "\n".join([*images.build_prelude(base), 'RUN test -n "$HTTPS_PROXY" && exit 3']) + "\n"
+        "\n".join([*_recipe.build_prelude(base), 'RUN test -n "$HTTPS_PROXY" && exit 3']) + "\n"
     )
     lines: list[str] = []
     with pytest.raises(ImageBuildError):

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from orchestrator import _fence, _registries, images
-from orchestrator.errors import EngineError
+from orchestrator import _fence, _recipe, _registries, images
+from orchestrator.errors import EngineError, ImageBuildError
 from orchestrator.plan import PackageSpec
 
 NPM = PackageSpec(manager="npm", name="@scope/srv", version_spec="^1.2", slug="srv-1")
@@ -18,26 +18,67 @@ INDEX = "https://index.example.test/simple"
 REGISTRY = "https://npm.example.test/"
 
 
-def test_every_package_install_runs_after_root_is_dropped():
-    """Only the prelude's one `install -d` runs as root; each install step follows the USER."""
+def _users(lines: list[str]) -> list[tuple[str, str]]:
+    """Pair each RUN/COPY line with the USER in force for it."""
+    user, paired = "root", []
+    for line in lines:
+        if line.startswith("USER "):
+            user = line.removeprefix("USER ")
+        elif line.startswith(("RUN ", "COPY ")):
+            paired.append((user, line))
+    return paired
+
+
+def test_each_package_installs_as_its_own_uid_and_only_folder_making_runs_as_root():
+    """Root only makes folders; package i installs as uid 10900+i; our finalize as 10999."""
     lines = images.expert_dockerfile("base:1", (NPM, PYPI)).splitlines()
-    drop = lines.index(f"USER {images.BUILD_UID}:{images.BUILD_UID}")
-    root_runs = [line for line in lines[:drop] if line.startswith("RUN ")]
-    assert root_runs == [
-        f"RUN install -d -o {images.BUILD_UID} -g {images.BUILD_UID} -m 755 "
-        + " ".join(images.INSTALL_DIRS)
+    steps = _users(lines)
+    assert [line for user, line in steps if user == "root"] == [steps[0][1]]
+    assert steps[0][1].startswith("RUN mkdir -p ")
+    assert "npm install" not in steps[0][1]
+    installs = [(u, line) for u, line in steps if "npm install" in line or "uv tool" in line]
+    assert [u for u, _ in installs] == [
+        f"{_recipe.package_uid(i)}:{_recipe.package_uid(i)}" for i in (0, 1)
     ]
-    installs = [i for i, line in enumerate(lines) if "npm install" in line or "uv tool" in line]
-    assert len(installs) == 2
-    assert min(installs) > drop
-    assert "USER root" not in lines[drop:]
+    build = f"{_recipe.BUILD_UID}:{_recipe.BUILD_UID}"
+    assert all(u == build for u, line in steps if "finalize" in line)
     assert lines[-1] == "USER 10000"
+
+
+def test_root_gives_each_package_exactly_its_own_folders_before_any_install():
+    """The folder-making step hands npm and uv folders to the package that fills them."""
+    first_run = next(
+        line
+        for line in images.expert_dockerfile("b", (NPM, PYPI)).splitlines()
+        if line.startswith("RUN ")
+    )
+    npm_uid, uv_uid = _recipe.package_uid(0), _recipe.package_uid(1)
+    assert f"install -d -o {npm_uid} -g {npm_uid} -m 755 /opt/perstack/npm/srv-1" in first_run
+    assert (
+        f"install -d -o {uv_uid} -g {uv_uid} -m 755 /opt/perstack/uv/tools/tool"
+        " /opt/perstack/uv/links/tool" in first_run
+    )
+    build = _recipe.BUILD_UID
+    assert f"install -d -o {build} -g {build} -m 755 /opt/perstack/entry" in first_run
+
+
+def test_each_install_gets_a_fresh_home_and_finalize_runs_isolated():
+    """HOME/TMPDIR come from mktemp per step; finalize runs with python3 -I from entry/."""
+    text = images.expert_dockerfile("b", (NPM, PYPI))
+    assert text.count('HOME="$(mktemp -d)" && export HOME TMPDIR="$HOME"') == 2
+    assert f"RUN python3 -I {_recipe.FINALIZE_DIR}/finalize.py" in text
+
+
+def test_too_many_packages_is_a_build_error():
+    """Package uids stop below the build uid: one more package is refused."""
+    with pytest.raises(ImageBuildError):
+        _recipe.package_uid(_recipe.BUILD_UID - _recipe.PACKAGE_UID_BASE)
 
 
 def test_proxy_settings_are_build_arguments_and_never_image_env():
     """Each proxy variable is declared as ARG (a build argument) and never as ENV."""
     text = images.expert_dockerfile("b", (NPM,))
-    for name in images.PROXY_ARGS:
+    for name in _recipe.PROXY_ARGS:
         assert f"\nARG {name}=\n" in text
     assert "\nENV " not in text
 
@@ -46,7 +87,7 @@ def test_the_fence_hands_its_proxy_by_address_and_keeps_loopback_direct():
     """Proxy arguments name the fence's proxy URL; NO_PROXY covers loopback only."""
     fence = _fence.Fence("build-x", "net", "http://172.30.0.2:3128", _fence.builds_dir())
     args = fence.proxy_args()
-    assert set(args) == set(images.PROXY_ARGS)
+    assert set(args) == set(_recipe.PROXY_ARGS)
     assert args["HTTPS_PROXY"] == args["http_proxy"] == "http://172.30.0.2:3128"
     assert args["NO_PROXY"] == args["no_proxy"] == "localhost,127.0.0.1,::1"
 

@@ -55,7 +55,7 @@ def test_build_settings_are_args_never_env_so_skills_do_not_inherit_them():
     """The per-expert recipe sets tool settings as ARG: ENV would leak into every exec."""
     text = images.expert_dockerfile("b", (NPM,))
     assert "\nENV " not in text
-    assert "ARG UV_TOOL_DIR=/opt/perstack/uv/tools" in text
+    assert "ARG UV_PYTHON_DOWNLOADS=never" in text
 
 
 def test_the_expert_tag_changes_with_base_specs_and_nothing_else():
