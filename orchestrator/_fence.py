@@ -36,7 +36,7 @@ from orchestrator._containers import (
     start_proxy,
 )
 from orchestrator._recipe import PROXY_ARGS
-from orchestrator.errors import EngineError
+from orchestrator.errors import EngineError, ImageBuildError
 from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import Limits
 from orchestrator.state import RunState, state_dir
@@ -136,16 +136,35 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
         EngineError: the engine failed, or the fence could not be set up.
 
     """
+    failed: ImageBuildError | None = None
     with build_fence(expert, hosts, progress=progress) as fence:
-        built = _build.build_image(
-            context,
-            dockerfile="Dockerfile",
-            tag=tag,
-            buildargs={**(buildargs or {}), **fence.proxy_args()},
-            network_mode=fence.network_id,
-            progress=progress,
-        )
+        try:
+            built = _build.build_image(
+                context,
+                dockerfile="Dockerfile",
+                tag=tag,
+                buildargs={**(buildargs or {}), **fence.proxy_args()},
+                network_mode=fence.network_id,
+                progress=progress,
+            )
+        except ImageBuildError as exc:
+            failed = exc
+    if failed is not None:  # the fence is down: its audit is complete
+        raise ImageBuildError(f"{failed}\n{describe_refusals(fence.audit_path)}") from failed
     return built, fence.audit_path
+
+
+def describe_refusals(audit_path: Path) -> str:
+    """Say which hosts the build's proxy refused (a package fetching from elsewhere, say)."""
+    refused: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in audit_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                decision = json.loads(line)
+                if isinstance(decision, dict) and decision.get("decision") == "deny":
+                    refused.add(str(decision.get("host") or decision.get("rawHost")))
+    listed = ", ".join(sorted(refused)) if refused else "nothing"
+    return f"the build's proxy refused {listed} (its decisions: {audit_path})"
 
 
 def build_expert(

@@ -242,18 +242,19 @@ def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
     assert set(addresses) <= refused
 
 
-def test_a_fenced_build_leaves_no_network_or_proxy_behind(
+def test_a_failed_fenced_build_names_what_its_proxy_refused_and_leaves_nothing(
     tmp_path: Path, docker_api: docker.APIClient, base_images: tuple[str, str]
 ) -> None:
-    """After a fenced build that failed, no object labelled with its build id remains."""
+    """A step that fetches an unlisted host fails; the error names it; no object remains."""
     base, _ = base_images
     context = tmp_path / "context"
     context.mkdir()
+    fetch = f"import urllib.request as u; u.urlopen('https://{HOST_NAME}/', timeout=20)"
     (context / "Dockerfile").write_text(
-        "\n".join([*_recipe.build_prelude(base), 'RUN test -n "$HTTPS_PROXY" && exit 3']) + "\n"
+        "\n".join([*_recipe.build_prelude(base), f'RUN python3 -c "{fetch}"']) + "\n"
     )
     lines: list[str] = []
-    with pytest.raises(ImageBuildError):
+    with pytest.raises(ImageBuildError, match=f"proxy refused {HOST_NAME} ") as failed:
         _fence.build_fenced(
             context,
             tag="perstack-itest/failing:1",
@@ -261,6 +262,7 @@ def test_a_fenced_build_leaves_no_network_or_proxy_behind(
             hosts=[],
             progress=lines.append,
         )
+    assert "403" in str(failed.value)
     build_ids = [line.split()[2].rstrip(":") for line in lines if line.startswith("build fence ")]
     assert len(build_ids) == 1
     flt = {"label": f"perstack-sandbox.run={build_ids[0]}"}
