@@ -9,6 +9,10 @@ $PERSTACK_SANDBOX_STATE  (default ~/.local/state/perstack-sandbox)
     ├── proxy.log     the proxy's own diagnostics (stderr)
     ├── skills.log    the skills' stderr and the gateway's tool-call log
     └── tools.jsonl   the gateway's tool calls: skill, tool, argument shape, duration, outcome
+└── builds/<build-id>/  one per fenced per-expert image build (see `_fence`)
+    ├── policy.json   the build proxy's allowlist: the registry hosts derived for that build
+    ├── audit.jsonl   what the build fetched, and what it was refused
+    └── proxy.log     the build proxy's own diagnostics
 ```
 
 Files are appended line by line while the run is live, so a run that crashed can still be read.
