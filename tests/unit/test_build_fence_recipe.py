@@ -178,3 +178,23 @@ def test_a_registry_that_fails_otherwise_is_an_engine_error():
         pytest.raises(EngineError, match=r"npm\.example\.test"),
     ):
         _registries._npm_tarballs(http, REGISTRY, "srv")
+
+
+def test_a_failed_build_names_each_refused_host_once(tmp_path):
+    """Refusals in the build audit are named once each, sorted; allowed hosts are not named."""
+    audit = tmp_path / "audit.jsonl"
+    lines = [
+        {"event": "decision", "decision": "deny", "host": "b.example.test"},
+        {"event": "decision", "decision": "allow", "host": "registry.example.test"},
+        {"event": "decision", "decision": "deny", "host": None, "rawHost": "169.254.169.254"},
+        {"event": "decision", "decision": "deny", "host": "b.example.test"},
+    ]
+    audit.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
+    said = _fence.describe_refusals(audit)
+    assert said.startswith("the build's proxy refused 169.254.169.254, b.example.test (")
+    assert "registry.example.test" not in said
+
+
+def test_a_build_without_refusals_says_so(tmp_path):
+    """An empty or missing audit gives 'refused nothing'."""
+    assert "refused nothing" in _fence.describe_refusals(tmp_path / "missing.jsonl")
