@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.plan import UV_BIN_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     from orchestrator.plan import SandboxPlan
 
 DEFAULT_ENV_FILES: Final = (".env", ".env.local")
-MINIMAL_PATH: Final = f"{UV_BIN_DIR}:/usr/local/bin:/usr/bin:/bin"
+MINIMAL_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_LANG: Final = "C.UTF-8"
 
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

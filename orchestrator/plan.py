@@ -7,7 +7,7 @@ Container layout contract (shared with `images.py`, which builds it):
 - npx skill packages are installed at build time with
   `npm install --prefix /opt/perstack/npm/<slug> <name>@<spec>`;
 - uvx skill packages are installed at build time with `uv tool install` into
-  `/opt/perstack/uv/tools` (bin links in `/opt/perstack/uv/bin`);
+  `/opt/perstack/uv/tools/<slug>`, each as its own build uid (see `_recipe.py`);
 - each package's executable (the one `npx <name>` / `uvx <name>` would run) is linked at
   `/opt/perstack/entry/<slug>`;
 - `SkillLaunch.argv` is the exact command run in the container, which never touches a
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 NPM_ROOT = "/opt/perstack/npm"
 ENTRY_DIR = "/opt/perstack/entry"
 UV_TOOL_DIR = "/opt/perstack/uv/tools"
-UV_BIN_DIR = "/opt/perstack/uv/bin"
 WORKSPACE_DIR = "/workspace"
 EXPERT_DIR = "/expert"
 
