@@ -22,7 +22,7 @@ import sys
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urljoin, urlsplit
 
-import httpx
+import httpx2
 
 from orchestrator import _build
 from orchestrator.errors import EngineError
@@ -96,7 +96,7 @@ def build_hosts(packages: Sequence[PackageSpec]) -> list[str]:
     hosts: set[str] = set()
     npm_names = [p.name for p in packages if p.manager == "npm"]
     pypi_names = [p.name for p in packages if p.manager == "pypi"]
-    with httpx.Client(
+    with httpx2.Client(
         verify=ssl.create_default_context(), timeout=FETCH_TIMEOUT_S, follow_redirects=True
     ) as http:
         if npm_names:
@@ -128,19 +128,19 @@ def https_host(url: str) -> str:
         raise EngineError(f"registry host of {url} cannot be allowed: {exc}") from exc
 
 
-def _get(http: httpx.Client, url: str, accept: str) -> httpx.Response | None:
+def _get(http: httpx2.Client, url: str, accept: str) -> httpx2.Response | None:
     """GET registry metadata; None for an unknown package (its install step then says so)."""
     try:
         response = http.get(url, headers={"Accept": accept})
-        if response.status_code == httpx.codes.NOT_FOUND:
+        if response.status_code == httpx2.codes.NOT_FOUND:
             return None
         response.raise_for_status()
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise EngineError(f"reading registry metadata {url}: {exc}") from exc
     return response
 
 
-def _npm_tarballs(http: httpx.Client, registry: str, name: str) -> Iterable[str]:
+def _npm_tarballs(http: httpx2.Client, registry: str, name: str) -> Iterable[str]:
     url = f"{registry.rstrip('/')}/{quote(name, safe='@')}"
     response = _get(http, url, NPM_ABBREVIATED)
     if response is None:
@@ -156,7 +156,7 @@ def _npm_tarballs(http: httpx.Client, registry: str, name: str) -> Iterable[str]
     }
 
 
-def _pypi_files(http: httpx.Client, index: str, name: str) -> Iterable[str]:
+def _pypi_files(http: httpx2.Client, index: str, name: str) -> Iterable[str]:
     normalised = re.sub(r"[-_.]+", "-", name).lower()
     response = _get(http, f"{index.rstrip('/')}/{normalised}/", f"{PYPI_SIMPLE_JSON}, text/html")
     if response is None:
