@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import httpx
+import httpx2
 import pytest
 
 from orchestrator import _fence, _recipe, _registries, images
@@ -114,15 +114,15 @@ def test_a_registry_the_proxy_cannot_tunnel_is_an_error(url):
         _registries.https_host(url)
 
 
-def _answers(request: httpx.Request) -> httpx.Response:
+def _answers(request: httpx2.Request) -> httpx2.Response:
     if request.url.host == "npm.example.test":
         assert request.url.raw_path == b"/@scope%2Fsrv"
         tarball = "https://tarballs.example.test/srv-1.2.0.tgz"
         body = {"versions": {"1.2.0": {"dist": {"tarball": tarball}}}}
-        return httpx.Response(200, json=body)
+        return httpx2.Response(200, json=body)
     assert request.url.path == "/simple/tool-x/"
     files = [{"url": "https://files.example.test/t/tool_x-1.whl"}, {"url": "../../p/t.tar.gz"}]
-    return httpx.Response(
+    return httpx2.Response(
         200,
         content=json.dumps({"files": files}),
         headers={"content-type": _registries.PYPI_SIMPLE_JSON},
@@ -131,7 +131,7 @@ def _answers(request: httpx.Request) -> httpx.Response:
 
 def test_file_hosts_come_from_the_registries_answers():
     """Tarball and file hosts are read from the packument and the index's project page."""
-    with httpx.Client(transport=httpx.MockTransport(_answers)) as http:
+    with httpx2.Client(transport=httpx2.MockTransport(_answers)) as http:
         tarballs = _registries._npm_tarballs(http, REGISTRY, "@scope/srv")
         files = _registries._pypi_files(http, INDEX, "Tool_X")
     assert {_registries.https_host(url) for url in tarballs} == {"tarballs.example.test"}
@@ -145,10 +145,10 @@ def test_an_html_project_page_yields_its_link_hosts():
     """A simple index that answers HTML gives the hosts of its file links."""
     page = "<a href=\"https://cdn.example.test/a.whl#sha256=00\">a</a><a href='/b.tgz'>b</a>"
 
-    def html(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, text=page, headers={"content-type": "text/html"})
+    def html(_request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, text=page, headers={"content-type": "text/html"})
 
-    with httpx.Client(transport=httpx.MockTransport(html)) as http:
+    with httpx2.Client(transport=httpx2.MockTransport(html)) as http:
         files = _registries._pypi_files(http, INDEX, "x")
     assert {_registries.https_host(url) for url in files} == {
         "cdn.example.test",
@@ -159,10 +159,10 @@ def test_an_html_project_page_yields_its_link_hosts():
 def test_an_unknown_package_adds_no_host_and_leaves_the_error_to_its_install_step():
     """A 404 from the registry derives no file host (npm or uv then reports the package)."""
 
-    def missing(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404)
+    def missing(_request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(404)
 
-    with httpx.Client(transport=httpx.MockTransport(missing)) as http:
+    with httpx2.Client(transport=httpx2.MockTransport(missing)) as http:
         assert not _registries._npm_tarballs(http, REGISTRY, "nope")
         assert not _registries._pypi_files(http, INDEX, "nope")
 
@@ -170,11 +170,11 @@ def test_an_unknown_package_adds_no_host_and_leaves_the_error_to_its_install_ste
 def test_a_registry_that_fails_otherwise_is_an_engine_error():
     """A registry answering 500 stops the build before it starts, naming the URL."""
 
-    def broken(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(500)
+    def broken(_request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(500)
 
     with (
-        httpx.Client(transport=httpx.MockTransport(broken)) as http,
+        httpx2.Client(transport=httpx2.MockTransport(broken)) as http,
         pytest.raises(EngineError, match=r"npm\.example\.test"),
     ):
         _registries._npm_tarballs(http, REGISTRY, "srv")
