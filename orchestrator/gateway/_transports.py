@@ -81,7 +81,11 @@ async def serve_http(
     )
     app = make_server(gateway).streamable_http_app(transport_security=security, host="127.0.0.1")
     guarded = BearerOriginGuard(app, token=token, allowed_origins=origins)
-    config = uvicorn.Config(guarded, log_level="warning", access_log=False, lifespan="on")
+    # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
+    # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
+    config = uvicorn.Config(
+        guarded, log_config=None, log_level="warning", access_log=False, lifespan="on"
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as group:
         if stop is not None:

@@ -273,6 +273,66 @@ async def test_http_transport_requires_bearer_token_and_loopback_origin():
             stop.set()
 
 
+class _Recorder(logging.Handler):
+    """Keep the records it is handed, and whether it was closed."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.closed = False
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def close(self):
+        self.closed = True
+        super().close()
+
+
+async def test_serving_over_http_keeps_the_runs_log_handlers_open():
+    """Starting the HTTP server leaves the run's handlers (tools.jsonl, skills.log) working.
+
+    Fails when: uvicorn applies its own logging config (the default `log_config`), whose
+    dictConfig shuts down every existing handler, so an HTTP run lost its tool-call audit.
+    """
+    recorder = _Recorder()
+    gateway_logger = logging.getLogger("orchestrator.gateway")
+    gateway_logger.addHandler(recorder)
+    level = gateway_logger.level
+    gateway_logger.setLevel(logging.INFO)  # as a run does (`launch._run_log`)
+    token, ready, stop = new_token(), anyio.Event(), anyio.Event()
+    urls: list[str] = []
+
+    def on_ready(url):
+        urls.append(url)
+        ready.set()
+
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            async with (
+                open_gateway([skill("a", "--only", "echo")]) as gateway,
+                anyio.create_task_group() as group,
+            ):
+                group.start_soon(
+                    functools.partial(
+                        serve_http, gateway, port=0, token=token, on_ready=on_ready, stop=stop
+                    )
+                )
+                await ready.wait()
+                auth = {"Authorization": f"Bearer {token}"}
+                async with (
+                    httpx2.AsyncClient(headers=auth) as http,
+                    Client(streamable_http_client(urls[0], http_client=http)) as client,
+                ):
+                    await client.call_tool("echo", {"text": "audited"})
+                stop.set()
+    finally:
+        gateway_logger.removeHandler(recorder)
+        gateway_logger.setLevel(level)
+    assert not recorder.closed
+    assert any("tools/call" in record.getMessage() for record in recorder.records)
+
+
 PROMPT_SCRIPT = """
 import anyio
 from orchestrator.gateway import open_gateway, terminal_prompter
