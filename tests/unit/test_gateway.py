@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -236,8 +237,9 @@ async def test_interactive_tool_uses_the_local_prompter_when_no_client_can_ask()
     assert text_of(result) == "answer to Q"
 
 
-async def test_http_transport_requires_bearer_token_and_loopback_origin():
-    """Over HTTP: no token is 401, a foreign Origin is 403, the right token lists tools."""
+@contextlib.asynccontextmanager
+async def serving_over_http(gateway):
+    """Serve `gateway` over streamable HTTP on a free loopback port; yield (url, token)."""
     token, ready, stop = new_token(), anyio.Event(), anyio.Event()
     urls: list[str] = []
 
@@ -245,18 +247,24 @@ async def test_http_transport_requires_bearer_token_and_loopback_origin():
         urls.append(url)
         ready.set()
 
+    async with anyio.create_task_group() as group:
+        group.start_soon(
+            functools.partial(
+                serve_http, gateway, port=0, token=token, on_ready=on_ready, stop=stop
+            )
+        )
+        await ready.wait()
+        yield urls[0], token
+        stop.set()
+
+
+async def test_http_transport_requires_bearer_token_and_loopback_origin():
+    """Over HTTP: no token is 401, a foreign Origin is 403, the right token lists tools."""
     with anyio.fail_after(DEADLINE_S):
         async with (
             open_gateway([skill("a", "--only", "echo")]) as gateway,
-            anyio.create_task_group() as group,
+            serving_over_http(gateway) as (url, token),
         ):
-            group.start_soon(
-                functools.partial(
-                    serve_http, gateway, port=0, token=token, on_ready=on_ready, stop=stop
-                )
-            )
-            await ready.wait()
-            url = urls[0]
             auth = {"Authorization": f"Bearer {token}"}
             async with httpx2.AsyncClient() as raw:
                 body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
@@ -270,7 +278,6 @@ async def test_http_transport_requires_bearer_token_and_loopback_origin():
                 tools = await client.list_tools()
                 assert [tool.name for tool in tools.tools] == ["echo"]
                 assert text_of(await client.call_tool("echo", {"text": "via http"})) == "via http"
-            stop.set()
 
 
 class _Recorder(logging.Handler):
@@ -300,32 +307,15 @@ async def test_serving_over_http_keeps_the_runs_log_handlers_open():
     gateway_logger.addHandler(recorder)
     level = gateway_logger.level
     gateway_logger.setLevel(logging.INFO)  # as a run does (`launch._run_log`)
-    token, ready, stop = new_token(), anyio.Event(), anyio.Event()
-    urls: list[str] = []
-
-    def on_ready(url):
-        urls.append(url)
-        ready.set()
-
     try:
         with anyio.fail_after(DEADLINE_S):
             async with (
                 open_gateway([skill("a", "--only", "echo")]) as gateway,
-                anyio.create_task_group() as group,
+                serving_over_http(gateway) as (url, token),
+                httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+                Client(streamable_http_client(url, http_client=http)) as client,
             ):
-                group.start_soon(
-                    functools.partial(
-                        serve_http, gateway, port=0, token=token, on_ready=on_ready, stop=stop
-                    )
-                )
-                await ready.wait()
-                auth = {"Authorization": f"Bearer {token}"}
-                async with (
-                    httpx2.AsyncClient(headers=auth) as http,
-                    Client(streamable_http_client(urls[0], http_client=http)) as client,
-                ):
-                    await client.call_tool("echo", {"text": "audited"})
-                stop.set()
+                await client.call_tool("echo", {"text": "audited"})
     finally:
         gateway_logger.removeHandler(recorder)
         gateway_logger.setLevel(level)
