@@ -106,6 +106,13 @@ WorkspaceOption = Annotated[
     Path | None,
     typer.Option("--workspace", help="Folder mounted read-write at /workspace."),
 ]
+PrefixToolsOption = Annotated[
+    bool,
+    typer.Option(
+        "--prefix-tools",
+        help="Expose every tool as skill__tool (for skills whose tool names collide).",
+    ),
+]
 
 
 def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
@@ -134,17 +141,18 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
 
 
 @app.command()
-def tools(
+def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     expert: str,
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json", help="Print the MCP tool list.")] = False,  # noqa: FBT002 - a typer flag
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
+    prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
-    options = _launch_options(config, expert, env_path, workspace)
+    options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
     typer.echo(launch.tools_report(options, as_json=as_json))
 
 
@@ -158,12 +166,15 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     config: ConfigOption = DEFAULT_CONFIG,
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
+    prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     arguments = launch.parse_tool_args(args)
-    options = _launch_options(config, expert, env_path, workspace, interactive=True)
+    options = _launch_options(
+        config, expert, env_path, workspace, prefix_tools=prefix_tools, interactive=True
+    )
     typer.echo(launch.call_report(options, tool, arguments))
 
 
@@ -176,9 +187,7 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     config: ConfigOption = DEFAULT_CONFIG,
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
-    prefix_tools: Annotated[  # noqa: FBT002 - a typer flag
-        bool, typer.Option("--prefix-tools", help="Expose every tool as skill__tool.")
-    ] = False,
+    prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands

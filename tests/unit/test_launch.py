@@ -107,3 +107,26 @@ def test_call_with_missing_env_exits_2_without_touching_docker(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: missing environment variables: ")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "report"),
+    [(["tools", "e"], "tools_report"), (["call", "e", "echo"], "call_report")],
+)
+@pytest.mark.parametrize("flag", [[], ["--prefix-tools"]])
+def test_prefix_tools_flag_reaches_the_launch_of_tools_and_call(
+    tmp_path, monkeypatch, command, report, flag
+):
+    """`tools` and `call` accept --prefix-tools, so an Expert with colliding tools is usable."""
+    from orchestrator import cli, launch  # noqa: PLC0415 - patched below
+
+    seen: list[LaunchOptions] = []
+
+    def capture(options, *_args, **_kwargs):
+        seen.append(options)
+        return "captured"
+
+    monkeypatch.setattr(launch, report, capture)
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", *command, *flag, "-c", str(tmp_path)])
+    cli.main()
+    assert [options.prefix_tools for options in seen] == [bool(flag)]
