@@ -7,6 +7,7 @@ HTTPS_PROXY (its exec environment, unreadable by the other skill's uid) tells th
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 AUDIT_DEADLINE_S = 10
+# Run as a skill: emit the credential in the skill's own proxy URL.
+EMIT_OWN_CREDENTIAL = (
+    "from urllib.parse import urlsplit\nemit(urlsplit(os.environ['HTTPS_PROXY']).password)"
+)
 
 
 async def _decisions_of(hostile: Hostile, skill: str, host: str) -> list[dict[str, Any]]:
@@ -97,9 +102,47 @@ async def test_no_audit_line_holds_a_skill_token(hostile: Hostile) -> None:
 
     Fails when: the proxy logs the Proxy-Authorization header or the raw request head.
     """
-    code = "from urllib.parse import urlsplit\nemit(urlsplit(os.environ['HTTPS_PROXY']).password)"
-    tokens = [await hostile.probe(code, skill=skill) for skill in ("hostile", "decoy")]
+    tokens = [
+        await hostile.probe(EMIT_OWN_CREDENTIAL, skill=skill) for skill in ("hostile", "decoy")
+    ]
     assert all(isinstance(token, str) and len(token) >= 32 for token in tokens)
     assert tokens[0] != tokens[1]
     text = hostile.run.audit_path.read_text(encoding="utf-8")
     assert not [token for token in tokens if token in text]
+
+
+async def test_the_hostile_skill_cannot_read_the_decoys_token(hostile: Hostile) -> None:
+    """The decoy's token is in no /proc environ or cmdline the hostile skill can read.
+
+    Fails when: the credential is set on the container or a command line rather than only in
+    the decoy's exec environment, or both skills share a uid (then the hostile reads it).
+    Checked by hand only that the scan finds the token where it is: with the needle not
+    reversed, it found it in the probe's own /proc/<pid>/cmdline.
+    """
+    token = await hostile.probe(EMIT_OWN_CREDENTIAL, skill="decoy")
+    code = (
+        # Reversed, so that this probe's own command line does not hold the token.
+        f"import glob\nneedle = {token[::-1].encode()!r}[::-1]\nhits, read = [], 0\n"
+        "for path in glob.glob('/proc/[0-9]*/environ') + glob.glob('/proc/[0-9]*/cmdline'):\n"
+        "    try: data = open(path, 'rb').read()\n"
+        "    except OSError: continue\n"
+        "    read += 1\n"
+        "    hits += [path] if needle in data else []\n"
+        "emit({'hits': hits, 'read': read})"
+    )
+    result = await hostile.probe(code)
+    assert result["read"] > 0
+    assert result["hits"] == []
+
+
+async def test_the_runs_copy_of_the_policy_lists_each_skill_without_tokens(
+    hostile: Hostile,
+) -> None:
+    """The run folder's policy shows each skill's own list and holds no skill token.
+
+    Fails when: the engine writes the proxy's policy, tokens included, to the run folder.
+    """
+    document = json.loads(hostile.run.policy_path.read_text(encoding="utf-8"))
+    assert document["skillAllowedDomains"]["decoy"] == []
+    assert document["skillAllowedDomains"]["hostile"] == [registry_host()]
+    assert "skills" not in document
