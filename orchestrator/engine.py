@@ -16,9 +16,11 @@ point of the set-up leaves nothing behind.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import signal
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
@@ -71,10 +73,16 @@ class Sandbox:
     proxy_container_id: str
     proxy_host_ip: str
     network_id: str
+    # Skill name -> its proxy token (a secret: only in the policy and that skill's exec env).
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
-    def proxy_env(self) -> dict[str, str]:
-        """Return the proxy and CA variables every skill process gets (no secrets in them)."""
-        url = f"http://{self.proxy_ip}:{self.proxy_port}"
+    def proxy_env(self, skill: str | None = None) -> dict[str, str]:
+        """Return the proxy and CA variables of `skill`'s process.
+
+        The proxy URL carries `skill`'s own credential, so the proxy holds it to its own
+        allowlist; with no `skill` (or one without a credential) the URL has none.
+        """
+        url = f"http://{self._userinfo(skill)}{self.proxy_ip}:{self.proxy_port}"
         return {
             "HTTPS_PROXY": url,
             "HTTP_PROXY": url,
@@ -106,8 +114,18 @@ class Sandbox:
 
     @property
     def host_proxy_url(self) -> str:
-        """The proxy as the host reaches it (for remote skills connected from the host)."""
+        """The proxy as the host reaches it, without a credential."""
         return f"http://{self.proxy_host_ip}:{self.proxy_port}"
+
+    def host_proxy_url_for(self, skill: str) -> str:
+        """Return the proxy as the host reaches it, with `skill`'s credential (remote skills)."""
+        return f"http://{self._userinfo(skill)}{self.proxy_host_ip}:{self.proxy_port}"
+
+    def _userinfo(self, skill: str | None) -> str:
+        token = self.credentials.get(skill) if skill is not None else None
+        if skill is None or token is None:
+            return ""
+        return f"{_slug(skill)}:{token}@"
 
     def skill_uid(self, index: int) -> int:
         """Return the uid of the `index`-th skill (each skill gets its own).
@@ -167,20 +185,22 @@ async def open_sandbox(
 ) -> AsyncIterator[Sandbox]:
     """Start the sandbox of `plan` from `image` and tear everything down on exit.
 
-    The proxy enforces `plan.allowed_domains`; `test_allow_cidrs` lets tests reach their own
-    listeners and is empty (off) everywhere else. Teardown runs on normal exit, on an
+    The proxy holds each skill to its own allowedDomains, told apart by a random per-run
+    credential in that skill's proxy URL (`Sandbox.proxy_env(skill)`); the tokens are in the
+    proxy's policy only, never in the run's copy of it. `test_allow_cidrs` lets tests reach
+    their own listeners and is empty (off) everywhere else. Teardown runs on normal exit, on an
     exception and on cancellation (SIGINT/SIGTERM via `cancel_on_signals`).
 
     Raises:
         EngineError: the engine refused an operation, or the proxy never became ready.
 
     """
-    policy = {
-        "allowedDomains": list(plan.allowed_domains),
-        "sandboxId": run.run_id,
-        "testAllowCidrs": list(test_allow_cidrs),
-    }
-    run.policy_path.write_text(json.dumps(policy, indent=2) + "\n", encoding="utf-8")
+    credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
+    policy = proxy_policy(plan, run.run_id, test_allow_cidrs, credentials)
+    # The run's copy names each skill's list but holds no token.
+    kept = {key: value for key, value in policy.items() if key != "skills"}
+    kept["skillAllowedDomains"] = skill_grants(plan)
+    run.policy_path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
     run.update_meta(image=image, status="starting", workspace=str(workspace or ""))
     spec = _containers.SandboxSpec(
         run_id=run.run_id,
@@ -203,11 +223,48 @@ async def open_sandbox(
             proxy_container_id=started.proxy_id,
             proxy_host_ip=started.proxy_host_ip,
             network_id=started.network_id,
+            credentials=credentials,
         )
         status = "finished"
     finally:
         with anyio.CancelScope(shield=True):
             await _teardown(run, status)
+
+
+def proxy_policy(
+    plan: SandboxPlan,
+    run_id: str,
+    test_allow_cidrs: Sequence[str],
+    credentials: Mapping[str, str],
+) -> dict[str, object]:
+    """Return the proxy's policy: the Expert's list, and each skill's token and own list.
+
+    `credentials` maps every skill of `skill_grants(plan)` to its token.
+    """
+    return {
+        "allowedDomains": list(plan.allowed_domains),
+        "sandboxId": run_id,
+        "testAllowCidrs": list(test_allow_cidrs),
+        "skills": {
+            credentials[name]: {"skill": name, "allowedDomains": domains}
+            for name, domains in skill_grants(plan).items()
+        },
+    }
+
+
+def skill_grants(plan: SandboxPlan) -> dict[str, list[str]]:
+    """Return each skill's own allowlist: a stdio skill's list, a remote skill's endpoint host.
+
+    The host connects to a remote skill's endpoint and nowhere else on its behalf.
+    """
+    grants = {launch.name: list(launch.allowed_domains) for launch in plan.skills}
+    grants |= {sse.name: [sse.host] for sse in plan.sse_skills}
+    return grants
+
+
+def _slug(name: str) -> str:
+    """Return `name` as a URL userinfo user name (informative only: the token decides)."""
+    return re.sub(r"[^A-Za-z0-9._~-]", "-", name) or "skill"
 
 
 async def _teardown(run: RunState, status: str) -> None:

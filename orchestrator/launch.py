@@ -173,19 +173,18 @@ def skill_home(uid: int) -> str:
 def build_sessions(prepared: Prepared, sandbox: engine.Sandbox) -> list[SkillSession]:
     """One session per stdio skill (an exec as its own uid) and per remote skill."""
     timeout_s = prepared.plan.timeout_ms / 1000
-    proxy_env = sandbox.proxy_env()
     sessions: list[SkillSession] = []
     for index, launch in enumerate(prepared.plan.skills):
         env = skill_environment(
             prepared.secrets[launch.name],
-            proxy_env=proxy_env,
+            proxy_env=sandbox.proxy_env(launch.name),
             home=skill_home(sandbox.skill_uid(index)),
         )
         spec = SkillSpec(launch.name, launch.pick, launch.omit, launch.lazy_init, timeout_s)
         sessions.append(SkillSession(spec, _exec_factory(sandbox, launch, index, env)))
-    proxy_url = sandbox.host_proxy_url
     for sse in prepared.plan.sse_skills:
         spec = SkillSpec(sse.name, sse.pick, sse.omit, lazy_init=False, timeout_s=timeout_s)
+        proxy_url = sandbox.host_proxy_url_for(sse.name)
         sessions.append(RemoteSkillSession(spec, sse.endpoint, proxy_url=proxy_url))
     return sessions
 

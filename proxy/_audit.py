@@ -32,6 +32,8 @@ class Decision:
     """Everything known about one request when the proxy decides on it."""
 
     client: str
+    # The skill whose credential the request carried (its name; the token is never kept).
+    skill: str | None = None
     method: str = ""
     raw_host: str = ""
     host: str | None = None
@@ -64,6 +66,7 @@ class AuditLog:
         resolved = ",".join(map(_string, record.resolved))
         self._write(
             f'"event":"decision","conn":{int(conn)},"client":{_string(record.client)},'
+            f'"skill":{_optional(escape_raw(record.skill) if record.skill else None)},'
             f'"method":{_string(escape_raw(record.method))},'
             f'"rawHost":{_string(escape_raw(record.raw_host))},"host":{_optional(record.host)},'
             f'"port":{port},"decision":{_string(record.decision)},'

@@ -2,15 +2,21 @@
 
 ```json
 {"allowedDomains": ["api.example.com", "*.example.org"],
+ "skills": {"<token>": {"skill": "search", "allowedDomains": ["api.example.com"]}},
  "sandboxId": "abc123",
  "testAllowCidrs": [],
  "limits": {"maxConnections": 1024, "connectTimeout": 10}}
 ```
 Unknown keys are ignored so that the engine can grow the file; every known key is checked.
+
+With ``skills``, every CONNECT must carry ``Proxy-Authorization: Basic`` with one of the
+tokens as its password, and is held to that skill's own ``allowedDomains``; the top-level
+list is then unused. Without ``skills``, the top-level list applies to every client.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import math
@@ -55,6 +61,15 @@ _LIMIT_KEYS = {
 
 
 @dataclass(frozen=True)
+class SkillGrant:
+    """One skill's credential (a secret: never logged) and the hosts that skill may reach."""
+
+    skill: str
+    allowed_domains: tuple[str, ...]
+    token: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Policy:
     """A parsed, validated policy."""
 
@@ -62,6 +77,15 @@ class Policy:
     sandbox_id: str = ""
     addresses: AddressRules = field(default_factory=AddressRules)
     limits: Limits = field(default_factory=Limits)
+    skills: tuple[SkillGrant, ...] = ()
+
+    def grant_for(self, token: bytes) -> SkillGrant | None:
+        """Return the skill whose token is ``token`` (every token compared, in constant time)."""
+        found = None
+        for grant in self.skills:  # no early exit: the time does not tell which token matched
+            if hmac.compare_digest(grant.token, token):
+                found = grant
+        return found
 
 
 def load_policy(path: Path) -> Policy:
@@ -96,7 +120,28 @@ def parse_policy(document: object) -> Policy:
         sandbox_id=sandbox_id,
         addresses=AddressRules(test_allow=_cidrs(_string_list(document, "testAllowCidrs"))),
         limits=_limits(document.get("limits", {})),
+        skills=_skills(document.get("skills", {})),
     )
+
+
+def _skills(value: object) -> tuple[SkillGrant, ...]:
+    if not isinstance(value, dict):
+        raise PolicyError("skills must be an object")
+    grants = []
+    for token, entry in value.items():
+        if not token or not token.isascii() or not token.isprintable():
+            raise PolicyError("skills keys must be non-empty printable ASCII tokens")
+        if not isinstance(entry, dict) or not isinstance(entry.get("skill"), str):
+            raise PolicyError("each skills entry must be an object with a string 'skill'")
+        domains = _string_list(entry, "allowedDomains")
+        grants.append(
+            SkillGrant(
+                skill=entry["skill"],
+                allowed_domains=tuple(_check_pattern(pattern) for pattern in domains),
+                token=token.encode("ascii"),
+            )
+        )
+    return tuple(grants)
 
 
 def _string_list(document: dict[str, Any], key: str) -> list[str]:

@@ -14,6 +14,7 @@ checked: a mismatch costs it a TCP handshake with an address that passed every c
 from __future__ import annotations
 
 import asyncio
+import binascii
 import errno
 import os
 import socket
@@ -106,13 +107,47 @@ def check_target(request: TunnelRequest, head: RequestHead) -> str:
     record.host = host
     if port != TLS_PORT:
         raise Refusal(403, "port-not-allowed")
-    record.rule = match_host(host, request.policy.allowed_domains)
+    record.rule = match_host(host, _allowed_domains(request, head))
     if record.rule is None:
         raise Refusal(403, "not-allowed")
     host_header = head.header("host")
     if host_header is not None and not _same_target(host_header, host, port):
         raise Refusal(403, "host-header-mismatch")
     return host
+
+
+def _allowed_domains(request: TunnelRequest, head: RequestHead) -> tuple[str, ...]:
+    """Return the list this client is held to: its skill's own, when the policy has skills.
+
+    Raises:
+        Refusal: 403 ``no-skill-credential`` when the policy has skills and the request
+            carries no single, valid ``Proxy-Authorization: Basic`` with a known token.
+
+    """
+    policy = request.policy
+    if not policy.skills:
+        return policy.allowed_domains
+    grant = policy.grant_for(_proxy_password(head))
+    if grant is None:
+        raise Refusal(403, "no-skill-credential")
+    request.record.skill = grant.skill
+    return grant.allowed_domains
+
+
+def _proxy_password(head: RequestHead) -> bytes:
+    """Return the password of the one ``Proxy-Authorization: Basic`` header (b"" if none)."""
+    values = [value for name, value in head.headers if name == "proxy-authorization"]
+    if len(values) != 1:
+        return b""
+    scheme, _, encoded = values[0].partition(" ")
+    if scheme.lower() != "basic":
+        return b""
+    try:
+        decoded = binascii.a2b_base64(encoded.strip().encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        return b""
+    _, colon, password = decoded.partition(b":")
+    return password if colon else b""
 
 
 def _canonical(raw: str, prefix: str) -> str:

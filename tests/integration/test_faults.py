@@ -57,10 +57,11 @@ SLEEPY_CALL = (
     "--args",
     json.dumps({"code": f"import time; time.sleep(90)  # {IN_FLIGHT_MARK}"}),
 )
-# Inside the sandbox: CONNECT to the allowed host through the proxy, and a direct connect to
-# the proxy's port, printed as one JSON list of outcomes.
+# Inside the sandbox: CONNECT to the allowed host through the proxy (with the skill's
+# credential from its HTTPS_PROXY), and a direct connect to the proxy's port, printed as one
+# JSON list of outcomes.
 EGRESS_PROBE = """
-import glob, json, os, socket, sys
+import base64, glob, json, os, socket, sys
 from urllib.parse import urlsplit
 def skill_proxy():
     for path in glob.glob('/proc/[0-9]*/environ'):
@@ -69,8 +70,10 @@ def skill_proxy():
         for item in env:
             if item.startswith(b'HTTPS_PROXY='): return item.split(b'=', 1)[1].decode()
 proxy = urlsplit(skill_proxy())
+basic = base64.b64encode(f'{proxy.username}:{proxy.password}'.encode()).decode()
+auth = f'Proxy-Authorization: Basic {basic}\\r\\n'
 out = []
-for head in (f'CONNECT {sys.argv[1]}:443 HTTP/1.1\\r\\nHost: {sys.argv[1]}:443\\r\\n\\r\\n',):
+for head in (f'CONNECT {sys.argv[1]}:443 HTTP/1.1\\r\\nHost: {sys.argv[1]}:443\\r\\n{auth}\\r\\n',):
     try:
         with socket.create_connection((proxy.hostname, proxy.port), timeout=5) as s:
             s.sendall(head.encode())

@@ -13,10 +13,11 @@ import socket
 import anyio
 import pytest
 
-from orchestrator import _build, _docker, images, state
+from orchestrator import _build, _docker, engine, images, state
 from orchestrator._exec import ChunkReceiveStream, ExecProcess, StdinStream
 from orchestrator.errors import ImageBuildError
-from orchestrator.plan import PackageSpec, SandboxPlan, SkillLaunch
+from orchestrator.plan import EgressRule, PackageSpec, SandboxPlan, SkillLaunch, SseSkill
+from proxy._policy import parse_policy
 
 NPM = PackageSpec(manager="npm", name="@scope/srv", version_spec="^1.2", slug="srv-1")
 PYPI = PackageSpec(manager="pypi", name="tool-x", version_spec="==2.0", slug="tool-2")
@@ -213,3 +214,59 @@ def test_run_ids_sort_by_time_and_are_safe_in_docker_names():
     assert first != second
     assert set(first) <= set("0123456789abcdef-")
     assert first[:8].isdigit()
+
+
+def sandbox_with(credentials):
+    """Return a Sandbox value (nothing started) holding `credentials`."""
+    return engine.Sandbox("run", "c", "10.0.0.2", 3128, "p", "10.0.0.3", "n", credentials)
+
+
+def test_each_skills_proxy_url_carries_its_own_credential():
+    """A skill's proxy variables name its slug and token; without a skill there is none."""
+    sandbox = sandbox_with({"@scope/search": "tok-1", "mail": "tok-2"})
+    env = sandbox.proxy_env("@scope/search")
+    assert {env[k] for k in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")} == {
+        "http://-scope-search:tok-1@10.0.0.2:3128"
+    }
+    assert sandbox.proxy_env("mail")["HTTPS_PROXY"] == "http://mail:tok-2@10.0.0.2:3128"
+    assert sandbox.proxy_env()["HTTPS_PROXY"] == "http://10.0.0.2:3128"
+    assert sandbox.host_proxy_url_for("mail") == "http://mail:tok-2@10.0.0.3:3128"
+    assert "tok-1" not in repr(sandbox)
+
+
+def test_proxy_policy_gives_each_skill_its_own_list_under_its_token():
+    """Stdio skills keep their own allowedDomains, a remote skill gets its endpoint's host."""
+    plan = SandboxPlan(
+        expert="e",
+        config_dir="/x",
+        skills=(
+            SkillLaunch(
+                name="search",
+                kind="local",
+                argv=("a",),
+                package=None,
+                env_names=(),
+                workdir="/",
+                allowed_domains=("api.example.com",),
+            ),
+            SkillLaunch(
+                name="decoy", kind="local", argv=("a",), package=None, env_names=(), workdir="/"
+            ),
+        ),
+        sse_skills=(
+            SseSkill(name="remote", endpoint="https://mcp.example.net/sse", host="mcp.example.net"),
+        ),
+        egress=(
+            EgressRule(pattern="api.example.com", sources=("search",)),
+            EgressRule(pattern="mcp.example.net", sources=("remote",)),
+        ),
+    )
+    tokens = {"search": "t1", "decoy": "t2", "remote": "t3"}
+    policy = engine.proxy_policy(plan, "run-1", (), tokens)
+    assert policy["allowedDomains"] == ["api.example.com", "mcp.example.net"]
+    assert policy["skills"] == {
+        "t1": {"skill": "search", "allowedDomains": ["api.example.com"]},
+        "t2": {"skill": "decoy", "allowedDomains": []},
+        "t3": {"skill": "remote", "allowedDomains": ["mcp.example.net"]},
+    }
+    assert parse_policy(policy).grant_for(b"t2").allowed_domains == ()

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from orchestrator.engine import Sandbox
 from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.launch import LaunchOptions, parse_tool_args, prepare
+from orchestrator.launch import LaunchOptions, build_sessions, parse_tool_args, prepare
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -130,3 +131,24 @@ def test_prefix_tools_flag_reaches_the_launch_of_tools_and_call(
     monkeypatch.setattr(sys, "argv", ["perstack-sandbox", *command, *flag, "-c", str(tmp_path)])
     cli.main()
     assert [options.prefix_tools for options in seen] == [bool(flag)]
+
+
+class _RecordingSandbox(Sandbox):
+    """A Sandbox value whose exec only records the environment it was given."""
+
+    def exec_stdio(self, argv, *, env, user, workdir):  # noqa: ARG002 - the same signature
+        """Return the exec's environment instead of starting anything."""
+        return env
+
+
+def test_each_stdio_skill_gets_its_own_proxy_credential(tmp_path, monkeypatch):
+    """build_sessions gives every stdio skill a proxy URL with its own token, nobody else's."""
+    monkeypatch.chdir("/")
+    config = _config(tmp_path, f"API_TOKEN={CANARY}\nDB_PASSWORD=pw\nREGION=r\n")
+    prepared = prepare(LaunchOptions(config_path=config, expert="e"))
+    tokens = {"api": "token-api", "db": "token-db"}
+    sandbox = _RecordingSandbox("run", "c", "10.0.0.2", 3128, "p", "10.0.0.3", "n", tokens)
+    envs = {s.name: s._factory() for s in build_sessions(prepared, sandbox)}
+    assert envs["api"]["HTTPS_PROXY"] == "http://api:token-api@10.0.0.2:3128"
+    assert envs["db"]["https_proxy"] == "http://db:token-db@10.0.0.2:3128"
+    assert "token-db" not in repr(envs["api"])

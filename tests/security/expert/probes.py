@@ -7,6 +7,7 @@ proxy's reason, ...) so that a test can expect one precise value.
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
@@ -15,7 +16,7 @@ import ssl
 import struct
 import urllib.request
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -143,13 +144,24 @@ def proxy_address() -> tuple[str, int]:
     return url.hostname, url.port
 
 
-def proxy_exchange(head: bytes, after: bytes = b"") -> str:
+def with_credential(head: bytes) -> bytes:
+    """Add this skill's proxy credential (from HTTPS_PROXY, as clients do) after the first line."""
+    url = urlsplit(os.environ["HTTPS_PROXY"])
+    if url.password is None:
+        return head
+    basic = base64.b64encode(f"{unquote(url.username or '')}:{unquote(url.password)}".encode())
+    first, crlf, rest = head.partition(b"\r\n")
+    return first + crlf + b"Proxy-Authorization: Basic " + basic + b"\r\n" + rest
+
+
+def proxy_exchange(head: bytes, after: bytes = b"", *, credential: bool = True) -> str:
     """Send a raw request head to the proxy; return 'STATUS reason' of its answer.
 
-    The reason is the proxy's `X-Proxy-Reason` header; 'closed' means no answer at all.
+    The head carries this skill's credential unless `credential` is false. The reason is the
+    proxy's `X-Proxy-Reason` header; 'closed' means no answer at all.
     """
     with socket.create_connection(proxy_address(), timeout=TIMEOUT_S) as sock:
-        sock.sendall(head + after)
+        sock.sendall((with_credential(head) if credential else head) + after)
         data = b""
         try:
             while b"\r\n\r\n" not in data:
@@ -175,13 +187,15 @@ def status_and_reason(data: bytes) -> str:
     return f"{status} {reason}".strip()
 
 
-def connect_via_proxy(authority: str, *, host_header: str | None = None) -> str:
-    """CONNECT to `authority` through the proxy; return 'STATUS reason'."""
+def connect_via_proxy(
+    authority: str, *, host_header: str | None = None, credential: bool = True
+) -> str:
+    """CONNECT to `authority` through the proxy (with this skill's credential); 'STATUS reason'."""
     host = authority if host_header is None else host_header
     head = (
         f"CONNECT {authority} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     )  # UTF-8, as clients send it
-    return proxy_exchange(head)
+    return proxy_exchange(head, credential=credential)
 
 
 def tls_through_tunnel(authority: str, server_name: str | None) -> str:
@@ -192,7 +206,8 @@ def tls_through_tunnel(authority: str, server_name: str | None) -> str:
     """
     sock = socket.create_connection(proxy_address(), timeout=TIMEOUT_S)
     try:
-        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
+        sock.sendall(with_credential(head))
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = sock.recv(1)
