@@ -52,6 +52,7 @@ class HostSummary:
     refused: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     ports: list[int] = field(default_factory=list)
+    skills: list[str] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
     first: str = ""
@@ -151,6 +152,9 @@ def _count_decision(summary: HostSummary, line: dict[str, Any]) -> None:
     port = line.get("port")
     if isinstance(port, int) and port not in summary.ports:
         summary.ports.append(port)
+    skill = line.get("skill")  # which skill's credential asked (absent in older trails)
+    if isinstance(skill, str) and skill not in summary.skills:
+        summary.skills.append(skill)
     when = str(line.get("time") or "")
     if when and (not summary.first or when < summary.first):
         summary.first = when
@@ -242,8 +246,9 @@ def _host_line(host: HostSummary) -> str:
     reasons = ", ".join(f"{r} x{n}" for r, n in sorted(host.reasons.items()))
     refused = f"refused {host.refused}" + (f" ({reasons})" if reasons else "")
     ports = ",".join(str(p) for p in sorted(host.ports)) or "-"
+    skills = f"  skills {','.join(sorted(host.skills))}" if host.skills else ""
     return (
-        f"  {host.host}  port {ports}  allowed {host.allowed}  {refused}  "
+        f"  {host.host}  port {ports}{skills}  allowed {host.allowed}  {refused}  "
         f"up {host.bytes_up} B  down {host.bytes_down} B  {host.first} .. {host.last}"
     )
 

@@ -80,6 +80,26 @@ def test_decisions_and_closes_fold_into_per_host_counts_reasons_bytes_and_times(
     assert sorted(evil.ports) == [80, 443]
 
 
+def test_each_host_names_the_skills_whose_credential_asked_for_it(run):
+    """Per-skill egress: a host's summary and text line name every skill that tried it."""
+    write_lines(
+        run.audit_path,
+        [
+            {**decision(1, "api.example.com", "allow", "allowed"), "skill": "hostile"},
+            {**decision(2, "api.example.com"), "skill": "decoy"},
+            {**decision(3, "api.example.com", "allow", "allowed"), "skill": "hostile"},
+            decision(4, "other.example"),  # a trail from before per-skill credentials
+        ],
+    )
+    summary = audit.summarise_run(run)
+    hosts = {h.host: h for h in summary.hosts}
+    assert sorted(hosts["api.example.com"].skills) == ["decoy", "hostile"]
+    assert hosts["other.example"].skills == []
+    assert "api.example.com  port 443  skills decoy,hostile  allowed 2" in audit.render_text(
+        summary
+    )
+
+
 def test_a_refusal_without_a_canonical_host_is_listed_under_its_raw_host(run):
     """An IP literal has no canonical host: the raw (escaped) spelling names it."""
     write_lines(
