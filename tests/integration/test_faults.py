@@ -114,8 +114,10 @@ def sleepy_expert(folder: Path, *, egress: bool = False) -> tuple[Path, str]:
 
 def containers_of(expert: str) -> list[Container]:
     """Return every container labelled with this expert key."""
+    # ignore_removed: a container listed and then removed (a teardown) before docker-py
+    # inspects it is simply gone, not an error of the test.
     return docker.from_env().containers.list(
-        all=True, filters={"label": f"{LABEL_EXPERT}={expert}"}
+        all=True, filters={"label": f"{LABEL_EXPERT}={expert}"}, ignore_removed=True
     )
 
 
@@ -143,6 +145,16 @@ async def wait_until(
             await anyio.sleep(0.1)
         return
     pytest.fail(f"not within {deadline} s: {what}")
+
+
+async def wait_for_call(process: subprocess.Popen[str], expert: str) -> None:
+    """Wait until the SLEEPY_CALL runs in the sandbox; fail with the CLI's stderr if it died."""
+    await wait_until(
+        lambda: process.poll() is not None or call_in_flight(expert), "the call is in flight"
+    )
+    if process.poll() is not None:
+        _out, err = process.communicate()
+        pytest.fail(f"`call` exited {process.returncode} before its call was in flight:\n{err}")
 
 
 def call_in_flight(expert: str) -> bool:
@@ -250,7 +262,7 @@ async def test_killing_the_skill_process_mid_call_is_a_clear_error_and_nothing_r
     """`call` whose skill is SIGKILLed exits 1 naming the skill; gc finds nothing left."""
     config, expert = sleepy_expert(tmp_path)
     with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config)) as process:
-        await wait_until(lambda: call_in_flight(expert), "the call is in flight")
+        await wait_for_call(process, expert)
         killed = role(expert, "sandbox").exec_run(["sh", "-c", "kill -KILL -1"], user="10001")
         assert killed.exit_code == 0, killed.output
         stderr = assert_clear_failure(await finish(process))
@@ -265,7 +277,7 @@ async def test_killing_the_sandbox_container_mid_call_is_a_clear_error_and_nothi
     """`call` whose sandbox container is killed exits 1 with a clear message; gc finds nothing."""
     config, expert = sleepy_expert(tmp_path)
     with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config)) as process:
-        await wait_until(lambda: call_in_flight(expert), "the call is in flight")
+        await wait_for_call(process, expert)
         role(expert, "sandbox").kill()
         assert_clear_failure(await finish(process))
     assert run_cli("gc").returncode == 0
@@ -331,7 +343,7 @@ async def test_losing_the_engine_connection_mid_call_is_a_clear_error_and_gc_cle
     try:
         env = {"DOCKER_HOST": f"unix://{relay.path}"}
         with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config), env=env) as process:
-            await wait_until(lambda: call_in_flight(expert), "the call is in flight")
+            await wait_for_call(process, expert)
             relay.cut()
             stderr = assert_clear_failure(await finish(process))
     finally:
@@ -346,7 +358,7 @@ async def test_a_killed_runs_audit_trail_is_still_readable(tmp_path: Path) -> No
     """SIGKILL of the orchestrator mid-run: `audit RUN --json` reads what the proxy decided."""
     config, expert = sleepy_expert(tmp_path, egress=True)
     with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config)) as process:
-        await wait_until(lambda: call_in_flight(expert), "the call is in flight")
+        await wait_for_call(process, expert)
         proxy = role(expert, "proxy")
         egress_ip = next(
             n["IPAddress"]
