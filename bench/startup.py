@@ -22,7 +22,13 @@ import docker
 
 from orchestrator import images, state
 from orchestrator.engine import open_sandbox
-from orchestrator.plan import PackageSpec, SandboxPlan, SkillLaunch
+from orchestrator.plan import (
+    WORKSPACE_DIR,
+    PackageSpec,
+    SandboxPlan,
+    SkillLaunch,
+    container_argv,
+)
 
 WARM_GOAL_S = 1.5
 FLOOR_RATIO_GOAL = 3.0
@@ -45,13 +51,13 @@ def example_plan(expert_dir: Path, salt: str = "") -> SandboxPlan:
         skills=tuple(
             SkillLaunch(
                 name=p.slug,
-                kind="npx" if p.manager == "npm" else "uvx",
-                argv=(f"/opt/perstack/entry/{p.slug}",),
+                kind=kind,
+                argv=container_argv(kind, p, ()),
                 package=p,
                 env_names=(),
-                workdir="/workspace",
+                workdir=WORKSPACE_DIR,
             )
-            for p in packages
+            for kind, p in zip(("npx", "uvx"), packages, strict=True)
         ),
     )
 

@@ -19,7 +19,13 @@ from engine_support import objects_of_run, run_in
 from orchestrator import engine, images, state
 from orchestrator.engine import open_sandbox
 from orchestrator.errors import ImageBuildError
-from orchestrator.plan import PackageSpec, SandboxPlan, SkillLaunch
+from orchestrator.plan import (
+    WORKSPACE_DIR,
+    PackageSpec,
+    SandboxPlan,
+    SkillLaunch,
+    container_argv,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
@@ -159,13 +165,13 @@ def example_plan(expert_dir) -> SandboxPlan:
         skills=tuple(
             SkillLaunch(
                 name=package.slug,
-                kind="npx" if package.manager == "npm" else "uvx",
-                argv=(f"/opt/perstack/entry/{package.slug}",),
+                kind=kind,
+                argv=container_argv(kind, package, ()),
                 package=package,
                 env_names=(),
-                workdir="/workspace",
+                workdir=WORKSPACE_DIR,
             )
-            for package in (npm, pypi)
+            for kind, package in (("npx", npm), ("uvx", pypi))
         ),
     )
 
