@@ -11,18 +11,19 @@ import contextlib
 import functools
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from orchestrator._reaper import is_process_alive, process_start_ticks
 from orchestrator.errors import EngineError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 LABEL_PREFIX: Final = "perstack-sandbox"
 LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"
@@ -86,19 +87,6 @@ def client() -> docker.DockerClient:
     return made
 
 
-def process_start_ticks(pid: int) -> str:
-    """Return a process's start time in clock ticks since boot ('' when unknown).
-
-    Together with the pid it identifies one process even after the pid is reused.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return ""
-    # Field 22 counts from after the parenthesised command name, which may contain spaces.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def owner_labels() -> dict[str, str]:
     """Return the labels that name this process as the owner of an object."""
     pid = os.getpid()
@@ -123,11 +111,43 @@ def is_owner_alive(labels: dict[str, str]) -> bool:
         pid = int(labels.get(LABEL_OWNER_PID, ""))
     except ValueError:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    recorded = labels.get(LABEL_OWNER_START, "")
-    return not recorded or recorded == process_start_ticks(pid)
+    return is_process_alive(pid, labels.get(LABEL_OWNER_START, ""))
+
+
+def remove_labelled(
+    filters: dict[str, Any], *, keep: Callable[[dict[str, str]], bool] | None = None
+) -> list[str]:
+    """Remove containers then networks matching `filters` (unless `keep(labels)`); name them.
+
+    Containers go in parallel (each removal waits for its filesystem to be unmounted); the
+    networks go after them, since a network in use cannot be removed.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    api = client().api
+
+    def is_kept(item: dict[str, Any]) -> bool:
+        return keep is not None and keep(item.get("Labels") or {})
+
+    def remove_container(container_id: str) -> None:
+        with (
+            docker_errors("removing a sandbox container"),
+            contextlib.suppress(docker.errors.NotFound),
+        ):
+            api.remove_container(container_id, force=True, v=True)
+
+    with docker_errors("listing sandbox objects"):
+        containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
+        list(pool.map(remove_container, [c["Id"] for c in containers]))
+    removed = [f"container {c['Names'][0].lstrip('/')}" for c in containers]
+    with docker_errors("removing sandbox networks"):
+        for network in api.networks(filters=filters):
+            if is_kept(network):
+                continue
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_network(network["Id"])
+            removed.append(f"network {network['Name']}")
+    return removed

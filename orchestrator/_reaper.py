@@ -1,0 +1,314 @@
+"""The reaper: a watcher process that removes what its owner process leaves on the engine.
+
+```
+owner (this process) ───── pipe ─────► reaper (a session of its own; stdin is the pipe)
+  holds the write end                   reads {"journal": PATH} lines; end of file means the
+  for its whole life                    owner is gone: removes every container, then network,
+                                        labelled with the owner's pid, start time and host,
+                                        and closes the journals it was told about
+```
+
+In-process teardown stays the normal path. The reaper is for when it cannot finish: an MCP
+client closes the server's stdin, then SIGTERMs and SIGKILLs its process group seconds later
+(the Python SDK waits 2 s, then 2 s more); a second Ctrl-C; the OOM killer. Its own session
+keeps a signal to the owner's process group from reaching it, and it removes only objects whose
+owner is dead (the rule `gc` follows), so it never races a live run. Until the owner is gone it
+has imported nothing but the standard library: an idle reaper is one small interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+OWNER_EXIT_TIMEOUT_S: Final = 30.0  # end of file, then the owner's interpreter shuts down
+POLL_INTERVAL_S: Final = 0.05
+# A create call in flight when the owner died still completes in the engine: after a crash the
+# sweep goes on until nothing new has appeared for this long.
+SETTLE_S: Final = 5.0
+REAP_DEADLINE_S: Final = 180.0  # removing a few objects on an engine busy with hundreds
+LOG_FILE: Final = "reaper.log"
+
+
+def process_start_ticks(pid: int) -> str:
+    """Return a process's start time in clock ticks since boot ('' when unknown).
+
+    Together with the pid it identifies one process even after the pid is reused.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return ""
+    # Fields count from after the parenthesised command name, which may contain spaces.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def is_process_alive(pid: int, start_ticks: str = "") -> bool:
+    """Tell whether process `pid` (started at `start_ticks`, when given) still runs.
+
+    A zombie is dead: it runs no code, it only waits for its parent to read its status.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    except OSError:
+        return True  # no procfs (macOS): the signal probe is all we know
+    return fields[0] != "Z" and (not start_ticks or start_ticks == fields[19])
+
+
+@dataclass(slots=True)
+class _Watch:
+    owner: int
+    process: subprocess.Popen[bytes]
+    write_fd: int
+    journals: list[str] = field(default_factory=list)
+
+
+_lock = threading.Lock()
+_watch: _Watch | None = None
+
+
+def guard(journal: Path | None = None) -> None:
+    """Make sure this process has a running reaper, and tell it about `journal`.
+
+    Call it before creating an engine object owned by this process. Safe from any thread.
+
+    Raises:
+        OSError: the reaper process could not be started.
+
+    """
+    global _watch  # noqa: PLW0603 - one reaper per process, by design
+    with _lock:
+        watch = _watch
+        if watch is None or watch.owner != os.getpid() or watch.process.poll() is not None:
+            known = watch.journals if watch is not None and watch.owner == os.getpid() else []
+            watch = _watch = _spawn(known)
+        if journal is not None and str(journal) not in watch.journals:
+            watch.journals.append(str(journal))
+            try:
+                _send(watch.write_fd, str(journal))
+            except OSError:  # it died since the poll: a new one learns every journal
+                watch = _watch = _spawn(watch.journals)
+
+
+def pid() -> int | None:
+    """Return the pid of this process's reaper, or None when none was started."""
+    watch = _watch
+    return watch.process.pid if watch is not None and watch.owner == os.getpid() else None
+
+
+def _send(write_fd: int, journal: str) -> None:
+    os.write(write_fd, (json.dumps({"journal": journal}) + "\n").encode())
+
+
+def _spawn(journals: Sequence[str]) -> _Watch:
+    from orchestrator.state import state_dir  # noqa: PLC0415 - standard library only
+
+    owner = os.getpid()
+    log = state_dir() / LOG_FILE
+    log.parent.mkdir(parents=True, exist_ok=True)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    read_fd, write_fd = os.pipe()  # not inheritable: no other child keeps the owner "alive"
+    try:
+        process = subprocess.Popen(  # noqa: S603 - our own module, with our own arguments
+            [
+                sys.executable,
+                *("-m", "orchestrator._reaper"),
+                *("--owner-pid", str(owner), "--owner-start", process_start_ticks(owner)),
+                *("--owner-host", socket.gethostname(), "--log", str(log)),
+            ],
+            stdin=read_fd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    except OSError:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    watch = _Watch(owner=owner, process=process, write_fd=write_fd, journals=list(journals))
+    for journal in journals:
+        _send(write_fd, journal)
+    return watch
+
+
+# --- the reaper process -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The process whose objects a reaper removes once it is gone."""
+
+    pid: int
+    start_ticks: str
+    host: str
+
+    def is_alive(self) -> bool:
+        """Tell whether the owner still runs (see `is_process_alive`)."""
+        return is_process_alive(self.pid, self.start_ticks)
+
+
+def _read_journals(stream: Callable[[], bytes]) -> list[Path]:
+    journals: list[Path] = []
+    for line in iter(stream, b""):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            journals.append(Path(json.loads(line)["journal"]))
+    return journals
+
+
+def _wait_for_exit(owner: Owner) -> bool:
+    deadline = time.monotonic() + OWNER_EXIT_TIMEOUT_S
+    while owner.is_alive():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S)
+    return True
+
+
+def sweep_until_settled(
+    sweep: Callable[[], tuple[list[str], bool]],
+    *,
+    must_settle: bool,
+    deadline_s: float = REAP_DEADLINE_S,
+) -> list[str]:
+    """Call `sweep` until a pass removes nothing (and, if `must_settle`, for `SETTLE_S` more).
+
+    `sweep` returns what it removed and whether something was busy (a network still in use,
+    a removal already in progress). Finding something or being busy asks for the settle
+    window: the dead owner may have had more creates in flight. Returns everything removed.
+    """
+    removed: list[str] = []
+    start = time.monotonic()
+    quiet_since = start
+    while True:
+        found, is_busy = sweep()
+        now = time.monotonic()
+        removed += found
+        if found or is_busy:
+            must_settle, quiet_since = True, now
+        if not must_settle or now - quiet_since >= SETTLE_S or now - start >= deadline_s:
+            return removed
+        time.sleep(POLL_INTERVAL_S * 10)
+
+
+def _close_journals(journals: Sequence[Path], removed: int) -> int:
+    from orchestrator.state import RunState  # noqa: PLC0415 - standard library only
+
+    closed = 0
+    for path in journals:
+        run = RunState(run_id=path.parent.name, path=path.parent)
+        if not run.is_journal_open():
+            continue
+        how = f"owner died before its teardown finished; its reaper removed {removed} object(s)"
+        run.close_journal(how)
+        if run.meta_path.is_file() and run.read_meta().get("status") in {"starting", "running"}:
+            run.update_meta(status=f"ended: {how}", ended=_now())
+        closed += 1
+    return closed
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def reap(owner: Owner, journals: Sequence[Path], log: Callable[[str], None]) -> None:
+    """Once `owner` is gone, remove its objects and close its open journals.
+
+    Raises:
+        EngineError: the engine could not be reached or refused a removal.
+
+    """
+    crashed = [path for path in journals if _is_open(path)]
+    removed = sweep_until_settled(lambda: _remove_owned(owner, log), must_settle=bool(crashed))
+    for line in removed:
+        log(f"removed {line}")
+    closed = _close_journals(crashed, len(removed))
+    if removed or closed:  # a clean exit leaves nothing: no line for it
+        log(f"owner {owner.pid} gone: removed {len(removed)} object(s), closed {closed} journal(s)")
+
+
+def _remove_owned(owner: Owner, log: Callable[[str], None]) -> tuple[list[str], bool]:
+    # Only now: until its owner is gone the reaper has imported nothing but the stdlib.
+    from orchestrator import _docker  # noqa: PLC0415
+    from orchestrator.errors import EngineError  # noqa: PLC0415
+
+    filters = {
+        "label": [
+            f"{_docker.LABEL_MANAGED}=1",
+            f"{_docker.LABEL_OWNER_PID}={owner.pid}",
+            f"{_docker.LABEL_OWNER_HOST}={owner.host}",
+        ]
+    }
+
+    def is_someone_else(labels: dict[str, str]) -> bool:  # the pid was reused since
+        return labels.get(_docker.LABEL_OWNER_START, owner.start_ticks) != owner.start_ticks
+
+    try:
+        return _docker.remove_labelled(filters, keep=is_someone_else), False
+    except EngineError as exc:
+        # A network still has an endpoint (a container the engine is removing, a cancelled
+        # build's step): this pass counts as busy, and the next one retries.
+        log(f"busy, retrying: {exc}")
+        return [], True
+
+
+def _is_open(path: Path) -> bool:
+    from orchestrator.state import RunState  # noqa: PLC0415 - standard library only
+
+    return RunState(run_id=path.parent.name, path=path.parent).is_journal_open()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as a reaper: wait for the owner to go, then remove what it left."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator._reaper")
+    parser.add_argument("--owner-pid", type=int, required=True)
+    parser.add_argument("--owner-start", default="")
+    parser.add_argument("--owner-host", required=True)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    owner = Owner(args.owner_pid, args.owner_start, args.owner_host)
+
+    def log(message: str) -> None:
+        if args.log is not None:
+            with contextlib.suppress(OSError), args.log.open("a", encoding="utf-8") as file:
+                file.write(f"{_now()} reaper {os.getpid()}: {message}\n")
+
+    journals = _read_journals(sys.stdin.buffer.readline)
+    if not _wait_for_exit(owner):
+        log(f"owner {owner.pid} closed the pipe but still runs: nothing removed")
+        return 0
+    try:
+        reap(owner, journals, log)
+    except Exception as exc:  # noqa: BLE001 - the top of a process: say why, and stop
+        log(f"owner {owner.pid} gone, but removing its objects failed: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
