@@ -45,10 +45,14 @@ def build_image(  # noqa: PLR0913 - the build's inputs, each needed
     labels: Mapping[str, str] | None = None,
     network_mode: str | None = None,
     progress: Callable[[str], None] = stderr_progress,
+    untagged: bool = False,
 ) -> str:
     """Build `context` with the classic builder, streaming steps; return the image id.
 
     `network_mode` puts every RUN step on that network (a fenced build's internal network).
+    With `untagged`, `tag` only names the build in messages: the caller tags the image once
+    its labels are complete (`label_image`), so an interrupted build never leaves the tag on
+    an image without them.
 
     Raises:
         ImageBuildError: a step failed (the error holds its output).
@@ -59,7 +63,7 @@ def build_image(  # noqa: PLR0913 - the build's inputs, each needed
         events = client().api.build(
             path=str(context),
             dockerfile=dockerfile,
-            tag=tag,
+            tag=None if untagged else tag,
             buildargs=dict(buildargs or {}),
             labels=dict(labels or {}),
             network_mode=network_mode,
@@ -71,7 +75,9 @@ def build_image(  # noqa: PLR0913 - the build's inputs, each needed
 
 
 def label_image(image_id: str, *, tag: str, labels: Mapping[str, str]) -> str:
-    """Add `labels` to an image (a metadata-only build `FROM` it); return the new id.
+    """Add `labels` to an image and tag it `tag` (a metadata-only build `FROM` it); return its id.
+
+    The tag and the labels arrive together, at the end of that build.
 
     Raises:
         ImageBuildError: the engine refused the build.

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import docker.errors
 
-from orchestrator import _health
+from orchestrator import _egress, _health, _reaper, _subnets
 from orchestrator._docker import (
     LABEL_EXPERT,
     LABEL_MANAGED,
@@ -25,19 +24,18 @@ from orchestrator._docker import (
     client,
     docker_errors,
     owner_labels,
+    remove_labelled,
 )
 from orchestrator.errors import EngineError
 from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from orchestrator.plan import Limits
     from orchestrator.state import RunState
 
 PROXY_PORT: Final = 3128
-EGRESS_NETWORK: Final = "perstack-sandbox-egress"
+SUBNET_ATTEMPTS: Final = 16  # each refused pick is one that a concurrent start just took
 SANDBOX_USER: Final = "10000:10000"
 PROXY_USER: Final = "10000:10000"
 # An explicit upstream resolver makes Docker's embedded DNS forward from inside the container's
@@ -69,6 +67,8 @@ class SandboxSpec:
     expert_dir: str
     workspace: str | None
     policy: str
+    # The run's state folder: its journal names each object before it is created.
+    run: RunState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +90,19 @@ def _name(spec: SandboxSpec, role: str) -> str:
     return f"perstack-{spec.run_id}-{role}"
 
 
-_egress_lock = threading.Lock()
+def _intend(spec: SandboxSpec, kind: str, name: str, labels: dict[str, str]) -> None:
+    """Before a create: make sure the reaper watches, and journal the object (fsynced)."""
+    journal = spec.run.journal_path if spec.run is not None else None
+    try:
+        _reaper.guard(journal)
+        if spec.run is not None:
+            spec.run.record_intent(kind, name, labels)
+    except OSError as exc:
+        raise EngineError(f"journalling {kind} {name} before creating it: {exc}") from exc
 
 
-def ensure_egress_network() -> str:
-    """Return the shared egress network's id, creating it when missing.
+def ensure_egress_network(lock_image: str) -> str:
+    """Return the shared egress network's id, creating it once per engine (see `_egress`).
 
     Only proxies join it, and inter-container traffic on it is off, so proxies of different
     sandboxes cannot reach each other through it.
@@ -103,46 +111,67 @@ def ensure_egress_network() -> str:
         EngineError: the engine refused or could not be reached.
 
     """
-    api = client().api
-    with _egress_lock, docker_errors("creating the egress network"):
-        found = api.networks(names=[EGRESS_NETWORK], filters={"label": f"{LABEL_MANAGED}=1"})
-        exact = sorted((n for n in found if n["Name"] == EGRESS_NETWORK), key=lambda n: n["Id"])
-        if exact:
-            return str(exact[0]["Id"])
-        try:
-            created = api.create_network(
-                EGRESS_NETWORK,
-                driver="bridge",
-                check_duplicate=True,
-                options={"com.docker.network.bridge.enable_icc": "false"},
-                labels={LABEL_MANAGED: "1", LABEL_ROLE: "egress"},
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # noqa: PLR2004 - conflict: another process made it
-                raise
-            return str(api.inspect_network(EGRESS_NETWORK)["Id"])
-        return str(created["Id"])
+    with _egress_lock:  # threads of one process queue here, not on the engine's lock
+        return _egress.ensure_egress_network(lock_image)
+
+
+_egress_lock = threading.Lock()
 
 
 def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
     """Create the internal network of `spec`'s run (a sandbox's, or a fenced build's).
 
+    Its subnet is a small one from the configured range (see `_subnets`); when another process
+    took the one picked at the same moment, the engine refuses the overlap and another is tried.
+
     Raises:
-        EngineError: the engine refused or could not be reached.
+        UsageError: the configured subnet range is malformed.
+        EngineError: the engine refused or could not be reached, or the range is full.
 
     """
+    pool = _subnets.configured_pool()
+    name, labels = _name(spec, "net"), _labels(spec, role)
+    _intend(spec, "network", name, labels)
+    api = client().api
     with docker_errors(f"creating the internal network of run {spec.run_id}"):
-        created = client().api.create_network(
-            _name(spec, "net"),
-            driver="bridge",
-            internal=True,
-            check_duplicate=True,
-            # An internal network still gives the host an address on its bridge, the
-            # container's default gateway: anything on the host listening on all addresses
-            # would be reachable. Without that address there is no host end at all.
-            options={"com.docker.network.bridge.inhibit_ipv4": "true"},
-            labels=_labels(spec, role),
-        )
+        taken = _subnets.parse_subnets(_engine_subnets(api)) + _subnets.host_routes()
+        for _attempt in range(SUBNET_ATTEMPTS):
+            subnet = _subnets.pick_subnet(pool, taken)
+            if subnet is None:
+                break
+            try:
+                return _create_internal(api, name, labels, str(subnet))
+            except docker.errors.APIError as exc:
+                if "overlap" not in str(exc.explanation or exc).lower():
+                    raise
+                taken.append(subnet)  # another sandbox's since our look: pick again
+    raise EngineError(
+        f"no free /{pool.prefix} subnet left in {pool.network} for run {spec.run_id}; set "
+        f"{_subnets.POOL_ENV} to a larger private range, or remove stopped sandboxes (`gc`)"
+    )
+
+
+def _engine_subnets(api: docker.APIClient) -> list[str]:
+    subnets = []
+    for network in api.networks():
+        config = (network.get("IPAM") or {}).get("Config") or []
+        subnets += [str(entry["Subnet"]) for entry in config if entry.get("Subnet")]
+    return subnets
+
+
+def _create_internal(api: docker.APIClient, name: str, labels: dict[str, str], subnet: str) -> str:
+    created = api.create_network(
+        name,
+        driver="bridge",
+        internal=True,
+        check_duplicate=True,
+        # An internal network still gives the host an address on its bridge, the container's
+        # default gateway: anything on the host listening on all addresses would be
+        # reachable. Without that address there is no host end at all.
+        options={"com.docker.network.bridge.inhibit_ipv4": "true"},
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
+        labels=labels,
+    )
     return str(created["Id"])
 
 
@@ -166,14 +195,16 @@ def _start_sandbox(spec: SandboxSpec, network: str) -> str:
         network_mode=network,
         dns=list(SANDBOX_DNS),
     )
+    name, labels = _name(spec, "sandbox"), _labels(spec, "sandbox")
+    _intend(spec, "container", name, labels)
     with docker_errors(f"starting the sandbox container of run {spec.run_id}"):
         created = api.create_container(
             spec.image,
-            name=_name(spec, "sandbox"),
+            name=name,
             hostname="sandbox",
             user=SANDBOX_USER,
             working_dir=WORKSPACE_DIR,
-            labels=_labels(spec, "sandbox"),
+            labels=labels,
             host_config=host_config,
         )
         api.start(created["Id"])
@@ -197,36 +228,41 @@ def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
         pids_limit=PROXY_PIDS,
         network_mode=network,
     )
+    name, labels = _name(spec, "proxy"), _labels(spec, "proxy")
+    _intend(spec, "container", name, labels)
     with docker_errors(f"starting the proxy of run {spec.run_id}"):
         created = api.create_container(
             image,
-            name=_name(spec, "proxy"),
+            name=name,
             hostname="proxy",
             user=PROXY_USER,
             environment={"PERSTACK_PROXY_POLICY": spec.policy},
-            labels=_labels(spec, "proxy"),
+            labels=labels,
             host_config=host_config,
         )
-        _connect_egress(created["Id"])
+        egress = _connect_egress(created["Id"], image)
         try:
             api.start(created["Id"])
         except docker.errors.NotFound:
             # A concurrent `gc` removed the egress network after our connect (an endpoint
             # exists only once a container runs): join a fresh one and start again.
             with contextlib.suppress(docker.errors.APIError):
-                api.disconnect_container_from_network(created["Id"], EGRESS_NETWORK, force=True)
-            _connect_egress(created["Id"])
+                api.disconnect_container_from_network(created["Id"], egress, force=True)
+            _connect_egress(created["Id"], image)
             api.start(created["Id"])
     return str(created["Id"])
 
 
-def _connect_egress(container_id: str) -> None:
+def _connect_egress(container_id: str, image: str) -> str:
     api = client().api
+    network = ensure_egress_network(image)
     try:
-        api.connect_container_to_network(container_id, ensure_egress_network())
+        api.connect_container_to_network(container_id, network)
     except docker.errors.NotFound:
         # `gc` removed the unused egress network between our lookup and the connect.
-        api.connect_container_to_network(container_id, ensure_egress_network())
+        network = ensure_egress_network(image)
+        api.connect_container_to_network(container_id, network)
+    return network
 
 
 def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
@@ -282,42 +318,3 @@ def remove_run(run_id: str) -> None:
 
     """
     remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
-
-
-def remove_labelled(
-    filters: dict[str, Any], *, keep: Callable[[dict[str, str]], bool] | None = None
-) -> list[str]:
-    """Remove containers then networks matching `filters` (unless `keep(labels)`); name them.
-
-    Containers go in parallel (each removal waits for its filesystem to be unmounted); the
-    networks go after them, since a network in use cannot be removed.
-
-    Raises:
-        EngineError: the engine refused a removal or could not be reached.
-
-    """
-    api = client().api
-
-    def is_kept(item: dict[str, Any]) -> bool:
-        return keep is not None and keep(item.get("Labels") or {})
-
-    def remove_container(container_id: str) -> None:
-        with (
-            docker_errors("removing a sandbox container"),
-            contextlib.suppress(docker.errors.NotFound),
-        ):
-            api.remove_container(container_id, force=True, v=True)
-
-    with docker_errors("listing sandbox objects"):
-        containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
-        list(pool.map(remove_container, [c["Id"] for c in containers]))
-    removed = [f"container {c['Names'][0].lstrip('/')}" for c in containers]
-    with docker_errors("removing sandbox networks"):
-        for network in api.networks(filters=filters):
-            if is_kept(network):
-                continue
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_network(network["Id"])
-            removed.append(f"network {network['Name']}")
-    return removed

@@ -86,10 +86,15 @@ def _image_checks() -> list[Check]:
 
 def _leftover_check() -> Check:
     orphans = [run.run_id for run in _sweep.list_runs() if not run.is_owner_alive]
+    # Journals of this state directory: runs that ended without their teardown, even when
+    # nothing of theirs is left on the engine (their state still says "running").
+    unclosed = [run.run_id for run in _sweep.crashed_runs() if run.run_id not in orphans]
+    parts = [f"{len(orphans)} run(s) whose owner is gone"] if orphans else []
+    parts += [f"{len(unclosed)} run(s) ended without teardown (open journal)"] if unclosed else []
     return Check(
         "leftovers",
-        is_ok=not orphans,
-        detail=f"{len(orphans)} run(s) whose owner is gone" if orphans else "none",
+        is_ok=not parts,
+        detail="; ".join(parts) or "none",
         advice="run `perstack-sandbox gc`",
     )
 

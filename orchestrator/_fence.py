@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _build, _health, _registries
+from orchestrator import _build, _health, _registries, state
 from orchestrator._containers import (
     PROXY_PORT,
     SandboxSpec,
@@ -39,7 +39,7 @@ from orchestrator._recipe import PROXY_ARGS
 from orchestrator.errors import EngineError, ImageBuildError
 from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import Limits
-from orchestrator.state import RunState, state_dir
+from orchestrator.state import RunState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
     from orchestrator.plan import SandboxPlan
 
-BUILDS_DIR: Final = "builds"
 LOG_DRAIN_TIMEOUT_S: Final = 10.0  # the proxy's last audit lines after its container is removed
 NO_PROXY: Final = "localhost,127.0.0.1,::1"
 
@@ -70,7 +69,7 @@ class Fence:
 
 def builds_dir() -> Path:
     """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
-    return state_dir() / BUILDS_DIR
+    return state.builds_dir()
 
 
 def new_build_id() -> str:
@@ -93,7 +92,7 @@ def build_fence(
     record.path.mkdir(parents=True, exist_ok=True)
     policy = json.dumps({"allowedDomains": sorted(hosts), "sandboxId": build_id})
     record.policy_path.write_text(policy + "\n")
-    spec = SandboxSpec(build_id, expert, "", Limits(), "", None, policy)
+    spec = SandboxSpec(build_id, expert, "", Limits(), "", None, policy, run=record)
     progress(f"build fence {build_id}: registries {', '.join(sorted(hosts)) or '(none)'}")
     follower = None
     try:
@@ -107,6 +106,8 @@ def build_fence(
     finally:
         with contextlib.suppress(EngineError):
             remove_run(build_id)
+            if record.journal_path.exists():
+                record.close_journal("torn down by its owner")
         if follower is not None:
             follower.join(LOG_DRAIN_TIMEOUT_S)
 
@@ -125,8 +126,11 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
     hosts: Sequence[str],
     buildargs: Mapping[str, str] | None = None,
     progress: Callable[[str], None] = _build.stderr_progress,
+    untagged: bool = False,
 ) -> tuple[str, Path]:
     """Build `context`'s Dockerfile inside a fence allowing `hosts`; return its id and audit.
+
+    With `untagged`, the image is not tagged `tag` (see `_build.build_image`).
 
     Every RUN step runs on the fence's network and gets the fence's proxy in the proxy build
     arguments (`_recipe.build_prelude` declares them, and drops root).
@@ -146,6 +150,7 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
                 buildargs={**(buildargs or {}), **fence.proxy_args()},
                 network_mode=fence.network_id,
                 progress=progress,
+                untagged=untagged,
             )
         except ImageBuildError as exc:
             failed = exc
@@ -170,7 +175,9 @@ def describe_refusals(audit_path: Path) -> str:
 def build_expert(
     context: Path, name: str, plan: SandboxPlan, progress: Callable[[str], None]
 ) -> str:
-    """Build the per-expert context: fenced when a package is installed, offline when none is.
+    """Build the per-expert context, untagged: fenced when a package is installed, else offline.
+
+    The caller tags it `name` with its labels (`_build.label_image`).
 
     Raises:
         ImageBuildError: a step failed.
@@ -179,7 +186,12 @@ def build_expert(
     """
     if not plan.packages:  # only our own steps run: no network at all
         return _build.build_image(
-            context, dockerfile="Dockerfile", tag=name, network_mode="none", progress=progress
+            context,
+            dockerfile="Dockerfile",
+            tag=name,
+            network_mode="none",
+            progress=progress,
+            untagged=True,
         )
     has = {p.manager for p in plan.packages}
     built, audit = build_fenced(
@@ -192,6 +204,7 @@ def build_expert(
             "UV_INDEX_URL": _registries.python_index() if "pypi" in has else "",
         },
         progress=progress,
+        untagged=True,
     )
     progress(f"the build's proxy decisions: {audit}")
     return built

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import docker.errors
 
-from orchestrator import _containers, images
+from orchestrator import images, state
 from orchestrator._docker import (
     LABEL_CREATED,
     LABEL_EXPERT,
@@ -20,14 +20,20 @@ from orchestrator._docker import (
     client,
     docker_errors,
     is_owner_alive,
+    remove_labelled,
 )
+from orchestrator._egress import LOCK_ROLE
 
 if TYPE_CHECKING:
     from orchestrator.engine import RunInfo
+    from orchestrator.state import RunState
 
 
 def list_runs() -> list[RunInfo]:
-    """Group labelled containers by run id (see `engine.list_sandboxes`).
+    """Group labelled containers and networks by run id (see `engine.list_sandboxes`).
+
+    A run killed between creating its network and its containers has only a network: it is
+    listed all the same.
 
     Raises:
         EngineError: the engine could not be reached.
@@ -35,13 +41,19 @@ def list_runs() -> list[RunInfo]:
     """
     from orchestrator.engine import RunInfo  # noqa: PLC0415 - engine imports this module
 
+    api = client().api
     with docker_errors("listing sandboxes"):
-        containers = client().api.containers(all=True, filters=MANAGED_FILTER)
+        containers = api.containers(all=True, filters=MANAGED_FILTER)
+        networks = api.networks(filters=MANAGED_FILTER)
+    objects = [
+        (c["Labels"], f"{c['Labels'].get(LABEL_ROLE, '?')}: {c['State']}") for c in containers
+    ]
+    objects += [(n.get("Labels") or {}, f"network: {n['Name']}") for n in networks]
     runs: dict[str, RunInfo] = {}
-    for container in sorted(containers, key=lambda c: c["Labels"].get(LABEL_CREATED, "")):
-        labels = container["Labels"]
+    for labels, entry in sorted(objects, key=lambda item: item[0].get(LABEL_CREATED, "")):
+        if _is_shared(labels) or labels.get(LABEL_ROLE) == LOCK_ROLE:
+            continue
         run_id = labels.get(LABEL_RUN, "?")
-        entry = f"{labels.get(LABEL_ROLE, '?')}: {container['State']}"
         known = runs.get(run_id)
         runs[run_id] = RunInfo(
             run_id=run_id,
@@ -50,26 +62,70 @@ def list_runs() -> list[RunInfo]:
             owner_host=labels.get(LABEL_OWNER_HOST, ""),
             is_owner_alive=is_owner_alive(labels),
             created=labels.get(LABEL_CREATED, ""),
-            containers=(*known.containers, entry) if known else (entry,),
+            objects=(*known.objects, entry) if known else (entry,),
         )
     return list(runs.values())
 
 
 def _is_shared(labels: dict[str, str]) -> bool:
-    return LABEL_RUN not in labels
+    """Shared objects (the egress network) belong to no run and no owner."""
+    return LABEL_RUN not in labels and labels.get(LABEL_ROLE) != LOCK_ROLE
+
+
+def crashed_runs() -> list[RunState]:
+    """Return local runs and builds whose journal is open while their owner is gone.
+
+    Those ended without their teardown (SIGKILL, a crash, a power cut): `gc` closes them.
+    """
+    crashed = []
+    for run in state.open_journals():
+        creates = [e for e in run.journal() if e.get("event") == "create"]
+        labels = creates[0].get("labels") if creates else None
+        if isinstance(labels, dict) and not is_owner_alive(labels):
+            crashed.append(run)
+    return crashed
 
 
 def collect_garbage() -> list[str]:
     """Remove objects of dead owners, then the egress network if unused (see `engine`).
 
+    The journals of runs whose owner died without its teardown are closed, and any journalled
+    object that is still there without our labels is named (not removed: it may not be ours).
+
     Raises:
         EngineError: the engine refused a removal or could not be reached.
 
     """
-    removed = _containers.remove_labelled(
+    removed = remove_labelled(
         MANAGED_FILTER, keep=lambda labels: _is_shared(labels) or is_owner_alive(labels)
     )
-    return removed + _remove_unused_shared()
+    notes = []
+    for run in crashed_runs():
+        notes += [
+            f"unlabelled {name} (journalled by run {run.run_id}: not removed)"
+            for name in _still_there(run)
+        ]
+        how = "owner died before its teardown finished; `gc` removed what was left"
+        run.close_journal(how)
+        if run.read_meta().get("status") in {"starting", "running"}:
+            run.update_meta(status=f"ended: {how}")
+    return removed + _remove_unused_shared() + notes
+
+
+def _still_there(run: RunState) -> list[str]:
+    """Name the journalled objects of `run` that still exist (after the label sweep)."""
+    api = client().api
+    found = []
+    for entry in run.journal():
+        kind, name = entry.get("kind"), str(entry.get("name", ""))
+        with docker_errors(f"looking up {kind} {name}"):
+            if kind == "container":
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.inspect_container(name)
+                    found.append(f"container {name}")
+            elif kind == "network" and any(n["Name"] == name for n in api.networks(names=[name])):
+                found.append(f"network {name}")
+    return found
 
 
 def take_down(run_id: str | None) -> list[str]:
@@ -80,10 +136,8 @@ def take_down(run_id: str | None) -> list[str]:
 
     """
     if run_id is None:
-        return (
-            _containers.remove_labelled(MANAGED_FILTER, keep=_is_shared) + _remove_unused_shared()
-        )
-    return _containers.remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
+        return remove_labelled(MANAGED_FILTER, keep=_is_shared) + _remove_unused_shared()
+    return remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
 
 
 def _remove_unused_shared() -> list[str]:

@@ -277,7 +277,7 @@ def ps() -> None:
     for info in runs:
         owner = f"pid {info.owner_pid}@{info.owner_host}"
         owner += "" if info.is_owner_alive else " (gone: `gc` removes it)"
-        typer.echo(f"{info.run_id}  {info.expert}  {owner}  {', '.join(info.containers)}")
+        typer.echo(f"{info.run_id}  {info.expert}  {owner}  {', '.join(info.objects)}")
 
 
 @app.command()

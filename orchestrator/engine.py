@@ -210,6 +210,7 @@ async def open_sandbox(
         expert_dir=plan.config_dir,
         workspace=str(workspace) if workspace else None,
         policy=json.dumps(policy),
+        run=run,
     )
     status = "failed"
     try:
@@ -277,6 +278,8 @@ async def _teardown(run: RunState, status: str) -> None:
             f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox gc` removes "
             f"what is left (objects labelled {LABEL_RUN}={run.run_id})"
         ) from exc
+    if run.journal_path.exists():
+        run.close_journal(f"torn down by its owner ({status})")
     run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -304,7 +307,7 @@ async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
 
 @dataclass(frozen=True, slots=True)
 class RunInfo:
-    """One run's live Docker objects, as `ps` lists them."""
+    """One run's Docker objects, as `ps` lists them: its containers and its network."""
 
     run_id: str
     expert: str
@@ -312,11 +315,11 @@ class RunInfo:
     owner_host: str
     is_owner_alive: bool
     created: str
-    containers: tuple[str, ...]  # "role: status"
+    objects: tuple[str, ...]  # "role: status" of a container, "network: name" of a network
 
 
 def list_sandboxes() -> list[RunInfo]:
-    """Return every run that has labelled containers on this engine, oldest first.
+    """Return every run that has labelled containers or networks on this engine, oldest first.
 
     Raises:
         EngineError: the engine could not be reached.

@@ -198,8 +198,8 @@ def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
     every folder written; one uid for every package (`package_uid` always 10999): the
     victim's folder and the entry links were written.
     """
-    base, _ = base_images
-    egress = _containers.ensure_egress_network()
+    base, proxy = base_images
+    egress = _containers.ensure_egress_network(proxy)
     addresses = [host_address(docker_api, "bridge"), host_address(docker_api, egress)]
     registry = _registries.npm_registry()
     with listeners(addresses) as servers:
