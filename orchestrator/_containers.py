@@ -318,3 +318,19 @@ def remove_run(run_id: str) -> None:
 
     """
     remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
+
+
+def remove_attached(network_id: str) -> list[str]:
+    """Force-remove every container on `network_id`, labelled or not (a build step's); name them.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    api = client().api
+    with docker_errors("removing the containers of a build fence"):
+        attached = api.containers(all=True, filters={"network": [network_id]})
+        for container in attached:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True, v=True)
+    return [f"container {c['Names'][0].lstrip('/')}" for c in attached]

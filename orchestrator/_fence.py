@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from orchestrator._containers import (
     SandboxSpec,
     create_internal_network,
     proxy_addresses,
+    remove_attached,
     remove_run,
     start_proxy,
 )
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
     from orchestrator.plan import SandboxPlan
 
+STOP_POLL_S: Final = 0.2  # how soon a cancelled build notices
 LOG_DRAIN_TIMEOUT_S: Final = 10.0  # the proxy's last audit lines after its container is removed
 NO_PROXY: Final = "localhost,127.0.0.1,::1"
 
@@ -127,10 +130,13 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
     buildargs: Mapping[str, str] | None = None,
     progress: Callable[[str], None] = _build.stderr_progress,
     untagged: bool = False,
+    cancel: threading.Event | None = None,
 ) -> tuple[str, Path]:
     """Build `context`'s Dockerfile inside a fence allowing `hosts`; return its id and audit.
 
-    With `untagged`, the image is not tagged `tag` (see `_build.build_image`).
+    With `untagged`, the image is not tagged `tag` (see `_build.build_image`). Setting
+    `cancel` stops the build: the containers on the fence's network (the running step's, the
+    proxy) are removed, so the step fails at once and the fence comes down as after a failure.
 
     Every RUN step runs on the fence's network and gets the fence's proxy in the proxy build
     arguments (`_recipe.build_prelude` declares them, and drops root).
@@ -141,7 +147,7 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
 
     """
     failed: ImageBuildError | None = None
-    with build_fence(expert, hosts, progress=progress) as fence:
+    with build_fence(expert, hosts, progress=progress) as fence, _stopping(fence, cancel):
         try:
             built = _build.build_image(
                 context,
@@ -159,6 +165,30 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
     return built, fence.audit_path
 
 
+@contextlib.contextmanager
+def _stopping(fence: Fence, cancel: threading.Event | None) -> Iterator[None]:
+    """While the body runs, a watcher removes the fence's containers once `cancel` is set."""
+    if cancel is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if cancel.wait(STOP_POLL_S):
+                with contextlib.suppress(EngineError):
+                    remove_attached(fence.network_id)
+                return
+
+    watcher = threading.Thread(target=watch, name=f"stop {fence.build_id}", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 def describe_refusals(audit_path: Path) -> str:
     """Say which hosts the build's proxy refused (a package fetching from elsewhere, say)."""
     refused: set[str] = set()
@@ -173,7 +203,12 @@ def describe_refusals(audit_path: Path) -> str:
 
 
 def build_expert(
-    context: Path, name: str, plan: SandboxPlan, progress: Callable[[str], None]
+    context: Path,
+    name: str,
+    plan: SandboxPlan,
+    progress: Callable[[str], None],
+    *,
+    cancel: threading.Event | None = None,
 ) -> str:
     """Build the per-expert context, untagged: fenced when a package is installed, else offline.
 
@@ -205,6 +240,7 @@ def build_expert(
         },
         progress=progress,
         untagged=True,
+        cancel=cancel,
     )
     progress(f"the build's proxy decisions: {audit}")
     return built

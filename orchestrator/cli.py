@@ -15,6 +15,9 @@ import typer
 
 from orchestrator.errors import ConfigError, InputError, RunError, SandboxError
 
+if TYPE_CHECKING:
+    from types import FrameType
+
 EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
     (InputError, 2),
     (RunError, 1),
@@ -44,14 +47,24 @@ def exit_code_for(error: SandboxError) -> int:
     return 1  # pragma: no cover - SandboxError is the last row
 
 
-def _interrupt_on_sigterm(_signum: int, _frame: object) -> None:
+def _interrupt_on_sigterm(_signum: int, frame: FrameType | None) -> None:
     # SIGTERM takes the path of Ctrl-C: the running command is cancelled and every sandbox is
     # torn down by its context manager, instead of the process dying with containers left.
-    signal.raise_signal(signal.SIGINT)
+    # The SIGINT handler is called, not raised: a SIGINT that is ignored must not make
+    # SIGTERM a no-op.
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def main() -> None:
     """Console-script entry point: run the app and map errors to exit codes."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a shell (or a client) that ignores SIGINT: restore
+        # Ctrl-C's handler, so that the event loop cancels the command on SIGTERM gracefully.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         code = app(standalone_mode=False)  # typer.Exit(n) comes back as the return value

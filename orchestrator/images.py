@@ -29,9 +29,12 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import anyio
+import anyio.to_thread
 import docker.errors
 
 from orchestrator import _build, _recipe
@@ -63,6 +66,7 @@ HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_ENV: Final = "PERSTACK_SANDBOX_HOST_CA"
 BOOTSTRAP_TIMEOUT_S: Final = 1800  # debootstrap over a slow mirror
 PACKAGES_MARKER: Final = "PERSTACK_PACKAGES="
+BUILD_STOP_TIMEOUT_S: Final = 30.0  # a stopped build's step fails, then its fence goes
 Progress = "Callable[[str], None]"
 
 
@@ -250,8 +254,12 @@ def ensure_expert_image(
     *,
     host_ca: bool | None = None,
     progress: Callable[[str], None] = stderr_progress,
+    cancel: threading.Event | None = None,
 ) -> str:
     """Return the per-expert image's tag, building it (and its base) when missing.
+
+    Setting `cancel` stops a fenced build at once (see `_fence.build_fenced`); the image is
+    tagged only together with its labels, so a stopped build leaves no tag behind.
 
     Raises:
         ImageBuildError: a build step failed (the error holds its output).
@@ -280,7 +288,7 @@ def ensure_expert_image(
         shutil.copy2(IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
         manifest = [p.model_dump(mode="json") for p in plan.packages]
         (context / "manifest.json").write_text(json.dumps(manifest))
-        built = _fence.build_expert(context, name, plan, collect)
+        built = _fence.build_expert(context, name, plan, collect, cancel=cancel)
     resolved = _build.last_marker(lines, PACKAGES_MARKER)
     if resolved is None:
         raise ImageBuildError(f"building {name}: the package versions were not reported")
@@ -295,6 +303,37 @@ def ensure_expert_image(
         },
     )
     return name
+
+
+async def ensure_expert_image_async(
+    plan: SandboxPlan, *, progress: Callable[[str], None] = stderr_progress
+) -> str:
+    """`ensure_expert_image` off the event loop; cancelling it stops the build and cleans up.
+
+    On cancellation (Ctrl-C, SIGTERM) the build is told to stop, and its fence (network and
+    proxy) is removed before this returns, within `BUILD_STOP_TIMEOUT_S`; past that, the
+    owner's reaper removes what is left once the process is gone.
+
+    Raises:
+        ImageBuildError: a build step failed.
+        EngineError: the engine, npm or pip failed.
+
+    """
+    cancel, finished = threading.Event(), threading.Event()
+
+    def build() -> str:
+        try:
+            return ensure_expert_image(plan, progress=progress, cancel=cancel)
+        finally:
+            finished.set()
+
+    try:
+        return await anyio.to_thread.run_sync(build, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        cancel.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(finished.wait, BUILD_STOP_TIMEOUT_S)
+        raise
 
 
 def resolved_packages(name: str) -> list[dict[str, str]]:

@@ -134,9 +134,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
 
     """
     prepared = prepare(options)
-    image = await anyio.to_thread.run_sync(
-        functools.partial(images.ensure_expert_image, prepared.plan, progress=options.progress)
-    )
+    image = await images.ensure_expert_image_async(prepared.plan, progress=options.progress)
     run = state.create_run(prepared.plan.expert)
     finished = False
     try:
