@@ -40,6 +40,7 @@ POLL_INTERVAL_S: Final = 0.05
 # A create call in flight when the owner died still completes in the engine: after a crash the
 # sweep goes on until nothing new has appeared for this long.
 SETTLE_S: Final = 5.0
+SWEEP_INTERVAL_S: Final = 0.5  # between passes of a sweep that must settle
 REAP_DEADLINE_S: Final = 180.0  # removing a few objects on an engine busy with hundreds
 LOG_FILE: Final = "reaper.log"
 
@@ -194,26 +195,27 @@ def sweep_until_settled(
     sweep: Callable[[], tuple[list[str], bool]],
     *,
     must_settle: bool,
-    deadline_s: float = REAP_DEADLINE_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[str]:
     """Call `sweep` until a pass removes nothing (and, if `must_settle`, for `SETTLE_S` more).
 
     `sweep` returns what it removed and whether something was busy (a network still in use,
     a removal already in progress). Finding something or being busy asks for the settle
-    window: the dead owner may have had more creates in flight. Returns everything removed.
+    window: the dead owner may have had more creates in flight. Gives up after
+    `REAP_DEADLINE_S`. Returns everything removed.
     """
     removed: list[str] = []
-    start = time.monotonic()
-    quiet_since = start
+    start = quiet_since = clock()
     while True:
         found, is_busy = sweep()
-        now = time.monotonic()
+        now = clock()
         removed += found
         if found or is_busy:
             must_settle, quiet_since = True, now
-        if not must_settle or now - quiet_since >= SETTLE_S or now - start >= deadline_s:
+        if not must_settle or now - quiet_since >= SETTLE_S or now - start >= REAP_DEADLINE_S:
             return removed
-        time.sleep(POLL_INTERVAL_S * 10)
+        sleep(SWEEP_INTERVAL_S)
 
 
 def _close_journals(journals: Sequence[Path], removed: int) -> int:

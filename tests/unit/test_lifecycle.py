@@ -1,0 +1,254 @@
+"""Pure parts of the lifecycle: subnet picking, the run journal, the reaper's rules, SIGTERM.
+
+No Docker here: the engine side is in tests/integration/test_engine_scale.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import _egress, _reaper, _subnets, cli, state
+from orchestrator.errors import UsageError
+
+# /proc/net/route of a host with a default route, a LAN, a VPN and the Docker bridge.
+ROUTES = """\
+Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+tun0\t0000D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+"""
+
+
+def net(text: str) -> ipaddress.IPv4Network:
+    """Shorthand for an IPv4 network."""
+    return ipaddress.IPv4Network(text)
+
+
+def test_the_default_range_is_a_private_slash_16_cut_into_slash_28s():
+    """Without settings, sandbox networks are /28s of 10.213.0.0/16: 4096 of them."""
+    pool = _subnets.configured_pool({})
+    assert pool.network == net("10.213.0.0/16")
+    assert pool.prefix == 28
+    assert pool.size == 4096
+    assert pool.subnet(1) == net("10.213.0.16/28")
+
+
+def test_the_range_and_prefix_come_from_the_environment():
+    """`PERSTACK_SANDBOX_SUBNET_POOL` and `_PREFIX` replace the defaults."""
+    pool = _subnets.configured_pool({_subnets.POOL_ENV: "172.30.0.0/20", _subnets.PREFIX_ENV: "29"})
+    assert (pool.network, pool.prefix, pool.size) == (net("172.30.0.0/20"), 29, 512)
+
+
+@pytest.mark.parametrize(
+    ("pool", "prefix", "says"),
+    [
+        ("8.8.0.0/16", "28", "not a private range"),
+        ("10.0.0.0/33", "28", "not an IPv4 network"),
+        ("10.213.0.1/16", "28", "not an IPv4 network"),
+        ("fd00::/64", "28", "not an IPv4 network"),
+        ("10.213.0.0/16", "30", "/29"),
+        ("10.213.0.0/16", "12", "/16"),
+        ("10.213.0.0/16", "x", "prefix"),
+    ],
+)
+def test_a_bad_range_or_prefix_is_a_usage_error_that_names_the_variable(pool, prefix, says):
+    """A public, malformed or too-small setting is refused before anything is created."""
+    with pytest.raises(UsageError, match=says) as refused:
+        _subnets.configured_pool({_subnets.POOL_ENV: pool, _subnets.PREFIX_ENV: prefix})
+    assert "PERSTACK_SANDBOX_SUBNET" in str(refused.value)
+
+
+def test_host_routes_are_read_without_the_default_route():
+    """Every routed destination is taken, except 0.0.0.0/0 (which would take everything)."""
+    assert _subnets.parse_routes(ROUTES) == [
+        net("192.0.2.0/24"),
+        net("10.213.0.0/16"),
+        net("172.17.0.0/16"),
+    ]
+
+
+def test_a_picked_subnet_overlaps_no_route_and_no_network():
+    """Routes and engine subnets inside the range are skipped, whatever the random start."""
+    pool = _subnets.configured_pool({_subnets.POOL_ENV: "10.99.0.0/26"})
+    taken = [net("10.99.0.0/27"), net("10.99.0.32/28"), net("192.168.0.0/16")]
+    for start in range(pool.size):
+        assert _subnets.pick_subnet(pool, taken, start=start) == net("10.99.0.48/28")
+
+
+def test_a_full_range_gives_no_subnet():
+    """When every subnet overlaps something, the picker says so instead of overlapping."""
+    pool = _subnets.configured_pool({_subnets.POOL_ENV: "10.99.0.0/26"})
+    assert _subnets.pick_subnet(pool, [net("10.0.0.0/8")]) is None
+
+
+def test_a_range_covered_by_a_host_route_is_full():
+    """A VPN route over the whole default range leaves nothing to pick: never a collision."""
+    pool = _subnets.configured_pool({})
+    assert _subnets.pick_subnet(pool, _subnets.parse_routes(ROUTES)) is None
+
+
+def test_engine_subnets_keep_ipv4_networks_only():
+    """IPv6 and malformed IPAM entries are ignored."""
+    found = _subnets.parse_subnets(["172.18.0.0/16", "fd00::/64", "bogus"])
+    assert found == [net("172.18.0.0/16")]
+
+
+def test_a_journal_is_open_from_its_first_intent_until_it_is_closed(tmp_path):
+    """Each intent is a line before the create; the closing line ends it."""
+    run = state.RunState(run_id="r", path=tmp_path)
+    assert not run.is_journal_open()
+    run.record_intent("network", "perstack-r-net", {"perstack-sandbox.run": "r"})
+    assert run.is_journal_open()
+    entries = run.journal()
+    assert entries[0]["kind"] == "network"
+    assert entries[0]["name"] == "perstack-r-net"
+    assert entries[0]["labels"] == {"perstack-sandbox.run": "r"}
+    run.close_journal("torn down")
+    assert not run.is_journal_open()
+    assert run.journal()[-1]["how"] == "torn down"
+
+
+def test_a_torn_last_line_from_a_crash_mid_write_is_skipped(tmp_path):
+    """A half-written line does not hide the intents before it."""
+    run = state.RunState(run_id="r", path=tmp_path)
+    run.record_intent("container", "perstack-r-proxy", {})
+    with run.journal_path.open("a", encoding="utf-8") as file:
+        file.write('{"event": "clo')
+    assert [entry["name"] for entry in run.journal()] == ["perstack-r-proxy"]
+    assert run.is_journal_open()
+
+
+def test_open_journals_lists_runs_and_builds_but_not_closed_ones(tmp_path, monkeypatch):
+    """Both state folders are searched; a closed journal and a folder without one are not."""
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path))
+    live = state.create_run("e", run_id="a-live")
+    done = state.create_run("e", run_id="b-done")
+    state.create_run("e", run_id="c-none")
+    build = state.RunState(run_id="build-x", path=state.builds_dir() / "build-x")
+    build.path.mkdir(parents=True)
+    for run in (live, done, build):
+        run.record_intent("network", f"perstack-{run.run_id}-net", {})
+    done.close_journal("torn down")
+    assert [run.run_id for run in state.open_journals()] == ["a-live", "build-x"]
+
+
+def test_a_zombie_is_dead_and_so_is_a_reused_pid():
+    """An exited child not yet waited for runs no code; another start time is another process."""
+    assert _reaper.is_process_alive(os.getpid(), _reaper.process_start_ticks(os.getpid()))
+    assert not _reaper.is_process_alive(os.getpid(), "1")
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, left a zombie
+        assert not _reaper.is_process_alive(pid)
+    finally:
+        os.waitpid(pid, 0)
+
+
+class FakeClock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        """Start at zero."""
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        """Return the current fake time."""
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Advance the fake time instead of waiting."""
+        self.now += seconds
+
+
+def scripted(*passes: tuple[list[str], bool]):
+    """Return a sweep that gives `passes` in order, then nothing, and the list of calls."""
+    queue = list(passes)
+    calls: list[int] = []
+
+    def sweep() -> tuple[list[str], bool]:
+        calls.append(1)
+        return queue.pop(0) if queue else ([], False)
+
+    return sweep, calls
+
+
+def test_a_clean_exit_is_swept_once():
+    """With every journal closed and nothing found, the reaper makes one pass and stops."""
+    sweep, calls = scripted()
+    clock = FakeClock()
+    assert (
+        _reaper.sweep_until_settled(sweep, must_settle=False, clock=clock, sleep=clock.sleep) == []
+    )
+    assert len(calls) == 1
+
+
+def test_a_crash_is_swept_until_nothing_new_appears_for_the_settle_window():
+    """Objects the dead owner was still creating are removed by a later pass."""
+    sweep, calls = scripted((["container a"], False), ([], False), (["network n"], False))
+    clock = FakeClock()
+    removed = _reaper.sweep_until_settled(sweep, must_settle=True, clock=clock, sleep=clock.sleep)
+    assert removed == ["container a", "network n"]
+    quiet_passes = int(_reaper.SETTLE_S / _reaper.SWEEP_INTERVAL_S)
+    assert len(calls) == 3 + quiet_passes
+
+
+def test_a_busy_pass_is_retried():
+    """A network still in use counts as unsettled: a later pass removes it."""
+    sweep, _ = scripted(([], True), (["network n"], False))
+    clock = FakeClock()
+    removed = _reaper.sweep_until_settled(sweep, must_settle=False, clock=clock, sleep=clock.sleep)
+    assert removed == ["network n"]
+
+
+def test_a_sweep_that_never_settles_gives_up_at_the_deadline():
+    """An engine that stays busy does not keep the reaper forever."""
+    clock = FakeClock()
+    removed = _reaper.sweep_until_settled(
+        lambda: ([], True), must_settle=True, clock=clock, sleep=clock.sleep
+    )
+    assert removed == []
+    assert _reaper.REAP_DEADLINE_S <= clock.now < _reaper.REAP_DEADLINE_S + 1
+
+
+def test_the_reaper_reads_journal_paths_until_end_of_file():
+    """One JSON line per journal; a malformed line is skipped."""
+    lines = iter([b'{"journal": "/s/runs/a/journal.jsonl"}\n', b"garbage\n", b""])
+    assert _reaper._read_journals(lambda: next(lines)) == [Path("/s/runs/a/journal.jsonl")]
+
+
+def test_the_egress_network_name_can_be_changed_for_tests(monkeypatch):
+    """Tests make their own egress network instead of touching the shared one."""
+    monkeypatch.delenv(_egress.EGRESS_NETWORK_ENV, raising=False)
+    assert _egress.egress_network_name() == "perstack-sandbox-egress"
+    monkeypatch.setenv(_egress.EGRESS_NETWORK_ENV, "itest-egress-1")
+    assert _egress.egress_network_name() == "itest-egress-1"
+
+
+def test_sigterm_interrupts_even_when_sigint_is_ignored():
+    """A background job ignores SIGINT; SIGTERM must still interrupt the command."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._interrupt_on_sigterm(signal.SIGTERM, sys._getframe())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_sigterm_calls_the_current_sigint_handler():
+    """The event loop's Ctrl-C handler (which cancels the command) is what SIGTERM runs."""
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: calls.append(signum))
+    try:
+        cli._interrupt_on_sigterm(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert calls == [signal.SIGINT]
