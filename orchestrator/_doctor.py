@@ -89,14 +89,21 @@ def _leftover_check() -> Check:
     # Journals of this state directory: runs that ended without their teardown, even when
     # nothing of theirs is left on the engine (their state still says "running").
     unclosed = [run.run_id for run in _sweep.crashed_runs() if run.run_id not in orphans]
-    parts = [f"{len(orphans)} run(s) whose owner is gone"] if orphans else []
-    parts += [f"{len(unclosed)} run(s) ended without teardown (open journal)"] if unclosed else []
+    parts = [f"{len(orphans)} run(s) whose owner is gone: {_few(orphans)}"] if orphans else []
+    if unclosed:
+        parts.append(f"{len(unclosed)} run(s) ended without teardown: {_few(unclosed)}")
     return Check(
         "leftovers",
         is_ok=not parts,
         detail="; ".join(parts) or "none",
         advice="run `perstack-sandbox gc`",
     )
+
+
+def _few(run_ids: list[str], shown: int = 5) -> str:
+    """Name the newest `shown` of `run_ids` (oldest first): the likeliest to matter now."""
+    older = f" and {len(run_ids) - shown} older" if len(run_ids) > shown else ""
+    return ", ".join(reversed(run_ids[-shown:])) + older
 
 
 def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -12,7 +14,7 @@ import anyio.abc
 from orchestrator.plan import Limits, Mount, SandboxPlan
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Callable
 
     import docker
 
@@ -94,3 +96,30 @@ def objects_of_run(api: docker.APIClient, run_id: str) -> list[str]:
     flt = {"label": f"{RUN_LABEL}={run_id}"}
     names = [f"container {c['Names'][0]}" for c in api.containers(all=True, filters=flt)]
     return names + [f"network {n['Name']}" for n in api.networks(filters=flt)]
+
+
+def wait_until(
+    condition: Callable[[], bool], deadline_s: float, *, interval_s: float = 0.2
+) -> bool:
+    """Poll `condition` until it holds (True) or `deadline_s` passes (False)."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+    return True
+
+
+def reaper_of(pid: int) -> int | None:
+    """Return the pid of `pid`'s reaper (its child running `orchestrator._reaper`), if any."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == pid and b"orchestrator._reaper" in cmdline:
+            return int(entry.name)
+    return None

@@ -1,7 +1,9 @@
 """Lifecycle and images: teardown in every way a run can end, gc, down, and image caching.
 
-Nothing of a run remains after an exception, a cancellation, a signal, or a SIGKILL followed
-by gc; gc spares live owners; an unchanged expert reuses its image.
+Nothing of a run remains after an exception, a cancellation, a signal, or a SIGKILL (its
+reaper removes it, or gc when the reaper died too); a run killed at any point of its start is
+listed by ps and doctor, network included; gc spares live owners; an unchanged expert reuses
+its image.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import select
 import signal
 import subprocess
 import sys
+import time
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from engine_support import objects_of_run, run_in
+from engine_support import objects_of_run, reaper_of, run_in, wait_until
 
-from orchestrator import engine, images, state
+from orchestrator import _doctor, _sweep, engine, images, state
 from orchestrator.engine import open_sandbox
 from orchestrator.errors import ImageBuildError
 from orchestrator.plan import (
@@ -27,13 +31,17 @@ from orchestrator.plan import (
     container_argv,
 )
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
 CHILD_DEADLINE_S = 120  # a child interpreter imports docker, starts a sandbox, reports
-# A stand-in orchestrator: start a sandbox, report its run id, then wait to be signalled.
+REAPED_DEADLINE_S = 30  # the acceptance bound: a dead owner's objects are gone within it
+# A stand-in orchestrator: start a sandbox, report its run id and reaper, wait to be signalled.
 HOLDER = r"""
 import sys, anyio
-from orchestrator import state
+from orchestrator import _reaper, state
 from orchestrator.engine import cancel_on_signals, open_sandbox
 from orchestrator.plan import SandboxPlan
 
@@ -42,7 +50,7 @@ async def main():
     run = state.create_run(plan.expert)
     async with cancel_on_signals():
         async with open_sandbox(plan, image=sys.argv[1], run=run):
-            print(run.run_id, flush=True)
+            print(run.run_id, _reaper.pid(), flush=True)
             await anyio.sleep_forever()
     print("torn down", flush=True)
 
@@ -54,23 +62,36 @@ class Boom(Exception):  # noqa: N818 - the test's own marker exception
     """Raised inside a sandbox to prove teardown on an exception."""
 
 
-def start_holder(image: str, expert_dir) -> tuple[subprocess.Popen[str], str]:
-    """Start HOLDER in a child process and return it with the run id it reported."""
+def spawn_holder(image: str, expert_dir: Path) -> subprocess.Popen[str]:
+    """Start HOLDER in a child process."""
     expert_dir.mkdir(parents=True, exist_ok=True)
-    child = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", HOLDER, image, str(expert_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ.copy(),
     )
+
+
+def start_holder(image: str, expert_dir: Path) -> tuple[subprocess.Popen[str], str, int]:
+    """Start HOLDER and return it with the run id and reaper pid it reported once started."""
+    child = spawn_holder(image, expert_dir)
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], CHILD_DEADLINE_S)
-    line = child.stdout.readline().strip() if ready else ""
-    if not line:
+    line = child.stdout.readline().split() if ready else []
+    if len(line) != 2:
         child.kill()
         pytest.fail(f"the holder died: {child.stderr.read() if child.stderr else ''}")
-    return child, line
+    return child, line[0], int(line[1])
+
+
+def kill_owner_and_reaper(child: subprocess.Popen[str], reaper: int | None) -> None:
+    """SIGKILL the reaper first (it would clean up), then its owner; reap the owner."""
+    if reaper is not None:
+        os.kill(reaper, signal.SIGKILL)
+    child.kill()
+    child.wait(timeout=CHILD_DEADLINE_S)
 
 
 async def test_an_exception_in_the_body_leaves_no_object_of_the_run(
@@ -108,7 +129,7 @@ def test_a_signalled_orchestrator_tears_its_sandbox_down(
     empty_expert_image, docker_api, tmp_path, signum
 ):
     """SIGTERM or SIGINT to the owning process cancels it and its sandbox is removed."""
-    child, run_id = start_holder(empty_expert_image, tmp_path / "expert")
+    child, run_id, _ = start_holder(empty_expert_image, tmp_path / "expert")
     assert objects_of_run(docker_api, run_id)
     child.send_signal(signum)
     out, err = child.communicate(timeout=CHILD_DEADLINE_S)
@@ -119,14 +140,13 @@ def test_a_signalled_orchestrator_tears_its_sandbox_down(
 async def test_gc_after_sigkill_removes_the_orphans_and_spares_a_live_owner(
     plan_factory, empty_expert_image, docker_api, tmp_path
 ):
-    """A SIGKILLed owner leaves objects; gc removes exactly those, not this live test's."""
+    """A SIGKILLed owner (its reaper killed too) leaves objects; gc removes just those."""
     mine = state.create_run("alive")
     async with open_sandbox(plan_factory(), image=empty_expert_image, run=mine):
-        child, orphan = await anyio.to_thread.run_sync(
+        child, orphan, reaper = await anyio.to_thread.run_sync(
             start_holder, empty_expert_image, tmp_path / "orphan"
         )
-        child.kill()
-        child.wait(timeout=CHILD_DEADLINE_S)
+        kill_owner_and_reaper(child, reaper)
         assert objects_of_run(docker_api, orphan)
         removed = await anyio.to_thread.run_sync(engine.collect_garbage)
         assert objects_of_run(docker_api, orphan) == []
@@ -136,6 +156,79 @@ async def test_gc_after_sigkill_removes_the_orphans_and_spares_a_live_owner(
         assert listed[mine.run_id].is_owner_alive
         assert orphan not in listed
     assert objects_of_run(docker_api, mine.run_id) == []
+
+
+def test_a_sigkilled_owner_is_cleaned_up_by_its_reaper_without_gc(
+    empty_expert_image, docker_api, tmp_path
+):
+    """SIGKILL gives no teardown; the owner's reaper removes its objects and closes its run.
+
+    Seen failing with the reaper's sweep disabled (`reap` returning at once): the network and
+    both containers were still there after the deadline.
+    """
+    child, run_id, _ = start_holder(empty_expert_image, tmp_path / "expert")
+    assert len(objects_of_run(docker_api, run_id)) == 3
+    child.kill()
+    child.wait(timeout=CHILD_DEADLINE_S)
+    assert wait_until(lambda: not objects_of_run(docker_api, run_id), REAPED_DEADLINE_S)
+    run = state.open_run(run_id)
+    assert run is not None
+    assert wait_until(lambda: not run.is_journal_open(), REAPED_DEADLINE_S)
+    assert str(run.read_meta()["status"]).startswith("ended: owner died")
+
+
+@pytest.mark.parametrize("journalled", [1, 2, 3])
+def test_a_run_killed_at_any_point_of_start_up_is_found_by_ps_doctor_and_gc(
+    empty_expert_image, docker_api, tmp_path, journalled
+):
+    """Killed (with its reaper) once it journalled `journalled` objects, a run is still found.
+
+    1: the network was being created; 2: the network exists, the proxy is being created; 3:
+    both containers are being created. ps lists whatever exists (the network included), doctor
+    names the run, gc removes it all and closes the run's journal. Seen failing before
+    networks were listed: with 2, ps said nothing of the run whose network was left.
+    """
+    child = spawn_holder(empty_expert_image, tmp_path / "expert")
+    journal: list[state.RunState] = []
+
+    def has_journalled() -> bool:
+        journal[:] = [run for run in state.list_runs() if len(run.journal()) >= journalled]
+        return bool(journal)
+
+    try:
+        assert wait_until(has_journalled, CHILD_DEADLINE_S, interval_s=0.005)
+    finally:
+        kill_owner_and_reaper(child, reaper_of(child.pid))
+    run_id = journal[0].run_id
+    settled = settle(lambda: sorted(objects_of_run(docker_api, run_id)))
+    listed = {info.run_id: info for info in engine.list_sandboxes()}
+    if settled:
+        assert len(listed[run_id].objects) == len(settled)
+        assert not listed[run_id].is_owner_alive
+    if journalled >= 2:
+        assert f"network: perstack-{run_id}-net" in listed[run_id].objects
+    leftovers = next(
+        c for c in _doctor.diagnose(fix=False, progress=print) if c.name == "leftovers"
+    )
+    assert not leftovers.is_ok
+    assert run_id in leftovers.detail
+    removed = engine.collect_garbage()
+    assert objects_of_run(docker_api, run_id) == []
+    assert len([line for line in removed if run_id in line]) == len(settled)
+    assert not journal[0].is_journal_open()
+    assert run_id not in {info.run_id for info in engine.list_sandboxes()}
+    assert run_id not in {run.run_id for run in _sweep.crashed_runs()}
+
+
+def settle(look, *, quiet_s: float = 2.0, deadline_s: float = 30.0):
+    """Return `look()` once it has not changed for `quiet_s` (creates in flight finish)."""
+    seen, since, deadline = look(), time.monotonic(), time.monotonic() + deadline_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = look()
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return seen
 
 
 async def test_down_removes_a_run_even_while_its_owner_lives(
