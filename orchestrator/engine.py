@@ -30,6 +30,7 @@ from orchestrator import _containers, _doctor, _health, _sweep
 from orchestrator._build import stderr_progress
 from orchestrator._docker import LABEL_RUN
 from orchestrator._exec import ExecProcess, start_exec
+from orchestrator._gate import start_slot
 from orchestrator.errors import EngineError
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ __all__ = [
     "diagnose",
     "list_sandboxes",
     "open_sandbox",
+    "start_slot",
     "take_down",
 ]
 

@@ -141,6 +141,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
         with _run_log(run.skills_log_path), _tool_call_log(run.tools_path):
             async with (
                 engine.cancel_on_signals(),
+                engine.start_slot() as started,
                 engine.open_sandbox(
                     prepared.plan, image=image, run=run, workspace=options.workspace
                 ) as sandbox,
@@ -152,6 +153,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
                     egress_check=sandbox.egress_problem,
                 ) as gateway,
             ):
+                started()  # the skills answered: the next sandbox may start
                 yield gateway
                 finished = True
     except BaseExceptionGroup as group:

@@ -246,7 +246,12 @@ def test_twenty_runs_closed_by_the_sdk_stdio_client_leave_nothing_within_30_s(tm
 
 @pytest.mark.usefixtures("docker_api")
 def test_forty_sandboxes_of_the_example_expert_all_list_their_tools(tmp_path):
-    """40 concurrent sandboxes of examples/perstack.toml all list tools and call echo."""
+    """40 concurrent sandboxes of examples/perstack.toml all list tools and call echo.
+
+    Seen failing before start slots (`_gate`), with other work on the host (load average
+    about 40): 12 of 40 listed; the other proxies were not ready within 20 s, or their
+    skills missed the 60 s handshake.
+    """
     fleet = run_fleet(LIST_TOOLS, tmp_path)
     assert fleet.listed == LIST_TOOLS, fleet.failures
     assert len(fleet.echo_ms) == LIST_TOOLS * scale.ECHO_CALLS

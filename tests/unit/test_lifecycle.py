@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import _egress, _reaper, _subnets, cli, state
+from orchestrator import _egress, _gate, _reaper, _subnets, cli, state
 from orchestrator.errors import UsageError
 
 # /proc/net/route of a host with a default route, a LAN, a VPN and the Docker bridge.
@@ -252,3 +252,57 @@ def test_sigterm_calls_the_current_sigint_handler():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert calls == [signal.SIGINT]
+
+
+def test_start_slots_are_counted_per_state_dir_and_freed_on_release(tmp_path):
+    """With 2 slots, a third start waits; releasing one lets it through."""
+    first = _gate._try_take(tmp_path, 2)
+    second = _gate._try_take(tmp_path, 2)
+    assert first is not None
+    assert second is not None
+    assert _gate._try_take(tmp_path, 2) is None
+    os.close(first)
+    third = _gate._try_take(tmp_path, 2)
+    assert third is not None
+    for fd in (second, third):
+        os.close(fd)
+
+
+def test_a_dead_process_holds_no_start_slot(tmp_path):
+    """The kernel drops a process's locks when it dies: a crashed start blocks nobody."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if _gate._try_take(tmp_path, 1) is not None else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    taken = _gate._try_take(tmp_path, 1)
+    assert taken is not None
+    os.close(taken)
+
+
+@pytest.mark.anyio
+async def test_a_start_slot_is_given_back_early_and_once(tmp_path, monkeypatch):
+    """`started()` frees the slot for the next start; leaving the block does not free twice."""
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path))
+    monkeypatch.setenv(_gate.SLOTS_ENV, "1")
+    async with _gate.start_slot() as started:
+        assert _gate._try_take(tmp_path / _gate.SLOTS_DIR, 1) is None
+        started()
+        again = _gate._try_take(tmp_path / _gate.SLOTS_DIR, 1)
+        assert again is not None
+    os.close(again)  # still open: the block's exit closed nothing of anyone else's
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", 2 * (os.cpu_count() or 1)), ("0", 0), ("7", 7)]
+)
+def test_the_number_of_start_slots_comes_from_the_environment(value, expected, monkeypatch):
+    """Unset: twice the CPUs; 0 turns the limit off."""
+    monkeypatch.setenv(_gate.SLOTS_ENV, value)
+    assert _gate.slot_count() == expected
+
+
+def test_a_malformed_number_of_start_slots_is_a_usage_error(monkeypatch):
+    """A typo in the setting is bad input, not a crash."""
+    monkeypatch.setenv(_gate.SLOTS_ENV, "four")
+    with pytest.raises(UsageError, match=_gate.SLOTS_ENV):
+        _gate.slot_count()
