@@ -174,10 +174,13 @@ def _stopping(fence: Fence, cancel: threading.Event | None) -> Iterator[None]:
     done = threading.Event()
 
     def watch() -> None:
-        while not done.is_set():
-            if cancel.wait(STOP_POLL_S):
-                with contextlib.suppress(EngineError):
-                    remove_attached(fence.network_id)
+        while not cancel.wait(STOP_POLL_S):
+            if done.is_set():
+                return
+        while True:  # until the build gives up: each later step starts a container of its own
+            with contextlib.suppress(EngineError):
+                remove_attached(fence.network_id)
+            if done.wait(STOP_POLL_S):
                 return
 
     watcher = threading.Thread(target=watch, name=f"stop {fence.build_id}", daemon=True)

@@ -17,10 +17,12 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
+import docker
 import pytest
 from engine_support import objects_of_run, reaper_of, run_in, wait_until
 
 from orchestrator import _doctor, _sweep, engine, images, state
+from orchestrator.config import load_config
 from orchestrator.engine import open_sandbox
 from orchestrator.errors import ImageBuildError
 from orchestrator.plan import (
@@ -29,6 +31,7 @@ from orchestrator.plan import (
     SandboxPlan,
     SkillLaunch,
     container_argv,
+    plan,
 )
 
 if TYPE_CHECKING:
@@ -350,3 +353,107 @@ def test_a_failed_build_reports_the_failing_step_and_its_output(tmp_path):
     assert "npm install" in message
     assert missing in message
     assert "404" in message
+
+
+BUILD_STOP_DEADLINE_S = 60  # a stopped build step fails, then its fence comes down
+COLD_EXPERT = """
+[experts."interrupted"]
+instruction = "a fresh skill name makes a fresh image tag: the build runs"
+
+[experts."interrupted".skills."{skill}"]
+type = "mcpStdioSkill"
+command = "uvx"
+packageName = "mcp-server-time"
+"""
+
+
+def owned_objects(api, pid: int) -> list[str]:
+    """Name every container and network labelled as owned by process `pid`."""
+    flt = {"label": f"perstack-sandbox.owner-pid={pid}"}
+    names = [f"container {c['Names'][0]}" for c in api.containers(all=True, filters=flt)]
+    return names + [f"network {n['Name']}" for n in api.networks(filters=flt)]
+
+
+def start_cold_call(api, folder: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start `call` on an Expert whose image must be built; return it once its fence is up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "perstack.toml"
+    config.write_text(COLD_EXPERT.format(skill=f"t{os.urandom(4).hex()}"), encoding="utf-8")
+    loaded, _ = load_config(config)
+    base_id = images.image_id(images.base_image_name())
+    assert base_id is not None
+    tag = images.expert_image_name(plan(loaded, "interrupted"), base_id)
+    child = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "orchestrator", "call", "interrupted", "get_current_time"),
+            *("-c", str(config), "--args", '{"timezone": "UTC"}'),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+
+    def is_fence_up() -> bool:  # its proxy runs: everything of the fence exists
+        flt = {"label": [f"perstack-sandbox.owner-pid={child.pid}", "perstack-sandbox.role=proxy"]}
+        return bool(api.containers(filters=flt))
+
+    if not wait_until(is_fence_up, CHILD_DEADLINE_S):
+        child.kill()
+        pytest.fail(f"no build fence appeared: {child.communicate()[1][-2000:]}")
+    return child, tag
+
+
+def assert_tagged_only_with_labels(tag: str) -> None:
+    """Check that the image is absent or carries its package versions (never a bare tag)."""
+    if images.image_id(tag) is not None:
+        try:
+            assert images.resolved_packages(tag), f"{tag} is tagged without its labels"
+        finally:
+            docker.from_env().images.remove(tag)
+
+
+@pytest.mark.usefixtures("base_images")
+def test_sigterm_during_an_image_build_stops_it_and_its_fence_comes_down(docker_api, tmp_path):
+    """SIGTERM while `call` builds: the build stops, exit 130, no proxy, network or tag left.
+
+    SIGTERM comes as the fence is up, before the package install step, so a build that stops
+    leaves no image. Seen failing with the stop disabled (`cancel` never set): the build ran on
+    to its end and the image was tagged.
+    """
+    child, tag = start_cold_call(docker_api, tmp_path / "expert")
+    try:
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=BUILD_STOP_DEADLINE_S)
+        assert child.returncode == 130, err[-2000:]
+        assert owned_objects(docker_api, child.pid) == []
+        assert images.image_id(tag) is None
+        builds = list(state.builds_dir().iterdir())
+        assert builds
+        assert not any(state.RunState(b.name, b).is_journal_open() for b in builds)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        assert_tagged_only_with_labels(tag)
+
+
+@pytest.mark.usefixtures("base_images")
+def test_a_process_killed_during_a_build_leaves_nothing_behind(docker_api, tmp_path):
+    """SIGKILL during a fenced build (an MCP client's last resort): nothing is left, no gc.
+
+    The engine cancels the build when its client goes; the owner's reaper removes the build's
+    proxy and network. Seen failing with the reaper's sweep disabled: the proxy and network
+    were still there after the deadline.
+    """
+    child, tag = start_cold_call(docker_api, tmp_path / "expert")
+    try:
+        child.kill()
+        child.wait(timeout=CHILD_DEADLINE_S)
+        assert wait_until(lambda: not owned_objects(docker_api, child.pid), REAPED_DEADLINE_S)
+        assert images.image_id(tag) is None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        assert_tagged_only_with_labels(tag)
