@@ -31,6 +31,8 @@ from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
+    from ipaddress import IPv4Network
+
     from orchestrator.plan import Limits
     from orchestrator.state import RunState
 
@@ -140,7 +142,7 @@ def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
             if subnet is None:
                 break
             try:
-                return _create_internal(api, name, labels, str(subnet))
+                return _create_internal(api, name, labels, subnet)
             except docker.errors.APIError as exc:
                 if "overlap" not in str(exc.explanation or exc).lower():
                     raise
@@ -159,7 +161,12 @@ def _engine_subnets(api: docker.APIClient) -> list[str]:
     return subnets
 
 
-def _create_internal(api: docker.APIClient, name: str, labels: dict[str, str], subnet: str) -> str:
+def _create_internal(
+    api: docker.APIClient, name: str, labels: dict[str, str], subnet: IPv4Network
+) -> str:
+    # The gateway is named, as the engine's own pools do: it is reserved, and with
+    # `inhibit_ipv4` below nothing on the host holds it.
+    pool = docker.types.IPAMPool(subnet=str(subnet), gateway=str(next(subnet.hosts())))
     created = api.create_network(
         name,
         driver="bridge",
@@ -169,7 +176,7 @@ def _create_internal(api: docker.APIClient, name: str, labels: dict[str, str], s
         # default gateway: anything on the host listening on all addresses would be
         # reachable. Without that address there is no host end at all.
         options={"com.docker.network.bridge.inhibit_ipv4": "true"},
-        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
+        ipam=docker.types.IPAMConfig(pool_configs=[pool]),
         labels=labels,
     )
     return str(created["Id"])
