@@ -101,14 +101,24 @@ def guard(journal: Path | None = None) -> None:
     with _lock:
         watch = _watch
         if watch is None or watch.owner != os.getpid() or watch.process.poll() is not None:
-            known = watch.journals if watch is not None and watch.owner == os.getpid() else []
-            watch = _watch = _spawn(known)
+            watch = _watch = _respawn(watch)
         if journal is not None and str(journal) not in watch.journals:
             watch.journals.append(str(journal))
             try:
                 _send(watch.write_fd, str(journal))
             except OSError:  # it died since the poll: a new one learns every journal
-                watch = _watch = _spawn(watch.journals)
+                watch = _watch = _respawn(watch)
+
+
+def _respawn(previous: _Watch | None) -> _Watch:
+    """Start this process's reaper; let go of a dead one's pipe, or a forked parent's."""
+    if previous is None:
+        return _spawn([])
+    with contextlib.suppress(OSError):
+        # After a fork the parent's write end is ours too: keeping it would make the
+        # parent's reaper wait for this process as well.
+        os.close(previous.write_fd)
+    return _spawn(previous.journals if previous.owner == os.getpid() else [])
 
 
 def pid() -> int | None:
