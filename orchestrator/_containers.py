@@ -3,6 +3,11 @@
 Set-up does the minimum number of engine calls, and runs the two containers' creation in
 parallel: internal network, then {proxy: create, connect egress, start} || {sandbox: create,
 start}, then one inspect for the proxy's addresses and a healthz poll from the host.
+
+Before each create, the object is named in the run's journal (fsynced) and this process's
+reaper is running (`_reaper`), so whatever point a run dies at, its objects are found and
+removed. The internal network takes a small subnet of the configured range (`_subnets`); the
+shared egress network is made once per engine (`_egress`).
 """
 
 from __future__ import annotations

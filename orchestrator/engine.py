@@ -333,9 +333,10 @@ def list_sandboxes() -> list[RunInfo]:
 def collect_garbage(*, include_images: bool = False) -> list[str]:
     """Remove every labelled object whose owning process is gone (on this host); name them.
 
-    Objects of live owners, and of owners on other hosts, are never touched. The shared egress
-    network goes once no container uses it. With `include_images`, images that no current
-    recipe uses (older base/proxy builds, experts built on an older base) go too.
+    Objects of live owners, and of owners on other hosts, are never touched. The journals of
+    runs (in this state directory) whose owner died before its teardown are closed. The
+    shared egress network goes once no container uses it. With `include_images`, images that
+    no current recipe uses (older base/proxy builds, experts built on an older base) go too.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
