@@ -2,6 +2,8 @@
 
 A build streams its steps to a progress callback (stderr by default). When a step fails, the
 `ImageBuildError` carries that step's header and its last output lines, not the whole log.
+Build output is written by package install scripts (untrusted code), so every line and error
+passes through `printable` before it reaches a callback, a message or the terminal.
 Registry locations are read from the host's own package managers, never written here.
 """
 
@@ -18,6 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from orchestrator._docker import client, docker_errors
+from orchestrator._text import printable
 from orchestrator.errors import EngineError, ImageBuildError
 
 if TYPE_CHECKING:
@@ -31,8 +34,8 @@ HOST_TOOL_TIMEOUT_S: Final = 600  # npm pack / pip download of ~60 MB through a 
 
 
 def stderr_progress(line: str) -> None:
-    """Default progress sink: one line on stderr."""
-    sys.stderr.write(line + "\n")
+    """Default progress sink: one line on stderr, control and bidi characters escaped."""
+    sys.stderr.write(printable(line) + "\n")
     sys.stderr.flush()
 
 
@@ -95,7 +98,7 @@ def _follow(events: Iterable[dict[str, object]], tag: str, progress: Callable[[s
             tail = "\n".join(output)
             raise ImageBuildError(
                 f"building {tag} failed at {step}\n--- step output ---\n{tail}\n"
-                f"--- error ---\n{event['error']}"
+                f"--- error ---\n{printable(str(event['error']))}"
             )
         aux = event.get("aux")
         if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
@@ -103,7 +106,8 @@ def _follow(events: Iterable[dict[str, object]], tag: str, progress: Callable[[s
         text = event.get("stream")
         if not isinstance(text, str):
             continue
-        for line in text.splitlines():
+        for raw in text.splitlines():
+            line = printable(raw)
             if line.startswith("Step "):
                 step, output = line, deque(maxlen=STEP_TAIL_LINES)
             elif line.strip():

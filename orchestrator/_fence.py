@@ -36,6 +36,7 @@ from orchestrator._containers import (
     start_proxy,
 )
 from orchestrator._recipe import PROXY_ARGS
+from orchestrator._text import printable
 from orchestrator.errors import EngineError, ImageBuildError
 from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import Limits
@@ -163,7 +164,8 @@ def describe_refusals(audit_path: Path) -> str:
                 decision = json.loads(line)
                 if isinstance(decision, dict) and decision.get("decision") == "deny":
                     refused.add(str(decision.get("host") or decision.get("rawHost")))
-    listed = ", ".join(sorted(refused)) if refused else "nothing"
+    # The hosts are what an install script asked for: escape them like its output.
+    listed = printable(", ".join(sorted(refused))) if refused else "nothing"
     return f"the build's proxy refused {listed} (its decisions: {audit_path})"
 
 
