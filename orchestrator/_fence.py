@@ -40,7 +40,7 @@ from orchestrator._text import printable
 from orchestrator.errors import EngineError, ImageBuildError
 from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import Limits
-from orchestrator.state import RunState, state_dir
+from orchestrator.state import RunState, private_folder, state_dir, write_private
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -90,10 +90,9 @@ def build_fence(
 
     """
     build_id = new_build_id()
-    record = RunState(run_id=build_id, path=builds_dir() / build_id)
-    record.path.mkdir(parents=True, exist_ok=True)
+    record = RunState(run_id=build_id, path=private_folder(builds_dir() / build_id))
     policy = json.dumps({"allowedDomains": sorted(hosts), "sandboxId": build_id})
-    record.policy_path.write_text(policy + "\n")
+    write_private(record.policy_path, policy + "\n")
     spec = SandboxSpec(build_id, expert, "", Limits(), "", None, policy)
     progress(f"build fence {build_id}: registries {', '.join(sorted(hosts)) or '(none)'}")
     follower = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -268,7 +269,8 @@ class ToolCallWriter(logging.Handler):
     def __init__(self, path: Path) -> None:
         """Open `path` for appending; each record is written and flushed as one line."""
         super().__init__(logging.INFO)
-        self._file = path.open("a", encoding="utf-8", buffering=1)
+        fd = state.private_fd(path, append=True)
+        self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write the record's tool call, if it carries one."""

@@ -31,6 +31,7 @@ from orchestrator._build import stderr_progress
 from orchestrator._docker import LABEL_RUN
 from orchestrator._exec import ExecProcess, start_exec
 from orchestrator.errors import EngineError
+from orchestrator.state import write_private
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -200,7 +201,7 @@ async def open_sandbox(
     # The run's copy names each skill's list but holds no token.
     kept = {key: value for key, value in policy.items() if key != "skills"}
     kept["skillAllowedDomains"] = skill_grants(plan)
-    run.policy_path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
+    write_private(run.policy_path, json.dumps(kept, indent=2) + "\n")
     run.update_meta(image=image, status="starting", workspace=str(workspace or ""))
     spec = _containers.SandboxSpec(
         run_id=run.run_id,

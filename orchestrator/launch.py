@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import pwd
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -89,8 +90,8 @@ def prepare(options: LaunchOptions) -> Prepared:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed, or the workspace overlaps the
-            Expert's folder.
+        UsageError: an env file is missing or malformed, or the workspace is refused (see
+            `check_workspace`).
 
     """
     config, _warnings = load_config(options.config_path)
@@ -104,23 +105,54 @@ def prepare(options: LaunchOptions) -> Prepared:
 
 
 def check_workspace(workspace: Path | None, config_dir: Path) -> None:
-    """Refuse a workspace that is, contains or lies inside the Expert's folder.
+    """Refuse a workspace that overlaps the Expert's folder or the state directory, or the home.
 
     The sandbox writes to its workspace; if that were the Expert's folder it could rewrite
     perstack.toml or plant `.env` files (or links) that the NEXT run would read on the host.
+    Over the state directory it would reach every run's policy, logs and audit (private by
+    their modes, but the trail must not be writable by what it records). The user's home (or
+    a folder above it) holds their keys, shell start-up files and the default state directory.
 
     Raises:
-        UsageError: the two folders overlap.
+        UsageError: the workspace overlaps one of them, or is (or contains) the home folder.
 
     """
     if workspace is None:
         return
-    space, expert = workspace.resolve(), config_dir.resolve()
-    if space == expert or space in expert.parents or expert in space.parents:
+    space = workspace.resolve()
+    if _overlaps(space, config_dir.resolve()):
         raise UsageError(
             f"--workspace {workspace} overlaps the Expert's folder {config_dir}: the sandbox "
             "could rewrite its own perstack.toml and env files; use a separate folder"
         )
+    for home in _homes():
+        if space == home or space in home.parents:
+            raise UsageError(
+                f"--workspace {workspace} is your home folder {home} or holds it: the sandbox "
+                "could read and rewrite your keys, shell start-up files and settings; give it "
+                "a folder of its own"
+            )
+    states = state.state_dir()
+    if _overlaps(space, states.resolve()):
+        raise UsageError(
+            f"--workspace {workspace} overlaps the state directory {states}: the sandbox "
+            "would reach the records of every run; use a separate folder (or move the state "
+            f"with ${state.STATE_ENV})"
+        )
+
+
+def _overlaps(one: Path, other: Path) -> bool:
+    return one == other or one in other.parents or other in one.parents
+
+
+def _homes() -> set[Path]:
+    """Return the invoking user's home, as $HOME and as the password database say."""
+    homes = set()
+    with contextlib.suppress(KeyError, RuntimeError):
+        homes.add(Path.home().resolve())
+    with contextlib.suppress(KeyError):
+        homes.add(Path(pwd.getpwuid(os.getuid()).pw_dir).resolve())
+    return homes
 
 
 @asynccontextmanager
