@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _containers, _doctor, _health, _sweep
+from orchestrator import _containers, _doctor, _health, _sweep, expert_folder
 from orchestrator._build import stderr_progress
 from orchestrator._docker import LABEL_RUN
 from orchestrator._exec import ExecProcess, start_exec
@@ -192,17 +192,25 @@ async def open_sandbox(
     their own listeners and is empty (off) everywhere else. Teardown runs on normal exit, on an
     exception and on cancellation (SIGINT/SIGTERM via `cancel_on_signals`).
 
+    Every env file in the Expert's folder is covered by an empty read-only file (see
+    `expert_folder`).
+
     Raises:
+        UsageError: the Expert's folder cannot be checked, or skills could not read it.
         EngineError: the engine refused an operation, or the proxy never became ready.
 
     """
+    # Checked again now (not only at `prepare`): the folder may have changed since.
+    folder = await anyio.to_thread.run_sync(expert_folder.check_expert_folder, plan)
     credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
     policy = proxy_policy(plan, run.run_id, test_allow_cidrs, credentials)
     # The run's copy names each skill's list but holds no token.
     kept = {key: value for key, value in policy.items() if key != "skills"}
     kept["skillAllowedDomains"] = skill_grants(plan)
     write_private(run.policy_path, json.dumps(kept, indent=2) + "\n")
-    run.update_meta(image=image, status="starting", workspace=str(workspace or ""))
+    run.update_meta(
+        image=image, status="starting", workspace=str(workspace or ""), hidden=folder.masks
+    )
     spec = _containers.SandboxSpec(
         run_id=run.run_id,
         expert=plan.expert,
@@ -211,6 +219,8 @@ async def open_sandbox(
         expert_dir=plan.config_dir,
         workspace=str(workspace) if workspace else None,
         policy=json.dumps(policy),
+        masks=folder.masks,
+        cover=str(run.write_cover()) if folder.masks else "",
     )
     status = "failed"
     try:

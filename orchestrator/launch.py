@@ -30,6 +30,7 @@ from orchestrator.audit import ToolCallWriter
 from orchestrator.config import load_config
 from orchestrator.env import env_files, load_env_files, resolve_secrets, skill_environment
 from orchestrator.errors import RunError, UsageError
+from orchestrator.expert_folder import check_expert_folder
 from orchestrator.gateway import (
     Gateway,
     Prompter,
@@ -90,17 +91,18 @@ def prepare(options: LaunchOptions) -> Prepared:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed, or the workspace is refused (see
-            `check_workspace`).
+        UsageError: an env file is missing or malformed, the workspace is refused (see
+            `check_workspace`), or the skills could not read the Expert's folder.
 
     """
     config, _warnings = load_config(options.config_path)
-    sandbox_plan = make_plan(config, options.expert)
+    sandbox_plan = make_plan(config, options.expert, options.env_paths)
     check_workspace(options.workspace, Path(sandbox_plan.config_dir))
     files = env_files(
         Path(sandbox_plan.config_dir), options.env_paths, list(config.env_path) or None
     )
     secrets = resolve_secrets(sandbox_plan, load_env_files(files))
+    check_expert_folder(sandbox_plan)  # the engine checks it again when the sandbox starts
     return Prepared(plan=sandbox_plan, secrets=secrets)
 
 
