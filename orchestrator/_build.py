@@ -3,7 +3,9 @@
 A build streams its steps to a progress callback (stderr by default). When a step fails, the
 `ImageBuildError` carries that step's header and its last output lines, not the whole log.
 Build output is written by package install scripts (untrusted code), so every line and error
-passes through `printable` before it reaches a callback, a message or the terminal.
+passes through `printable` before it reaches a callback, a message or the terminal. Colour
+codes are dropped first: the engine wraps each RUN step's stderr in red, and escaped they
+would only be noise.
 Registry locations are read from the host's own package managers, never written here.
 """
 
@@ -13,6 +15,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 Progress = "Callable[[str], None]"
 
+_COLOUR: Final = re.compile(r"\x1b\[[0-9;]*m")  # SGR only: colours, nothing that moves or writes
 STEP_TAIL_LINES: Final = 60  # lines of a failed step's output kept in the error
 HOST_TOOL_TIMEOUT_S: Final = 600  # npm pack / pip download of ~60 MB through a slow proxy
 
@@ -107,7 +111,7 @@ def _follow(events: Iterable[dict[str, object]], tag: str, progress: Callable[[s
         if not isinstance(text, str):
             continue
         for raw in text.splitlines():
-            line = printable(raw)
+            line = printable(_COLOUR.sub("", raw))
             if line.startswith("Step "):
                 step, output = line, deque(maxlen=STEP_TAIL_LINES)
             elif line.strip():

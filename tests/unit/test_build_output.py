@@ -35,6 +35,14 @@ def test_every_progress_line_of_a_build_is_escaped() -> None:
     assert seen == ["Step 1/2 : RUN npm install x", f"postinstall: {SHOWN}"]
 
 
+def test_the_engines_colour_codes_are_dropped_and_other_escapes_kept_visible() -> None:
+    """The red the engine wraps stderr in is dropped; a cursor move in the same line is shown."""
+    seen: list[str] = []
+    events = [{"stream": "\x1b[91mnpm error\x1b[1A\n\x1b[0m\n"}, {"aux": {"ID": "i"}}]
+    _build._follow(events, "t", seen.append)
+    assert seen == ["npm error\\x1b[1A"]
+
+
 def test_a_failed_builds_error_holds_its_output_and_error_escaped() -> None:
     """The step output kept in the error, and the engine's error text, are both escaped."""
     events = [
