@@ -12,9 +12,10 @@ sandbox sees it read-only, so each env file is covered by an empty read-only fil
 
 Skills run as uids 10001 and up, neither owner nor group of host files, so only the "others"
 permission bits let them in. When a skill works in /expert (a local command, or an argument
-naming /expert), every folder must be enterable and listable by others and every file readable,
-or the run is refused before anything starts, naming the path and why. Env files are not
-checked (they are hidden anyway). The walk never follows a link and stops at `MAX_ENTRIES`.
+naming /expert), every file must be readable by others and every folder listable and
+enterable, or the run is refused before anything starts, naming each path and why. Env files
+are not checked (they are hidden anyway), nor is a private folder that holds nothing but env
+files (a 0700 `secrets/`). The walk never follows a link and stops at `MAX_ENTRIES`.
 """
 
 from __future__ import annotations
@@ -46,15 +47,19 @@ class FolderCheck:
     entries: int  # how many entries the walk looked at
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    path: Path
+    found: os.stat_result
+    is_reachable: bool  # every folder above it lets others pass: a skill can get to it
+
+
 @dataclass
 class _Walk:
     root: Path
-    prefix: str
-    env_inodes: set[tuple[int, int]]
-    check_readable: bool
+    env_inodes: set[tuple[int, int]] = field(default_factory=set)
     masks: set[str] = field(default_factory=set)
-    unreadable: list[str] = field(default_factory=list)
-    entries: int = 0
+    unlisted: set[Path] = field(default_factory=set)  # folders closed to us and to skills
 
 
 def uses_expert_folder(plan: SandboxPlan) -> bool:
@@ -80,21 +85,20 @@ def check_expert_folder(plan: SandboxPlan) -> FolderCheck:
         raise UsageError(f"the Expert's folder {root} cannot be read: {exc.strerror}") from exc
     if not stat.S_ISDIR(root_stat.st_mode):
         raise UsageError(f"the Expert's folder {root} is not a folder")
-    walk = _Walk(root, EXPERT_DIR, set(), check_readable=uses_expert_folder(plan))
+    walk = _Walk(root)
     for hidden in plan.hidden:
         _add_env_file(walk, Path(hidden.path))
-    _check_mode(walk, root, root_stat)
-    entries = _list_reachable(root) if root_stat.st_mode & stat.S_IXOTH else []
-    walk.entries = len(entries)
+    entries = _list(walk, root_stat)
     # Links first: a `.env*` link names an env file, whose other (hard-linked) names come after.
-    for path, found in entries:
-        if stat.S_ISLNK(found.st_mode) and path.name.startswith(HIDDEN_NAME_PREFIX):
-            _add_env_file(walk, path)
-    for path, found in entries:
-        _visit(walk, path, found)
-    if walk.unreadable:
-        raise UsageError(_describe_unreadable(root, walk.unreadable))
-    return FolderCheck(masks=tuple(sorted(walk.masks)), entries=walk.entries)
+    for entry in entries:
+        if stat.S_ISLNK(entry.found.st_mode) and entry.path.name.startswith(HIDDEN_NAME_PREFIX):
+            _add_env_file(walk, entry.path)
+    walk.masks |= {_target(walk, e.path) for e in entries if e.is_reachable and _is_env(walk, e)}
+    if uses_expert_folder(plan):
+        unreadable = _unreadable(walk, _Entry(root, root_stat, is_reachable=True), entries)
+        if unreadable:
+            raise UsageError(_describe_unreadable(root, unreadable))
+    return FolderCheck(masks=tuple(sorted(walk.masks)), entries=len(entries))
 
 
 def _add_env_file(walk: _Walk, path: Path) -> None:
@@ -110,76 +114,87 @@ def _add_env_file(walk: _Walk, path: Path) -> None:
         walk.masks.add(_target(walk, real))
 
 
+def _is_env(walk: _Walk, entry: _Entry) -> bool:
+    found = entry.found
+    return stat.S_ISREG(found.st_mode) and (
+        entry.path.name.startswith(HIDDEN_NAME_PREFIX)
+        or (found.st_dev, found.st_ino) in walk.env_inodes
+    )
+
+
 def _target(walk: _Walk, path: Path) -> str:
-    return str(PurePosixPath(walk.prefix) / path.relative_to(walk.root).as_posix())
+    return str(PurePosixPath(EXPERT_DIR) / path.relative_to(walk.root).as_posix())
 
 
-def _list_reachable(root: Path) -> list[tuple[Path, os.stat_result]]:
-    """List every entry under `root` a skill could reach: inside folders others may enter.
+def _list(walk: _Walk, root_stat: os.stat_result) -> list[_Entry]:
+    """List every entry under the folder, never through a link, marking what skills reach.
 
     Raises:
-        UsageError: too many entries, or a folder the skills may enter cannot be listed.
+        UsageError: too many entries, or a folder the skills can reach cannot be listed.
 
     """
-    found: list[tuple[Path, os.stat_result]] = []
-    pending = [root]
+    found: list[_Entry] = []
+    pending = [(walk.root, bool(root_stat.st_mode & stat.S_IXOTH))]
     while pending:
-        folder = pending.pop()
+        folder, is_reachable = pending.pop()
         try:
-            with os.scandir(folder) as entries:
-                listed = [(Path(e.path), e.stat(follow_symlinks=False)) for e in entries]
+            with os.scandir(folder) as listing:
+                listed = [(Path(e.path), e.stat(follow_symlinks=False)) for e in listing]
         except OSError as exc:
+            if not is_reachable:  # closed to the skills too: nothing in it to hide from them
+                walk.unlisted.add(folder)
+                continue
             raise UsageError(
                 f"cannot check the Expert's folder: {folder}: {exc.strerror}; perstack-sandbox "
                 "looks at every file in it before mounting it (env files to hide)"
             ) from exc
-        found += listed
+        found += [_Entry(path, entry, is_reachable) for path, entry in listed]
         if len(found) > MAX_ENTRIES:
             raise UsageError(
-                f"the Expert's folder {root} holds more than {MAX_ENTRIES} entries: too many "
-                "to check for env files before mounting it; keep the Expert in a folder of "
-                "its own"
+                f"the Expert's folder {walk.root} holds more than {MAX_ENTRIES} entries: too "
+                "many to check for env files before mounting it; keep the Expert in a folder "
+                "of its own"
             )
-        # Never through a link; only where a skill's uid may pass (others' x bit).
         pending += [
-            path
+            (path, is_reachable and bool(entry.st_mode & stat.S_IXOTH))
             for path, entry in listed
-            if stat.S_ISDIR(entry.st_mode) and entry.st_mode & stat.S_IXOTH
+            if stat.S_ISDIR(entry.st_mode)
         ]
     return found
 
 
-def _visit(walk: _Walk, path: Path, found: os.stat_result) -> None:
-    mode = found.st_mode
-    if stat.S_ISLNK(mode):
-        return  # resolved inside the sandbox: to a covered file, or to nothing of the host
-    if stat.S_ISREG(mode) and (
-        path.name.startswith(HIDDEN_NAME_PREFIX) or (found.st_dev, found.st_ino) in walk.env_inodes
-    ):
-        walk.masks.add(_target(walk, path))
-        return
-    _check_mode(walk, path, found)
+def _unreadable(walk: _Walk, root: _Entry, entries: list[_Entry]) -> list[str]:
+    """Say which reachable files others cannot read, and which closed folders hold any."""
+    # A closed folder matters only when it holds something besides env files (or is unknown).
+    holding = set(walk.unlisted)
+    for entry in entries:
+        if not stat.S_ISDIR(entry.found.st_mode) and not _is_env(walk, entry):
+            holding.update(entry.path.parents)
+    problems = []
+    for entry in (root, *entries):
+        mode = entry.found.st_mode
+        where = f"{entry.path} (mode {stat.S_IMODE(mode):04o}, owner uid {entry.found.st_uid})"
+        if not entry.is_reachable or _is_env(walk, entry):
+            continue
+        if stat.S_ISDIR(mode) and not _is_open(mode) and entry.path in holding:
+            problems.append(f"{where}: a folder others cannot list and enter (needs o+rx)")
+        elif stat.S_ISREG(mode) and not mode & stat.S_IROTH:
+            problems.append(f"{where}: a file others cannot read (needs o+r)")
+    return problems
 
 
-def _is_enterable(found: os.stat_result) -> bool:
+def _is_open(mode: int) -> bool:
     wanted = stat.S_IROTH | stat.S_IXOTH
-    return found.st_mode & wanted == wanted
-
-
-def _check_mode(walk: _Walk, path: Path, found: os.stat_result) -> None:
-    if not walk.check_readable or len(walk.unreadable) >= MAX_REPORTED:
-        return
-    mode = found.st_mode
-    where = f"{path} (mode {stat.S_IMODE(mode):04o}, owner uid {found.st_uid})"
-    if stat.S_ISDIR(mode) and not _is_enterable(found):
-        walk.unreadable.append(f"{where}: a folder others cannot list and enter (needs o+rx)")
-    elif stat.S_ISREG(mode) and not mode & stat.S_IROTH:
-        walk.unreadable.append(f"{where}: a file others cannot read (needs o+r)")
+    return mode & wanted == wanted
 
 
 def _describe_unreadable(root: Path, unreadable: list[str]) -> str:
-    lines = "\n".join(f"  {line}" for line in unreadable)
-    more = "\n  ... (only the first ones are listed)" if len(unreadable) >= MAX_REPORTED else ""
+    lines = "\n".join(f"  {line}" for line in unreadable[:MAX_REPORTED])
+    more = (
+        f"\n  ... and {len(unreadable) - MAX_REPORTED} more"
+        if len(unreadable) > MAX_REPORTED
+        else ""
+    )
     return (
         f"the skills cannot read the Expert's folder {root}: they run as {SKILL_UIDS}, "
         "neither owner nor group of host files, so only the permissions for others count:\n"

@@ -141,7 +141,8 @@ def test_a_file_others_cannot_read_is_refused_but_a_private_env_file_is_not(
     write(folder / ".env", mode=0o600)
     write(folder / "server.py", mode=0o640)
     write(folder / "lib" / "util.py", mode=0o600)
-    (folder / "locked").mkdir(mode=0o711)
+    write(folder / "locked" / "data.json", "{}", mode=0o644)
+    (folder / "locked").chmod(0o711)
     with pytest.raises(UsageError) as refused:
         check_expert_folder(sandbox)
     lines = str(refused.value).splitlines()
@@ -149,6 +150,21 @@ def test_a_file_others_cannot_read_is_refused_but_a_private_env_file_is_not(
     assert any(f"{folder / 'lib' / 'util.py'} (mode 0600" in line for line in lines)
     assert any(f"{folder / 'locked'} (mode 0711" in line for line in lines)
     assert not any(".env" in line for line in lines)
+
+
+def test_a_private_folder_that_holds_only_env_files_is_accepted(tmp_path: Path) -> None:
+    """A 0700 `secrets/` with the envPath file is fine: skills need nothing in it; it is covered."""
+    folder = tmp_path / "expert"
+    text = f'envPath = ["secrets/app.env"]\n[experts."e"]\ninstruction = "t"\n{LOCAL_SKILL}'
+    config, _ = parse_config(text, config_dir=str(folder))
+    write(folder / "secrets" / "app.env", mode=0o600)
+    write(folder / "secrets" / ".env.old", mode=0o600)
+    (folder / "secrets").chmod(0o700)
+    folder.chmod(0o755)
+    assert check_expert_folder(plan(config, "e")).masks == ("/expert/secrets/app.env",)
+    write(folder / "secrets" / "notes.txt", mode=0o600)
+    with pytest.raises(UsageError, match="secrets \\(mode 0700"):
+        check_expert_folder(plan(config, "e"))
 
 
 def test_only_an_expert_whose_skills_work_in_expert_must_be_readable(tmp_path: Path) -> None:
