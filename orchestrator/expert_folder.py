@@ -15,7 +15,8 @@ permission bits let them in. When a skill works in /expert (a local command, or 
 naming /expert), every file must be readable by others and every folder listable and
 enterable, or the run is refused before anything starts, naming each path and why. Env files
 are not checked (they are hidden anyway), nor is a private folder that holds nothing but env
-files (a 0700 `secrets/`). The walk never follows a link and stops at `MAX_ENTRIES`.
+files (a 0700 `secrets/`), nor the state directory if it lies in the folder. The walk never
+follows a link and stops at `MAX_ENTRIES`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Final
 
+from orchestrator import state
 from orchestrator.errors import UsageError
 from orchestrator.plan import EXPERT_DIR, HIDDEN_NAME_PREFIX
 
@@ -134,6 +136,9 @@ def _list(walk: _Walk, root_stat: os.stat_result) -> list[_Entry]:
 
     """
     found: list[_Entry] = []
+    # The state directory may lie in the folder (the folder is the home, say): it is ours, and
+    # private by its modes (`state`), so it is neither walked nor reported.
+    skipped = state.state_dir().resolve()
     pending = [(walk.root, bool(root_stat.st_mode & stat.S_IXOTH))]
     while pending:
         folder, is_reachable = pending.pop()
@@ -158,7 +163,7 @@ def _list(walk: _Walk, root_stat: os.stat_result) -> list[_Entry]:
         pending += [
             (path, is_reachable and bool(entry.st_mode & stat.S_IXOTH))
             for path, entry in listed
-            if stat.S_ISDIR(entry.st_mode)
+            if stat.S_ISDIR(entry.st_mode) and path != skipped
         ]
     return found
 

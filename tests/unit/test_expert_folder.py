@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestrator import _containers, expert_folder
+from orchestrator import _containers, expert_folder, state
 from orchestrator.config import parse_config
 from orchestrator.errors import UsageError
 from orchestrator.expert_folder import check_expert_folder, uses_expert_folder
@@ -237,3 +237,18 @@ def test_each_cover_is_a_read_only_bind_of_the_cover_file_after_the_folder() -> 
         ("/expert", "/srv/expert", True),
         ("/expert/.env", "/state/cover", True),
     ]
+
+
+def test_a_state_directory_inside_the_folder_is_neither_walked_nor_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The private state directory may lie in the Expert's folder: it is ours, skipped whole."""
+    folder = tmp_path / "expert"
+    sandbox = expert(folder)
+    monkeypatch.setenv(state.STATE_ENV, str(folder / "records"))
+    run = state.create_run("e")
+    write(run.path / ".env.copy", mode=0o600)
+    assert check_expert_folder(sandbox).masks == ()
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(UsageError, match="records \\(mode 0700"):
+        check_expert_folder(sandbox)
