@@ -65,9 +65,12 @@ class _Walk:
 
 
 def uses_expert_folder(plan: SandboxPlan) -> bool:
-    """Tell whether a skill works in /expert: a local command, or an argument naming it."""
+    """Tell whether a skill works in /expert: a local command, or an argument naming it.
+
+    An argument counts wherever /expert appears in it (`--root=/expert/data` too).
+    """
     return any(
-        launch.kind == "local" or any(arg.startswith(EXPERT_DIR) for arg in launch.argv)
+        launch.kind == "local" or any(EXPERT_DIR in arg for arg in launch.argv)
         for launch in plan.skills
     )
 

@@ -175,7 +175,7 @@ def test_only_an_expert_whose_skills_work_in_expert_must_be_readable(tmp_path: P
     folder.chmod(0o700)
     assert not uses_expert_folder(sandbox)
     assert check_expert_folder(sandbox).masks == ("/expert/.env",)
-    naming = expert(tmp_path / "b", PACKAGE_SKILL.replace('"some-server"]', '"x", "/expert/d"]'))
+    naming = expert(tmp_path / "b", PACKAGE_SKILL.replace('"some-server"', '"x", "--root=/expert"'))
     assert uses_expert_folder(naming)
 
 
