@@ -269,7 +269,7 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         group.start_soon(make, "proxy")
         group.start_soon(make, "sandbox")
     proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, ids["proxy"], network)
-    _health.follow_logs(ids["proxy"], run)
+    await anyio.to_thread.run_sync(_health.follow_logs, ids["proxy"], run)
     await _health.wait_ready(ids["proxy"], proxy_host_ip, PROXY_PORT)
     return Started(ids["sandbox"], ids["proxy"], proxy_ip, proxy_host_ip, network)
 

@@ -96,16 +96,17 @@ class Sandbox:
             "REQUESTS_CA_BUNDLE": CA_BUNDLE,
         }
 
-    def egress_problem(self) -> str | None:
+    async def egress_problem(self) -> str | None:
         """Return why the sandbox has lost its egress proxy, or None while the proxy runs.
 
         Without its proxy the sandbox has no way out at all (it fails closed); the gateway
         uses this to refuse further calls with a clear message instead of letting skills
-        fail one by one, unaudited.
+        fail one by one, unaudited. The engine is asked (in a worker thread) only once the
+        proxy's output has ended, so a healthy call costs no engine round trip.
         """
         if not _health.has_stopped(self.proxy_container_id):
             return None
-        how = _health.describe_stopped(self.proxy_container_id)
+        how = await anyio.to_thread.run_sync(_health.describe_stopped, self.proxy_container_id)
         return (
             f"egress is down: the proxy of run {self.run_id} stopped ({how}). The sandbox has "
             f"no network access any more and tool calls are refused; stop this run "

@@ -16,6 +16,7 @@ _transports.py  stdio, and streamable HTTP on 127.0.0.1 behind a bearer token an
 from __future__ import annotations
 
 from orchestrator.gateway._core import (
+    EgressCheck,
     Gateway,
     Prompter,
     Route,
@@ -38,6 +39,7 @@ from orchestrator.gateway._transports import (
 )
 
 __all__ = [
+    "EgressCheck",
     "Gateway",
     "Prompter",
     "Route",

@@ -10,7 +10,8 @@ import pytest
 
 from orchestrator.engine import Sandbox
 from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.launch import LaunchOptions, build_sessions, parse_tool_args, prepare
+from orchestrator.launch import LaunchOptions, parse_tool_args, prepare
+from orchestrator.run import build_sessions
 
 if TYPE_CHECKING:
     from pathlib import Path
