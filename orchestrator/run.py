@@ -83,6 +83,11 @@ def prepare_run(
 
     """
     sandbox_plan = make_plan(config, expert)
+    if len(sandbox_plan.skills) > engine.SKILL_UID_COUNT:
+        raise UsageError(
+            f"expert {expert!r} has {len(sandbox_plan.skills)} stdio skills; a sandbox runs at "
+            f"most {engine.SKILL_UID_COUNT} (one uid each)"
+        )
     if limits is not None:
         sandbox_plan = sandbox_plan.model_copy(update={"limits": limits})
     if not Path(sandbox_plan.config_dir).is_absolute():
@@ -176,6 +181,29 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     )
 
 
+async def build_image(
+    config: ConfigSource, expert: str, *, on_progress: Callable[[str], None] | None = None
+) -> str:
+    """Build (or reuse) the images `expert` runs on, and return its per-expert image's tag.
+
+    `open_run` builds what is missing too; this makes the build explicit (ahead of a run, in
+    CI). Progress lines go to `on_progress`; nothing is printed.
+
+    Raises:
+        ConfigError: the config is invalid. UnknownExpertError: no such expert.
+        ImageBuildError: a build step failed. EngineError: the engine, npm or pip failed.
+
+    """
+    progress = on_progress or _quiet
+    loaded = config if isinstance(config, PerstackConfig) else load_config(Path(config))[0]
+    expert_plan = make_plan(loaded, expert)
+    tag = await anyio.to_thread.run_sync(
+        functools.partial(images.ensure_expert_image, expert_plan, progress=progress)
+    )
+    await anyio.to_thread.run_sync(functools.partial(images.ensure_proxy_image, progress=progress))
+    return tag
+
+
 @dataclass(frozen=True, slots=True)
 class _RunOptions:
     workspace: Path | None
@@ -206,6 +234,7 @@ class Run:
         self.run_id = state.new_run_id()
         self._config, self._secrets, self._options = config, secrets, options
         self._gateway: Gateway | None = None
+        self._prepared: Prepared | None = None
         self._state: state.RunState | None = None
         self._context: AbstractAsyncContextManager[Gateway] | None = None
 
@@ -220,6 +249,18 @@ class Run:
         if self._gateway is None:
             raise RunError(f"run {self.run_id} is not started: use `async with open_run(...)`")
         return self._gateway
+
+    @property
+    def plan(self) -> SandboxPlan:
+        """What the sandbox runs: skills, env names, egress allowlist, limits, mounts.
+
+        Raises:
+            RunError: the run has not started yet.
+
+        """
+        if self._prepared is None:
+            raise RunError(f"run {self.run_id} has no plan yet: use `async with open_run(...)`")
+        return self._prepared.plan
 
     @property
     def path(self) -> Path:
@@ -288,7 +329,7 @@ class Run:
     @asynccontextmanager
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
-        prepared = await anyio.to_thread.run_sync(self._prepare)
+        prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
         progress = options.on_progress
         image = await anyio.to_thread.run_sync(
             functools.partial(images.ensure_expert_image, prepared.plan, progress=progress)
