@@ -20,9 +20,9 @@ from pathlib import Path
 import anyio
 import docker
 
-from orchestrator import images, state
-from orchestrator.engine import open_sandbox
-from orchestrator.plan import (
+from perstack_sandbox import images, state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.plan import (
     WORKSPACE_DIR,
     PackageSpec,
     SandboxPlan,

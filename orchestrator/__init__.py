@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Final
 
-from orchestrator.errors import (
+from perstack_sandbox.errors import (
     ConfigError,
     ConfigIssue,
     EngineError,
@@ -41,11 +41,11 @@ from orchestrator.errors import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.audit import AuditSink, RunFiles, TeeSink, ToolCall
-    from orchestrator.config import PerstackConfig, load_config, parse_config
-    from orchestrator.env import Secret, env_file_secrets, host_secrets
-    from orchestrator.plan import Limits, SandboxPlan
-    from orchestrator.run import ConfigSource, Isolation, Run, build_image, open_run
+    from perstack_sandbox.audit import AuditSink, RunFiles, TeeSink, ToolCall
+    from perstack_sandbox.config import PerstackConfig, load_config, parse_config
+    from perstack_sandbox.env import Secret, env_file_secrets, host_secrets
+    from perstack_sandbox.plan import Limits, SandboxPlan
+    from perstack_sandbox.run import ConfigSource, Isolation, Run, build_image, open_run
 
 __all__ = [
     "AuditSink",

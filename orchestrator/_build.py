@@ -17,8 +17,8 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from orchestrator._docker import client, docker_errors
-from orchestrator.errors import EngineError, ImageBuildError
+from perstack_sandbox._docker import client, docker_errors
+from perstack_sandbox.errors import EngineError, ImageBuildError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping

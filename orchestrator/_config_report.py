@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from orchestrator._config_rules import ItemError
-from orchestrator.errors import ConfigError, ConfigIssue
+from perstack_sandbox._config_rules import ItemError
+from perstack_sandbox.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from orchestrator.config import PerstackConfig
+    from perstack_sandbox.config import PerstackConfig
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MAP_TABLES = frozenset({"experts", "skills", "tools", "headers"})

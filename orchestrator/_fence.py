@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _build, _health, _registries
-from orchestrator._containers import (
+from perstack_sandbox import _build, _health, _registries
+from perstack_sandbox._containers import (
     PROXY_PORT,
     SandboxSpec,
     create_internal_network,
@@ -35,17 +35,17 @@ from orchestrator._containers import (
     remove_run,
     start_proxy,
 )
-from orchestrator._recipe import PROXY_ARGS
-from orchestrator.errors import EngineError, ImageBuildError
-from orchestrator.images import ensure_proxy_image
-from orchestrator.plan import Limits
-from orchestrator.state import RunState, state_dir
+from perstack_sandbox._recipe import PROXY_ARGS
+from perstack_sandbox.errors import EngineError, ImageBuildError
+from perstack_sandbox.images import ensure_proxy_image
+from perstack_sandbox.plan import Limits
+from perstack_sandbox.state import RunState, state_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.plan import SandboxPlan
 
 BUILDS_DIR: Final = "builds"
 LOG_DRAIN_TIMEOUT_S: Final = 10.0  # the proxy's last audit lines after its container is removed

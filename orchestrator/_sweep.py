@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import docker.errors
 
-from orchestrator import _containers, images
-from orchestrator._docker import (
+from perstack_sandbox import _containers, images
+from perstack_sandbox._docker import (
     LABEL_CREATED,
     LABEL_EXPERT,
     LABEL_MANAGED,
@@ -23,7 +23,7 @@ from orchestrator._docker import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.engine import RunInfo
+    from perstack_sandbox.engine import RunInfo
 
 
 def list_runs() -> list[RunInfo]:
@@ -33,7 +33,7 @@ def list_runs() -> list[RunInfo]:
         EngineError: the engine could not be reached.
 
     """
-    from orchestrator.engine import RunInfo  # noqa: PLC0415 - engine imports this module
+    from perstack_sandbox.engine import RunInfo  # noqa: PLC0415 - engine imports this module
 
     with docker_errors("listing sandboxes"):
         containers = client().api.containers(all=True, filters=MANAGED_FILTER)

@@ -2,7 +2,7 @@
 
 A run reports what happens in it through one `AuditSink` object of its own, never through
 process-wide logging handlers, so runs that share a process keep separate trails. `RunFiles`
-is the sink of a run folder (see `orchestrator.state`); `TeeSink` adds the caller's own.
+is the sink of a run folder (see `perstack_sandbox.state`); `TeeSink` adds the caller's own.
 
 Two JSON-lines files of a run folder are read here:
 
@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from orchestrator import state
-from orchestrator._text import printable
-from orchestrator.errors import UsageError
+from perstack_sandbox import state
+from perstack_sandbox._text import printable
+from perstack_sandbox.errors import UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -23,15 +23,15 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator import _config_rules as rules
-from orchestrator._config_report import (
+from perstack_sandbox import _config_rules as rules
+from perstack_sandbox._config_report import (
     check_publish_rules,
     find_unknown_keys,
     read_toml,
     validation_issues,
 )
-from orchestrator._config_rules import PROTECTED_ENV_NAMES, PROTECTED_ENV_PREFIXES
-from orchestrator._config_types import (
+from perstack_sandbox._config_rules import PROTECTED_ENV_NAMES, PROTECTED_ENV_PREFIXES
+from perstack_sandbox._config_types import (
     AllowlistEntry,
     EnvName,
     ExpertKey,
@@ -48,7 +48,7 @@ from orchestrator._config_types import (
     Text,
     ToolName,
 )
-from orchestrator.errors import ConfigError, ConfigIssue
+from perstack_sandbox.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
     from pathlib import Path

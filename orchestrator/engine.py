@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _containers, _doctor, _health, _sweep
-from orchestrator._build import stderr_progress
-from orchestrator._docker import LABEL_RUN
-from orchestrator._exec import ExecProcess, start_exec
-from orchestrator.errors import EngineError
+from perstack_sandbox import _containers, _doctor, _health, _sweep
+from perstack_sandbox._build import stderr_progress
+from perstack_sandbox._docker import LABEL_RUN
+from perstack_sandbox._exec import ExecProcess, start_exec
+from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
-    from orchestrator.state import RunState
+    from perstack_sandbox.plan import SandboxPlan
+    from perstack_sandbox.state import RunState
 
 __all__ = [
     "SKILL_UID_COUNT",

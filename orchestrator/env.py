@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
-from orchestrator.errors import MissingEnvError, UsageError
+from perstack_sandbox.errors import MissingEnvError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from orchestrator.config import PerstackConfig
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.config import PerstackConfig
+    from perstack_sandbox.plan import SandboxPlan
 
 DEFAULT_ENV_FILES: Final = (".env", ".env.local")
 MINIMAL_PATH: Final = "/usr/local/bin:/usr/bin:/bin"

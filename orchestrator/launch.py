@@ -1,4 +1,4 @@
-"""The CLI's runs: `tools`, `call` and `run` on top of the public API (`orchestrator.run`).
+"""The CLI's runs: `tools`, `call` and `run` on top of the public API (`perstack_sandbox.run`).
 
 A command adds what a command line needs and a library must not do: secrets from env files and
 the host environment, build progress and a run's warnings on stderr, and SIGINT/SIGTERM
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 
-from orchestrator import engine
-from orchestrator._build import stderr_progress
-from orchestrator._text import printable
-from orchestrator.config import load_config
-from orchestrator.env import host_secrets
-from orchestrator.errors import RunError, UsageError
-from orchestrator.gateway import (
+from perstack_sandbox import engine
+from perstack_sandbox._build import stderr_progress
+from perstack_sandbox._text import printable
+from perstack_sandbox.config import load_config
+from perstack_sandbox.env import host_secrets
+from perstack_sandbox.errors import RunError, UsageError
+from perstack_sandbox.gateway import (
     Gateway,
     Prompter,
     parse_listen,
@@ -33,14 +33,14 @@ from orchestrator.gateway import (
     sole_exception,
     tools_payload,
 )
-from orchestrator.http_guard import new_token
-from orchestrator.run import Prepared, Run, open_run, prepare_run
+from perstack_sandbox.http_guard import new_token
+from perstack_sandbox.run import Prepared, Run, open_run, prepare_run
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from pathlib import Path
 
-    from orchestrator.audit import ToolCall
+    from perstack_sandbox.audit import ToolCall
 
 # `run --http` uses this variable's value as the bearer token when set, else a fresh one.
 TOKEN_ENV: Final = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME, not a secret

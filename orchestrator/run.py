@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, get_args
 import anyio
 import anyio.to_thread
 
-from orchestrator import engine, images, state
-from orchestrator.audit import NULL_SINK, RunFiles, TeeSink
-from orchestrator.config import PerstackConfig, load_config
-from orchestrator.env import Secret, resolve_secrets, skill_environment
-from orchestrator.errors import EngineError, RunError, UsageError
-from orchestrator.gateway import Gateway, open_gateway, sole_exception
-from orchestrator.plan import plan as make_plan
-from orchestrator.skills import RemoteSkillSession, SkillSession, SkillSpec
+from perstack_sandbox import engine, images, state
+from perstack_sandbox.audit import NULL_SINK, RunFiles, TeeSink
+from perstack_sandbox.config import PerstackConfig, load_config
+from perstack_sandbox.env import Secret, resolve_secrets, skill_environment
+from perstack_sandbox.errors import EngineError, RunError, UsageError
+from perstack_sandbox.gateway import Gateway, open_gateway, sole_exception
+from perstack_sandbox.plan import plan as make_plan
+from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec
 
 if TYPE_CHECKING:
     import os
@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 
     import mcp_types as types
 
-    from orchestrator.audit import AuditSink
-    from orchestrator.env import SkillSecrets
-    from orchestrator.gateway import Prompter
-    from orchestrator.plan import Limits, SandboxPlan, SkillLaunch
-    from orchestrator.skills import SkillProcess
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.env import SkillSecrets
+    from perstack_sandbox.gateway import Prompter
+    from perstack_sandbox.plan import Limits, SandboxPlan, SkillLaunch
+    from perstack_sandbox.skills import SkillProcess
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
 

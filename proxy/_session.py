@@ -17,9 +17,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from proxy._audit import Decision
-from proxy._connection import Connection, TunnelStats, splice
-from proxy._http import (
+from ._audit import Decision
+from ._connection import Connection, TunnelStats, splice
+from ._http import (
     CONNECT_ESTABLISHED,
     Refusal,
     RequestHead,
@@ -27,8 +27,8 @@ from proxy._http import (
     request_line,
     response,
 )
-from proxy._tls import TlsError, client_hello_body
-from proxy._tunnel import (
+from ._tls import TlsError, client_hello_body
+from ._tunnel import (
     Dial,
     TunnelRequest,
     check_hello,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-    from proxy._server import ProxyServer
+    from ._server import ProxyServer
 
 HEALTH_PATH: Final = "/healthz"
 # A closing client gets this long to take our last bytes (a refusal) before it is cut off.

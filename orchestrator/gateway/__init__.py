@@ -15,7 +15,7 @@ _transports.py  stdio, and streamable HTTP on 127.0.0.1 behind a bearer token an
 
 from __future__ import annotations
 
-from orchestrator.gateway._core import (
+from perstack_sandbox.gateway._core import (
     EgressCheck,
     Gateway,
     Prompter,
@@ -30,8 +30,8 @@ from orchestrator.gateway._core import (
     sole_exception,
     tools_payload,
 )
-from orchestrator.gateway._server import make_server
-from orchestrator.gateway._transports import (
+from perstack_sandbox.gateway._server import make_server
+from perstack_sandbox.gateway._transports import (
     parse_listen,
     serve_http,
     serve_stdio,

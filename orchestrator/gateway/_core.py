@@ -14,15 +14,15 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.audit import NULL_SINK, ToolCall
-from orchestrator.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.audit import NULL_SINK, ToolCall
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-    from orchestrator.audit import AuditSink
-    from orchestrator.plan import InteractiveTool
-    from orchestrator.skills import SkillSession
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.plan import InteractiveTool
+    from perstack_sandbox.skills import SkillSession
 
 PREFIX_SEPARATOR: Final = "__"
 _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")

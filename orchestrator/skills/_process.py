@@ -11,7 +11,7 @@ import anyio.abc
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
-from orchestrator.errors import SkillError
+from perstack_sandbox.errors import SkillError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence

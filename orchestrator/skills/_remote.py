@@ -14,9 +14,9 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from orchestrator.audit import NULL_SINK
-from orchestrator.errors import SkillError
-from orchestrator.skills._session import (
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.skills._session import (
     STARTUP_TIMEOUT_S,
     SkillSession,
     failure_reason,
@@ -27,9 +27,9 @@ from orchestrator.skills._session import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from orchestrator.audit import AuditSink
-    from orchestrator.skills._process import SkillProcess
-    from orchestrator.skills._session import SkillSpec
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.skills._process import SkillProcess
+    from perstack_sandbox.skills._session import SkillSpec
 
 
 class RemoteSkillSession(SkillSession):

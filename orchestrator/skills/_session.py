@@ -14,16 +14,16 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from orchestrator._text import printable
-from orchestrator.audit import NULL_SINK
-from orchestrator.errors import SkillError
-from orchestrator.skills._process import pump_stdin, pump_stdout, read_lines
+from perstack_sandbox._text import printable
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.skills._process import pump_stdin, pump_stdout, read_lines
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from orchestrator.audit import AuditSink
-    from orchestrator.skills._process import ProcessFactory, SkillProcess
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.skills._process import ProcessFactory, SkillProcess
 
 STARTUP_TIMEOUT_S: Final = 60.0  # first start of a Node/Python server on 2 busy cores
 SHUTDOWN_GRACE_S: Final = 2.0  # MCP spec shutdown: close stdin, wait this long, then kill

@@ -15,13 +15,13 @@ import docker
 import pytest
 from engine_support import make_plan
 
-from orchestrator import images, state
+from perstack_sandbox import images, state
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.plan import SandboxPlan
 
 BUILD_DEADLINE_NOTE = "the first run builds images (minutes); later runs reuse them"
 

@@ -31,8 +31,8 @@ from skills_support import (
     write_expert,
 )
 
-from orchestrator import state
-from orchestrator.run import open_run
+from perstack_sandbox import state
+from perstack_sandbox.run import open_run
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -16,10 +16,10 @@ import anyio
 import pytest
 from engine_support import objects_of_run, run_in
 
-from orchestrator import engine, images, state
-from orchestrator.engine import open_sandbox
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import (
+from perstack_sandbox import engine, images, state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.plan import (
     WORKSPACE_DIR,
     PackageSpec,
     SandboxPlan,
@@ -33,9 +33,9 @@ CHILD_DEADLINE_S = 120  # a child interpreter imports docker, starts a sandbox, 
 # A stand-in orchestrator: start a sandbox, report its run id, then wait to be signalled.
 HOLDER = r"""
 import sys, anyio
-from orchestrator import state
-from orchestrator.engine import cancel_on_signals, open_sandbox
-from orchestrator.plan import SandboxPlan
+from perstack_sandbox import state
+from perstack_sandbox.engine import cancel_on_signals, open_sandbox
+from perstack_sandbox.plan import SandboxPlan
 
 async def main():
     plan = SandboxPlan(expert="holder", config_dir=sys.argv[2], skills=())

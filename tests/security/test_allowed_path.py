@@ -13,7 +13,7 @@ import anyio
 import pytest
 from support import read_jsonl, registry_host
 
-from orchestrator.audit import summarise_run
+from perstack_sandbox.audit import summarise_run
 
 if TYPE_CHECKING:
     from support import Hostile

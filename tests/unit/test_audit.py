@@ -10,10 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator import audit, cli, state
-from orchestrator.errors import UsageError
-from orchestrator.gateway import open_gateway
-from orchestrator.skills import SkillSession, SkillSpec, local_process
+from perstack_sandbox import audit, cli, state
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.gateway import open_gateway
+from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
 
 SKILL = Path(__file__).parents[1] / "fixtures" / "stdlib_skill.py"
 SECRET_ARGUMENT = "value-that-must-never-be-logged"  # noqa: S105 - a canary, not a password

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.env import (
+from perstack_sandbox.env import (
     MINIMAL_PATH,
     Secret,
     SkillSecrets,
@@ -17,8 +17,8 @@ from orchestrator.env import (
     resolve_secrets,
     skill_environment,
 )
-from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.plan import SandboxPlan, SkillLaunch
+from perstack_sandbox.errors import MissingEnvError, UsageError
+from perstack_sandbox.plan import SandboxPlan, SkillLaunch
 
 CANARY = "s3cr3t-canary-value"
 

@@ -23,8 +23,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from orchestrator.errors import GatewayError, SkillError, UsageError
-from orchestrator.gateway import (
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.gateway import (
     argument_shape,
     build_routes,
     make_server,
@@ -32,12 +32,12 @@ from orchestrator.gateway import (
     parse_listen,
     serve_http,
 )
-from orchestrator.http_guard import new_token
-from orchestrator.plan import InteractiveTool
-from orchestrator.skills import SkillSession, SkillSpec, local_process
+from perstack_sandbox.http_guard import new_token
+from perstack_sandbox.plan import InteractiveTool
+from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
 
 if TYPE_CHECKING:
-    from orchestrator.audit import ToolCall
+    from perstack_sandbox.audit import ToolCall
 
 pytestmark = pytest.mark.anyio
 SKILL = Path(__file__).parents[1] / "fixtures" / "stdlib_skill.py"
@@ -358,8 +358,8 @@ async def test_serving_over_http_leaves_the_host_programs_logging_alone():
 
 PROMPT_SCRIPT = """
 import anyio
-from orchestrator.gateway import open_gateway, terminal_prompter
-from orchestrator.plan import InteractiveTool
+from perstack_sandbox.gateway import open_gateway, terminal_prompter
+from perstack_sandbox.plan import InteractiveTool
 
 ask = InteractiveTool(skill="human", name="ask_user", input_schema={"type": "object"})
 

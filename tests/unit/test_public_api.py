@@ -9,11 +9,11 @@ import sys
 import anyio
 import pytest
 
-import orchestrator
-from orchestrator import gateway, skills, state
-from orchestrator.config import parse_config
-from orchestrator.errors import EngineError, MissingEnvError, RunError, UsageError
-from orchestrator.run import open_run, prepare_run
+import perstack_sandbox
+from perstack_sandbox import gateway, skills, state
+from perstack_sandbox.config import parse_config
+from perstack_sandbox.errors import EngineError, MissingEnvError, RunError, UsageError
+from perstack_sandbox.run import open_run, prepare_run
 
 TOML = """
 [experts."e"]
@@ -39,7 +39,7 @@ def config_path(tmp_path, monkeypatch):
     return path
 
 
-@pytest.mark.parametrize("package", [orchestrator, gateway, skills])
+@pytest.mark.parametrize("package", [perstack_sandbox, gateway, skills])
 def test_public_names_are_sorted_and_importable(package):
     """`__all__` is sorted and every name in it exists on the package."""
     assert list(package.__all__) == sorted(package.__all__)
@@ -49,7 +49,7 @@ def test_public_names_are_sorted_and_importable(package):
 def test_importing_the_package_loads_neither_the_mcp_sdk_nor_docker():
     """The package's names load on first use, so importing it (and `--help`) stays fast."""
     code = (
-        "import json, sys, orchestrator; "
+        "import json, sys, perstack_sandbox; "
         "print(json.dumps([m for m in ('mcp', 'docker', 'uvicorn') if m in sys.modules]))"
     )
     done = subprocess.run(
@@ -61,7 +61,7 @@ def test_importing_the_package_loads_neither_the_mcp_sdk_nor_docker():
 def test_an_unknown_public_name_is_an_attribute_error():
     """A name that is not public is not invented by the lazy loader."""
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        _ = orchestrator.nope
+        _ = perstack_sandbox.nope
 
 
 def test_secrets_come_only_from_the_mapping_given(config_path, monkeypatch):
