@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from perstack_sandbox import state
-from perstack_sandbox._text import printable
 from perstack_sandbox.errors import UsageError
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from pathlib import Path

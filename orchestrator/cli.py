@@ -83,7 +83,7 @@ def error_lines(error: SandboxError) -> list[str]:
 
     Messages may quote a skill (stderr lines, JSON-RPC errors): control characters are escaped.
     """
-    from perstack_sandbox._text import printable  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox.text import printable  # noqa: PLC0415 - keeps --help fast
 
     if isinstance(error, ConfigError):
         return [printable(f"{'warning' if i.is_warning else 'error'}: {i}") for i in error.issues]

@@ -19,7 +19,6 @@ import anyio
 
 from perstack_sandbox import engine
 from perstack_sandbox._build import stderr_progress
-from perstack_sandbox._text import printable
 from perstack_sandbox.config import load_config
 from perstack_sandbox.env import host_secrets
 from perstack_sandbox.errors import RunError, UsageError
@@ -35,6 +34,7 @@ from perstack_sandbox.gateway import (
 )
 from perstack_sandbox.http_guard import new_token
 from perstack_sandbox.run import Prepared, Run, open_run, prepare_run
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence

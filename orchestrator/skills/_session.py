@@ -14,10 +14,10 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from perstack_sandbox._text import printable
 from perstack_sandbox.audit import NULL_SINK
 from perstack_sandbox.errors import SkillError
 from perstack_sandbox.skills._process import pump_stdin, pump_stdout, read_lines
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

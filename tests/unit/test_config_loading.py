@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from perstack_sandbox._config_report import toml_path
 from perstack_sandbox.config import McpStdioSkill, load_config, parse_config
+from perstack_sandbox.config._report import toml_path
 from perstack_sandbox.errors import ConfigError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from perstack_sandbox import audit
-from perstack_sandbox._text import printable
 from perstack_sandbox.cli import error_lines
 from perstack_sandbox.errors import SkillError
+from perstack_sandbox.text import printable
 
 
 @pytest.mark.parametrize(

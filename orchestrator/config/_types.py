@@ -18,7 +18,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from perstack_sandbox import _config_rules as rules
+from perstack_sandbox.config import _rules as rules
 from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_pattern
 
 
