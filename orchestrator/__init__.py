@@ -43,8 +43,7 @@ from perstack_sandbox.errors import (
 if TYPE_CHECKING:
     from perstack_sandbox.audit import AuditSink, RunFiles, TeeSink, ToolCall
     from perstack_sandbox.config import PerstackConfig, load_config, parse_config
-    from perstack_sandbox.env import Secret, env_file_secrets, host_secrets
-    from perstack_sandbox.plan import Limits, SandboxPlan
+    from perstack_sandbox.plan import Limits, SandboxPlan, Secret, env_file_secrets, host_secrets
     from perstack_sandbox.run import ConfigSource, Isolation, Run, build_image, open_run
 
 __all__ = [
@@ -88,9 +87,9 @@ _LAZY: Final = {
     "PerstackConfig": "config",
     "load_config": "config",
     "parse_config": "config",
-    "Secret": "env",
-    "env_file_secrets": "env",
-    "host_secrets": "env",
+    "Secret": "plan",
+    "env_file_secrets": "plan",
+    "host_secrets": "plan",
     "Limits": "plan",
     "SandboxPlan": "plan",
     "ConfigSource": "run",

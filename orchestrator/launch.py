@@ -20,7 +20,6 @@ import anyio
 from perstack_sandbox import engine
 from perstack_sandbox._build import stderr_progress
 from perstack_sandbox.config import load_config
-from perstack_sandbox.env import host_secrets
 from perstack_sandbox.errors import RunError, UsageError
 from perstack_sandbox.gateway import (
     Gateway,
@@ -33,6 +32,7 @@ from perstack_sandbox.gateway import (
     tools_payload,
 )
 from perstack_sandbox.http_guard import new_token
+from perstack_sandbox.plan import host_secrets
 from perstack_sandbox.run import Prepared, Run, open_run, prepare_run
 from perstack_sandbox.text import printable
 

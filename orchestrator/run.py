@@ -25,9 +25,9 @@ import anyio.to_thread
 from perstack_sandbox import engine, images, state
 from perstack_sandbox.audit import NULL_SINK, RunFiles, TeeSink
 from perstack_sandbox.config import PerstackConfig, load_config
-from perstack_sandbox.env import Secret, resolve_secrets, skill_environment
 from perstack_sandbox.errors import EngineError, RunError, UsageError
 from perstack_sandbox.gateway import Gateway, open_gateway, sole_exception
+from perstack_sandbox.plan import Secret, resolve_secrets, skill_environment
 from perstack_sandbox.plan import plan as make_plan
 from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec
 
@@ -40,9 +40,8 @@ if TYPE_CHECKING:
     import mcp_types as types
 
     from perstack_sandbox.audit import AuditSink
-    from perstack_sandbox.env import SkillSecrets
     from perstack_sandbox.gateway import Prompter
-    from perstack_sandbox.plan import Limits, SandboxPlan, SkillLaunch
+    from perstack_sandbox.plan import Limits, SandboxPlan, SkillLaunch, SkillSecrets
     from perstack_sandbox.skills import SkillProcess
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from perstack_sandbox.config import PerstackConfig
-    from perstack_sandbox.plan import SandboxPlan
+    from perstack_sandbox.plan._plan import SandboxPlan
 
 DEFAULT_ENV_FILES: Final = (".env", ".env.local")
 MINIMAL_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
