@@ -252,7 +252,7 @@ def schema() -> None:
 @app.command()
 def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Build the Expert's image (or reuse it when nothing changed); progress on stderr."""
-    from perstack_sandbox import images  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox import engine, images  # noqa: PLC0415 - keeps --help fast
     from perstack_sandbox.config import load_config  # noqa: PLC0415
     from perstack_sandbox.plan import plan  # noqa: PLC0415
 
@@ -260,7 +260,7 @@ def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     sandbox = plan(loaded, expert)
-    name = images.ensure_expert_image(sandbox)
+    name = engine.ensure_expert_image(sandbox)
     for package in images.resolved_packages(name):
         typer.echo(f"  {package['manager']} {package['name']} {package['version']}", err=True)
     typer.echo(name)

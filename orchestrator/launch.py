@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 
 from perstack_sandbox import engine
-from perstack_sandbox._build import stderr_progress
 from perstack_sandbox.config import load_config
 from perstack_sandbox.errors import RunError, UsageError
 from perstack_sandbox.gateway import (
@@ -32,6 +31,7 @@ from perstack_sandbox.gateway import (
     tools_payload,
 )
 from perstack_sandbox.http_guard import new_token
+from perstack_sandbox.images import stderr_progress
 from perstack_sandbox.plan import host_secrets
 from perstack_sandbox.run import Prepared, Run, open_run, prepare_run
 from perstack_sandbox.text import printable

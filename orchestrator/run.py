@@ -197,7 +197,7 @@ async def build_image(
     loaded = config if isinstance(config, PerstackConfig) else load_config(Path(config))[0]
     expert_plan = make_plan(loaded, expert)
     tag = await anyio.to_thread.run_sync(
-        functools.partial(images.ensure_expert_image, expert_plan, progress=progress)
+        functools.partial(engine.ensure_expert_image, expert_plan, progress=progress)
     )
     await anyio.to_thread.run_sync(functools.partial(images.ensure_proxy_image, progress=progress))
     return tag
@@ -331,7 +331,7 @@ class Run:
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
         progress = options.on_progress
         image = await anyio.to_thread.run_sync(
-            functools.partial(images.ensure_expert_image, prepared.plan, progress=progress)
+            functools.partial(engine.ensure_expert_image, prepared.plan, progress=progress)
         )
         # Built here with the caller's progress, so the sandbox's own check never builds.
         await anyio.to_thread.run_sync(

@@ -15,7 +15,7 @@ import docker
 import pytest
 from engine_support import make_plan
 
-from perstack_sandbox import images, state
+from perstack_sandbox import engine, images, state
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,4 +81,4 @@ def empty_expert_image(
     """Return the per-expert image of a plan without packages (built once, then cached)."""
     del base_images
     plan = make_plan(tmp_path_factory.mktemp("empty-expert"))
-    return images.ensure_expert_image(plan, progress=lambda _line: None)
+    return engine.ensure_expert_image(plan, progress=lambda _line: None)

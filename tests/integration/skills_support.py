@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import docker
 import pytest
 
-from perstack_sandbox import images
+from perstack_sandbox import engine
 from perstack_sandbox.config import load_config
 from perstack_sandbox.launch import LaunchOptions, open_expert
 from perstack_sandbox.plan import plan
@@ -67,7 +67,7 @@ def registry_host() -> str:
 def ensure_image(config_path: Path, expert: str) -> str:
     """Build (or reuse) the per-expert image once per test session."""
     config, _ = load_config(config_path)
-    return images.ensure_expert_image(plan(config, expert), progress=quiet)
+    return engine.ensure_expert_image(plan(config, expert), progress=quiet)
 
 
 def write_expert(folder: Path, toml: str) -> Path:

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from perstack_sandbox import _containers, _fence, _recipe, _registries, images, state
+from perstack_sandbox import images, state
+from perstack_sandbox.engine import _containers, _fence
 from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.images import _recipe, _registries
 from perstack_sandbox.plan import PackageSpec
 
 if TYPE_CHECKING:

@@ -13,9 +13,11 @@ import socket
 import anyio
 import pytest
 
-from perstack_sandbox import _build, _docker, engine, images, state
-from perstack_sandbox._exec import ChunkReceiveStream, ExecProcess, StdinStream
+from perstack_sandbox import docker_edge as _docker
+from perstack_sandbox import engine, images, state
+from perstack_sandbox.engine._exec import ChunkReceiveStream, ExecProcess, StdinStream
 from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.images import _build
 from perstack_sandbox.plan import EgressRule, PackageSpec, SandboxPlan, SkillLaunch, SseSkill
 from perstack_sandbox_proxy._policy import parse_policy
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from perstack_sandbox._docker import client, docker_errors
+from perstack_sandbox.docker_edge import client, docker_errors
 from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from perstack_sandbox._docker import client, docker_errors
+from perstack_sandbox.docker_edge import client, docker_errors
 from perstack_sandbox.errors import EngineError, ImageBuildError
 
 if TYPE_CHECKING:

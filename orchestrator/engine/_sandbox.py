@@ -1,12 +1,5 @@
 """The sandbox lifecycle: networks, the proxy container, the sandbox container, teardown.
 
-```
-                   shared egress bridge (inter-container traffic off) ──► the world
-                                  │
-   sandbox ──internal network──► proxy (the only member of both networks)
-  (skills)   no route out, no DNS
-```
-
 `open_sandbox()` is an async context manager. Blocking docker-py calls run in worker threads;
 teardown is shielded from cancellation and bounded in time, and removes every object labelled
 with the run id (not only the ones this process remembers creating), so a cancellation at any
@@ -26,32 +19,20 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from perstack_sandbox import _containers, _doctor, _health, _sweep
-from perstack_sandbox._build import stderr_progress
-from perstack_sandbox._docker import LABEL_RUN
-from perstack_sandbox._exec import ExecProcess, start_exec
+from perstack_sandbox.docker_edge import LABEL_RUN
+from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
+from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import stderr_progress
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
+    from perstack_sandbox.engine._sweep import RunInfo
     from perstack_sandbox.plan import SandboxPlan
     from perstack_sandbox.state import RunState
 
-__all__ = [
-    "SKILL_UID_COUNT",
-    "SKILL_UID_FIRST",
-    "ExecProcess",
-    "RunInfo",
-    "Sandbox",
-    "cancel_on_signals",
-    "collect_garbage",
-    "diagnose",
-    "list_sandboxes",
-    "open_sandbox",
-    "take_down",
-]
 
 SKILL_UID_FIRST: Final = 10001
 SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.Dockerfile)
@@ -301,19 +282,6 @@ async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
             yield scope
         finally:
             scope.cancel()  # stop watching: the body is done
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """One run's live Docker objects, as `ps` lists them."""
-
-    run_id: str
-    expert: str
-    owner_pid: str
-    owner_host: str
-    is_owner_alive: bool
-    created: str
-    containers: tuple[str, ...]  # "role: status"
 
 
 def list_sandboxes() -> list[RunInfo]:

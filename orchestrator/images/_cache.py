@@ -12,10 +12,11 @@ package specs, the trusted CA bundle), so an image that exists is reused without
 Registry hosts come from the host's npm and pip settings at build time, never from this code.
 
 The per-expert build runs untrusted code (npm install scripts, sdist builds), so it is fenced
-like a sandbox (see `_fence`): its RUN steps sit on an internal network with no host address,
-whose only way out is a proxy allowing just the registry hosts derived for this build
-(`_registries`), with its decisions in `builds/<build-id>/audit.jsonl`; and each package is
-installed by a non-root uid of its own that owns only that package's folders (`_recipe`).
+like a sandbox (the engine's `build_expert`, passed in as `build`): its RUN steps sit on an
+internal network with no host address, whose only way out is a proxy allowing just the
+registry hosts derived for this build (`_registries`), with its decisions in
+`builds/<build-id>/audit.jsonl`; and each package is installed by a non-root uid of its own
+that owns only that package's folders (`_recipe`).
 Install scripts and sdist builds stay enabled: they are the same author's code the skill runs
 anyway, now with no more reach at build time than at run time, and native addons need them.
 """
@@ -30,13 +31,11 @@ import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import docker.errors
 
-from perstack_sandbox import _build, _recipe
-from perstack_sandbox._build import stderr_progress
-from perstack_sandbox._docker import (
+from perstack_sandbox.docker_edge import (
     LABEL_BASE,
     LABEL_KIND,
     LABEL_PACKAGES,
@@ -45,6 +44,8 @@ from perstack_sandbox._docker import (
     docker_errors,
 )
 from perstack_sandbox.errors import EngineError, ImageBuildError
+from perstack_sandbox.images import _build, _recipe
+from perstack_sandbox.images._build import stderr_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
     from perstack_sandbox.plan import PackageSpec, SandboxPlan
 
-RECIPES: Final = "_images"  # package data: the repository's images/ folder (a link there)
+RECIPES: Final = "recipes"  # package data: the repository's images/ folder (a link there)
 _PACKAGE: Final = __name__.rpartition(".")[0]  # the package that holds RECIPES
 PROXY_PACKAGE: Final = "perstack_sandbox_proxy"  # copied into the proxy image as `proxy/`
 DEBIAN_IMAGE: Final = "debian:trixie-slim"
@@ -270,13 +271,22 @@ def expert_image_name(plan: SandboxPlan, base_id: str) -> str:
     return f"{EXPERT_REPO}:{digest}"
 
 
+ExpertBuild: TypeAlias = "Callable[[Path, str, SandboxPlan, Callable[[str], None]], str]"
+"""Builds a prepared per-expert context (folder, tag, plan, progress) and returns the image id.
+
+The engine's fenced build (`engine.build_expert`) is the one a run uses: package installs run
+untrusted code, so they run in a sandbox-like fence, which is the engine's to make.
+"""
+
+
 def ensure_expert_image(
     plan: SandboxPlan,
     *,
+    build: ExpertBuild,
     host_ca: bool | None = None,
     progress: Callable[[str], None] = stderr_progress,
 ) -> str:
-    """Return the per-expert image's tag, building it (and its base) when missing.
+    """Return the per-expert image's tag; when missing, `build` it (the base image too).
 
     Raises:
         ImageBuildError: a build step failed (the error holds its output).
@@ -290,8 +300,6 @@ def ensure_expert_image(
     name = expert_image_name(plan, base_id)
     if image_id(name) is not None:
         return name
-    from perstack_sandbox import _fence  # noqa: PLC0415 - _fence -> _containers -> images
-
     progress(f"building {name} for expert {plan.expert} ({len(plan.packages)} packages)")
     lines: list[str] = []
 
@@ -305,7 +313,7 @@ def ensure_expert_image(
         copy_recipe("expert-finalize.py", context / "finalize.py")
         manifest = [p.model_dump(mode="json") for p in plan.packages]
         (context / "manifest.json").write_text(json.dumps(manifest))
-        built = _fence.build_expert(context, name, plan, collect)
+        built = build(context, name, plan, collect)
     resolved = _build.last_marker(lines, PACKAGES_MARKER)
     if resolved is None:
         raise ImageBuildError(f"building {name}: the package versions were not reported")

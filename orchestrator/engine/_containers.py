@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import docker.errors
 
-from perstack_sandbox import _health
-from perstack_sandbox._docker import (
+from perstack_sandbox.docker_edge import (
     LABEL_EXPERT,
     LABEL_MANAGED,
     LABEL_ROLE,
@@ -26,6 +25,7 @@ from perstack_sandbox._docker import (
     docker_errors,
     owner_labels,
 )
+from perstack_sandbox.engine import _health
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import ensure_proxy_image
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR

@@ -24,8 +24,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx2
 
-from perstack_sandbox import _build
 from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import _build
 from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:

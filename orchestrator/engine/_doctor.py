@@ -6,8 +6,9 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from perstack_sandbox import _sweep, images
-from perstack_sandbox._docker import ENGINE_HINT, client, docker_errors
+from perstack_sandbox import images
+from perstack_sandbox.docker_edge import ENGINE_HINT, client, docker_errors
+from perstack_sandbox.engine import _sweep
 from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:
