@@ -27,8 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from perstack_sandbox import engine  # noqa: E402 - after the path tweak
 from perstack_sandbox.config import load_config  # noqa: E402
-from perstack_sandbox.gateway import Gateway, make_server, serve_http  # noqa: E402
-from perstack_sandbox.http_guard import new_token  # noqa: E402
+from perstack_sandbox.gateway import (  # noqa: E402
+    Gateway,
+    make_server,
+    new_token,
+    serve_http,
+)
 from perstack_sandbox.launch import LaunchOptions, open_expert  # noqa: E402
 from perstack_sandbox.plan import plan  # noqa: E402
 

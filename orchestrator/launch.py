@@ -23,6 +23,7 @@ from perstack_sandbox.errors import RunError, UsageError
 from perstack_sandbox.gateway import (
     Gateway,
     Prompter,
+    new_token,
     parse_listen,
     result_payload,
     serve_http,
@@ -30,7 +31,6 @@ from perstack_sandbox.gateway import (
     sole_exception,
     tools_payload,
 )
-from perstack_sandbox.http_guard import new_token
 from perstack_sandbox.images import stderr_progress
 from perstack_sandbox.plan import host_secrets
 from perstack_sandbox.run import Prepared, Run, open_run, prepare_run

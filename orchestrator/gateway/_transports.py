@@ -13,8 +13,8 @@ from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from perstack_sandbox.errors import GatewayError, UsageError
+from perstack_sandbox.gateway._guard import BearerOriginGuard, loopback_origins
 from perstack_sandbox.gateway._server import make_server
-from perstack_sandbox.http_guard import BearerOriginGuard, loopback_origins
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -28,11 +28,11 @@ from perstack_sandbox.gateway import (
     argument_shape,
     build_routes,
     make_server,
+    new_token,
     open_gateway,
     parse_listen,
     serve_http,
 )
-from perstack_sandbox.http_guard import new_token
 from perstack_sandbox.plan import InteractiveTool
 from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
 
