@@ -29,10 +29,11 @@ images: install engine ## Build the base, sandbox and proxy images (bootstraps D
 	$(VENV)/bin/perstack-sandbox doctor --fix
 
 .PHONY: lint
-lint: install ## ruff + mypy --strict
+lint: install ## ruff + mypy --strict + the import layers (lint-imports)
 	$(VENV)/bin/ruff check orchestrator proxy tests bench
 	$(VENV)/bin/ruff format --check orchestrator proxy tests bench
 	$(VENV)/bin/mypy --strict
+	$(VENV)/bin/lint-imports
 
 .PHONY: unit
 unit: install ## Unit tests only (no Docker, no network)

@@ -14,7 +14,7 @@ import asyncio
 import sys
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import urlsplit
 
 from ._audit import Decision
@@ -41,17 +41,37 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-    from ._server import ProxyServer
+    from ._audit import AuditLog
+    from ._netrules import AddressRules
+    from ._policy import Policy
+    from ._resolver import Resolver
+    from ._tunnel import Connector
 
 HEALTH_PATH: Final = "/healthz"
 # A closing client gets this long to take our last bytes (a refusal) before it is cut off.
 CLOSE_TIMEOUT: Final = 5.0
 
 
+class SessionHost(Protocol):
+    """What a session needs from the server that accepted it (`ProxyServer` is one)."""
+
+    loop: asyncio.AbstractEventLoop
+    policy: Policy
+    resolver: Resolver
+    connector: Connector
+    audit: AuditLog
+
+    def rules_for(self, client: Connection) -> AddressRules:
+        """Return the address rules for a client (the server's own addresses included)."""
+
+    def ended(self, session: Session) -> None:
+        """Release the connection slot of `session`."""
+
+
 class Session:
     """The state of one client connection; each method runs as one loop callback."""
 
-    def __init__(self, server: ProxyServer, conn: int, sock: socket.socket, peer: object) -> None:
+    def __init__(self, server: SessionHost, conn: int, sock: socket.socket, peer: object) -> None:
         """Take over the accepted, non-blocking ``sock``; nothing happens until :meth:`start`."""
         self.server = server
         self.conn = conn
