@@ -1,4 +1,4 @@
-"""The `perstack-sandbox` command line (the contract in DESIGN.md).
+"""The `perstack-sandbox` command line (its contract: README.md, "Using it").
 
 Commands stay synchronous and call `anyio.run` once. Every error is mapped to an exit code in
 `EXIT_CODES`; this module is the only place that exits the process.

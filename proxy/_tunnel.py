@@ -1,4 +1,4 @@
-"""The checks of one CONNECT request, in the order of DESIGN.md decision 3.
+"""The checks of one CONNECT request, in the order of docs/architecture.md, decision 3.
 
 proxy/_session.py runs them in this order:
 

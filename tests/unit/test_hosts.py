@@ -1,4 +1,7 @@
-"""The host spelling table shared by config validation and the proxy (DESIGN.md 4 and 5)."""
+"""The host spelling table shared by config validation and the proxy.
+
+See docs/architecture.md, decisions 4 and 5.
+"""
 
 from __future__ import annotations
 

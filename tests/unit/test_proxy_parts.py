@@ -64,7 +64,7 @@ def test_documentation_and_public_addresses_are_dialable(address: str) -> None:
     ],
 )
 def test_every_listed_non_public_address_is_refused(address: str) -> None:
-    """Each range of DESIGN.md decision 3 (and the embedded-IPv4 forms) is non-public."""
+    """Each range of docs/architecture.md decision 3 (and the embedded-IPv4 forms) is non-public."""
     assert AddressRules().refusal(ipaddress.ip_address(address)) == "non-public-address"
 
 
