@@ -260,7 +260,7 @@ def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     sandbox = plan(loaded, expert)
-    name = engine.ensure_expert_image(sandbox)
+    name = engine.ensure_expert_image(sandbox, progress=images.stderr_progress)
     for package in images.resolved_packages(name):
         typer.echo(f"  {package['manager']} {package['name']} {package['version']}", err=True)
     typer.echo(name)
@@ -319,9 +319,9 @@ def doctor(
     fix: Annotated[bool, typer.Option("--fix", help="Bootstrap and build missing images.")] = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Check the engine, storage driver, cgroup version and images; say what to do about each."""
-    from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox import engine, images  # noqa: PLC0415 - keeps --help fast
 
-    checks = engine.diagnose(fix=fix)
+    checks = engine.diagnose(fix=fix, progress=images.stderr_progress)
     for check in checks:
         mark = "ok  " if check.is_ok else "FAIL"
         advice = f"  -> {check.advice}" if not check.is_ok and check.advice else ""

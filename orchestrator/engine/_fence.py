@@ -124,7 +124,7 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
     expert: str,
     hosts: Sequence[str],
     buildargs: Mapping[str, str] | None = None,
-    progress: Callable[[str], None] = images.stderr_progress,
+    progress: Callable[[str], None] = images.no_progress,
 ) -> tuple[str, Path]:
     """Build `context`'s Dockerfile inside a fence allowing `hosts`; return its id and audit.
 
@@ -201,7 +201,7 @@ def ensure_expert_image(
     plan: SandboxPlan,
     *,
     host_ca: bool | None = None,
-    progress: Callable[[str], None] = images.stderr_progress,
+    progress: Callable[[str], None] = images.no_progress,
 ) -> str:
     """Return the per-expert image's tag, building it in a fence when missing.
 

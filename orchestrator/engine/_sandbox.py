@@ -23,7 +23,7 @@ from perstack_sandbox.docker_edge import LABEL_RUN
 from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.errors import EngineError
-from perstack_sandbox.images import stderr_progress
+from perstack_sandbox.images import no_progress
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -323,7 +323,7 @@ def take_down(run_id: str | None) -> list[str]:
 
 
 def diagnose(
-    *, fix: bool = False, progress: Callable[[str], None] = stderr_progress
+    *, fix: bool = False, progress: Callable[[str], None] = no_progress
 ) -> list[_doctor.Check]:
     """Report the engine, storage driver, cgroup version, images and leftovers (`doctor`).
 

@@ -16,7 +16,7 @@ recipes/        the repository's images/ folder (a symlink in a checkout, files 
 
 from __future__ import annotations
 
-from perstack_sandbox.images._build import build_image, stderr_progress
+from perstack_sandbox.images._build import build_image, no_progress, stderr_progress
 from perstack_sandbox.images._cache import (
     BASE_REPO,
     DEBIAN_IMAGE,
@@ -64,6 +64,7 @@ __all__ = [
     "expert_image_name",
     "image_id",
     "is_host_ca_enabled",
+    "no_progress",
     "npm_registry",
     "proxy_image_name",
     "python_index",

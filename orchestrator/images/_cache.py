@@ -45,7 +45,7 @@ from perstack_sandbox.docker_edge import (
 )
 from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.images import _build, _recipe
-from perstack_sandbox.images._build import stderr_progress
+from perstack_sandbox.images._build import no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -159,7 +159,7 @@ def image_id(name: str) -> str | None:
             return None
 
 
-def ensure_debian(progress: Callable[[str], None] = stderr_progress) -> None:
+def ensure_debian(progress: Callable[[str], None] = no_progress) -> None:
     """Make `debian:trixie-slim` exist: present, pulled, or bootstrapped from the apt mirror.
 
     Raises:
@@ -177,15 +177,21 @@ def ensure_debian(progress: Callable[[str], None] = stderr_progress) -> None:
                 check=False,
                 timeout=BOOTSTRAP_TIMEOUT_S,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # its messages go to `progress`, not to our stderr
+                text=True,
+                errors="replace",
             )
     except subprocess.TimeoutExpired as exc:
         raise EngineError(f"bootstrapping {DEBIAN_IMAGE} timed out") from exc
+    for line in done.stderr.splitlines():
+        progress(line)
     if done.returncode != 0 or image_id(DEBIAN_IMAGE) is None:
-        raise EngineError(f"bootstrapping {DEBIAN_IMAGE} failed (see the messages above)")
+        tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+        raise EngineError(f"bootstrapping {DEBIAN_IMAGE} failed:\n{tail}")
 
 
 def ensure_base_image(
-    *, host_ca: bool | None = None, progress: Callable[[str], None] = stderr_progress
+    *, host_ca: bool | None = None, progress: Callable[[str], None] = no_progress
 ) -> str:
     """Return the sandbox base image's tag, building it first when it is missing.
 
@@ -218,7 +224,7 @@ def ensure_base_image(
     return name
 
 
-def ensure_proxy_image(*, progress: Callable[[str], None] = stderr_progress) -> str:
+def ensure_proxy_image(*, progress: Callable[[str], None] = no_progress) -> str:
     """Return the proxy image's tag, building it first when it is missing.
 
     Raises:
@@ -284,7 +290,7 @@ def ensure_expert_image(
     *,
     build: ExpertBuild,
     host_ca: bool | None = None,
-    progress: Callable[[str], None] = stderr_progress,
+    progress: Callable[[str], None] = no_progress,
 ) -> str:
     """Return the per-expert image's tag; when missing, `build` it (the base image too).
 
