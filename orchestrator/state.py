@@ -20,7 +20,7 @@ Files are appended line by line while the run is live, so a run that crashed can
 
 The state is private: the directory and every folder in it are 0700, every file 0600, all owned
 by the invoking user. Policies name each skill's hosts, logs carry the skills' stderr, and a
-sandbox whose workspace could reach them must still read nothing (`launch.check_workspace` also
+sandbox whose workspace could reach them must still read nothing (`run.check_workspace` also
 refuses such a workspace). A state directory left with wider modes by an older version is made
 private, everything under it included, the next time a run or build is recorded. Files are
 opened without following links and with their mode set through the descriptor.
@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from orchestrator.errors import UsageError
+from perstack_sandbox.errors import UsageError
 
 STATE_ENV: Final = "PERSTACK_SANDBOX_STATE"
 META_FILE: Final = "meta.json"

@@ -12,9 +12,10 @@ import anyio
 import pytest
 from support import EXPERT, Hostile, quiet
 
-from orchestrator import launch, state
-from orchestrator.errors import UsageError
-from orchestrator.launch import LaunchOptions, open_expert, prepare
+from perstack_sandbox import run as library
+from perstack_sandbox import state
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.launch import LaunchOptions, open_expert, prepare
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -53,7 +54,7 @@ async def test_a_skill_reads_no_state_file_even_when_its_workspace_holds_the_sta
     other.update_meta(note=canary)
     build = state.RunState("build-1", state.private_folder(state.state_dir() / "builds" / "b1"))
     state.write_private(build.policy_path, json.dumps({"allowedDomains": [canary]}))
-    monkeypatch.setattr(launch, "check_workspace", lambda *_args: None)
+    monkeypatch.setattr(library, "check_workspace", lambda *_args: None)
     options = LaunchOptions(
         config_path=hostile.run_config,
         expert=EXPERT,

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestrator import _build, _fence
-from orchestrator.errors import ImageBuildError
+from perstack_sandbox.engine import _fence
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.images import _build
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestrator import _containers, expert_folder, state
-from orchestrator.config import parse_config
-from orchestrator.errors import UsageError
-from orchestrator.expert_folder import check_expert_folder, uses_expert_folder
-from orchestrator.plan import Limits, plan
+from perstack_sandbox import engine, state
+from perstack_sandbox.config import parse_config
+from perstack_sandbox.engine import _containers
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.plan import Limits, check_expert_folder, plan, uses_expert_folder
+from perstack_sandbox.plan import _folder as expert_folder
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.plan import SandboxPlan
 
 LOCAL_SKILL = """
 [experts."e".skills."local"]
@@ -129,7 +130,7 @@ def test_a_private_folder_is_refused_naming_it_and_why(tmp_path: Path) -> None:
     message = str(refused.value)
     assert f"{folder} (mode 0700" in message
     assert "cannot list and enter (needs o+rx)" in message
-    assert "uids 10001 and up" in message
+    assert f"uids {engine.SKILL_UID_FIRST} and up" in message  # one fact: the engine's
 
 
 def test_a_file_others_cannot_read_is_refused_but_a_private_env_file_is_not(
@@ -209,7 +210,7 @@ def test_call_on_a_private_expert_folder_exits_2_before_docker(tmp_path: Path) -
         [
             sys.executable,
             "-m",
-            "orchestrator",
+            "perstack_sandbox",
             "call",
             "e",
             "t",

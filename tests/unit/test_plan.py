@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config, parse_config
-from orchestrator.errors import UnknownExpertError
-from orchestrator.plan import (
+from perstack_sandbox.config import load_config, parse_config
+from perstack_sandbox.errors import UnknownExpertError
+from perstack_sandbox.plan import (
     ENTRY_DIR,
     EXPERT_DIR,
     WORKSPACE_DIR,
@@ -196,7 +196,16 @@ def test_plan_json_is_byte_identical_across_hash_seeds() -> None:
     for seed in ("0", "1", "4242", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         result = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "plan", "reviewer", "--json", "-c", str(RICH)],
+            [
+                sys.executable,
+                "-m",
+                "perstack_sandbox",
+                "plan",
+                "reviewer",
+                "--json",
+                "-c",
+                str(RICH),
+            ],
             capture_output=True,
             check=True,
             env=env,
@@ -278,7 +287,7 @@ def test_plan_command_takes_env_paths_like_the_run(tmp_path: Path) -> None:
     """`plan --env-path F` names F (made absolute against the current folder) as hidden."""
     config = tmp_path / "perstack.toml"
     config.write_text('[experts."e"]\ninstruction = "t"\n', encoding="utf-8")
-    argv = [sys.executable, "-m", "orchestrator", "plan", "e", "--json", "-c", str(config)]
+    argv = [sys.executable, "-m", "perstack_sandbox", "plan", "e", "--json", "-c", str(config)]
     done = subprocess.run(
         [*argv, "--env-path", "keys.env"],
         capture_output=True,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestrator import _health, audit, state
-from orchestrator.errors import UsageError
+from perstack_sandbox import audit, state
+from perstack_sandbox.engine import _health
+from perstack_sandbox.errors import UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -114,8 +114,8 @@ def test_a_state_file_that_existed_with_a_wider_mode_is_narrowed() -> None:
     assert stat.S_IMODE(run.policy_path.stat().st_mode) == 0o600
 
 
-def test_the_proxy_and_tool_call_files_are_created_private(state_root: Path) -> None:
-    """The proxy's log follower and the tool-call writer create their files 0600."""
+def test_the_proxy_and_run_sink_files_are_created_private(state_root: Path) -> None:
+    """The proxy's log follower and the run's audit sink create their files 0600."""
     record = state.RunState("build-x", state.private_folder(state_root / "builds" / "build-x"))
     frame = bytes([1, 0, 0, 0]) + (5).to_bytes(4, "big") + b"hello"
 
@@ -127,14 +127,15 @@ def test_the_proxy_and_tool_call_files_are_created_private(state_root: Path) -> 
             return self.chunks.pop(0)
 
     _health._copy_frames(Stream(), record)
-    writer = audit.ToolCallWriter(record.tools_path)
-    writer.emit(logging.makeLogRecord({audit.TOOL_CALL_FIELD: {"tool": "t"}}))
-    writer.close()
+    sink = audit.RunFiles(record)
+    sink.tool_call(audit.ToolCall("2024-01-01T00:00:00Z", "s", "t", {}, 1.0, "ok"))
+    sink.close()
     assert record.audit_path.read_bytes() == b"hello"
     assert modes(record.path) == {
         ".": 0o700,
         "audit.jsonl": 0o600,
         "proxy.log": 0o600,
+        "skills.log": 0o600,
         "tools.jsonl": 0o600,
     }
 

@@ -1,12 +1,5 @@
 """The sandbox lifecycle: networks, the proxy container, the sandbox container, teardown.
 
-```
-                   shared egress bridge (inter-container traffic off) ──► the world
-                                  │
-   sandbox ──internal network──► proxy (the only member of both networks)
-  (skills)   no route out, no DNS
-```
-
 `open_sandbox()` is an async context manager. Blocking docker-py calls run in worker threads;
 teardown is shielded from cancellation and bounded in time, and removes every object labelled
 with the run id (not only the ones this process remembers creating), so a cancellation at any
@@ -26,33 +19,22 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _containers, _doctor, _health, _sweep, expert_folder
-from orchestrator._build import stderr_progress
-from orchestrator._docker import LABEL_RUN
-from orchestrator._exec import ExecProcess, start_exec
-from orchestrator.errors import EngineError
-from orchestrator.state import write_private
+from perstack_sandbox.docker_edge import LABEL_RUN
+from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
+from perstack_sandbox.engine._exec import ExecProcess, start_exec
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import no_progress
+from perstack_sandbox.plan import check_expert_folder
+from perstack_sandbox.state import write_private
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
-    from orchestrator.state import RunState
+    from perstack_sandbox.engine._sweep import RunInfo
+    from perstack_sandbox.plan import SandboxPlan
+    from perstack_sandbox.state import RunState
 
-__all__ = [
-    "SKILL_UID_COUNT",
-    "SKILL_UID_FIRST",
-    "ExecProcess",
-    "RunInfo",
-    "Sandbox",
-    "cancel_on_signals",
-    "collect_garbage",
-    "diagnose",
-    "list_sandboxes",
-    "open_sandbox",
-    "take_down",
-]
 
 SKILL_UID_FIRST: Final = 10001
 SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.Dockerfile)
@@ -97,16 +79,17 @@ class Sandbox:
             "REQUESTS_CA_BUNDLE": CA_BUNDLE,
         }
 
-    def egress_problem(self) -> str | None:
+    async def egress_problem(self) -> str | None:
         """Return why the sandbox has lost its egress proxy, or None while the proxy runs.
 
         Without its proxy the sandbox has no way out at all (it fails closed); the gateway
         uses this to refuse further calls with a clear message instead of letting skills
-        fail one by one, unaudited.
+        fail one by one, unaudited. The engine is asked (in a worker thread) only once the
+        proxy's output has ended, so a healthy call costs no engine round trip.
         """
         if not _health.has_stopped(self.proxy_container_id):
             return None
-        how = _health.describe_stopped(self.proxy_container_id)
+        how = await anyio.to_thread.run_sync(_health.describe_stopped, self.proxy_container_id)
         return (
             f"egress is down: the proxy of run {self.run_id} stopped ({how}). The sandbox has "
             f"no network access any more and tool calls are refused; stop this run "
@@ -193,7 +176,7 @@ async def open_sandbox(
     exception and on cancellation (SIGINT/SIGTERM via `cancel_on_signals`).
 
     Every env file in the Expert's folder is covered by an empty read-only file (see
-    `expert_folder`).
+    `plan.check_expert_folder`).
 
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
@@ -201,7 +184,7 @@ async def open_sandbox(
 
     """
     # Checked again now (not only at `prepare`): the folder may have changed since.
-    folder = await anyio.to_thread.run_sync(expert_folder.check_expert_folder, plan)
+    folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
     credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
     policy = proxy_policy(plan, run.run_id, test_allow_cidrs, credentials)
     # The run's copy names each skill's list but holds no token.
@@ -313,19 +296,6 @@ async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
             scope.cancel()  # stop watching: the body is done
 
 
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """One run's live Docker objects, as `ps` lists them."""
-
-    run_id: str
-    expert: str
-    owner_pid: str
-    owner_host: str
-    is_owner_alive: bool
-    created: str
-    containers: tuple[str, ...]  # "role: status"
-
-
 def list_sandboxes() -> list[RunInfo]:
     """Return every run that has labelled containers on this engine, oldest first.
 
@@ -365,7 +335,7 @@ def take_down(run_id: str | None) -> list[str]:
 
 
 def diagnose(
-    *, fix: bool = False, progress: Callable[[str], None] = stderr_progress
+    *, fix: bool = False, progress: Callable[[str], None] = no_progress
 ) -> list[_doctor.Check]:
     """Report the engine, storage driver, cgroup version, images and leftovers (`doctor`).
 

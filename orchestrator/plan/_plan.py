@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.env import DEFAULT_ENV_FILES
-from orchestrator.errors import UnknownExpertError
-from proxy.hosts import match_host
+from perstack_sandbox.errors import UnknownExpertError
+from perstack_sandbox.plan._secrets import DEFAULT_ENV_FILES
+from perstack_sandbox_proxy.hosts import match_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from pathlib import Path
 
-    from orchestrator.config import (
+    from perstack_sandbox.config import (
         Expert,
         InteractiveSkill,
         McpSseSkill,
@@ -212,7 +212,7 @@ def hidden_files(
     All of them are hidden, not only those this run reads: a `.env` next to perstack.toml holds
     secrets whether or not `--env-path` replaced it. Pure: paths are compared as text; the run
     resolves links and finds other `.env*` files and hard links when it starts
-    (`expert_folder.check_expert_folder`).
+    (`check_expert_folder`).
     """
     named: list[tuple[str, EnvOrigin]] = [(name, "default") for name in DEFAULT_ENV_FILES]
     named += [(name, "envPath") for name in toml_paths]

@@ -27,19 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Final
 
-from orchestrator import state
-from orchestrator.errors import UsageError
-from orchestrator.plan import EXPERT_DIR, HIDDEN_NAME_PREFIX
+from perstack_sandbox import state
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.plan._plan import EXPERT_DIR, HIDDEN_NAME_PREFIX
 
 if TYPE_CHECKING:
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.plan._plan import SandboxPlan
 
 # Every entry is looked at once (one lstat each): 100k entries took about 0.8 s on a loaded
 # 2-core host. A larger folder cannot be checked for secrets in reasonable time, so it is
 # refused, not mounted.
 MAX_ENTRIES: Final = 100_000
 MAX_REPORTED: Final = 10  # unreadable paths named in one error
-SKILL_UIDS: Final = "uids 10001 and up"
+SKILL_UIDS: Final = "uids 10001 and up"  # the engine's SKILL_UID_FIRST (a test holds them equal)
 
 
 @dataclass(frozen=True, slots=True)
