@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from perstack_sandbox.plan._folder import FolderCheck, check_expert_folder, uses_expert_folder
 from perstack_sandbox.plan._plan import (
+    DEFAULT_CPUS,
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_PIDS,
     DEFAULT_TIMEOUT_MS,
     ENTRY_DIR,
     EXPERT_DIR,
@@ -59,7 +62,10 @@ from perstack_sandbox.plan._secrets import (
 )
 
 __all__ = [
+    "DEFAULT_CPUS",
     "DEFAULT_ENV_FILES",
+    "DEFAULT_MEMORY_BYTES",
+    "DEFAULT_PIDS",
     "DEFAULT_TIMEOUT_MS",
     "ENTRY_DIR",
     "EXPERT_DIR",
