@@ -115,7 +115,11 @@ def test_a_state_file_that_existed_with_a_wider_mode_is_narrowed() -> None:
 
 
 def test_the_proxy_and_run_sink_files_are_created_private(state_root: Path) -> None:
-    """The proxy's log follower and the run's audit sink create their files 0600."""
+    """The proxy's log follower and the run's audit sink create their files 0600.
+
+    Fails when: `RunFiles` opens its files with a plain `open` (seen by hand: tools.jsonl and
+    skills.log came out 0644).
+    """
     record = state.RunState("build-x", state.private_folder(state_root / "builds" / "build-x"))
     frame = bytes([1, 0, 0, 0]) + (5).to_bytes(4, "big") + b"hello"
 
