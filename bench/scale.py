@@ -34,9 +34,9 @@ from mcp.client.stdio import stdio_client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import images, state  # noqa: E402 - after the path tweak
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.plan import plan  # noqa: E402
+from perstack_sandbox import images, state  # noqa: E402 - after the path tweak
+from perstack_sandbox.config import load_config  # noqa: E402
+from perstack_sandbox.plan import plan  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -100,7 +100,7 @@ async def run_fleet(size: int, state_dir: Path, errlog: TextIO) -> Fleet:
     env = {**os.environ, state.STATE_ENV: str(state_dir)}
     server = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "orchestrator", "run", EXPERT, "-c", str(CONFIG)],
+        args=["-m", "perstack_sandbox", "run", EXPERT, "-c", str(CONFIG)],
         env=env,
         cwd=str(ROOT),
     )

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from orchestrator.plan import Limits, Mount, SandboxPlan
+from perstack_sandbox.plan import Limits, Mount, SandboxPlan
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import docker
 
-    from orchestrator.engine import Sandbox
+    from perstack_sandbox.engine import Sandbox
 
 EXEC_DEADLINE_S = 60  # one probe inside a sandbox on a busy 2-core host
 RUN_LABEL = "perstack-sandbox.run"
@@ -111,7 +111,7 @@ def wait_until(
 
 
 def reaper_of(pid: int) -> int | None:
-    """Return the pid of `pid`'s reaper (its child running `orchestrator._reaper`), if any."""
+    """Return the pid of `pid`'s reaper (its child running `engine._reaper`), if any."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -120,6 +120,6 @@ def reaper_of(pid: int) -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat[1]) == pid and b"orchestrator._reaper" in cmdline:
+        if int(stat[1]) == pid and b"perstack_sandbox.engine._reaper" in cmdline:
             return int(entry.name)
     return None

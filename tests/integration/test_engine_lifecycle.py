@@ -21,11 +21,11 @@ import docker
 import pytest
 from engine_support import objects_of_run, reaper_of, run_in, wait_until
 
-from orchestrator import _doctor, _sweep, engine, images, state
-from orchestrator.config import load_config
-from orchestrator.engine import open_sandbox
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import (
+from perstack_sandbox import engine, images, state
+from perstack_sandbox.config import load_config
+from perstack_sandbox.engine import _doctor, _sweep, open_sandbox
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.plan import (
     WORKSPACE_DIR,
     PackageSpec,
     SandboxPlan,
@@ -44,9 +44,9 @@ REAPED_DEADLINE_S = 30  # the acceptance bound: a dead owner's objects are gone 
 # A stand-in orchestrator: start a sandbox, report its run id and reaper, wait to be signalled.
 HOLDER = r"""
 import sys, anyio
-from orchestrator import _reaper, state
-from orchestrator.engine import cancel_on_signals, open_sandbox
-from orchestrator.plan import SandboxPlan
+from perstack_sandbox import state
+from perstack_sandbox.engine import _reaper, cancel_on_signals, open_sandbox
+from perstack_sandbox.plan import SandboxPlan
 
 async def main():
     plan = SandboxPlan(expert="holder", config_dir=sys.argv[2], skills=())
@@ -276,9 +276,9 @@ def example_plan(expert_dir) -> SandboxPlan:
 def test_an_unchanged_expert_reuses_its_image_without_building(tmp_path):
     """The second ensure_expert_image of the same plan builds nothing and returns the same tag."""
     plan = example_plan(tmp_path / "expert")
-    first = images.ensure_expert_image(plan, progress=lambda _line: None)
+    first = engine.ensure_expert_image(plan, progress=lambda _line: None)
     steps: list[str] = []
-    second = images.ensure_expert_image(plan, progress=steps.append)
+    second = engine.ensure_expert_image(plan, progress=steps.append)
     assert second == first
     assert steps == []
     package = plan.skills[0].package
@@ -293,7 +293,7 @@ def test_an_unchanged_expert_reuses_its_image_without_building(tmp_path):
 @pytest.mark.usefixtures("base_images")
 def test_resolved_versions_are_recorded_in_the_image_label(tmp_path):
     """Each package's installed version and entry point are in the image's label."""
-    name = images.ensure_expert_image(example_plan(tmp_path / "expert"), progress=lambda _l: None)
+    name = engine.ensure_expert_image(example_plan(tmp_path / "expert"), progress=lambda _l: None)
     recorded = {p["name"]: p for p in images.resolved_packages(name)}
     assert set(recorded) == {"@modelcontextprotocol/server-everything", "mcp-server-time"}
     for package in recorded.values():
@@ -312,7 +312,7 @@ async def test_preinstalled_packages_start_offline_from_their_launch_argv(tmp_pa
     """Both example servers answer initialize in a sandbox that has no route to any registry."""
     plan = example_plan(tmp_path / "expert")
     image = await anyio.to_thread.run_sync(
-        lambda: images.ensure_expert_image(plan, progress=lambda _l: None)
+        lambda: engine.ensure_expert_image(plan, progress=lambda _l: None)
     )
     async with open_sandbox(plan, image=image, run=state.create_run("offline")) as sb:
         for index, launch in enumerate(plan.skills):
@@ -348,7 +348,7 @@ def test_a_failed_build_reports_the_failing_step_and_its_output(tmp_path):
         ),
     )
     with pytest.raises(ImageBuildError) as failed:
-        images.ensure_expert_image(plan, progress=lambda _line: None)
+        engine.ensure_expert_image(plan, progress=lambda _line: None)
     message = str(failed.value)
     assert "npm install" in message
     assert missing in message
@@ -385,7 +385,7 @@ def start_cold_call(api, folder: Path) -> tuple[subprocess.Popen[str], str]:
     tag = images.expert_image_name(plan(loaded, "interrupted"), base_id)
     child = subprocess.Popen(
         [
-            *(sys.executable, "-m", "orchestrator", "call", "interrupted", "get_current_time"),
+            *(sys.executable, "-m", "perstack_sandbox", "call", "interrupted", "get_current_time"),
             *("-c", str(config), "--args", '{"timezone": "UTC"}'),
         ],
         stdout=subprocess.PIPE,

@@ -22,9 +22,10 @@ import docker
 import pytest
 from engine_support import objects_of_run, wait_until
 
-from orchestrator import _containers, _egress, _subnets, engine, state
-from orchestrator.errors import EngineError
-from orchestrator.plan import Limits
+from perstack_sandbox import engine, state
+from perstack_sandbox.engine import _containers, _egress, _subnets
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.plan import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import scale
@@ -41,9 +42,9 @@ CLEAN_DEADLINE_S = 30
 # run id, and holds it until stdin closes.
 FIRST_START = r"""
 import sys, anyio, anyio.to_thread
-from orchestrator import state
-from orchestrator.engine import open_sandbox
-from orchestrator.plan import SandboxPlan
+from perstack_sandbox import state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.plan import SandboxPlan
 
 async def main():
     plan = SandboxPlan(expert="first-start", config_dir=sys.argv[2], skills=())

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from support import EXPERT, quiet
+from support import EXPERT, HIDDEN_TARGETS, quiet
 
-from orchestrator import state
-from orchestrator.launch import LaunchOptions, open_expert
+from perstack_sandbox import state
+from perstack_sandbox.launch import LaunchOptions, open_expert
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -106,7 +106,7 @@ async def test_a_program_written_to_scratch_space_cannot_be_executed(hostile: Ho
 async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
     hostile: Hostile,
 ) -> None:
-    """Bind mounts are /expert (read-only), /workspace and Docker's three /etc files.
+    """Bind mounts are /expert (read-only), its env-file covers, /workspace, Docker's /etc files.
 
     Fails when: any other host path is mounted into the sandbox (checked by hand: one extra
     read-only bind mount).
@@ -120,8 +120,8 @@ async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
         "emit(binds)"
     )
     binds = await hostile.probe(code)
-    assert set(binds) == EXPECTED_BINDS
-    assert binds["/expert"] == "ro"
+    assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS
+    assert {binds[target] for target in (*HIDDEN_TARGETS, "/expert")} == {"ro"}
 
 
 async def test_a_symlink_to_a_host_path_resolves_inside_the_sandbox_only(
@@ -198,8 +198,8 @@ async def test_a_workspace_that_overlaps_the_expert_folder_is_refused(
     Expert's folder (checked by hand: `check_workspace` as a no-op). The sandbox could then add
     allowedDomains and skills to its own perstack.toml, or plant `.env` links, for the next run.
     """
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.launch import prepare  # noqa: PLC0415
+    from perstack_sandbox.errors import UsageError  # noqa: PLC0415
+    from perstack_sandbox.launch import prepare  # noqa: PLC0415
 
     folder = hostile.run_config.parent
     for workspace in (folder, folder.parent, folder / "sub"):

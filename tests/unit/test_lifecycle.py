@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import _egress, _gate, _reaper, _subnets, cli, state
-from orchestrator.errors import UsageError
+from perstack_sandbox import cli, procs, state
+from perstack_sandbox.engine import _egress, _gate, _reaper, _subnets
+from perstack_sandbox.errors import UsageError
 
 # /proc/net/route of a host with a default route, a LAN, a VPN and the Docker bridge.
 ROUTES = """\
@@ -141,14 +142,14 @@ def test_open_journals_lists_runs_and_builds_but_not_closed_ones(tmp_path, monke
 
 def test_a_zombie_is_dead_and_so_is_a_reused_pid():
     """An exited child not yet waited for runs no code; another start time is another process."""
-    assert _reaper.is_process_alive(os.getpid(), _reaper.process_start_ticks(os.getpid()))
-    assert not _reaper.is_process_alive(os.getpid(), "1")
+    assert procs.is_process_alive(os.getpid(), procs.process_start_ticks(os.getpid()))
+    assert not procs.is_process_alive(os.getpid(), "1")
     pid = os.fork()
     if pid == 0:
         os._exit(0)
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, left a zombie
-        assert not _reaper.is_process_alive(pid)
+        assert not procs.is_process_alive(pid)
     finally:
         os.waitpid(pid, 0)
 

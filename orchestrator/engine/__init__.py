@@ -1,0 +1,124 @@
+"""The fourth stage: sandboxes on a Docker engine, and the fence around image builds.
+
+```
+                   shared egress bridge (inter-container traffic off) ──► the world
+                                  │
+   sandbox ──internal network──► proxy (the only member of both networks)
+  (skills)   no route out, no DNS
+```
+
+`open_sandbox()` starts one sandbox and tears it down on exit, whatever happened; `exec_stdio`
+runs a skill in it as its own uid. The same network-and-proxy fence holds a per-expert image
+build (`build_expert`, handed to `images.ensure_expert_image`). Blocking docker-py calls run in
+worker threads; every object carries our labels, so `ps`, `gc` and `down` find what a run left.
+
+```
+_sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
+_containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
+_exec.py        a `docker exec` as three byte streams (the frames of the attach socket)
+_health.py      the proxy's readiness and its output copied into the run's files
+_fence.py       the fence around a per-expert build: its own network and registry-only proxy
+_sweep.py       listing and removing labelled objects; closing crashed runs' journals
+_doctor.py      what `doctor` checks and fixes
+_reaper.py      the per-owner process that removes what its owner leaves when it dies
+_egress.py      the shared egress network, made once per engine under an engine-wide lock
+_subnets.py     small subnets for internal networks, from one configurable private range
+_gate.py        start slots: how many sandboxes start at the same time
+```
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from perstack_sandbox.engine._exec import ExecProcess
+    from perstack_sandbox.engine._fence import (
+        build_expert,
+        ensure_expert_image,
+        ensure_expert_image_async,
+    )
+    from perstack_sandbox.engine._gate import start_slot
+    from perstack_sandbox.engine._sandbox import (
+        SKILL_UID_COUNT,
+        SKILL_UID_FIRST,
+        Sandbox,
+        cancel_on_signals,
+        collect_garbage,
+        diagnose,
+        list_sandboxes,
+        open_sandbox,
+        proxy_policy,
+        skill_grants,
+        take_down,
+    )
+    from perstack_sandbox.engine._sweep import RunInfo
+
+__all__ = [
+    "SKILL_UID_COUNT",
+    "SKILL_UID_FIRST",
+    "ExecProcess",
+    "RunInfo",
+    "Sandbox",
+    "build_expert",
+    "cancel_on_signals",
+    "collect_garbage",
+    "diagnose",
+    "ensure_expert_image",
+    "ensure_expert_image_async",
+    "list_sandboxes",
+    "open_sandbox",
+    "proxy_policy",
+    "skill_grants",
+    "start_slot",
+    "take_down",
+]
+
+# Where each public name lives. They load on first use: the reaper runs as a module of this
+# package (`python -m perstack_sandbox.engine._reaper`), and while it waits for its owner it
+# must not import docker-py and everything the engine uses (decision 22).
+_LAZY: Final = {
+    "ExecProcess": "_exec",
+    "build_expert": "_fence",
+    "ensure_expert_image": "_fence",
+    "ensure_expert_image_async": "_fence",
+    "start_slot": "_gate",
+    "RunInfo": "_sweep",
+    **dict.fromkeys(
+        (
+            "SKILL_UID_COUNT",
+            "SKILL_UID_FIRST",
+            "Sandbox",
+            "cancel_on_signals",
+            "collect_garbage",
+            "diagnose",
+            "list_sandboxes",
+            "open_sandbox",
+            "proxy_policy",
+            "skill_grants",
+            "take_down",
+        ),
+        "_sandbox",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    """Load a public name from its module on first use (then it is a plain attribute).
+
+    Raises:
+        AttributeError: `name` is not public.
+
+    """
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names."""
+    return sorted(__all__)

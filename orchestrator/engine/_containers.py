@@ -1,0 +1,356 @@
+"""The Docker objects of one sandbox: creating them fast, hardened, labelled; removing them.
+
+Set-up does the minimum number of engine calls, and runs the two containers' creation in
+parallel: internal network, then {proxy: create, connect egress, start} || {sandbox: create,
+start}, then one inspect for the proxy's addresses and a healthz poll from the host.
+
+Before each create, the object is named in the run's journal (fsynced) and this process's
+reaper is running (`_reaper`), so whatever point a run dies at, its objects are found and
+removed. The internal network takes a small subnet of the configured range (`_subnets`); the
+shared egress network is made once per engine (`_egress`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import docker.errors
+
+from perstack_sandbox.docker_edge import (
+    LABEL_EXPERT,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_RUN,
+    client,
+    docker_errors,
+    owner_labels,
+    remove_labelled,
+)
+from perstack_sandbox.engine import _egress, _health, _reaper, _subnets
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import ensure_proxy_image
+from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Network
+
+    from perstack_sandbox.plan import Limits
+    from perstack_sandbox.state import RunState
+
+PROXY_PORT: Final = 3128
+SUBNET_ATTEMPTS: Final = 16  # each refused pick is one that a concurrent start just took
+SANDBOX_USER: Final = "10000:10000"
+PROXY_USER: Final = "10000:10000"
+# An explicit upstream resolver makes Docker's embedded DNS forward from inside the container's
+# namespace, which on an internal network has no route (the CVE-2024-29018 mitigation); on
+# loopback nothing answers, so no name resolves.
+SANDBOX_DNS: Final = ("127.0.0.1",)
+PROXY_MEMORY_BYTES: Final = 256 * 1024**2
+PROXY_PIDS: Final = 128
+PROXY_NANO_CPUS: Final = 1_000_000_000
+SCRATCH_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m"
+HOME_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m,mode=1777"
+PROXY_TMPFS: Final = "rw,noexec,nosuid,nodev,size=16m"
+HARDENING: Final[dict[str, Any]] = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges:true"],
+    "read_only": True,
+    "ipc_mode": "private",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything needed to create one sandbox's containers."""
+
+    run_id: str
+    expert: str
+    image: str
+    limits: Limits
+    expert_dir: str
+    workspace: str | None
+    policy: str
+    masks: tuple[str, ...] = ()  # paths under /expert covered by `cover`
+    cover: str = ""  # an empty file on the host, readable by the skills
+    # The run's state folder: its journal names each object before it is created.
+    run: RunState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Ids and addresses of a started sandbox."""
+
+    container_id: str
+    proxy_id: str
+    proxy_ip: str
+    proxy_host_ip: str
+    network_id: str
+
+
+def _labels(spec: SandboxSpec, role: str) -> dict[str, str]:
+    return {**owner_labels(), LABEL_RUN: spec.run_id, LABEL_EXPERT: spec.expert, LABEL_ROLE: role}
+
+
+def _name(spec: SandboxSpec, role: str) -> str:
+    return f"perstack-{spec.run_id}-{role}"
+
+
+def _intend(spec: SandboxSpec, kind: str, name: str, labels: dict[str, str]) -> None:
+    """Before a create: make sure the reaper watches, and journal the object (fsynced)."""
+    journal = spec.run.journal_path if spec.run is not None else None
+    try:
+        _reaper.guard(journal)
+        if spec.run is not None:
+            spec.run.record_intent(kind, name, labels)
+    except OSError as exc:
+        raise EngineError(f"journalling {kind} {name} before creating it: {exc}") from exc
+
+
+def ensure_egress_network(lock_image: str) -> str:
+    """Return the shared egress network's id, creating it once per engine (see `_egress`).
+
+    Only proxies join it, and inter-container traffic on it is off, so proxies of different
+    sandboxes cannot reach each other through it.
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
+    with _egress_lock:  # threads of one process queue here, not on the engine's lock
+        return _egress.ensure_egress_network(lock_image)
+
+
+_egress_lock = threading.Lock()
+
+
+def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
+    """Create the internal network of `spec`'s run (a sandbox's, or a fenced build's).
+
+    Its subnet is a small one from the configured range (see `_subnets`); when another process
+    took the one picked at the same moment, the engine refuses the overlap and another is tried.
+
+    Raises:
+        UsageError: the configured subnet range is malformed.
+        EngineError: the engine refused or could not be reached, or the range is full.
+
+    """
+    pool = _subnets.configured_pool()
+    name, labels = _name(spec, "net"), _labels(spec, role)
+    _intend(spec, "network", name, labels)
+    api = client().api
+    with docker_errors(f"creating the internal network of run {spec.run_id}"):
+        taken = _subnets.parse_subnets(_engine_subnets(api)) + _subnets.host_routes()
+        for _attempt in range(SUBNET_ATTEMPTS):
+            subnet = _subnets.pick_subnet(pool, taken)
+            if subnet is None:
+                break
+            try:
+                return _create_internal(api, name, labels, subnet)
+            except docker.errors.APIError as exc:
+                if "overlap" not in str(exc.explanation or exc).lower():
+                    raise
+                taken.append(subnet)  # another sandbox's since our look: pick again
+    raise EngineError(
+        f"no free /{pool.prefix} subnet left in {pool.network} for run {spec.run_id}; set "
+        f"{_subnets.POOL_ENV} to a larger private range, or remove stopped sandboxes (`gc`)"
+    )
+
+
+def _engine_subnets(api: docker.APIClient) -> list[str]:
+    subnets = []
+    for network in api.networks():
+        config = (network.get("IPAM") or {}).get("Config") or []
+        subnets += [str(entry["Subnet"]) for entry in config if entry.get("Subnet")]
+    return subnets
+
+
+def _create_internal(
+    api: docker.APIClient, name: str, labels: dict[str, str], subnet: IPv4Network
+) -> str:
+    # The gateway is named, as the engine's own pools do: it is reserved, and with
+    # `inhibit_ipv4` below nothing on the host holds it.
+    pool = docker.types.IPAMPool(subnet=str(subnet), gateway=str(next(subnet.hosts())))
+    created = api.create_network(
+        name,
+        driver="bridge",
+        internal=True,
+        check_duplicate=True,
+        # An internal network still gives the host an address on its bridge, the container's
+        # default gateway: anything on the host listening on all addresses would be
+        # reachable. Without that address there is no host end at all.
+        options={"com.docker.network.bridge.inhibit_ipv4": "true"},
+        ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+        labels=labels,
+    )
+    return str(created["Id"])
+
+
+def _mounts(spec: SandboxSpec) -> list[docker.types.Mount]:
+    mounts = [docker.types.Mount(EXPERT_DIR, spec.expert_dir, type="bind", read_only=True)]
+    # The engine mounts deeper targets after /expert, so each env file is covered by an empty
+    # regular file: it reads as empty (a skill that loads `.env` gets nothing, not an error),
+    # and writes fail with EROFS.
+    mounts += [
+        docker.types.Mount(target, spec.cover, type="bind", read_only=True) for target in spec.masks
+    ]
+    if spec.workspace:
+        mounts.append(docker.types.Mount(WORKSPACE_DIR, spec.workspace, type="bind"))
+    return mounts
+
+
+def _start_sandbox(spec: SandboxSpec, network: str) -> str:
+    api = client().api
+    host_config = api.create_host_config(
+        **HARDENING,
+        mounts=_mounts(spec),
+        tmpfs={"/tmp": SCRATCH_TMPFS, "/home": HOME_TMPFS},  # noqa: S108 - a private tmpfs
+        mem_limit=spec.limits.memory_bytes,
+        memswap_limit=spec.limits.memory_bytes,
+        nano_cpus=int(spec.limits.cpus * 1e9),
+        pids_limit=spec.limits.pids,
+        network_mode=network,
+        dns=list(SANDBOX_DNS),
+    )
+    name, labels = _name(spec, "sandbox"), _labels(spec, "sandbox")
+    _intend(spec, "container", name, labels)
+    with docker_errors(f"starting the sandbox container of run {spec.run_id}"):
+        created = api.create_container(
+            spec.image,
+            name=name,
+            hostname="sandbox",
+            user=SANDBOX_USER,
+            working_dir=WORKSPACE_DIR,
+            labels=labels,
+            host_config=host_config,
+        )
+        api.start(created["Id"])
+    return str(created["Id"])
+
+
+def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
+    """Create and start `spec`'s proxy on `network` and the egress network; return its id.
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
+    api = client().api
+    host_config = api.create_host_config(
+        **HARDENING,
+        tmpfs={"/tmp": PROXY_TMPFS},  # noqa: S108 - a private tmpfs
+        mem_limit=PROXY_MEMORY_BYTES,
+        memswap_limit=PROXY_MEMORY_BYTES,
+        nano_cpus=PROXY_NANO_CPUS,
+        pids_limit=PROXY_PIDS,
+        network_mode=network,
+    )
+    name, labels = _name(spec, "proxy"), _labels(spec, "proxy")
+    _intend(spec, "container", name, labels)
+    with docker_errors(f"starting the proxy of run {spec.run_id}"):
+        created = api.create_container(
+            image,
+            name=name,
+            hostname="proxy",
+            user=PROXY_USER,
+            environment={"PERSTACK_PROXY_POLICY": spec.policy},
+            labels=labels,
+            host_config=host_config,
+        )
+        egress = _connect_egress(created["Id"], image)
+        try:
+            api.start(created["Id"])
+        except docker.errors.NotFound:
+            # A concurrent `gc` removed the egress network after our connect (an endpoint
+            # exists only once a container runs): join a fresh one and start again.
+            with contextlib.suppress(docker.errors.APIError):
+                api.disconnect_container_from_network(created["Id"], egress, force=True)
+            _connect_egress(created["Id"], image)
+            api.start(created["Id"])
+    return str(created["Id"])
+
+
+def _connect_egress(container_id: str, image: str) -> str:
+    api = client().api
+    network = ensure_egress_network(image)
+    try:
+        api.connect_container_to_network(container_id, network)
+    except docker.errors.NotFound:
+        # `gc` removed the unused egress network between our lookup and the connect.
+        network = ensure_egress_network(image)
+        api.connect_container_to_network(container_id, network)
+    return network
+
+
+def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
+    """Return the proxy's address on `network_id` and its address on the egress network.
+
+    Raises:
+        EngineError: the proxy lacks one of them, or the engine could not be reached.
+
+    """
+    with docker_errors("inspecting the proxy"):
+        networks = client().api.inspect_container(proxy_id)["NetworkSettings"]["Networks"]
+    internal = next((n for n in networks.values() if n.get("NetworkID") == network_id), None)
+    egress = next((n for n in networks.values() if n.get("NetworkID") != network_id), None)
+    if not internal or not egress or not internal.get("IPAddress"):
+        raise EngineError(f"the proxy {proxy_id[:12]} has no address on its networks")
+    return str(internal["IPAddress"]), str(egress["IPAddress"])
+
+
+async def start(spec: SandboxSpec, run: RunState) -> Started:
+    """Create and start the network, proxy and sandbox of `spec`; wait until the proxy answers.
+
+    Objects are labelled with the run id as they are made; the caller's teardown removes them
+    by that label whatever point this reached.
+
+    Raises:
+        EngineError: an engine call failed, or the proxy did not become ready.
+
+    """
+    proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
+    network = await anyio.to_thread.run_sync(create_internal_network, spec)
+    ids: dict[str, str] = {}
+
+    async def make(role: str) -> None:
+        if role == "proxy":
+            ids[role] = await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image)
+        else:
+            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(make, "proxy")
+        group.start_soon(make, "sandbox")
+    proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, ids["proxy"], network)
+    await anyio.to_thread.run_sync(_health.follow_logs, ids["proxy"], run)
+    await _health.wait_ready(ids["proxy"], proxy_host_ip, PROXY_PORT)
+    return Started(ids["sandbox"], ids["proxy"], proxy_ip, proxy_host_ip, network)
+
+
+def remove_run(run_id: str) -> None:
+    """Force-remove every container, then every network, labelled with `run_id`.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
+
+
+def remove_attached(network_id: str) -> list[str]:
+    """Force-remove every container on `network_id`, labelled or not (a build step's); name them.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    api = client().api
+    with docker_errors("removing the containers of a build fence"):
+        attached = api.containers(all=True, filters={"network": [network_id]})
+        for container in attached:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True, v=True)
+    return [f"container {c['Names'][0].lstrip('/')}" for c in attached]

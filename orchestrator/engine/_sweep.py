@@ -1,0 +1,186 @@
+"""Listing and sweeping labelled objects: `ps`, `gc` and `down`."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import docker.errors
+
+from perstack_sandbox import images, state
+from perstack_sandbox.docker_edge import (
+    LABEL_CREATED,
+    LABEL_EXPERT,
+    LABEL_MANAGED,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_ROLE,
+    LABEL_RUN,
+    MANAGED_FILTER,
+    client,
+    docker_errors,
+    is_owner_alive,
+    remove_labelled,
+)
+from perstack_sandbox.engine._egress import LOCK_ROLE
+
+if TYPE_CHECKING:
+    from perstack_sandbox.state import RunState
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run's Docker objects, as `ps` lists them: its containers and its network."""
+
+    run_id: str
+    expert: str
+    owner_pid: str
+    owner_host: str
+    is_owner_alive: bool
+    created: str
+    objects: tuple[str, ...]  # "role: status" of a container, "network: name" of a network
+
+
+def list_runs() -> list[RunInfo]:
+    """Group labelled containers and networks by run id (see `engine.list_sandboxes`).
+
+    A run killed between creating its network and its containers has only a network: it is
+    listed all the same.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    api = client().api
+    with docker_errors("listing sandboxes"):
+        containers = api.containers(all=True, filters=MANAGED_FILTER)
+        networks = api.networks(filters=MANAGED_FILTER)
+    objects = [
+        (c["Labels"], f"{c['Labels'].get(LABEL_ROLE, '?')}: {c['State']}") for c in containers
+    ]
+    objects += [(n.get("Labels") or {}, f"network: {n['Name']}") for n in networks]
+    runs: dict[str, RunInfo] = {}
+    for labels, entry in sorted(objects, key=lambda item: item[0].get(LABEL_CREATED, "")):
+        if _is_shared(labels) or labels.get(LABEL_ROLE) == LOCK_ROLE:
+            continue
+        run_id = labels.get(LABEL_RUN, "?")
+        known = runs.get(run_id)
+        runs[run_id] = RunInfo(
+            run_id=run_id,
+            expert=labels.get(LABEL_EXPERT, ""),
+            owner_pid=labels.get(LABEL_OWNER_PID, ""),
+            owner_host=labels.get(LABEL_OWNER_HOST, ""),
+            is_owner_alive=is_owner_alive(labels),
+            created=labels.get(LABEL_CREATED, ""),
+            objects=(*known.objects, entry) if known else (entry,),
+        )
+    return list(runs.values())
+
+
+def _is_shared(labels: dict[str, str]) -> bool:
+    """Shared objects (the egress network) belong to no run and no owner."""
+    return LABEL_RUN not in labels and labels.get(LABEL_ROLE) != LOCK_ROLE
+
+
+def crashed_runs() -> list[RunState]:
+    """Return local runs and builds whose journal is open while their owner is gone.
+
+    Those ended without their teardown (SIGKILL, a crash, a power cut): `gc` closes them.
+    """
+    crashed = []
+    for run in state.open_journals():
+        creates = [e for e in run.journal() if e.get("event") == "create"]
+        labels = creates[0].get("labels") if creates else None
+        if isinstance(labels, dict) and not is_owner_alive(labels):
+            crashed.append(run)
+    return crashed
+
+
+def collect_garbage() -> list[str]:
+    """Remove objects of dead owners, then the egress network if unused (see `engine`).
+
+    The journals of runs whose owner died without its teardown are closed, and any journalled
+    object that is still there without our labels is named (not removed: it may not be ours).
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    removed = remove_labelled(
+        MANAGED_FILTER, keep=lambda labels: _is_shared(labels) or is_owner_alive(labels)
+    )
+    notes = []
+    for run in crashed_runs():
+        notes += [
+            f"unlabelled {name} (journalled by run {run.run_id}: not removed)"
+            for name in _still_there(run)
+        ]
+        how = "owner died before its teardown finished; `gc` removed what was left"
+        run.close_journal(how)
+        if run.read_meta().get("status") in {"starting", "running"}:
+            run.update_meta(status=f"ended: {how}")
+    return removed + _remove_unused_shared() + notes
+
+
+def _still_there(run: RunState) -> list[str]:
+    """Name the journalled objects of `run` that still exist (after the label sweep)."""
+    api = client().api
+    found = []
+    for entry in run.journal():
+        kind, name = entry.get("kind"), str(entry.get("name", ""))
+        with docker_errors(f"looking up {kind} {name}"):
+            if kind == "container":
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.inspect_container(name)
+                    found.append(f"container {name}")
+            elif kind == "network" and any(n["Name"] == name for n in api.networks(names=[name])):
+                found.append(f"network {name}")
+    return found
+
+
+def take_down(run_id: str | None) -> list[str]:
+    """Remove one run's objects, or all of ours (see `engine.take_down`).
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    if run_id is None:
+        return remove_labelled(MANAGED_FILTER, keep=_is_shared) + _remove_unused_shared()
+    return remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
+
+
+def _remove_unused_shared() -> list[str]:
+    api = client().api
+    removed = []
+    with docker_errors("removing the egress network"):
+        if api.containers(all=True, filters=MANAGED_FILTER):
+            # Some sandbox (maybe still being created, not yet attached) may need it.
+            return []
+        for network in api.networks(filters=MANAGED_FILTER):
+            if not _is_shared(network.get("Labels") or {}):
+                continue
+            if api.inspect_network(network["Id"]).get("Containers"):
+                continue
+            # In use again (a proxy connected since the inspect) or already gone: keep going.
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_network(network["Id"])
+                removed.append(f"network {network['Name']}")
+    return removed
+
+
+def remove_superseded_images() -> list[str]:
+    """Remove images no current recipe uses; images a container still uses are kept.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    api = client().api
+    removed = []
+    for tag in images.superseded_images():
+        with docker_errors(f"removing image {tag}"), contextlib.suppress(docker.errors.APIError):
+            api.remove_image(tag)
+            removed.append(f"image {tag}")
+    return removed
