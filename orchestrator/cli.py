@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.errors import ConfigError, InputError, RunError, SandboxError
+from orchestrator.errors import ConfigError, EnvFileError, InputError, RunError, SandboxError
 
 EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
     (InputError, 2),
@@ -87,6 +87,8 @@ def error_lines(error: SandboxError) -> list[str]:
 
     if isinstance(error, ConfigError):
         return [printable(f"{'warning' if i.is_warning else 'error'}: {i}") for i in error.issues]
+    if isinstance(error, EnvFileError):
+        return [printable(f"error: {problem}") for problem in error.problems]
     return [printable(f"error: {error}")]
 
 

@@ -7,6 +7,7 @@ SandboxError                     every error we raise on purpose
 │   ├── UnknownExpertError       the expert key is not in the config
 │   ├── MissingEnvError          a skill's requiredEnv variable has no value
 │   └── UsageError               a bad command-line value (JSON, address, path)
+│       └── EnvFileError         an env file has malformed lines (holds every one)
 └── RunError                     the run failed: exit code 1
     ├── EngineError              the Docker engine is missing, unreachable or refused a call
     │   └── ImageBuildError      an image build failed (holds the failing step's output)
@@ -64,6 +65,15 @@ class MissingEnvError(InputError):
 
 class UsageError(InputError):
     """A command-line value is malformed (JSON arguments, listen address, paths)."""
+
+
+class EnvFileError(UsageError):
+    """An env file has malformed lines; `problems` holds every one as `file:line: why`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        """Keep every problem; the message is all of them, one per line."""
+        self.problems = problems
+        super().__init__("\n".join(problems))
 
 
 class RunError(SandboxError):

@@ -71,6 +71,8 @@ class LaunchOptions:
     prefix_tools: bool = False
     prompter: Prompter | None = None
     progress: Callable[[str], None] = field(default=stderr_progress)
+    # Told about config warnings and env-file keys set twice, one line each, before any start.
+    warn: Callable[[str], None] = field(default=lambda line: stderr_progress(f"warning: {line}"))
     signal_is_error: bool = True  # `run` is meant to be stopped by a signal: not an error
 
 
@@ -89,17 +91,19 @@ def prepare(options: LaunchOptions) -> Prepared:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed, or the workspace overlaps the
-            Expert's folder.
+        UsageError: an env file is missing or malformed (EnvFileError: every bad line), or
+            the workspace overlaps the Expert's folder.
 
     """
-    config, _warnings = load_config(options.config_path)
+    config, warnings = load_config(options.config_path)
+    for warning in warnings:
+        options.warn(printable(str(warning)))
     sandbox_plan = make_plan(config, options.expert)
     check_workspace(options.workspace, Path(sandbox_plan.config_dir))
     files = env_files(
         Path(sandbox_plan.config_dir), options.env_paths, list(config.env_path) or None
     )
-    secrets = resolve_secrets(sandbox_plan, load_env_files(files))
+    secrets = resolve_secrets(sandbox_plan, load_env_files(files, warn=options.warn))
     return Prepared(plan=sandbox_plan, secrets=secrets)
 
 
