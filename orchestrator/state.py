@@ -36,6 +36,8 @@ PROXY_LOG_FILE: Final = "proxy.log"
 SKILLS_LOG_FILE: Final = "skills.log"
 POLICY_FILE: Final = "policy.json"
 TOOLS_FILE: Final = "tools.jsonl"
+BUILDS_DIR: Final = "builds"
+BUILD_PREFIX: Final = "build-"
 
 
 def state_dir() -> Path:
@@ -51,6 +53,11 @@ def state_dir() -> Path:
 def runs_dir() -> Path:
     """Return the folder that holds one subfolder per run."""
     return state_dir() / "runs"
+
+
+def builds_dir() -> Path:
+    """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
+    return state_dir() / BUILDS_DIR
 
 
 def new_run_id() -> str:
@@ -138,8 +145,9 @@ def create_run(expert: str, *, run_id: str | None = None) -> RunState:
 
 
 def open_run(run_id: str) -> RunState | None:
-    """Return the state of an existing run, or None when there is no such run."""
-    path = runs_dir() / run_id
+    """Return the state of an existing run or build (`build-...`), or None when there is none."""
+    root = builds_dir() if run_id.startswith(BUILD_PREFIX) else runs_dir()
+    path = root / run_id
     return RunState(run_id=run_id, path=path) if path.is_dir() else None
 
 
