@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PREFIX_SEPARATOR: Final = "__"
+NOTIFY_TIMEOUT_S: Final = 2.0  # telling one client that the run is over; it may not read
 _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
 
 
@@ -128,6 +129,10 @@ class Gateway:
         self.prefix_tools = prefix_tools
         self.prompter = prompter
         self.egress_check = egress_check
+        # Set by `shut_down`: why the run is over; every later call is refused with it.
+        self.stop_reason: str | None = None
+        # Told the stop reason (the MCP server sends it to its clients as a log message).
+        self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
         self._routes: dict[str, Route] = {}
         self._listed: set[str] = set()
         self._lock = anyio.Lock()
@@ -220,7 +225,9 @@ class Gateway:
         began = datetime.now(UTC).isoformat(timespec="milliseconds")
         outcome = "error"
         try:
-            problem = self.egress_check() if self.egress_check and not route.interactive else None
+            problem = self.stop_reason
+            if problem is None and self.egress_check and not route.interactive:
+                problem = self.egress_check()
             if problem is not None:
                 logger.warning("%s", problem)
                 outcome = "refused-egress-down"
@@ -284,6 +291,14 @@ class Gateway:
                 f"skill {skill!r} refused tools/call {name!r}: {exc.error.message} "
                 f"(JSON-RPC error {exc.error.code})"
             ) from exc
+
+    async def shut_down(self, reason: str) -> None:
+        """Refuse every further call with `reason`, and tell the listeners (each bounded)."""
+        self.stop_reason = reason
+        logger.warning("%s", reason)
+        for listener in self.stop_listeners:
+            with anyio.move_on_after(NOTIFY_TIMEOUT_S):
+                await listener(reason)
 
     async def close(self) -> None:
         """Stop every skill (bounded)."""
