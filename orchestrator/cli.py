@@ -1,7 +1,9 @@
-"""The `perstack-sandbox` command line (the contract in DESIGN.md).
+"""The `perstack-sandbox` command line: the commands that validate, plan, build and run.
 
 Commands stay synchronous and call `anyio.run` once. Every error is mapped to an exit code in
-`EXIT_CODES`; this module is the only place that exits the process.
+`EXIT_CODES` (documented by `EXIT_CODE_TABLE`, which `--help` and the README show); this
+module is the only place that exits the process. Help is plain text (`_cli_help`); the
+engine, audit and client commands live in `_cli_ops`.
 """
 
 from __future__ import annotations
@@ -9,31 +11,110 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 
-from orchestrator.errors import ConfigError, EnvFileError, InputError, RunError, SandboxError
+from orchestrator._cli_help import PlainCommand, PlainGroup
+from orchestrator.errors import (
+    ConfigError,
+    EnvFileError,
+    InputError,
+    RunError,
+    RunInterruptedError,
+    SandboxError,
+)
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from orchestrator.launch import LaunchOptions
+
+PROGRAM: Final = "perstack-sandbox"
+INTERRUPTED: Final = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd program
 EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
+    (RunInterruptedError, INTERRUPTED),
     (InputError, 2),
     (RunError, 1),
     (SandboxError, 1),
 )
+EXIT_CODE_TABLE: Final = (
+    (0, "success (a tool result with isError is still a completed call)"),
+    (
+        1,
+        (
+            "the run failed: engine, image build, skill or gateway; a run taken down by "
+            "`down`; a failing `doctor` check"
+        ),
+    ),
+    (
+        2,
+        (
+            "bad input: command line, perstack.toml, unknown Expert, missing variable, env "
+            "file; nothing was started"
+        ),
+    ),
+    (INTERRUPTED, "interrupted by Ctrl-C (SIGINT) or SIGTERM; what was started is torn down"),
+)
+
+
+class _App(PlainGroup):
+    exit_codes = EXIT_CODE_TABLE
+
 
 app = typer.Typer(
-    name="perstack-sandbox",
+    name=PROGRAM,
     help="Run one Perstack Expert's MCP skills inside a hardened Docker sandbox.",
+    cls=_App,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+def command(
+    *examples: str, name: str | None = None, group: typer.Typer | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command of `group` (default: `app`) with plain help and example lines."""
+    target = app if group is None else group
+    return target.command(name=name, cls=PlainCommand, epilog="\n".join(examples))
+
+
+def _version(value: bool) -> None:  # noqa: FBT001 - typer's callback signature
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - rarely used
+
+    try:
+        typer.echo(f"{PROGRAM} {version(PROGRAM)}")
+    except PackageNotFoundError:
+        typer.echo(f"{PROGRAM} (version unknown: not installed as a package)")
+    raise typer.Exit
+
+
+@app.callback()
+def _root(
+    _version_flag: Annotated[  # noqa: FBT002 - a typer flag
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run one Perstack Expert's MCP skills inside a hardened Docker sandbox."""
+
 
 ConfigOption = Annotated[
     Path,
-    typer.Option("--config", "-c", help="Path to perstack.toml.", show_default=True),
+    typer.Option("--config", "-c", metavar="PATH", help="Path to perstack.toml."),
 ]
 DEFAULT_CONFIG = Path("perstack.toml")
+ExpertArgument = Annotated[
+    str,
+    typer.Argument(metavar="EXPERT", help="The Expert's key in perstack.toml.", show_default=False),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 
 
 def exit_code_for(error: SandboxError) -> int:
@@ -54,14 +135,14 @@ def main() -> None:
     """Console-script entry point: run the app and map errors to exit codes."""
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        code = app(standalone_mode=False)  # typer.Exit(n) comes back as the return value
+        code = app(standalone_mode=False, prog_name=PROGRAM)  # typer.Exit(n) is returned
     except SandboxError as exc:
         for line in error_lines(exc):
             typer.echo(line, err=True)
         sys.exit(exit_code_for(exc))
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        typer.echo("interrupted", err=True)
+        sys.exit(INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # a bad command line (missing argument, bad option)
@@ -74,12 +155,14 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the top of the CLI: never a bare traceback
         typer.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    if code == INTERRUPTED:  # typer turns a KeyboardInterrupt into this code, silently
+        typer.echo("interrupted", err=True)
     if isinstance(code, int) and code:
         sys.exit(code)
 
 
 def error_lines(error: SandboxError) -> list[str]:
-    """Render an error for stderr: a config error gives one line per issue, with its path.
+    """Render an error for stderr: one line per config issue or env-file line, with its place.
 
     Messages may quote a skill (stderr lines, JSON-RPC errors): control characters are escaped.
     """
@@ -92,21 +175,24 @@ def error_lines(error: SandboxError) -> list[str]:
     return [printable(f"error: {error}")]
 
 
-# --- skills and gateway: tools, call, run ----------------------------------------------------
+def warn(line: str) -> None:
+    """Print one warning line on stderr."""
+    typer.echo(f"warning: {line}", err=True)
 
-if TYPE_CHECKING:
-    from orchestrator.launch import LaunchOptions
+
+# --- skills and gateway: tools, call, run ----------------------------------------------------
 
 EnvPathOption = Annotated[
     list[Path] | None,
     typer.Option(
         "--env-path",
-        help="Dotenv file with skill secrets (repeatable); replaces envPath and .env/.env.local.",
+        metavar="FILE",
+        help="Dotenv file with skill secrets; replaces envPath and .env/.env.local.",
     ),
 ]
 WorkspaceOption = Annotated[
     Path | None,
-    typer.Option("--workspace", help="Folder mounted read-write at /workspace."),
+    typer.Option("--workspace", metavar="DIR", help="Folder mounted read-write at /workspace."),
 ]
 PrefixToolsOption = Annotated[
     bool,
@@ -115,6 +201,7 @@ PrefixToolsOption = Annotated[
         help="Expose every tool as skill__tool (for skills whose tool names collide).",
     ),
 ]
+EXAMPLE_CONFIG = "-c examples/perstack.toml"
 
 
 def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
@@ -139,14 +226,20 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         workspace=workspace.absolute() if workspace is not None else None,
         prefix_tools=prefix_tools,
         prompter=gateway.terminal_prompter() if interactive else None,
+        warn=warn,
     )
 
 
-@app.command()
+@command(
+    f"{PROGRAM} tools demo {EXAMPLE_CONFIG}",
+    f"{PROGRAM} tools demo --json {EXAMPLE_CONFIG}",
+)
 def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
-    expert: str,
+    expert: ExpertArgument,
     config: ConfigOption = DEFAULT_CONFIG,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the MCP tool list.")] = False,  # noqa: FBT002 - a typer flag
+    as_json: Annotated[  # noqa: FBT002 - a typer flag
+        bool, typer.Option("--json", help="Print the MCP tool list, each tool with its skill.")
+    ] = False,
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
@@ -158,12 +251,19 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     typer.echo(launch.tools_report(options, as_json=as_json))
 
 
-@app.command()
+@command(
+    f'{PROGRAM} call demo get_current_time --args \'{{"timezone": "UTC"}}\' {EXAMPLE_CONFIG}',
+    f'{PROGRAM} call demo echo --args \'{{"message": "hi"}}\' --workspace ./out {EXAMPLE_CONFIG}',
+)
 def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
-    expert: str,
-    tool: str,
+    expert: ExpertArgument,
+    tool: Annotated[
+        str,
+        typer.Argument(metavar="TOOL", help="The tool's name (see `tools`).", show_default=False),
+    ],
     args: Annotated[
-        str | None, typer.Option("--args", help="Tool arguments (JSON object).")
+        str | None,
+        typer.Option("--args", metavar="JSON", help="Tool arguments (a JSON object)."),
     ] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     env_path: EnvPathOption = None,
@@ -180,11 +280,29 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     typer.echo(launch.call_report(options, tool, arguments))
 
 
-@app.command()
+@command(
+    f"{PROGRAM} run demo {EXAMPLE_CONFIG}",
+    f"{PROGRAM} run demo --http 8765 --token-file ./token {EXAMPLE_CONFIG}",
+)
 def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
-    expert: str,
+    expert: ExpertArgument,
     http: Annotated[
-        str | None, typer.Option("--http", help="Serve streamable HTTP on 127.0.0.1:PORT.")
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="PORT",
+            help="Serve streamable HTTP on 127.0.0.1:PORT instead of stdio; the URL and the "
+            "bearer token are printed on stderr once it listens.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            metavar="FILE",
+            help="With --http: write the bearer token to FILE (mode 0600) once it listens, "
+            "instead of printing it.",
+        ),
     ] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     env_path: EnvPathOption = None,
@@ -195,37 +313,49 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
-    launch.serve(options, http=http)
+    launch.serve(options, http=http, token_file=token_file)
 
 
-# --- config and plan: validate, plan, schema --------------------------------------------------
+# --- config and plan: validate, plan, schema, build -------------------------------------------
 
 
-@app.command()
+@command(
+    f"{PROGRAM} validate -c perstack.toml",
+    f"{PROGRAM} validate --strict --publish",
+)
 def validate(
     config: ConfigOption = DEFAULT_CONFIG,
     strict: Annotated[  # noqa: FBT002 - a typer flag
-        bool, typer.Option("--strict", help="Unknown keys are errors (with a suggestion).")
+        bool,
+        typer.Option(
+            "--strict",
+            help="Every warning is an error: unknown keys, pick with omit, wildcards over "
+            "shared suffixes, no Expert.",
+        ),
     ] = False,
     publish: Annotated[  # noqa: FBT002 - a typer flag
         bool, typer.Option("--publish", help="Also apply the registry's publishing rules.")
     ] = False,
 ) -> None:
-    """Validate perstack.toml: every problem on its own line with its TOML path; exit 2."""
+    """Validate perstack.toml: each problem on stderr with its TOML path (exit 2 if invalid)."""
     from orchestrator.config import load_config  # noqa: PLC0415 - keeps --help fast
 
     loaded, warnings = load_config(config, strict=strict, publish=publish)
     for warning in warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        warn(str(warning))
     count = len(loaded.experts)
     typer.echo(f"{config}: valid ({count} expert{'s' * (count != 1)})")
 
 
-@app.command(name="plan")
+@command(
+    f"{PROGRAM} plan demo {EXAMPLE_CONFIG}",
+    f"{PROGRAM} plan demo --json {EXAMPLE_CONFIG} > plan.json",
+    name="plan",
+)
 def plan_command(
-    expert: str,
+    expert: ExpertArgument,
     config: ConfigOption = DEFAULT_CONFIG,
-    as_json: Annotated[bool, typer.Option("--json", help="Print stable JSON.")] = False,  # noqa: FBT002 - a typer flag
+    as_json: JsonFlag = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Print what the Expert's sandbox will run, with which env names, reaching which hosts."""
     from orchestrator.config import load_config  # noqa: PLC0415 - keeps --help fast
@@ -233,12 +363,12 @@ def plan_command(
 
     loaded, warnings = load_config(config)
     for warning in warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        warn(str(warning))
     sandbox = plan(loaded, expert)
     typer.echo(plan_to_json(sandbox) if as_json else plan_to_text(sandbox), nl=False)
 
 
-@app.command()
+@command(f"{PROGRAM} schema > perstack.schema.json")
 def schema() -> None:
     """Print the JSON Schema of perstack.toml."""
     import json  # noqa: PLC0415 - keeps --help fast
@@ -248,11 +378,8 @@ def schema() -> None:
     typer.echo(json.dumps(config_schema(), indent=2, sort_keys=True))
 
 
-# --- engine and images: build, ps, down, gc, doctor ------------------------------------------
-
-
-@app.command()
-def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
+@command(f"{PROGRAM} build demo {EXAMPLE_CONFIG}")
+def build(expert: ExpertArgument, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Build the Expert's image (or reuse it when nothing changed); progress on stderr."""
     from orchestrator import images  # noqa: PLC0415 - keeps --help fast
     from orchestrator.config import load_config  # noqa: PLC0415
@@ -260,7 +387,7 @@ def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
 
     loaded, warnings = load_config(config)
     for warning in warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        warn(str(warning))
     sandbox = plan(loaded, expert)
     name = images.ensure_expert_image(sandbox)
     for package in images.resolved_packages(name):
@@ -268,87 +395,5 @@ def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
     typer.echo(name)
 
 
-@app.command()
-def ps() -> None:
-    """List the sandboxes on this engine: run id, expert, owner and containers."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
-
-    runs = engine.list_sandboxes()
-    if not runs:
-        typer.echo("no sandboxes", err=True)
-    for info in runs:
-        owner = f"pid {info.owner_pid}@{info.owner_host}"
-        owner += "" if info.is_owner_alive else " (gone: `gc` removes it)"
-        typer.echo(f"{info.run_id}  {info.expert}  {owner}  {', '.join(info.containers)}")
-
-
-@app.command()
-def down(
-    run_id: Annotated[str | None, typer.Argument(help="The run to remove (see `ps`).")] = None,
-    remove_all: Annotated[bool, typer.Option("--all", help="Remove every sandbox.")] = False,  # noqa: FBT002 - a typer flag
-) -> None:
-    """Remove one sandbox (RUN_ID) or every sandbox (--all), even if its owner still runs."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-
-    if (run_id is None) == (not remove_all):
-        raise UsageError("give a run id or --all (not both)")
-    removed = engine.take_down(None if remove_all else run_id)
-    for line in removed:
-        typer.echo(f"removed {line}", err=True)
-    if run_id is not None and not removed:
-        raise UsageError(f"no sandbox objects for run {run_id}")
-
-
-ImagesFlag = Annotated[
-    bool, typer.Option("--images", help="Also remove images no current recipe uses.")
-]
-
-
-@app.command()
-def gc(include_images: ImagesFlag = False) -> None:  # noqa: FBT002 - a typer flag
-    """Remove every sandbox object whose owning process is gone (on this host)."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
-
-    removed = engine.collect_garbage(include_images=include_images)
-    for line in removed:
-        typer.echo(f"removed {line}", err=True)
-    typer.echo(f"gc: removed {len(removed)} object(s)", err=True)
-
-
-@app.command()
-def doctor(
-    fix: Annotated[bool, typer.Option("--fix", help="Bootstrap and build missing images.")] = False,  # noqa: FBT002 - a typer flag
-) -> None:
-    """Check the engine, storage driver, cgroup version and images; say what to do about each."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
-
-    checks = engine.diagnose(fix=fix)
-    for check in checks:
-        mark = "ok  " if check.is_ok else "FAIL"
-        advice = f"  -> {check.advice}" if not check.is_ok and check.advice else ""
-        typer.echo(f"{mark} {check.name}: {check.detail}{advice}")
-    if not all(check.is_ok for check in checks):
-        raise typer.Exit(1)
-
-
-# --- audit ------------------------------------------------------------------------------------
-
-
-@app.command()
-def audit(
-    run_id: Annotated[
-        str | None, typer.Argument(metavar="RUN", help="The run to summarise (default: latest).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,  # noqa: FBT002 - a typer flag
-) -> None:
-    """Summarise a run's audit trail: egress per host (allowed, refused, bytes), then tool calls."""
-    import json  # noqa: PLC0415 - keeps --help fast
-
-    from orchestrator.audit import find_run, render_text, summarise_run  # noqa: PLC0415
-
-    summary = summarise_run(find_run(run_id))
-    if as_json:
-        typer.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
-    else:
-        typer.echo(render_text(summary))
+# Registers the engine, audit and client commands on `app` (it imports the definitions above).
+from orchestrator import _cli_ops  # noqa: E402, F401

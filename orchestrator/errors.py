@@ -9,13 +9,14 @@ SandboxError                     every error we raise on purpose
 │   └── UsageError               a bad command-line value (JSON, address, path)
 │       └── EnvFileError         an env file has malformed lines (holds every one)
 └── RunError                     the run failed: exit code 1
+    ├── RunInterruptedError      stopped by SIGINT or SIGTERM, torn down: exit code 130
     ├── EngineError              the Docker engine is missing, unreachable or refused a call
     │   └── ImageBuildError      an image build failed (holds the failing step's output)
     ├── SkillError               a skill failed to start, died, or timed out
     └── GatewayError             the gateway could not serve (collision, bind, transport)
 ```
 
-The CLI maps the two middle classes to exit codes in one table; nothing else calls `sys.exit`.
+The CLI maps these classes to exit codes in one table; nothing else calls `sys.exit`.
 Errors of dependencies never leak: the edges that call them re-raise as one of these `from exc`.
 """
 
@@ -78,6 +79,10 @@ class EnvFileError(UsageError):
 
 class RunError(SandboxError):
     """The run itself failed; exit code 1."""
+
+
+class RunInterruptedError(RunError):
+    """The run was stopped by SIGINT or SIGTERM and torn down; exit code 130."""
 
 
 class EngineError(RunError):

@@ -8,7 +8,6 @@ the gateway's call log go to the run's `skills.log`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -17,7 +16,7 @@ import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.to_thread
@@ -28,10 +27,11 @@ from orchestrator._text import printable
 from orchestrator.audit import ToolCallWriter
 from orchestrator.config import load_config
 from orchestrator.env import env_files, load_env_files, resolve_secrets, skill_environment
-from orchestrator.errors import RunError, UsageError
+from orchestrator.errors import RunError, RunInterruptedError, UsageError
 from orchestrator.gateway import (
     Gateway,
     Prompter,
+    bind_loopback,
     open_gateway,
     parse_listen,
     result_payload,
@@ -45,6 +45,7 @@ from orchestrator.plan import plan as make_plan
 from orchestrator.skills import RemoteSkillSession, SkillSession, SkillSpec
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
     from contextlib import AbstractAsyncContextManager
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 # `run --http` uses this variable's value as the bearer token when set, else a fresh one.
 TOKEN_ENV = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME, not a secret
+FLUSH_GRACE_S: Final = 0.2  # a queued MCP notification reaches the client's pipe or socket
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 RUN_LOGGERS = ("orchestrator.skills", "orchestrator.gateway")
 
@@ -73,7 +75,6 @@ class LaunchOptions:
     progress: Callable[[str], None] = field(default=stderr_progress)
     # Told about config warnings and env-file keys set twice, one line each, before any start.
     warn: Callable[[str], None] = field(default=lambda line: stderr_progress(f"warning: {line}"))
-    signal_is_error: bool = True  # `run` is meant to be stopped by a signal: not an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,22 +132,30 @@ def check_workspace(workspace: Path | None, config_dir: Path) -> None:
 async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
     """Yield a started gateway over the Expert's sandboxed skills; tear down on exit.
 
+    If the sandbox container goes away while the body runs (`down RUN`, a kill, the engine),
+    the gateway tells its clients, the body is cancelled, and RunError says what happened.
+
     Raises:
         InputError: any bad input, before anything starts (see `prepare`).
         EngineError: Docker failed; ImageBuildError: an image build failed.
         SkillError: a skill failed to start. GatewayError: a tool-name collision.
+        RunError: the sandbox went away while the body ran.
+        RunInterruptedError: SIGINT or SIGTERM cancelled the body.
 
     """
     prepared = prepare(options)
     image = await anyio.to_thread.run_sync(
         functools.partial(images.ensure_expert_image, prepared.plan, progress=options.progress)
     )
+    packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
     run = state.create_run(prepared.plan.expert)
+    run.update_meta(packages=packages)  # what the audit shows next to the allowlist
     finished = False
+    gone: list[str] = []
     try:
         with _run_log(run.skills_log_path), _tool_call_log(run.tools_path):
             async with (
-                engine.cancel_on_signals(),
+                engine.cancel_on_signals() as scope,
                 engine.open_sandbox(
                     prepared.plan, image=image, run=run, workspace=options.workspace
                 ) as sandbox,
@@ -157,6 +166,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
                     prompter=options.prompter,
                     egress_check=sandbox.egress_problem,
                 ) as gateway,
+                _ends_with_the_sandbox(sandbox, gateway, scope, gone),
             ):
                 yield gateway
                 finished = True
@@ -165,8 +175,32 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
         if sole is group:
             raise
         raise sole from sole.__cause__
-    if not finished and options.signal_is_error:  # the body was cancelled by SIGINT/SIGTERM
-        raise RunError(f"interrupted by a signal; run {run.run_id} was torn down")
+    if gone:
+        raise RunError(gone[0])
+    if not finished:  # the body was cancelled by SIGINT/SIGTERM
+        raise RunInterruptedError(f"interrupted by a signal; run {run.run_id} was torn down")
+
+
+@asynccontextmanager
+async def _ends_with_the_sandbox(
+    sandbox: engine.Sandbox, gateway: Gateway, scope: anyio.CancelScope, gone: list[str]
+) -> AsyncIterator[None]:
+    """Cancel `scope` once the sandbox container goes, after the gateway told its clients."""
+
+    async def watch() -> None:
+        reason = await sandbox.wait_stopped()
+        gone.append(reason)
+        await gateway.shut_down(reason)
+        # Let the transport's writer deliver the notification before the server is cancelled.
+        await anyio.sleep(FLUSH_GRACE_S)
+        scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
 
 
 def skill_home(uid: int) -> str:
@@ -284,8 +318,12 @@ def tools_report(options: LaunchOptions, *, as_json: bool) -> str:
     async def main() -> str:
         async with open_expert(options) as gateway:
             tools = await gateway.list_tools()
-            if as_json:
-                return json.dumps(tools_payload(tools), indent=2, sort_keys=True)
+            if as_json:  # each MCP tool object also names the skill it comes from
+                payload = [
+                    {**item, "skill": gateway.route(tool.name).skill}
+                    for item, tool in zip(tools_payload(tools), tools, strict=True)
+                ]
+                return json.dumps(payload, indent=2, sort_keys=True)
             rows = [
                 (t.name, gateway.route(t.name).skill, _first_line(t.description)) for t in tools
             ]
@@ -312,32 +350,70 @@ def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object])
     return anyio.run(main)
 
 
-def serve(options: LaunchOptions, *, http: str | None) -> None:
+def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None = None) -> None:
     """Serve the gateway until the client disconnects (stdio) or the process is stopped.
 
+    With `http` (a PORT, served on 127.0.0.1) the port is bound before anything starts, and
+    once it listens stderr gets `gateway: URL` and `bearer token: TOKEN`; with `token_file` the
+    token goes to that file (mode 0600) instead. A token chosen in $PERSTACK_SANDBOX_TOKEN is
+    never printed.
+
     Raises:
-        SandboxError: any failure (see `open_expert`); UsageError for a bad `--http`.
+        SandboxError: any failure (see `open_expert`); UsageError for a bad `--http` or
+            `--token-file`; GatewayError when the port is in use.
 
     """
-    listen = parse_listen(http) if http is not None else None
-    options = dataclasses.replace(options, signal_is_error=False)
+    if http is None:
+        if token_file is not None:
+            raise UsageError("--token-file goes with --http (stdio needs no token)")
+        anyio.run(_serve_stdio, options)
+        return
+    port = parse_listen(http)[1]
+    if token_file is not None and not token_file.absolute().parent.is_dir():
+        raise UsageError(f"--token-file {token_file}: its folder does not exist")
+    sock = bind_loopback(port)  # a port in use fails here, before any image or container
+    try:
+        anyio.run(_serve_http, options, sock, token_file)
+    finally:
+        sock.close()
 
-    async def main() -> None:
-        async with open_expert(options) as gateway:
-            if listen is None:
-                await serve_stdio(gateway)
-                return
-            given = os.environ.get(TOKEN_ENV)
-            token = given or new_token()
+
+async def _serve_stdio(options: LaunchOptions) -> None:
+    async with open_expert(options) as gateway:
+        await serve_stdio(gateway)
+
+
+async def _serve_http(options: LaunchOptions, sock: socket.socket, token_file: Path | None) -> None:
+    given = os.environ.get(TOKEN_ENV)
+    token = given or new_token()
+
+    def ready(url: str) -> None:
+        if token_file is not None:
+            write_private(token_file, token + "\n")
+            shown = f"in {token_file} (mode 0600)"
+        else:
             # A token the user chose is a secret they already hold: never echo it back.
             shown = f"the value of ${TOKEN_ENV}" if given else token
+        print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
 
-            def ready(url: str) -> None:
-                print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
+    async with open_expert(options) as gateway:
+        await serve_http(gateway, port=0, token=token, on_ready=ready, sock=sock)
 
-            await serve_http(gateway, port=listen[1], token=token, on_ready=ready)
 
-    anyio.run(main)
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600, also when it existed).
+
+    Raises:
+        UsageError: the file cannot be written.
+
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o600)  # an existing file keeps its mode otherwise
+            file.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _first_line(text: str | None) -> str:

@@ -31,6 +31,7 @@ from orchestrator.gateway._core import (
 )
 from orchestrator.gateway._server import make_server
 from orchestrator.gateway._transports import (
+    bind_loopback,
     parse_listen,
     serve_http,
     serve_stdio,
@@ -42,6 +43,7 @@ __all__ = [
     "Prompter",
     "Route",
     "argument_shape",
+    "bind_loopback",
     "build_routes",
     "exposed_name",
     "input_needed",

@@ -34,31 +34,26 @@ async def serve_stdio(gateway: Gateway) -> None:
 
 
 def parse_listen(address: str) -> tuple[str, int]:
-    """Parse `--http HOST:PORT`; the host must be loopback (127.0.0.1 or localhost).
+    """Parse `--http PORT` (or `127.0.0.1:PORT`, `localhost:PORT`): always loopback.
 
     Raises:
         UsageError: malformed, or not a loopback host.
 
     """
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= MAX_PORT:
-        raise UsageError(f"--http wants HOST:PORT, got {address!r}")
+    if not sep:
+        host = "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= MAX_PORT:
+        raise UsageError(f"--http wants a PORT (served on 127.0.0.1:PORT), got {address!r}")
     if host not in ("127.0.0.1", "localhost"):
-        raise UsageError(f"--http must bind 127.0.0.1 (loopback only), got {host!r}")
+        raise UsageError(f"--http serves on 127.0.0.1 only (loopback), got host {host!r}")
     return "127.0.0.1", int(port_text)
 
 
-async def serve_http(
-    gateway: Gateway,
-    *,
-    port: int,
-    token: str,
-    on_ready: Callable[[str], None] | None = None,
-    stop: anyio.Event | None = None,
-) -> None:
-    """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
+def bind_loopback(port: int) -> socket.socket:
+    """Bind and listen on 127.0.0.1:`port` (0: any free port) and return the socket.
 
-    `on_ready(url)` is called once the socket listens; setting `stop` shuts down cleanly.
+    `run --http` calls this before the sandbox starts, so a port in use is an error at once.
 
     Raises:
         GatewayError: the port cannot be bound.
@@ -72,6 +67,28 @@ async def serve_http(
     except OSError as exc:
         sock.close()
         raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    return sock
+
+
+async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
+    gateway: Gateway,
+    *,
+    port: int,
+    token: str,
+    on_ready: Callable[[str], None] | None = None,
+    stop: anyio.Event | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
+
+    `sock`, when given, is a socket `bind_loopback` already bound (and `port` is ignored).
+    `on_ready(url)` is called once the socket listens; setting `stop` shuts down cleanly.
+
+    Raises:
+        GatewayError: the port cannot be bound.
+
+    """
+    sock = sock if sock is not None else bind_loopback(port)
     actual = sock.getsockname()[1]
     origins = loopback_origins(actual)
     security = TransportSecuritySettings(

@@ -250,7 +250,7 @@ async def test_the_gateway_logs_shapes_and_refuses_calls_once_egress_is_down(tmp
     assert all(x["skill"] == "local" and x["durationMs"] >= 0 and x["time"] for x in lines)
 
 
-def test_the_summary_starts_with_each_skills_allowlist_and_the_image_packages(run, capsys):
+def test_the_summary_starts_with_each_skills_allowlist_and_the_image_packages(run):
     """The text opens with the allowlist per skill and the image's package versions."""
     policy = {"allowedDomains": ["a.example"], "skillAllowedDomains": {"web": ["a.example"]}}
     policy["skillAllowedDomains"]["calc"] = []
@@ -274,7 +274,8 @@ def test_a_run_from_before_packages_were_recorded_says_so(run):
     assert "not recorded" in audit.render_text(audit.summarise_run(run))
 
 
-def test_a_build_audit_is_read_by_its_id(run, monkeypatch, capsys):
+@pytest.mark.usefixtures("run")
+def test_a_build_audit_is_read_by_its_id(monkeypatch, capsys):
     """`audit build-...` reads the fenced build's folder: its registries and its decisions."""
     build_id = "build-20260101-000000-dddddd"
     build = state.RunState(build_id, state.builds_dir() / build_id)
@@ -291,8 +292,9 @@ def test_a_build_audit_is_read_by_its_id(run, monkeypatch, capsys):
     assert "packages in the image" not in out  # a build has no run image
 
 
+@pytest.mark.usefixtures("run")
 @pytest.mark.parametrize("target", ["nope", "build-nope", "../x"])
-def test_audit_json_errors_are_json_with_exit_2(run, monkeypatch, capsys, target):
+def test_audit_json_errors_are_json_with_exit_2(monkeypatch, capsys, target):
     """With --json, an unknown run or build is a JSON error object on stdout, exit 2."""
     monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit", target, "--json"])
     with pytest.raises(SystemExit) as exited:
