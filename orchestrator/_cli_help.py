@@ -14,7 +14,8 @@ Nothing here knows a particular option, so an option added later renders like th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any, Final, get_args, get_origin
 
 from typer.core import TyperCommand, TyperGroup
 
@@ -43,9 +44,13 @@ def value_metavar(param: Any) -> str:  # noqa: ANN401 - typer's parameter classe
     choices = getattr(descriptor, "choices", None)
     if choices:
         return "|".join(str(getattr(choice, "value", choice)) for choice in choices)
-    if getattr(descriptor, "is_path", False):
+    annotation = getattr(descriptor, "annotation", str)
+    if get_origin(annotation) in {list, tuple}:  # a repeatable option: its items' type
+        annotation = (get_args(annotation) or (str,))[0]
+    is_path = isinstance(annotation, type) and issubclass(annotation, PurePath)
+    if is_path or getattr(descriptor, "is_path", False):
         return "PATH"
-    return TYPE_WORDS.get(getattr(descriptor, "annotation", str), "TEXT")
+    return TYPE_WORDS.get(annotation, "TEXT")
 
 
 def option_names(param: Any) -> str:  # noqa: ANN401 - typer's parameter classes are private
@@ -66,7 +71,7 @@ def option_help(param: Any, ctx: _click.Context) -> str:  # noqa: ANN401 - priva
         extras.append("repeatable")
     default = param.get_default(ctx, call=False)
     if param.show_default and default not in (None, False, (), []) and not callable(default):
-        extras.append(f"default: {default}")
+        extras.append(f"default: {getattr(default, 'value', default)}")  # an Enum by its value
     if param.required:
         extras.append("required")
     return " ".join([param.help or "", *(f"[{extra}]" for extra in extras)]).strip()

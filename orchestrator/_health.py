@@ -124,13 +124,18 @@ def wait_stopped(container_id: str) -> None:
 
 def describe_end(container_id: str) -> str:
     """Say how a container ended: removed, stopped with a code, or the engine is unreachable."""
+    removed = "was removed (`perstack-sandbox down`, or another tool)"
     try:
         with docker_errors("inspecting the sandbox container"):
             status = client().api.inspect_container(container_id)["State"]
     except EngineError as exc:
-        if isinstance(exc.__cause__, docker.errors.NotFound):
-            return "was removed (`perstack-sandbox down`, or another tool)"
-        return f"cannot be inspected: {exc}"
+        return (
+            removed
+            if isinstance(exc.__cause__, docker.errors.NotFound)
+            else (f"cannot be inspected: {exc}")
+        )
+    if status.get("Status") in {"removing", "dead"}:  # caught in the middle of a removal
+        return removed
     how = f"{status.get('Status', 'stopped')} with code {status.get('ExitCode')}"
     return how + (" (killed for lack of memory)" if status.get("OOMKilled") else "")
 

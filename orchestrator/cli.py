@@ -310,10 +310,10 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
-    from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from orchestrator._serving import serve  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
-    launch.serve(options, http=http, token_file=token_file)
+    serve(options, http=http, token_file=token_file)
 
 
 # --- config and plan: validate, plan, schema, build -------------------------------------------

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,25 +26,19 @@ from orchestrator._text import printable
 from orchestrator.audit import ToolCallWriter
 from orchestrator.config import load_config
 from orchestrator.env import env_files, load_env_files, resolve_secrets, skill_environment
-from orchestrator.errors import RunError, RunInterruptedError, UsageError
+from orchestrator.errors import EngineError, RunError, RunInterruptedError, UsageError
 from orchestrator.gateway import (
     Gateway,
     Prompter,
-    bind_loopback,
     open_gateway,
-    parse_listen,
     result_payload,
-    serve_http,
-    serve_stdio,
     sole_exception,
     tools_payload,
 )
-from orchestrator.http_guard import new_token
 from orchestrator.plan import plan as make_plan
 from orchestrator.skills import RemoteSkillSession, SkillSession, SkillSpec
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
     from contextlib import AbstractAsyncContextManager
 
@@ -55,8 +48,6 @@ if TYPE_CHECKING:
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
 
-# `run --http` uses this variable's value as the bearer token when set, else a fresh one.
-TOKEN_ENV = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME, not a secret
 FLUSH_GRACE_S: Final = 0.2  # a queued MCP notification reaches the client's pipe or socket
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 RUN_LOGGERS = ("orchestrator.skills", "orchestrator.gateway")
@@ -174,7 +165,15 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
         sole = sole_exception(group)
         if sole is group:
             raise
+        if gone and isinstance(sole, EngineError):
+            raise RunError(gone[0]) from sole
         raise sole from sole.__cause__
+    except EngineError as exc:
+        if not gone:
+            raise
+        # Whoever took the sandbox down is removing the same objects: the teardown tripping
+        # over that removal is a consequence; the run's end is the news.
+        raise RunError(gone[0]) from exc
     if gone:
         raise RunError(gone[0])
     if not finished:  # the body was cancelled by SIGINT/SIGTERM
@@ -348,72 +347,6 @@ def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object])
             return json.dumps(result_payload(result), indent=2, sort_keys=True)
 
     return anyio.run(main)
-
-
-def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None = None) -> None:
-    """Serve the gateway until the client disconnects (stdio) or the process is stopped.
-
-    With `http` (a PORT, served on 127.0.0.1) the port is bound before anything starts, and
-    once it listens stderr gets `gateway: URL` and `bearer token: TOKEN`; with `token_file` the
-    token goes to that file (mode 0600) instead. A token chosen in $PERSTACK_SANDBOX_TOKEN is
-    never printed.
-
-    Raises:
-        SandboxError: any failure (see `open_expert`); UsageError for a bad `--http` or
-            `--token-file`; GatewayError when the port is in use.
-
-    """
-    if http is None:
-        if token_file is not None:
-            raise UsageError("--token-file goes with --http (stdio needs no token)")
-        anyio.run(_serve_stdio, options)
-        return
-    port = parse_listen(http)[1]
-    if token_file is not None and not token_file.absolute().parent.is_dir():
-        raise UsageError(f"--token-file {token_file}: its folder does not exist")
-    sock = bind_loopback(port)  # a port in use fails here, before any image or container
-    try:
-        anyio.run(_serve_http, options, sock, token_file)
-    finally:
-        sock.close()
-
-
-async def _serve_stdio(options: LaunchOptions) -> None:
-    async with open_expert(options) as gateway:
-        await serve_stdio(gateway)
-
-
-async def _serve_http(options: LaunchOptions, sock: socket.socket, token_file: Path | None) -> None:
-    given = os.environ.get(TOKEN_ENV)
-    token = given or new_token()
-
-    def ready(url: str) -> None:
-        if token_file is not None:
-            write_private(token_file, token + "\n")
-            shown = f"in {token_file} (mode 0600)"
-        else:
-            # A token the user chose is a secret they already hold: never echo it back.
-            shown = f"the value of ${TOKEN_ENV}" if given else token
-        print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
-
-    async with open_expert(options) as gateway:
-        await serve_http(gateway, port=0, token=token, on_ready=ready, sock=sock)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` readable by its owner only (0600, also when it existed).
-
-    Raises:
-        UsageError: the file cannot be written.
-
-    """
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), 0o600)  # an existing file keeps its mode otherwise
-            file.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _first_line(text: str | None) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import stat
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -17,20 +20,74 @@ from orchestrator.gateway._server import make_server
 from orchestrator.http_guard import BearerOriginGuard, loopback_origins
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from orchestrator.gateway._core import Gateway, Prompter
 
 
 MAX_PORT: Final = 65535
+READ_CHUNK: Final = 65536
 LISTEN_BACKLOG: Final = 128
 
 
 async def serve_stdio(gateway: Gateway) -> None:
-    """Serve the gateway over this process's stdin/stdout until the client closes it."""
+    """Serve the gateway over this process's stdin/stdout until the client closes it.
+
+    stdin is read without a worker thread when it is a pipe or a terminal, so that the run
+    can end (its sandbox taken down, a signal) while the client is silent: a thread blocked
+    in `read()` cannot be cancelled, and the process would wait for the client's next line.
+    """
     server = make_server(gateway)
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    with _stdin_lines() as lines:
+        async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+class StdinLines:
+    """The lines of a non-blocking file descriptor, awaited on the event loop (cancellable)."""
+
+    def __init__(self, fd: int) -> None:
+        """Read from `fd`, which the caller made non-blocking."""
+        self._fd = fd
+        self._buffer = b""
+
+    def __aiter__(self) -> StdinLines:
+        """Iterate over lines."""
+        return self
+
+    async def __anext__(self) -> str:
+        """Return the next line (with its newline), or stop at end of input."""
+        while (end := self._buffer.find(b"\n")) < 0:
+            await anyio.wait_readable(self._fd)
+            try:
+                chunk = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if not self._buffer:
+                    raise StopAsyncIteration
+                end = len(self._buffer) - 1
+                break
+            self._buffer += chunk
+        line, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+        return line.decode("utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def _stdin_lines() -> Iterator[StdinLines | None]:
+    """Yield stdin as `StdinLines` (non-blocking meanwhile), or None for a regular file."""
+    fd = sys.stdin.fileno()
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        yield None  # a file cannot be polled; the SDK's thread reads it (and it ends)
+        return
+    was_blocking = os.get_blocking(fd)
+    os.set_blocking(fd, False)
+    try:
+        yield StdinLines(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, was_blocking)  # the pipe or terminal may be shared
 
 
 def parse_listen(address: str) -> tuple[str, int]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 import shlex
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+import typer
 import typer.main
 
+from orchestrator._cli_help import PlainCommand, PlainGroup
 from orchestrator.cli import EXIT_CODE_TABLE, PROGRAM, app, main
 
 README = Path(__file__).parents[2] / "README.md"
@@ -33,6 +36,15 @@ def commands(group: Any = None, path: tuple[str, ...] = ()) -> list[tuple[tuple[
 
 
 COMMANDS = commands()
+
+
+class Isolation(StrEnum):
+    """A choice option's values (like another branch's `--isolation`)."""
+
+    RUNC = "runc"
+    GVISOR = "gvisor"
+
+
 IDS = [" ".join(path) for path, _ in COMMANDS]
 
 
@@ -159,3 +171,33 @@ def test_the_readme_exit_code_table_matches_the_cli() -> None:
     assert readme_table("### Exit codes") == [
         [str(code), meaning] for code, meaning in EXIT_CODE_TABLE
     ]
+
+
+def test_an_option_added_later_renders_like_the_others() -> None:
+    """A choice option, a repeatable path and a flag render from the parameter alone.
+
+    (Another branch adds `--isolation runc|gvisor` to tools/call/run: it needs no change here.)
+    """
+    demo = typer.Typer(cls=PlainGroup, rich_markup_mode=None)
+
+    @demo.command(cls=PlainCommand, epilog="demo go X --isolation gvisor")
+    def go(
+        target: Annotated[str, typer.Argument(metavar="X", help="A thing.")],
+        isolation: Annotated[Isolation, typer.Option(help="The runtime.")] = Isolation.RUNC,
+        extra: Annotated[list[Path] | None, typer.Option(help="More files.")] = None,
+        fast: Annotated[bool, typer.Option("--fast", help="Go fast.")] = False,  # noqa: FBT002
+    ) -> None:
+        """Go somewhere."""
+        del target, isolation, extra, fast
+
+    @demo.command(cls=PlainCommand)
+    def other() -> None:
+        """Do nothing."""
+
+    command = typer.main.get_command(demo).commands["go"]
+    text = command.get_help(command.make_context("go", ["x"]))
+    assert "Usage: go [OPTIONS] X" in text
+    assert re.search(r"--isolation runc\|gvisor\s+The runtime\. \[default: runc\]", text), text
+    assert re.search(r"--extra PATH\s+More files\. \[repeatable\]", text), text
+    assert re.search(r"--fast\s+Go fast\.", text), text
+    assert "Examples:\n  demo go X --isolation gvisor" in text

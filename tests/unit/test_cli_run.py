@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator import cli, launch
+from orchestrator import _serving, cli, launch
 from orchestrator.errors import (
     ConfigError,
     EngineError,
@@ -104,7 +104,7 @@ def test_the_token_file_is_private_and_replaces_an_older_one(tmp_path: Path) -> 
     path = tmp_path / "token"
     path.write_text("old token, much longer than the new one\n")
     path.chmod(0o644)
-    launch.write_private(path, "new\n")
+    _serving.write_private(path, "new\n")
     assert path.read_text() == "new\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
