@@ -90,16 +90,18 @@ def _confirmed_runs(*, everyone: bool, yes: bool) -> list[str]:
     from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
 
     runs = engine.runs_to_take_down(everyone=everyone)
-    whose = "every user's" if everyone else f"{engine.owner_user()}'s"
+    owner = "any user" if everyone else f"user {engine.owner_user()}"
     if not runs:
-        typer.echo(f"no runs of {whose.removesuffix(chr(39) + 's')} to take down", err=True)
+        typer.echo(f"no runs of {owner} to take down", err=True)
         return []
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("down --all asks for confirmation on a terminal; here, add --yes")
         for info in runs:
             typer.echo(f"  {info.run_id}  {info.expert}  {_owner(info)}", err=True)
-        typer.confirm(f"Take down these {len(runs)} run(s) ({whose})?", abort=True, err=True)
+        if not typer.confirm(f"Take down these {len(runs)} run(s) of {owner}?", err=True):
+            typer.echo("nothing taken down", err=True)
+            return []
     return [info.run_id for info in runs]
 
 
