@@ -33,7 +33,7 @@ LISTEN_BACKLOG: Final = 128
 async def serve_stdio(gateway: Gateway) -> None:
     """Serve the gateway over this process's stdin/stdout until the client closes it.
 
-    stdin is read without a worker thread when it is a pipe or a terminal, so that the run
+    stdin is read without a worker thread when it is a pipe or a socket, so that the run
     can end (its sandbox taken down, a signal) while the client is silent: a thread blocked
     in `read()` cannot be cancelled, and the process would wait for the client's next line.
     """
@@ -75,11 +75,15 @@ class StdinLines:
 
 @contextlib.contextmanager
 def _stdin_lines() -> Iterator[StdinLines | None]:
-    """Yield stdin as `StdinLines` (non-blocking meanwhile), or None for a regular file."""
+    """Yield stdin as `StdinLines` (non-blocking meanwhile) when it is a pipe or a socket.
+
+    Anything else gets None (the SDK's own reader): a file cannot be polled and ends anyway,
+    and a terminal's non-blocking flag would be shared with the shell that owns it.
+    """
     fd = sys.stdin.fileno()
     mode = os.fstat(fd).st_mode
-    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-        yield None  # a file cannot be polled; the SDK's thread reads it (and it ends)
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        yield None
         return
     was_blocking = os.get_blocking(fd)
     os.set_blocking(fd, False)
@@ -87,7 +91,7 @@ def _stdin_lines() -> Iterator[StdinLines | None]:
         yield StdinLines(fd)
     finally:
         with contextlib.suppress(OSError):
-            os.set_blocking(fd, was_blocking)  # the pipe or terminal may be shared
+            os.set_blocking(fd, was_blocking)  # another process may share the pipe
 
 
 def parse_listen(address: str) -> tuple[str, int]:
