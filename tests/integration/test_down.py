@@ -107,7 +107,7 @@ class StdioClient:
 def serving(config: Path, expert: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     """Start `run EXPERT` over stdio; kill it on exit if it still runs."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", expert, "-c", str(config)],
+        [sys.executable, "-m", "perstack_sandbox", "run", expert, "-c", str(config)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -155,8 +155,8 @@ def test_down_run_makes_its_owner_tell_its_client_and_exit_1(tmp_path: Path) -> 
     """`down RUN`: within seconds the client gets an error log message and the owner exits 1.
 
     Fails when: the owner does not watch its sandbox (before issue 12 it kept serving with
-    dead skills). Seen failing (no message within 10 s) with the watcher of
-    `launch._ends_with_the_sandbox` not started.
+    dead skills). Seen failing (no message within 10 s) with the run's gateway given no
+    `ends_when` watcher (`run.Run._started`).
     """
     config, expert = local_expert(tmp_path / "expert", "down")
     env = owner_env(tmp_path, "owner")

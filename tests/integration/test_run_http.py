@@ -59,7 +59,7 @@ async def test_the_token_file_is_written_0600_and_the_token_is_not_printed(
     config = write_expert(tmp_path / "expert", expert_toml(expert, stdlib_skill("calc")))
     ensure_image(config, expert)
     token_file = tmp_path / "token"
-    command = [sys.executable, "-m", "orchestrator", "run", expert, "-c", str(config)]
+    command = [sys.executable, "-m", "perstack_sandbox", "run", expert, "-c", str(config)]
     command += ["--http", "0", "--token-file", str(token_file)]
     env = {key: value for key, value in os.environ.items() if key != "PERSTACK_SANDBOX_TOKEN"}
     with anyio.fail_after(DEADLINE_S):

@@ -16,8 +16,8 @@ import pytest
 import typer
 import typer.main
 
-from orchestrator._cli_help import PlainCommand, PlainGroup
-from orchestrator.cli import EXIT_CODE_TABLE, PROGRAM, app, main
+from perstack_sandbox.cli import EXIT_CODE_TABLE, PROGRAM, app, main
+from perstack_sandbox.cli._help import PlainCommand, PlainGroup
 
 README = Path(__file__).parents[2] / "README.md"
 ARGUMENT_NAMES = {"EXPERT", "TOOL", "RUN"}

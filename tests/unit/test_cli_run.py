@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator import _serving, cli, launch
-from orchestrator.errors import (
+from perstack_sandbox import cli, engine, launch
+from perstack_sandbox.errors import (
     ConfigError,
     EngineError,
     GatewayError,
@@ -23,8 +23,8 @@ from orchestrator.errors import (
     SkillError,
     UsageError,
 )
-from orchestrator.gateway import open_gateway, parse_listen
-from orchestrator.skills import SkillSession, SkillSpec, local_process
+from perstack_sandbox.gateway import open_gateway, parse_listen
+from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
 
 SKILL = Path(__file__).parents[1] / "fixtures" / "stdlib_skill.py"
 TOML = '[experts."e"]\ninstruction = "test"\n'
@@ -58,7 +58,7 @@ def no_docker(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object, **_kwargs: object) -> str:
         raise AssertionError("Docker was touched")
 
-    monkeypatch.setattr(launch.images, "ensure_expert_image", refuse)
+    monkeypatch.setattr(engine, "ensure_expert_image", refuse)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_the_token_file_is_private_and_replaces_an_older_one(tmp_path: Path) -> 
     path = tmp_path / "token"
     path.write_text("old token, much longer than the new one\n")
     path.chmod(0o644)
-    _serving.write_private(path, "new\n")
+    launch.write_private(path, "new\n")
     assert path.read_text() == "new\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -154,6 +154,6 @@ def test_ctrl_c_in_any_command_is_130(config, monkeypatch, capsys) -> None:
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("orchestrator.config.load_config", interrupted)
+    monkeypatch.setattr("perstack_sandbox.config.load_config", interrupted)
     code, _, err = run_cli(monkeypatch, capsys, "validate", "-c", str(config))
     assert (code, err) == (130, "interrupted\n")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli
-from orchestrator.clients import CLIENTS, sandboxed_servers
+from perstack_sandbox import cli
+from perstack_sandbox.cli._clients import CLIENTS, sandboxed_servers
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "perstack.toml"
 OTHER = {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory"]}
@@ -130,7 +130,7 @@ def test_setup_twice_updates_its_entry_and_keeps_each_previous_file(
     path = write_sample(home, "cursor")
     args = ["client", "setup", "demo", "--client", "cursor", "-c", str(EXAMPLE)]
     assert run_cli(monkeypatch, capsys, *args)[0] == 0
-    monkeypatch.setattr("orchestrator.clients.datetime", _Later)
+    monkeypatch.setattr("perstack_sandbox.cli._clients.datetime", _Later)
     code, _, err = run_cli(monkeypatch, capsys, *args, "--name", "perstack-demo")
     assert code == 0
     assert "updated perstack-demo" in err

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.config import load_config
-from orchestrator.plan import plan, plan_to_json, plan_to_text
+from perstack_sandbox.cli import main
+from perstack_sandbox.config import load_config
+from perstack_sandbox.plan import plan, plan_to_json, plan_to_text
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 SEEDS = sorted(FIXTURES.glob("seed_*.toml"))

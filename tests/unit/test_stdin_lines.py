@@ -11,7 +11,7 @@ import os
 import anyio
 import pytest
 
-from orchestrator.gateway._transports import StdinLines
+from perstack_sandbox.gateway._transports import StdinLines
 
 pytestmark = pytest.mark.anyio
 
