@@ -50,6 +50,8 @@ TOOLS_FILE: Final = "tools.jsonl"
 COVER_FILE: Final = "cover"
 COVER_MODE: Final = 0o444  # the skills read it (as nothing); nobody writes it
 RUNS_DIR: Final = "runs"
+BUILDS_DIR: Final = "builds"
+BUILD_PREFIX: Final = "build-"
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 
@@ -162,6 +164,11 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
+def builds_dir() -> Path:
+    """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
+    return state_dir() / BUILDS_DIR
+
+
 def new_run_id() -> str:
     """Return a fresh run id: sortable by start time, unique, and safe in Docker names."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -266,8 +273,9 @@ def create_run(expert: str, *, run_id: str | None = None) -> RunState:
 
 
 def open_run(run_id: str) -> RunState | None:
-    """Return the state of an existing run, or None when there is no such run."""
-    path = runs_dir() / run_id
+    """Return the state of an existing run or build (`build-...`), or None when there is none."""
+    root = builds_dir() if run_id.startswith(BUILD_PREFIX) else runs_dir()
+    path = root / run_id
     return RunState(run_id=run_id, path=path) if path.is_dir() else None
 
 

@@ -25,6 +25,7 @@ _doctor.py      what `doctor` checks and fixes
 
 from __future__ import annotations
 
+from perstack_sandbox.docker_edge import owner_user
 from perstack_sandbox.engine._exec import ExecProcess
 from perstack_sandbox.engine._fence import build_expert, ensure_expert_image
 from perstack_sandbox.engine._sandbox import (
@@ -37,6 +38,7 @@ from perstack_sandbox.engine._sandbox import (
     list_sandboxes,
     open_sandbox,
     proxy_policy,
+    runs_to_take_down,
     skill_grants,
     take_down,
 )
@@ -55,7 +57,9 @@ __all__ = [
     "ensure_expert_image",
     "list_sandboxes",
     "open_sandbox",
+    "owner_user",
     "proxy_policy",
+    "runs_to_take_down",
     "skill_grants",
     "take_down",
 ]
