@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ LABEL_EXPERT: Final = f"{LABEL_PREFIX}.expert"
 LABEL_OWNER_PID: Final = f"{LABEL_PREFIX}.owner-pid"
 LABEL_OWNER_START: Final = f"{LABEL_PREFIX}.owner-start"
 LABEL_OWNER_HOST: Final = f"{LABEL_PREFIX}.owner-host"
+LABEL_OWNER_USER: Final = f"{LABEL_PREFIX}.owner-user"
 LABEL_CREATED: Final = f"{LABEL_PREFIX}.created"
 LABEL_KIND: Final = f"{LABEL_PREFIX}.kind"
 LABEL_RECIPE: Final = f"{LABEL_PREFIX}.recipe"
@@ -87,14 +89,27 @@ def client() -> docker.DockerClient:
     return made
 
 
+def owner_user() -> str:
+    """Return the user name that owner labels carry (`down --all` takes down only its runs).
+
+    `getpass.getuser()` reads LOGNAME/USER first, like `who am i` in scripts, then the uid's
+    account. It tells users apart; it is no access control (Docker access is root access).
+    """
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no variable and no passwd entry (a bare container)
+        return f"uid-{os.getuid()}"
+
+
 def owner_labels() -> dict[str, str]:
-    """Return the labels that name this process as the owner of an object."""
+    """Return the labels that name this process (and its user) as the owner of an object."""
     pid = os.getpid()
     return {
         LABEL_MANAGED: "1",
         LABEL_OWNER_PID: str(pid),
         LABEL_OWNER_START: process_start_ticks(pid),
         LABEL_OWNER_HOST: socket.gethostname(),
+        LABEL_OWNER_USER: owner_user(),
         LABEL_CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -1,13 +1,18 @@
 """The CLI's runs: `tools`, `call` and `run` on top of the public API (`perstack_sandbox.run`).
 
 A command adds what a command line needs and a library must not do: secrets from env files and
-the host environment, build progress and a run's warnings on stderr, and SIGINT/SIGTERM
-cancelling the run (its teardown still runs).
+the host environment, build progress and the config's and run's warnings on stderr, and
+SIGINT/SIGTERM cancelling the run (its teardown still runs; exit 130). When the run's sandbox
+goes while a command uses it (`down RUN`, a kill), the gateway has told its clients; the
+command is cancelled and fails with that reason (exit 1).
+
+`run --http` binds its port before anything starts (a port in use is an error at once), and
+prints the URL and bearer token on stderr once it listens, or writes the token to a file that
+only its owner can read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -19,10 +24,11 @@ import anyio
 
 from perstack_sandbox import engine
 from perstack_sandbox.config import load_config
-from perstack_sandbox.errors import RunError, UsageError
+from perstack_sandbox.errors import RunError, RunInterruptedError, UsageError
 from perstack_sandbox.gateway import (
     Gateway,
     Prompter,
+    bind_loopback,
     new_token,
     parse_listen,
     result_payload,
@@ -37,15 +43,23 @@ from perstack_sandbox.run import Prepared, Run, open_run, prepare_run
 from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from pathlib import Path
 
     from perstack_sandbox.audit import ToolCall
+    from perstack_sandbox.config import PerstackConfig
+    from perstack_sandbox.plan import Secret
 
 # `run --http` uses this variable's value as the bearer token when set, else a fresh one.
 TOKEN_ENV: Final = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME, not a secret
+FLUSH_GRACE_S: Final = 0.2  # a queued MCP notification reaches the client's pipe or socket
 
 T = TypeVar("T")
+
+
+def _stderr_warning(line: str) -> None:
+    stderr_progress(f"warning: {line}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +73,16 @@ class LaunchOptions:
     prefix_tools: bool = False
     prompter: Prompter | None = None
     progress: Callable[[str], None] = field(default=stderr_progress)
-    signal_is_error: bool = True  # `run` is meant to be stopped by a signal: not an error
+    # Told about config warnings and env-file keys set twice, one line each, before any start.
+    warn: Callable[[str], None] = field(default=_stderr_warning)
+
+
+def _config_and_secrets(options: LaunchOptions) -> tuple[PerstackConfig, dict[str, Secret]]:
+    """Load the config and the secrets; their warnings go to `options.warn` first."""
+    config, warnings = load_config(options.config_path)
+    for warning in warnings:
+        options.warn(printable(str(warning)))
+    return config, host_secrets(config, env_paths=options.env_paths, warn=options.warn)
 
 
 def prepare(options: LaunchOptions) -> Prepared:
@@ -69,12 +92,12 @@ def prepare(options: LaunchOptions) -> Prepared:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed, the workspace is refused (see
+        UsageError: an env file is missing or unreadable, the workspace is refused (see
             `run.check_workspace`), or the skills could not read the Expert's folder.
+        EnvFileError: lines of an env file are malformed (every one of them).
 
     """
-    config, _warnings = load_config(options.config_path)
-    secrets = host_secrets(config, env_paths=options.env_paths)
+    config, secrets = _config_and_secrets(options)
     return prepare_run(
         config,
         options.expert,
@@ -104,15 +127,17 @@ class _TerminalWarnings:
 def cli_run(options: LaunchOptions) -> Run:
     """Return the run of a CLI command: secrets from env files and the environment.
 
+    The config's warnings and an env file's keys set twice go to `options.warn` first.
+
     Raises:
         InputError: the config, an env file, a secret or the workspace is bad.
 
     """
-    config, _warnings = load_config(options.config_path)
+    config, secrets = _config_and_secrets(options)
     return open_run(
         config,
         options.expert,
-        secrets=host_secrets(config, env_paths=options.env_paths),
+        secrets=secrets,
         env_paths=options.env_paths,
         workspace=options.workspace,
         prefix_tools=options.prefix_tools,
@@ -126,33 +151,58 @@ def cli_run(options: LaunchOptions) -> Run:
 async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
     """Yield a started gateway over the Expert's sandboxed skills; tear down on exit.
 
-    Raises:
-        SandboxError: see `open_run`.
-
-    """
-    async with cli_run(options) as run:
-        yield run.gateway
-
-
-async def _until_signal(options: LaunchOptions, use: Callable[[Run], Awaitable[T]]) -> T | None:
-    """Open the CLI's run and hand it to `use`; SIGINT/SIGTERM cancel both, with teardown.
+    SIGINT/SIGTERM cancel the body. If the sandbox container goes while the body runs
+    (`down RUN`, a kill, the engine), the gateway tells its clients and the body is cancelled.
 
     Raises:
-        RunError: a signal stopped a command that is not meant to be stopped by one.
+        InputError: any bad input, before anything starts.
+        EngineError: Docker failed; ImageBuildError: an image build failed.
+        SkillError: a skill failed to start. GatewayError: a tool-name collision.
+        RunError: the sandbox went away while the body ran.
+        RunInterruptedError: SIGINT or SIGTERM cancelled the body.
 
     """
     run = cli_run(options)
+    gone: list[str] = []
+    finished = False
     try:
-        async with engine.cancel_on_signals(), run:
-            return await use(run)
-    except BaseExceptionGroup as group:  # the signal watcher's task group wraps what the run raised
+        async with engine.cancel_on_signals() as scope, run, _ends_with_the_run(run, scope, gone):
+            yield run.gateway
+            finished = True
+    except BaseExceptionGroup as group:  # the watchers' task groups wrap what the run raised
         sole = sole_exception(group)
         if sole is group:
             raise
         raise sole from sole.__cause__
-    if options.signal_is_error:
-        raise RunError(f"interrupted by a signal; run {run.run_id} was torn down")
-    return None
+    if gone:
+        raise RunError(gone[0])
+    if not finished:  # the body was cancelled by SIGINT/SIGTERM
+        raise RunInterruptedError(f"interrupted by a signal; run {run.run_id} was torn down")
+
+
+@asynccontextmanager
+async def _ends_with_the_run(
+    run: Run, scope: anyio.CancelScope, gone: list[str]
+) -> AsyncIterator[None]:
+    """Cancel `scope` once the run's gateway shut down (its sandbox went) and told its clients."""
+
+    async def watch() -> None:
+        gone.append(await run.gateway.wait_stopped())
+        # Let the transport's writer deliver the notification before the server is cancelled.
+        await anyio.sleep(FLUSH_GRACE_S)
+        scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
+
+
+async def _with_expert(options: LaunchOptions, use: Callable[[Gateway], Awaitable[T]]) -> T:
+    async with open_expert(options) as gateway:
+        return await use(gateway)
 
 
 def parse_tool_args(text: str | None) -> dict[str, object]:
@@ -181,18 +231,20 @@ def tools_report(options: LaunchOptions, *, as_json: bool) -> str:
 
     """
 
-    async def report(run: Run) -> str:
-        tools = await run.list_tools()
-        if as_json:
-            return json.dumps(tools_payload(tools), indent=2, sort_keys=True)
-        rows = [
-            (t.name, run.gateway.route(t.name).skill, _first_line(t.description)) for t in tools
-        ]
+    async def report(gateway: Gateway) -> str:
+        tools = await gateway.list_tools()
+        if as_json:  # each MCP tool object also names the skill it comes from
+            payload = [
+                {**item, "skill": gateway.route(tool.name).skill}
+                for item, tool in zip(tools_payload(tools), tools, strict=True)
+            ]
+            return json.dumps(payload, indent=2, sort_keys=True)
+        rows = [(t.name, gateway.route(t.name).skill, _first_line(t.description)) for t in tools]
         width = max((len(name) for name, _, _ in rows), default=0)
         text = "\n".join(f"{n:<{width}}  [{s}]  {d}".rstrip() for n, s, d in rows)
         return printable(text)  # names and descriptions come from the skills
 
-    return anyio.run(_until_signal, options, report) or ""
+    return anyio.run(_with_expert, options, report)
 
 
 def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object]) -> str:
@@ -203,38 +255,72 @@ def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object])
 
     """
 
-    async def report(run: Run) -> str:
-        result = await run.call_tool(tool, arguments)
+    async def report(gateway: Gateway) -> str:
+        result = await gateway.call_tool_checked(tool, dict(arguments))
         return json.dumps(result_payload(result), indent=2, sort_keys=True)
 
-    return anyio.run(_until_signal, options, report) or ""
+    return anyio.run(_with_expert, options, report)
 
 
-def serve(options: LaunchOptions, *, http: str | None) -> None:
+def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None = None) -> None:
     """Serve the gateway until the client disconnects (stdio) or the process is stopped.
 
+    With `http` (a PORT, served on 127.0.0.1) the port is bound before anything starts, and
+    once it listens stderr gets `gateway: URL` and `bearer token: TOKEN`; with `token_file` the
+    token goes to that file (mode 0600) instead. A token chosen in $PERSTACK_SANDBOX_TOKEN is
+    never printed.
+
     Raises:
-        SandboxError: any failure (see `open_expert`); UsageError for a bad `--http`.
+        SandboxError: any failure (see `open_expert`); UsageError for a bad `--http` or
+            `--token-file`; GatewayError when the port is in use.
 
     """
-    listen = parse_listen(http) if http is not None else None
-    options = dataclasses.replace(options, signal_is_error=False)
+    if http is None:
+        if token_file is not None:
+            raise UsageError("--token-file goes with --http (stdio needs no token)")
+        anyio.run(_with_expert, options, serve_stdio)
+        return
+    port = parse_listen(http)[1]
+    if token_file is not None and not token_file.absolute().parent.is_dir():
+        raise UsageError(f"--token-file {token_file}: its folder does not exist")
+    sock = bind_loopback(port)  # a port in use fails here, before any image or container
+    try:
+        anyio.run(_serve_http, options, sock, token_file)
+    finally:
+        sock.close()
 
-    async def main(run: Run) -> None:
-        if listen is None:
-            await serve_stdio(run.gateway)
-            return
-        given = os.environ.get(TOKEN_ENV)
-        token = given or new_token()
-        # A token the user chose is a secret they already hold: never echo it back.
-        shown = f"the value of ${TOKEN_ENV}" if given else token
 
-        def ready(url: str) -> None:
-            print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
+async def _serve_http(options: LaunchOptions, sock: socket.socket, token_file: Path | None) -> None:
+    given = os.environ.get(TOKEN_ENV)
+    token = given or new_token()
 
-        await serve_http(run.gateway, port=listen[1], token=token, on_ready=ready)
+    def ready(url: str) -> None:
+        if token_file is not None:
+            write_private(token_file, token + "\n")
+            shown = f"in {token_file} (mode 0600)"
+        else:
+            # A token the user chose is a secret they already hold: never echo it back.
+            shown = f"the value of ${TOKEN_ENV}" if given else token
+        print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
 
-    anyio.run(_until_signal, options, main)
+    async with open_expert(options) as gateway:
+        await serve_http(gateway, port=0, token=token, on_ready=ready, sock=sock)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600, also when it existed).
+
+    Raises:
+        UsageError: the file cannot be written.
+
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o600)  # an existing file keeps its mode otherwise
+            file.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _first_line(text: str | None) -> str:

@@ -268,7 +268,10 @@ class _RunOptions:
 class Run:
     """One Expert's sandbox: its run id and folder, the MCP operations, and teardown.
 
-    Made by `open_run`; usable inside `async with` (entered once, by one task).
+    Made by `open_run`; usable inside `async with` (entered once, by one task). If the sandbox
+    container goes while the run is open (`perstack-sandbox down`, a kill, the engine), the
+    gateway refuses every later call with the reason and tells its MCP clients;
+    `await run.gateway.wait_stopped()` returns that reason (the caller decides what ends).
     """
 
     def __init__(
@@ -370,6 +373,7 @@ class Run:
 
         Raises:
             EngineError: the teardown failed (`gc` removes what is left).
+            RunError: the sandbox was taken down meanwhile, and its teardown tripped over that.
 
         """
         context, self._gateway = self._context, None
@@ -388,12 +392,15 @@ class Run:
         await anyio.to_thread.run_sync(
             functools.partial(images.ensure_proxy_image, progress=progress)
         )
+        packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
         try:
             run = self._state = state.create_run(prepared.plan.expert, run_id=self.run_id)
+            run.update_meta(packages=packages)  # what `audit` shows next to the allowlist
             files = RunFiles(run)
         except OSError as exc:
             raise RunError(f"cannot write the folder of run {self.run_id}: {exc}") from exc
         sink = files if options.audit is None else TeeSink(files, options.audit)
+        gateway: Gateway | None = None
         try:
             async with (
                 # Starts queue for a slot across this user's processes (see `engine.start_slot`).
@@ -408,6 +415,7 @@ class Run:
                     prompter=options.prompter,
                     egress_check=sandbox.egress_problem,
                     audit=sink,
+                    ends_when=sandbox.wait_stopped,
                 ) as gateway,
             ):
                 started()  # the skills answered: the next sandbox may start
@@ -416,7 +424,13 @@ class Run:
             sole = sole_exception(group)
             if sole is group:
                 raise
-            raise sole from sole.__cause__
+            news = _news(sole, gateway)
+            raise news from (sole if news is not sole else sole.__cause__)
+        except EngineError as exc:
+            news = _news(exc, gateway)
+            if news is exc:
+                raise
+            raise news from exc
         finally:
             files.close()
 
@@ -436,6 +450,18 @@ class Run:
             limits=self._options.limits,
             env_paths=self._options.env_paths,
         )
+
+
+def _news(error: BaseException, gateway: Gateway | None) -> BaseException:
+    """Return what to raise for `error`: after the sandbox went, that end is the news.
+
+    Whoever took the sandbox down (`down`) removes the same objects as the teardown: the
+    teardown tripping over that removal is a consequence, not the story.
+    """
+    reason = gateway.stop_reason if gateway is not None else None
+    if reason is not None and isinstance(error, EngineError):
+        return RunError(reason)
+    return error
 
 
 def skill_home(uid: int) -> str:

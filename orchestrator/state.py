@@ -57,6 +57,7 @@ COVER_FILE: Final = "cover"
 COVER_MODE: Final = 0o444  # the skills read it (as nothing); nobody writes it
 RUNS_DIR: Final = "runs"
 BUILDS_DIR: Final = "builds"
+BUILD_PREFIX: Final = "build-"
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 JOURNAL_FILE: Final = "journal.jsonl"
@@ -168,6 +169,11 @@ def write_private(path: Path, text: str) -> None:
     """
     with os.fdopen(private_fd(path, append=False), "w", encoding="utf-8") as file:
         file.write(text)
+
+
+def builds_dir() -> Path:
+    """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
+    return state_dir() / BUILDS_DIR
 
 
 def new_run_id() -> str:
@@ -332,8 +338,9 @@ def create_run(expert: str, *, run_id: str | None = None) -> RunState:
 
 
 def open_run(run_id: str) -> RunState | None:
-    """Return the state of an existing run, or None when there is no such run."""
-    path = runs_dir() / run_id
+    """Return the state of an existing run or build (`build-...`), or None when there is none."""
+    root = builds_dir() if run_id.startswith(BUILD_PREFIX) else runs_dir()
+    path = root / run_id
     return RunState(run_id=run_id, path=path) if path.is_dir() else None
 
 
@@ -343,11 +350,6 @@ def list_runs() -> list[RunState]:
     if not root.is_dir():
         return []
     return [RunState(run_id=p.name, path=p) for p in sorted(root.iterdir()) if p.is_dir()]
-
-
-def builds_dir() -> Path:
-    """Return the folder that holds one subfolder per fenced image build."""
-    return state_dir() / BUILDS_DIR
 
 
 def open_journals() -> list[RunState]:

@@ -33,6 +33,7 @@ from ._tunnel import (
     TunnelRequest,
     check_hello,
     check_target,
+    identify_skill,
     redial,
     resolve_and_dial,
 )
@@ -169,11 +170,14 @@ class Session:
             self.client.write(response(200, "ok"))
             self._end()
             return
+        server = self.server
+        grant = identify_skill(server.policy, head, record)  # before anything can refuse
         if head.method != "CONNECT":
             _refuse_plain_http(head, record)
-        server = self.server
         rules = server.rules_for(self.client)
-        request = TunnelRequest(server.policy, server.resolver, server.connector, rules, record)
+        request = TunnelRequest(
+            server.policy, server.resolver, server.connector, rules, record, grant
+        )
         host = check_target(request, head)
         self._host = host
         self._request = request

@@ -20,6 +20,7 @@ from perstack_sandbox.audit._summary import (
     find_run,
     read_jsonl,
     render_text,
+    summarise,
     summarise_run,
     tool_counts,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "find_run",
     "read_jsonl",
     "render_text",
+    "summarise",
     "summarise_run",
     "tool_counts",
 ]

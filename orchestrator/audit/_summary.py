@@ -60,13 +60,21 @@ class ToolSummary:
 
 @dataclass
 class RunSummary:
-    """A run's audit: its meta data, per-host egress decisions, and tool calls."""
+    """A run's (or a build's) audit: what it could reach and ran, its egress, its tool calls.
+
+    `allowlist` maps each skill to the hosts the proxy let it reach (a build: `build` to the
+    registry hosts); `packages` are the image's resolved packages (None: not recorded).
+    """
 
     run_id: str
+    kind: str
     expert: str
     status: str
     started: str
     ended: str | None
+    image: str
+    allowlist: dict[str, list[str]]
+    packages: list[dict[str, str]] | None
     hosts: list[HostSummary]
     tools: list[ToolSummary]
     calls: list[dict[str, Any]]
@@ -171,18 +179,36 @@ def summarise_tools(calls: list[dict[str, Any]]) -> list[ToolSummary]:
     return [tools[key] for key in sorted(tools)]
 
 
+def summarise(target: str | None) -> RunSummary:
+    """Summarise the run or build `target` (a `build-...` id), or the latest run when None.
+
+    Raises:
+        UsageError: there is no such run or build, or no run at all.
+
+    """
+    return summarise_run(find_run(target))
+
+
 def summarise_run(run: state.RunState) -> RunSummary:
-    """Read a run's meta, proxy audit and tool calls; tolerate a crashed run's files."""
+    """Read a run's meta, policy, proxy audit and tool calls; tolerate a crashed run's files."""
     meta = run.read_meta()
     decisions, bad_audit = read_jsonl(run.audit_path)
     calls, bad_tools = read_jsonl(run.tools_path)
     ended = meta.get("ended")
+    is_build = run.run_id.startswith(state.BUILD_PREFIX)
+    packages = meta.get("packages")
     return RunSummary(
         run_id=run.run_id,
+        kind="build" if is_build else "run",
         expert=str(meta.get("expert", "?")),
         status=str(meta.get("status", "unknown")),
         started=str(meta.get("started", "")),
         ended=str(ended) if ended else None,
+        image=str(meta.get("image", "")),
+        allowlist=read_allowlist(run.policy_path, whole="build" if is_build else "(every skill)"),
+        packages=[p for p in packages if isinstance(p, dict)]
+        if isinstance(packages, list)
+        else None,
         hosts=summarise_hosts(decisions),
         tools=summarise_tools(calls),
         calls=calls,
@@ -190,11 +216,31 @@ def summarise_run(run: state.RunState) -> RunSummary:
     )
 
 
+def read_allowlist(policy_path: Path, *, whole: str) -> dict[str, list[str]]:
+    """Return each skill's allowlist from a policy copy; a policy without skills is `whole`'s.
+
+    A missing or unreadable policy (a run that never started its proxy) gives {}.
+    """
+    try:
+        policy = json.loads(policy_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(policy, dict):
+        return {}
+    per_skill = policy.get("skillAllowedDomains")
+    if isinstance(per_skill, dict):
+        return {
+            str(k): [str(h) for h in v] for k, v in sorted(per_skill.items()) if isinstance(v, list)
+        }
+    hosts = policy.get("allowedDomains")
+    return {whole: [str(h) for h in hosts]} if isinstance(hosts, list) else {}
+
+
 def find_run(run_id: str | None) -> state.RunState:
-    """Return the run `run_id`, or the latest run when None.
+    """Return the run or build `run_id`, or the latest run when None.
 
     Raises:
-        UsageError: there is no such run, or no run at all.
+        UsageError: there is no such run or build, or no run at all.
 
     """
     if run_id is None:
@@ -206,19 +252,32 @@ def find_run(run_id: str | None) -> state.RunState:
         raise UsageError(f"{run_id!r} is not a run id")
     found = state.open_run(run_id)
     if found is None:
-        raise UsageError(f"no run {run_id!r} in {state.runs_dir()}")
+        what, where = (
+            ("build", state.builds_dir())
+            if run_id.startswith(state.BUILD_PREFIX)
+            else ("run", state.runs_dir())
+        )
+        raise UsageError(f"no {what} {run_id!r} in {where}")
     return found
 
 
 def render_text(summary: RunSummary) -> str:
-    """Render the summary for a terminal: egress per host, then tool calls."""
+    """Render for a terminal: what it could reach and ran, egress per host, tool calls."""
     ended = summary.ended or "no end time (still running, or it crashed)"
     lines = [
-        f"run {summary.run_id}  expert {summary.expert}  status {summary.status}",
+        f"{summary.kind} {summary.run_id}  expert {summary.expert}  status {summary.status}",
         f"  started {summary.started or '?'}  ended {ended}",
-        "",
-        "egress (proxy decisions per host):",
     ]
+    lines += [f"  image {summary.image}"] if summary.image else []
+    lines += ["", "allowlist (the hosts the proxy let each skill reach):"]
+    width = max(map(len, summary.allowlist), default=0)
+    lines += [
+        f"  {skill:<{width}}  {', '.join(hosts) or '(nothing)'}"
+        for skill, hosts in summary.allowlist.items()
+    ] or ["  not recorded"]
+    if summary.kind == "run":
+        lines += ["", "packages in the image:", *_package_lines(summary.packages)]
+    lines += ["", "egress (proxy decisions per host):"]
     lines += [_host_line(host) for host in summary.hosts] or ["  none"]
     lines += ["", "tool calls:"]
     lines += [_tool_line(tool) for tool in summary.tools] or ["  none"]
@@ -227,6 +286,16 @@ def render_text(summary: RunSummary) -> str:
         detail = ", ".join(f"{name}: {n}" for name, n in sorted(skipped.items()))
         lines += ["", f"unreadable lines skipped (a crash mid-write?): {detail}"]
     return printable("\n".join(lines))  # tool names come from the skills
+
+
+def _package_lines(packages: list[dict[str, str]] | None) -> list[str]:
+    if packages is None:
+        return ["  not recorded (a run from before packages were recorded)"]
+    if not packages:
+        return ["  none (local skills only)"]
+    return [
+        f"  {p.get('manager', '?')} {p.get('name', '?')} {p.get('version', '?')}" for p in packages
+    ]
 
 
 def _host_line(host: HostSummary) -> str:

@@ -4,10 +4,11 @@
 or raises `ConfigError` holding every problem found, each with its TOML path.
 
 ```
-_model.py   PerstackConfig, Expert and the skill types; loading, parsing, the JSON Schema
-_types.py   field types (host patterns, env names, package specs) built from the rules
-_rules.py   the value rules themselves (pure functions)
-_report.py  TOML paths, unknown keys, pydantic errors made readable, publish rules
+_model.py     PerstackConfig, Expert and the skill types; loading, parsing, the JSON Schema
+_types.py     field types (host patterns, env names, package specs) built from the rules
+_rules.py     the value rules themselves (pure functions)
+_report.py    TOML paths, unknown keys, pydantic errors made readable, publish rules
+_warnings.py  what Perstack accepts but a reviewer should see (warnings; --strict refuses)
 ```
 """
 

@@ -49,6 +49,7 @@ from perstack_sandbox.config._types import (
     Text,
     ToolName,
 )
+from perstack_sandbox.config._warnings import config_warnings
 from perstack_sandbox.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
@@ -83,15 +84,6 @@ class _SkillBase(InputModel):
     pick: tuple[ToolName, ...] = ()
     omit: tuple[ToolName, ...] = ()
     allowed_domains: tuple[AllowlistEntry, ...] = ()
-
-    @model_validator(mode="after")
-    def _check_pick_or_omit(self) -> Self:
-        if self.pick and self.omit:
-            raise ValueError(
-                "pick and omit are exclusive: a skill lists the tools it keeps (pick) OR "
-                "the tools it drops (omit), never both"
-            )
-        return self
 
 
 class McpStdioSkill(_SkillBase):
@@ -239,10 +231,12 @@ def config_schema() -> dict[str, Any]:
 def parse_config(
     text: str, *, config_dir: str = ".", strict: bool = False, publish: bool = False
 ) -> tuple[PerstackConfig, list[ConfigIssue]]:
-    """Validate perstack.toml text; return the model and its warnings (unknown keys).
+    """Validate perstack.toml text; return the model and its warnings.
 
-    `strict` makes unknown keys errors; `publish` adds the registry's publishing rules.
-    A ConfigError lists the errors first, then any warnings (`is_warning`).
+    Warnings are unknown keys and what `_warnings` reports (no Expert, pick with omit,
+    wildcards over shared suffixes). `strict` makes every warning an error; `publish` adds the
+    registry's publishing rules. A ConfigError lists the errors first, then any warnings
+    (`is_warning`).
 
     Raises:
         ConfigError: the text is not TOML or breaks any rule; holds every issue found.
@@ -250,18 +244,23 @@ def parse_config(
     """
     document = read_toml(text)
     warnings = find_unknown_keys(document, config_schema())
-    # Under --strict unknown keys are errors; otherwise they ride along after the errors.
-    promoted = [ConfigIssue(w.path, w.message) for w in warnings] if strict else []
-    trailing = [] if strict else warnings
+    # Under --strict warnings are errors; otherwise they ride along after the errors.
     try:
         config = PerstackConfig.model_validate(document)
     except ValueError as exc:
-        raise ConfigError(validation_issues(exc, document) + promoted + trailing) from exc
-    errors = promoted + (check_publish_rules(document) if publish else [])
+        issues = validation_issues(exc, document)
+        raise ConfigError(issues + (_as_errors(warnings) if strict else warnings)) from exc
+    warnings += config_warnings(config)
+    errors = _as_errors(warnings) if strict else []
+    errors += check_publish_rules(document) if publish else []
     if errors:
-        raise ConfigError(errors + trailing)
+        raise ConfigError(errors + ([] if strict else warnings))
     config._config_dir = config_dir  # noqa: SLF001 - set once, right after construction
     return config, [] if strict else warnings
+
+
+def _as_errors(warnings: list[ConfigIssue]) -> list[ConfigIssue]:
+    return [ConfigIssue(w.path, w.message) for w in warnings]
 
 
 def load_config(

@@ -82,6 +82,12 @@ def toml_path(loc: Sequence[int | str], document: object, *, is_missing: bool = 
     return "".join(parts).lstrip(".")
 
 
+def key_path(*keys: str) -> str:
+    """Render table keys as a TOML path: `key_path("experts", "a", "skills", "b")`."""
+    parents = ("", *keys)
+    return "".join(_key(key, quoted=parents[i] in _MAP_TABLES) for i, key in enumerate(keys))[1:]
+
+
 def _key(key: str, *, quoted: bool) -> str:
     if quoted or not _BARE_KEY.fullmatch(key):
         return "." + json.dumps(key, ensure_ascii=False)
@@ -95,9 +101,14 @@ def validation_issues(error: ValueError, document: dict[str, Any]) -> list[Confi
     issues = []
     for detail in error.errors(include_url=False):
         path = toml_path(detail["loc"], document, is_missing=detail["type"] == "missing")
-        cause = (detail.get("ctx") or {}).get("error")
+        ctx = detail.get("ctx") or {}
+        cause = ctx.get("error")
         if isinstance(cause, ItemError):
             path += f"[{cause.index}]"
+        if detail["type"] in {"union_tag_invalid", "union_tag_not_found"}:
+            # The problem is the tag's own key (`type`, `providerName`), not the whole table.
+            is_skill = ctx.get("discriminator") == "'type'"
+            path += _key("type" if is_skill else "providerName", quoted=False)
         issues.append(ConfigIssue(path, _message(detail)))
     return list(dict.fromkeys(issues))
 
@@ -114,10 +125,22 @@ def _message(detail: Any) -> str:  # noqa: ANN401 - pydantic's ErrorDetails Type
         if kind == "union_tag_not_found":
             return f"no {what} given: must be one of {expected}"
         return f"unknown {what} {ctx.get('tag')!r}: must be one of {expected}"
+    if kind in {"too_long", "string_too_long", "too_short", "string_too_short"}:
+        return _length_message(kind, detail["input"], ctx)
     if kind in _TYPE_MESSAGES:
         return f"{_TYPE_MESSAGES[kind]}, not {type(detail['input']).__name__}"
     message = str(detail["msg"])
     return message.removeprefix("Value error, ")
+
+
+def _length_message(kind: str, value: object, ctx: dict[str, Any]) -> str:
+    unit = "characters" if isinstance(value, str) else "entries"
+    size = len(value) if isinstance(value, str | list | tuple | dict) else "?"
+    if kind.endswith("too_long"):
+        return f"must be at most {ctx.get('max_length')} {unit}, not {size}"
+    if ctx.get("min_length") == 1:
+        return "must not be empty"
+    return f"must be at least {ctx.get('min_length')} {unit}, not {size}"
 
 
 def find_unknown_keys(document: dict[str, Any], schema: dict[str, Any]) -> list[ConfigIssue]:

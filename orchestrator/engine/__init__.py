@@ -33,6 +33,7 @@ import importlib
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from perstack_sandbox.docker_edge import owner_user
     from perstack_sandbox.engine._exec import ExecProcess
     from perstack_sandbox.engine._fence import (
         build_expert,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         list_sandboxes,
         open_sandbox,
         proxy_policy,
+        runs_to_take_down,
         skill_grants,
         take_down,
     )
@@ -69,7 +71,9 @@ __all__ = [
     "ensure_expert_image_async",
     "list_sandboxes",
     "open_sandbox",
+    "owner_user",
     "proxy_policy",
+    "runs_to_take_down",
     "skill_grants",
     "start_slot",
     "take_down",
@@ -77,14 +81,15 @@ __all__ = [
 
 # Where each public name lives. They load on first use: the reaper runs as a module of this
 # package (`python -m perstack_sandbox.engine._reaper`), and while it waits for its owner it
-# must not import docker-py and everything the engine uses (decision 22).
+# must not import docker-py and everything the engine uses (decision 24).
 _LAZY: Final = {
-    "ExecProcess": "_exec",
-    "build_expert": "_fence",
-    "ensure_expert_image": "_fence",
-    "ensure_expert_image_async": "_fence",
-    "start_slot": "_gate",
-    "RunInfo": "_sweep",
+    "owner_user": "..docker_edge",
+    "ExecProcess": "._exec",
+    "build_expert": "._fence",
+    "ensure_expert_image": "._fence",
+    "ensure_expert_image_async": "._fence",
+    "start_slot": "._gate",
+    "RunInfo": "._sweep",
     **dict.fromkeys(
         (
             "SKILL_UID_COUNT",
@@ -96,10 +101,11 @@ _LAZY: Final = {
             "list_sandboxes",
             "open_sandbox",
             "proxy_policy",
+            "runs_to_take_down",
             "skill_grants",
             "take_down",
         ),
-        "_sandbox",
+        "._sandbox",
     ),
 }
 
@@ -114,7 +120,7 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import anyio.to_thread
 
-from perstack_sandbox import images, state
+from perstack_sandbox import images
 from perstack_sandbox.engine import _health
 from perstack_sandbox.engine._containers import (
     PROXY_PORT,
@@ -42,7 +42,13 @@ from perstack_sandbox.engine._containers import (
 )
 from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.plan import Limits
-from perstack_sandbox.state import RunState, private_folder, write_private
+from perstack_sandbox.state import (
+    BUILD_PREFIX,
+    RunState,
+    builds_dir,
+    private_folder,
+    write_private,
+)
 from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
@@ -74,14 +80,10 @@ class Fence:
         }
 
 
-def builds_dir() -> Path:
-    """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
-    return state.builds_dir()
-
-
 def new_build_id() -> str:
     """Return a fresh build id: sortable by start time, unique, and safe in Docker names."""
-    return f"build-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{BUILD_PREFIX}{stamp}-{secrets.token_hex(3)}"
 
 
 @contextlib.contextmanager
@@ -98,9 +100,13 @@ def build_fence(
     record = RunState(run_id=build_id, path=private_folder(builds_dir() / build_id))
     policy = json.dumps({"allowedDomains": sorted(hosts), "sandboxId": build_id})
     write_private(record.policy_path, policy + "\n")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    record.update_meta(run_id=build_id, kind="build", expert=expert, started=started)
+    record.update_meta(status="running")
     spec = SandboxSpec(build_id, expert, "", Limits(), "", None, policy, run=record)
     progress(f"build fence {build_id}: registries {', '.join(sorted(hosts)) or '(none)'}")
     follower = None
+    status = "failed"
     try:
         image = images.ensure_proxy_image(progress=progress)
         network = create_internal_network(spec, role="build-network")
@@ -109,6 +115,7 @@ def build_fence(
         follower = _health.follow_logs(proxy_id, record)
         _wait_ready(proxy_id, proxy_host_ip)
         yield Fence(build_id, network, f"http://{proxy_ip}:{PROXY_PORT}", record.audit_path)
+        status = "finished"
     finally:
         with contextlib.suppress(EngineError):
             remove_run(build_id)
@@ -116,6 +123,7 @@ def build_fence(
                 record.close_journal("torn down by its owner")
         if follower is not None:
             follower.join(LOG_DRAIN_TIMEOUT_S)
+        record.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def _wait_ready(proxy_id: str, host: str) -> None:

@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Final
 
 import anyio
+import docker.errors
 
 from perstack_sandbox import state
 from perstack_sandbox.docker_edge import client, docker_errors
@@ -100,6 +101,44 @@ def describe_stopped(proxy_id: str) -> str:
     except EngineError:
         return "its container is gone"
     how = f"its container {status.get('Status', 'stopped')} with code {status.get('ExitCode')}"
+    return how + (" (killed for lack of memory)" if status.get("OOMKilled") else "")
+
+
+def wait_stopped(container_id: str) -> None:
+    """Block until the container stops or is removed: its attach stream (no output) ends.
+
+    One idle socket per sandbox instead of a poll: the engine closes the stream the moment
+    the container stops, whoever stopped it (`down`, a kill, the engine itself going away).
+
+    Raises:
+        EngineError: the engine could not be reached to attach.
+
+    """
+    with docker_errors("watching the sandbox container"):
+        response = client().api.attach_socket(container_id, params={"stdout": 1, "stream": 1})
+    sock = getattr(response, "_sock", response)
+    with contextlib.suppress(OSError, ValueError):
+        while sock.recv(4096):
+            pass
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def describe_end(container_id: str) -> str:
+    """Say how a container ended: removed, stopped with a code, or the engine is unreachable."""
+    removed = "was removed (`perstack-sandbox down`, or another tool)"
+    try:
+        with docker_errors("inspecting the sandbox container"):
+            status = client().api.inspect_container(container_id)["State"]
+    except EngineError as exc:
+        return (
+            removed
+            if isinstance(exc.__cause__, docker.errors.NotFound)
+            else (f"cannot be inspected: {exc}")
+        )
+    if status.get("Status") in {"removing", "dead"}:  # caught in the middle of a removal
+        return removed
+    how = f"{status.get('Status', 'stopped')} with code {status.get('ExitCode')}"
     return how + (" (killed for lack of memory)" if status.get("OOMKilled") else "")
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from perstack_sandbox.docker_edge import LABEL_RUN
+from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
 from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.errors import EngineError
@@ -95,6 +95,27 @@ class Sandbox:
             f"no network access any more and tool calls are refused; stop this run "
             f"(`perstack-sandbox down {self.run_id}`) and start a new one"
         )
+
+    async def wait_stopped(self) -> str:
+        """Wait until the sandbox container stops or disappears; return how, as a sentence.
+
+        The container goes when `down` removes the run, when something kills it, or when the
+        engine becomes unreachable; the skills are gone with it. Cancelling returns at once.
+        """
+        try:
+            # A thread of its own for the run's whole life: on the shared default limiter,
+            # many runs in one process would hold every worker thread the engine calls need.
+            await anyio.to_thread.run_sync(
+                _health.wait_stopped,
+                self.container_id,
+                abandon_on_cancel=True,
+                limiter=anyio.CapacityLimiter(1),
+            )
+        except EngineError as exc:
+            how = f"cannot be watched: {exc}"
+        else:
+            how = await anyio.to_thread.run_sync(_health.describe_end, self.container_id)
+        return f"run {self.run_id} is over: its sandbox container {how}; its skills are gone"
 
     @property
     def host_proxy_url(self) -> str:
@@ -325,17 +346,28 @@ def collect_garbage(*, include_images: bool = False) -> list[str]:
     return removed + (_sweep.remove_superseded_images() if include_images else [])
 
 
-def take_down(run_id: str | None) -> list[str]:
-    """Remove the objects of one run (`run_id`), or of every run (`None`); name them.
+def take_down(run_id: str) -> list[str]:
+    """Remove the objects of one run (`run_id`); name them.
 
     Unlike `collect_garbage`, this removes objects of live owners too: it is what the user
-    asked for.
+    asked for. The owner notices within seconds (`Sandbox.wait_stopped`) and exits.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
 
     """
     return _sweep.take_down(run_id)
+
+
+def runs_to_take_down(*, everyone: bool = False) -> list[RunInfo]:
+    """Return the runs `down --all` takes down: this user's (`owner_user()`), or every run.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    me = owner_user()
+    return [run for run in _sweep.list_runs() if everyone or run.owner_user == me]
 
 
 def diagnose(

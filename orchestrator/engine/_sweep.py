@@ -15,6 +15,7 @@ from perstack_sandbox.docker_edge import (
     LABEL_MANAGED,
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
+    LABEL_OWNER_USER,
     LABEL_ROLE,
     LABEL_RUN,
     MANAGED_FILTER,
@@ -40,6 +41,7 @@ class RunInfo:
     is_owner_alive: bool
     created: str
     objects: tuple[str, ...]  # "role: status" of a container, "network: name" of a network
+    owner_user: str = ""  # absent on objects made before owners were labelled with a user
 
 
 def list_runs() -> list[RunInfo]:
@@ -71,6 +73,7 @@ def list_runs() -> list[RunInfo]:
             expert=labels.get(LABEL_EXPERT, ""),
             owner_pid=labels.get(LABEL_OWNER_PID, ""),
             owner_host=labels.get(LABEL_OWNER_HOST, ""),
+            owner_user=labels.get(LABEL_OWNER_USER, ""),
             is_owner_alive=is_owner_alive(labels),
             created=labels.get(LABEL_CREATED, ""),
             objects=(*known.objects, entry) if known else (entry,),
@@ -139,15 +142,13 @@ def _still_there(run: RunState) -> list[str]:
     return found
 
 
-def take_down(run_id: str | None) -> list[str]:
-    """Remove one run's objects, or all of ours (see `engine.take_down`).
+def take_down(run_id: str) -> list[str]:
+    """Remove one run's objects (see `engine.take_down`).
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
 
     """
-    if run_id is None:
-        return remove_labelled(MANAGED_FILTER, keep=_is_shared) + _remove_unused_shared()
     return remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from perstack_sandbox.gateway._core import (
     EgressCheck,
+    EndWatch,
     Gateway,
     Prompter,
     Route,
@@ -34,6 +35,7 @@ from perstack_sandbox.gateway._core import (
 from perstack_sandbox.gateway._guard import new_token
 from perstack_sandbox.gateway._server import make_server
 from perstack_sandbox.gateway._transports import (
+    bind_loopback,
     parse_listen,
     serve_http,
     serve_stdio,
@@ -42,10 +44,12 @@ from perstack_sandbox.gateway._transports import (
 
 __all__ = [
     "EgressCheck",
+    "EndWatch",
     "Gateway",
     "Prompter",
     "Route",
     "argument_shape",
+    "bind_loopback",
     "build_routes",
     "exposed_name",
     "input_needed",

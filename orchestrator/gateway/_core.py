@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from perstack_sandbox.skills import SkillSession
 
 PREFIX_SEPARATOR: Final = "__"
+NOTIFY_TIMEOUT_S: Final = 2.0  # telling one client that the run is over; it may not read
 _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
 
 
@@ -33,6 +34,9 @@ Prompter: TypeAlias = "Callable[[str], Awaitable[str | None]]"
 
 EgressCheck: TypeAlias = "Callable[[], Awaitable[str | None]]"
 """Says why the sandbox lost its egress, or None while it has it (runs off the event loop)."""
+
+EndWatch: TypeAlias = "Callable[[], Awaitable[str]]"
+"""Returns once the run's sandbox has gone (`down`, a kill, the engine), saying how."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,11 @@ class Gateway:
         self.prompter = prompter
         self.egress_check = egress_check
         self.audit = audit
+        # Set by `shut_down`: why the run is over; every later call is refused with it.
+        self.stop_reason: str | None = None
+        # Told the stop reason (the MCP server sends it to its clients as a log message).
+        self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
+        self._stopped = anyio.Event()
         self._routes: dict[str, Route] = {}
         self._listed: set[str] = set()
         self._lock = anyio.Lock()
@@ -223,8 +232,9 @@ class Gateway:
         began = datetime.now(UTC).isoformat(timespec="milliseconds")
         outcome = "error"
         try:
-            sandboxed = self.egress_check is not None and route.interactive is None
-            problem = await self.egress_check() if self.egress_check and sandboxed else None
+            problem = self.stop_reason
+            if problem is None and self.egress_check is not None and route.interactive is None:
+                problem = await self.egress_check()
             if problem is not None:
                 self.audit.warning(problem)
                 outcome = "refused-egress-down"
@@ -272,6 +282,20 @@ class Gateway:
                 f"skill {skill!r} refused tools/call {name!r}: {exc.error.message} "
                 f"(JSON-RPC error {exc.error.code})"
             ) from exc
+
+    async def shut_down(self, reason: str) -> None:
+        """Refuse every further call with `reason`, and tell the listeners (each bounded)."""
+        self.stop_reason = reason
+        self.audit.warning(reason)
+        for listener in self.stop_listeners:
+            with anyio.move_on_after(NOTIFY_TIMEOUT_S):
+                await listener(reason)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> str:
+        """Wait until `shut_down` has told every listener; return its reason."""
+        await self._stopped.wait()
+        return self.stop_reason or ""
 
     async def close(self) -> None:
         """Stop every skill (bounded)."""
@@ -322,8 +346,12 @@ async def open_gateway(  # noqa: PLR0913 - the skills, then one keyword per coll
     prompter: Prompter | None = None,
     egress_check: EgressCheck | None = None,
     audit: AuditSink = NULL_SINK,
+    ends_when: EndWatch | None = None,
 ) -> AsyncIterator[Gateway]:
     """Start the skills and yield the gateway; every skill is stopped on exit.
+
+    Once `ends_when()` returns (the sandbox went away), the gateway shuts down with what it
+    said: later calls are refused with it, and every MCP client is told.
 
     Raises:
         SkillError: a non-lazy skill failed to start.
@@ -342,6 +370,8 @@ async def open_gateway(  # noqa: PLR0913 - the skills, then one keyword per coll
         async with anyio.create_task_group() as task_group:
             try:
                 await gateway.start(task_group)
+                if ends_when is not None:
+                    task_group.start_soon(_shut_down_when, gateway, ends_when)
                 yield gateway
             finally:
                 with anyio.CancelScope(shield=True):
@@ -352,6 +382,10 @@ async def open_gateway(  # noqa: PLR0913 - the skills, then one keyword per coll
         if sole is group:
             raise
         raise sole from sole.__cause__
+
+
+async def _shut_down_when(gateway: Gateway, ends_when: EndWatch) -> None:
+    await gateway.shut_down(await ends_when())
 
 
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from perstack_sandbox.errors import UnknownExpertError
 from perstack_sandbox.plan._secrets import DEFAULT_ENV_FILES
-from perstack_sandbox_proxy.hosts import match_host
+from perstack_sandbox_proxy.hosts import match_host, shared_suffix
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -108,6 +108,11 @@ class EgressRule(_Frozen):
 
     pattern: str
     sources: tuple[str, ...]
+    shared_suffix: str | None = Field(
+        default=None,
+        description="set when the wildcard covers a suffix anyone can register under (public "
+        "suffix list, private section): every tenant's host under it is reachable",
+    )
 
 
 class Limits(_Frozen):
@@ -259,7 +264,10 @@ def fold_egress(requests: Iterable[tuple[str, str]]) -> tuple[EgressRule, ...]:
         cover = match_host(host, [w for w in wildcards if w != pattern])
         if cover is not None:
             sources[cover] |= sources.pop(pattern)
-    return tuple(EgressRule(pattern=p, sources=tuple(sorted(sources[p]))) for p in sorted(sources))
+    return tuple(
+        EgressRule(pattern=p, sources=tuple(sorted(sources[p])), shared_suffix=shared_suffix(p))
+        for p in sorted(sources)
+    )
 
 
 def plan_to_json(sandbox: SandboxPlan) -> str:
@@ -284,7 +292,7 @@ def plan_to_text(sandbox: SandboxPlan) -> str:
     for tool in sandbox.interactive_tools:
         lines.append(f"interactive tool {tool.skill}/{tool.name}  {tool.description}".rstrip())
     lines.append("egress allowlist" + ("" if sandbox.egress else "  (empty: no egress at all)"))
-    lines += [f"  {r.pattern}  <- {', '.join(r.sources)}" for r in sandbox.egress]
+    lines += [f"  {r.pattern}  <- {', '.join(r.sources)}{_risk(r)}" for r in sandbox.egress]
     return "\n".join(lines) + "\n"
 
 
@@ -360,6 +368,8 @@ def _launch_text(launch: SkillLaunch) -> list[str]:
 
 
 def _filter(skill: SkillLaunch | SseSkill) -> list[str]:
+    if skill.pick and skill.omit:  # pick, then omit (see `config._warnings`)
+        return [f"  tools  only {', '.join(skill.pick)}, then not {', '.join(skill.omit)}"]
     if skill.pick:
         return [f"  tools  only {', '.join(skill.pick)}"]
     if skill.omit:
@@ -392,6 +402,12 @@ def _hidden_text(sandbox: SandboxPlan) -> list[str]:
         if h.target is None
     ]
     return lines
+
+
+def _risk(rule: EgressRule) -> str:
+    if rule.shared_suffix is None:
+        return ""
+    return f"  [shared suffix: every tenant of {rule.shared_suffix} is reachable]"
 
 
 def _mode(mount: Mount) -> str:

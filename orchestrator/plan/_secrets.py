@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
-from perstack_sandbox.errors import MissingEnvError, UsageError
+from perstack_sandbox.errors import EnvFileError, MissingEnvError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from perstack_sandbox.config import PerstackConfig
     from perstack_sandbox.plan._plan import SandboxPlan
@@ -80,19 +80,25 @@ class Secret:
         raise TypeError("Secret values cannot be pickled")
 
 
-def parse_dotenv(text: str, *, source: str) -> dict[str, Secret]:
+def parse_dotenv(
+    text: str, *, source: str, warn: Callable[[str], None] | None = None
+) -> dict[str, Secret]:
     r"""Parse a dotenv file strictly: `KEY=VALUE` lines, `export ` prefix, `#` comments.
 
     Values may be bare (trailing ` #comment` dropped, surrounding blanks trimmed), single-quoted
-    (literal) or double-quoted (escapes `\n \t \r \" \\ \$`). A later key overrides an
-    earlier one. No interpolation, no multi-line values.
+    (literal) or double-quoted (escapes `\n \t \r \" \\ \$`). A leading UTF-8 byte-order mark
+    is ignored. A key set twice keeps its later value, and `warn` (if given) is told so. No
+    interpolation, no multi-line values.
 
     Raises:
-        UsageError: a line is malformed; the message gives `source:line` and never the value.
+        EnvFileError: lines are malformed; it names EVERY bad line as `source:line`, never a
+            value.
 
     """
     values: dict[str, Secret] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    first_seen: dict[str, int] = {}
+    problems: list[str] = []
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -100,14 +106,31 @@ def parse_dotenv(text: str, *, source: str) -> dict[str, Secret]:
         line = line.removeprefix("export ").lstrip()
         name, equals, rest = line.partition("=")
         name = name.strip()
-        if not equals or not _NAME.fullmatch(name):
-            _bad_line(where, "expected NAME=VALUE with NAME made of letters, digits and _")
-        values[name] = Secret(_parse_value(rest.strip(), where, name))
+        try:
+            if not equals or not _NAME.fullmatch(name):
+                _bad_line(where, "expected NAME=VALUE with NAME made of letters, digits and _")
+            value = _parse_value(rest.strip(), where, name)
+        except _BadLineError as exc:
+            problems.append(str(exc))
+            continue
+        if name in first_seen and warn is not None:
+            warn(
+                f"{where}: {name} is set again (first on line {first_seen[name]}); "
+                "the later value wins"
+            )
+        first_seen.setdefault(name, number)
+        values[name] = Secret(value)
+    if problems:
+        raise EnvFileError(problems)
     return values
 
 
+class _BadLineError(ValueError):
+    """One malformed line (collected, so that every bad line is reported at once)."""
+
+
 def _bad_line(where: str, why: str) -> NoReturn:
-    raise UsageError(f"{where}: {why}")
+    raise _BadLineError(f"{where}: {why}")
 
 
 def _parse_value(rest: str, where: str, name: str) -> str:
@@ -174,11 +197,16 @@ def _against(config_dir: Path, path: Path) -> Path:
     return path if path.is_absolute() else config_dir / path
 
 
-def load_env_files(files: Iterable[tuple[Path, bool]]) -> dict[str, Secret]:
+def load_env_files(
+    files: Iterable[tuple[Path, bool]], *, warn: Callable[[str], None] | None = None
+) -> dict[str, Secret]:
     """Read the dotenv files in order; a later file's key overrides an earlier one.
 
+    `warn` is told about a key set twice within one file (see `parse_dotenv`).
+
     Raises:
-        UsageError: a required file is missing or unreadable, or a line is malformed.
+        UsageError: a required file is missing or unreadable.
+        EnvFileError: lines of a file are malformed (every one of them).
 
     """
     merged: dict[str, Secret] = {}
@@ -191,7 +219,7 @@ def load_env_files(files: Iterable[tuple[Path, bool]]) -> dict[str, Secret]:
             continue
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read env file {path}: {type(exc).__name__}") from exc
-        merged.update(parse_dotenv(text, source=str(path)))
+        merged.update(parse_dotenv(text, source=str(path), warn=warn))
     return merged
 
 
@@ -275,20 +303,24 @@ def host_secrets(
     *,
     env_paths: Iterable[Path] = (),
     environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Secret]:
     """Return secret values the way the CLI finds them: env files, then the host environment.
 
     The files are `env_paths` if given (each must exist), else the config's `envPath`, else
     `.env` then `.env.local` next to perstack.toml; a later file overrides an earlier one, and
     the environment (`environ`, default `os.environ`) overrides every file. Pass the result as
-    `open_run(..., secrets=...)`; only the names a skill requires ever reach it.
+    `open_run(..., secrets=...)`; only the names a skill requires ever reach it. `warn` is told
+    about a key set twice within one file.
 
     Raises:
-        UsageError: an env file is missing or malformed (named with its line, never a value).
+        UsageError: an env file is missing or unreadable.
+        EnvFileError: lines of an env file are malformed (every one named with its line
+            number, never a value).
 
     """
     files = env_files(Path(config.config_dir), tuple(env_paths), list(config.env_path) or None)
-    values = load_env_files(files)
+    values = load_env_files(files, warn=warn)
     values.update({name: Secret(value) for name, value in (environ or os.environ).items()})
     return values
 
@@ -297,7 +329,8 @@ def env_file_secrets(*paths: Path) -> dict[str, Secret]:
     """Return the values of dotenv files (each must exist); a later file overrides an earlier.
 
     Raises:
-        UsageError: a file is missing or malformed (named with its line, never a value).
+        UsageError: a file is missing or unreadable.
+        EnvFileError: lines of a file are malformed (each named with its line, never a value).
 
     """
     return load_env_files((path, True) for path in paths)

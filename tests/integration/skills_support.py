@@ -131,9 +131,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def labelled_containers(expert: str) -> list[object]:
-    """Return every container (running or not) labelled with this expert key."""
+    """Return every container (running or not) labelled with this expert key.
+
+    docker-py lists, then inspects each container: one removed in between (a teardown, `down`)
+    is skipped rather than failing the listing.
+    """
     client = docker.from_env()
-    return client.containers.list(all=True, filters={"label": f"{LABEL_EXPERT}={expert}"})
+    return client.containers.list(
+        all=True, filters={"label": f"{LABEL_EXPERT}={expert}"}, ignore_removed=True
+    )
 
 
 def text_of(result: object) -> str:

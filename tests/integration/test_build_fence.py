@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from perstack_sandbox import images, state
+from perstack_sandbox.audit import summarise as summarise_audit
 from perstack_sandbox.engine import _containers, _fence
 from perstack_sandbox.errors import ImageBuildError
 from perstack_sandbox.images import _recipe, _registries
@@ -242,6 +243,10 @@ def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
     refused = {d.get("rawHost") for d in decisions if d.get("decision") == "deny"}
     assert {METADATA_IP, HOST_NAME} <= refused
     assert set(addresses) <= refused
+    summary = summarise_audit(audit.parent.name)  # what `audit build-...` shows
+    assert (summary.kind, summary.expert, summary.status) == ("build", "hostile", "finished")
+    assert summary.allowlist == {"build": [_registries.https_host(registry)]}
+    assert any(METADATA_IP in host.host and host.refused for host in summary.hosts)
 
 
 def test_a_failed_fenced_build_names_what_its_proxy_refused_and_leaves_nothing(

@@ -99,6 +99,7 @@ async def test_skill_cannot_read_another_skills_secret_and_host_canaries_stay_ou
                     assert leaked not in json.dumps(container.attrs)
 
 
+@pytest.mark.usefixtures("state_home")  # its own state: `latest_run` must be this test's run
 async def test_node_fetch_goes_through_the_proxy_allowed_host_ok_unlisted_host_refused(tmp_path):
     """Node's fetch() reaches an allowlisted host via the proxy; an unlisted host is refused."""
     allowed = registry_host()

@@ -296,3 +296,58 @@ async def test_the_gateway_logs_shapes_and_refuses_calls_once_egress_is_down(run
         ("echo", {"text": "str"}, "refused-egress-down"),
     ]
     assert all(x["skill"] == "local" and x["durationMs"] >= 0 and x["time"] for x in lines)
+
+
+def test_the_summary_starts_with_each_skills_allowlist_and_the_image_packages(run):
+    """The text opens with the allowlist per skill and the image's package versions."""
+    policy = {"allowedDomains": ["a.example"], "skillAllowedDomains": {"web": ["a.example"]}}
+    policy["skillAllowedDomains"]["calc"] = []
+    run.policy_path.write_text(json.dumps(policy), encoding="utf-8")
+    packages = [{"manager": "npm", "name": "exa-mcp-server", "version": "1.2.3"}]
+    run.update_meta(image="perstack-sandbox/expert:abc", packages=packages)
+    summary = audit.summarise(run.run_id)
+    assert summary.allowlist == {"calc": [], "web": ["a.example"]}
+    text = audit.render_text(summary)
+    head = text.split("egress (proxy decisions per host):")[0]
+    assert "  image perstack-sandbox/expert:abc" in head
+    assert "allowlist (the hosts the proxy let each skill reach):\n  calc  (nothing)\n" in head
+    assert "  web   a.example\n" in head
+    assert "packages in the image:\n  npm exa-mcp-server 1.2.3\n" in head
+    assert summary.to_json()["packages"] == packages
+
+
+def test_a_run_from_before_packages_were_recorded_says_so(run):
+    """A run whose meta has no package list says 'not recorded' rather than 'none'."""
+    assert audit.summarise_run(run).packages is None
+    assert "not recorded" in audit.render_text(audit.summarise_run(run))
+
+
+@pytest.mark.usefixtures("run")
+def test_a_build_audit_is_read_by_its_id(monkeypatch, capsys):
+    """`audit build-...` reads the fenced build's folder: its registries and its decisions."""
+    build_id = "build-20260101-000000-dddddd"
+    build = state.RunState(build_id, state.builds_dir() / build_id)
+    build.path.mkdir(parents=True)
+    build.update_meta(kind="build", expert="e", status="finished", started="T0", ended="T9")
+    build.policy_path.write_text(json.dumps({"allowedDomains": ["registry.example"]}))
+    write_lines(build.audit_path, [decision(1, "evil.example", reason="not-allowed")])
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit", build.run_id])
+    cli.main()
+    out = capsys.readouterr().out
+    assert out.startswith(f"build {build.run_id}  expert e  status finished")
+    assert "  build  registry.example" in out
+    assert "evil.example  port 443  allowed 0  refused 1 (not-allowed x1)" in out
+    assert "packages in the image" not in out  # a build has no run image
+
+
+@pytest.mark.usefixtures("run")
+@pytest.mark.parametrize("target", ["nope", "build-nope", "../x"])
+def test_audit_json_errors_are_json_with_exit_2(monkeypatch, capsys, target):
+    """With --json, an unknown run or build is a JSON error object on stdout, exit 2."""
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit", target, "--json"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert set(json.loads(out)) == {"error"}
+    assert err == ""

@@ -205,6 +205,42 @@ async def test_skill_death_reaches_mcp_client_as_error_result():
             assert "gone" in text_of(result)
 
 
+async def test_a_gateway_whose_sandbox_went_refuses_calls_and_tells_its_clients():
+    """Once `ends_when` returns, calls get its reason as an error, clients a log message.
+
+    The log message reaches clients of the initialize handshake (a modern, stateless
+    connection has no channel for a notification outside a request; its calls are refused).
+    """
+    gone = anyio.Event()
+    reason = "run r is over: its sandbox container was removed; its skills are gone"
+    logged: list[types.LoggingMessageNotificationParams] = []
+    told = anyio.Event()
+
+    async def ends_when() -> str:
+        await gone.wait()
+        return reason
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(params)
+        told.set()
+
+    sink = RecordingSink()
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([skill("a")], audit=sink, ends_when=ends_when) as gateway,
+            Client(make_server(gateway), mode="legacy", logging_callback=on_log) as client,
+        ):
+            assert text_of(await client.call_tool("echo", {"text": "hi"})) == "hi"
+            gone.set()
+            assert await gateway.wait_stopped() == reason
+            refused = await client.call_tool("echo", {"text": "again"})
+            await told.wait()  # the notification travels through the in-memory transport
+    assert refused.is_error
+    assert reason in text_of(refused)
+    assert [(m.level, m.data) for m in logged] == [("error", reason)]
+    assert reason in sink.warnings
+
+
 async def test_request_timeout_comes_from_config():
     """A call slower than the skill's timeout fails with a timeout error naming the tool."""
     with anyio.fail_after(DEADLINE_S):

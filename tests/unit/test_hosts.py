@@ -12,6 +12,7 @@ from perstack_sandbox_proxy.hosts import (
     canonicalise_host,
     canonicalise_pattern,
     match_host,
+    shared_suffix,
 )
 
 # (spelling, canonical form or "!reason-code", why). Every row goes through canonicalise_pattern
@@ -112,7 +113,10 @@ HOST_TABLE: list[tuple[str, str, str]] = [
     ("*.com", "!public-suffix-wildcard", "every .com site"),
     ("*.co.uk", "!public-suffix-wildcard", "two-label public suffix"),
     ("*.COM.", "!public-suffix-wildcard", "public suffix in another spelling"),
-    ("*.github.io", "!public-suffix-wildcard", "private-section suffix: every tenant's site"),
+    # Issue 12 reverses issue 2 here: a private-section suffix is accepted (config validation
+    # warns that every tenant is reachable, `validate --strict` refuses it); ICANN ones are not.
+    ("*.github.io", "*.github.io", "private-section suffix: accepted, warned about"),
+    ("*.googleapis.com", "*.googleapis.com", "private-section suffix Gemini skills list"),
     ("*.localhost", "!single-label", "wildcard over a single label"),
     ("*.1.2.3.4", "!ip-literal", "wildcard over an address"),
     ("*.xn--p1ai", "!punycode", "wildcard over a punycode TLD"),
@@ -187,6 +191,25 @@ def test_match_host_fails_closed_on_non_canonical_input() -> None:
     """A host that was not canonicalised does not match (callers canonicalise first)."""
     assert match_host("EXAMPLE.com", ["example.com"]) is None
     assert match_host("example.com.", ["example.com"]) is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("*.googleapis.com", "googleapis.com"),
+        ("*.github.io", "github.io"),
+        ("*.s3.amazonaws.com", "s3.amazonaws.com"),
+        ("*.api.github.io", None),  # one tenant's subdomains: a registrable domain
+        ("*.example.com", None),
+        ("googleapis.com", None),  # an exact host is no wildcard
+        ("storage.googleapis.com", None),
+    ],
+)
+def test_shared_suffix_names_only_wildcards_over_private_section_suffixes(
+    pattern: str, expected: str | None
+) -> None:
+    """Only a wildcard directly over a private-section suffix is named as shared."""
+    assert shared_suffix(pattern) == expected
 
 
 def test_public_suffixes_come_from_the_bundled_list_without_any_network(monkeypatch) -> None:

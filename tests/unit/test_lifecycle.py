@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from perstack_sandbox import cli, procs, state
+from perstack_sandbox import procs, state
+from perstack_sandbox.cli import _app
 from perstack_sandbox.engine import _egress, _gate, _reaper, _subnets
 from perstack_sandbox.errors import UsageError
 
@@ -239,7 +240,7 @@ def test_sigterm_interrupts_even_when_sigint_is_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with pytest.raises(KeyboardInterrupt):
-            cli._interrupt_on_sigterm(signal.SIGTERM, sys._getframe())
+            _app._interrupt_on_sigterm(signal.SIGTERM, sys._getframe())
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -249,7 +250,7 @@ def test_sigterm_calls_the_current_sigint_handler():
     calls: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, _frame: calls.append(signum))
     try:
-        cli._interrupt_on_sigterm(signal.SIGTERM, None)
+        _app._interrupt_on_sigterm(signal.SIGTERM, None)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert calls == [signal.SIGINT]

@@ -190,6 +190,32 @@ def test_plan_text_shows_what_runs_which_names_and_where(rich: SandboxPlan) -> N
     assert "(started on first use)" in text
 
 
+def test_plan_marks_a_wildcard_over_a_shared_suffix_in_json_and_text() -> None:
+    """A wildcard over a private-section suffix carries that suffix; the text flags the risk."""
+    config, _ = parse_config(
+        '[experts."e"]\ninstruction = "x"\n[experts."e".skills."s"]\ntype = "mcpStdioSkill"\n'
+        'command = "npx"\npackageName = "p"\n'
+        'allowedDomains = ["*.googleapis.com", "*.example.com"]\n'
+    )
+    sandbox = plan(config, "e")
+    rules = json.loads(plan_to_json(sandbox))["egress"]
+    assert [(r["pattern"], r["shared_suffix"]) for r in rules] == [
+        ("*.example.com", None),
+        ("*.googleapis.com", "googleapis.com"),
+    ]
+    text = plan_to_text(sandbox)
+    mark = "[shared suffix: every tenant of googleapis.com is reachable]"
+    assert f"*.googleapis.com  <- s  {mark}" in text
+    assert "*.example.com  <- s\n" in text
+
+
+def test_plan_text_of_pick_with_omit_says_pick_then_omit() -> None:
+    """A skill with both filters reads as 'only these, then not those'."""
+    config, _ = load_config(FIXTURES / "seed_004_complete.toml")
+    text = plan_to_text(plan(config, "my-expert"))
+    assert "tools  only analyze_typescript, then not analyze_python" in text
+
+
 def test_plan_json_is_byte_identical_across_hash_seeds() -> None:
     """The same file gives the same bytes under different PYTHONHASHSEED values."""
     outputs = set()
