@@ -6,6 +6,7 @@
 # - both packages import side by side, from the venv;
 # - the wheel's image recipes and proxy sources are the repository's, byte for byte (the image
 #   tags are hashes of them, so the wheel builds the very images a checkout builds);
+# - the reaper starts as a module of the installed package;
 # - `doctor --fix` builds whatever image is missing from the wheel's own recipes, then `doctor`
 #   and the example Expert's `tools` run.
 set -euo pipefail
@@ -34,6 +35,10 @@ installed="$("$venv/python" -c "$tags")"
 checkout="$(cd "$root" && "$dev_python" -c "$tags")"
 [ "$installed" = "$checkout" ] || { echo "image tags differ: wheel $installed, checkout $checkout" >&2; exit 1; }
 echo "image recipes: the wheel's tags equal the checkout's ($installed)"
+
+# The reaper runs as `python -m` of its module (engine/_reaper.py): it must run from the wheel.
+"$venv/python" -m perstack_sandbox.engine._reaper --help >/dev/null
+echo "reaper: runs as a module of the installed package"
 
 "$venv/perstack-sandbox" doctor --fix
 "$venv/perstack-sandbox" tools demo -c "$work/examples/perstack.toml"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,6 +128,19 @@ def test_a_torn_last_line_from_a_crash_mid_write_is_skipped(tmp_path):
     assert run.is_journal_open()
 
 
+def test_the_journal_and_the_reapers_log_are_private_files_whatever_the_umask(tmp_path):
+    """Both name runs and objects: 0600 like every state file, even under umask 0."""
+    run = state.RunState(run_id="r", path=tmp_path)
+    log = tmp_path / _reaper.LOG_FILE
+    previous = os.umask(0)
+    try:
+        run.record_intent("network", "perstack-r-net", {})
+        _reaper._append_private(log, "a line\n")
+    finally:
+        os.umask(previous)
+    assert {path.stat().st_mode & 0o777 for path in (run.journal_path, log)} == {0o600}
+
+
 def test_open_journals_lists_runs_and_builds_but_not_closed_ones(tmp_path, monkeypatch):
     """Both state folders are searched; a closed journal and a folder without one are not."""
     monkeypatch.setenv(state.STATE_ENV, str(tmp_path))
@@ -225,6 +239,47 @@ def test_the_reaper_reads_journal_paths_until_end_of_file():
     """One JSON line per journal; a malformed line is skipped."""
     lines = iter([b'{"journal": "/s/runs/a/journal.jsonl"}\n', b"garbage\n", b""])
     assert _reaper._read_journals(lambda: next(lines)) == [Path("/s/runs/a/journal.jsonl")]
+
+
+def test_the_reaper_module_imports_no_third_party_package_until_its_owner_is_gone():
+    """`python -m` imports the engine package first: it must load docker and the rest lazily.
+
+    Seen failing with engine/__init__.py importing its modules eagerly (docker, anyio, ...).
+    """
+    third_party = {"anyio", "docker", "httpx2", "mcp", "pydantic", "requests", "typer"}
+    probe = (
+        "import sys, perstack_sandbox.engine._reaper\n"
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "perstack_sandbox" in loaded
+    assert third_party.isdisjoint(loaded)
+
+
+def test_the_reaper_is_started_as_a_module_of_the_package_it_was_imported_from(
+    tmp_path, monkeypatch
+):
+    """Its command is `-m` its own module name, with that package's folder on PYTHONPATH."""
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path))
+    started: list[tuple[list[str], dict[str, str]]] = []
+
+    class FakeProcess:
+        pid = 1
+
+        def __init__(self, argv: list[str], **kwargs: object) -> None:
+            env = kwargs["env"]
+            assert isinstance(env, dict)
+            started.append((argv, env))
+
+    monkeypatch.setattr(_reaper.subprocess, "Popen", FakeProcess)
+    watch = _reaper._spawn([])
+    os.close(watch.write_fd)
+    [(argv, env)] = started
+    assert argv[:3] == [sys.executable, "-m", "perstack_sandbox.engine._reaper"]
+    root = Path(env["PYTHONPATH"].split(os.pathsep)[0])
+    assert (root / "perstack_sandbox" / "engine" / "_reaper.py").is_file()
 
 
 def test_the_egress_network_name_can_be_changed_for_tests(monkeypatch):
