@@ -34,7 +34,7 @@ from mcp.client.stdio import stdio_client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perstack_sandbox import images, state  # noqa: E402 - after the path tweak
+from perstack_sandbox import engine, state  # noqa: E402 - after the path tweak
 from perstack_sandbox.config import load_config  # noqa: E402
 from perstack_sandbox.plan import plan  # noqa: E402
 
@@ -74,7 +74,7 @@ class Fleet:
 def ensure_image() -> None:
     """Build the example's image once, before anything is timed."""
     config, _ = load_config(CONFIG)
-    images.ensure_expert_image(plan(config, EXPERT), progress=lambda _line: None)
+    engine.ensure_expert_image(plan(config, EXPERT), progress=lambda _line: None)
 
 
 class Countdown:
