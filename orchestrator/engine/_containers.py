@@ -314,7 +314,12 @@ def remove_labelled(
             docker_errors("removing a sandbox container"),
             contextlib.suppress(docker.errors.NotFound),
         ):
-            api.remove_container(container_id, force=True, v=True)
+            try:
+                api.remove_container(container_id, force=True, v=True)
+            except docker.errors.APIError as exc:
+                # Another teardown, `down` or `gc` is removing it right now: it goes either way.
+                if not is_removal_in_progress(exc):
+                    raise
 
     with docker_errors("listing sandbox objects"):
         containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
@@ -329,3 +334,8 @@ def remove_labelled(
                 api.remove_network(network["Id"])
             removed.append(f"network {network['Name']}")
     return removed
+
+
+def is_removal_in_progress(exc: docker.errors.APIError) -> bool:
+    """Return whether the engine refused a removal because one is already under way."""
+    return exc.status_code == 409 and "already in progress" in str(exc.explanation or "")  # noqa: PLR2004 - HTTP conflict
