@@ -28,6 +28,7 @@ import anyio
 
 from orchestrator import _containers, _doctor, _health, _sweep
 from orchestrator._build import stderr_progress
+from orchestrator._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from orchestrator._docker import LABEL_RUN
 from orchestrator._exec import ExecProcess, start_exec
 from orchestrator.errors import EngineError
@@ -53,8 +54,6 @@ __all__ = [
     "take_down",
 ]
 
-SKILL_UID_FIRST: Final = 10001
-SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.Dockerfile)
 CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
 NO_PROXY: Final = "localhost,127.0.0.1,::1"
 LAUNCHER: Final = "/usr/local/bin/perstack-launch"
