@@ -6,7 +6,7 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator import _sweep, images
+from orchestrator import _sweep, _workspace, images
 from orchestrator._docker import ENGINE_HINT, client, docker_errors
 from orchestrator.errors import EngineError
 
@@ -58,6 +58,7 @@ def _image_checks() -> list[Check]:
         _image_check("stock Debian", images.DEBIAN_IMAGE, f"{fix}: bootstraps it with debootstrap"),
         _image_check("base image", images.base_image_name(), fix),
         _image_check("proxy image", images.proxy_image_name(), fix),
+        _image_check("workspace image", images.workspace_image_name(), f"{fix} (for --workspace)"),
     ]
     if not checks[1].is_ok and shutil.which("npm") is None:
         checks.append(
@@ -82,6 +83,14 @@ def _image_checks() -> list[Check]:
     else:
         checks.append(Check("host CA", is_ok=True, detail=f"not trusted ({images.HOST_CA_ENV}=0)"))
     return checks
+
+
+def _workspace_check() -> Check:
+    try:
+        _workspace.check_host()
+    except EngineError as exc:
+        return Check("workspace layer", is_ok=False, detail=str(exc))
+    return Check("workspace layer", is_ok=True, detail="FUSE available, uids not remapped")
 
 
 def _leftover_check() -> Check:
@@ -111,4 +120,5 @@ def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
         images.ensure_debian(progress)
         images.ensure_base_image(progress=progress)
         images.ensure_proxy_image(progress=progress)
-    return [*checks, *_image_checks(), _leftover_check()]
+        images.ensure_workspace_image(progress=progress)
+    return [*checks, *_image_checks(), _workspace_check(), _leftover_check()]

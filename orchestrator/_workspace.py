@@ -58,7 +58,7 @@ import docker.errors
 import docker.types
 
 from orchestrator import images
-from orchestrator._docker import LABEL_ROLE, client, docker_errors
+from orchestrator._docker import LABEL_ROLE, STDERR_STREAM, client, docker_errors, split_frames
 from orchestrator._text import printable
 from orchestrator.errors import EngineError, UsageError
 
@@ -81,7 +81,6 @@ READY_TIMEOUT_S: Final = 20.0  # Python start and one FUSE round trip on a loade
 STOP_TIMEOUT_S: Final = 5  # SIGTERM: the entry point unmounts at once; then SIGKILL
 REAP_TIMEOUT_S: Final = 30  # a container that runs `umount -l`
 READY_LINE: Final = b"ready\n"
-FRAME_HEADER: Final = 8
 HOST_HINT: Final = "or run without --workspace"
 
 
@@ -226,22 +225,6 @@ def serve(folder: str, *, name: str, labels: dict[str, str], skill_uids: range) 
     return mountpoint
 
 
-def demux(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """Split a Docker attach stream into (stdout, stderr, the incomplete rest)."""
-    out, err = b"", b""
-    while len(data) >= FRAME_HEADER:
-        size = int.from_bytes(data[4:FRAME_HEADER], "big")
-        if len(data) < FRAME_HEADER + size:
-            break
-        payload = data[FRAME_HEADER : FRAME_HEADER + size]
-        if data[0] == 2:  # noqa: PLR2004 - stream 2 is stderr
-            err += payload
-        else:
-            out += payload
-        data = data[FRAME_HEADER + size :]
-    return out, err, data
-
-
 def _wait_ready(sock: socket.socket) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     received, out, err = b"", b"", b""
@@ -253,9 +236,12 @@ def _wait_ready(sock: socket.socket) -> None:
                 why = "stopped" if chunk == b"" else f"not ready in {READY_TIMEOUT_S:.0f} s"
                 detail = printable(err.decode(errors="replace").strip()) or "no message"
                 raise EngineError(f"the workspace layer {why}: {detail}; {_advice(detail)}")
-            received += chunk
-            more_out, more_err, received = demux(received)
-            out, err = out + more_out, err + more_err
+            frames, received = split_frames(received + chunk)
+            for stream, payload in frames:
+                if stream == STDERR_STREAM:
+                    err += payload
+                else:
+                    out += payload
 
 
 def _receive(sock: socket.socket, timeout: float) -> bytes | None:

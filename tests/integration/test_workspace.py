@@ -7,8 +7,11 @@ come from the folder) with mode 0755, made here as root. Skills still run as the
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,12 +19,30 @@ import anyio
 import pytest
 from engine_support import objects_of_run, run_in
 
-from orchestrator import state
+from orchestrator import engine, state
 from orchestrator.engine import open_sandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
 OWNER_UID, OWNER_GID = 1000, 1234
+CHILD_DEADLINE_S = 120  # a child interpreter imports docker, starts a sandbox, reports
+# A stand-in orchestrator with a workspace: start, report the run id, wait to be killed.
+HOLDER = r"""
+import sys, anyio
+from pathlib import Path
+from orchestrator import state
+from orchestrator.engine import open_sandbox
+from orchestrator.plan import SandboxPlan
+
+async def main():
+    plan = SandboxPlan(expert="holder", config_dir=sys.argv[2], skills=())
+    run = state.create_run(plan.expert)
+    async with open_sandbox(plan, image=sys.argv[1], run=run, workspace=Path(sys.argv[3])):
+        print(run.run_id, flush=True)
+        await anyio.sleep_forever()
+
+anyio.run(main)
+"""
 WRITE = (
     "import os\n"
     "open('/workspace/note.txt', 'w').write('from a skill')\n"
@@ -164,3 +185,46 @@ async def test_a_killed_layer_fails_closed_and_its_stale_mount_is_still_cleared(
     assert objects_of_run(docker_api, run.run_id) == []
     assert volumes_of_run(docker_api, run.run_id) == []
     assert host_mounts_naming(f"perstack-{run.run_id}-workspace") == []
+
+
+@pytest.mark.parametrize("after_s", [0.2, 0.6, 1.0])
+async def test_cancellation_during_the_layers_start_leaves_nothing(
+    plan_factory, empty_expert_image, owned_folder, docker_api, after_s
+):
+    """Cancelled while the volume, the layer or the sandbox is being made: nothing remains."""
+    run = state.create_run("cancel")
+    with anyio.move_on_after(after_s):
+        async with open_sandbox(
+            plan_factory(), image=empty_expert_image, run=run, workspace=owned_folder
+        ):
+            await anyio.sleep_forever()
+    assert objects_of_run(docker_api, run.run_id) == []
+    assert volumes_of_run(docker_api, run.run_id) == []
+    assert host_mounts_naming(f"perstack-{run.run_id}-workspace") == []
+
+
+def test_gc_after_a_sigkilled_owner_removes_the_layer_its_volume_and_its_mount(
+    empty_expert_image, owned_folder, docker_api, tmp_path
+):
+    """An orchestrator killed with a workspace open leaves a working layer; gc removes it all."""
+    expert_dir = tmp_path / "expert"
+    expert_dir.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, empty_expert_image, str(expert_dir), str(owned_folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], CHILD_DEADLINE_S)
+    run_id = child.stdout.readline().strip() if ready else ""
+    child.kill()
+    child.wait(timeout=CHILD_DEADLINE_S)
+    assert run_id, child.stderr.read() if child.stderr else ""
+    assert volumes_of_run(docker_api, run_id)
+    assert host_mounts_naming(f"perstack-{run_id}-workspace")
+    removed = engine.collect_garbage()
+    assert f"volume perstack-{run_id}-workspace" in removed
+    assert objects_of_run(docker_api, run_id) == []
+    assert volumes_of_run(docker_api, run_id) == []
+    assert host_mounts_naming(f"perstack-{run_id}-workspace") == []

@@ -1,0 +1,131 @@
+"""Pure parts of the workspace layer: its container's configuration, host checks, frames, tag."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from orchestrator import _docker, _workspace, images
+from orchestrator._workspace import Owner
+from orchestrator.errors import EngineError, UsageError
+
+SKILLS = range(10001, 10033)
+
+
+@pytest.fixture
+def engine_options(monkeypatch):
+    """Let a test say which security options the engine reports (none by default)."""
+    options: list[str] = []
+    monkeypatch.setattr(_workspace, "_security_options", lambda: tuple(options))
+    return options
+
+
+def config():
+    """Return the layer's host config and command for a folder owned by 1000:1234."""
+    return _workspace.container_config("/home/u/proj", "/vol/_data", Owner(1000, 1234), SKILLS)
+
+
+@pytest.mark.usefixtures("engine_options")
+def test_the_layer_holds_only_what_mounting_and_dropping_to_the_owner_need():
+    """All capabilities dropped but four; no-new-privileges, read-only root, no network, FUSE."""
+    host, _ = config()
+    assert host["cap_drop"] == ["ALL"]
+    assert sorted(host["cap_add"]) == ["SETGID", "SETPCAP", "SETUID", "SYS_ADMIN"]
+    assert host["security_opt"] == ["no-new-privileges:true"]
+    assert host["read_only"] is True
+    assert host["network_mode"] == "none"
+    assert host["devices"] == ["/dev/fuse:/dev/fuse:rwm"]
+    assert host["pids_limit"] > 0
+    assert host["mem_limit"] == host["memswap_limit"] > 0
+
+
+@pytest.mark.usefixtures("engine_options")
+def test_the_folder_is_bound_privately_and_only_the_view_is_shared_with_the_host():
+    """/src is the user's folder (default propagation); /view the volume folder, rshared."""
+    host, _ = config()
+    mounts = {mount["Target"]: mount for mount in host["mounts"]}
+    assert mounts["/src"]["Source"] == "/home/u/proj"
+    assert "BindOptions" not in mounts["/src"]
+    assert mounts["/view"]["Source"] == "/vol/_data"
+    assert mounts["/view"]["BindOptions"] == {"Propagation": "rshared"}
+
+
+@pytest.mark.usefixtures("engine_options")
+def test_the_command_names_the_owner_and_the_range_of_skill_uids():
+    """The entry point gets the folder's uid and gid and the first and last skill uid."""
+    _, command = config()
+    assert command == ["1000", "1234", "10001", "10032"]
+
+
+def test_an_engine_with_apparmor_runs_the_layer_unconfined(engine_options):
+    """Docker's AppArmor profile denies every mount, so the layer alone is unconfined."""
+    engine_options.append("name=apparmor")
+    host, _ = config()
+    assert host["security_opt"] == ["no-new-privileges:true", "apparmor=unconfined"]
+
+
+@pytest.mark.parametrize("option", ["name=userns", "name=rootless"])
+def test_an_engine_that_remaps_uids_is_refused_before_anything_starts(engine_options, option):
+    """Rootless or userns-remap engines cannot create files as the owner: refused, with advice."""
+    engine_options.append(option)
+    with pytest.raises(EngineError, match=r"does not remap uids.*run without --workspace"):
+        _workspace.check_host()
+
+
+def test_a_host_without_fuse_is_refused_with_what_to_do(engine_options, monkeypatch, tmp_path):
+    """A local engine whose host lacks /dev/fuse is refused, naming `modprobe fuse`."""
+    del engine_options
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(_workspace, "FUSE_DEVICE", str(tmp_path / "no-fuse"))
+    with pytest.raises(EngineError, match="modprobe fuse"):
+        _workspace.check_host()
+
+
+def test_a_remote_engine_is_not_judged_by_this_hosts_devices(engine_options, monkeypatch, tmp_path):
+    """With DOCKER_HOST on TCP, this host's /dev says nothing about the engine's host."""
+    del engine_options
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.5:2376")
+    monkeypatch.setattr(_workspace, "FUSE_DEVICE", str(tmp_path / "no-fuse"))
+    _workspace.check_host()
+
+
+def test_engine_errors_get_advice_naming_the_cause():
+    """A missing /dev/fuse and a data root that is not shared each get their own advice."""
+    assert "modprobe fuse" in _workspace._advice('error gathering "/dev/fuse": no such file')
+    assert "restart the engine" in _workspace._advice(
+        "/x is mounted on / but is not a shared mount"
+    )
+    assert "doctor" in _workspace._advice("anything else")
+
+
+def test_the_owner_is_read_from_the_folder_and_a_missing_folder_is_bad_input(tmp_path):
+    """owner_of gives the folder's uid and gid; a missing folder is a UsageError (exit 2)."""
+    found = tmp_path.stat()
+    assert _workspace.owner_of(str(tmp_path)) == Owner(found.st_uid, found.st_gid)
+    with pytest.raises(UsageError, match="cannot be read"):
+        _workspace.owner_of(str(tmp_path / "missing"))
+
+
+def test_frames_are_split_by_stream_and_a_partial_frame_is_kept():
+    """Whole stdout and stderr frames come out in order; a cut frame stays for the next read."""
+
+    def frame(stream: int, payload: bytes) -> bytes:
+        return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+    data = frame(2, b"warning\n") + frame(1, b"ready\n") + frame(1, b"later")[:10]
+    frames, rest = _docker.split_frames(data)
+    assert frames == [(2, b"warning\n"), (1, b"ready\n")]
+    assert rest == frame(1, b"later")[:10]
+
+
+def test_the_layers_image_tag_follows_its_recipe_files(monkeypatch, tmp_path):
+    """Changing any file of the recipe gives a new tag, so a changed layer is rebuilt."""
+    for name in images.WORKSPACE_FILES:
+        shutil.copy2(images.IMAGES_DIR / name, tmp_path / name)
+    monkeypatch.setattr(images, "IMAGES_DIR", tmp_path)
+    before = images.workspace_image_name()
+    assert before.startswith(f"{images.WORKSPACE_REPO}:")
+    with (tmp_path / "perstack-workspace.py").open("a") as entry:
+        entry.write("\n# changed\n")
+    assert images.workspace_image_name() != before
