@@ -169,11 +169,11 @@ def _start_workspace(spec: SandboxSpec) -> str | None:
     )
 
 
-def _start_sandbox(spec: SandboxSpec, network: str) -> str:
+def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None) -> str:
     api = client().api
     host_config = api.create_host_config(
         **HARDENING,
-        mounts=_mounts(spec, _start_workspace(spec)),
+        mounts=_mounts(spec, workspace_view),
         tmpfs={"/tmp": SCRATCH_TMPFS, "/home": HOME_TMPFS},  # noqa: S108 - a private tmpfs
         mem_limit=spec.limits.memory_bytes,
         memswap_limit=spec.limits.memory_bytes,
@@ -281,7 +281,9 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         if role == "proxy":
             ids[role] = await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image)
         else:
-            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network)
+            # The layer first: the sandbox binds a mount that already answers (any runtime).
+            view = await anyio.to_thread.run_sync(_start_workspace, spec)
+            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network, view)
 
     async with anyio.create_task_group() as group:
         group.start_soon(make, "proxy")
