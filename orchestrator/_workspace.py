@@ -24,16 +24,17 @@ stay: each skill runs as its own uid (10001..), so one cannot read another's hom
 - **One container per skill, running as the owner** keeps homes and environments apart by
   namespaces instead of uids, but it changes how every skill is started, makes all skills share
   one uid with the user, and costs a container start per skill.
-- **bindfs on the host** works, but puts a root daemon that parses a hostile skill's file
-  operations next to every host path. A container sees only the workspace.
+- **bindfs on the host** would work too, but puts a daemon that parses a hostile skill's file
+  operations next to every host path (as root, to create files as another user). A container
+  sees only the workspace, and the orchestrator needs no host package and no root.
 
 So a FUSE layer (Debian's bindfs) in a small container of its own. Its entry point
 (`images/perstack-workspace.py`) mounts `/view` while it holds CAP_SYS_ADMIN, then runs bindfs
 as the folder's owner with no capability, no_new_privs and a seccomp filter: every file
 operation of every skill is done by the owner's uid, so new files are the owner's and a skill
-can do in the folder exactly what the owner could, not more. The kernel refuses a chmod that
-sets setuid or setgid (the filter), and nothing is setuid on the mount (`nosuid`). bindfs never
-resolves symlinks itself, and even if it did, the host paths it could reach are the workspace's.
+can do in the folder exactly what the owner could, not more. The filter refuses a chmod that
+sets setuid or setgid, and nothing runs setuid from the mount (`nosuid`). bindfs never resolves
+symlinks itself, and even if it did, the only host path it can reach is the workspace.
 
 The mount reaches the sandbox through the host: `/view` is a bind of a fresh volume's folder
 with rshared propagation (Docker keeps its data root a shared mount), and the sandbox binds that
@@ -74,7 +75,7 @@ REAPER_DIR: Final = "/volume"
 FUSE_DEVICE: Final = "/dev/fuse"
 # Mount (then only unmount), and drop to the owner: the entry point's needs, nothing else.
 CAPABILITIES: Final = ("SYS_ADMIN", "SETUID", "SETGID", "SETPCAP")
-MEMORY_BYTES: Final = 128 * 1024**2  # bindfs and a Python entry point: about 20 MiB
+MEMORY_BYTES: Final = 128 * 1024**2  # bindfs and the Python entry point: 6 MiB seen idle
 PIDS: Final = 32
 NANO_CPUS: Final = 1_000_000_000  # bindfs serves one request at a time anyway
 READY_TIMEOUT_S: Final = 20.0  # Python start and one FUSE round trip on a loaded 2-core host
