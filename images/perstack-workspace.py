@@ -12,7 +12,9 @@ root with CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID and CAP_SETPCAP only, and:
    connection through /usr/bin/fusermount (fuse-handover.py). Every file operation of every skill
    is then done by that owner's uid: new files are the owner's, and a skill can do in the folder
    exactly what its owner could. Skill uids FIRST..LAST see themselves as the owner (--mirror),
-   so tools that check ownership (git, ssh) are content;
+   so tools that check ownership (git, ssh) are content. Any other uid sees o+rwX: under gVisor
+   the skills reach the mount through gVisor's gofer (root, not mirrored) and gVisor checks
+   their access itself against those bits. Either way the disk decides, as the owner;
 3. prints `ready` once /view answers, and on SIGTERM (or when bindfs ends) unmounts /view. The
    mount is shared with the host's copy, so the unmount reaches the host and the sandbox.
 
@@ -93,9 +95,9 @@ def main():
         [
             "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs",
             "--inh-caps=-all", "--bounding-set=-all", "--",
-            "bindfs", "-f", f"--mirror={mirror}", "--create-as-mounter", "--chown-ignore",
-            "--chgrp-ignore", "--xattr-ro", "-o", "auto_unmount,big_writes,auto_cache",
-            SOURCE, PLACEHOLDER,
+            "bindfs", "-f", f"--mirror={mirror}", "--perms=o+rwX", "--create-as-mounter",
+            "--chown-ignore", "--chgrp-ignore", "--xattr-ro",
+            "-o", "auto_unmount,big_writes,auto_cache", SOURCE, PLACEHOLDER,
         ],
         pass_fds=(connection,),
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PERSTACK_FUSE_FD": str(connection)},
