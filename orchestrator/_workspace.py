@@ -218,31 +218,32 @@ def serve(folder: str, *, name: str, labels: dict[str, str], skill_uids: range) 
             response = api.attach_socket(
                 created["Id"], params={"stdout": 1, "stderr": 1, "stream": 1}
             )
+        sock: socket.socket = getattr(response, "_sock", response)
+        with contextlib.closing(sock), docker_errors(f"starting the workspace layer {name}"):
             api.start(created["Id"])
+            _wait_ready(sock)
     except EngineError as exc:
         exc.add_note(_advice(str(exc)))
         raise
-    _wait_ready(getattr(response, "_sock", response))
     return mountpoint
 
 
 def _wait_ready(sock: socket.socket) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     received, out, err = b"", b"", b""
-    with contextlib.closing(sock):
-        while READY_LINE not in out:
-            remaining = deadline - time.monotonic()
-            chunk = _receive(sock, remaining) if remaining > 0 else None
-            if not chunk:
-                why = "stopped" if chunk == b"" else f"not ready in {READY_TIMEOUT_S:.0f} s"
-                detail = printable(err.decode(errors="replace").strip()) or "no message"
-                raise EngineError(f"the workspace layer {why}: {detail}; {_advice(detail)}")
-            frames, received = split_frames(received + chunk)
-            for stream, payload in frames:
-                if stream == STDERR_STREAM:
-                    err += payload
-                else:
-                    out += payload
+    while READY_LINE not in out:
+        remaining = deadline - time.monotonic()
+        chunk = _receive(sock, remaining) if remaining > 0 else None
+        if not chunk:
+            why = "stopped" if chunk == b"" else f"was not ready in {READY_TIMEOUT_S:.0f} s"
+            detail = printable(err.decode(errors="replace").strip()) or "no message"
+            raise EngineError(f"the workspace layer {why}: {detail}")
+        frames, received = split_frames(received + chunk)
+        for stream, payload in frames:
+            if stream == STDERR_STREAM:
+                err += payload
+            else:
+                out += payload
 
 
 def _receive(sock: socket.socket, timeout: float) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 
 import pytest
 
@@ -24,6 +25,11 @@ def engine_options(monkeypatch):
 def config():
     """Return the layer's host config and command for a folder owned by 1000:1234."""
     return _workspace.container_config("/home/u/proj", "/vol/_data", Owner(1000, 1234), SKILLS)
+
+
+def frame(stream: int, payload: bytes) -> bytes:
+    """Encode one attach-stream frame."""
+    return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
 
 
 @pytest.mark.usefixtures("engine_options")
@@ -109,10 +115,6 @@ def test_the_owner_is_read_from_the_folder_and_a_missing_folder_is_bad_input(tmp
 
 def test_frames_are_split_by_stream_and_a_partial_frame_is_kept():
     """Whole stdout and stderr frames come out in order; a cut frame stays for the next read."""
-
-    def frame(stream: int, payload: bytes) -> bytes:
-        return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
-
     data = frame(2, b"warning\n") + frame(1, b"ready\n") + frame(1, b"later")[:10]
     frames, rest = _docker.split_frames(data)
     assert frames == [(2, b"warning\n"), (1, b"ready\n")]
@@ -129,3 +131,23 @@ def test_the_layers_image_tag_follows_its_recipe_files(monkeypatch, tmp_path):
     with (tmp_path / "perstack-workspace.py").open("a") as entry:
         entry.write("\n# changed\n")
     assert images.workspace_image_name() != before
+
+
+def test_the_layer_is_ready_once_its_stdout_says_so_even_split_across_reads():
+    """`ready` on stdout ends the wait; stderr before it does not, nor a frame cut in two."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        data = frame(2, b"bindfs: note\n") + frame(1, b"ready\n")
+        theirs.sendall(data[:11])
+        theirs.sendall(data[11:])
+        _workspace._wait_ready(ours)
+
+
+def test_a_layer_that_stops_before_ready_is_reported_with_its_escaped_stderr():
+    """The layer's own words (control characters escaped) are the error's message."""
+    ours, theirs = socket.socketpair()
+    with ours:
+        theirs.sendall(frame(2, b"perstack-workspace: mounting /view: Permission denied\x1b]0\n"))
+        theirs.close()
+        with pytest.raises(EngineError, match=r"stopped: .*mounting /view: Permission denied\\x1b"):
+            _workspace._wait_ready(ours)
