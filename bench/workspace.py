@@ -25,11 +25,11 @@ import anyio.abc
 import docker
 from startup import example_plan
 
-from orchestrator import images, state
-from orchestrator.engine import open_sandbox
+from perstack_sandbox import engine, state
+from perstack_sandbox.engine import open_sandbox
 
 if TYPE_CHECKING:
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.plan import SandboxPlan
 
 OWNER = 1000
 SKILL_UID = 10001
@@ -130,7 +130,7 @@ def measure(runs: int, mib: int, files: int) -> dict[str, list[float]]:
         root.chmod(0o755)
         (root / "expert").mkdir()
         plan = example_plan(root / "expert")
-        image = images.ensure_expert_image(plan, progress=lambda _line: None)
+        image = engine.ensure_expert_image(plan, progress=lambda _line: None)
         folder = owned_folder(root, "user", 0o755)
         bound = owned_folder(root, "bound", 0o777)
         anyio.run(start_once, plan, image, folder)  # warm the caches, build the layer's image

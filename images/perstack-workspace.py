@@ -1,8 +1,8 @@
 #!/usr/bin/python3 -I
 """perstack-workspace UID GID FIRST LAST: serve /src at /view through bindfs, as UID:GID.
 
-The entry point of the workspace container (see orchestrator/_workspace.py for why). It runs as
-root with CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID and CAP_SETPCAP only, and:
+The entry point of the workspace container (see orchestrator/engine/_workspace.py for why). It
+runs as root with CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID and CAP_SETPCAP only, and:
 
 1. mounts a FUSE file system at /view itself (nosuid, nodev, allow_other, default_permissions:
    the kernel checks every access against the attributes bindfs reports);

@@ -1,6 +1,6 @@
-# The workspace layer (orchestrator/_workspace.py): bindfs, which presents the user's folder to
-# the sandbox so that every skill uid can write it and whatever they create belongs to the
-# folder's owner; Python 3 with libseccomp's binding for the entry point that mounts it.
+# The workspace layer (orchestrator/engine/_workspace.py): bindfs, which presents the user's
+# folder to the sandbox so that every skill uid can write it and whatever they create belongs to
+# the folder's owner; Python 3 with libseccomp's binding for the entry point that mounts it.
 #
 # bindfs in Debian is built on libfuse 2, which mounts through `/usr/bin/fusermount`. Here the
 # entry point has mounted already, so that path is our hand-over (fuse-handover.py): bindfs gets

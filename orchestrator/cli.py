@@ -1,4 +1,4 @@
-"""The `perstack-sandbox` command line (the contract in DESIGN.md).
+"""The `perstack-sandbox` command line (its contract: README.md, "Using it").
 
 Commands stay synchronous and call `anyio.run` once. Every error is mapped to an exit code in
 `EXIT_CODES`; this module is the only place that exits the process.
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.errors import ConfigError, InputError, RunError, SandboxError
+from perstack_sandbox.errors import ConfigError, InputError, RunError, SandboxError
 
 EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
     (InputError, 2),
@@ -83,7 +83,7 @@ def error_lines(error: SandboxError) -> list[str]:
 
     Messages may quote a skill (stderr lines, JSON-RPC errors): control characters are escaped.
     """
-    from orchestrator._text import printable  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox.text import printable  # noqa: PLC0415 - keeps --help fast
 
     if isinstance(error, ConfigError):
         return [printable(f"{'warning' if i.is_warning else 'error'}: {i}") for i in error.issues]
@@ -93,7 +93,7 @@ def error_lines(error: SandboxError) -> list[str]:
 # --- skills and gateway: tools, call, run ----------------------------------------------------
 
 if TYPE_CHECKING:
-    from orchestrator.launch import LaunchOptions
+    from perstack_sandbox.launch import LaunchOptions
 
 EnvPathOption = Annotated[
     list[Path] | None,
@@ -125,8 +125,8 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     interactive: bool = False,
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
-    from orchestrator import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
-    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from perstack_sandbox import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox.errors import UsageError  # noqa: PLC0415
 
     if workspace is not None and not workspace.is_dir():
         raise UsageError(f"--workspace {workspace} is not a folder")
@@ -150,7 +150,7 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
-    from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
     typer.echo(launch.tools_report(options, as_json=as_json))
@@ -169,7 +169,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
-    from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     arguments = launch.parse_tool_args(args)
     options = _launch_options(
@@ -190,7 +190,7 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
-    from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
     launch.serve(options, http=http)
@@ -210,7 +210,7 @@ def validate(
     ] = False,
 ) -> None:
     """Validate perstack.toml: every problem on its own line with its TOML path; exit 2."""
-    from orchestrator.config import load_config  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox.config import load_config  # noqa: PLC0415 - keeps --help fast
 
     loaded, warnings = load_config(config, strict=strict, publish=publish)
     for warning in warnings:
@@ -226,8 +226,8 @@ def plan_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print stable JSON.")] = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Print what the Expert's sandbox will run, with which env names, reaching which hosts."""
-    from orchestrator.config import load_config  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.plan import plan, plan_to_json, plan_to_text  # noqa: PLC0415
+    from perstack_sandbox.config import load_config  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox.plan import plan, plan_to_json, plan_to_text  # noqa: PLC0415
 
     loaded, warnings = load_config(config)
     for warning in warnings:
@@ -241,7 +241,7 @@ def schema() -> None:
     """Print the JSON Schema of perstack.toml."""
     import json  # noqa: PLC0415 - keeps --help fast
 
-    from orchestrator.config import config_schema  # noqa: PLC0415
+    from perstack_sandbox.config import config_schema  # noqa: PLC0415
 
     typer.echo(json.dumps(config_schema(), indent=2, sort_keys=True))
 
@@ -252,15 +252,15 @@ def schema() -> None:
 @app.command()
 def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Build the Expert's image (or reuse it when nothing changed); progress on stderr."""
-    from orchestrator import images  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.config import load_config  # noqa: PLC0415
-    from orchestrator.plan import plan  # noqa: PLC0415
+    from perstack_sandbox import engine, images  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox.config import load_config  # noqa: PLC0415
+    from perstack_sandbox.plan import plan  # noqa: PLC0415
 
     loaded, warnings = load_config(config)
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     sandbox = plan(loaded, expert)
-    name = images.ensure_expert_image(sandbox)
+    name = engine.ensure_expert_image(sandbox, progress=images.stderr_progress)
     for package in images.resolved_packages(name):
         typer.echo(f"  {package['manager']} {package['name']} {package['version']}", err=True)
     typer.echo(name)
@@ -269,7 +269,7 @@ def build(expert: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
 @app.command()
 def ps() -> None:
     """List the sandboxes on this engine: run id, expert, owner and containers."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
 
     runs = engine.list_sandboxes()
     if not runs:
@@ -286,8 +286,8 @@ def down(
     remove_all: Annotated[bool, typer.Option("--all", help="Remove every sandbox.")] = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Remove one sandbox (RUN_ID) or every sandbox (--all), even if its owner still runs."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox.errors import UsageError  # noqa: PLC0415
 
     if (run_id is None) == (not remove_all):
         raise UsageError("give a run id or --all (not both)")
@@ -306,7 +306,7 @@ ImagesFlag = Annotated[
 @app.command()
 def gc(include_images: ImagesFlag = False) -> None:  # noqa: FBT002 - a typer flag
     """Remove every sandbox object whose owning process is gone (on this host)."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
 
     removed = engine.collect_garbage(include_images=include_images)
     for line in removed:
@@ -319,9 +319,9 @@ def doctor(
     fix: Annotated[bool, typer.Option("--fix", help="Bootstrap and build missing images.")] = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Check the engine, storage driver, cgroup version and images; say what to do about each."""
-    from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox import engine, images  # noqa: PLC0415 - keeps --help fast
 
-    checks = engine.diagnose(fix=fix)
+    checks = engine.diagnose(fix=fix, progress=images.stderr_progress)
     for check in checks:
         mark = "ok  " if check.is_ok else "FAIL"
         advice = f"  -> {check.advice}" if not check.is_ok and check.advice else ""
@@ -343,7 +343,7 @@ def audit(
     """Summarise a run's audit trail: egress per host (allowed, refused, bytes), then tool calls."""
     import json  # noqa: PLC0415 - keeps --help fast
 
-    from orchestrator.audit import find_run, render_text, summarise_run  # noqa: PLC0415
+    from perstack_sandbox.audit import find_run, render_text, summarise_run  # noqa: PLC0415
 
     summary = summarise_run(find_run(run_id))
     if as_json:

@@ -1,4 +1,4 @@
-"""The checks of one CONNECT request, in the order of DESIGN.md decision 3.
+"""The checks of one CONNECT request, in the order of docs/architecture.md, decision 3.
 
 proxy/_session.py runs them in this order:
 
@@ -22,16 +22,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy._connection import Connection
-from proxy._http import Refusal, RequestHead, split_authority
-from proxy._netrules import AddressRules, IPAddress, parse_address
-from proxy._resolver import ResolveError, Resolver
-from proxy._tls import TlsError, server_name
-from proxy.hosts import HostRejected, canonicalise_host, match_host
+from ._connection import Connection
+from ._http import Refusal, RequestHead, split_authority
+from ._netrules import AddressRules, IPAddress, parse_address
+from ._resolver import ResolveError, Resolver
+from ._tls import TlsError, server_name
+from .hosts import HostRejected, canonicalise_host, match_host
 
 if TYPE_CHECKING:
-    from proxy._audit import Decision
-    from proxy._policy import Policy
+    from ._audit import Decision
+    from ._policy import Policy
 
 TLS_PORT: Final = 443
 # What connect_ex returns while the handshake goes on (loop.sock_connect's BlockingIOError and

@@ -1,4 +1,4 @@
-"""Host rules shared by config validation and the proxy (DESIGN.md decisions 4 and 5).
+"""Host rules shared by config validation and the proxy (docs/architecture.md, decisions 4 and 5).
 
 One spelling of a host is used for the allowlist decision, the audit log and the dial, so the
 same function canonicalises allowlist entries in perstack.toml and hosts in live requests.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,17 +14,15 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.audit import TOOL_CALL_FIELD
-from orchestrator.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.audit import NULL_SINK, ToolCall
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-    from orchestrator.plan import InteractiveTool
-    from orchestrator.skills import SkillSession
-
-
-logger = logging.getLogger(__name__)
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.plan import InteractiveTool
+    from perstack_sandbox.skills import SkillSession
 
 PREFIX_SEPARATOR: Final = "__"
 _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
@@ -33,6 +30,9 @@ _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
 
 Prompter: TypeAlias = "Callable[[str], Awaitable[str | None]]"
 """Asks the user a question and returns the answer (None: declined or cancelled)."""
+
+EgressCheck: TypeAlias = "Callable[[], Awaitable[str | None]]"
+"""Says why the sandbox lost its egress, or None while it has it (runs off the event loop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,25 +109,28 @@ def _interactive_tool(item: InteractiveTool) -> types.Tool:
 class Gateway:
     """Routes tools/list and tools/call to the skills; the transport-free core."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the skills, then one keyword per collaborator
         self,
         skills: Sequence[SkillSession],
         interactive: Sequence[InteractiveTool] = (),
         *,
         prefix_tools: bool = False,
         prompter: Prompter | None = None,
-        egress_check: Callable[[], str | None] | None = None,
+        egress_check: EgressCheck | None = None,
+        audit: AuditSink = NULL_SINK,
     ) -> None:
         """Prepare the gateway (skills start in `start`).
 
-        `egress_check()` returns why the sandbox lost its egress (or None); while it returns a
-        reason, sandboxed tool calls are refused with it.
+        `await egress_check()` returns why the sandbox lost its egress (or None); while it
+        returns a reason, sandboxed tool calls are refused with it. Every call is reported to
+        the run's own `audit` sink.
         """
         self.skills = {skill.name: skill for skill in skills}
         self.interactive = tuple(interactive)
         self.prefix_tools = prefix_tools
         self.prompter = prompter
         self.egress_check = egress_check
+        self.audit = audit
         self._routes: dict[str, Route] = {}
         self._listed: set[str] = set()
         self._lock = anyio.Lock()
@@ -220,9 +223,10 @@ class Gateway:
         began = datetime.now(UTC).isoformat(timespec="milliseconds")
         outcome = "error"
         try:
-            problem = self.egress_check() if self.egress_check and not route.interactive else None
+            sandboxed = self.egress_check is not None and route.interactive is None
+            problem = await self.egress_check() if self.egress_check and sandboxed else None
             if problem is not None:
-                logger.warning("%s", problem)
+                self.audit.warning(problem)
                 outcome = "refused-egress-down"
                 return text_result(problem, error=True)
             if route.interactive is not None:
@@ -236,23 +240,7 @@ class Gateway:
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             shape = argument_shape(arguments or {})
-            record = {
-                "time": began,
-                "skill": route.skill,
-                "tool": name,
-                "argShape": shape,
-                "durationMs": round(elapsed_ms, 1),
-                "outcome": outcome,
-            }
-            logger.info(
-                "tools/call %s (skill %s) args=%s -> %s in %.1f ms",
-                name,
-                route.skill,
-                json.dumps(shape, sort_keys=True),
-                outcome,
-                elapsed_ms,
-                extra={TOOL_CALL_FIELD: record},
-            )
+            self.audit.tool_call(ToolCall(began, route.skill, name, shape, elapsed_ms, outcome))
 
     async def _ask(
         self, item: InteractiveTool, arguments: Mapping[str, Any], ask: Prompter | None
@@ -326,13 +314,14 @@ def result_payload(result: types.CallToolResult) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_gateway(
+async def open_gateway(  # noqa: PLR0913 - the skills, then one keyword per collaborator
     skills: Sequence[SkillSession],
     interactive: Sequence[InteractiveTool] = (),
     *,
     prefix_tools: bool = False,
     prompter: Prompter | None = None,
-    egress_check: Callable[[], str | None] | None = None,
+    egress_check: EgressCheck | None = None,
+    audit: AuditSink = NULL_SINK,
 ) -> AsyncIterator[Gateway]:
     """Start the skills and yield the gateway; every skill is stopped on exit.
 
@@ -342,7 +331,12 @@ async def open_gateway(
 
     """
     gateway = Gateway(
-        skills, interactive, prefix_tools=prefix_tools, prompter=prompter, egress_check=egress_check
+        skills,
+        interactive,
+        prefix_tools=prefix_tools,
+        prompter=prompter,
+        egress_check=egress_check,
+        audit=audit,
     )
     try:
         async with anyio.create_task_group() as task_group:

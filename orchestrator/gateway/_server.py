@@ -9,14 +9,14 @@ from mcp.server import Server
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from orchestrator.errors import GatewayError, SkillError, UsageError
-from orchestrator.gateway._core import question_for, text_result
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.gateway._core import question_for, text_result
 
 if TYPE_CHECKING:
     from mcp.server.context import ServerRequestContext
 
-    from orchestrator.gateway._core import Gateway, Prompter
-    from orchestrator.plan import InteractiveTool
+    from perstack_sandbox.gateway._core import Gateway, Prompter
+    from perstack_sandbox.plan import InteractiveTool
 
 
 ANSWER_KEY: Final = "answer"

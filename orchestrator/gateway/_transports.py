@@ -12,14 +12,14 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from orchestrator.errors import GatewayError, UsageError
-from orchestrator.gateway._server import make_server
-from orchestrator.http_guard import BearerOriginGuard, loopback_origins
+from perstack_sandbox.errors import GatewayError, UsageError
+from perstack_sandbox.gateway._guard import BearerOriginGuard, loopback_origins
+from perstack_sandbox.gateway._server import make_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orchestrator.gateway._core import Gateway, Prompter
+    from perstack_sandbox.gateway._core import Gateway, Prompter
 
 
 MAX_PORT: Final = 65535

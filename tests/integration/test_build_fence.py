@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from orchestrator import _containers, _fence, _recipe, _registries, images, state
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import PackageSpec
+from perstack_sandbox import images, state
+from perstack_sandbox.engine import _containers, _fence
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.images import _recipe, _registries
+from perstack_sandbox.plan import PackageSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -168,7 +170,7 @@ def hostile_context(folder: Path, base: str, targets: dict[str, object]) -> Path
     (context / "Dockerfile").write_text("\n".join(recipe) + "\n")
     for tarball in (hostile, victim):
         shutil.copy2(tarball, context / tarball.name)
-    shutil.copy2(images.IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
+    images.copy_recipe("expert-finalize.py", context / "finalize.py")
     manifest = [package.model_dump(mode="json") for package in packages]
     (context / "manifest.json").write_text(json.dumps(manifest))
     return context

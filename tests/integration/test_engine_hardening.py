@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from engine_support import run_in
 
-from orchestrator import state
-from orchestrator.engine import open_sandbox
-from orchestrator.plan import DEFAULT_CPUS, DEFAULT_MEMORY_BYTES, DEFAULT_PIDS, Limits
+from perstack_sandbox import state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.plan import DEFAULT_CPUS, DEFAULT_MEMORY_BYTES, DEFAULT_PIDS, Limits
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 

@@ -35,7 +35,7 @@ from skills_support import (
     write_expert,
 )
 
-from orchestrator import state
+from perstack_sandbox import state
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -233,7 +233,7 @@ def cli_in_background(
 ) -> Iterator[subprocess.Popen[str]]:
     """Start `perstack-sandbox ARGS` as a child process; kill it on exit if still running."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
+        [sys.executable, "-m", "perstack_sandbox", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,7 +17,7 @@ from skills_support import (
     write_expert,
 )
 
-from orchestrator.errors import SkillError
+from perstack_sandbox.errors import SkillError
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 

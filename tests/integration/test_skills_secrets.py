@@ -20,8 +20,8 @@ from skills_support import (
     write_expert,
 )
 
-from orchestrator import state
-from orchestrator.engine import Sandbox
+from perstack_sandbox import state
+from perstack_sandbox.engine import Sandbox
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 # What every skill gets besides its own requiredEnv: the proxy/CA variables, PATH, HOME, LANG

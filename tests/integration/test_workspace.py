@@ -19,8 +19,8 @@ import anyio
 import pytest
 from engine_support import objects_of_run, run_in
 
-from orchestrator import engine, state
-from orchestrator.engine import open_sandbox
+from perstack_sandbox import engine, state
+from perstack_sandbox.engine import open_sandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
@@ -30,9 +30,9 @@ CHILD_DEADLINE_S = 120  # a child interpreter imports docker, starts a sandbox, 
 HOLDER = r"""
 import sys, anyio
 from pathlib import Path
-from orchestrator import state
-from orchestrator.engine import open_sandbox
-from orchestrator.plan import SandboxPlan
+from perstack_sandbox import state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.plan import SandboxPlan
 
 async def main():
     plan = SandboxPlan(expert="holder", config_dir=sys.argv[2], skills=())

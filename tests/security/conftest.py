@@ -2,7 +2,7 @@
 
 A session fixture writes a test Expert (the hostile server as two skills, `hostile` and
 `decoy`, each with its own secret), plants canary variables in this process's environment,
-and starts it through `orchestrator.launch.open_expert` (real engine, real proxy, real
+and starts it through `perstack_sandbox.launch.open_expert` (real engine, real proxy, real
 gateway). Every attack then runs as code inside the `hostile` skill.
 
 Without an engine these tests skip, unless `CI` is set, where a missing engine fails them.
@@ -32,8 +32,8 @@ from support import (
     write_expert,
 )
 
-from orchestrator import state
-from orchestrator.launch import LaunchOptions, open_expert
+from perstack_sandbox import state
+from perstack_sandbox.launch import LaunchOptions, open_expert
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -19,8 +19,8 @@ import anyio
 import docker
 
 if TYPE_CHECKING:
-    from orchestrator.gateway import Gateway
-    from orchestrator.state import RunState
+    from perstack_sandbox.gateway import Gateway
+    from perstack_sandbox.state import RunState
 
 HERE = Path(__file__).resolve().parent
 EXPERT_FILES = ("hostile_server.py", "probes.py")

@@ -9,8 +9,8 @@ import anyio
 import pytest
 from support import EXPERT, quiet
 
-from orchestrator import state
-from orchestrator.launch import LaunchOptions, open_expert
+from perstack_sandbox import state
+from perstack_sandbox.launch import LaunchOptions, open_expert
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -241,8 +241,8 @@ async def test_a_workspace_that_overlaps_the_expert_folder_is_refused(
     Expert's folder (checked by hand: `check_workspace` as a no-op). The sandbox could then add
     allowedDomains and skills to its own perstack.toml, or plant `.env` links, for the next run.
     """
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.launch import prepare  # noqa: PLC0415
+    from perstack_sandbox.errors import UsageError  # noqa: PLC0415
+    from perstack_sandbox.launch import prepare  # noqa: PLC0415
 
     folder = hostile.run_config.parent
     for workspace in (folder, folder.parent, folder / "sub"):

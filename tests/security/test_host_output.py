@@ -45,7 +45,7 @@ async def test_a_dying_skills_escape_sequences_reach_the_terminal_defused(
     toml = config.read_text(encoding="utf-8")
     config.write_text(toml[: toml.index(f'[experts."{EXPERT}".skills."decoy"]')])
     arguments = json.dumps({"code": DYING_WORDS})
-    argv = [sys.executable, "-m", "orchestrator", "call", EXPERT, "run_python"]
+    argv = [sys.executable, "-m", "perstack_sandbox", "call", EXPERT, "run_python"]
     argv += ["--args", arguments, "-c", str(config)]
     with anyio.fail_after(CLI_DEADLINE_S):
         done = await anyio.run_process(argv, check=False, cwd=ROOT)

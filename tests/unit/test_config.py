@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import (
+from perstack_sandbox.config import (
     PROTECTED_ENV_NAMES,
     McpSseSkill,
     McpStdioSkill,
     load_config,
     parse_config,
 )
-from orchestrator.errors import ConfigError
+from perstack_sandbox.errors import ConfigError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 EXPERT = '[experts."e"]\ninstruction = "Do the task."\n'

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator._config_report import toml_path
-from orchestrator.config import McpStdioSkill, load_config, parse_config
-from orchestrator.errors import ConfigError
+from perstack_sandbox.config import McpStdioSkill, load_config, parse_config
+from perstack_sandbox.config._report import toml_path
+from perstack_sandbox.errors import ConfigError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 EXPERT = '[experts."e"]\ninstruction = "Do the task."\n'

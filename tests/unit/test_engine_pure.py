@@ -13,11 +13,13 @@ import socket
 import anyio
 import pytest
 
-from orchestrator import _build, _docker, engine, images, state
-from orchestrator._exec import ChunkReceiveStream, ExecProcess, StdinStream
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import EgressRule, PackageSpec, SandboxPlan, SkillLaunch, SseSkill
-from proxy._policy import parse_policy
+from perstack_sandbox import docker_edge as _docker
+from perstack_sandbox import engine, images, state
+from perstack_sandbox.engine._exec import ChunkReceiveStream, ExecProcess, StdinStream
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.images import _build
+from perstack_sandbox.plan import EgressRule, PackageSpec, SandboxPlan, SkillLaunch, SseSkill
+from perstack_sandbox_proxy._policy import parse_policy
 
 NPM = PackageSpec(manager="npm", name="@scope/srv", version_spec="^1.2", slug="srv-1")
 PYPI = PackageSpec(manager="pypi", name="tool-x", version_spec="==2.0", slug="tool-2")

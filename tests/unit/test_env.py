@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.env import (
+from perstack_sandbox.errors import MissingEnvError, UsageError
+from perstack_sandbox.plan import (
     MINIMAL_PATH,
+    SandboxPlan,
     Secret,
+    SkillLaunch,
     SkillSecrets,
     env_files,
     load_env_files,
@@ -17,8 +20,6 @@ from orchestrator.env import (
     resolve_secrets,
     skill_environment,
 )
-from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.plan import SandboxPlan, SkillLaunch
 
 CANARY = "s3cr3t-canary-value"
 

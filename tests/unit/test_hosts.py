@@ -1,10 +1,18 @@
-"""The host spelling table shared by config validation and the proxy (DESIGN.md 4 and 5)."""
+"""The host spelling table shared by config validation and the proxy.
+
+See docs/architecture.md, decisions 4 and 5.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.hosts import HostRejected, canonicalise_host, canonicalise_pattern, match_host
+from perstack_sandbox_proxy.hosts import (
+    HostRejected,
+    canonicalise_host,
+    canonicalise_pattern,
+    match_host,
+)
 
 # (spelling, canonical form or "!reason-code", why). Every row goes through canonicalise_pattern
 # (the allowlist entry); rows without a wildcard also go through canonicalise_host.
@@ -185,7 +193,7 @@ def test_public_suffixes_come_from_the_bundled_list_without_any_network(monkeypa
     """With every socket refused, a fresh extractor still decides public suffixes (bundled)."""
     import socket  # noqa: PLC0415 - only this test needs it
 
-    from proxy import hosts  # noqa: PLC0415
+    from perstack_sandbox_proxy import hosts  # noqa: PLC0415
 
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the public suffix list must never be fetched")
@@ -208,7 +216,7 @@ def test_the_proxy_side_never_imports_tldextract() -> None:
     import sys  # noqa: PLC0415
 
     code = (
-        "import sys; from proxy import hosts; "
+        "import sys; from perstack_sandbox_proxy import hosts; "
         "h = hosts.canonicalise_host('API.example.com.'); "
         "assert hosts.match_host(h, [hosts.canonicalise_pattern('api.example.com')]) == h; "
         "assert 'tldextract' not in sys.modules"

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestrator.engine import Sandbox
-from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.launch import LaunchOptions, build_sessions, parse_tool_args, prepare
+from perstack_sandbox.engine import Sandbox
+from perstack_sandbox.errors import MissingEnvError, UsageError
+from perstack_sandbox.launch import LaunchOptions, parse_tool_args, prepare
+from perstack_sandbox.run import build_sessions
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,7 +99,7 @@ def test_call_with_missing_env_exits_2_without_touching_docker(tmp_path):
     config = _config(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "call", "e", "tool", "-c", str(config)],
+        [sys.executable, "-m", "perstack_sandbox", "call", "e", "tool", "-c", str(config)],
         capture_output=True,
         text=True,
         env=env,
@@ -119,7 +120,7 @@ def test_prefix_tools_flag_reaches_the_launch_of_tools_and_call(
     tmp_path, monkeypatch, command, report, flag
 ):
     """`tools` and `call` accept --prefix-tools, so an Expert with colliding tools is usable."""
-    from orchestrator import cli, launch  # noqa: PLC0415 - patched below
+    from perstack_sandbox import cli, launch  # noqa: PLC0415 - patched below
 
     seen: list[LaunchOptions] = []
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config, parse_config
-from orchestrator.errors import UnknownExpertError
-from orchestrator.plan import (
+from perstack_sandbox.config import load_config, parse_config
+from perstack_sandbox.errors import UnknownExpertError
+from perstack_sandbox.plan import (
     ENTRY_DIR,
     EXPERT_DIR,
     WORKSPACE_DIR,
@@ -196,7 +196,16 @@ def test_plan_json_is_byte_identical_across_hash_seeds() -> None:
     for seed in ("0", "1", "4242", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         result = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "plan", "reviewer", "--json", "-c", str(RICH)],
+            [
+                sys.executable,
+                "-m",
+                "perstack_sandbox",
+                "plan",
+                "reviewer",
+                "--json",
+                "-c",
+                str(RICH),
+            ],
             capture_output=True,
             check=True,
             env=env,

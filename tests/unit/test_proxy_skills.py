@@ -17,7 +17,7 @@ from proxy_helpers import (
     status_of,
 )
 
-from proxy._policy import PolicyError, parse_policy
+from perstack_sandbox_proxy._policy import PolicyError, parse_policy
 
 SEARCH_TOKEN = "search-token-0123456789abcdefghijklmnop"  # noqa: S105 - a test token
 MAIL_TOKEN = "mail-token-0123456789abcdefghijklmnopqrs"  # noqa: S105 - a test token

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import audit
-from orchestrator._text import printable
-from orchestrator.cli import error_lines
-from orchestrator.errors import SkillError
+from perstack_sandbox import audit
+from perstack_sandbox.cli import error_lines
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.text import printable
 
 
 @pytest.mark.parametrize(

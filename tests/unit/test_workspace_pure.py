@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 
 import pytest
 
-from orchestrator import _docker, _workspace, images
-from orchestrator._workspace import Owner
-from orchestrator.errors import EngineError, UsageError
+from perstack_sandbox import docker_edge, images
+from perstack_sandbox.engine import _workspace
+from perstack_sandbox.engine._workspace import Owner
+from perstack_sandbox.errors import EngineError, UsageError
+from perstack_sandbox.images import _cache
 
 SKILLS = range(10001, 10033)
 
@@ -116,20 +117,22 @@ def test_the_owner_is_read_from_the_folder_and_a_missing_folder_is_bad_input(tmp
 def test_frames_are_split_by_stream_and_a_partial_frame_is_kept():
     """Whole stdout and stderr frames come out in order; a cut frame stays for the next read."""
     data = frame(2, b"warning\n") + frame(1, b"ready\n") + frame(1, b"later")[:10]
-    frames, rest = _docker.split_frames(data)
+    frames, rest = docker_edge.split_frames(data)
     assert frames == [(2, b"warning\n"), (1, b"ready\n")]
     assert rest == frame(1, b"later")[:10]
 
 
-def test_the_layers_image_tag_follows_its_recipe_files(monkeypatch, tmp_path):
+@pytest.mark.parametrize("changed", _cache.WORKSPACE_FILES)
+def test_the_layers_image_tag_follows_its_recipe_files(monkeypatch, changed):
     """Changing any file of the recipe gives a new tag, so a changed layer is rebuilt."""
-    for name in images.WORKSPACE_FILES:
-        shutil.copy2(images.IMAGES_DIR / name, tmp_path / name)
-    monkeypatch.setattr(images, "IMAGES_DIR", tmp_path)
     before = images.workspace_image_name()
     assert before.startswith(f"{images.WORKSPACE_REPO}:")
-    with (tmp_path / "perstack-workspace.py").open("a") as entry:
-        entry.write("\n# changed\n")
+    shipped = _cache.recipe
+
+    def edited(name: str) -> bytes:
+        return shipped(name) + (b"\n# changed\n" if name == changed else b"")
+
+    monkeypatch.setattr(_cache, "recipe", edited)
     assert images.workspace_image_name() != before
 
 

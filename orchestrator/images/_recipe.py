@@ -21,13 +21,13 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Final
 
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import ENTRY_DIR, NPM_ROOT, UV_TOOL_DIR
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.plan import ENTRY_DIR, NPM_ROOT, UV_TOOL_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from orchestrator.plan import PackageSpec
+    from perstack_sandbox.plan import PackageSpec
 
 # No skill (10001..10032) nor the sandbox's idle process (10000) ever runs as these uids.
 PACKAGE_UID_BASE: Final = 10900

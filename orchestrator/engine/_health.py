@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator._docker import client, docker_errors
-from orchestrator.errors import EngineError
+from perstack_sandbox.docker_edge import client, docker_errors
+from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:
-    from orchestrator.state import RunState
+    from perstack_sandbox.state import RunState
 
 READY_TIMEOUT_S: Final = 20.0  # Python start + import on a loaded 2-core host, with margin
 POLL_INTERVAL_S: Final = 0.01  # a refused connect costs microseconds; readiness is ~100 ms

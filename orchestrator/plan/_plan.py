@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.errors import UnknownExpertError
-from proxy.hosts import match_host
+from perstack_sandbox.errors import UnknownExpertError
+from perstack_sandbox_proxy.hosts import match_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from orchestrator.config import (
+    from perstack_sandbox.config import (
         Expert,
         InteractiveSkill,
         McpSseSkill,

@@ -18,8 +18,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from orchestrator import _config_rules as rules
-from proxy.hosts import HostRejected, canonicalise_pattern
+from perstack_sandbox.config import _rules as rules
+from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_pattern
 
 
 def allowlist_entry(raw: str) -> str:

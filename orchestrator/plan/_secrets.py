@@ -1,10 +1,11 @@
 """Secret values for skills: where they come from, and the exact environment each skill gets.
 
-Values come from the host environment and dotenv files. Which files: `--env-path` (repeatable),
-else the TOML's `envPath`, else `.env` then `.env.local`; later files override earlier ones and
-the real environment wins over every file. Relative TOML/default paths resolve against the
-config's folder (the CLI makes its own `--env-path` values absolute against the current folder,
-like every other path a user types).
+The library takes values as a mapping its caller chose (`open_run(secrets=...)`); the sources
+here are helpers. The CLI's (`host_secrets`): the host environment and dotenv files. Which
+files: `--env-path` (repeatable), else the TOML's `envPath`, else `.env` then `.env.local`;
+later files override earlier ones and the real environment wins over every file. Relative
+TOML/default paths resolve against the config's folder (the CLI makes its own `--env-path`
+values absolute against the current folder, like every other path a user types).
 
 A skill's environment is exactly its own requiredEnv values, the proxy and CA variables, and a
 minimal PATH, HOME (a private folder) and LANG: nothing else from the host leaks in.
@@ -22,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
-from orchestrator.errors import MissingEnvError, UsageError
+from perstack_sandbox.errors import MissingEnvError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.config import PerstackConfig
+    from perstack_sandbox.plan._plan import SandboxPlan
 
 DEFAULT_ENV_FILES: Final = (".env", ".env.local")
 MINIMAL_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
@@ -266,3 +268,36 @@ def skill_environment(
             "(the sandbox sets them)"
         )
     return {**base, **{name: value.reveal() for name, value in secrets.values.items()}}
+
+
+def host_secrets(
+    config: PerstackConfig,
+    *,
+    env_paths: Iterable[Path] = (),
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Secret]:
+    """Return secret values the way the CLI finds them: env files, then the host environment.
+
+    The files are `env_paths` if given (each must exist), else the config's `envPath`, else
+    `.env` then `.env.local` next to perstack.toml; a later file overrides an earlier one, and
+    the environment (`environ`, default `os.environ`) overrides every file. Pass the result as
+    `open_run(..., secrets=...)`; only the names a skill requires ever reach it.
+
+    Raises:
+        UsageError: an env file is missing or malformed (named with its line, never a value).
+
+    """
+    files = env_files(Path(config.config_dir), tuple(env_paths), list(config.env_path) or None)
+    values = load_env_files(files)
+    values.update({name: Secret(value) for name, value in (environ or os.environ).items()})
+    return values
+
+
+def env_file_secrets(*paths: Path) -> dict[str, Secret]:
+    """Return the values of dotenv files (each must exist); a later file overrides an earlier.
+
+    Raises:
+        UsageError: a file is missing or malformed (named with its line, never a value).
+
+    """
+    return load_env_files((path, True) for path in paths)

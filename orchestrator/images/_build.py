@@ -1,7 +1,8 @@
 """Image builds with streamed progress, and the host-side inputs of a build context.
 
-A build streams its steps to a progress callback (stderr by default). When a step fails, the
-`ImageBuildError` carries that step's header and its last output lines, not the whole log.
+A build streams its steps to a progress callback (none by default: the library never prints).
+When a step fails, the `ImageBuildError` carries that step's header and its last output lines,
+not the whole log.
 Registry locations are read from the host's own package managers, never written here.
 """
 
@@ -17,8 +18,8 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from orchestrator._docker import client, docker_errors
-from orchestrator.errors import EngineError, ImageBuildError
+from perstack_sandbox.docker_edge import client, docker_errors
+from perstack_sandbox.errors import EngineError, ImageBuildError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -30,8 +31,12 @@ STEP_TAIL_LINES: Final = 60  # lines of a failed step's output kept in the error
 HOST_TOOL_TIMEOUT_S: Final = 600  # npm pack / pip download of ~60 MB through a slow proxy
 
 
+def no_progress(_line: str) -> None:
+    """Drop a progress line: the library's default (it never prints; callers pass a sink)."""
+
+
 def stderr_progress(line: str) -> None:
-    """Default progress sink: one line on stderr."""
+    """Write a progress line on stderr: the sink the CLI passes in."""
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
@@ -44,7 +49,7 @@ def build_image(  # noqa: PLR0913 - the build's inputs, each needed
     buildargs: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     network_mode: str | None = None,
-    progress: Callable[[str], None] = stderr_progress,
+    progress: Callable[[str], None] = no_progress,
 ) -> str:
     """Build `context` with the classic builder, streaming steps; return the image id.
 

@@ -1,12 +1,5 @@
 """The sandbox lifecycle: networks, the proxy container, the sandbox container, teardown.
 
-```
-                   shared egress bridge (inter-container traffic off) ──► the world
-                                  │
-   sandbox ──internal network──► proxy (the only member of both networks)
-  (skills)   no route out, no DNS
-```
-
 `open_sandbox()` is an async context manager. Blocking docker-py calls run in worker threads;
 teardown is shielded from cancellation and bounded in time, and removes every object labelled
 with the run id (not only the ones this process remembers creating), so a cancellation at any
@@ -26,33 +19,21 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _containers, _doctor, _health, _sweep
-from orchestrator._build import stderr_progress
-from orchestrator._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
-from orchestrator._docker import LABEL_RUN
-from orchestrator._exec import ExecProcess, start_exec
-from orchestrator.errors import EngineError
+from perstack_sandbox.docker_edge import LABEL_RUN
+from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
+from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
+from perstack_sandbox.engine._exec import ExecProcess, start_exec
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import no_progress
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
-    from orchestrator.state import RunState
+    from perstack_sandbox.engine._sweep import RunInfo
+    from perstack_sandbox.plan import SandboxPlan
+    from perstack_sandbox.state import RunState
 
-__all__ = [
-    "SKILL_UID_COUNT",
-    "SKILL_UID_FIRST",
-    "ExecProcess",
-    "RunInfo",
-    "Sandbox",
-    "cancel_on_signals",
-    "collect_garbage",
-    "diagnose",
-    "list_sandboxes",
-    "open_sandbox",
-    "take_down",
-]
 
 CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
 NO_PROXY: Final = "localhost,127.0.0.1,::1"
@@ -95,16 +76,17 @@ class Sandbox:
             "REQUESTS_CA_BUNDLE": CA_BUNDLE,
         }
 
-    def egress_problem(self) -> str | None:
+    async def egress_problem(self) -> str | None:
         """Return why the sandbox has lost its egress proxy, or None while the proxy runs.
 
         Without its proxy the sandbox has no way out at all (it fails closed); the gateway
         uses this to refuse further calls with a clear message instead of letting skills
-        fail one by one, unaudited.
+        fail one by one, unaudited. The engine is asked (in a worker thread) only once the
+        proxy's output has ended, so a healthy call costs no engine round trip.
         """
         if not _health.has_stopped(self.proxy_container_id):
             return None
-        how = _health.describe_stopped(self.proxy_container_id)
+        how = await anyio.to_thread.run_sync(_health.describe_stopped, self.proxy_container_id)
         return (
             f"egress is down: the proxy of run {self.run_id} stopped ({how}). The sandbox has "
             f"no network access any more and tool calls are refused; stop this run "
@@ -301,19 +283,6 @@ async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
             scope.cancel()  # stop watching: the body is done
 
 
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """One run's live Docker objects, as `ps` lists them."""
-
-    run_id: str
-    expert: str
-    owner_pid: str
-    owner_host: str
-    is_owner_alive: bool
-    created: str
-    containers: tuple[str, ...]  # "role: status"
-
-
 def list_sandboxes() -> list[RunInfo]:
     """Return every run that has labelled containers on this engine, oldest first.
 
@@ -353,7 +322,7 @@ def take_down(run_id: str | None) -> list[str]:
 
 
 def diagnose(
-    *, fix: bool = False, progress: Callable[[str], None] = stderr_progress
+    *, fix: bool = False, progress: Callable[[str], None] = no_progress
 ) -> list[_doctor.Check]:
     """Report the engine, storage driver, cgroup version, images and leftovers (`doctor`).
 

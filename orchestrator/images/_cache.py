@@ -13,10 +13,11 @@ package specs, the trusted CA bundle), so an image that exists is reused without
 Registry hosts come from the host's npm and pip settings at build time, never from this code.
 
 The per-expert build runs untrusted code (npm install scripts, sdist builds), so it is fenced
-like a sandbox (see `_fence`): its RUN steps sit on an internal network with no host address,
-whose only way out is a proxy allowing just the registry hosts derived for this build
-(`_registries`), with its decisions in `builds/<build-id>/audit.jsonl`; and each package is
-installed by a non-root uid of its own that owns only that package's folders (`_recipe`).
+like a sandbox (the engine's `build_expert`, passed in as `build`): its RUN steps sit on an
+internal network with no host address, whose only way out is a proxy allowing just the
+registry hosts derived for this build (`_registries`), with its decisions in
+`builds/<build-id>/audit.jsonl`; and each package is installed by a non-root uid of its own
+that owns only that package's folders (`_recipe`).
 Install scripts and sdist builds stay enabled: they are the same author's code the skill runs
 anyway, now with no more reach at build time than at run time, and native addons need them.
 """
@@ -27,17 +28,15 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import docker.errors
 
-from orchestrator import _build, _recipe
-from orchestrator._build import stderr_progress
-from orchestrator._docker import (
+from perstack_sandbox.docker_edge import (
     LABEL_BASE,
     LABEL_KIND,
     LABEL_PACKAGES,
@@ -45,15 +44,19 @@ from orchestrator._docker import (
     client,
     docker_errors,
 )
-from orchestrator.errors import EngineError, ImageBuildError
+from perstack_sandbox.errors import EngineError, ImageBuildError
+from perstack_sandbox.images import _build, _recipe
+from perstack_sandbox.images._build import no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from importlib.resources.abc import Traversable
 
-    from orchestrator.plan import PackageSpec, SandboxPlan
+    from perstack_sandbox.plan import PackageSpec, SandboxPlan
 
-IMAGES_DIR: Final = Path(__file__).resolve().parent.parent / "images"
-PROXY_SRC_DIR: Final = Path(__file__).resolve().parent.parent / "proxy"
+RECIPES: Final = "recipes"  # package data: the repository's images/ folder (a link there)
+_PACKAGE: Final = __name__.rpartition(".")[0]  # the package that holds RECIPES
+PROXY_PACKAGE: Final = "perstack_sandbox_proxy"  # copied into the proxy image as `proxy/`
 DEBIAN_IMAGE: Final = "debian:trixie-slim"
 BASE_REPO: Final = "perstack-sandbox/base"
 PROXY_REPO: Final = "perstack-sandbox/proxy"
@@ -74,6 +77,32 @@ def is_host_ca_enabled(*, host_ca: bool | None = None) -> bool:
     if host_ca is not None:
         return host_ca
     return os.environ.get(HOST_CA_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def recipe(name: str) -> bytes:
+    """Return one file of the image recipes (`images/`, shipped inside this package)."""
+    return (resources.files(_PACKAGE) / RECIPES / name).read_bytes()
+
+
+def copy_recipe(name: str, target: Path) -> None:
+    """Write recipe file `name` to `target`: scripts 0755, the rest 0644 (however installed)."""
+    target.write_bytes(recipe(name))
+    target.chmod(0o755 if name.endswith(".sh") else 0o644)
+
+
+def _proxy_sources() -> list[tuple[str, bytes]]:
+    """Return (relative path, bytes) of every module of the proxy package, sorted."""
+    found: list[tuple[str, bytes]] = []
+
+    def walk(folder: Traversable, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if entry.is_dir() and entry.name != "__pycache__":
+                walk(entry, f"{prefix}{entry.name}/")
+            elif entry.name.endswith(".py"):
+                found.append((f"{prefix}{entry.name}", entry.read_bytes()))
+
+    walk(resources.files(PROXY_PACKAGE), "")
+    return sorted(found)
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -98,28 +127,24 @@ def _node_package() -> str:
 
 def base_image_name(*, host_ca: bool | None = None) -> str:
     """Return the tag of the sandbox base image for the current recipe and CA choice."""
-    recipe = _digest(
-        (IMAGES_DIR / "sandbox.Dockerfile").read_bytes(),
-        (IMAGES_DIR / "perstack-launch.sh").read_bytes(),
+    digest = _digest(
+        recipe("sandbox.Dockerfile"),
+        recipe("perstack-launch.sh"),
         _node_package(),
         f"npm@{NPM_MAJOR}",
         _host_ca_bytes(host_ca=host_ca),
     )
-    return f"{BASE_REPO}:{recipe}"
-
-
-def _proxy_sources() -> list[Path]:
-    return sorted(p for p in PROXY_SRC_DIR.rglob("*.py") if "__pycache__" not in p.parts)
+    return f"{BASE_REPO}:{digest}"
 
 
 def proxy_image_name() -> str:
     """Return the tag of the proxy image for the current proxy sources and recipe."""
     parts: list[bytes | str] = [
-        (IMAGES_DIR / "proxy.Dockerfile").read_bytes(),
-        (IMAGES_DIR / "proxy-entry.sh").read_bytes(),
+        recipe("proxy.Dockerfile"),
+        recipe("proxy-entry.sh"),
     ]
-    for source in _proxy_sources():
-        parts += [source.relative_to(PROXY_SRC_DIR).as_posix(), source.read_bytes()]
+    for relative, source in _proxy_sources():
+        parts += [relative, source]
     return f"{PROXY_REPO}:{_digest(*parts)}"
 
 
@@ -137,7 +162,7 @@ def image_id(name: str) -> str | None:
             return None
 
 
-def ensure_debian(progress: Callable[[str], None] = stderr_progress) -> None:
+def ensure_debian(progress: Callable[[str], None] = no_progress) -> None:
     """Make `debian:trixie-slim` exist: present, pulled, or bootstrapped from the apt mirror.
 
     Raises:
@@ -147,22 +172,29 @@ def ensure_debian(progress: Callable[[str], None] = stderr_progress) -> None:
     if image_id(DEBIAN_IMAGE) is not None:
         return
     progress(f"{DEBIAN_IMAGE} is missing: bootstrapping it (images/bootstrap-debian.sh)")
-    script = IMAGES_DIR / "bootstrap-debian.sh"
+    script = resources.files(_PACKAGE) / RECIPES / "bootstrap-debian.sh"
     try:
-        done = subprocess.run(  # noqa: S603 - our own script
-            ["/bin/bash", str(script), DEBIAN_IMAGE],
-            check=False,
-            timeout=BOOTSTRAP_TIMEOUT_S,
-            stdout=subprocess.DEVNULL,
-        )
+        with resources.as_file(script) as path:
+            done = subprocess.run(  # noqa: S603 - our own script
+                ["/bin/bash", str(path), DEBIAN_IMAGE],
+                check=False,
+                timeout=BOOTSTRAP_TIMEOUT_S,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # its messages go to `progress`, not to our stderr
+                text=True,
+                errors="replace",
+            )
     except subprocess.TimeoutExpired as exc:
         raise EngineError(f"bootstrapping {DEBIAN_IMAGE} timed out") from exc
+    for line in done.stderr.splitlines():
+        progress(line)
     if done.returncode != 0 or image_id(DEBIAN_IMAGE) is None:
-        raise EngineError(f"bootstrapping {DEBIAN_IMAGE} failed (see the messages above)")
+        tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+        raise EngineError(f"bootstrapping {DEBIAN_IMAGE} failed:\n{tail}")
 
 
 def ensure_base_image(
-    *, host_ca: bool | None = None, progress: Callable[[str], None] = stderr_progress
+    *, host_ca: bool | None = None, progress: Callable[[str], None] = no_progress
 ) -> str:
     """Return the sandbox base image's tag, building it first when it is missing.
 
@@ -179,7 +211,7 @@ def ensure_base_image(
     with tempfile.TemporaryDirectory(prefix="perstack-base-") as tmp:
         context = Path(tmp)
         for file in ("sandbox.Dockerfile", "perstack-launch.sh"):
-            shutil.copy2(IMAGES_DIR / file, context / file)
+            copy_recipe(file, context / file)
         (context / "host-ca.crt").write_bytes(_host_ca_bytes(host_ca=host_ca))
         node, npm = _build.npm_pack([_node_package(), f"npm@{NPM_MAJOR}"], context)
         node.rename(context / "node.tgz")
@@ -195,7 +227,7 @@ def ensure_base_image(
     return name
 
 
-def ensure_proxy_image(*, progress: Callable[[str], None] = stderr_progress) -> str:
+def ensure_proxy_image(*, progress: Callable[[str], None] = no_progress) -> str:
     """Return the proxy image's tag, building it first when it is missing.
 
     Raises:
@@ -211,11 +243,11 @@ def ensure_proxy_image(*, progress: Callable[[str], None] = stderr_progress) -> 
     with tempfile.TemporaryDirectory(prefix="perstack-proxy-") as tmp:
         context = Path(tmp)
         for file in ("proxy.Dockerfile", "proxy-entry.sh"):
-            shutil.copy2(IMAGES_DIR / file, context / file)
-        for source in _proxy_sources():
-            target = context / "proxy" / source.relative_to(PROXY_SRC_DIR)
+            copy_recipe(file, context / file)
+        for relative, source in _proxy_sources():
+            target = context / "proxy" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            target.write_bytes(source)
         _build.build_image(
             context,
             dockerfile="proxy.Dockerfile",
@@ -228,10 +260,10 @@ def ensure_proxy_image(*, progress: Callable[[str], None] = stderr_progress) -> 
 
 def workspace_image_name() -> str:
     """Return the tag of the workspace-layer image for the current recipe."""
-    return f"{WORKSPACE_REPO}:{_digest(*((IMAGES_DIR / f).read_bytes() for f in WORKSPACE_FILES))}"
+    return f"{WORKSPACE_REPO}:{_digest(*(recipe(file) for file in WORKSPACE_FILES))}"
 
 
-def ensure_workspace_image(*, progress: Callable[[str], None] = stderr_progress) -> str:
+def ensure_workspace_image(*, progress: Callable[[str], None] = no_progress) -> str:
     """Return the workspace-layer image's tag, building it first when it is missing.
 
     Raises:
@@ -247,7 +279,7 @@ def ensure_workspace_image(*, progress: Callable[[str], None] = stderr_progress)
     with tempfile.TemporaryDirectory(prefix="perstack-workspace-") as tmp:
         context = Path(tmp)
         for file in WORKSPACE_FILES:
-            shutil.copy2(IMAGES_DIR / file, context / file)
+            copy_recipe(file, context / file)
         _build.build_image(
             context,
             dockerfile="workspace.Dockerfile",
@@ -271,22 +303,31 @@ def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
 def expert_image_name(plan: SandboxPlan, base_id: str) -> str:
     """Return the per-expert tag: a hash of the base image id, package specs and recipe."""
     packages = [p.model_dump(mode="json") for p in plan.packages]
-    recipe = _digest(
+    digest = _digest(
         base_id,
         json.dumps(packages, sort_keys=True),
         expert_dockerfile("BASE", plan.packages),
-        (IMAGES_DIR / "expert-finalize.py").read_bytes(),
+        recipe("expert-finalize.py"),
     )
-    return f"{EXPERT_REPO}:{recipe}"
+    return f"{EXPERT_REPO}:{digest}"
+
+
+ExpertBuild: TypeAlias = "Callable[[Path, str, SandboxPlan, Callable[[str], None]], str]"
+"""Builds a prepared per-expert context (folder, tag, plan, progress) and returns the image id.
+
+The engine's fenced build (`engine.build_expert`) is the one a run uses: package installs run
+untrusted code, so they run in a sandbox-like fence, which is the engine's to make.
+"""
 
 
 def ensure_expert_image(
     plan: SandboxPlan,
     *,
+    build: ExpertBuild,
     host_ca: bool | None = None,
-    progress: Callable[[str], None] = stderr_progress,
+    progress: Callable[[str], None] = no_progress,
 ) -> str:
-    """Return the per-expert image's tag, building it (and its base) when missing.
+    """Return the per-expert image's tag; when missing, `build` it (the base image too).
 
     Raises:
         ImageBuildError: a build step failed (the error holds its output).
@@ -300,8 +341,6 @@ def ensure_expert_image(
     name = expert_image_name(plan, base_id)
     if image_id(name) is not None:
         return name
-    from orchestrator import _fence  # noqa: PLC0415 - _fence -> _containers -> images
-
     progress(f"building {name} for expert {plan.expert} ({len(plan.packages)} packages)")
     lines: list[str] = []
 
@@ -312,10 +351,10 @@ def ensure_expert_image(
     with tempfile.TemporaryDirectory(prefix="perstack-expert-") as tmp:
         context = Path(tmp)
         (context / "Dockerfile").write_text(expert_dockerfile(base, plan.packages))
-        shutil.copy2(IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
+        copy_recipe("expert-finalize.py", context / "finalize.py")
         manifest = [p.model_dump(mode="json") for p in plan.packages]
         (context / "manifest.json").write_text(json.dumps(manifest))
-        built = _fence.build_expert(context, name, plan, collect)
+        built = build(context, name, plan, collect)
     resolved = _build.last_marker(lines, PACKAGES_MARKER)
     if resolved is None:
         raise ImageBuildError(f"building {name}: the package versions were not reported")

@@ -6,9 +6,10 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator import _sweep, _workspace, images
-from orchestrator._docker import ENGINE_HINT, client, docker_errors
-from orchestrator.errors import EngineError
+from perstack_sandbox import images
+from perstack_sandbox.docker_edge import ENGINE_HINT, client, docker_errors
+from perstack_sandbox.engine import _sweep, _workspace
+from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

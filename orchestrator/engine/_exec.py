@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.abc
 
-from orchestrator._docker import client, docker_errors
+from perstack_sandbox.docker_edge import client, docker_errors
 
 if TYPE_CHECKING:
     import socket

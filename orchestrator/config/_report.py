@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from orchestrator._config_rules import ItemError
-from orchestrator.errors import ConfigError, ConfigIssue
+from perstack_sandbox.config._rules import ItemError
+from perstack_sandbox.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from orchestrator.config import PerstackConfig
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MAP_TABLES = frozenset({"experts", "skills", "tools", "headers"})
@@ -186,20 +185,23 @@ def _unknown(key: str, known: dict[str, Any]) -> str:
     return f"unknown key {key!r}{hint}"
 
 
-def check_publish_rules(document: dict[str, Any], config: PerstackConfig) -> list[ConfigIssue]:
-    """Return the issues that stop publishing to the registry: npx/uvx only, explicit semver."""
+def check_publish_rules(document: dict[str, Any]) -> list[ConfigIssue]:
+    """Return the issues that stop publishing to the registry: npx/uvx only, explicit semver.
+
+    `document` is a perstack.toml that the model accepted, so its shape is known.
+    """
     issues: list[ConfigIssue] = []
-    for key, expert in config.experts.items():
+    for key, expert in document["experts"].items():
         where = _key(key, quoted=True).lstrip(".")
-        if "version" not in document["experts"][key]:
+        if "version" not in expert:
             issues.append(
                 ConfigIssue(
                     f"experts.{where}",
                     "publish rule: an expert in the registry states its semver version",
                 )
             )
-        for skill_key, skill in expert.skills.items():
-            command = getattr(skill, "command", None)
+        for skill_key, skill in expert.get("skills", {}).items():
+            command = skill.get("command")
             if command is not None and command not in {"npx", "uvx"}:
                 issues.append(
                     ConfigIssue(

@@ -10,7 +10,7 @@ import json
 import re
 from urllib.parse import SplitResult, urlsplit
 
-from proxy.hosts import HostRejected, canonicalise_host
+from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
 MAX_KEY_LENGTH = 214
 EXPERT_KEY_RE = re.compile(r"(@[a-z0-9][a-z0-9_-]*/)?[a-z0-9][a-z0-9_-]*")

@@ -2,7 +2,8 @@
 
 `load_config(path)` returns the model and its warnings (unknown keys), or raises `ConfigError`
 holding EVERY problem found, each located by its TOML path (`experts."a".skills."b".args[0]`).
-The value rules live in `_config_rules.py`; locating and reporting issues in `_config_report.py`.
+The value rules live in `_rules.py`, the field types in `_types.py`; locating and reporting
+issues in `_report.py`.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator import _config_rules as rules
-from orchestrator._config_report import (
+from perstack_sandbox.config import _rules as rules
+from perstack_sandbox.config._report import (
     check_publish_rules,
     find_unknown_keys,
     read_toml,
     validation_issues,
 )
-from orchestrator._config_rules import PROTECTED_ENV_NAMES, PROTECTED_ENV_PREFIXES
-from orchestrator._config_types import (
+from perstack_sandbox.config._rules import PROTECTED_ENV_NAMES, PROTECTED_ENV_PREFIXES
+from perstack_sandbox.config._types import (
     AllowlistEntry,
     EnvName,
     ExpertKey,
@@ -48,7 +49,7 @@ from orchestrator._config_types import (
     Text,
     ToolName,
 )
-from orchestrator.errors import ConfigError, ConfigIssue
+from perstack_sandbox.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -256,7 +257,7 @@ def parse_config(
         config = PerstackConfig.model_validate(document)
     except ValueError as exc:
         raise ConfigError(validation_issues(exc, document) + promoted + trailing) from exc
-    errors = promoted + (check_publish_rules(document, config) if publish else [])
+    errors = promoted + (check_publish_rules(document) if publish else [])
     if errors:
         raise ConfigError(errors + trailing)
     config._config_dir = config_dir  # noqa: SLF001 - set once, right after construction

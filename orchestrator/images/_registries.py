@@ -24,14 +24,14 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx2
 
-from orchestrator import _build
-from orchestrator.errors import EngineError
-from proxy.hosts import HostRejected, canonicalise_host
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import _build
+from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from orchestrator.plan import PackageSpec
+    from perstack_sandbox.plan import PackageSpec
 
 FETCH_TIMEOUT_S: Final = 60.0  # one metadata document through a slow intercepting proxy
 PIP_TIMEOUT_S: Final = 60  # a Python start that imports pip

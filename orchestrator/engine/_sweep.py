@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import docker.errors
 
-from orchestrator import _containers, images
-from orchestrator._docker import (
+from perstack_sandbox import images
+from perstack_sandbox.docker_edge import (
     LABEL_CREATED,
     LABEL_EXPERT,
     LABEL_MANAGED,
@@ -21,9 +21,20 @@ from orchestrator._docker import (
     docker_errors,
     is_owner_alive,
 )
+from perstack_sandbox.engine import _containers
 
-if TYPE_CHECKING:
-    from orchestrator.engine import RunInfo
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run's live Docker objects, as `ps` lists them."""
+
+    run_id: str
+    expert: str
+    owner_pid: str
+    owner_host: str
+    is_owner_alive: bool
+    created: str
+    containers: tuple[str, ...]  # "role: status"
 
 
 def list_runs() -> list[RunInfo]:
@@ -33,8 +44,6 @@ def list_runs() -> list[RunInfo]:
         EngineError: the engine could not be reached.
 
     """
-    from orchestrator.engine import RunInfo  # noqa: PLC0415 - engine imports this module
-
     with docker_errors("listing sandboxes"):
         containers = client().api.containers(all=True, filters=MANAGED_FILTER)
     runs: dict[str, RunInfo] = {}

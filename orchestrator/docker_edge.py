@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from orchestrator.errors import EngineError
+from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

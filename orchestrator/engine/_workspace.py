@@ -41,7 +41,7 @@ with rshared propagation (Docker keeps its data root a shared mount), and the sa
 folder once the mount answers. Container and volume carry the run's labels, so `ps`, `down`
 and `gc` find them. Teardown stops the container first (it unmounts on SIGTERM); after a
 SIGKILL the host keeps a dead mount on the volume folder, which a short-lived "reaper"
-container of the same image unmounts so the volume can go.
+container of the same image unmounts so the volume can go. (docs/architecture.md, decision 21.)
 """
 
 from __future__ import annotations
@@ -58,10 +58,16 @@ from typing import TYPE_CHECKING, Any, Final
 import docker.errors
 import docker.types
 
-from orchestrator import images
-from orchestrator._docker import LABEL_ROLE, STDERR_STREAM, client, docker_errors, split_frames
-from orchestrator._text import printable
-from orchestrator.errors import EngineError, UsageError
+from perstack_sandbox import images
+from perstack_sandbox.docker_edge import (
+    LABEL_ROLE,
+    STDERR_STREAM,
+    client,
+    docker_errors,
+    split_frames,
+)
+from perstack_sandbox.errors import EngineError, UsageError
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     import socket

@@ -1,11 +1,11 @@
-"""The audit trail of a run: what the proxy decided and which tools were called.
+"""Reading a run's audit trail back: what the proxy decided and which tools were called.
 
-Two JSON-lines files of a run folder (see `orchestrator.state`) are read here:
+Two JSON-lines files of a run folder (see `perstack_sandbox.state`) are read here:
 
 - `audit.jsonl`, written by the proxy: one `decision` line per request (host, port, decision,
   reason, rule) and one `close` line per connection (bytes each way), joined by `conn`;
-- `tools.jsonl`, written by `ToolCallWriter` from the gateway's call log: time, skill, tool,
-  argument SHAPE (keys and types, never values), duration and outcome.
+- `tools.jsonl`, written by `RunFiles` from the gateway's calls: time, skill, tool, argument
+  SHAPE (keys and types, never values), duration and outcome.
 
 Both are appended line by line while the run is live, so a run that crashed can be read: a
 truncated last line or any unparsable line is counted, never fatal, and a missing end time is
@@ -15,31 +15,18 @@ reported as such.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from orchestrator import state
-from orchestrator._text import printable
-from orchestrator.errors import UsageError
+from perstack_sandbox import state
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = [
-    "TOOL_CALL_FIELD",
-    "HostSummary",
-    "RunSummary",
-    "ToolCallWriter",
-    "ToolSummary",
-    "find_run",
-    "read_jsonl",
-    "render_text",
-    "summarise_run",
-]
 
-TOOL_CALL_FIELD: Final = "tool_call"  # the `extra=` key of the gateway's call-log records
 NO_HOST: Final = "(no host)"
 
 
@@ -260,30 +247,6 @@ def _tool_line(tool: ToolSummary) -> str:
         f"  {tool.skill}/{tool.tool}  calls {tool.calls} ({outcomes})  "
         f"total {tool.total_ms:.0f} ms  args {shapes}"
     )
-
-
-class ToolCallWriter(logging.Handler):
-    """Append the gateway's tool-call records (`extra={TOOL_CALL_FIELD: ...}`) as JSON lines."""
-
-    def __init__(self, path: Path) -> None:
-        """Open `path` for appending; each record is written and flushed as one line."""
-        super().__init__(logging.INFO)
-        self._file = path.open("a", encoding="utf-8", buffering=1)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Write the record's tool call, if it carries one."""
-        call = getattr(record, TOOL_CALL_FIELD, None)
-        if not isinstance(call, dict):
-            return
-        try:
-            self._file.write(json.dumps(call, sort_keys=True, separators=(",", ":")) + "\n")
-        except (OSError, ValueError, TypeError):
-            self.handleError(record)
-
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()
-        super().close()
 
 
 def tool_counts(summary: RunSummary) -> Counter[str]:

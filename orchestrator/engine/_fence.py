@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from orchestrator import _build, _health, _registries
-from orchestrator._containers import (
+from perstack_sandbox import images
+from perstack_sandbox.engine import _health
+from perstack_sandbox.engine._containers import (
     PROXY_PORT,
     SandboxSpec,
     create_internal_network,
@@ -35,17 +36,15 @@ from orchestrator._containers import (
     remove_run,
     start_proxy,
 )
-from orchestrator._recipe import PROXY_ARGS
-from orchestrator.errors import EngineError, ImageBuildError
-from orchestrator.images import ensure_proxy_image
-from orchestrator.plan import Limits
-from orchestrator.state import RunState, state_dir
+from perstack_sandbox.errors import EngineError, ImageBuildError
+from perstack_sandbox.plan import Limits
+from perstack_sandbox.state import RunState, state_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.plan import SandboxPlan
 
 BUILDS_DIR: Final = "builds"
 LOG_DRAIN_TIMEOUT_S: Final = 10.0  # the proxy's last audit lines after its container is removed
@@ -64,7 +63,8 @@ class Fence:
     def proxy_args(self) -> dict[str, str]:
         """Return the proxy variables, both cases, as build arguments (never image ENV)."""
         return {
-            name: NO_PROXY if name.lower() == "no_proxy" else self.proxy_url for name in PROXY_ARGS
+            name: NO_PROXY if name.lower() == "no_proxy" else self.proxy_url
+            for name in images.PROXY_ARGS
         }
 
 
@@ -97,7 +97,7 @@ def build_fence(
     progress(f"build fence {build_id}: registries {', '.join(sorted(hosts)) or '(none)'}")
     follower = None
     try:
-        image = ensure_proxy_image(progress=progress)
+        image = images.ensure_proxy_image(progress=progress)
         network = create_internal_network(spec, role="build-network")
         proxy_id = start_proxy(spec, network, image)
         proxy_ip, proxy_host_ip = proxy_addresses(proxy_id, network)
@@ -124,12 +124,12 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
     expert: str,
     hosts: Sequence[str],
     buildargs: Mapping[str, str] | None = None,
-    progress: Callable[[str], None] = _build.stderr_progress,
+    progress: Callable[[str], None] = images.no_progress,
 ) -> tuple[str, Path]:
     """Build `context`'s Dockerfile inside a fence allowing `hosts`; return its id and audit.
 
     Every RUN step runs on the fence's network and gets the fence's proxy in the proxy build
-    arguments (`_recipe.build_prelude` declares them, and drops root).
+    arguments (the recipe's build prelude declares them, and drops root).
 
     Raises:
         ImageBuildError: a step failed (the error holds its output).
@@ -139,7 +139,7 @@ def build_fenced(  # noqa: PLR0913 - the build's inputs, each needed
     failed: ImageBuildError | None = None
     with build_fence(expert, hosts, progress=progress) as fence:
         try:
-            built = _build.build_image(
+            built = images.build_image(
                 context,
                 dockerfile="Dockerfile",
                 tag=tag,
@@ -178,7 +178,7 @@ def build_expert(
 
     """
     if not plan.packages:  # only our own steps run: no network at all
-        return _build.build_image(
+        return images.build_image(
             context, dockerfile="Dockerfile", tag=name, network_mode="none", progress=progress
         )
     has = {p.manager for p in plan.packages}
@@ -186,12 +186,28 @@ def build_expert(
         context,
         tag=name,
         expert=plan.expert,
-        hosts=_registries.build_hosts(plan.packages),
+        hosts=images.build_hosts(plan.packages),
         buildargs={
-            "NPM_REGISTRY": _registries.npm_registry() if "npm" in has else "",
-            "UV_INDEX_URL": _registries.python_index() if "pypi" in has else "",
+            "NPM_REGISTRY": images.npm_registry() if "npm" in has else "",
+            "UV_INDEX_URL": images.python_index() if "pypi" in has else "",
         },
         progress=progress,
     )
     progress(f"the build's proxy decisions: {audit}")
     return built
+
+
+def ensure_expert_image(
+    plan: SandboxPlan,
+    *,
+    host_ca: bool | None = None,
+    progress: Callable[[str], None] = images.no_progress,
+) -> str:
+    """Return the per-expert image's tag, building it in a fence when missing.
+
+    Raises:
+        ImageBuildError: a build step failed (the error holds its output).
+        EngineError: the engine, the fence, npm or pip failed.
+
+    """
+    return images.ensure_expert_image(plan, build=build_expert, host_ca=host_ca, progress=progress)

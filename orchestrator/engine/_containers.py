@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import docker.errors
 
-from orchestrator import _health, _workspace
-from orchestrator._docker import (
+from perstack_sandbox.docker_edge import (
     LABEL_EXPERT,
     LABEL_MANAGED,
     LABEL_ROLE,
@@ -27,15 +26,16 @@ from orchestrator._docker import (
     docker_errors,
     owner_labels,
 )
-from orchestrator.errors import EngineError
-from orchestrator.images import ensure_proxy_image
-from orchestrator.plan import EXPERT_DIR, WORKSPACE_DIR
+from perstack_sandbox.engine import _health, _workspace
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import ensure_proxy_image
+from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orchestrator.plan import Limits
-    from orchestrator.state import RunState
+    from perstack_sandbox.plan import Limits
+    from perstack_sandbox.state import RunState
 
 PROXY_PORT: Final = 3128
 SKILL_UID_FIRST: Final = 10001
@@ -289,7 +289,7 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         group.start_soon(make, "proxy")
         group.start_soon(make, "sandbox")
     proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, ids["proxy"], network)
-    _health.follow_logs(ids["proxy"], run)
+    await anyio.to_thread.run_sync(_health.follow_logs, ids["proxy"], run)
     await _health.wait_ready(ids["proxy"], proxy_host_ip, PROXY_PORT)
     return Started(ids["sandbox"], ids["proxy"], proxy_ip, proxy_host_ip, network)
 
