@@ -224,15 +224,19 @@ def plan_command(
     expert: str,
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json", help="Print stable JSON.")] = False,  # noqa: FBT002 - a typer flag
+    env_path: EnvPathOption = None,
 ) -> None:
-    """Print what the Expert's sandbox will run, with which env names, reaching which hosts."""
+    """Print what the Expert's sandbox will run, with which env names, reaching which hosts.
+
+    Also which env files are hidden from the sandbox (give the same `--env-path` as the run).
+    """
     from perstack_sandbox.config import load_config  # noqa: PLC0415 - keeps --help fast
     from perstack_sandbox.plan import plan, plan_to_json, plan_to_text  # noqa: PLC0415
 
     loaded, warnings = load_config(config)
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
-    sandbox = plan(loaded, expert)
+    sandbox = plan(loaded, expert, tuple(path.absolute() for path in env_path or ()))
     typer.echo(plan_to_json(sandbox) if as_json else plan_to_text(sandbox), nl=False)
 
 

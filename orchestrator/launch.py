@@ -69,13 +69,19 @@ def prepare(options: LaunchOptions) -> Prepared:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed, or the workspace overlaps the
-            Expert's folder.
+        UsageError: an env file is missing or malformed, the workspace is refused (see
+            `run.check_workspace`), or the skills could not read the Expert's folder.
 
     """
     config, _warnings = load_config(options.config_path)
     secrets = host_secrets(config, env_paths=options.env_paths)
-    return prepare_run(config, options.expert, secrets=secrets, workspace=options.workspace)
+    return prepare_run(
+        config,
+        options.expert,
+        secrets=secrets,
+        workspace=options.workspace,
+        env_paths=options.env_paths,
+    )
 
 
 class _TerminalWarnings:
@@ -107,6 +113,7 @@ def cli_run(options: LaunchOptions) -> Run:
         config,
         options.expert,
         secrets=host_secrets(config, env_paths=options.env_paths),
+        env_paths=options.env_paths,
         workspace=options.workspace,
         prefix_tools=options.prefix_tools,
         prompter=options.prompter,

@@ -8,12 +8,16 @@ own sinks (its `tools.jsonl` and `skills.log`, plus the caller's `AuditSink`), s
 share one process. Engine calls run in worker threads, never on the event loop.
 
 The order is the contract: every input error (config, unknown expert, missing variable, bad
-workspace) is raised before any image is built or any container exists.
+workspace, an Expert's folder the skills cannot read) is raised before any image is built or
+any container exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import pwd
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +31,17 @@ from perstack_sandbox.audit import NULL_SINK, RunFiles, TeeSink
 from perstack_sandbox.config import PerstackConfig, load_config
 from perstack_sandbox.errors import EngineError, RunError, UsageError
 from perstack_sandbox.gateway import Gateway, open_gateway, sole_exception
-from perstack_sandbox.plan import Secret, resolve_secrets, skill_environment
+from perstack_sandbox.plan import (
+    Secret,
+    check_expert_folder,
+    resolve_secrets,
+    skill_environment,
+)
 from perstack_sandbox.plan import plan as make_plan
 from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec
 
 if TYPE_CHECKING:
-    import os
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
@@ -65,23 +73,29 @@ class Prepared:
     secrets: dict[str, SkillSecrets]
 
 
-def prepare_run(
+def prepare_run(  # noqa: PLR0913 - the config and expert, then one keyword per input
     config: PerstackConfig,
     expert: str,
     *,
     secrets: Mapping[str, str | Secret],
     workspace: Path | None = None,
     limits: Limits | None = None,
+    env_paths: Sequence[str | os.PathLike[str]] = (),
 ) -> Prepared:
     """Plan `expert` of `config` and pick each skill's secrets from `secrets`; no Docker yet.
+
+    `env_paths` names the env files `secrets` was read from besides the default ones
+    (`--env-path`): they are hidden under /expert too. The Expert's folder is walked here, so a
+    folder the skills cannot read is refused before anything is built.
 
     Raises:
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable is not in `secrets` (all of them named).
-        UsageError: the Expert's folder is not absolute, or the workspace overlaps it.
+        UsageError: the Expert's folder is not absolute, or the skills cannot read it (see
+            `plan.check_expert_folder`); the workspace is refused (see `check_workspace`).
 
     """
-    sandbox_plan = make_plan(config, expert)
+    sandbox_plan = make_plan(config, expert, tuple(os.fspath(path) for path in env_paths))
     if len(sandbox_plan.skills) > engine.SKILL_UID_COUNT:
         raise UsageError(
             f"expert {expert!r} has {len(sandbox_plan.skills)} stdio skills; a sandbox runs at "
@@ -96,27 +110,60 @@ def prepare_run(
         )
     check_workspace(workspace, Path(sandbox_plan.config_dir))
     values = {name: v if isinstance(v, Secret) else Secret(v) for name, v in secrets.items()}
-    return Prepared(plan=sandbox_plan, secrets=resolve_secrets(sandbox_plan, values, host_env={}))
+    resolved = resolve_secrets(sandbox_plan, values, host_env={})
+    check_expert_folder(sandbox_plan)  # the engine checks it again when the sandbox starts
+    return Prepared(plan=sandbox_plan, secrets=resolved)
 
 
 def check_workspace(workspace: Path | None, config_dir: Path) -> None:
-    """Refuse a workspace that is, contains or lies inside the Expert's folder.
+    """Refuse a workspace that overlaps the Expert's folder or the state directory, or the home.
 
     The sandbox writes to its workspace; if that were the Expert's folder it could rewrite
     perstack.toml or plant `.env` files (or links) that the NEXT run would read on the host.
+    Over the state directory it would reach every run's policy, logs and audit (private by
+    their modes, but the trail must not be writable by what it records). The user's home (or
+    a folder above it) holds their keys, shell start-up files and the default state directory.
 
     Raises:
-        UsageError: the two folders overlap.
+        UsageError: the workspace overlaps one of them, or is (or contains) the home folder.
 
     """
     if workspace is None:
         return
-    space, expert = workspace.resolve(), config_dir.resolve()
-    if space == expert or space in expert.parents or expert in space.parents:
+    space = workspace.resolve()
+    if _overlaps(space, config_dir.resolve()):
         raise UsageError(
             f"--workspace {workspace} overlaps the Expert's folder {config_dir}: the sandbox "
             "could rewrite its own perstack.toml and env files; use a separate folder"
         )
+    for home in _homes():
+        if space == home or space in home.parents:
+            raise UsageError(
+                f"--workspace {workspace} is your home folder {home} or holds it: the sandbox "
+                "could read and rewrite your keys, shell start-up files and settings; give it "
+                "a folder of its own"
+            )
+    states = state.state_dir()
+    if _overlaps(space, states.resolve()):
+        raise UsageError(
+            f"--workspace {workspace} overlaps the state directory {states}: the sandbox "
+            "would reach the records of every run; use a separate folder (or move the state "
+            f"with ${state.STATE_ENV})"
+        )
+
+
+def _overlaps(one: Path, other: Path) -> bool:
+    return one == other or one in other.parents or other in one.parents
+
+
+def _homes() -> set[Path]:
+    """Return the invoking user's home, as $HOME and as the password database say."""
+    homes = set()
+    with contextlib.suppress(KeyError, RuntimeError):
+        homes.add(Path.home().resolve())
+    with contextlib.suppress(KeyError):
+        homes.add(Path(pwd.getpwuid(os.getuid()).pw_dir).resolve())
+    return homes
 
 
 def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per choice
@@ -124,6 +171,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     expert: str,
     *,
     secrets: Mapping[str, str | Secret] | None = None,
+    env_paths: Sequence[str | os.PathLike[str]] = (),
     workspace: str | os.PathLike[str] | None = None,
     limits: Limits | None = None,
     isolation: Isolation = "runc",
@@ -135,7 +183,10 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
     `secrets` maps variable names to values (`host_secrets` and `env_file_secrets` read the
-    usual sources); each skill gets exactly its requiredEnv names from it. `workspace` is
+    usual sources); each skill gets exactly its requiredEnv names from it. `env_paths` names
+    the env files those values came from when they are not the config's own (`envPath`,
+    `.env`, `.env.local`, hidden anyway; a relative path is against the config's folder): each
+    one inside the Expert's folder is covered under /expert. `workspace` is
     mounted read-write at /workspace. `limits` replaces the default memory/CPU/pids limits.
     `isolation` is "runc" or "gvisor" (never silently weaker than asked). `audit` receives the
     run's tool calls, skill stderr and warnings besides the run folder's files. Image builds,
@@ -159,7 +210,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
 
     Raises:
         InputError: on entering `async with`: bad config, unknown expert, missing secret, bad
-            workspace (nothing was built or started).
+            workspace, an Expert's folder the skills cannot read (nothing was built or started).
         EngineError: Docker failed; ImageBuildError: an image build failed.
         SkillError: a skill failed to start. GatewayError: a tool-name collision.
 
@@ -169,6 +220,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
         expert,
         secrets=secrets or {},
         options=_RunOptions(
+            env_paths=tuple(os.fspath(path) for path in env_paths),
             workspace=Path(workspace) if workspace is not None else None,
             limits=limits,
             isolation=isolation,
@@ -205,6 +257,7 @@ async def build_image(
 
 @dataclass(frozen=True, slots=True)
 class _RunOptions:
+    env_paths: tuple[str, ...]
     workspace: Path | None
     limits: Limits | None
     isolation: Isolation
@@ -383,6 +436,7 @@ class Run:
             secrets=self._secrets,
             workspace=self._options.workspace,
             limits=self._options.limits,
+            env_paths=self._options.env_paths,
         )
 
 

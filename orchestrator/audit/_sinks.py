@@ -8,14 +8,16 @@ adds the caller's own sink. Runs that share a process therefore keep separate tr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TextIO
 
+from perstack_sandbox import state
 from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
-    from perstack_sandbox import state
+    from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +126,15 @@ class RunFiles:
     """
 
     def __init__(self, run: state.RunState) -> None:
-        """Open the run's `tools.jsonl` and `skills.log` for appending.
+        """Open the run's `tools.jsonl` and `skills.log` for appending, private (0600).
 
         Raises:
-            OSError: a file cannot be opened.
+            OSError: a file cannot be opened (a link planted in its place gives ELOOP).
 
         """
-        self._tools = run.tools_path.open("a", encoding="utf-8", buffering=1)
+        self._tools = _append_private(run.tools_path)
         try:
-            self._log = run.skills_log_path.open("a", encoding="utf-8", buffering=1)
+            self._log = _append_private(run.skills_log_path)
         except OSError:
             self._tools.close()
             raise
@@ -166,3 +168,8 @@ class RunFiles:
         """Close both files (later reports are an error)."""
         self._tools.close()
         self._log.close()
+
+
+def _append_private(path: Path) -> TextIO:
+    """Open `path` for appending as a private state file, never through a link."""
+    return os.fdopen(state.private_fd(path, append=True), "a", encoding="utf-8", buffering=1)

@@ -73,6 +73,8 @@ class SandboxSpec:
     expert_dir: str
     workspace: str | None
     policy: str
+    masks: tuple[str, ...] = ()  # paths under /expert covered by `cover`
+    cover: str = ""  # an empty file on the host, readable by the skills
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,12 @@ def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
 
 def _mounts(spec: SandboxSpec, workspace_view: str | None) -> list[docker.types.Mount]:
     mounts = [docker.types.Mount(EXPERT_DIR, spec.expert_dir, type="bind", read_only=True)]
+    # The engine mounts deeper targets after /expert, so each env file is covered by an empty
+    # regular file: it reads as empty (a skill that loads `.env` gets nothing, not an error),
+    # and writes fail with EROFS.
+    mounts += [
+        docker.types.Mount(target, spec.cover, type="bind", read_only=True) for target in spec.masks
+    ]
     if workspace_view:
         # The workspace layer's view of the folder, never the folder itself (see `_workspace`).
         mounts.append(docker.types.Mount(WORKSPACE_DIR, workspace_view, type="bind"))

@@ -38,7 +38,8 @@ from perstack_sandbox.engine._containers import (
 )
 from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.plan import Limits
-from perstack_sandbox.state import RunState, state_dir
+from perstack_sandbox.state import RunState, private_folder, state_dir, write_private
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -89,10 +90,9 @@ def build_fence(
 
     """
     build_id = new_build_id()
-    record = RunState(run_id=build_id, path=builds_dir() / build_id)
-    record.path.mkdir(parents=True, exist_ok=True)
+    record = RunState(run_id=build_id, path=private_folder(builds_dir() / build_id))
     policy = json.dumps({"allowedDomains": sorted(hosts), "sandboxId": build_id})
-    record.policy_path.write_text(policy + "\n")
+    write_private(record.policy_path, policy + "\n")
     spec = SandboxSpec(build_id, expert, "", Limits(), "", None, policy)
     progress(f"build fence {build_id}: registries {', '.join(sorted(hosts)) or '(none)'}")
     follower = None
@@ -163,7 +163,8 @@ def describe_refusals(audit_path: Path) -> str:
                 decision = json.loads(line)
                 if isinstance(decision, dict) and decision.get("decision") == "deny":
                     refused.add(str(decision.get("host") or decision.get("rawHost")))
-    listed = ", ".join(sorted(refused)) if refused else "nothing"
+    # The hosts are what an install script asked for: escape them like its output.
+    listed = printable(", ".join(sorted(refused))) if refused else "nothing"
     return f"the build's proxy refused {listed} (its decisions: {audit_path})"
 
 

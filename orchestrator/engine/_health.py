@@ -7,11 +7,13 @@ crashed run keeps its trail) and diagnostics on stderr (copied to `proxy.log`).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from perstack_sandbox import state
 from perstack_sandbox.docker_edge import client, docker_errors
 from perstack_sandbox.errors import EngineError
 
@@ -103,8 +105,8 @@ def describe_stopped(proxy_id: str) -> str:
 
 def _copy_frames(sock: object, run: RunState) -> None:
     with (
-        run.audit_path.open("ab", buffering=0) as audit,
-        run.proxy_log_path.open("ab", buffering=0) as log,
+        os.fdopen(state.private_fd(run.audit_path, append=True), "ab", buffering=0) as audit,
+        os.fdopen(state.private_fd(run.proxy_log_path, append=True), "ab", buffering=0) as log,
         contextlib.suppress(OSError, ValueError),
     ):
         buffer = b""

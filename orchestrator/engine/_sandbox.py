@@ -25,6 +25,8 @@ from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import no_progress
+from perstack_sandbox.plan import check_expert_folder
+from perstack_sandbox.state import write_private
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -172,17 +174,25 @@ async def open_sandbox(
     their own listeners and is empty (off) everywhere else. Teardown runs on normal exit, on an
     exception and on cancellation (SIGINT/SIGTERM via `cancel_on_signals`).
 
+    Every env file in the Expert's folder is covered by an empty read-only file (see
+    `plan.check_expert_folder`).
+
     Raises:
+        UsageError: the Expert's folder cannot be checked, or skills could not read it.
         EngineError: the engine refused an operation, or the proxy never became ready.
 
     """
+    # Checked again now (not only at `prepare`): the folder may have changed since.
+    folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
     credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
     policy = proxy_policy(plan, run.run_id, test_allow_cidrs, credentials)
     # The run's copy names each skill's list but holds no token.
     kept = {key: value for key, value in policy.items() if key != "skills"}
     kept["skillAllowedDomains"] = skill_grants(plan)
-    run.policy_path.write_text(json.dumps(kept, indent=2) + "\n", encoding="utf-8")
-    run.update_meta(image=image, status="starting", workspace=str(workspace or ""))
+    write_private(run.policy_path, json.dumps(kept, indent=2) + "\n")
+    run.update_meta(
+        image=image, status="starting", workspace=str(workspace or ""), hidden=folder.masks
+    )
     spec = _containers.SandboxSpec(
         run_id=run.run_id,
         expert=plan.expert,
@@ -191,6 +201,8 @@ async def open_sandbox(
         expert_dir=plan.config_dir,
         workspace=str(workspace) if workspace else None,
         policy=json.dumps(policy),
+        masks=folder.masks,
+        cover=str(run.write_cover()) if folder.masks else "",
     )
     status = "failed"
     try:

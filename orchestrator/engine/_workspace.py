@@ -41,7 +41,7 @@ with rshared propagation (Docker keeps its data root a shared mount), and the sa
 folder once the mount answers. Container and volume carry the run's labels, so `ps`, `down`
 and `gc` find them. Teardown stops the container first (it unmounts on SIGTERM); after a
 SIGKILL the host keeps a dead mount on the volume folder, which a short-lived "reaper"
-container of the same image unmounts so the volume can go. (docs/architecture.md, decision 21.)
+container of the same image unmounts so the volume can go. (docs/architecture.md, decision 22.)
 """
 
 from __future__ import annotations

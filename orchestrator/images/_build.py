@@ -2,7 +2,10 @@
 
 A build streams its steps to a progress callback (none by default: the library never prints).
 When a step fails, the `ImageBuildError` carries that step's header and its last output lines,
-not the whole log.
+not the whole log. Build output is written by package install scripts (untrusted code), so
+every line and error passes through `printable` before it reaches a callback, a message or the
+terminal. Colour codes are dropped first: the engine wraps each RUN step's stderr in red, and
+escaped they would only be noise.
 Registry locations are read from the host's own package managers, never written here.
 """
 
@@ -12,6 +15,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 from perstack_sandbox.docker_edge import client, docker_errors
 from perstack_sandbox.errors import EngineError, ImageBuildError
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
 
 Progress = "Callable[[str], None]"
 
+_COLOUR: Final = re.compile(r"\x1b\[[0-9;]*m")  # SGR only: colours, nothing that moves or writes
 STEP_TAIL_LINES: Final = 60  # lines of a failed step's output kept in the error
 HOST_TOOL_TIMEOUT_S: Final = 600  # npm pack / pip download of ~60 MB through a slow proxy
 
@@ -36,8 +42,8 @@ def no_progress(_line: str) -> None:
 
 
 def stderr_progress(line: str) -> None:
-    """Write a progress line on stderr: the sink the CLI passes in."""
-    sys.stderr.write(line + "\n")
+    """Write a progress line on stderr, control and bidi characters escaped: the CLI's sink."""
+    sys.stderr.write(printable(line) + "\n")
     sys.stderr.flush()
 
 
@@ -100,7 +106,7 @@ def _follow(events: Iterable[dict[str, object]], tag: str, progress: Callable[[s
             tail = "\n".join(output)
             raise ImageBuildError(
                 f"building {tag} failed at {step}\n--- step output ---\n{tail}\n"
-                f"--- error ---\n{event['error']}"
+                f"--- error ---\n{printable(str(event['error']))}"
             )
         aux = event.get("aux")
         if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
@@ -108,7 +114,8 @@ def _follow(events: Iterable[dict[str, object]], tag: str, progress: Callable[[s
         text = event.get("stream")
         if not isinstance(text, str):
             continue
-        for line in text.splitlines():
+        for raw in text.splitlines():
+            line = printable(_COLOUR.sub("", raw))
             if line.startswith("Step "):
                 step, output = line, deque(maxlen=STEP_TAIL_LINES)
             elif line.strip():

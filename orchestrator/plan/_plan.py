@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import shlex
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from perstack_sandbox.errors import UnknownExpertError
+from perstack_sandbox.plan._secrets import DEFAULT_ENV_FILES
 from perstack_sandbox_proxy.hosts import match_host
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
 
     from perstack_sandbox.config import (
         Expert,
@@ -48,6 +52,8 @@ DEFAULT_MEMORY_BYTES = 2 * 1024**3
 DEFAULT_CPUS = 2.0
 DEFAULT_PIDS = 256
 DEFAULT_TIMEOUT_MS = 60_000
+# Every file whose name starts with this is hidden from /expert, whether or not it is read.
+HIDDEN_NAME_PREFIX = ".env"
 
 
 class _Frozen(BaseModel):
@@ -120,6 +126,20 @@ class Mount(_Frozen):
     read_only: bool
 
 
+EnvOrigin = Literal["default", "envPath", "--env-path"]
+
+
+class HiddenFile(_Frozen):
+    """An env file: read on the host, never readable in the sandbox."""
+
+    path: str = Field(description="the host path as configured, made absolute")
+    origin: EnvOrigin
+    target: str | None = Field(
+        description="where it would appear under /expert (covered by an empty read-only file "
+        "when it exists); None when it lies outside the Expert's folder"
+    )
+
+
 class SandboxPlan(_Frozen):
     """The complete, reviewable description of one expert's sandbox."""
 
@@ -131,6 +151,8 @@ class SandboxPlan(_Frozen):
     egress: tuple[EgressRule, ...] = ()
     limits: Limits = Limits()
     mounts: tuple[Mount, ...] = ()
+    hidden: tuple[HiddenFile, ...] = ()
+    hidden_name_prefix: str = HIDDEN_NAME_PREFIX
     timeout_ms: int = DEFAULT_TIMEOUT_MS
 
     @property
@@ -144,8 +166,13 @@ class SandboxPlan(_Frozen):
         return tuple(s.package for s in self.skills if s.package is not None)
 
 
-def plan(config: PerstackConfig, expert_key: str) -> SandboxPlan:
+def plan(
+    config: PerstackConfig, expert_key: str, env_paths: Sequence[Path | str] = ()
+) -> SandboxPlan:
     """Decide everything the sandbox of `expert_key` will do, without touching Docker.
+
+    `env_paths` are the `--env-path` files given (absolute, or relative to the config's
+    folder); every env file, read or not, is named in `hidden`.
 
     Raises:
         UnknownExpertError: the expert is not defined in the config.
@@ -172,8 +199,32 @@ def plan(config: PerstackConfig, expert_key: str) -> SandboxPlan:
         interactive_tools=tuple(_interactive_tools(interactive)),
         egress=fold_egress(requests),
         mounts=(Mount(source=config.config_dir, target=EXPERT_DIR, read_only=True),),
+        hidden=hidden_files(config.config_dir, config.env_path, env_paths),
         timeout_ms=config.timeout or DEFAULT_TIMEOUT_MS,
     )
+
+
+def hidden_files(
+    config_dir: str, toml_paths: Sequence[str], cli_paths: Sequence[Path | str]
+) -> tuple[HiddenFile, ...]:
+    """Name every env file: the defaults, the TOML's `envPath`, the `--env-path` files.
+
+    All of them are hidden, not only those this run reads: a `.env` next to perstack.toml holds
+    secrets whether or not `--env-path` replaced it. Pure: paths are compared as text; the run
+    resolves links and finds other `.env*` files and hard links when it starts
+    (`check_expert_folder`).
+    """
+    named: list[tuple[str, EnvOrigin]] = [(name, "default") for name in DEFAULT_ENV_FILES]
+    named += [(name, "envPath") for name in toml_paths]
+    named += [(str(path), "--env-path") for path in cli_paths]
+    root = posixpath.normpath(config_dir)
+    found: dict[str, HiddenFile] = {}
+    for name, origin in named:
+        path = posixpath.normpath(posixpath.join(root, name))
+        inside = _relative_inside(path, root)
+        target = f"{EXPERT_DIR}/{inside}" if inside else None
+        found.setdefault(path, HiddenFile(path=path, origin=origin, target=target))
+    return tuple(found[path] for path in sorted(found))
 
 
 def container_argv(
@@ -220,6 +271,7 @@ def plan_to_text(sandbox: SandboxPlan) -> str:
     """Render the plan for a human reviewer: what runs, with which secrets, reaching where."""
     lines = [f"expert {sandbox.expert}", f"  config folder  {sandbox.config_dir}"]
     lines += [f"  mount  {m.source} -> {m.target} ({_mode(m)})" for m in sandbox.mounts]
+    lines += _hidden_text(sandbox)
     limits = sandbox.limits
     lines.append(
         f"  limits  memory {limits.memory_bytes // 1024**2} MiB, cpus {limits.cpus:g}, "
@@ -313,6 +365,33 @@ def _filter(skill: SkillLaunch | SseSkill) -> list[str]:
     if skill.omit:
         return [f"  tools  all but {', '.join(skill.omit)}"]
     return []
+
+
+def _relative_inside(path: str, root: str) -> str | None:
+    """Return `path` relative to `root` when it lies strictly inside it (both normalised)."""
+    pure, base = PurePosixPath(path), PurePosixPath(root)
+    if pure.is_absolute() != base.is_absolute() or not pure.is_relative_to(base):
+        return None
+    relative = pure.relative_to(base)
+    return None if not relative.parts or ".." in relative.parts else str(relative)
+
+
+def _hidden_text(sandbox: SandboxPlan) -> list[str]:
+    lines = [
+        f"  hidden  {h.target}  ({h.origin} env file; covered by an empty file when present)"
+        for h in sandbox.hidden
+        if h.target is not None
+    ]
+    lines.append(
+        f"  hidden  every other {sandbox.hidden_name_prefix}* file under {EXPERT_DIR}, and every "
+        "other name in the folder of an env file (link target, hard link), found at start"
+    )
+    lines += [
+        f"  env file outside the folder (not mounted)  {h.path}  ({h.origin})"
+        for h in sandbox.hidden
+        if h.target is None
+    ]
+    return lines
 
 
 def _mode(mount: Mount) -> str:

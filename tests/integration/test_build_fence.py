@@ -270,3 +270,45 @@ def test_a_failed_fenced_build_names_what_its_proxy_refused_and_leaves_nothing(
     flt = {"label": f"perstack-sandbox.run={build_ids[0]}"}
     assert docker_api.containers(all=True, filters=flt) == []
     assert docker_api.networks(filters=flt) == []
+
+
+def test_an_install_scripts_escape_sequences_reach_progress_and_error_defused(
+    tmp_path: Path, base_images: tuple[str, str]
+) -> None:
+    """A failing install script's bidi override and escapes arrive escaped, never raw.
+
+    npm prints a failed script's output (it shows ESC and BEL as `^[` and `^G` itself, but
+    passes U+202E through), and the engine wraps it in colour codes: it reaches the progress
+    lines and the ImageBuildError with no raw control or bidi character. Fails when: build
+    output is not passed through `printable` (checked by hand with `_build.printable` a no-op:
+    U+202E reached both raw).
+    """
+    base, _ = base_images
+    registry = _registries.npm_registry()
+    script = "process.stdout.write('\\x1b]0;PWNED\\x07\\x1b[2J\\u202eexe.txt\\n'); process.exit(3)"
+    hostile = local_package(tmp_path, HOSTILE, {"probe.js": script}, install="node probe.js")
+    spec = f"file:/tmp/{hostile.name}"
+    package = PackageSpec(manager="npm", name=HOSTILE, version_spec=spec, slug="hostile")
+    recipe = images.expert_dockerfile(base, [package]).splitlines()
+    first_install = next(i for i, line in enumerate(recipe) if "npm install" in line)
+    recipe.insert(first_install, f"COPY {hostile.name} /tmp/")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("\n".join(recipe) + "\n")
+    shutil.copy2(hostile, context / hostile.name)
+    lines: list[str] = []
+    with pytest.raises(ImageBuildError) as failed:
+        _fence.build_fenced(
+            context,
+            tag=f"perstack-itest/escapes:{state.new_run_id()}",
+            expert="escapes",
+            hosts=[_registries.https_host(registry)],
+            buildargs={"NPM_REGISTRY": registry},
+            progress=lines.append,
+        )
+    message = str(failed.value)
+    shown = "\n".join([*lines, message])
+    assert "npm error command sh -c node probe.js" in lines  # the engine's red is dropped
+    assert "\\u202eexe.txt" in message
+    assert "\\u202eexe.txt" in shown[: -len(message)]
+    assert not [char for char in shown if char in "\x1b\x07\u202e"]

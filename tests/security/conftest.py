@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import docker
 import pytest
 from support import (
+    CLI_ENV_FILE,
     EXPERT,
     UNREACHABLE,
     Canaries,
@@ -105,12 +106,13 @@ async def hostile(
     del security_state
     require_engine()
     folder = tmp_path_factory.mktemp("hostile-expert")
-    config = write_expert(folder, registry_host())
+    config, env_canaries = write_expert(folder, registry_host())
     workspace = tmp_path_factory.mktemp("hostile-workspace")
     workspace.chmod(0o755)  # an ordinary folder: skills write it through the workspace layer
     options = LaunchOptions(
         config_path=config,
         expert=EXPERT,
+        env_paths=(folder / CLI_ENV_FILE,),
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
@@ -118,7 +120,7 @@ async def hostile(
     async with open_expert(options) as gateway:
         run = state.latest_run()
         assert run is not None
-        yield Hostile(gateway, run, skill_secrets, canaries, workspace, config)
+        yield Hostile(gateway, run, skill_secrets, canaries, workspace, config, env_canaries)
 
 
 @pytest.fixture(scope="package")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from support import EXPERT, quiet
+from support import EXPERT, HIDDEN_TARGETS, quiet
 
 from perstack_sandbox import state
 from perstack_sandbox.launch import LaunchOptions, open_expert
@@ -107,9 +107,9 @@ async def test_a_program_written_to_scratch_space_cannot_be_executed(hostile: Ho
 async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
     hostile: Hostile,
 ) -> None:
-    """Only /expert (read-only) and Docker's /etc files are bound; /workspace is the layer's FUSE.
+    """Only /expert (read-only), its env-file covers and Docker's /etc files are bound.
 
-    The workspace layer's mount is nosuid and nodev, and there is no other FUSE mount.
+    /workspace is the workspace layer's FUSE mount (nosuid, nodev), and there is no other.
 
     Fails when: any other host path is mounted into the sandbox (checked by hand: one extra
     read-only bind mount), or the workspace folder is bound directly (checked by hand).
@@ -126,8 +126,8 @@ async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
         "emit([binds, fuse])"
     )
     binds, fuse = await hostile.probe(code)
-    assert set(binds) == EXPECTED_BINDS
-    assert binds["/expert"] == "ro"
+    assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS
+    assert {binds[target] for target in (*HIDDEN_TARGETS, "/expert")} == {"ro"}
     assert fuse == {"/workspace": ["fuse.bindfs", "nodev", "nosuid"]}
 
 

@@ -93,9 +93,14 @@ async def test_no_file_in_the_sandbox_holds_a_canary_or_the_decoys_secret(
     """A walk of every readable file (outside /proc, /sys, /dev) finds no canary or secret.
 
     Fails when: a secret is written to a file the sandbox can read (e.g. an env file mounted
-    or copied into /expert or the workspace).
+    or copied into /expert or the workspace; checked by hand: without the covers of the env
+    files, their canaries are found under /expert).
     """
-    needles = [*hostile.canaries.values.values(), hostile.secrets["DECOY_SECRET"]]
+    needles = [
+        *hostile.canaries.values.values(),
+        hostile.secrets["DECOY_SECRET"],
+        *hostile.env_canaries.values(),
+    ]
     code = (
         f"import os\nneedles = [n.encode() for n in {needles!r}]\nhits, scanned = [], 0\n"
         "for root, dirs, files in os.walk('/'):\n"

@@ -116,3 +116,32 @@ def test_a_run_that_is_not_started_has_an_id_but_no_folder_or_gateway(config_pat
     for name in ("path", "plan", "gateway"):
         with pytest.raises(RunError, match="open_run"):
             getattr(run, name)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_expert_folder_the_skills_cannot_read_is_refused_on_entry(config_path):
+    """The library checks the Expert's folder too, before any image build or run folder.
+
+    Fails when: `prepare_run` leaves out `check_expert_folder` (seen by hand: the run went on
+    to the image build and failed with EngineError, the engine being nowhere).
+    """
+    config_path.parent.chmod(0o700)
+    run = open_run(config_path, "e", secrets={"API_TOKEN": "t"})
+    with anyio.fail_after(30), pytest.raises(UsageError, match="skills cannot read"):
+        async with run:
+            pytest.fail("the run must not start")
+    assert not state.runs_dir().exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_env_paths_given_to_open_run_are_hidden_by_its_plan(config_path):
+    """`open_run(env_paths=...)` reaches the run's plan: each file inside the folder is hidden."""
+    (config_path.parent / "keys.vars").write_text("API_TOKEN=t\n")
+    run = open_run(config_path, "e", secrets={"API_TOKEN": "t"}, env_paths=["keys.vars"])
+    with anyio.fail_after(30), pytest.raises(EngineError):  # planned, then no engine to build on
+        async with run:
+            pytest.fail("the run must not start")
+    hidden = {(file.target, file.origin) for file in run.plan.hidden}
+    assert ("/expert/keys.vars", "--env-path") in hidden

@@ -1,0 +1,103 @@
+"""The state directory: no skill reads it, not even through a workspace that reaches it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+from support import EXPERT, Hostile, quiet
+
+from perstack_sandbox import run as library
+from perstack_sandbox import state
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.launch import LaunchOptions, open_expert, prepare
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+RUN_DEADLINE_S = 120  # a second sandbox on a busy host, its image cached
+
+
+def every_path(root: Path) -> Iterator[Path]:
+    """Yield `root` and every folder and file under it."""
+    yield root
+    for top, folders, files in os.walk(root):
+        yield from (Path(top, name) for name in (*folders, *files))
+
+
+async def test_a_skill_reads_no_state_file_even_when_its_workspace_holds_the_state(
+    hostile: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every folder and file of the state directory is EACCES from a workspace that holds it.
+
+    The state directory is put inside the workspace and the refusal of such a workspace is
+    bypassed (as a host bind mount would bypass it), so the modes alone must hold: another
+    run's policy, log and meta, a build's record, and this very run's own files (the audit the
+    proxy's follower writes as the run goes) are all refused. Fails when: the state is made
+    with the old modes (checked by hand with a pytest plugin setting `state.DIR_MODE` to 0755
+    and `state.FILE_MODE` to 0644: every file was read and the canary found).
+    """
+    canary = f"state-canary-{secrets.token_hex(12)}"
+    workspace = tmp_path / "workspace"
+    workspace.mkdir(mode=0o755)
+    workspace.chmod(0o755)
+    monkeypatch.setenv(state.STATE_ENV, str(workspace / "state"))
+    other = state.create_run("another-expert")
+    state.write_private(other.policy_path, json.dumps({"token": canary}))
+    other.update_meta(note=canary)
+    build = state.RunState("build-1", state.private_folder(state.state_dir() / "builds" / "b1"))
+    state.write_private(build.policy_path, json.dumps({"allowedDomains": [canary]}))
+    monkeypatch.setattr(library, "check_workspace", lambda *_args: None)
+    options = LaunchOptions(
+        config_path=hostile.run_config,
+        expert=EXPERT,
+        workspace=workspace,
+        prefix_tools=True,
+        progress=quiet,
+    )
+    with anyio.fail_after(RUN_DEADLINE_S):
+        async with open_expert(options) as gateway:
+            attacker = Hostile(gateway, other, {}, hostile.canaries, workspace, hostile.run_config)
+            paths = {
+                f"/workspace/{path.relative_to(workspace)}": path.is_dir()
+                for path in every_path(workspace / "state")
+            }
+            code = (
+                f"import os\npaths = {paths!r}\nseen = {{'listing': os.listdir('/workspace')}}\n"
+                "for path, is_dir in paths.items():\n"
+                "    try: seen[path] = os.listdir(path) if is_dir else open(path).read()\n"
+                "    except OSError as exc: seen[path] = outcome_of(exc)\n"
+                "emit(seen)"
+            )
+            seen = await attacker.probe(code)
+    assert seen.pop("listing") == ["state"]
+    own = [run for run in state.list_runs() if run.run_id != other.run_id]
+    assert len(own) == 1
+    assert f"/workspace/state/runs/{own[0].run_id}/audit.jsonl" in seen
+    assert f"/workspace/state/runs/{other.run_id}/policy.json" in seen
+    assert "/workspace/state/builds/b1/policy.json" in seen
+    assert seen == dict.fromkeys(seen, "EACCES")
+
+
+@pytest.mark.parametrize("where", ["home", "holding the state"])
+async def test_a_workspace_that_is_the_home_or_holds_the_state_is_refused(
+    hostile: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The invoking user's home folder, and a folder holding the state directory, are refused.
+
+    Fails when: `check_workspace` accepts them (checked by hand with its home and state
+    checks removed: `prepare` returned for both).
+    """
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path / "workspace" / "state"))
+    workspace = Path.home() if where == "home" else tmp_path / "workspace"
+    options = LaunchOptions(config_path=hostile.run_config, expert=EXPERT, workspace=workspace)
+    reason = "is your home folder" if where == "home" else "overlaps the state directory"
+    with pytest.raises(UsageError, match=reason):
+        prepare(options)
