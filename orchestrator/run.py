@@ -120,9 +120,11 @@ def check_workspace(workspace: Path | None, config_dir: Path) -> None:
 
     The sandbox writes to its workspace; if that were the Expert's folder it could rewrite
     perstack.toml or plant `.env` files (or links) that the NEXT run would read on the host.
-    Over the state directory it would reach every run's policy, logs and audit (private by
-    their modes, but the trail must not be writable by what it records). The user's home (or
-    a folder above it) holds their keys, shell start-up files and the default state directory.
+    Over the state directory it would reach every run's policy, logs and audit: the workspace
+    layer acts as the owner, whom their modes do not stop (it covers a state directory inside
+    the workspace too, but the trail must not be reachable by what it records). The user's
+    home (or a folder above it) holds their keys, shell start-up files and the default state
+    directory.
 
     Raises:
         UsageError: the workspace overlaps one of them, or is (or contains) the home folder.

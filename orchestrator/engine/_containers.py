@@ -12,11 +12,13 @@ import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import docker.errors
 
+from perstack_sandbox import state
 from perstack_sandbox.docker_edge import (
     LABEL_EXPERT,
     LABEL_MANAGED,
@@ -174,6 +176,8 @@ def _start_workspace(spec: SandboxSpec) -> str | None:
         name=_name(spec, _workspace.ROLE),
         labels=_labels(spec, _workspace.ROLE),
         skill_uids=SKILL_UIDS,
+        # What check_workspace refuses to overlap, again here: the layer writes as the owner.
+        private=(state.state_dir(), Path(spec.expert_dir)),
     )
 
 

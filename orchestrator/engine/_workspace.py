@@ -34,7 +34,10 @@ as the folder's owner with no capability, no_new_privs and a seccomp filter: eve
 operation of every skill is done by the owner's uid, so new files are the owner's and a skill
 can do in the folder exactly what the owner could, not more. The filter refuses a chmod that
 sets setuid or setgid, and nothing runs setuid from the mount (`nosuid`). bindfs never resolves
-symlinks itself, and even if it did, the only host path it can reach is the workspace.
+symlinks itself, and even if it did, the only host path it can reach is the workspace: the
+folder is bound without the host mounts inside it, and the state directory or the Expert's
+folder, should they lie inside it, are covered empty (skills act there as the owner, whom the
+state's file modes do not stop).
 
 The mount reaches the sandbox through the host: `/view` is a bind of a fresh volume's folder
 with rshared propagation (Docker keeps its data root a shared mount), and the sandbox binds that
@@ -71,7 +74,7 @@ from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 ROLE: Final = "workspace"
 REAPER_ROLE: Final = "workspace-reaper"
@@ -157,14 +160,34 @@ def _advice(message: str) -> str:
     return f"`perstack-sandbox doctor` checks the engine, {HOST_HINT}"
 
 
+def covered(folder: str, private: Sequence[Path]) -> list[str]:
+    """Return where, under /src, each existing folder of `private` inside `folder` lies.
+
+    Both sides are resolved (links followed), so a path spelled through a link still counts.
+    """
+    root = Path(folder).resolve()
+    found = []
+    for path in private:
+        inner = path.resolve()
+        if root in inner.parents and inner.is_dir():
+            found.append(posixpath.join(SOURCE_DIR, inner.relative_to(root).as_posix()))
+    return sorted(found)
+
+
 def container_config(
-    folder: str, mountpoint: str, owner: Owner, skill_uids: range
+    folder: str, mountpoint: str, owner: Owner, skill_uids: range, covers: Sequence[str] = ()
 ) -> tuple[dict[str, Any], list[str]]:
     """Return the host config and command of the workspace container (pure: no engine call).
 
     `skill_uids` see every file as their own (bindfs `--mirror`): that only shapes what the
-    kernel checks; the disk is always written as `owner`.
+    kernel checks; the disk is always written as `owner`. Each of `covers` (paths under /src)
+    is hidden behind an empty read-only tmpfs.
     """
+    # Not recursive: a host mount inside the folder (of the state directory, of the home) is
+    # not the folder, and bindfs would serve it with the owner's rights. Docker-py has no
+    # argument for it.
+    source = docker.types.Mount(SOURCE_DIR, folder, type="bind")
+    source["BindOptions"] = {"NonRecursive": True}
     host_config: dict[str, Any] = {
         "cap_drop": ["ALL"],
         "cap_add": list(CAPABILITIES),
@@ -174,8 +197,9 @@ def container_config(
         "network_mode": "none",
         "devices": [f"{FUSE_DEVICE}:{FUSE_DEVICE}:rwm"],
         "mounts": [
-            docker.types.Mount(SOURCE_DIR, folder, type="bind"),
+            source,
             docker.types.Mount(VIEW_DIR, mountpoint, type="bind", propagation="rshared"),
+            *(docker.types.Mount(cover, None, type="tmpfs", read_only=True) for cover in covers),
         ],
         "mem_limit": MEMORY_BYTES,
         "memswap_limit": MEMORY_BYTES,
@@ -192,11 +216,20 @@ def _apparmor() -> list[str]:
     return ["apparmor=unconfined"] if "name=apparmor" in " ".join(_security_options()) else []
 
 
-def serve(folder: str, *, name: str, labels: dict[str, str], skill_uids: range) -> str:
+def serve(
+    folder: str,
+    *,
+    name: str,
+    labels: dict[str, str],
+    skill_uids: range,
+    private: Sequence[Path] = (),
+) -> str:
     """Start the workspace layer for `folder`; return the host folder the sandbox must bind.
 
     Blocks until the layer answers. The volume and container are named `name` and carry
     `labels` (with the role set to "workspace"), so the run's teardown and `gc` remove them.
+    A folder of `private` that lies inside `folder` is served empty: skills would otherwise
+    reach it with the owner's rights, which no file mode stops.
 
     Raises:
         UsageError: the folder cannot be read.
@@ -209,7 +242,8 @@ def serve(folder: str, *, name: str, labels: dict[str, str], skill_uids: range) 
     labels = {**labels, LABEL_ROLE: ROLE}
     with docker_errors(f"creating the workspace volume {name}"):
         mountpoint = str(api.create_volume(name=name, driver="local", labels=labels)["Mountpoint"])
-    host_config, command = container_config(folder, mountpoint, owner, skill_uids)
+    covers = covered(folder, private)
+    host_config, command = container_config(folder, mountpoint, owner, skill_uids, covers)
     try:
         with docker_errors(f"starting the workspace layer for {folder}"):
             created = api.create_container(

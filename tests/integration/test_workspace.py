@@ -150,6 +150,35 @@ async def test_a_second_skill_still_cannot_read_the_first_skills_home(
     assert seen.stdout.split() == [b"EACCES", b"EACCES"], seen.stderr
 
 
+async def test_a_host_mount_inside_the_workspace_is_not_served_to_skills(
+    plan_factory, empty_expert_image, owned_folder, tmp_path
+):
+    """A folder bind-mounted into the workspace on the host shows as its empty mount point.
+
+    Skills act there with the owner's rights, so a mount inside the folder (of the state
+    directory, of the home) must not come through. Seen failing with the protection removed:
+    with the layer's /src bind recursive again, the skill read the canary.
+    """
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "canary.txt").write_text("not the workspace")
+    inside = owned_folder / "mounted"
+    inside.mkdir()
+    await anyio.run_process(["mount", "--bind", str(elsewhere), str(inside)])
+    plan = plan_factory()
+    run = state.create_run(plan.expert)
+    listing = ["python3", "-c", "import os; print(os.listdir('/workspace/mounted'))"]
+    try:
+        async with open_sandbox(
+            plan, image=empty_expert_image, run=run, workspace=owned_folder
+        ) as sandbox:
+            listed = await run_in(sandbox, listing)
+    finally:
+        await anyio.run_process(["umount", str(inside)])
+    assert listed.code == 0, listed.stderr
+    assert listed.stdout == b"[]\n"
+
+
 async def test_teardown_removes_the_layer_its_volume_and_its_mount(
     plan_factory, empty_expert_image, owned_folder, docker_api
 ):

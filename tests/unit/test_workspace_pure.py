@@ -49,13 +49,46 @@ def test_the_layer_holds_only_what_mounting_and_dropping_to_the_owner_need():
 
 @pytest.mark.usefixtures("engine_options")
 def test_the_folder_is_bound_privately_and_only_the_view_is_shared_with_the_host():
-    """/src is the user's folder (default propagation); /view the volume folder, rshared."""
+    """/src is the user's folder alone (no mount inside it, default propagation); /view rshared."""
     host, _ = config()
     mounts = {mount["Target"]: mount for mount in host["mounts"]}
+    assert set(mounts) == {"/src", "/view"}
     assert mounts["/src"]["Source"] == "/home/u/proj"
-    assert "BindOptions" not in mounts["/src"]
+    assert mounts["/src"]["BindOptions"] == {"NonRecursive": True}
     assert mounts["/view"]["Source"] == "/vol/_data"
     assert mounts["/view"]["BindOptions"] == {"Propagation": "rshared"}
+
+
+@pytest.mark.usefixtures("engine_options")
+def test_each_covered_folder_is_an_empty_read_only_tmpfs_over_the_folders_copy():
+    """A cover under /src is a read-only tmpfs, mounted after /src (deeper targets go later)."""
+    host, _ = _workspace.container_config(
+        "/p", "/v", Owner(1000, 1234), SKILLS, ["/src/state", "/src/a/expert"]
+    )
+    covers = [(m["Target"], m["Type"], m["ReadOnly"]) for m in host["mounts"][2:]]
+    assert covers == [("/src/state", "tmpfs", True), ("/src/a/expert", "tmpfs", True)]
+
+
+def test_only_private_folders_inside_the_workspace_are_covered(tmp_path):
+    """Folders inside it are covered, also named through a link; nothing else is.
+
+    Not covered: a folder outside, the workspace itself, a missing one, or one above it
+    (check_workspace refuses the overlaps).
+    """
+    folder = tmp_path / "work"
+    (folder / "deep" / "state").mkdir(parents=True)
+    (folder / "expert").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "link").symlink_to(folder)
+    private = [
+        tmp_path / "link" / "deep" / "state",
+        folder / "expert",
+        tmp_path / "outside",
+        folder,
+        folder / "missing",
+        tmp_path,
+    ]
+    assert _workspace.covered(str(folder), private) == ["/src/deep/state", "/src/expert"]
 
 
 @pytest.mark.usefixtures("engine_options")
