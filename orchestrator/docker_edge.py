@@ -41,6 +41,8 @@ LABEL_PACKAGES: Final = f"{LABEL_PREFIX}.packages"
 LABEL_BASE: Final = f"{LABEL_PREFIX}.base"
 MANAGED_FILTER: Final = {"label": f"{LABEL_MANAGED}=1"}
 
+FRAME_HEADER_BYTES: Final = 8  # stream type, three zero bytes, big-endian payload length
+STDERR_STREAM: Final = 2
 API_TIMEOUT_S: Final = 120  # one engine call; image builds stream and are not bound by it
 ENGINE_HINT: Final = (
     "start one with `make engine` (or `bash images/ensure-engine.sh`), or set DOCKER_HOST"
@@ -146,3 +148,18 @@ def is_owner_alive(labels: dict[str, str]) -> bool:
         pass  # exists, owned by someone else
     recorded = labels.get(LABEL_OWNER_START, "")
     return not recorded or recorded == process_start_ticks(pid)
+
+
+def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split an attach stream (no TTY) into its whole frames and the incomplete rest.
+
+    Each frame is (stream type: 1 stdout, 2 stderr; payload).
+    """
+    frames = []
+    while len(buffer) >= FRAME_HEADER_BYTES:
+        size = int.from_bytes(buffer[4:FRAME_HEADER_BYTES], "big")
+        if len(buffer) < FRAME_HEADER_BYTES + size:
+            break
+        frames.append((buffer[0], buffer[FRAME_HEADER_BYTES : FRAME_HEADER_BYTES + size]))
+        buffer = buffer[FRAME_HEADER_BYTES + size :]
+    return frames, buffer

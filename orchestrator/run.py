@@ -120,9 +120,11 @@ def check_workspace(workspace: Path | None, config_dir: Path) -> None:
 
     The sandbox writes to its workspace; if that were the Expert's folder it could rewrite
     perstack.toml or plant `.env` files (or links) that the NEXT run would read on the host.
-    Over the state directory it would reach every run's policy, logs and audit (private by
-    their modes, but the trail must not be writable by what it records). The user's home (or
-    a folder above it) holds their keys, shell start-up files and the default state directory.
+    Over the state directory it would reach every run's policy, logs and audit: the workspace
+    layer acts as the owner, whom their modes do not stop (it covers a state directory inside
+    the workspace too, but the trail must not be reachable by what it records). The user's
+    home (or a folder above it) holds their keys, shell start-up files and the default state
+    directory.
 
     Raises:
         UsageError: the workspace overlaps one of them, or is (or contains) the home folder.
@@ -386,14 +388,7 @@ class Run:
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
-        progress = options.on_progress
-        image = await anyio.to_thread.run_sync(
-            functools.partial(engine.ensure_expert_image, prepared.plan, progress=progress)
-        )
-        # Built here with the caller's progress, so the sandbox's own check never builds.
-        await anyio.to_thread.run_sync(
-            functools.partial(images.ensure_proxy_image, progress=progress)
-        )
+        image = await anyio.to_thread.run_sync(self._ensure_images, prepared)
         packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
         try:
             run = self._state = state.create_run(prepared.plan.expert, run_id=self.run_id)
@@ -432,6 +427,16 @@ class Run:
             raise news from exc
         finally:
             files.close()
+
+    def _ensure_images(self, prepared: Prepared) -> str:
+        """Build what the run needs with the caller's progress; return the expert image."""
+        progress = self._options.on_progress
+        image = engine.ensure_expert_image(prepared.plan, progress=progress)
+        # Built here, so the sandbox's own checks never build (and never report).
+        images.ensure_proxy_image(progress=progress)
+        if self._options.workspace is not None:
+            images.ensure_workspace_image(progress=progress)
+        return image
 
     def _prepare(self) -> Prepared:
         if self._options.isolation not in get_args(Isolation):

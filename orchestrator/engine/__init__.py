@@ -15,6 +15,7 @@ worker threads; every object carries our labels, so `ps`, `gc` and `down` find w
 ```
 _sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
 _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
+_workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
 _exec.py        a `docker exec` as three byte streams (the frames of the attach socket)
 _health.py      the proxy's readiness and its output copied into the run's files
 _fence.py       the fence around a per-expert build: its own network and registry-only proxy
@@ -26,11 +27,10 @@ _doctor.py      what `doctor` checks and fixes
 from __future__ import annotations
 
 from perstack_sandbox.docker_edge import owner_user
+from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from perstack_sandbox.engine._exec import ExecProcess
 from perstack_sandbox.engine._fence import build_expert, ensure_expert_image
 from perstack_sandbox.engine._sandbox import (
-    SKILL_UID_COUNT,
-    SKILL_UID_FIRST,
     Sandbox,
     cancel_on_signals,
     collect_garbage,

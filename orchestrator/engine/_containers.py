@@ -1,8 +1,9 @@
 """The Docker objects of one sandbox: creating them fast, hardened, labelled; removing them.
 
 Set-up does the minimum number of engine calls, and runs the two containers' creation in
-parallel: internal network, then {proxy: create, connect egress, start} || {sandbox: create,
-start}, then one inspect for the proxy's addresses and a healthz poll from the host.
+parallel: internal network, then {proxy: create, connect egress, start} || {[workspace layer:
+volume, container, wait until it answers (see `_workspace`)], sandbox: create, start}, then one
+inspect for the proxy's addresses and a healthz poll from the host.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import docker.errors
 
+from perstack_sandbox import state
 from perstack_sandbox.docker_edge import (
     LABEL_EXPERT,
     LABEL_MANAGED,
@@ -25,7 +28,7 @@ from perstack_sandbox.docker_edge import (
     docker_errors,
     owner_labels,
 )
-from perstack_sandbox.engine import _health
+from perstack_sandbox.engine import _health, _workspace
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import ensure_proxy_image
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
     from perstack_sandbox.state import RunState
 
 PROXY_PORT: Final = 3128
+SKILL_UID_FIRST: Final = 10001
+SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.Dockerfile)
+SKILL_UIDS: Final = range(SKILL_UID_FIRST, SKILL_UID_FIRST + SKILL_UID_COUNT)
 EGRESS_NETWORK: Final = "perstack-sandbox-egress"
 SANDBOX_USER: Final = "10000:10000"
 PROXY_USER: Final = "10000:10000"
@@ -148,7 +154,7 @@ def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
     return str(created["Id"])
 
 
-def _mounts(spec: SandboxSpec) -> list[docker.types.Mount]:
+def _mounts(spec: SandboxSpec, workspace_view: str | None) -> list[docker.types.Mount]:
     mounts = [docker.types.Mount(EXPERT_DIR, spec.expert_dir, type="bind", read_only=True)]
     # The engine mounts deeper targets after /expert, so each env file is covered by an empty
     # regular file: it reads as empty (a skill that loads `.env` gets nothing, not an error),
@@ -156,16 +162,30 @@ def _mounts(spec: SandboxSpec) -> list[docker.types.Mount]:
     mounts += [
         docker.types.Mount(target, spec.cover, type="bind", read_only=True) for target in spec.masks
     ]
-    if spec.workspace:
-        mounts.append(docker.types.Mount(WORKSPACE_DIR, spec.workspace, type="bind"))
+    if workspace_view:
+        # The workspace layer's view of the folder, never the folder itself (see `_workspace`).
+        mounts.append(docker.types.Mount(WORKSPACE_DIR, workspace_view, type="bind"))
     return mounts
 
 
-def _start_sandbox(spec: SandboxSpec, network: str) -> str:
+def _start_workspace(spec: SandboxSpec) -> str | None:
+    if not spec.workspace:
+        return None
+    return _workspace.serve(
+        spec.workspace,
+        name=_name(spec, _workspace.ROLE),
+        labels=_labels(spec, _workspace.ROLE),
+        skill_uids=SKILL_UIDS,
+        # What check_workspace refuses to overlap, again here: the layer writes as the owner.
+        private=(state.state_dir(), Path(spec.expert_dir)),
+    )
+
+
+def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None) -> str:
     api = client().api
     host_config = api.create_host_config(
         **HARDENING,
-        mounts=_mounts(spec),
+        mounts=_mounts(spec, workspace_view),
         tmpfs={"/tmp": SCRATCH_TMPFS, "/home": HOME_TMPFS},  # noqa: S108 - a private tmpfs
         mem_limit=spec.limits.memory_bytes,
         memswap_limit=spec.limits.memory_bytes,
@@ -263,6 +283,8 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         EngineError: an engine call failed, or the proxy did not become ready.
 
     """
+    if spec.workspace:
+        await anyio.to_thread.run_sync(_workspace.check_host)
     proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
     network = await anyio.to_thread.run_sync(create_internal_network, spec)
     ids: dict[str, str] = {}
@@ -271,7 +293,9 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         if role == "proxy":
             ids[role] = await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image)
         else:
-            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network)
+            # The layer first: the sandbox binds a mount that already answers (any runtime).
+            view = await anyio.to_thread.run_sync(_start_workspace, spec)
+            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network, view)
 
     async with anyio.create_task_group() as group:
         group.start_soon(make, "proxy")
@@ -283,7 +307,7 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
 
 
 def remove_run(run_id: str) -> None:
-    """Force-remove every container, then every network, labelled with `run_id`.
+    """Force-remove every container, then every volume and network, labelled with `run_id`.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
@@ -295,10 +319,11 @@ def remove_run(run_id: str) -> None:
 def remove_labelled(
     filters: dict[str, Any], *, keep: Callable[[dict[str, str]], bool] | None = None
 ) -> list[str]:
-    """Remove containers then networks matching `filters` (unless `keep(labels)`); name them.
+    """Remove containers, volumes, networks matching `filters` (unless `keep(labels)`); name them.
 
-    Containers go in parallel (each removal waits for its filesystem to be unmounted); the
-    networks go after them, since a network in use cannot be removed.
+    Containers go in parallel (each removal waits for its filesystem to be unmounted); a
+    workspace layer is stopped first, so that it unmounts. Volumes and networks go after them,
+    since neither can be removed while in use.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
@@ -309,13 +334,15 @@ def remove_labelled(
     def is_kept(item: dict[str, Any]) -> bool:
         return keep is not None and keep(item.get("Labels") or {})
 
-    def remove_container(container_id: str) -> None:
+    def remove_container(container: dict[str, Any]) -> None:
+        if (container.get("Labels") or {}).get(LABEL_ROLE) == _workspace.ROLE:
+            _workspace.stop(container["Id"])
         with (
             docker_errors("removing a sandbox container"),
             contextlib.suppress(docker.errors.NotFound),
         ):
             try:
-                api.remove_container(container_id, force=True, v=True)
+                api.remove_container(container["Id"], force=True, v=True)
             except docker.errors.APIError as exc:
                 # Another teardown, `down` or `gc` is removing it right now: it goes either way.
                 if not is_removal_in_progress(exc):
@@ -324,8 +351,9 @@ def remove_labelled(
     with docker_errors("listing sandbox objects"):
         containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
-        list(pool.map(remove_container, [c["Id"] for c in containers]))
+        list(pool.map(remove_container, containers))
     removed = [f"container {c['Names'][0].lstrip('/')}" for c in containers]
+    removed += _workspace.remove_volumes(filters, keep=keep)
     with docker_errors("removing sandbox networks"):
         for network in api.networks(filters=filters):
             if is_kept(network):
