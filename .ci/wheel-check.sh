@@ -24,7 +24,7 @@ cp -r "$root/examples" "$work/examples"
 chmod -R a+rX "$work/examples"
 cd "$work"
 
-tags='from perstack_sandbox import images; print(images.base_image_name(), images.proxy_image_name())'
+tags='from perstack_sandbox import images; print(images.base_image_name(), images.proxy_image_name(), images.workspace_image_name())'
 "$venv/python" - <<'PY'
 import proxy, perstack_sandbox, perstack_sandbox_proxy, sys
 for module in (proxy, perstack_sandbox, perstack_sandbox_proxy):

@@ -12,9 +12,8 @@ import functools
 import getpass
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import docker
 import docker.errors
@@ -24,7 +23,7 @@ from perstack_sandbox.errors import EngineError
 from perstack_sandbox.procs import is_process_alive, process_start_ticks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 LABEL_PREFIX: Final = "perstack-sandbox"
 LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"
@@ -42,6 +41,8 @@ LABEL_PACKAGES: Final = f"{LABEL_PREFIX}.packages"
 LABEL_BASE: Final = f"{LABEL_PREFIX}.base"
 MANAGED_FILTER: Final = {"label": f"{LABEL_MANAGED}=1"}
 
+FRAME_HEADER_BYTES: Final = 8  # stream type, three zero bytes, big-endian payload length
+STDERR_STREAM: Final = 2
 API_TIMEOUT_S: Final = 120  # one engine call; image builds stream and are not bound by it
 ENGINE_HINT: Final = (
     "start one with `make engine` (or `bash images/ensure-engine.sh`), or set DOCKER_HOST"
@@ -129,40 +130,16 @@ def is_owner_alive(labels: dict[str, str]) -> bool:
     return is_process_alive(pid, labels.get(LABEL_OWNER_START, ""))
 
 
-def remove_labelled(
-    filters: dict[str, Any], *, keep: Callable[[dict[str, str]], bool] | None = None
-) -> list[str]:
-    """Remove containers then networks matching `filters` (unless `keep(labels)`); name them.
+def split_frames(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split an attach stream (no TTY) into its whole frames and the incomplete rest.
 
-    Containers go in parallel (each removal waits for its filesystem to be unmounted); the
-    networks go after them, since a network in use cannot be removed.
-
-    Raises:
-        EngineError: the engine refused a removal or could not be reached.
-
+    Each frame is (stream type: 1 stdout, 2 stderr; payload).
     """
-    api = client().api
-
-    def is_kept(item: dict[str, Any]) -> bool:
-        return keep is not None and keep(item.get("Labels") or {})
-
-    def remove_container(container_id: str) -> None:
-        with (
-            docker_errors("removing a sandbox container"),
-            contextlib.suppress(docker.errors.NotFound),
-        ):
-            api.remove_container(container_id, force=True, v=True)
-
-    with docker_errors("listing sandbox objects"):
-        containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
-        list(pool.map(remove_container, [c["Id"] for c in containers]))
-    removed = [f"container {c['Names'][0].lstrip('/')}" for c in containers]
-    with docker_errors("removing sandbox networks"):
-        for network in api.networks(filters=filters):
-            if is_kept(network):
-                continue
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_network(network["Id"])
-            removed.append(f"network {network['Name']}")
-    return removed
+    frames = []
+    while len(buffer) >= FRAME_HEADER_BYTES:
+        size = int.from_bytes(buffer[4:FRAME_HEADER_BYTES], "big")
+        if len(buffer) < FRAME_HEADER_BYTES + size:
+            break
+        frames.append((buffer[0], buffer[FRAME_HEADER_BYTES : FRAME_HEADER_BYTES + size]))
+        buffer = buffer[FRAME_HEADER_BYTES + size :]
+    return frames, buffer

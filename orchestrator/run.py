@@ -120,9 +120,11 @@ def check_workspace(workspace: Path | None, config_dir: Path) -> None:
 
     The sandbox writes to its workspace; if that were the Expert's folder it could rewrite
     perstack.toml or plant `.env` files (or links) that the NEXT run would read on the host.
-    Over the state directory it would reach every run's policy, logs and audit (private by
-    their modes, but the trail must not be writable by what it records). The user's home (or
-    a folder above it) holds their keys, shell start-up files and the default state directory.
+    Over the state directory it would reach every run's policy, logs and audit: the workspace
+    layer acts as the owner, whom their modes do not stop (it covers a state directory inside
+    the workspace too, but the trail must not be reachable by what it records). The user's
+    home (or a folder above it) holds their keys, shell start-up files and the default state
+    directory.
 
     Raises:
         UsageError: the workspace overlaps one of them, or is (or contains) the home folder.
@@ -384,14 +386,10 @@ class Run:
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
-        progress = options.on_progress
         # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope) stops
         # the build and takes its fence down before this returns.
-        image = await engine.ensure_expert_image_async(prepared.plan, progress=progress)
-        # Built here with the caller's progress, so the sandbox's own check never builds.
-        await anyio.to_thread.run_sync(
-            functools.partial(images.ensure_proxy_image, progress=progress)
-        )
+        image = await engine.ensure_expert_image_async(prepared.plan, progress=options.on_progress)
+        await anyio.to_thread.run_sync(self._ensure_images)
         packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
         try:
             run = self._state = state.create_run(prepared.plan.expert, run_id=self.run_id)
@@ -433,6 +431,14 @@ class Run:
             raise news from exc
         finally:
             files.close()
+
+    def _ensure_images(self) -> None:
+        """Build the proxy (and workspace) images the run needs, with the caller's progress."""
+        progress = self._options.on_progress
+        # Built here, so the sandbox's own checks never build (and never report).
+        images.ensure_proxy_image(progress=progress)
+        if self._options.workspace is not None:
+            images.ensure_workspace_image(progress=progress)
 
     def _prepare(self) -> Prepared:
         if self._options.isolation not in get_args(Isolation):

@@ -15,6 +15,7 @@ worker threads; every object carries our labels, so `ps`, `gc` and `down` find w
 ```
 _sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
 _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
+_workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
 _exec.py        a `docker exec` as three byte streams (the frames of the attach socket)
 _health.py      the proxy's readiness and its output copied into the run's files
 _fence.py       the fence around a per-expert build: its own network and registry-only proxy
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from perstack_sandbox.docker_edge import owner_user
+    from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
     from perstack_sandbox.engine._exec import ExecProcess
     from perstack_sandbox.engine._fence import (
         build_expert,
@@ -42,8 +44,6 @@ if TYPE_CHECKING:
     )
     from perstack_sandbox.engine._gate import start_slot
     from perstack_sandbox.engine._sandbox import (
-        SKILL_UID_COUNT,
-        SKILL_UID_FIRST,
         Sandbox,
         cancel_on_signals,
         collect_garbage,
@@ -81,7 +81,7 @@ __all__ = [
 
 # Where each public name lives. They load on first use: the reaper runs as a module of this
 # package (`python -m perstack_sandbox.engine._reaper`), and while it waits for its owner it
-# must not import docker-py and everything the engine uses (decision 24).
+# must not import docker-py and everything the engine uses (decision 25).
 _LAZY: Final = {
     "owner_user": "..docker_edge",
     "ExecProcess": "._exec",
@@ -90,10 +90,10 @@ _LAZY: Final = {
     "ensure_expert_image_async": "._fence",
     "start_slot": "._gate",
     "RunInfo": "._sweep",
+    "SKILL_UID_COUNT": "._containers",
+    "SKILL_UID_FIRST": "._containers",
     **dict.fromkeys(
         (
-            "SKILL_UID_COUNT",
-            "SKILL_UID_FIRST",
             "Sandbox",
             "cancel_on_signals",
             "collect_garbage",

@@ -1,8 +1,9 @@
 """The Docker objects of one sandbox: creating them fast, hardened, labelled; removing them.
 
 Set-up does the minimum number of engine calls, and runs the two containers' creation in
-parallel: internal network, then {proxy: create, connect egress, start} || {sandbox: create,
-start}, then one inspect for the proxy's addresses and a healthz poll from the host.
+parallel: internal network, then {proxy: create, connect egress, start} || {[workspace layer:
+volume, container, wait until it answers (see `_workspace`)], sandbox: create, start}, then one
+inspect for the proxy's addresses and a healthz poll from the host.
 
 Before each create, the object is named in the run's journal (fsynced) and this process's
 reaper is running (`_reaper`), so whatever point a run dies at, its objects are found and
@@ -15,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import docker.errors
 
+from perstack_sandbox import state
 from perstack_sandbox.docker_edge import (
     LABEL_EXPERT,
     LABEL_MANAGED,
@@ -28,9 +31,8 @@ from perstack_sandbox.docker_edge import (
     client,
     docker_errors,
     owner_labels,
-    remove_labelled,
 )
-from perstack_sandbox.engine import _egress, _health, _reaper, _subnets
+from perstack_sandbox.engine import _egress, _health, _reaper, _subnets, _sweep, _workspace
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import ensure_proxy_image
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
     from perstack_sandbox.state import RunState
 
 PROXY_PORT: Final = 3128
+SKILL_UID_FIRST: Final = 10001
+SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.Dockerfile)
+SKILL_UIDS: Final = range(SKILL_UID_FIRST, SKILL_UID_FIRST + SKILL_UID_COUNT)
 SUBNET_ATTEMPTS: Final = 16  # each refused pick is one that a concurrent start just took
 SANDBOX_USER: Final = "10000:10000"
 PROXY_USER: Final = "10000:10000"
@@ -189,7 +194,7 @@ def _create_internal(
     return str(created["Id"])
 
 
-def _mounts(spec: SandboxSpec) -> list[docker.types.Mount]:
+def _mounts(spec: SandboxSpec, workspace_view: str | None) -> list[docker.types.Mount]:
     mounts = [docker.types.Mount(EXPERT_DIR, spec.expert_dir, type="bind", read_only=True)]
     # The engine mounts deeper targets after /expert, so each env file is covered by an empty
     # regular file: it reads as empty (a skill that loads `.env` gets nothing, not an error),
@@ -197,16 +202,33 @@ def _mounts(spec: SandboxSpec) -> list[docker.types.Mount]:
     mounts += [
         docker.types.Mount(target, spec.cover, type="bind", read_only=True) for target in spec.masks
     ]
-    if spec.workspace:
-        mounts.append(docker.types.Mount(WORKSPACE_DIR, spec.workspace, type="bind"))
+    if workspace_view:
+        # The workspace layer's view of the folder, never the folder itself (see `_workspace`).
+        mounts.append(docker.types.Mount(WORKSPACE_DIR, workspace_view, type="bind"))
     return mounts
 
 
-def _start_sandbox(spec: SandboxSpec, network: str) -> str:
+def _start_workspace(spec: SandboxSpec) -> str | None:
+    if not spec.workspace:
+        return None
+    name, labels = _name(spec, _workspace.ROLE), _labels(spec, _workspace.ROLE)
+    for kind in ("volume", "container"):  # `serve` makes both, in that order
+        _intend(spec, kind, name, labels)
+    return _workspace.serve(
+        spec.workspace,
+        name=name,
+        labels=labels,
+        skill_uids=SKILL_UIDS,
+        # What check_workspace refuses to overlap, again here: the layer writes as the owner.
+        private=(state.state_dir(), Path(spec.expert_dir)),
+    )
+
+
+def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None) -> str:
     api = client().api
     host_config = api.create_host_config(
         **HARDENING,
-        mounts=_mounts(spec),
+        mounts=_mounts(spec, workspace_view),
         tmpfs={"/tmp": SCRATCH_TMPFS, "/home": HOME_TMPFS},  # noqa: S108 - a private tmpfs
         mem_limit=spec.limits.memory_bytes,
         memswap_limit=spec.limits.memory_bytes,
@@ -311,6 +333,8 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         EngineError: an engine call failed, or the proxy did not become ready.
 
     """
+    if spec.workspace:
+        await anyio.to_thread.run_sync(_workspace.check_host)
     proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
     network = await anyio.to_thread.run_sync(create_internal_network, spec)
     ids: dict[str, str] = {}
@@ -319,7 +343,9 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         if role == "proxy":
             ids[role] = await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image)
         else:
-            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network)
+            # The layer first: the sandbox binds a mount that already answers (any runtime).
+            view = await anyio.to_thread.run_sync(_start_workspace, spec)
+            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network, view)
 
     async with anyio.create_task_group() as group:
         group.start_soon(make, "proxy")
@@ -331,13 +357,13 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
 
 
 def remove_run(run_id: str) -> None:
-    """Force-remove every container, then every network, labelled with `run_id`.
+    """Force-remove every container, then every volume and network, labelled with `run_id`.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
 
     """
-    remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
+    _sweep.remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
 
 
 def remove_attached(network_id: str) -> list[str]:

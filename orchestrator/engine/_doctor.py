@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from perstack_sandbox import images
 from perstack_sandbox.docker_edge import ENGINE_HINT, client, docker_errors
-from perstack_sandbox.engine import _sweep
+from perstack_sandbox.engine import _sweep, _workspace
 from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ def _image_checks() -> list[Check]:
         _image_check("stock Debian", images.DEBIAN_IMAGE, f"{fix}: bootstraps it with debootstrap"),
         _image_check("base image", images.base_image_name(), fix),
         _image_check("proxy image", images.proxy_image_name(), fix),
+        _image_check("workspace image", images.workspace_image_name(), f"{fix} (for --workspace)"),
     ]
     if not checks[1].is_ok and shutil.which("npm") is None:
         checks.append(
@@ -83,6 +84,14 @@ def _image_checks() -> list[Check]:
     else:
         checks.append(Check("host CA", is_ok=True, detail=f"not trusted ({images.HOST_CA_ENV}=0)"))
     return checks
+
+
+def _workspace_check() -> Check:
+    try:
+        _workspace.check_host()
+    except EngineError as exc:
+        return Check("workspace layer", is_ok=False, detail=str(exc))
+    return Check("workspace layer", is_ok=True, detail="FUSE available, uids not remapped")
 
 
 def _leftover_check() -> Check:
@@ -124,4 +133,5 @@ def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
         images.ensure_debian(progress)
         images.ensure_base_image(progress=progress)
         images.ensure_proxy_image(progress=progress)
-    return [*checks, *_image_checks(), _leftover_check()]
+        images.ensure_workspace_image(progress=progress)
+    return [*checks, *_image_checks(), _workspace_check(), _leftover_check()]

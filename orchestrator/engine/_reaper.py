@@ -3,9 +3,9 @@
 ```
 owner (this process) ───── pipe ─────► reaper (a session of its own; stdin is the pipe)
   holds the write end                   reads {"journal": PATH} lines; end of file means the
-  for its whole life                    owner is gone: removes every container, then network,
-                                        labelled with the owner's pid, start time and host,
-                                        and closes the journals it was told about
+  for its whole life                    owner is gone: removes every container, then volume
+                                        and network, labelled with the owner's pid, start
+                                        time and host, and closes the journals it was told of
 ```
 
 In-process teardown stays the normal path. The reaper is for when it cannot finish: an MCP
@@ -15,7 +15,7 @@ keeps a signal to the owner's process group from reaching it, and it removes onl
 owner is dead (the rule `gc` follows), so it never races a live run. Until the owner is gone it
 has imported nothing but the standard library (and this package's `state` and `procs`, which
 import nothing else): an idle reaper is one small interpreter (docs/architecture.md, decision
-24).
+25).
 """
 
 from __future__ import annotations
@@ -247,6 +247,7 @@ def reap(owner: Owner, journals: Sequence[Path], log: Callable[[str], None]) -> 
 def _remove_owned(owner: Owner, log: Callable[[str], None]) -> tuple[list[str], bool]:
     # Only now: until its owner is gone the reaper has imported nothing but the stdlib.
     from perstack_sandbox import docker_edge  # noqa: PLC0415
+    from perstack_sandbox.engine import _sweep  # noqa: PLC0415
     from perstack_sandbox.errors import EngineError  # noqa: PLC0415
 
     filters = {
@@ -261,7 +262,7 @@ def _remove_owned(owner: Owner, log: Callable[[str], None]) -> tuple[list[str], 
         return labels.get(docker_edge.LABEL_OWNER_START, owner.start_ticks) != owner.start_ticks
 
     try:
-        return docker_edge.remove_labelled(filters, keep=is_someone_else), False
+        return _sweep.remove_labelled(filters, keep=is_someone_else), False
     except EngineError as exc:
         # A network still has an endpoint (a container the engine is removing, a cancelled
         # build's step): this pass counts as busy, and the next one retries.

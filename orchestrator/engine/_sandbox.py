@@ -21,6 +21,7 @@ import anyio
 
 from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
 from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
+from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import no_progress
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from perstack_sandbox.state import RunState
 
 
-SKILL_UID_FIRST: Final = 10001
-SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.Dockerfile)
 CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
 NO_PROXY: Final = "localhost,127.0.0.1,::1"
 LAUNCHER: Final = "/usr/local/bin/perstack-launch"

@@ -1,10 +1,11 @@
-"""Listing and sweeping labelled objects: `ps`, `gc` and `down`."""
+"""Listing and removing labelled objects: `ps`, `gc`, `down`, a run's teardown and the reaper."""
 
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import docker.errors
 
@@ -22,11 +23,13 @@ from perstack_sandbox.docker_edge import (
     client,
     docker_errors,
     is_owner_alive,
-    remove_labelled,
 )
+from perstack_sandbox.engine import _workspace
 from perstack_sandbox.engine._egress import LOCK_ROLE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from perstack_sandbox.state import RunState
 
 
@@ -40,12 +43,12 @@ class RunInfo:
     owner_host: str
     is_owner_alive: bool
     created: str
-    objects: tuple[str, ...]  # "role: status" of a container, "network: name" of a network
+    objects: tuple[str, ...]  # "role: status" of a container; "network: name", "volume: name"
     owner_user: str = ""  # absent on objects made before owners were labelled with a user
 
 
 def list_runs() -> list[RunInfo]:
-    """Group labelled containers and networks by run id (see `engine.list_sandboxes`).
+    """Group labelled containers, networks and volumes by run id (see `engine.list_sandboxes`).
 
     A run killed between creating its network and its containers has only a network: it is
     listed all the same.
@@ -58,10 +61,12 @@ def list_runs() -> list[RunInfo]:
     with docker_errors("listing sandboxes"):
         containers = api.containers(all=True, filters=MANAGED_FILTER)
         networks = api.networks(filters=MANAGED_FILTER)
+        volumes = api.volumes(filters=MANAGED_FILTER).get("Volumes") or []
     objects = [
         (c["Labels"], f"{c['Labels'].get(LABEL_ROLE, '?')}: {c['State']}") for c in containers
     ]
     objects += [(n.get("Labels") or {}, f"network: {n['Name']}") for n in networks]
+    objects += [(v.get("Labels") or {}, f"volume: {v['Name']}") for v in volumes]
     runs: dict[str, RunInfo] = {}
     for labels, entry in sorted(objects, key=lambda item: item[0].get(LABEL_CREATED, "")):
         if _is_shared(labels) or labels.get(LABEL_ROLE) == LOCK_ROLE:
@@ -133,10 +138,11 @@ def _still_there(run: RunState) -> list[str]:
     for entry in run.journal():
         kind, name = entry.get("kind"), str(entry.get("name", ""))
         with docker_errors(f"looking up {kind} {name}"):
-            if kind == "container":
+            if kind in {"container", "volume"}:
+                inspect = api.inspect_container if kind == "container" else api.inspect_volume
                 with contextlib.suppress(docker.errors.NotFound):
-                    api.inspect_container(name)
-                    found.append(f"container {name}")
+                    inspect(name)
+                    found.append(f"{kind} {name}")
             elif kind == "network" and any(n["Name"] == name for n in api.networks(names=[name])):
                 found.append(f"network {name}")
     return found
@@ -150,6 +156,59 @@ def take_down(run_id: str) -> list[str]:
 
     """
     return remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
+
+
+def remove_labelled(
+    filters: dict[str, Any], *, keep: Callable[[dict[str, str]], bool] | None = None
+) -> list[str]:
+    """Remove containers, volumes, networks matching `filters` (unless `keep(labels)`); name them.
+
+    Containers go in parallel (each removal waits for its filesystem to be unmounted); a
+    workspace layer is stopped first, so that it unmounts. Volumes and networks go after them,
+    since neither can be removed while in use.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    api = client().api
+
+    def is_kept(item: dict[str, Any]) -> bool:
+        return keep is not None and keep(item.get("Labels") or {})
+
+    def remove_container(container: dict[str, Any]) -> None:
+        if (container.get("Labels") or {}).get(LABEL_ROLE) == _workspace.ROLE:
+            _workspace.stop(container["Id"])
+        with (
+            docker_errors("removing a sandbox container"),
+            contextlib.suppress(docker.errors.NotFound),
+        ):
+            try:
+                api.remove_container(container["Id"], force=True, v=True)
+            except docker.errors.APIError as exc:
+                # Another teardown, `down`, `gc` or a reaper is removing it: it goes either way.
+                if not is_removal_in_progress(exc):
+                    raise
+
+    with docker_errors("listing sandbox objects"):
+        containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
+        list(pool.map(remove_container, containers))
+    removed = [f"container {c['Names'][0].lstrip('/')}" for c in containers]
+    removed += _workspace.remove_volumes(filters, keep=keep)
+    with docker_errors("removing sandbox networks"):
+        for network in api.networks(filters=filters):
+            if is_kept(network):
+                continue
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_network(network["Id"])
+            removed.append(f"network {network['Name']}")
+    return removed
+
+
+def is_removal_in_progress(exc: docker.errors.APIError) -> bool:
+    """Return whether the engine refused a removal because one is already under way."""
+    return exc.status_code == 409 and "already in progress" in str(exc.explanation or "")  # noqa: PLR2004 - HTTP conflict
 
 
 def _remove_unused_shared() -> list[str]:

@@ -24,6 +24,7 @@ from perstack_sandbox.images._cache import (
     HOST_CA_BUNDLE,
     HOST_CA_ENV,
     PROXY_REPO,
+    WORKSPACE_REPO,
     ExpertBuild,
     base_image_name,
     copy_recipe,
@@ -31,6 +32,7 @@ from perstack_sandbox.images._cache import (
     ensure_debian,
     ensure_expert_image,
     ensure_proxy_image,
+    ensure_workspace_image,
     expert_dockerfile,
     expert_image_name,
     image_id,
@@ -39,6 +41,7 @@ from perstack_sandbox.images._cache import (
     recipe,
     resolved_packages,
     superseded_images,
+    workspace_image_name,
 )
 from perstack_sandbox.images._recipe import PROXY_ARGS
 from perstack_sandbox.images._registries import build_hosts, npm_registry, python_index
@@ -51,6 +54,7 @@ __all__ = [
     "HOST_CA_ENV",
     "PROXY_ARGS",
     "PROXY_REPO",
+    "WORKSPACE_REPO",
     "ExpertBuild",
     "base_image_name",
     "build_hosts",
@@ -60,6 +64,7 @@ __all__ = [
     "ensure_debian",
     "ensure_expert_image",
     "ensure_proxy_image",
+    "ensure_workspace_image",
     "expert_dockerfile",
     "expert_image_name",
     "image_id",
@@ -72,4 +77,5 @@ __all__ = [
     "resolved_packages",
     "stderr_progress",
     "superseded_images",
+    "workspace_image_name",
 ]

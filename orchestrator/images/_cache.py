@@ -1,10 +1,11 @@
-"""The three images of a sandbox, each cached under a content-hash tag.
+"""The images of a sandbox, each cached under a content-hash tag.
 
 ```
 debian:trixie-slim            stock name; bootstrapped with debootstrap when it cannot be pulled
 ├── perstack-sandbox/base     Node.js (NODE_USE_ENV_PROXY), npm, Python 3, uv, skill users, CA
 │   └── perstack-sandbox/expert:<hash>   + every npx/uvx package of one expert, pinned at build
-└── perstack-sandbox/proxy    Python 3 + the `proxy/` package
+├── perstack-sandbox/proxy    Python 3 + the `proxy/` package
+└── perstack-sandbox/workspace  bindfs + Python 3: the workspace layer (see `_workspace`)
 ```
 
 A tag is the hash of everything that goes into its image (recipe files, parent image id,
@@ -59,6 +60,8 @@ PROXY_PACKAGE: Final = "perstack_sandbox_proxy"  # copied into the proxy image a
 DEBIAN_IMAGE: Final = "debian:trixie-slim"
 BASE_REPO: Final = "perstack-sandbox/base"
 PROXY_REPO: Final = "perstack-sandbox/proxy"
+WORKSPACE_REPO: Final = "perstack-sandbox/workspace"
+WORKSPACE_FILES: Final = ("workspace.Dockerfile", "perstack-workspace.py", "fuse-handover.py")
 EXPERT_REPO: Final = "perstack-sandbox/expert"
 NODE_MAJOR: Final = "24"  # the first LTS line with NODE_USE_ENV_PROXY (24.5+)
 NPM_MAJOR: Final = "11"
@@ -255,6 +258,38 @@ def ensure_proxy_image(*, progress: Callable[[str], None] = no_progress) -> str:
     return name
 
 
+def workspace_image_name() -> str:
+    """Return the tag of the workspace-layer image for the current recipe."""
+    return f"{WORKSPACE_REPO}:{_digest(*(recipe(file) for file in WORKSPACE_FILES))}"
+
+
+def ensure_workspace_image(*, progress: Callable[[str], None] = no_progress) -> str:
+    """Return the workspace-layer image's tag, building it first when it is missing.
+
+    Raises:
+        ImageBuildError: the build failed.
+        EngineError: the engine could not be reached.
+
+    """
+    name = workspace_image_name()
+    if image_id(name) is not None:
+        return name
+    ensure_debian(progress)
+    progress(f"building {name}")
+    with tempfile.TemporaryDirectory(prefix="perstack-workspace-") as tmp:
+        context = Path(tmp)
+        for file in WORKSPACE_FILES:
+            copy_recipe(file, context / file)
+        _build.build_image(
+            context,
+            dockerfile="workspace.Dockerfile",
+            tag=name,
+            labels={LABEL_KIND: "workspace", LABEL_RECIPE: name.rsplit(":", 1)[1]},
+            progress=progress,
+        )
+    return name
+
+
 def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
     """Return the per-expert Dockerfile (see `_recipe`): one uid per package install.
 
@@ -355,13 +390,14 @@ def resolved_packages(name: str) -> list[dict[str, str]]:
 def superseded_images() -> list[str]:
     """Return our images that no current recipe uses (pure cache: at most a rebuild to redo).
 
-    That is older base and proxy builds, and expert images built on an older base.
+    That is older base, proxy and workspace builds, and expert images built on an older base.
 
     Raises:
         EngineError: the engine could not be reached.
 
     """
     current_base, current_proxy = base_image_name(), proxy_image_name()
+    current_workspace = workspace_image_name()
     with docker_errors("listing images"):
         found = client().api.images(filters={"label": LABEL_KIND})
     stale: list[str] = []
@@ -372,6 +408,7 @@ def superseded_images() -> list[str]:
         is_current = (
             (kind == "base" and current_base in tags)
             or (kind == "proxy" and current_proxy in tags)
+            or (kind == "workspace" and current_workspace in tags)
             or (kind == "expert" and labels.get(LABEL_BASE, current_base) == current_base)
         )
         if not is_current:

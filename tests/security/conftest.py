@@ -108,7 +108,7 @@ async def hostile(
     folder = tmp_path_factory.mktemp("hostile-expert")
     config, env_canaries = write_expert(folder, registry_host())
     workspace = tmp_path_factory.mktemp("hostile-workspace")
-    workspace.chmod(0o777)  # the skills' uids write their symlinks here
+    workspace.chmod(0o755)  # an ordinary folder: skills write it through the workspace layer
     options = LaunchOptions(
         config_path=config,
         expert=EXPERT,

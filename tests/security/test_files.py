@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,7 +32,7 @@ READ_ONLY_TARGETS = {
     "/expert/perstack.toml": "EACCES",
 }
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
-EXPECTED_BINDS = {"/expert", "/workspace", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"}
+EXPECTED_BINDS = {"/expert", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"}
 STATE_NAMES = ("audit.jsonl", "meta.json", "skills.log", "tools.jsonl", "policy.json", "proxy.log")
 CONFIG_NAMES = (".env", ".env.local", "perstack.toml")
 
@@ -106,22 +107,64 @@ async def test_a_program_written_to_scratch_space_cannot_be_executed(hostile: Ho
 async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
     hostile: Hostile,
 ) -> None:
-    """Bind mounts are /expert (read-only), its env-file covers, /workspace, Docker's /etc files.
+    """Only /expert (read-only), its env-file covers and Docker's /etc files are bound.
+
+    /workspace is the workspace layer's FUSE mount (nosuid, nodev), and there is no other.
 
     Fails when: any other host path is mounted into the sandbox (checked by hand: one extra
-    read-only bind mount).
+    read-only bind mount), or the workspace folder is bound directly (checked by hand).
     """
     code = (
-        "binds = {}\n"
+        "binds, fuse = {}, {}\n"
         "for line in open('/proc/self/mountinfo'):\n"
         "    f = line.split()\n"
-        "    if f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev')):\n"
+        "    kind = f[f.index('-') + 1]\n"
+        "    if kind.startswith('fuse'):\n"
+        "        fuse[f[4]] = [kind, *sorted(set(f[5].split(',')) & {'nosuid', 'nodev'})]\n"
+        "    elif f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev')):\n"
         "        binds[f[4]] = f[5].split(',')[0]\n"
-        "emit(binds)"
+        "emit([binds, fuse])"
     )
-    binds = await hostile.probe(code)
+    binds, fuse = await hostile.probe(code)
     assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS
     assert {binds[target] for target in (*HIDDEN_TARGETS, "/expert")} == {"ro"}
+    assert fuse == {"/workspace": ["fuse.bindfs", "nodev", "nosuid"]}
+
+
+async def test_a_setuid_or_setgid_mode_never_reaches_the_host_through_the_workspace(
+    hostile: Hostile,
+) -> None:
+    """A skill's chmod u+s in /workspace fails (EPERM), and no host file gets an s bit.
+
+    The kernel already drops g+s from a skill (never in the files' group); the workspace
+    layer's seccomp filter refuses u+s, which an owner may otherwise set.
+
+    Fails when: the layer's filter lets the mode through (checked by hand: without the chmod
+    rules in images/perstack-workspace.py, the host file was setuid and the chmod succeeded).
+    """
+    code = (
+        "import os\n"
+        "open('/workspace/suid-probe', 'w').close()\n"
+        "os.mkdir('/workspace/sgid-probe')\n"
+        "tried = []\n"
+        "for path, mode in (('suid-probe', 0o4755), ('suid-probe', 0o6755),\n"
+        "                   ('suid-probe', 0o2755), ('sgid-probe', 0o2775)):\n"
+        "    try:\n"
+        "        os.chmod('/workspace/' + path, mode)\n"
+        "        tried.append('ok')\n"
+        "    except OSError as exc:\n"
+        "        tried.append(outcome_of(exc))\n"
+        "emit(tried)"
+    )
+    try:
+        tried = await hostile.probe(code)
+        modes = [(hostile.workspace / name).stat().st_mode for name in ("suid-probe", "sgid-probe")]
+    finally:
+        (hostile.workspace / "suid-probe").unlink(missing_ok=True)
+        if (hostile.workspace / "sgid-probe").exists():
+            (hostile.workspace / "sgid-probe").rmdir()
+    assert tried[:2] == ["EPERM", "EPERM"]
+    assert [mode & (stat.S_ISUID | stat.S_ISGID) for mode in modes] == [0, 0]
 
 
 async def test_a_symlink_to_a_host_path_resolves_inside_the_sandbox_only(

@@ -123,14 +123,15 @@ async def test_no_file_in_the_sandbox_holds_a_canary_or_the_decoys_secret(
 async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
     hostile: Hostile,
 ) -> None:
-    """Containers (env, labels, cmd), their images, execs and networks hold no canary or secret.
+    """No container (the workspace layer's too), image, exec or network holds a canary or secret.
 
     Fails when: a secret is set on the container rather than per exec (checked by hand:
     `environment=` with a canary on the sandbox container), or a value goes into argv.
     """
     api = docker.from_env().api
     containers = hostile.containers()
-    assert {c.labels["perstack-sandbox.role"] for c in containers} == {"sandbox", "proxy"}
+    roles = {c.labels["perstack-sandbox.role"] for c in containers}
+    assert roles == {"sandbox", "proxy", "workspace"}
     texts = {}
     for container in containers:
         attrs = api.inspect_container(container.id)

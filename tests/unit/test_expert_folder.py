@@ -229,14 +229,18 @@ def test_call_on_a_private_expert_folder_exits_2_before_docker(tmp_path: Path) -
 
 
 def test_each_cover_is_a_read_only_bind_of_the_cover_file_after_the_folder() -> None:
-    """The sandbox's mounts: /expert read-only, then one read-only bind of `cover` per env file."""
+    """The sandbox's mounts: /expert read-only, a read-only `cover` per env file, the workspace.
+
+    The workspace is the layer's view (a volume folder), never the user's folder itself.
+    """
     spec = _containers.SandboxSpec(
-        "r", "e", "img", Limits(), "/srv/expert", None, "{}", ("/expert/.env",), "/state/cover"
+        "r", "e", "img", Limits(), "/srv/expert", "/home/u/p", "{}", ("/expert/.env",), "/c"
     )
-    mounts = _containers._mounts(spec)
+    mounts = _containers._mounts(spec, "/volumes/v/_data")
     assert [(m["Target"], m["Source"], m["ReadOnly"]) for m in mounts] == [
         ("/expert", "/srv/expert", True),
-        ("/expert/.env", "/state/cover", True),
+        ("/expert/.env", "/c", True),
+        ("/workspace", "/volumes/v/_data", False),
     ]
 
 
