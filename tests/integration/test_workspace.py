@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from engine_support import objects_of_run, run_in
+from engine_support import objects_of_run, reaper_of, run_in, wait_until
 
 from perstack_sandbox import engine, state
 from perstack_sandbox.engine import open_sandbox
@@ -26,6 +27,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("st
 
 OWNER_UID, OWNER_GID = 1000, 1234
 CHILD_DEADLINE_S = 120  # a child interpreter imports docker, starts a sandbox, reports
+REAPED_DEADLINE_S = 30  # a dead owner's objects are gone within it, with no gc
 # A stand-in orchestrator with a workspace: start, report the run id, wait to be killed.
 HOLDER = r"""
 import sys, anyio
@@ -232,14 +234,13 @@ async def test_cancellation_during_the_layers_start_leaves_nothing(
     assert host_mounts_naming(f"perstack-{run.run_id}-workspace") == []
 
 
-def test_gc_after_a_sigkilled_owner_removes_the_layer_its_volume_and_its_mount(
-    empty_expert_image, owned_folder, docker_api, tmp_path
-):
-    """An orchestrator killed with a workspace open leaves a working layer; gc removes it all."""
-    expert_dir = tmp_path / "expert"
+def start_holder(
+    image: str, expert_dir: Path, workspace: Path
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a stand-in orchestrator with `workspace` open; return it and its run id."""
     expert_dir.mkdir()
     child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, empty_expert_image, str(expert_dir), str(owned_folder)],
+        [sys.executable, "-c", HOLDER, image, str(expert_dir), str(workspace)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -247,9 +248,22 @@ def test_gc_after_a_sigkilled_owner_removes_the_layer_its_volume_and_its_mount(
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], CHILD_DEADLINE_S)
     run_id = child.stdout.readline().strip() if ready else ""
+    if not run_id:
+        child.kill()
+        pytest.fail(f"the holder died: {child.stderr.read() if child.stderr else ''}")
+    return child, run_id
+
+
+def test_gc_after_a_sigkilled_owner_removes_the_layer_its_volume_and_its_mount(
+    empty_expert_image, owned_folder, docker_api, tmp_path
+):
+    """A killed orchestrator (its reaper killed too) leaves a working layer; gc removes it all."""
+    child, run_id = start_holder(empty_expert_image, tmp_path / "expert", owned_folder)
+    reaper = reaper_of(child.pid)
+    assert reaper is not None
+    os.kill(reaper, signal.SIGKILL)  # first: it would clean up
     child.kill()
     child.wait(timeout=CHILD_DEADLINE_S)
-    assert run_id, child.stderr.read() if child.stderr else ""
     assert volumes_of_run(docker_api, run_id)
     assert host_mounts_naming(f"perstack-{run_id}-workspace")
     removed = engine.collect_garbage()
@@ -257,3 +271,25 @@ def test_gc_after_a_sigkilled_owner_removes_the_layer_its_volume_and_its_mount(
     assert objects_of_run(docker_api, run_id) == []
     assert volumes_of_run(docker_api, run_id) == []
     assert host_mounts_naming(f"perstack-{run_id}-workspace") == []
+
+
+def test_a_sigkilled_owners_reaper_removes_the_layer_its_volume_and_its_mount(
+    empty_expert_image, owned_folder, docker_api, tmp_path
+):
+    """With no gc, the owner's reaper stops the layer, unmounts, and removes volume and run.
+
+    Seen failing with the reaper's sweep on the old `remove_labelled` (no volumes): the
+    containers and network went, the volume stayed.
+    """
+    child, run_id = start_holder(empty_expert_image, tmp_path / "expert", owned_folder)
+    run = state.RunState(run_id, state.runs_dir() / run_id)
+    assert {entry.get("kind") for entry in run.journal()} == {"network", "container", "volume"}
+    child.kill()
+    child.wait(timeout=CHILD_DEADLINE_S)
+
+    def is_gone() -> bool:
+        return not (objects_of_run(docker_api, run_id) or volumes_of_run(docker_api, run_id))
+
+    assert wait_until(is_gone, REAPED_DEADLINE_S)
+    assert host_mounts_naming(f"perstack-{run_id}-workspace") == []
+    assert wait_until(lambda: not run.is_journal_open(), REAPED_DEADLINE_S)
