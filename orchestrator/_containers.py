@@ -26,6 +26,7 @@ from orchestrator._docker import (
     docker_errors,
     owner_labels,
 )
+from orchestrator._seccomp import sandbox_profile
 from orchestrator.errors import EngineError
 from orchestrator.images import ensure_proxy_image
 from orchestrator.plan import EXPERT_DIR, WORKSPACE_DIR
@@ -156,7 +157,7 @@ def _mounts(spec: SandboxSpec) -> list[docker.types.Mount]:
 def _start_sandbox(spec: SandboxSpec, network: str) -> str:
     api = client().api
     host_config = api.create_host_config(
-        **HARDENING,
+        **{**HARDENING, "security_opt": sandbox_security_opt()},
         mounts=_mounts(spec),
         tmpfs={"/tmp": SCRATCH_TMPFS, "/home": HOME_TMPFS},  # noqa: S108 - a private tmpfs
         mem_limit=spec.limits.memory_bytes,
@@ -178,6 +179,19 @@ def _start_sandbox(spec: SandboxSpec, network: str) -> str:
         )
         api.start(created["Id"])
     return str(created["Id"])
+
+
+def sandbox_security_opt() -> list[str]:
+    """Return the sandbox's security options: no-new-privileges and our own seccomp profile.
+
+    The engine wants the profile's JSON text itself (a path would be read by the CLI, not the
+    engine). The proxy runs our own code and keeps the engine's default profile.
+
+    Raises:
+        EngineError: the profile shipped in images/ is missing or broken.
+
+    """
+    return [*HARDENING["security_opt"], f"seccomp={sandbox_profile()}"]
 
 
 def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
