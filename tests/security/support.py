@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from orchestrator.state import RunState
 
 HERE = Path(__file__).resolve().parent
-EXPERT_FILES = ("hostile_server.py", "probes.py")
+EXPERT_FILES = ("hostile_server.py", "probes.py", "kernel_probes.py")
 EXPERT = "hostile-expert"
 LABEL_RUN = "perstack-sandbox.run"
 LABEL_ROLE = "perstack-sandbox.role"
@@ -119,6 +119,7 @@ class Hostile:
     canaries: Canaries
     workspace: Path
     run_config: Path
+    isolation: str = "runc"
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def python(self, code: str, *, skill: str = "hostile") -> dict[str, Any]:
