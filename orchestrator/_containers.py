@@ -26,14 +26,17 @@ from orchestrator._docker import (
     docker_errors,
     owner_labels,
 )
+from orchestrator._gvisor import RUNTIMES, host_pids_limit
 from orchestrator._seccomp import sandbox_profile
 from orchestrator.errors import EngineError
 from orchestrator.images import ensure_proxy_image
+from orchestrator.isolation import DEFAULT_ISOLATION
 from orchestrator.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from orchestrator.isolation import Isolation
     from orchestrator.plan import Limits
     from orchestrator.state import RunState
 
@@ -70,17 +73,26 @@ class SandboxSpec:
     expert_dir: str
     workspace: str | None
     policy: str
+    isolation: Isolation = DEFAULT_ISOLATION  # of the sandbox containers; the proxy is on runc
+    # How many sandbox containers: one under runc; one per stdio skill under gVisor, where a
+    # process can read every other process's /proc/<pid>/environ in Debian's runsc.
+    containers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Started:
     """Ids and addresses of a started sandbox."""
 
-    container_id: str
+    container_ids: tuple[str, ...]  # the sandbox containers, in skill order
     proxy_id: str
     proxy_ip: str
     proxy_host_ip: str
     network_id: str
+
+    @property
+    def container_id(self) -> str:
+        """The first (under runc, the only) sandbox container."""
+        return self.container_ids[0]
 
 
 def _labels(spec: SandboxSpec, role: str) -> dict[str, str]:
@@ -154,23 +166,24 @@ def _mounts(spec: SandboxSpec) -> list[docker.types.Mount]:
     return mounts
 
 
-def _start_sandbox(spec: SandboxSpec, network: str) -> str:
+def _start_sandbox(spec: SandboxSpec, network: str, index: int = 0) -> str:
     api = client().api
     host_config = api.create_host_config(
-        **{**HARDENING, "security_opt": sandbox_security_opt()},
+        **{**HARDENING, "security_opt": sandbox_security_opt(spec.isolation)},
+        runtime=RUNTIMES[spec.isolation],
         mounts=_mounts(spec),
         tmpfs={"/tmp": SCRATCH_TMPFS, "/home": HOME_TMPFS},  # noqa: S108 - a private tmpfs
         mem_limit=spec.limits.memory_bytes,
         memswap_limit=spec.limits.memory_bytes,
         nano_cpus=int(spec.limits.cpus * 1e9),
-        pids_limit=spec.limits.pids,
+        **_pids_limits(spec),
         network_mode=network,
         dns=list(SANDBOX_DNS),
     )
     with docker_errors(f"starting the sandbox container of run {spec.run_id}"):
         created = api.create_container(
             spec.image,
-            name=_name(spec, "sandbox"),
+            name=_name(spec, f"sandbox-{index}" if index else "sandbox"),
             hostname="sandbox",
             user=SANDBOX_USER,
             working_dir=WORKSPACE_DIR,
@@ -181,17 +194,27 @@ def _start_sandbox(spec: SandboxSpec, network: str) -> str:
     return str(created["Id"])
 
 
-def sandbox_security_opt() -> list[str]:
+def _pids_limits(spec: SandboxSpec) -> dict[str, Any]:
+    """Return the process limits of a sandbox container (gVisor: see `host_pids_limit`)."""
+    if spec.isolation != "gvisor":
+        return {"pids_limit": spec.limits.pids}
+    nproc = docker.types.Ulimit(name="nproc", soft=spec.limits.pids, hard=spec.limits.pids)
+    return {"pids_limit": host_pids_limit(spec.limits.pids), "ulimits": [nproc]}
+
+
+def sandbox_security_opt(isolation: Isolation = DEFAULT_ISOLATION) -> list[str]:
     """Return the sandbox's security options: no-new-privileges and our own seccomp profile.
 
     The engine wants the profile's JSON text itself (a path would be read by the CLI, not the
-    engine). The proxy runs our own code and keeps the engine's default profile.
+    engine); under gVisor, in the form runsc reads. The proxy runs our own code and keeps the
+    engine's default profile.
 
     Raises:
         EngineError: the profile shipped in images/ is missing or broken.
 
     """
-    return [*HARDENING["security_opt"], f"seccomp={sandbox_profile()}"]
+    profile = sandbox_profile(gvisor=isolation == "gvisor")
+    return [*HARDENING["security_opt"], f"seccomp={profile}"]
 
 
 def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
@@ -260,7 +283,7 @@ def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
 
 
 async def start(spec: SandboxSpec, run: RunState) -> Started:
-    """Create and start the network, proxy and sandbox of `spec`; wait until the proxy answers.
+    """Create and start the network, proxy and sandboxes of `spec`; wait for the proxy.
 
     Objects are labelled with the run id as they are made; the caller's teardown removes them
     by that label whatever point this reached.
@@ -272,20 +295,23 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
     proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
     network = await anyio.to_thread.run_sync(create_internal_network, spec)
     ids: dict[str, str] = {}
+    sandboxes = [f"sandbox-{index}" for index in range(max(1, spec.containers))]
 
     async def make(role: str) -> None:
         if role == "proxy":
             ids[role] = await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image)
         else:
-            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network)
+            index = sandboxes.index(role)
+            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network, index)
 
     async with anyio.create_task_group() as group:
-        group.start_soon(make, "proxy")
-        group.start_soon(make, "sandbox")
+        for role in ("proxy", *sandboxes):
+            group.start_soon(make, role)
     proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, ids["proxy"], network)
     _health.follow_logs(ids["proxy"], run)
     await _health.wait_ready(ids["proxy"], proxy_host_ip, PROXY_PORT)
-    return Started(ids["sandbox"], ids["proxy"], proxy_ip, proxy_host_ip, network)
+    containers = tuple(ids[role] for role in sandboxes)
+    return Started(containers, ids["proxy"], proxy_ip, proxy_host_ip, network)
 
 
 def remove_run(run_id: str) -> None:

@@ -6,7 +6,7 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator import _sweep, images
+from orchestrator import _gvisor, _sweep, images
 from orchestrator._docker import ENGINE_HINT, client, docker_errors
 from orchestrator.errors import EngineError
 
@@ -22,6 +22,7 @@ class Check:
     is_ok: bool
     detail: str
     advice: str = ""
+    is_optional: bool = False  # a failed optional check is a warning: the doctor still passes
 
 
 def _engine_checks() -> list[Check]:
@@ -94,8 +95,33 @@ def _leftover_check() -> Check:
     )
 
 
+def gvisor_check(problem: str = "") -> Check:
+    """Say whether `--isolation gvisor` can run: runsc installed and registered (optional).
+
+    `problem` is why a `--fix` of it failed, shown instead of the generic advice.
+    """
+    status = _gvisor.runsc_status()
+    advice = problem or (
+        "only `--isolation gvisor` needs it: run `perstack-sandbox doctor --fix` as root "
+        f"(installs Debian's {_gvisor.APT_PACKAGE} and registers it)"
+    )
+    found = status.version or status.binary or "runsc"
+    if status.is_ready:
+        detail = f"{found} registered ({' '.join(status.registered_args or ())})"
+    elif status.registered_args is not None:
+        detail = f"{found} registered without {' '.join(status.missing_args)}"
+    elif status.binary:
+        detail = f"{found} installed, not registered with the engine"
+    else:
+        detail = "runsc not installed"
+    return Check("gvisor", status.is_ready, detail, advice, is_optional=True)
+
+
 def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
-    """Check the engine and images; with `fix`, first sweep leftovers and build what is missing.
+    """Check the engine, images and gVisor; with `fix`, sweep leftovers, build, set up gVisor.
+
+    A gVisor set-up that fails (not root, no apt-get) is reported in its check, not raised:
+    only `--isolation gvisor` needs it.
 
     Raises:
         ImageBuildError: `fix` was asked and a build failed.
@@ -105,10 +131,15 @@ def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
     checks = _engine_checks()
     if not all(check.is_ok for check in checks[:1]):
         return checks
+    problem = ""
     if fix:
         for line in _sweep.collect_garbage():
             progress(f"removed {line} (its owner is gone)")
         images.ensure_debian(progress)
         images.ensure_base_image(progress=progress)
         images.ensure_proxy_image(progress=progress)
-    return [*checks, *_image_checks(), _leftover_check()]
+        try:
+            _gvisor.install_and_register(progress)
+        except EngineError as exc:
+            problem = str(exc)
+    return [*checks, *_image_checks(), gvisor_check(problem), _leftover_check()]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from orchestrator.errors import ConfigError, InputError, RunError, SandboxError
+from orchestrator.isolation import DEFAULT_ISOLATION, Isolation
 
 EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
     (InputError, 2),
@@ -106,6 +107,12 @@ WorkspaceOption = Annotated[
     Path | None,
     typer.Option("--workspace", help="Folder mounted read-write at /workspace."),
 ]
+IsolationOption = Annotated[
+    Isolation,
+    typer.Option(
+        "--isolation", help="Run the skills under runc (default) or gVisor's runsc (see `doctor`)."
+    ),
+]
 PrefixToolsOption = Annotated[
     bool,
     typer.Option(
@@ -122,6 +129,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     workspace: Path | None,
     *,
     prefix_tools: bool = False,
+    isolation: Isolation = DEFAULT_ISOLATION,
     interactive: bool = False,
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
@@ -136,6 +144,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         env_paths=tuple(path.absolute() for path in env_path or ()),
         workspace=workspace.absolute() if workspace is not None else None,
         prefix_tools=prefix_tools,
+        isolation=isolation,
         prompter=gateway.terminal_prompter() if interactive else None,
     )
 
@@ -148,11 +157,14 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
+    isolation: IsolationOption = DEFAULT_ISOLATION,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
-    options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
+    options = _launch_options(
+        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+    )
     typer.echo(launch.tools_report(options, as_json=as_json))
 
 
@@ -167,13 +179,20 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
+    isolation: IsolationOption = DEFAULT_ISOLATION,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     arguments = launch.parse_tool_args(args)
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, interactive=True
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        interactive=True,
     )
     typer.echo(launch.call_report(options, tool, arguments))
 
@@ -188,11 +207,14 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
+    isolation: IsolationOption = DEFAULT_ISOLATION,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from orchestrator import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
-    options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
+    options = _launch_options(
+        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+    )
     launch.serve(options, http=http)
 
 
@@ -314,19 +336,24 @@ def gc(include_images: ImagesFlag = False) -> None:  # noqa: FBT002 - a typer fl
     typer.echo(f"gc: removed {len(removed)} object(s)", err=True)
 
 
+FixFlag = Annotated[
+    bool, typer.Option("--fix", help="Build missing images; install and register gVisor (root).")
+]
+
+
 @app.command()
 def doctor(
-    fix: Annotated[bool, typer.Option("--fix", help="Bootstrap and build missing images.")] = False,  # noqa: FBT002 - a typer flag
+    fix: FixFlag = False,  # noqa: FBT002 - a typer flag
 ) -> None:
-    """Check the engine, storage driver, cgroup version and images; say what to do about each."""
+    """Check the engine, storage driver, cgroup version, images and gVisor; say what to do."""
     from orchestrator import engine  # noqa: PLC0415 - keeps --help fast
 
     checks = engine.diagnose(fix=fix)
     for check in checks:
-        mark = "ok  " if check.is_ok else "FAIL"
+        mark = "ok  " if check.is_ok else "warn" if check.is_optional else "FAIL"
         advice = f"  -> {check.advice}" if not check.is_ok and check.advice else ""
         typer.echo(f"{mark} {check.name}: {check.detail}{advice}")
-    if not all(check.is_ok for check in checks):
+    if not all(check.is_ok or check.is_optional for check in checks):
         raise typer.Exit(1)
 
 

@@ -9,7 +9,8 @@ SandboxError                     every error we raise on purpose
 │   └── UsageError               a bad command-line value (JSON, address, path)
 └── RunError                     the run failed: exit code 1
     ├── EngineError              the Docker engine is missing, unreachable or refused a call
-    │   └── ImageBuildError      an image build failed (holds the failing step's output)
+    │   ├── ImageBuildError      an image build failed (holds the failing step's output)
+    │   └── IsolationError       the isolation asked for (gVisor) is not available here
     ├── SkillError               a skill failed to start, died, or timed out
     └── GatewayError             the gateway could not serve (collision, bind, transport)
 ```
@@ -76,6 +77,13 @@ class EngineError(RunError):
 
 class ImageBuildError(EngineError):
     """An image build failed; the message carries the output of the step that failed."""
+
+
+class IsolationError(EngineError):
+    """The isolation asked for is not available on this engine; never replaced by a weaker one.
+
+    The message says how to install and register it.
+    """
 
 
 class SkillError(RunError):

@@ -41,6 +41,7 @@ from orchestrator.gateway import (
     tools_payload,
 )
 from orchestrator.http_guard import new_token
+from orchestrator.isolation import DEFAULT_ISOLATION, check_isolation
 from orchestrator.plan import plan as make_plan
 from orchestrator.skills import RemoteSkillSession, SkillSession, SkillSpec
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from orchestrator.env import SkillSecrets
+    from orchestrator.isolation import Isolation
     from orchestrator.plan import SandboxPlan, SkillLaunch
     from orchestrator.skills import SkillProcess
 
@@ -69,6 +71,7 @@ class LaunchOptions:
     env_paths: Sequence[Path] = ()
     workspace: Path | None = None
     prefix_tools: bool = False
+    isolation: Isolation = DEFAULT_ISOLATION  # "gvisor": the skills run under runsc
     prompter: Prompter | None = None
     progress: Callable[[str], None] = field(default=stderr_progress)
     signal_is_error: bool = True  # `run` is meant to be stopped by a signal: not an error
@@ -89,10 +92,11 @@ def prepare(options: LaunchOptions) -> Prepared:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed, or the workspace overlaps the
-            Expert's folder.
+        UsageError: an env file is missing or malformed, the workspace overlaps the Expert's
+            folder, or the isolation is unknown.
 
     """
+    check_isolation(options.isolation)
     config, _warnings = load_config(options.config_path)
     sandbox_plan = make_plan(config, options.expert)
     check_workspace(options.workspace, Path(sandbox_plan.config_dir))
@@ -129,11 +133,13 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
 
     Raises:
         InputError: any bad input, before anything starts (see `prepare`).
+        IsolationError: gVisor was asked for and is missing, before any image is built.
         EngineError: Docker failed; ImageBuildError: an image build failed.
         SkillError: a skill failed to start. GatewayError: a tool-name collision.
 
     """
     prepared = prepare(options)
+    await anyio.to_thread.run_sync(engine.require_isolation, options.isolation)
     image = await anyio.to_thread.run_sync(
         functools.partial(images.ensure_expert_image, prepared.plan, progress=options.progress)
     )
@@ -144,7 +150,11 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
             async with (
                 engine.cancel_on_signals(),
                 engine.open_sandbox(
-                    prepared.plan, image=image, run=run, workspace=options.workspace
+                    prepared.plan,
+                    image=image,
+                    run=run,
+                    workspace=options.workspace,
+                    isolation=options.isolation,
                 ) as sandbox,
                 open_gateway(
                     build_sessions(prepared, sandbox),
