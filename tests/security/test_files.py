@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 # EROFS where only the read-only mount stops the write (/var/tmp is world-writable in the
 # image); EACCES where the file's mode stops it first.
-READ_ONLY_TARGETS = {
+READ_ONLY_TARGETS_RUNC = {
     "/var/tmp/evil": "EROFS",  # noqa: S108 - a path inside the sandbox
     "/usr/local/bin/evil": "EROFS",
     "/etc/ld.so.preload": "EROFS",
@@ -29,6 +29,15 @@ READ_ONLY_TARGETS = {
     "/etc/passwd": "EACCES",
     "/expert/new-file": "EROFS",
     "/expert/perstack.toml": "EACCES",
+}
+# gVisor checks the folder's permissions before the read-only mount: only the world-writable
+# /var/tmp shows EROFS (the root's read-only mount); /expert's is in the mount table test.
+READ_ONLY_TARGETS = {
+    "runc": READ_ONLY_TARGETS_RUNC,
+    "gvisor": {
+        path: "EACCES" if path != "/var/tmp/evil" else "EROFS"  # noqa: S108 - in the sandbox
+        for path in READ_ONLY_TARGETS_RUNC
+    },
 }
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
 EXPECTED_BINDS = {"/expert", "/workspace", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"}
@@ -72,16 +81,17 @@ async def test_no_unix_socket_of_the_host_exists_anywhere_in_the_sandbox(hostile
     assert await hostile.probe(code) == []
 
 
-@pytest.mark.parametrize(("path", "expected"), sorted(READ_ONLY_TARGETS.items()))
+@pytest.mark.parametrize("path", sorted(READ_ONLY_TARGETS_RUNC))
 async def test_the_root_filesystem_and_the_expert_folder_are_read_only(
-    hostile: Hostile, path: str, expected: str
+    hostile: Hostile, path: str
 ) -> None:
     """Creating or appending to files outside the scratch areas fails (EROFS, or EACCES).
 
-    Fails when: the container is started without `read_only=True` (checked by hand: every
-    EROFS case then fails: /var/tmp/evil is written, the others turn EACCES), or /expert is
-    mounted read-write.
+    Fails when: the container is started without `read_only=True` (checked by hand, runc:
+    every EROFS case then fails: /var/tmp/evil is written, the others turn EACCES), or /expert
+    is mounted read-write.
     """
+    expected = READ_ONLY_TARGETS[hostile.isolation][path]
     assert await hostile.probe(f"emit(open_outcome({path!r}, 'ab'))") == expected
 
 
@@ -108,14 +118,22 @@ async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
 ) -> None:
     """Bind mounts are /expert (read-only), /workspace and Docker's three /etc files.
 
-    Fails when: any other host path is mounted into the sandbox (checked by hand: one extra
-    read-only bind mount).
+    runc: a bind mount's root is a folder of its source filesystem. gVisor serves every host
+    path (the image's root included) over 9p through its file proxy: the 9p mounts but / .
+
+    Fails when: any other host path is mounted into the sandbox (checked by hand, runc: one
+    extra read-only bind mount).
     """
+    is_bind = (
+        "f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev'))"
+        if hostile.isolation == "runc"
+        else "f[f.index('-') + 1] == '9p' and f[4] != '/'"
+    )
     code = (
         "binds = {}\n"
         "for line in open('/proc/self/mountinfo'):\n"
         "    f = line.split()\n"
-        "    if f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev')):\n"
+        f"    if {is_bind}:\n"
         "        binds[f[4]] = f[5].split(',')[0]\n"
         "emit(binds)"
     )
@@ -171,6 +189,7 @@ async def test_the_orchestrator_follows_no_symlink_the_sandbox_wrote(
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
+        isolation=hostile.isolation,
     )
     with anyio.fail_after(120):
         async with open_expert(options) as gateway:

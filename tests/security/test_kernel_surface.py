@@ -1,9 +1,11 @@
 """Kernel attack surface: system calls that recent privilege escalations went through.
 
 Each probe (`expert/kernel_probes.py`) makes one such call with valid arguments. The same probes
-run on the host first, as the test's own user, and must all succeed there: a probe that cannot
-succeed proves nothing when it fails in the sandbox. In the sandbox every one is refused by the
-sandbox's seccomp profile (`images/seccomp.json`).
+run on the host first, as the test's own user (root under `make test`: bpf, setns and
+open_by_handle_at need privileges), and must all succeed there: a probe that cannot succeed
+proves nothing when it fails in the sandbox. In the sandbox every one is refused by the
+sandbox's seccomp profile (`images/seccomp.json`): under runc through the container's profile,
+under gVisor loaded by the launcher into each skill and enforced by gVisor's kernel.
 """
 
 from __future__ import annotations
@@ -26,9 +28,18 @@ from kernel_probes import PROBES  # noqa: E402 - the same module runs in the san
 
 PROBE_SCRIPT = HERE / "expert" / "kernel_probes.py"
 HOST_DEADLINE_S = 120
-# The 32-bit entry is not in the profile's architectures at all: the kernel kills the caller.
 I386 = "int 0x80 (i386 getpid)"
-REFUSED = {"runc": {**dict.fromkeys(PROBES, "EPERM"), I386: "killed by SIGSYS"}}
+CLONE3 = "clone3(CLONE_NEWUSER)"
+REFUSED = {
+    # clone3 is answered ENOSYS (by the profile, as upstream) so that glibc falls back to clone,
+    # whose flags the filter checks. The 32-bit entry is not in the profile's architectures at
+    # all: the kernel kills the caller.
+    "runc": {**dict.fromkeys(PROBES, "EPERM"), CLONE3: "ENOSYS", I386: "killed by SIGSYS"},
+    # The gVisor profile lets clone3 through to gVisor's kernel, which has no clone3 (ENOSYS).
+    # gVisor has no 32-bit entry at all: it reads eax as its own 64-bit call number (20 is
+    # writev, which fails on the stray descriptor); the host's compat entry is never reached.
+    "gvisor": {**dict.fromkeys(PROBES, "EPERM"), CLONE3: "ENOSYS", I386: "EBADF"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +71,15 @@ async def in_sandbox(hostile: Hostile) -> dict[str, str]:
 async def test_each_escalation_system_call_works_on_the_host_and_is_refused_in_the_sandbox(
     probe: str, on_host: dict[str, str], in_sandbox: dict[str, str], hostile: Hostile
 ) -> None:
-    """The call succeeds on the host and is refused in the sandbox (EPERM; 32-bit: SIGSYS).
+    """The call succeeds on the host and is refused in the sandbox (EPERM, or as `REFUSED` says).
 
-    Fails when (checked by hand): the sandbox gets the engine's default profile instead of ours
-    (`sandbox_security_opt` without the seccomp entry): io_uring_setup, personality, ptrace,
-    modify_ldt, msgget and the 32-bit getpid succeed. With `seccomp=unconfined` every probe
-    succeeds except bpf, setns and open_by_handle_at, which the missing capabilities (and
-    `unprivileged_bpf_disabled`) still refuse.
+    Fails when (checked by hand, runc): the sandbox gets the engine's default profile instead
+    of ours (`sandbox_security_opt` without the seccomp entry): io_uring_setup, personality,
+    ptrace, modify_ldt, msgget and the 32-bit getpid succeed. With `seccomp=unconfined` every
+    probe succeeds except bpf, setns and open_by_handle_at, which the missing capabilities (and
+    `unprivileged_bpf_disabled`) still refuse. Under gVisor (checked by hand): without the
+    launcher's `--seccomp` (`engine.launcher_argv`) 19 probes fail, gVisor's own kernel
+    answering them (io_uring_setup, unshare, clone, ptrace, msgget... succeed there).
     """
     assert on_host[probe] == "ok", f"the probe's arguments are not valid on this host: {on_host}"
     assert in_sandbox[probe] == REFUSED[hostile.isolation][probe], in_sandbox
