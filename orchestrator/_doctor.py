@@ -96,9 +96,9 @@ def _leftover_check() -> Check:
 
 
 def gvisor_check(problem: str = "") -> Check:
-    """Say whether `--isolation gvisor` can run: runsc installed and registered (optional).
+    """Say whether `--isolation gvisor` can run: runsc installed and registered.
 
-    `problem` is why a `--fix` of it failed, shown instead of the generic advice.
+    Optional (a warning) unless `problem` says why a `--fix` of it failed.
     """
     status = _gvisor.runsc_status()
     advice = problem or (
@@ -114,14 +114,15 @@ def gvisor_check(problem: str = "") -> Check:
         detail = f"{found} installed, not registered with the engine"
     else:
         detail = "runsc not installed"
-    return Check("gvisor", status.is_ready, detail, advice, is_optional=True)
+    # Only `--isolation gvisor` needs it, unless `--fix` was asked to set it up and could not.
+    return Check("gvisor", status.is_ready, detail, advice, is_optional=not problem)
 
 
 def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
     """Check the engine, images and gVisor; with `fix`, sweep leftovers, build, set up gVisor.
 
-    A gVisor set-up that fails (not root, no apt-get) is reported in its check, not raised:
-    only `--isolation gvisor` needs it.
+    A gVisor set-up that fails (not root, no apt-get) is reported as a failed check, not
+    raised, so that the other checks are still shown.
 
     Raises:
         ImageBuildError: `fix` was asked and a build failed.

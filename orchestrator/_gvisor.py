@@ -235,11 +235,16 @@ def _local_dockerd() -> int:
 
 
 def _daemon_config_path(pid: int) -> Path:
-    """Return the daemon.json dockerd `pid` reads (its `--config-file`, else the default)."""
+    """Return the daemon.json dockerd `pid` reads."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     except OSError:
         return DAEMON_JSON
+    return config_file_of(argv)
+
+
+def config_file_of(argv: list[str]) -> Path:
+    """Return the daemon.json dockerd's `--config-file` names, else the default one."""
     for index, arg in enumerate(argv):
         if arg.startswith("--config-file="):
             return Path(arg.split("=", 1)[1])
