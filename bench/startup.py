@@ -24,11 +24,11 @@ from pathlib import Path
 import anyio
 import docker
 
-from orchestrator import images, state
-from orchestrator.engine import open_sandbox
-from orchestrator.isolation import ISOLATIONS, check_isolation
-from orchestrator.launch import LaunchOptions, open_expert
-from orchestrator.plan import (
+from perstack_sandbox import engine, state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.isolation import ISOLATIONS, check_isolation
+from perstack_sandbox.launch import LaunchOptions, open_expert
+from perstack_sandbox.plan import (
     WORKSPACE_DIR,
     PackageSpec,
     SandboxPlan,
@@ -74,7 +74,7 @@ async def start_once(plan: SandboxPlan, isolation: str = "runc") -> tuple[float,
     """Time image lookup/build + start to ready, then teardown; return both and the image."""
     started = time.perf_counter()
     image = await anyio.to_thread.run_sync(
-        lambda: images.ensure_expert_image(plan, progress=lambda _line: None)
+        lambda: engine.ensure_expert_image(plan, progress=lambda _line: None)
     )
     run = state.create_run(plan.expert)
     chosen = check_isolation(isolation)

@@ -9,9 +9,12 @@ FROM debian:trixie-slim
 
 ENV LANG=C.UTF-8
 
+# python-is-python3 links `python` to python3: Perstack's documentation starts local skills
+# with `command = "python"`, and local skills may spawn `python` themselves.
 RUN export DEBIAN_FRONTEND=noninteractive \
     && apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates python3 python3-seccomp tini \
+    && apt-get install -y --no-install-recommends ca-certificates python3 python-is-python3 \
+       python3-seccomp tini \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log
 
 # A TLS-intercepting proxy on the host's path re-signs every certificate: trust its bundle.

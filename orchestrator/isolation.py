@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, cast, get_args
 
-from orchestrator.errors import UsageError
+from perstack_sandbox.errors import UsageError
 
 Isolation = Literal["runc", "gvisor"]
 ISOLATIONS: Final[tuple[str, ...]] = get_args(Isolation)

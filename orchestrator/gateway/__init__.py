@@ -10,12 +10,15 @@ Tool calls are logged by name and argument shape only, never values.
 _core.py        Gateway: routes (pick/omit, collisions, prefixes), calls, interactive tools, log
 _server.py      the low-level MCP server over a Gateway, with elicitation (both protocol eras)
 _transports.py  stdio, and streamable HTTP on 127.0.0.1 behind a bearer token and Origin check
+_guard.py       that bearer-token and Origin check, as ASGI middleware
 ```
 """
 
 from __future__ import annotations
 
-from orchestrator.gateway._core import (
+from perstack_sandbox.gateway._core import (
+    EgressCheck,
+    EndWatch,
     Gateway,
     Prompter,
     Route,
@@ -29,8 +32,10 @@ from orchestrator.gateway._core import (
     sole_exception,
     tools_payload,
 )
-from orchestrator.gateway._server import make_server
-from orchestrator.gateway._transports import (
+from perstack_sandbox.gateway._guard import new_token
+from perstack_sandbox.gateway._server import make_server
+from perstack_sandbox.gateway._transports import (
+    bind_loopback,
     parse_listen,
     serve_http,
     serve_stdio,
@@ -38,14 +43,18 @@ from orchestrator.gateway._transports import (
 )
 
 __all__ = [
+    "EgressCheck",
+    "EndWatch",
     "Gateway",
     "Prompter",
     "Route",
     "argument_shape",
+    "bind_loopback",
     "build_routes",
     "exposed_name",
     "input_needed",
     "make_server",
+    "new_token",
     "open_gateway",
     "parse_listen",
     "question_for",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,24 +14,29 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.audit import TOOL_CALL_FIELD
-from orchestrator.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.audit import NULL_SINK, ToolCall
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-    from orchestrator.plan import InteractiveTool
-    from orchestrator.skills import SkillSession
-
-
-logger = logging.getLogger(__name__)
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.plan import InteractiveTool
+    from perstack_sandbox.skills import SkillSession
 
 PREFIX_SEPARATOR: Final = "__"
+NOTIFY_TIMEOUT_S: Final = 2.0  # telling one client that the run is over; it may not read
 _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
 
 
 Prompter: TypeAlias = "Callable[[str], Awaitable[str | None]]"
 """Asks the user a question and returns the answer (None: declined or cancelled)."""
+
+EgressCheck: TypeAlias = "Callable[[], Awaitable[str | None]]"
+"""Says why the sandbox lost its egress, or None while it has it (runs off the event loop)."""
+
+EndWatch: TypeAlias = "Callable[[], Awaitable[str]]"
+"""Returns once the run's sandbox has gone (`down`, a kill, the engine), saying how."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,25 +113,33 @@ def _interactive_tool(item: InteractiveTool) -> types.Tool:
 class Gateway:
     """Routes tools/list and tools/call to the skills; the transport-free core."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the skills, then one keyword per collaborator
         self,
         skills: Sequence[SkillSession],
         interactive: Sequence[InteractiveTool] = (),
         *,
         prefix_tools: bool = False,
         prompter: Prompter | None = None,
-        egress_check: Callable[[], str | None] | None = None,
+        egress_check: EgressCheck | None = None,
+        audit: AuditSink = NULL_SINK,
     ) -> None:
         """Prepare the gateway (skills start in `start`).
 
-        `egress_check()` returns why the sandbox lost its egress (or None); while it returns a
-        reason, sandboxed tool calls are refused with it.
+        `await egress_check()` returns why the sandbox lost its egress (or None); while it
+        returns a reason, sandboxed tool calls are refused with it. Every call is reported to
+        the run's own `audit` sink.
         """
         self.skills = {skill.name: skill for skill in skills}
         self.interactive = tuple(interactive)
         self.prefix_tools = prefix_tools
         self.prompter = prompter
         self.egress_check = egress_check
+        self.audit = audit
+        # Set by `shut_down`: why the run is over; every later call is refused with it.
+        self.stop_reason: str | None = None
+        # Told the stop reason (the MCP server sends it to its clients as a log message).
+        self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
+        self._stopped = anyio.Event()
         self._routes: dict[str, Route] = {}
         self._listed: set[str] = set()
         self._lock = anyio.Lock()
@@ -220,9 +232,11 @@ class Gateway:
         began = datetime.now(UTC).isoformat(timespec="milliseconds")
         outcome = "error"
         try:
-            problem = self.egress_check() if self.egress_check and not route.interactive else None
+            problem = self.stop_reason
+            if problem is None and self.egress_check is not None and route.interactive is None:
+                problem = await self.egress_check()
             if problem is not None:
-                logger.warning("%s", problem)
+                self.audit.warning(problem)
                 outcome = "refused-egress-down"
                 return text_result(problem, error=True)
             if route.interactive is not None:
@@ -236,23 +250,7 @@ class Gateway:
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             shape = argument_shape(arguments or {})
-            record = {
-                "time": began,
-                "skill": route.skill,
-                "tool": name,
-                "argShape": shape,
-                "durationMs": round(elapsed_ms, 1),
-                "outcome": outcome,
-            }
-            logger.info(
-                "tools/call %s (skill %s) args=%s -> %s in %.1f ms",
-                name,
-                route.skill,
-                json.dumps(shape, sort_keys=True),
-                outcome,
-                elapsed_ms,
-                extra={TOOL_CALL_FIELD: record},
-            )
+            self.audit.tool_call(ToolCall(began, route.skill, name, shape, elapsed_ms, outcome))
 
     async def _ask(
         self, item: InteractiveTool, arguments: Mapping[str, Any], ask: Prompter | None
@@ -284,6 +282,20 @@ class Gateway:
                 f"skill {skill!r} refused tools/call {name!r}: {exc.error.message} "
                 f"(JSON-RPC error {exc.error.code})"
             ) from exc
+
+    async def shut_down(self, reason: str) -> None:
+        """Refuse every further call with `reason`, and tell the listeners (each bounded)."""
+        self.stop_reason = reason
+        self.audit.warning(reason)
+        for listener in self.stop_listeners:
+            with anyio.move_on_after(NOTIFY_TIMEOUT_S):
+                await listener(reason)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> str:
+        """Wait until `shut_down` has told every listener; return its reason."""
+        await self._stopped.wait()
+        return self.stop_reason or ""
 
     async def close(self) -> None:
         """Stop every skill (bounded)."""
@@ -326,15 +338,20 @@ def result_payload(result: types.CallToolResult) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_gateway(
+async def open_gateway(  # noqa: PLR0913 - the skills, then one keyword per collaborator
     skills: Sequence[SkillSession],
     interactive: Sequence[InteractiveTool] = (),
     *,
     prefix_tools: bool = False,
     prompter: Prompter | None = None,
-    egress_check: Callable[[], str | None] | None = None,
+    egress_check: EgressCheck | None = None,
+    audit: AuditSink = NULL_SINK,
+    ends_when: EndWatch | None = None,
 ) -> AsyncIterator[Gateway]:
     """Start the skills and yield the gateway; every skill is stopped on exit.
+
+    Once `ends_when()` returns (the sandbox went away), the gateway shuts down with what it
+    said: later calls are refused with it, and every MCP client is told.
 
     Raises:
         SkillError: a non-lazy skill failed to start.
@@ -342,12 +359,19 @@ async def open_gateway(
 
     """
     gateway = Gateway(
-        skills, interactive, prefix_tools=prefix_tools, prompter=prompter, egress_check=egress_check
+        skills,
+        interactive,
+        prefix_tools=prefix_tools,
+        prompter=prompter,
+        egress_check=egress_check,
+        audit=audit,
     )
     try:
         async with anyio.create_task_group() as task_group:
             try:
                 await gateway.start(task_group)
+                if ends_when is not None:
+                    task_group.start_soon(_shut_down_when, gateway, ends_when)
                 yield gateway
             finally:
                 with anyio.CancelScope(shield=True):
@@ -358,6 +382,10 @@ async def open_gateway(
         if sole is group:
             raise
         raise sole from sole.__cause__
+
+
+async def _shut_down_when(gateway: Gateway, ends_when: EndWatch) -> None:
+    await gateway.shut_down(await ends_when())
 
 
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import mcp_types as types
 from mcp.server import Server
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from orchestrator.errors import GatewayError, SkillError, UsageError
-from orchestrator.gateway._core import question_for, text_result
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.gateway._core import question_for, text_result
 
 if TYPE_CHECKING:
     from mcp.server.context import ServerRequestContext
+    from mcp.server.session import ServerSession
 
-    from orchestrator.gateway._core import Gateway, Prompter
-    from orchestrator.plan import InteractiveTool
+    from perstack_sandbox.gateway._core import Gateway, Prompter
+    from perstack_sandbox.plan import InteractiveTool
 
 
+LOGGER_NAME: Final = "perstack-sandbox"
 ANSWER_KEY: Final = "answer"
 ANSWER_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -29,11 +35,20 @@ _ELICIT_KEY: Final = "perstack-sandbox/answer"
 
 
 def make_server(gateway: Gateway, *, name: str = "perstack-sandbox") -> Server[Any]:
-    """Build the low-level MCP server whose handlers forward to `gateway`."""
+    """Build the low-level MCP server whose handlers forward to `gateway`.
+
+    When the gateway shuts down (its sandbox was taken down), every client that has sent a
+    request gets the reason as an `error` log message.
+    """
+    # The latest session of each client connection (keyed by the connection's own
+    # initialize params, which every request of that connection shares).
+    sessions: dict[int, ServerSession] = {}
+    gateway.stop_listeners.append(functools.partial(_tell_clients, sessions))
 
     async def on_list_tools(
-        _ctx: ServerRequestContext[Any, Any], _params: types.PaginatedRequestParams | None
+        ctx: ServerRequestContext[Any, Any], _params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        sessions[id(ctx.session.client_params)] = ctx.session
         try:
             return types.ListToolsResult(tools=await gateway.list_tools())
         except (SkillError, GatewayError) as exc:
@@ -42,6 +57,7 @@ def make_server(gateway: Gateway, *, name: str = "perstack-sandbox") -> Server[A
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
+        sessions[id(ctx.session.client_params)] = ctx.session
         try:
             route = gateway.route(params.name)
         except UsageError:
@@ -56,6 +72,16 @@ def make_server(gateway: Gateway, *, name: str = "perstack-sandbox") -> Server[A
             return text_result(str(exc), error=True)
 
     return Server(name, version="0.1.0", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+
+
+async def _tell_clients(sessions: dict[int, ServerSession], reason: str) -> None:
+    """Send `reason` as an error log message to every known client (best effort)."""
+    for session in list(sessions.values()):
+        with (
+            warnings.catch_warnings(action="ignore", category=MCPDeprecationWarning),
+            contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError),
+        ):
+            await session.send_log_message("error", reason, logger=LOGGER_NAME)
 
 
 def _is_modern(ctx: ServerRequestContext[Any, Any]) -> bool:

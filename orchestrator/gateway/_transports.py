@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import stat
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -12,53 +15,106 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from orchestrator.errors import GatewayError, UsageError
-from orchestrator.gateway._server import make_server
-from orchestrator.http_guard import BearerOriginGuard, loopback_origins
+from perstack_sandbox.errors import GatewayError, UsageError
+from perstack_sandbox.gateway._guard import BearerOriginGuard, loopback_origins
+from perstack_sandbox.gateway._server import make_server
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
-    from orchestrator.gateway._core import Gateway, Prompter
+    from perstack_sandbox.gateway._core import Gateway, Prompter
 
 
 MAX_PORT: Final = 65535
+READ_CHUNK: Final = 65536
 LISTEN_BACKLOG: Final = 128
 
 
 async def serve_stdio(gateway: Gateway) -> None:
-    """Serve the gateway over this process's stdin/stdout until the client closes it."""
+    """Serve the gateway over this process's stdin/stdout until the client closes it.
+
+    stdin is read without a worker thread when it is a pipe or a socket, so that the run
+    can end (its sandbox taken down, a signal) while the client is silent: a thread blocked
+    in `read()` cannot be cancelled, and the process would wait for the client's next line.
+    """
     server = make_server(gateway)
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    with _stdin_lines() as lines:
+        async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+class StdinLines:
+    """The lines of a non-blocking file descriptor, awaited on the event loop (cancellable)."""
+
+    def __init__(self, fd: int) -> None:
+        """Read from `fd`, which the caller made non-blocking."""
+        self._fd = fd
+        self._buffer = b""
+
+    def __aiter__(self) -> StdinLines:
+        """Iterate over lines."""
+        return self
+
+    async def __anext__(self) -> str:
+        """Return the next line (with its newline), or stop at end of input."""
+        while (end := self._buffer.find(b"\n")) < 0:
+            await anyio.wait_readable(self._fd)
+            try:
+                chunk = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if not self._buffer:
+                    raise StopAsyncIteration
+                end = len(self._buffer) - 1
+                break
+            self._buffer += chunk
+        line, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+        return line.decode("utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def _stdin_lines() -> Iterator[StdinLines | None]:
+    """Yield stdin as `StdinLines` (non-blocking meanwhile) when it is a pipe or a socket.
+
+    Anything else gets None (the SDK's own reader): a file cannot be polled and ends anyway,
+    and a terminal's non-blocking flag would be shared with the shell that owns it.
+    """
+    fd = sys.stdin.fileno()
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        yield None
+        return
+    was_blocking = os.get_blocking(fd)
+    os.set_blocking(fd, False)
+    try:
+        yield StdinLines(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, was_blocking)  # another process may share the pipe
 
 
 def parse_listen(address: str) -> tuple[str, int]:
-    """Parse `--http HOST:PORT`; the host must be loopback (127.0.0.1 or localhost).
+    """Parse `--http PORT` (or `127.0.0.1:PORT`, `localhost:PORT`): always loopback.
 
     Raises:
         UsageError: malformed, or not a loopback host.
 
     """
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= MAX_PORT:
-        raise UsageError(f"--http wants HOST:PORT, got {address!r}")
+    if not sep:
+        host = "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= MAX_PORT:
+        raise UsageError(f"--http wants a PORT (served on 127.0.0.1:PORT), got {address!r}")
     if host not in ("127.0.0.1", "localhost"):
-        raise UsageError(f"--http must bind 127.0.0.1 (loopback only), got {host!r}")
+        raise UsageError(f"--http serves on 127.0.0.1 only (loopback), got host {host!r}")
     return "127.0.0.1", int(port_text)
 
 
-async def serve_http(
-    gateway: Gateway,
-    *,
-    port: int,
-    token: str,
-    on_ready: Callable[[str], None] | None = None,
-    stop: anyio.Event | None = None,
-) -> None:
-    """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
+def bind_loopback(port: int) -> socket.socket:
+    """Bind and listen on 127.0.0.1:`port` (0: any free port) and return the socket.
 
-    `on_ready(url)` is called once the socket listens; setting `stop` shuts down cleanly.
+    `run --http` calls this before the sandbox starts, so a port in use is an error at once.
 
     Raises:
         GatewayError: the port cannot be bound.
@@ -72,6 +128,28 @@ async def serve_http(
     except OSError as exc:
         sock.close()
         raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    return sock
+
+
+async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
+    gateway: Gateway,
+    *,
+    port: int,
+    token: str,
+    on_ready: Callable[[str], None] | None = None,
+    stop: anyio.Event | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
+
+    `sock`, when given, is a socket `bind_loopback` already bound (and `port` is ignored).
+    `on_ready(url)` is called once the socket listens; setting `stop` shuts down cleanly.
+
+    Raises:
+        GatewayError: the port cannot be bound.
+
+    """
+    sock = sock if sock is not None else bind_loopback(port)
     actual = sock.getsockname()[1]
     origins = loopback_origins(actual)
     security = TransportSecuritySettings(

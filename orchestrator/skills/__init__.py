@@ -21,9 +21,9 @@ _remote.py   RemoteSkillSession: mcpSseSkill over SSE or streamable HTTP through
 
 from __future__ import annotations
 
-from orchestrator.skills._process import ProcessFactory, SkillProcess, local_process
-from orchestrator.skills._remote import RemoteSkillSession
-from orchestrator.skills._session import SkillSession, SkillSpec, filter_tools
+from perstack_sandbox.skills._process import ProcessFactory, SkillProcess, local_process
+from perstack_sandbox.skills._remote import RemoteSkillSession
+from perstack_sandbox.skills._session import SkillSession, SkillSpec, filter_tools
 
 __all__ = [
     "ProcessFactory",

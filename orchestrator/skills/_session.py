@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -15,18 +14,16 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from orchestrator._text import printable
-from orchestrator.errors import SkillError
-from orchestrator.skills._process import pump_stdin, pump_stdout, read_lines
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.skills._process import pump_stdin, pump_stdout, read_lines
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from orchestrator.skills._process import ProcessFactory, SkillProcess
-
-
-logger = logging.getLogger(__name__)
-stderr_logger = logging.getLogger("orchestrator.skills.stderr")
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.skills._process import ProcessFactory, SkillProcess
 
 STARTUP_TIMEOUT_S: Final = 60.0  # first start of a Node/Python server on 2 busy cores
 SHUTDOWN_GRACE_S: Final = 2.0  # MCP spec shutdown: close stdin, wait this long, then kill
@@ -64,12 +61,12 @@ class SkillSession:
         spec: SkillSpec,
         factory: ProcessFactory,
         *,
-        on_stderr: Callable[[str, str], None] | None = None,
+        audit: AuditSink = NULL_SINK,
     ) -> None:
-        """Prepare (not start) the session; `on_stderr(skill, line)` receives stderr lines."""
+        """Prepare (not start) the session; stderr lines and deaths go to the run's `audit`."""
         self.spec = spec
         self._factory = factory
-        self._on_stderr = on_stderr or _log_stderr
+        self.audit = audit
         self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._session: ClientSession | None = None
         self._tools: list[types.Tool] = []
@@ -183,7 +180,7 @@ class SkillSession:
             self._stopped.set()
         if not self._stop.is_set():
             self._death = self._describe(outcome)
-            logger.warning("%s", self._death)
+            self.audit.warning(self._death)
 
     async def _run_session(
         self,
@@ -194,7 +191,9 @@ class SkillSession:
         inbound_send, inbound = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         outbound, outbound_receive = anyio.create_memory_object_stream[SessionMessage](0)
         exited, stderr_done = anyio.Event(), anyio.Event()
-        pumps.start_soon(pump_stdout, self.name, process.stdout, inbound_send, exited)
+        pumps.start_soon(
+            pump_stdout, self.name, process.stdout, inbound_send, exited, self.audit.warning
+        )
         pumps.start_soon(pump_stdin, outbound_receive, process.stdin)
         pumps.start_soon(self._pump_stderr, process.stderr, stderr_done)
         try:
@@ -219,10 +218,10 @@ class SkillSession:
 
     async def _pump_stderr(self, stream: anyio.abc.ByteReceiveStream, done: anyio.Event) -> None:
         try:
-            async for line in read_lines(stream):
+            async for line in read_lines(stream, warn=self.audit.warning):
                 text = printable(line.decode("utf-8", "replace").rstrip())
                 self._tail.append(text)
-                self._on_stderr(self.name, text)
+                self.audit.skill_stderr(self.name, text)
         finally:
             done.set()
 
@@ -230,10 +229,6 @@ class SkillSession:
         tail = "\n".join(f"  | {line}" for line in self._tail)
         lines = f"; last stderr lines:\n{tail}" if tail else " (no stderr output)"
         return f"skill {self.name!r} {what}{lines}"
-
-
-def _log_stderr(skill: str, line: str) -> None:
-    stderr_logger.info("[%s] %s", skill, line)
 
 
 def failure_reason(exc: BaseException) -> str:

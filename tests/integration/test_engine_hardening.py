@@ -7,10 +7,10 @@ import json
 import pytest
 from engine_support import run_in
 
-from orchestrator import state
-from orchestrator._seccomp import PROFILE_PATH
-from orchestrator.engine import open_sandbox
-from orchestrator.plan import DEFAULT_CPUS, DEFAULT_MEMORY_BYTES, DEFAULT_PIDS, Limits
+from perstack_sandbox import state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.images import recipe
+from perstack_sandbox.plan import DEFAULT_CPUS, DEFAULT_MEMORY_BYTES, DEFAULT_PIDS, Limits
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
@@ -162,6 +162,6 @@ async def test_the_sandbox_runs_on_runc_under_our_seccomp_profile_and_the_proxy_
         sandbox = docker_api.inspect_container(sb.container_id)["HostConfig"]
         proxy = docker_api.inspect_container(sb.proxy_container_id)["HostConfig"]
     profiles = [o.removeprefix("seccomp=") for o in sandbox["SecurityOpt"] if "seccomp=" in o]
-    assert [json.loads(text) for text in profiles] == [json.loads(PROFILE_PATH.read_text())]
+    assert [json.loads(text) for text in profiles] == [json.loads(recipe("seccomp.json"))]
     assert sandbox["Runtime"] == proxy["Runtime"] == "runc"
     assert not any(option.startswith("seccomp=") for option in proxy["SecurityOpt"])

@@ -79,7 +79,7 @@ async def test_gateway_over_stdio_serves_both_skills_to_the_sdk_client():
     """The SDK's stdio client lists and calls both skills through `run`."""
     server = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "orchestrator", "run", "demo", *EXAMPLE],
+        args=["-m", "perstack_sandbox", "run", "demo", *EXAMPLE],
         env={**os.environ},
         cwd=str(ROOT),
     )
@@ -98,7 +98,7 @@ async def test_gateway_over_http_serves_both_skills_with_a_bearer_token():
     command = [
         sys.executable,
         "-m",
-        "orchestrator",
+        "perstack_sandbox",
         "run",
         "demo",
         *EXAMPLE,

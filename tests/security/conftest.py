@@ -2,7 +2,7 @@
 
 A package fixture writes a test Expert (the hostile server as two skills, `hostile` and
 `decoy`, each with its own secret), plants canary variables in this process's environment,
-and starts it through `orchestrator.launch.open_expert` (real engine, real proxy, real
+and starts it through `perstack_sandbox.launch.open_expert` (real engine, real proxy, real
 gateway). Every attack then runs as code inside the `hostile` skill, once under each
 isolation (runc, then gVisor): the fixture is parametrised, so every test runs in both.
 
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import docker
 import pytest
 from support import (
+    CLI_ENV_FILE,
     EXPERT,
     UNREACHABLE,
     Canaries,
@@ -33,9 +34,9 @@ from support import (
     write_expert,
 )
 
-from orchestrator import state
-from orchestrator.isolation import ISOLATIONS
-from orchestrator.launch import LaunchOptions, open_expert
+from perstack_sandbox import state
+from perstack_sandbox.isolation import ISOLATIONS
+from perstack_sandbox.launch import LaunchOptions, open_expert
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -113,12 +114,13 @@ async def hostile(
     require_engine()
     isolation = request.param
     folder = tmp_path_factory.mktemp("hostile-expert")
-    config = write_expert(folder, registry_host())
+    config, env_canaries = write_expert(folder, registry_host())
     workspace = tmp_path_factory.mktemp("hostile-workspace")
-    workspace.chmod(0o777)  # the skills' uids write their symlinks here
+    workspace.chmod(0o755)  # an ordinary folder: skills write it through the workspace layer
     options = LaunchOptions(
         config_path=config,
         expert=EXPERT,
+        env_paths=(folder / CLI_ENV_FILE,),
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
@@ -127,7 +129,9 @@ async def hostile(
     async with open_expert(options) as gateway:
         run = state.latest_run()
         assert run is not None
-        yield Hostile(gateway, run, skill_secrets, canaries, workspace, config, isolation)
+        yield Hostile(
+            gateway, run, skill_secrets, canaries, workspace, config, isolation, env_canaries
+        )
 
 
 @pytest.fixture(scope="package")

@@ -19,9 +19,9 @@ import anyio
 import docker
 
 if TYPE_CHECKING:
-    from orchestrator.gateway import Gateway
-    from orchestrator.isolation import Isolation
-    from orchestrator.state import RunState
+    from perstack_sandbox.gateway import Gateway
+    from perstack_sandbox.isolation import Isolation
+    from perstack_sandbox.state import RunState
 
 HERE = Path(__file__).resolve().parent
 EXPERT_FILES = ("hostile_server.py", "probes.py", "kernel_probes.py")
@@ -32,6 +32,14 @@ CALL_DEADLINE_S = 120  # one snippet in a sandbox on a busy 2-core host (builds 
 # Both "no route" (ENETUNREACH) and "a next hop that never answers" (EHOSTUNREACH: the internal
 # network's gateway has no host end) fail locally; anything else means a packet got somewhere.
 UNREACHABLE = frozenset({"ENETUNREACH", "EHOSTUNREACH"})
+# Env files in the Expert's folder, world-readable as a default umask makes them: the defaults,
+# the TOML's envPath, a --env-path file, and another `.env*` file.
+ENV_FILES = (".env", ".env.local", "secrets/app.env", "cli.env", "config/.env.production")
+CLI_ENV_FILE = "cli.env"
+# Other names of env files: a hard link to `.env`, and a `.env*` link to a file of the folder.
+HARD_LINK, ENV_LINK, LINK_TARGET = "notes.txt", ".env.shared", "secrets/shared.txt"
+# Every path under /expert the run must cover with an empty file.
+HIDDEN_TARGETS = frozenset(f"/expert/{name}" for name in (*ENV_FILES, HARD_LINK, LINK_TARGET))
 
 
 def quiet(_line: str) -> None:
@@ -55,6 +63,8 @@ def registry_host() -> str:
 def expert_toml(allowed: str) -> str:
     """Return the test Expert: `hostile` and `decoy`, the same server with different secrets."""
     return f"""\
+envPath = ["secrets/app.env"]
+
 [experts."{EXPERT}"]
 instruction = "security suite: a hostile skill and a decoy that holds a secret"
 
@@ -73,17 +83,30 @@ requiredEnv = ["DECOY_SECRET"]
 """
 
 
-def write_expert(folder: Path, allowed: str) -> Path:
-    """Write the test Expert folder (readable by the skills' uids); return perstack.toml."""
+def write_expert(folder: Path, allowed: str) -> tuple[Path, dict[str, str]]:
+    """Write the test Expert folder (readable by the skills' uids); return perstack.toml.
+
+    With it come env files holding canaries, each world-readable: the map of their names (and
+    the other names of env files) to the canary each holds is returned too.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)  # pytest makes tmp folders 0700; skills run as other uids
     for name in EXPERT_FILES:
         shutil.copy2(HERE / "expert" / name, folder / name)
     config = folder / "perstack.toml"
     config.write_text(expert_toml(allowed), encoding="utf-8")
-    for file in folder.iterdir():
-        file.chmod(0o644)
-    return config
+    canaries = {}
+    for name in (*ENV_FILES, LINK_TARGET):
+        canaries[name] = f"envfile-canary-{secrets.token_hex(12)}"
+        (folder / name).parent.mkdir(mode=0o755, exist_ok=True)
+        (folder / name).write_text(f"LEAKED_VALUE={canaries[name]}\n", encoding="utf-8")
+    (folder / HARD_LINK).hardlink_to(folder / ".env")
+    (folder / ENV_LINK).symlink_to(LINK_TARGET)
+    canaries |= {HARD_LINK: canaries[".env"], ENV_LINK: canaries[LINK_TARGET]}
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return config, canaries
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,7 @@ class Hostile:
     workspace: Path
     run_config: Path
     isolation: Isolation
+    env_canaries: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def python(self, code: str, *, skill: str = "hostile") -> dict[str, Any]:

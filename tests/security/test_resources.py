@@ -14,10 +14,10 @@ import docker
 import pytest
 from support import EXPERT, Hostile, quiet
 
-from orchestrator import state
-from orchestrator.errors import SkillError
-from orchestrator.launch import LaunchOptions, open_expert
-from orchestrator.plan import DEFAULT_MEMORY_BYTES, DEFAULT_PIDS
+from perstack_sandbox import state
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.launch import LaunchOptions, open_expert
+from perstack_sandbox.plan import DEFAULT_MEMORY_BYTES, DEFAULT_PIDS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -105,9 +105,14 @@ async def test_no_file_in_the_sandbox_holds_a_canary_or_the_decoys_secret(
     """A walk of every readable file (outside /proc, /sys, /dev) finds no canary or secret.
 
     Fails when: a secret is written to a file the sandbox can read (e.g. an env file mounted
-    or copied into /expert or the workspace).
+    or copied into /expert or the workspace; checked by hand: without the covers of the env
+    files, their canaries are found under /expert).
     """
-    needles = [*hostile.canaries.values.values(), hostile.secrets["DECOY_SECRET"]]
+    needles = [
+        *hostile.canaries.values.values(),
+        hostile.secrets["DECOY_SECRET"],
+        *hostile.env_canaries.values(),
+    ]
     code = (
         f"import os\nneedles = [n.encode() for n in {needles!r}]\nhits, scanned = [], 0\n"
         "for root, dirs, files in os.walk('/'):\n"
@@ -130,14 +135,15 @@ async def test_no_file_in_the_sandbox_holds_a_canary_or_the_decoys_secret(
 async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
     hostile: Hostile,
 ) -> None:
-    """Containers (env, labels, cmd), their images, execs and networks hold no canary or secret.
+    """No container (the workspace layer's too), image, exec or network holds a canary or secret.
 
     Fails when: a secret is set on the container rather than per exec (checked by hand:
     `environment=` with a canary on the sandbox container), or a value goes into argv.
     """
     api = docker.from_env().api
     containers = hostile.containers()
-    assert {c.labels["perstack-sandbox.role"] for c in containers} == {"sandbox", "proxy"}
+    roles = {c.labels["perstack-sandbox.role"] for c in containers}
+    assert roles == {"sandbox", "proxy", "workspace"}
     texts = {}
     for container in containers:
         attrs = api.inspect_container(container.id)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 
+import anyio
 import pytest
 
-from orchestrator import _containers, _doctor, _gvisor, _seccomp, engine, launch
-from orchestrator.errors import EngineError, IsolationError, UsageError
-from orchestrator.isolation import DEFAULT_ISOLATION, ISOLATIONS, check_isolation
-from orchestrator.plan import Limits
+from perstack_sandbox import engine, launch, state
+from perstack_sandbox.engine import _containers, _doctor, _gvisor, _sandbox
+from perstack_sandbox.errors import EngineError, IsolationError, UsageError
+from perstack_sandbox.images import _seccomp
+from perstack_sandbox.isolation import DEFAULT_ISOLATION, ISOLATIONS, check_isolation
+from perstack_sandbox.plan import Limits
+from perstack_sandbox.run import open_run
 
 READY = _gvisor.RunscStatus("/usr/bin/runsc", "runsc version 1", _gvisor.RUNSC_ARGS)
 UNREGISTERED = _gvisor.RunscStatus("/usr/bin/runsc", "runsc version 1", None)
@@ -75,31 +79,38 @@ def test_a_registered_runsc_runs_gvisor(monkeypatch):
     assert _gvisor.runtime_for("gvisor") == "runsc"
 
 
-def test_open_expert_refuses_a_missing_gvisor_before_building_anything(tmp_path, monkeypatch):
-    """The isolation is checked before any image build or container (never a silent runc)."""
+@pytest.mark.parametrize("entry", ["library", "cli"])
+def test_a_missing_gvisor_is_refused_before_building_anything(tmp_path, monkeypatch, entry):
+    """open_run and the CLI's launch check the isolation before any build (never a silent runc)."""
+    tmp_path.chmod(0o755)  # an Expert folder the skills can read: only the isolation is wrong
     (tmp_path / "perstack.toml").write_text(
         '[experts."e"]\ninstruction = "t"\n[experts."e".skills."s"]\n'
         'type = "mcpStdioSkill"\ncommand = "python3"\n'
     )
+    (tmp_path / "perstack.toml").chmod(0o644)
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path / "state"))
     monkeypatch.setattr(_gvisor, "runsc_status", lambda: ABSENT)
     built = lambda *_a, **_k: pytest.fail("an image was built")  # noqa: E731 - a stand-in
-    monkeypatch.setattr(launch.images, "ensure_expert_image", built)
-    options = launch.LaunchOptions(tmp_path / "perstack.toml", "e", isolation="gvisor")
+    monkeypatch.setattr(engine, "ensure_expert_image", built)
+    config = tmp_path / "perstack.toml"
+    if entry == "library":
+        started = open_run(config, "e", isolation="gvisor")
+    else:
+        started = launch.open_expert(launch.LaunchOptions(config, "e", isolation="gvisor"))
 
     async def start() -> None:
-        async with launch.open_expert(options):
+        async with started:
             pytest.fail("started")
 
-    import anyio  # noqa: PLC0415 - only this test runs an event loop
-
-    with pytest.raises(IsolationError):
+    with pytest.raises(IsolationError, match="doctor --fix"):
         anyio.run(start)
+    assert not state.runs_dir().exists()
 
 
 def test_under_gvisor_the_launcher_loads_seccomp_and_under_runc_it_does_not():
     """Skills under gVisor load the profile themselves; under runc the container's applies."""
-    assert engine.launcher_argv("runc") == [engine.LAUNCHER]
-    assert engine.launcher_argv("gvisor") == [engine.LAUNCHER, "--seccomp"]
+    assert _sandbox.launcher_argv("runc") == [_sandbox.LAUNCHER]
+    assert _sandbox.launcher_argv("gvisor") == [_sandbox.LAUNCHER, "--seccomp"]
 
 
 def test_each_skill_execs_in_its_own_container_under_gvisor_and_in_the_one_under_runc():
@@ -127,7 +138,7 @@ def test_the_sandbox_gets_the_profile_form_its_runtime_reads():
     """Runc gets seccomp.json; gVisor its runsc form (pselect alias, clone3 left to gVisor)."""
     runc = json.loads(_containers.sandbox_security_opt("runc")[1].removeprefix("seccomp="))
     gvisor = json.loads(_containers.sandbox_security_opt("gvisor")[1].removeprefix("seccomp="))
-    assert runc == json.loads(_seccomp.PROFILE_PATH.read_text(encoding="utf-8"))
+    assert runc == json.loads(_seccomp.recipe(_seccomp.PROFILE_NAME))
     assert gvisor == _seccomp.for_gvisor(runc)
     assert "pselect" in _seccomp.allowed_names(gvisor) - _seccomp.allowed_names(runc)
     assert _seccomp.allowed_names(gvisor) - _seccomp.allowed_names(runc) == {"pselect", "clone3"}
@@ -233,7 +244,7 @@ def test_registering_a_remote_engine_is_refused(monkeypatch):
 
 def test_the_cli_refuses_an_unknown_isolation_with_exit_2(monkeypatch, capsys):
     """`tools --isolation kata` is a bad command line: exit 2, the choices named."""
-    from orchestrator import cli  # noqa: PLC0415
+    from perstack_sandbox import cli  # noqa: PLC0415
 
     monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "tools", "e", "--isolation", "kata"])
     with pytest.raises(SystemExit) as caught:
@@ -245,7 +256,7 @@ def test_the_cli_refuses_an_unknown_isolation_with_exit_2(monkeypatch, capsys):
 @pytest.mark.parametrize("command", [["tools", "e"], ["call", "e", "echo"], ["run", "e"]])
 def test_isolation_reaches_the_launch_of_tools_call_and_run(tmp_path, monkeypatch, command):
     """tools, call and run pass --isolation gvisor on to the launch options."""
-    from orchestrator import cli  # noqa: PLC0415
+    from perstack_sandbox import cli  # noqa: PLC0415
 
     seen: list[launch.LaunchOptions] = []
     for report in ("tools_report", "call_report", "serve"):

@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from orchestrator import _containers, _seccomp
+from perstack_sandbox.engine import _containers
+from perstack_sandbox.images import _seccomp
 
 
 def upstream():
     """Return Docker's default profile as shipped in images/."""
-    return json.loads(_seccomp.UPSTREAM_PATH.read_text(encoding="utf-8"))
+    return json.loads(_seccomp.recipe(_seccomp.UPSTREAM_NAME))
 
 
 def test_the_shipped_profile_and_its_page_are_what_the_rules_build():
@@ -61,7 +62,7 @@ def test_a_call_upstream_starts_allowing_must_be_removed_with_a_reason():
 
 def test_every_removal_has_a_one_line_reason_on_the_page():
     """Each removed call appears on images/seccomp.md with its reason."""
-    page = _seccomp.DOC_PATH.read_text(encoding="utf-8")
+    page = _seccomp.recipe(_seccomp.DOC_NAME).decode()
     for name, reason in _seccomp.REMOVED.items():
         assert reason
         assert "\n" not in reason
@@ -74,5 +75,5 @@ def test_the_sandbox_gets_the_profile_text_itself_not_a_path():
     assert "no-new-privileges:true" in options
     (seccomp,) = [option for option in options if option.startswith("seccomp=")]
     assert json.loads(seccomp.removeprefix("seccomp=")) == json.loads(
-        _seccomp.PROFILE_PATH.read_text(encoding="utf-8")
+        _seccomp.recipe(_seccomp.PROFILE_NAME)
     )
