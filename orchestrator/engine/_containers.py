@@ -1,9 +1,11 @@
 """The Docker objects of one sandbox: creating them fast, hardened, labelled; removing them.
 
-Set-up does the minimum number of engine calls, and runs the two containers' creation in
+Set-up does the minimum number of engine calls, and runs the containers' creation in
 parallel: internal network, then {proxy: create, connect egress, start} || {[workspace layer:
-volume, container, wait until it answers (see `_workspace`)], sandbox: create, start}, then one
-inspect for the proxy's addresses and a healthz poll from the host.
+volume, container, wait until it answers (see `_workspace`)], sandboxes: create, start}, then
+one inspect for the proxy's addresses and a healthz poll from the host. Under runc there is one
+sandbox container; under gVisor one per stdio skill, each with the same mounts
+(docs/architecture.md, decision 25).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 gVisor runs the skills on its own user-space kernel, so a kernel bug reachable through a system
 call is a bug in gVisor's kernel (itself confined by a strict seccomp filter), not the host's.
-Only the skills run under runsc; the proxy runs our own code on runc. What the sandbox does
-differently under gVisor, and why (Debian's runsc, release 20221219):
+Only the skills run under runsc; the proxy and the workspace layer run our own code on runc.
+What the sandbox does differently under gVisor, and why (Debian's runsc, release 20221219;
+docs/architecture.md, decisions 15 and 25):
 - each stdio skill gets a container of its own (its own gVisor kernel): in that release any
   process may read any other's /proc/<pid>/environ, which would hand one skill another's
   secrets and proxy credential;
