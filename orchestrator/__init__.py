@@ -33,6 +33,7 @@ from perstack_sandbox.errors import (
     GatewayError,
     ImageBuildError,
     InputError,
+    IsolationError,
     MissingEnvError,
     RunError,
     RunInterruptedError,
@@ -45,8 +46,9 @@ from perstack_sandbox.errors import (
 if TYPE_CHECKING:
     from perstack_sandbox.audit import AuditSink, RunFiles, TeeSink, ToolCall
     from perstack_sandbox.config import PerstackConfig, load_config, parse_config
+    from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Limits, SandboxPlan, Secret, env_file_secrets, host_secrets
-    from perstack_sandbox.run import ConfigSource, Isolation, Run, build_image, open_run
+    from perstack_sandbox.run import ConfigSource, Run, build_image, open_run
 
 __all__ = [
     "AuditSink",
@@ -59,6 +61,7 @@ __all__ = [
     "ImageBuildError",
     "InputError",
     "Isolation",
+    "IsolationError",
     "Limits",
     "MissingEnvError",
     "PerstackConfig",
@@ -97,7 +100,7 @@ _LAZY: Final = {
     "Limits": "plan",
     "SandboxPlan": "plan",
     "ConfigSource": "run",
-    "Isolation": "run",
+    "Isolation": "isolation",
     "Run": "run",
     "build_image": "run",
     "open_run": "run",

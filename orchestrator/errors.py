@@ -11,7 +11,8 @@ SandboxError                     every error we raise on purpose
 └── RunError                     the run failed: exit code 1
     ├── RunInterruptedError      stopped by SIGINT or SIGTERM, torn down: exit code 130
     ├── EngineError              the Docker engine is missing, unreachable or refused a call
-    │   └── ImageBuildError      an image build failed (holds the failing step's output)
+    │   ├── ImageBuildError      an image build failed (holds the failing step's output)
+    │   └── IsolationError       the isolation asked for (gVisor) is not available here
     ├── SkillError               a skill failed to start, died, or timed out
     └── GatewayError             the gateway could not serve (collision, bind, transport)
 ```
@@ -91,6 +92,13 @@ class EngineError(RunError):
 
 class ImageBuildError(EngineError):
     """An image build failed; the message carries the output of the step that failed."""
+
+
+class IsolationError(EngineError):
+    """The isolation asked for is not available on this engine; never replaced by a weaker one.
+
+    The message says how to install and register it.
+    """
 
 
 class SkillError(RunError):

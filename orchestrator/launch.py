@@ -38,6 +38,7 @@ from perstack_sandbox.gateway import (
     tools_payload,
 )
 from perstack_sandbox.images import stderr_progress
+from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.plan import host_secrets
 from perstack_sandbox.run import Prepared, Run, open_run, prepare_run
 from perstack_sandbox.text import printable
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
     from perstack_sandbox.audit import ToolCall
     from perstack_sandbox.config import PerstackConfig
+    from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Secret
 
 # `run --http` uses this variable's value as the bearer token when set, else a fresh one.
@@ -71,6 +73,7 @@ class LaunchOptions:
     env_paths: Sequence[Path] = ()
     workspace: Path | None = None
     prefix_tools: bool = False
+    isolation: Isolation = DEFAULT_ISOLATION  # "gvisor": the skills run under runsc
     prompter: Prompter | None = None
     progress: Callable[[str], None] = field(default=stderr_progress)
     # Told about config warnings and env-file keys set twice, one line each, before any start.
@@ -140,6 +143,7 @@ def cli_run(options: LaunchOptions) -> Run:
         secrets=secrets,
         env_paths=options.env_paths,
         workspace=options.workspace,
+        isolation=options.isolation,
         prefix_tools=options.prefix_tools,
         prompter=options.prompter,
         audit=_TerminalWarnings(),
@@ -156,6 +160,7 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
 
     Raises:
         InputError: any bad input, before anything starts.
+        IsolationError: gVisor was asked for and is missing, before any image is built.
         EngineError: Docker failed; ImageBuildError: an image build failed.
         SkillError: a skill failed to start. GatewayError: a tool-name collision.
         RunError: the sandbox went away while the body ran.

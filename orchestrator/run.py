@@ -21,7 +21,7 @@ import pwd
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import anyio
 import anyio.to_thread
@@ -31,6 +31,7 @@ from perstack_sandbox.audit import NULL_SINK, RunFiles, TeeSink
 from perstack_sandbox.config import PerstackConfig, load_config
 from perstack_sandbox.errors import EngineError, RunError, UsageError
 from perstack_sandbox.gateway import Gateway, open_gateway, sole_exception
+from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation, check_isolation
 from perstack_sandbox.plan import (
     Secret,
     check_expert_folder,
@@ -53,9 +54,6 @@ if TYPE_CHECKING:
     from perstack_sandbox.skills import SkillProcess
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
-
-Isolation: TypeAlias = Literal["runc", "gvisor"]
-"""How the sandbox container is isolated from the host kernel: runc, or gVisor's runsc."""
 
 ConfigSource: TypeAlias = "PerstackConfig | str | os.PathLike[str]"
 """A parsed config (`parse_config`/`load_config`), or the path of a perstack.toml."""
@@ -176,7 +174,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     env_paths: Sequence[str | os.PathLike[str]] = (),
     workspace: str | os.PathLike[str] | None = None,
     limits: Limits | None = None,
-    isolation: Isolation = "runc",
+    isolation: Isolation = DEFAULT_ISOLATION,
     prefix_tools: bool = False,
     prompter: Prompter | None = None,
     audit: AuditSink | None = None,
@@ -190,7 +188,9 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     `.env`, `.env.local`, hidden anyway; a relative path is against the config's folder): each
     one inside the Expert's folder is covered under /expert. `workspace` is
     mounted read-write at /workspace. `limits` replaces the default memory/CPU/pids limits.
-    `isolation` is "runc" or "gvisor" (never silently weaker than asked). `audit` receives the
+    `isolation` is "runc" or "gvisor": under gVisor the skills run on gVisor's kernel (runsc,
+    set up by `perstack-sandbox doctor --fix`), each stdio skill in a container of its own;
+    it is never silently replaced by runc. `audit` receives the
     run's tool calls, skill stderr and warnings besides the run folder's files. Image builds,
     when needed, report to `on_progress` (nothing is printed). An Expert's sandbox:
 
@@ -212,7 +212,10 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
 
     Raises:
         InputError: on entering `async with`: bad config, unknown expert, missing secret, bad
-            workspace, an Expert's folder the skills cannot read (nothing was built or started).
+            workspace, an Expert's folder the skills cannot read, an unknown isolation (nothing
+            was built or started).
+        IsolationError: gVisor was asked for and runsc is missing or registered without the
+            arguments the sandbox needs (before any build; the message says how to set it up).
         EngineError: Docker failed; ImageBuildError: an image build failed.
         SkillError: a skill failed to start. GatewayError: a tool-name collision.
 
@@ -401,10 +404,14 @@ class Run:
         gateway: Gateway | None = None
         try:
             async with (
-                # Starts queue for a slot across this user's processes (see `engine.start_slot`).
+                # Starts queue for a slot across this user's runs, in any process (`start_slot`).
                 engine.start_slot() as started,
                 engine.open_sandbox(
-                    prepared.plan, image=image, run=run, workspace=options.workspace
+                    prepared.plan,
+                    image=image,
+                    run=run,
+                    workspace=options.workspace,
+                    isolation=options.isolation,
                 ) as sandbox,
                 open_gateway(
                     build_sessions(prepared, sandbox, audit=sink),
@@ -441,14 +448,11 @@ class Run:
             images.ensure_workspace_image(progress=progress)
 
     def _prepare(self) -> Prepared:
-        if self._options.isolation not in get_args(Isolation):
-            raise UsageError(f"isolation must be runc or gvisor, not {self._options.isolation!r}")
-        if self._options.isolation == "gvisor":  # never a silent fallback to runc
-            raise EngineError("gVisor isolation is not available in this build; use runc")
+        isolation = check_isolation(self._options.isolation)
         config = self._config
         if not isinstance(config, PerstackConfig):
             config, _warnings = load_config(Path(config))
-        return prepare_run(
+        prepared = prepare_run(
             config,
             self.expert,
             secrets=self._secrets,
@@ -456,6 +460,9 @@ class Run:
             limits=self._options.limits,
             env_paths=self._options.env_paths,
         )
+        # After the input checks, before any build: never a silent fallback to runc.
+        engine.require_isolation(isolation)
+        return prepared
 
 
 def _news(error: BaseException, gateway: Gateway | None) -> BaseException:

@@ -23,6 +23,7 @@ from perstack_sandbox.errors import (
     RunInterruptedError,
     SandboxError,
 )
+from perstack_sandbox.isolation import Isolation
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,6 +131,14 @@ PrefixToolsOption = Annotated[
     typer.Option(
         "--prefix-tools",
         help="Expose every tool as skill__tool (for skills whose tool names collide).",
+    ),
+]
+IsolationOption = Annotated[
+    Isolation,
+    typer.Option(
+        "--isolation",
+        help="Run the skills under runc or gVisor's runsc (each skill in its own container; "
+        "`doctor --fix` sets gVisor up).",
     ),
 ]
 EXAMPLE_CONFIG = "-c examples/perstack.toml"

@@ -106,12 +106,13 @@ def server_name(expert: str) -> str:
     return SERVER_PREFIX + slug
 
 
-def run_argv(
+def run_argv(  # noqa: PLR0913, PLR0917 - the command line's parts, in its order
     program: Sequence[str],
     expert: str,
     config_path: Path,
     env_paths: Sequence[Path] = (),
     workspace: Path | None = None,
+    isolation: str = "runc",
 ) -> list[str]:
     """Return the command line that serves `expert` over stdio, every path made absolute."""
     argv = [*program, "run", expert, "--config", str(config_path.absolute())]
@@ -119,6 +120,8 @@ def run_argv(
         argv += ["--env-path", str(path.absolute())]
     if workspace is not None:
         argv += ["--workspace", str(workspace.absolute())]
+    if isolation != "runc":  # the default stays implicit, as a user would type it
+        argv += ["--isolation", isolation]
     return argv
 
 

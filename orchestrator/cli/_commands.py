@@ -19,14 +19,17 @@ from perstack_sandbox.cli._app import (
     ConfigOption,
     EnvPathOption,
     ExpertArgument,
+    IsolationOption,
     JsonFlag,
     PrefixToolsOption,
     WorkspaceOption,
     command,
     warn,
 )
+from perstack_sandbox.isolation import DEFAULT_ISOLATION
 
 if TYPE_CHECKING:
+    from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.launch import LaunchOptions
 
 
@@ -37,6 +40,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     workspace: Path | None,
     *,
     prefix_tools: bool = False,
+    isolation: Isolation = DEFAULT_ISOLATION,
     interactive: bool = False,
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
@@ -51,6 +55,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         env_paths=tuple(path.absolute() for path in env_path or ()),
         workspace=workspace.absolute() if workspace is not None else None,
         prefix_tools=prefix_tools,
+        isolation=isolation,
         prompter=gateway.terminal_prompter() if interactive else None,
         warn=warn,
     )
@@ -69,11 +74,14 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
+    isolation: IsolationOption = DEFAULT_ISOLATION,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
-    options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
+    options = _launch_options(
+        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+    )
     typer.echo(launch.tools_report(options, as_json=as_json))
 
 
@@ -95,13 +103,20 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
+    isolation: IsolationOption = DEFAULT_ISOLATION,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     arguments = launch.parse_tool_args(args)
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, interactive=True
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        interactive=True,
     )
     typer.echo(launch.call_report(options, tool, arguments))
 
@@ -134,11 +149,14 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
+    isolation: IsolationOption = DEFAULT_ISOLATION,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
-    options = _launch_options(config, expert, env_path, workspace, prefix_tools=prefix_tools)
+    options = _launch_options(
+        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+    )
     launch.serve(options, http=http, token_file=token_file)
 
 

@@ -19,6 +19,7 @@ from perstack_sandbox.cli._app import (
     ConfigOption,
     EnvPathOption,
     ExpertArgument,
+    IsolationOption,
     JsonFlag,
     WorkspaceOption,
     app,
@@ -27,6 +28,7 @@ from perstack_sandbox.cli._app import (
 )
 from perstack_sandbox.cli._help import PlainGroup
 from perstack_sandbox.errors import SandboxError, UsageError
+from perstack_sandbox.isolation import DEFAULT_ISOLATION
 
 if TYPE_CHECKING:
     from perstack_sandbox.engine import RunInfo
@@ -122,19 +124,23 @@ def gc(include_images: ImagesFlag = False) -> None:  # noqa: FBT002 - a typer fl
     typer.echo(f"gc: removed {len(removed)} object(s)", err=True)
 
 
+FixFlag = Annotated[
+    bool,
+    typer.Option("--fix", help="Bootstrap and build missing images; install and register gVisor."),
+]
+
+
 @command(f"{PROGRAM} doctor", f"{PROGRAM} doctor --fix")
-def doctor(
-    fix: Annotated[bool, typer.Option("--fix", help="Bootstrap and build missing images.")] = False,  # noqa: FBT002 - a typer flag
-) -> None:
-    """Check the engine, storage driver, cgroup version and images; say what to do about each."""
+def doctor(fix: FixFlag = False) -> None:  # noqa: FBT002 - a typer flag
+    """Check the engine, storage driver, cgroup version, images and gVisor; say what to do."""
     from perstack_sandbox import engine, images  # noqa: PLC0415 - keeps --help fast
 
     checks = engine.diagnose(fix=fix, progress=images.stderr_progress)
     for check in checks:
-        mark = "ok  " if check.is_ok else "FAIL"
+        mark = "ok  " if check.is_ok else "warn" if check.is_optional else "FAIL"
         advice = f"  -> {check.advice}" if not check.is_ok and check.advice else ""
         typer.echo(f"{mark} {check.name}: {check.detail}{advice}")
-    if not all(check.is_ok for check in checks):
+    if not all(check.is_ok or check.is_optional for check in checks):
         raise typer.Exit(1)
 
 
@@ -209,6 +215,7 @@ def client_setup(  # noqa: PLR0913, PLR0917 - one parameter per command-line opt
     config: ConfigOption = DEFAULT_CONFIG,
     env_path: EnvPathOption = None,
     workspace: WorkspaceOption = None,
+    isolation: IsolationOption = DEFAULT_ISOLATION,
 ) -> None:
     """Add EXPERT to an MCP client's configuration (merged, with a backup), or print it."""
     import json  # noqa: PLC0415 - keeps --help fast
@@ -220,7 +227,7 @@ def client_setup(  # noqa: PLR0913, PLR0917 - one parameter per command-line opt
     plan(load_config(config)[0], expert)  # a bad config or Expert fails here, not in the client
     if workspace is not None and not workspace.is_dir():
         raise UsageError(f"--workspace {workspace} is not a folder")
-    argv = _clients.run_argv(_program(), expert, config, env_path or (), workspace)
+    argv = _clients.run_argv(_program(), expert, config, env_path or (), workspace, isolation)
     entry = target.entry(argv, _clients.forwarded_env())
     server = name or _clients.server_name(expert)
     path = target.config_path(platform=sys.platform, home=Path.home())

@@ -16,6 +16,7 @@ worker threads; every object carries our labels, so `ps`, `gc` and `down` find w
 _sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
 _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
 _workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
+_gvisor.py      isolation: runc or gVisor's runsc (one container per stdio skill), its set-up
 _exec.py        a `docker exec` as three byte streams (the frames of the attach socket)
 _health.py      the proxy's readiness and its output copied into the run's files
 _fence.py       the fence around a per-expert build: its own network and registry-only proxy
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
         ensure_expert_image_async,
     )
     from perstack_sandbox.engine._gate import start_slot
+    from perstack_sandbox.engine._gvisor import require_isolation
     from perstack_sandbox.engine._sandbox import (
         Sandbox,
         cancel_on_signals,
@@ -73,6 +75,7 @@ __all__ = [
     "open_sandbox",
     "owner_user",
     "proxy_policy",
+    "require_isolation",
     "runs_to_take_down",
     "skill_grants",
     "start_slot",
@@ -81,7 +84,7 @@ __all__ = [
 
 # Where each public name lives. They load on first use: the reaper runs as a module of this
 # package (`python -m perstack_sandbox.engine._reaper`), and while it waits for its owner it
-# must not import docker-py and everything the engine uses (decision 25).
+# must not import docker-py and everything the engine uses (decision 26).
 _LAZY: Final = {
     "owner_user": "..docker_edge",
     "ExecProcess": "._exec",
@@ -89,6 +92,7 @@ _LAZY: Final = {
     "ensure_expert_image": "._fence",
     "ensure_expert_image_async": "._fence",
     "start_slot": "._gate",
+    "require_isolation": "._gvisor",
     "RunInfo": "._sweep",
     "SKILL_UID_COUNT": "._containers",
     "SKILL_UID_FIRST": "._containers",

@@ -1,9 +1,11 @@
 """The Docker objects of one sandbox: creating them fast, hardened, labelled; removing them.
 
-Set-up does the minimum number of engine calls, and runs the two containers' creation in
+Set-up does the minimum number of engine calls, and runs the containers' creation in
 parallel: internal network, then {proxy: create, connect egress, start} || {[workspace layer:
-volume, container, wait until it answers (see `_workspace`)], sandbox: create, start}, then one
-inspect for the proxy's addresses and a healthz poll from the host.
+volume, container, wait until it answers (see `_workspace`)], sandboxes: create, start}, then
+one inspect for the proxy's addresses and a healthz poll from the host. Under runc there is one
+sandbox container; under gVisor one per stdio skill, each with the same mounts
+(docs/architecture.md, decision 25).
 
 Before each create, the object is named in the run's journal (fsynced) and this process's
 reaper is running (`_reaper`), so whatever point a run dies at, its objects are found and
@@ -14,7 +16,6 @@ shared egress network is made once per engine (`_egress`).
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -33,13 +34,16 @@ from perstack_sandbox.docker_edge import (
     owner_labels,
 )
 from perstack_sandbox.engine import _egress, _health, _reaper, _subnets, _sweep, _workspace
+from perstack_sandbox.engine._gvisor import RUNTIMES, host_pids_limit
 from perstack_sandbox.errors import EngineError
-from perstack_sandbox.images import ensure_proxy_image
+from perstack_sandbox.images import ensure_proxy_image, sandbox_profile
+from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network
 
+    from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Limits
     from perstack_sandbox.state import RunState
 
@@ -81,6 +85,11 @@ class SandboxSpec:
     policy: str
     masks: tuple[str, ...] = ()  # paths under /expert covered by `cover`
     cover: str = ""  # an empty file on the host, readable by the skills
+    isolation: Isolation = DEFAULT_ISOLATION  # of the sandbox containers; the proxy is on runc
+    # How many sandbox containers: one under runc; one per stdio skill under gVisor, where a
+    # process can read every other process's /proc/<pid>/environ in Debian's runsc. Each of
+    # them gets the same mounts: /expert, its env-file covers and the workspace layer's view.
+    containers: int = 1
     # The run's state folder: its journal names each object before it is created.
     run: RunState | None = None
 
@@ -89,11 +98,16 @@ class SandboxSpec:
 class Started:
     """Ids and addresses of a started sandbox."""
 
-    container_id: str
+    container_ids: tuple[str, ...]  # the sandbox containers, in skill order
     proxy_id: str
     proxy_ip: str
     proxy_host_ip: str
     network_id: str
+
+    @property
+    def container_id(self) -> str:
+        """The first (under runc, the only) sandbox container."""
+        return self.container_ids[0]
 
 
 def _labels(spec: SandboxSpec, role: str) -> dict[str, str]:
@@ -113,23 +127,6 @@ def _intend(spec: SandboxSpec, kind: str, name: str, labels: dict[str, str]) -> 
             spec.run.record_intent(kind, name, labels)
     except OSError as exc:
         raise EngineError(f"journalling {kind} {name} before creating it: {exc}") from exc
-
-
-def ensure_egress_network(lock_image: str) -> str:
-    """Return the shared egress network's id, creating it once per engine (see `_egress`).
-
-    Only proxies join it, and inter-container traffic on it is off, so proxies of different
-    sandboxes cannot reach each other through it.
-
-    Raises:
-        EngineError: the engine refused or could not be reached.
-
-    """
-    with _egress_lock:  # threads of one process queue here, not on the engine's lock
-        return _egress.ensure_egress_network(lock_image)
-
-
-_egress_lock = threading.Lock()
 
 
 def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
@@ -224,20 +221,22 @@ def _start_workspace(spec: SandboxSpec) -> str | None:
     )
 
 
-def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None) -> str:
+def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None, index: int) -> str:
     api = client().api
     host_config = api.create_host_config(
-        **HARDENING,
+        **{**HARDENING, "security_opt": sandbox_security_opt(spec.isolation)},
+        runtime=RUNTIMES[spec.isolation],
         mounts=_mounts(spec, workspace_view),
         tmpfs={"/tmp": SCRATCH_TMPFS, "/home": HOME_TMPFS},  # noqa: S108 - a private tmpfs
         mem_limit=spec.limits.memory_bytes,
         memswap_limit=spec.limits.memory_bytes,
         nano_cpus=int(spec.limits.cpus * 1e9),
-        pids_limit=spec.limits.pids,
+        **_pids_limits(spec),
         network_mode=network,
         dns=list(SANDBOX_DNS),
     )
-    name, labels = _name(spec, "sandbox"), _labels(spec, "sandbox")
+    name = _name(spec, f"sandbox-{index}" if index else "sandbox")
+    labels = _labels(spec, "sandbox")
     _intend(spec, "container", name, labels)
     with docker_errors(f"starting the sandbox container of run {spec.run_id}"):
         created = api.create_container(
@@ -251,6 +250,29 @@ def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None) 
         )
         api.start(created["Id"])
     return str(created["Id"])
+
+
+def _pids_limits(spec: SandboxSpec) -> dict[str, Any]:
+    """Return the process limits of a sandbox container (gVisor: see `host_pids_limit`)."""
+    if spec.isolation != "gvisor":
+        return {"pids_limit": spec.limits.pids}
+    nproc = docker.types.Ulimit(name="nproc", soft=spec.limits.pids, hard=spec.limits.pids)
+    return {"pids_limit": host_pids_limit(spec.limits.pids), "ulimits": [nproc]}
+
+
+def sandbox_security_opt(isolation: Isolation = DEFAULT_ISOLATION) -> list[str]:
+    """Return the sandbox's security options: no-new-privileges and our own seccomp profile.
+
+    The engine wants the profile's JSON text itself (a path would be read by the CLI, not the
+    engine); under gVisor, in the form runsc reads. The proxy runs our own code and keeps the
+    engine's default profile.
+
+    Raises:
+        EngineError: the profile shipped in images/ is missing or broken.
+
+    """
+    profile = sandbox_profile(gvisor=isolation == "gvisor")
+    return [*HARDENING["security_opt"], f"seccomp={profile}"]
 
 
 def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
@@ -297,12 +319,12 @@ def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
 
 def _connect_egress(container_id: str, image: str) -> str:
     api = client().api
-    network = ensure_egress_network(image)
+    network = _egress.ensure_egress_network(image)
     try:
         api.connect_container_to_network(container_id, network)
     except docker.errors.NotFound:
         # `gc` removed the unused egress network between our lookup and the connect.
-        network = ensure_egress_network(image)
+        network = _egress.ensure_egress_network(image)
         api.connect_container_to_network(container_id, network)
     return network
 
@@ -324,7 +346,7 @@ def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
 
 
 async def start(spec: SandboxSpec, run: RunState) -> Started:
-    """Create and start the network, proxy and sandbox of `spec`; wait until the proxy answers.
+    """Create and start the network, proxy and sandboxes of `spec`; wait for the proxy.
 
     Objects are labelled with the run id as they are made; the caller's teardown removes them
     by that label whatever point this reached.
@@ -337,23 +359,32 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
         await anyio.to_thread.run_sync(_workspace.check_host)
     proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
     network = await anyio.to_thread.run_sync(create_internal_network, spec)
-    ids: dict[str, str] = {}
+    proxy: list[str] = []
+    sandboxes: dict[int, str] = {}
 
-    async def make(role: str) -> None:
-        if role == "proxy":
-            ids[role] = await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image)
-        else:
-            # The layer first: the sandbox binds a mount that already answers (any runtime).
-            view = await anyio.to_thread.run_sync(_start_workspace, spec)
-            ids[role] = await anyio.to_thread.run_sync(_start_sandbox, spec, network, view)
+    async def make_proxy() -> None:
+        proxy.append(await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image))
+
+    async def make_sandbox(index: int, view: str | None) -> None:
+        sandboxes[index] = await anyio.to_thread.run_sync(
+            _start_sandbox, spec, network, view, index
+        )
+
+    async def make_sandboxes() -> None:
+        # The layer first: every sandbox binds a mount that already answers (any runtime).
+        view = await anyio.to_thread.run_sync(_start_workspace, spec)
+        async with anyio.create_task_group() as group:
+            for index in range(max(1, spec.containers)):
+                group.start_soon(make_sandbox, index, view)
 
     async with anyio.create_task_group() as group:
-        group.start_soon(make, "proxy")
-        group.start_soon(make, "sandbox")
-    proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, ids["proxy"], network)
-    await anyio.to_thread.run_sync(_health.follow_logs, ids["proxy"], run)
-    await _health.wait_ready(ids["proxy"], proxy_host_ip, PROXY_PORT)
-    return Started(ids["sandbox"], ids["proxy"], proxy_ip, proxy_host_ip, network)
+        group.start_soon(make_proxy)
+        group.start_soon(make_sandboxes)
+    proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, proxy[0], network)
+    await anyio.to_thread.run_sync(_health.follow_logs, proxy[0], run)
+    await _health.wait_ready(proxy[0], proxy_host_ip, PROXY_PORT)
+    containers = tuple(sandboxes[index] for index in sorted(sandboxes))
+    return Started(containers, proxy[0], proxy_ip, proxy_host_ip, network)
 
 
 def remove_run(run_id: str) -> None:
@@ -364,19 +395,3 @@ def remove_run(run_id: str) -> None:
 
     """
     _sweep.remove_labelled({"label": [f"{LABEL_MANAGED}=1", f"{LABEL_RUN}={run_id}"]})
-
-
-def remove_attached(network_id: str) -> list[str]:
-    """Force-remove every container on `network_id`, labelled or not (a build step's); name them.
-
-    Raises:
-        EngineError: the engine refused a removal or could not be reached.
-
-    """
-    api = client().api
-    with docker_errors("removing the containers of a build fence"):
-        attached = api.containers(all=True, filters={"network": [network_id]})
-        for container in attached:
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_container(container["Id"], force=True, v=True)
-    return [f"container {c['Names'][0].lstrip('/')}" for c in attached]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from perstack_sandbox import images
 from perstack_sandbox.docker_edge import ENGINE_HINT, client, docker_errors
-from perstack_sandbox.engine import _sweep, _workspace
+from perstack_sandbox.engine import _gvisor, _sweep, _workspace
 from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ class Check:
     is_ok: bool
     detail: str
     advice: str = ""
+    is_optional: bool = False  # a failed optional check is a warning: the doctor still passes
 
 
 def _engine_checks() -> list[Check]:
@@ -116,8 +117,34 @@ def _few(run_ids: list[str], shown: int = 5) -> str:
     return ", ".join(reversed(run_ids[-shown:])) + older
 
 
+def gvisor_check(problem: str = "") -> Check:
+    """Say whether `--isolation gvisor` can run: runsc installed and registered.
+
+    Optional (a warning) unless `problem` says why a `--fix` of it failed.
+    """
+    status = _gvisor.runsc_status()
+    advice = problem or (
+        "only `--isolation gvisor` needs it: run `perstack-sandbox doctor --fix` as root "
+        f"(installs Debian's {_gvisor.APT_PACKAGE} and registers it)"
+    )
+    found = status.version or status.binary or "runsc"
+    if status.is_ready:
+        detail = f"{found} registered ({' '.join(status.registered_args or ())})"
+    elif status.registered_args is not None:
+        detail = f"{found} registered without {' '.join(status.missing_args)}"
+    elif status.binary:
+        detail = f"{found} installed, not registered with the engine"
+    else:
+        detail = "runsc not installed"
+    # Only `--isolation gvisor` needs it, unless `--fix` was asked to set it up and could not.
+    return Check("gvisor", status.is_ready, detail, advice, is_optional=not problem)
+
+
 def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
-    """Check the engine and images; with `fix`, first sweep leftovers and build what is missing.
+    """Check the engine, images and gVisor; with `fix`, sweep leftovers, build, set up gVisor.
+
+    A gVisor set-up that fails (not root, no apt-get) is reported as a failed check, not
+    raised, so that the other checks are still shown.
 
     Raises:
         ImageBuildError: `fix` was asked and a build failed.
@@ -127,6 +154,7 @@ def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
     checks = _engine_checks()
     if not all(check.is_ok for check in checks[:1]):
         return checks
+    problem = ""
     if fix:
         for line in _sweep.collect_garbage():
             progress(f"removed {line} (its owner is gone)")
@@ -134,4 +162,9 @@ def diagnose(*, fix: bool, progress: Callable[[str], None]) -> list[Check]:
         images.ensure_base_image(progress=progress)
         images.ensure_proxy_image(progress=progress)
         images.ensure_workspace_image(progress=progress)
-    return [*checks, *_image_checks(), _workspace_check(), _leftover_check()]
+        try:
+            _gvisor.install_and_register(progress)
+        except EngineError as exc:
+            problem = str(exc)
+    checks += [*_image_checks(), _workspace_check(), gvisor_check(problem)]
+    return [*checks, _leftover_check()]

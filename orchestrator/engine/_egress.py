@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -53,7 +54,9 @@ def egress_network_name() -> str:
 def ensure_egress_network(lock_image: str) -> str:
     """Return the shared egress network's id, creating it when missing (once per engine).
 
-    `lock_image` is any local image: the lock container is created from it, never started.
+    Only proxies join it, and inter-container traffic on it is off, so proxies of different
+    sandboxes cannot reach each other through it. `lock_image` is any local image: the lock
+    container is created from it, never started.
 
     Raises:
         EngineError: the engine refused or could not be reached, or another process held the
@@ -63,7 +66,8 @@ def ensure_egress_network(lock_image: str) -> str:
     api = client().api
     name = egress_network_name()
     deadline = time.monotonic() + LOCK_TIMEOUT_S
-    with docker_errors(f"creating the egress network {name}"):
+    # Threads of one process queue on a lock of their own, not on the engine's.
+    with _threads_lock, docker_errors(f"creating the egress network {name}"):
         while True:
             found = the_network(api, name)
             if found is not None:
@@ -77,6 +81,9 @@ def ensure_egress_network(lock_image: str) -> str:
                     f"network {name} (lock container {_lock_name(name)})"
                 )
             time.sleep(POLL_INTERVAL_S)
+
+
+_threads_lock = threading.Lock()
 
 
 def the_network(api: docker.APIClient, name: str) -> str | None:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
+import docker.errors
+import requests.exceptions
 
 from perstack_sandbox.docker_edge import client, docker_errors
 
@@ -166,6 +168,20 @@ class ExecProcess:
                 await target.send(payload)
         return buffer
 
+    async def end_with_container(self) -> None:
+        """End this process's streams once its container stops (run it as a task).
+
+        runsc does not end a `docker exec` stream when its sandbox dies (gVisor's kernel
+        OOM-killed by the host, for one): without this, a call to that skill would hang until
+        its deadline. The process then counts as exited with the container's status.
+        """
+        # A thread of its own for as long as the container runs: never one of the shared pool.
+        code = await anyio.to_thread.run_sync(
+            _wait_container, self.container_id, abandon_on_cancel=True, limiter=_own_thread()
+        )
+        self._exit_code, self._exited = code, True
+        await self._sock.aclose()
+
     async def close(self) -> None:
         """Kill the process if it still runs and close the socket."""
         try:
@@ -175,6 +191,20 @@ class ExecProcess:
                     await self.kill()
         finally:
             await self._sock.aclose()
+
+
+def _own_thread() -> anyio.CapacityLimiter:
+    return anyio.CapacityLimiter(1)
+
+
+def _wait_container(container_id: str) -> int | None:
+    """Block until the container stops; return its exit status (None when it is gone)."""
+    try:
+        result = client().api.wait(container_id, timeout=None)  # None: no deadline at all
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+        return None  # removed, or the engine went away: both mean "stopped" here
+    code = result.get("StatusCode") if isinstance(result, dict) else None
+    return code if isinstance(code, int) else None
 
 
 async def start_exec(

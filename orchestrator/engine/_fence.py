@@ -36,10 +36,10 @@ from perstack_sandbox.engine._containers import (
     SandboxSpec,
     create_internal_network,
     proxy_addresses,
-    remove_attached,
     remove_run,
     start_proxy,
 )
+from perstack_sandbox.engine._sweep import remove_attached
 from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.plan import Limits
 from perstack_sandbox.state import (

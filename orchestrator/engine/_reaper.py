@@ -15,7 +15,7 @@ keeps a signal to the owner's process group from reaching it, and it removes onl
 owner is dead (the rule `gc` follows), so it never races a live run. Until the owner is gone it
 has imported nothing but the standard library (and this package's `state` and `procs`, which
 import nothing else): an idle reaper is one small interpreter (docs/architecture.md, decision
-25).
+26).
 """
 
 from __future__ import annotations

@@ -23,8 +23,10 @@ from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
 from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
 from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
+from perstack_sandbox.engine._gvisor import require_isolation
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import no_progress
+from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation
 from perstack_sandbox.plan import check_expert_folder
 from perstack_sandbox.state import write_private
 
@@ -57,6 +59,9 @@ class Sandbox:
     network_id: str
     # Skill name -> its proxy token (a secret: only in the policy and that skill's exec env).
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    isolation: Isolation = DEFAULT_ISOLATION
+    # Under gVisor, one container per stdio skill, in skill order (else only `container_id`).
+    container_ids: tuple[str, ...] = ()
 
     def proxy_env(self, skill: str | None = None) -> dict[str, str]:
         """Return the proxy and CA variables of `skill`'s process.
@@ -142,6 +147,13 @@ class Sandbox:
             raise ValueError(f"skill index {index} outside 0..{SKILL_UID_COUNT - 1}")
         return SKILL_UID_FIRST + index
 
+    def container_for(self, user: int) -> str:
+        """Return the container that runs the skill with uid `user` (its own, under gVisor)."""
+        index = user - SKILL_UID_FIRST
+        if len(self.container_ids) > 1 and 0 <= index < len(self.container_ids):
+            return self.container_ids[index]
+        return self.container_id
+
     @asynccontextmanager
     async def exec_stdio(
         self,
@@ -155,6 +167,8 @@ class Sandbox:
 
         `env` is the exec's environment (never the container's, never argv). `HOME` defaults
         to `/home/skill<uid>`; the launcher creates it mode 700 and refuses one it does not own.
+        Under gVisor the launcher first loads the sandbox's seccomp profile into the skill
+        (runsc applies the container's profile to its first process only, not to execs).
         On exit the process is killed if it still runs.
 
         Raises:
@@ -166,10 +180,16 @@ class Sandbox:
             raise ValueError(f"uid {user} is not a skill uid")
         full_env = {"HOME": f"/home/skill{user}", **env}
         process = await start_exec(
-            self.container_id, [LAUNCHER, *argv], env=full_env, user=user, workdir=workdir
+            self.container_for(user),
+            [*launcher_argv(self.isolation), *argv],
+            env=full_env,
+            user=user,
+            workdir=workdir,
         )
         async with anyio.create_task_group() as group:
             group.start_soon(process.pump)
+            if self.isolation == "gvisor":  # runsc leaves the stream open if its sandbox dies
+                group.start_soon(process.end_with_container)
             try:
                 yield process
             finally:
@@ -178,16 +198,27 @@ class Sandbox:
                 group.cancel_scope.cancel()
 
 
+def launcher_argv(isolation: Isolation) -> list[str]:
+    """Return the launcher command a skill's argv follows (under gVisor it loads seccomp)."""
+    return [LAUNCHER, "--seccomp"] if isolation == "gvisor" else [LAUNCHER]
+
+
 @asynccontextmanager
-async def open_sandbox(
+async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     plan: SandboxPlan,
     *,
     image: str,
     run: RunState,
     workspace: Path | None = None,
     test_allow_cidrs: tuple[str, ...] = (),
+    isolation: Isolation = DEFAULT_ISOLATION,
 ) -> AsyncIterator[Sandbox]:
     """Start the sandbox of `plan` from `image` and tear everything down on exit.
+
+    The sandbox container runs under `isolation`'s runtime (runc, or gVisor's runsc), which
+    must be available: it is never replaced by a weaker one. Under gVisor each stdio skill gets
+    its own sandbox container (its own gVisor kernel): in Debian's runsc any process reads any
+    other's /proc/<pid>/environ, which would hand one skill another's secrets.
 
     The proxy holds each skill to its own allowedDomains, told apart by a random per-run
     credential in that skill's proxy URL (`Sandbox.proxy_env(skill)`); the tokens are in the
@@ -200,9 +231,11 @@ async def open_sandbox(
 
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
+        IsolationError: gVisor was asked for and is not installed or registered.
         EngineError: the engine refused an operation, or the proxy never became ready.
 
     """
+    await anyio.to_thread.run_sync(require_isolation, isolation)
     # Checked again now (not only at `prepare`): the folder may have changed since.
     folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
     credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
@@ -224,6 +257,8 @@ async def open_sandbox(
         policy=json.dumps(policy),
         masks=folder.masks,
         cover=str(run.write_cover()) if folder.masks else "",
+        isolation=isolation,
+        containers=len(plan.skills) if isolation == "gvisor" else 1,
         run=run,
     )
     status = "failed"
@@ -239,6 +274,8 @@ async def open_sandbox(
             proxy_host_ip=started.proxy_host_ip,
             network_id=started.network_id,
             credentials=credentials,
+            isolation=isolation,
+            container_ids=started.container_ids,
         )
         status = "finished"
     finally:
@@ -372,7 +409,7 @@ def runs_to_take_down(*, everyone: bool = False) -> list[RunInfo]:
 def diagnose(
     *, fix: bool = False, progress: Callable[[str], None] = no_progress
 ) -> list[_doctor.Check]:
-    """Report the engine, storage driver, cgroup version, images and leftovers (`doctor`).
+    """Report the engine, storage driver, cgroup version, images, gVisor, leftovers (`doctor`).
 
     Raises:
         ImageBuildError: `fix` was asked and a build failed.

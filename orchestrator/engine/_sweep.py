@@ -206,6 +206,22 @@ def remove_labelled(
     return removed
 
 
+def remove_attached(network_id: str) -> list[str]:
+    """Force-remove every container on `network_id`, labelled or not (a build step's); name them.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    api = client().api
+    with docker_errors("removing the containers of a build fence"):
+        attached = api.containers(all=True, filters={"network": [network_id]})
+        for container in attached:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True, v=True)
+    return [f"container {c['Names'][0].lstrip('/')}" for c in attached]
+
+
 def is_removal_in_progress(exc: docker.errors.APIError) -> bool:
     """Return whether the engine refused a removal because one is already under way."""
     return exc.status_code == 409 and "already in progress" in str(exc.explanation or "")  # noqa: PLR2004 - HTTP conflict

@@ -10,6 +10,7 @@ _cache.py       tags (hashes of every input), ensure_* (reuse or build), labels,
 _build.py       a build with streamed progress; host-side inputs (npm pack, pip download)
 _recipe.py      the per-expert Dockerfile: one non-root uid per package install
 _registries.py  the registry hosts a build may reach, derived from npm's and pip's settings
+_seccomp.py     the sandbox's seccomp profile, generated from Docker's default as data
 recipes/        the repository's images/ folder (a symlink in a checkout, files in a wheel)
 ```
 """
@@ -45,6 +46,7 @@ from perstack_sandbox.images._cache import (
 )
 from perstack_sandbox.images._recipe import PROXY_ARGS
 from perstack_sandbox.images._registries import build_hosts, npm_registry, python_index
+from perstack_sandbox.images._seccomp import sandbox_profile
 
 __all__ = [
     "BASE_REPO",
@@ -75,6 +77,7 @@ __all__ = [
     "python_index",
     "recipe",
     "resolved_packages",
+    "sandbox_profile",
     "stderr_progress",
     "superseded_images",
     "workspace_image_name",

@@ -125,11 +125,15 @@ def _node_package() -> str:
     return f"node-linux-{arch.get(platform.machine().lower(), 'x64')}@{NODE_MAJOR}"
 
 
+# Copied into the base build's context (and hashed into its tag), besides the Dockerfile.
+BASE_FILES: Final = ("perstack-launch.sh", "seccomp.json", "seccomp-exec.py")
+
+
 def base_image_name(*, host_ca: bool | None = None) -> str:
     """Return the tag of the sandbox base image for the current recipe and CA choice."""
     digest = _digest(
         recipe("sandbox.Dockerfile"),
-        recipe("perstack-launch.sh"),
+        *(recipe(file) for file in BASE_FILES),
         _node_package(),
         f"npm@{NPM_MAJOR}",
         _host_ca_bytes(host_ca=host_ca),
@@ -210,7 +214,7 @@ def ensure_base_image(
     progress(f"building {name}")
     with tempfile.TemporaryDirectory(prefix="perstack-base-") as tmp:
         context = Path(tmp)
-        for file in ("sandbox.Dockerfile", "perstack-launch.sh"):
+        for file in ("sandbox.Dockerfile", *BASE_FILES):
             copy_recipe(file, context / file)
         (context / "host-ca.crt").write_bytes(_host_ca_bytes(host_ca=host_ca))
         node, npm = _build.npm_pack([_node_package(), f"npm@{NPM_MAJOR}"], context)

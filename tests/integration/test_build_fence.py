@@ -22,7 +22,7 @@ import pytest
 
 from perstack_sandbox import images, state
 from perstack_sandbox.audit import summarise as summarise_audit
-from perstack_sandbox.engine import _containers, _fence
+from perstack_sandbox.engine import _egress, _fence
 from perstack_sandbox.errors import ImageBuildError
 from perstack_sandbox.images import _recipe, _registries
 from perstack_sandbox.plan import PackageSpec
@@ -202,7 +202,7 @@ def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
     victim's folder and the entry links were written.
     """
     base, proxy = base_images
-    egress = _containers.ensure_egress_network(proxy)
+    egress = _egress.ensure_egress_network(proxy)
     addresses = [host_address(docker_api, "bridge"), host_address(docker_api, egress)]
     registry = _registries.npm_registry()
     with listeners(addresses) as servers:

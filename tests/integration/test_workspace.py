@@ -22,6 +22,7 @@ from engine_support import objects_of_run, reaper_of, run_in, wait_until
 
 from perstack_sandbox import engine, state
 from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.plan import SandboxPlan, SkillLaunch
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
@@ -123,6 +124,55 @@ async def test_the_owner_can_edit_and_delete_what_skills_created(
     )
     assert removed.returncode == 0, removed.stderr.decode()
     assert list(owned_folder.iterdir()) == []
+
+
+def two_local_skills(plan: SandboxPlan) -> SandboxPlan:
+    """Return `plan` with two local stdio skills: under gVisor, two sandbox containers."""
+    skills = tuple(
+        SkillLaunch(
+            name=name, kind="local", argv=("true",), package=None, env_names=(), workdir="/"
+        )
+        for name in ("first", "second")
+    )
+    return plan.model_copy(update={"skills": skills})
+
+
+async def test_under_gvisor_skills_in_their_own_containers_share_the_workspace_as_its_owner(
+    plan_factory, empty_expert_image, owned_folder, docker_api
+):
+    """Under gVisor each skill has a container; both bind the layer's view, files are the owner's.
+
+    Skill 0 writes in its container, skill 1 appends from the other one; on the host the file
+    holds both writes and belongs to the folder's owner. Seen failing with the protection
+    removed: binding the folder directly into the gVisor containers (no layer), the first write
+    failed with EACCES.
+    """
+    plan = two_local_skills(plan_factory())
+    run = state.create_run(plan.expert)
+    async with open_sandbox(
+        plan, image=empty_expert_image, run=run, workspace=owned_folder, isolation="gvisor"
+    ) as sandbox:
+        assert len(set(sandbox.container_ids)) == 2
+        wrote = await run_in(sandbox, ["python3", "-c", WRITE], skill=0)
+        append = "open('/workspace/note.txt', 'a').write(', edited')"
+        edited = await run_in(sandbox, ["python3", "-c", append], skill=1)
+        sources = {
+            mount["Source"]
+            for container_id in sandbox.container_ids
+            for mount in docker_api.inspect_container(container_id)["Mounts"]
+            if mount["Destination"] == "/workspace"
+        }
+        runtimes = {
+            docker_api.inspect_container(container_id)["HostConfig"]["Runtime"]
+            for container_id in sandbox.container_ids
+        }
+    assert (wrote.code, edited.code) == (0, 0), (wrote.stderr, edited.stderr)
+    assert runtimes == {"runsc"}
+    assert len(sources) == 1
+    assert sources != {str(owned_folder)}
+    assert (owned_folder / "note.txt").read_text() == "from a skill, edited"
+    made = [owned_folder / name for name in ("note.txt", "made", "made/deeper/inner.txt")]
+    assert {(path.stat().st_uid, path.stat().st_gid) for path in made} == {(OWNER_UID, OWNER_GID)}
 
 
 async def test_a_second_skill_still_cannot_read_the_first_skills_home(

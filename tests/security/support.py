@@ -20,10 +20,11 @@ import docker
 
 if TYPE_CHECKING:
     from perstack_sandbox.gateway import Gateway
+    from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.state import RunState
 
 HERE = Path(__file__).resolve().parent
-EXPERT_FILES = ("hostile_server.py", "probes.py")
+EXPERT_FILES = ("hostile_server.py", "probes.py", "kernel_probes.py")
 EXPERT = "hostile-expert"
 LABEL_RUN = "perstack-sandbox.run"
 LABEL_ROLE = "perstack-sandbox.role"
@@ -142,6 +143,7 @@ class Hostile:
     canaries: Canaries
     workspace: Path
     run_config: Path
+    isolation: Isolation
     env_canaries: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -166,6 +168,19 @@ class Hostile:
         answer: dict[str, int] = json.loads(result.content[0].text)  # type: ignore[union-attr]
         return answer
 
+    async def visible_pids_of(self, uid: int) -> list[int]:
+        """Return the pids of `uid`'s processes that the hostile skill sees in /proc."""
+        code = (
+            "import glob\nfound = []\n"
+            "for path in glob.glob('/proc/[0-9]*/status'):\n"
+            "    try: lines = dict(l.split(':', 1) for l in open(path) if ':' in l)\n"
+            "    except OSError: continue\n"
+            f"    if lines['Uid'].split()[0] == '{uid}': found.append(int(path.split('/')[2]))\n"
+            "emit(sorted(found))"
+        )
+        found: list[int] = await self.probe(code)
+        return found
+
     def audit_lines(self) -> list[dict[str, Any]]:
         """Return the proxy's audit of this run so far (written live by the engine)."""
         return read_jsonl(self.run.audit_path)
@@ -177,10 +192,16 @@ class Hostile:
         )
 
     def container(self, role: str) -> Any:
-        """Return the container of this run with `role` (sandbox or proxy)."""
+        """Return the container of this run with `role` (sandbox or proxy; runc: one sandbox)."""
         found = [c for c in self.containers() if c.labels.get(LABEL_ROLE) == role]
         assert len(found) == 1, found
         return found[0]
+
+    def container_of(self, skill: str) -> Any:
+        """Return the sandbox container `skill` runs in (under gVisor, each skill has its own)."""
+        suffix = {"hostile": "sandbox", "decoy": "sandbox-1"}[skill]
+        (found,) = [c for c in self.containers() if c.name.endswith(f"-{suffix}")]
+        return found
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import pytest
 from support import EXPERT, HIDDEN_TARGETS, quiet
 
 from perstack_sandbox import state
+from perstack_sandbox.docker_edge import LABEL_ROLE
 from perstack_sandbox.launch import LaunchOptions, open_expert
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 # EROFS where only the read-only mount stops the write (/var/tmp is world-writable in the
 # image); EACCES where the file's mode stops it first.
-READ_ONLY_TARGETS = {
+READ_ONLY_TARGETS_RUNC = {
     "/var/tmp/evil": "EROFS",  # noqa: S108 - a path inside the sandbox
     "/usr/local/bin/evil": "EROFS",
     "/etc/ld.so.preload": "EROFS",
@@ -30,6 +31,15 @@ READ_ONLY_TARGETS = {
     "/etc/passwd": "EACCES",
     "/expert/new-file": "EROFS",
     "/expert/perstack.toml": "EACCES",
+}
+# gVisor checks the folder's permissions before the read-only mount: only the world-writable
+# /var/tmp shows EROFS (the root's read-only mount); /expert's is in the mount table test.
+READ_ONLY_TARGETS = {
+    "runc": READ_ONLY_TARGETS_RUNC,
+    "gvisor": {
+        path: "EACCES" if path != "/var/tmp/evil" else "EROFS"  # noqa: S108 - in the sandbox
+        for path in READ_ONLY_TARGETS_RUNC
+    },
 }
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
 EXPECTED_BINDS = {"/expert", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"}
@@ -73,16 +83,17 @@ async def test_no_unix_socket_of_the_host_exists_anywhere_in_the_sandbox(hostile
     assert await hostile.probe(code) == []
 
 
-@pytest.mark.parametrize(("path", "expected"), sorted(READ_ONLY_TARGETS.items()))
+@pytest.mark.parametrize("path", sorted(READ_ONLY_TARGETS_RUNC))
 async def test_the_root_filesystem_and_the_expert_folder_are_read_only(
-    hostile: Hostile, path: str, expected: str
+    hostile: Hostile, path: str
 ) -> None:
     """Creating or appending to files outside the scratch areas fails (EROFS, or EACCES).
 
-    Fails when: the container is started without `read_only=True` (checked by hand: every
-    EROFS case then fails: /var/tmp/evil is written, the others turn EACCES), or /expert is
-    mounted read-write.
+    Fails when: the container is started without `read_only=True` (checked by hand, runc:
+    every EROFS case then fails: /var/tmp/evil is written, the others turn EACCES), or /expert
+    is mounted read-write.
     """
+    expected = READ_ONLY_TARGETS[hostile.isolation][path]
     assert await hostile.probe(f"emit(open_outcome({path!r}, 'ab'))") == expected
 
 
@@ -107,13 +118,22 @@ async def test_a_program_written_to_scratch_space_cannot_be_executed(hostile: Ho
 async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
     hostile: Hostile,
 ) -> None:
-    """Only /expert (read-only), its env-file covers and Docker's /etc files are bound.
+    """Only /expert (read-only), its env-file covers, the workspace and Docker's /etc files.
 
-    /workspace is the workspace layer's FUSE mount (nosuid, nodev), and there is no other.
+    /workspace is the workspace layer's FUSE view, never the folder itself, and there is no
+    other host path. runc: a bind mount's root is a folder of its source filesystem, and the
+    view shows as FUSE (nosuid, nodev). gVisor serves every host path (the image's root
+    included) through its file proxy, as 9p mounts: the view is one of them (its FUSE nature
+    is the host's), so the engine is asked where each sandbox container's /workspace comes from.
 
-    Fails when: any other host path is mounted into the sandbox (checked by hand: one extra
-    read-only bind mount), or the workspace folder is bound directly (checked by hand).
+    Fails when: any other host path is mounted into the sandbox (checked by hand, runc: one
+    extra read-only bind mount), or the workspace folder is bound directly (checked by hand).
     """
+    is_bind = (
+        "f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev'))"
+        if hostile.isolation == "runc"
+        else "kind == '9p' and f[4] != '/'"
+    )
     code = (
         "binds, fuse = {}, {}\n"
         "for line in open('/proc/self/mountinfo'):\n"
@@ -121,14 +141,27 @@ async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
         "    kind = f[f.index('-') + 1]\n"
         "    if kind.startswith('fuse'):\n"
         "        fuse[f[4]] = [kind, *sorted(set(f[5].split(',')) & {'nosuid', 'nodev'})]\n"
-        "    elif f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev')):\n"
+        f"    elif {is_bind}:\n"
         "        binds[f[4]] = f[5].split(',')[0]\n"
         "emit([binds, fuse])"
     )
     binds, fuse = await hostile.probe(code)
-    assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS
+    if hostile.isolation == "runc":
+        assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS
+        assert fuse == {"/workspace": ["fuse.bindfs", "nodev", "nosuid"]}
+    else:
+        assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS | {"/workspace"}
+        assert fuse == {}
     assert {binds[target] for target in (*HIDDEN_TARGETS, "/expert")} == {"ro"}
-    assert fuse == {"/workspace": ["fuse.bindfs", "nodev", "nosuid"]}
+    sandboxes = [c for c in hostile.containers() if c.labels.get(LABEL_ROLE) == "sandbox"]
+    sources = {
+        mount["Source"]
+        for container in sandboxes
+        for mount in container.attrs["Mounts"]
+        if mount["Destination"] == "/workspace"
+    }
+    assert len(sources) == 1
+    assert sources != {str(hostile.workspace)}
 
 
 async def test_a_setuid_or_setgid_mode_never_reaches_the_host_through_the_workspace(
@@ -214,6 +247,7 @@ async def test_the_orchestrator_follows_no_symlink_the_sandbox_wrote(
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
+        isolation=hostile.isolation,
     )
     with anyio.fail_after(120):
         async with open_expert(options) as gateway:

@@ -55,7 +55,13 @@ async def read_state(
     with anyio.fail_after(RUN_DEADLINE_S):
         async with open_expert(options) as gateway:
             attacker = Hostile(
-                gateway, other, {}, hostile.canaries, hostile.workspace, options.config_path
+                gateway,
+                other,
+                {},
+                hostile.canaries,
+                hostile.workspace,
+                options.config_path,
+                hostile.isolation,
             )
             root = state.state_dir()
             paths = {
@@ -104,6 +110,7 @@ async def test_a_skill_reads_no_state_file_even_when_its_workspace_holds_the_sta
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
+        isolation=hostile.isolation,
     )
     seen = await read_state(options, hostile, other, "/workspace/state")
     assert seen.pop("/workspace/state") == []
@@ -122,7 +129,13 @@ async def test_a_skill_reads_no_state_file_when_the_expert_folder_holds_the_stat
     """
     config, _ = write_expert(tmp_path / "expert", registry_host())
     other = plant_state(monkeypatch, tmp_path / "expert" / "state")
-    options = LaunchOptions(config_path=config, expert=EXPERT, prefix_tools=True, progress=quiet)
+    options = LaunchOptions(
+        config_path=config,
+        expert=EXPERT,
+        prefix_tools=True,
+        progress=quiet,
+        isolation=hostile.isolation,
+    )
     seen = await read_state(options, hostile, other, "/expert/state")
     assert seen == dict.fromkeys(seen, "EACCES")
 

@@ -172,6 +172,19 @@ def test_print_writes_nothing_and_prints_the_entry(home: Path, monkeypatch, caps
     assert not list(path.parent.glob("*.bak"))
 
 
+@pytest.mark.parametrize(("isolation", "expected"), [("runc", []), ("gvisor", ["gvisor"])])
+def test_the_entry_runs_under_the_isolation_asked_for(
+    home: Path, monkeypatch, capsys, isolation, expected
+) -> None:
+    """--isolation gvisor reaches the entry's command line; runc, the default, stays implicit."""
+    del home
+    args = ["client", "setup", "demo", "--client", "cursor", "--print", "-c", str(EXAMPLE)]
+    code, out, _ = run_cli(monkeypatch, capsys, *args, "--isolation", isolation)
+    assert code == 0
+    argv = json.loads(out)["mcpServers"]["perstack-demo"]["args"]
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "--isolation"] == expected
+
+
 def test_a_file_with_comments_is_left_alone_with_exit_2(home: Path, monkeypatch, capsys) -> None:
     """VS Code allows comments in mcp.json; we do not rewrite what we cannot parse."""
     path = home / FILES["vscode"]
