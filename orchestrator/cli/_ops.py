@@ -41,7 +41,7 @@ RunArgument = Annotated[
 
 @command(f"{PROGRAM} ps")
 def ps() -> None:
-    """List the sandboxes on this engine: run id, expert, owner, containers and network."""
+    """List the sandboxes on this engine: run id, expert, owner, containers, network, volume."""
     from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
 
     runs = engine.list_sandboxes()

@@ -357,7 +357,7 @@ async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
 
 
 def list_sandboxes() -> list[RunInfo]:
-    """Return every run that has labelled containers or networks on this engine, oldest first.
+    """Return every run with labelled containers, networks or volumes on this engine, oldest first.
 
     Raises:
         EngineError: the engine could not be reached.
