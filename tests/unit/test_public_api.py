@@ -94,7 +94,6 @@ def test_a_config_parsed_from_text_needs_an_absolute_expert_folder(config_path):
     ("options", "error"),
     [
         ({"secrets": {}}, MissingEnvError),
-        ({"secrets": {"API_TOKEN": "t"}, "isolation": "gvisor"}, EngineError),
         ({"secrets": {"API_TOKEN": "t"}, "isolation": "kvm"}, UsageError),
     ],
 )
