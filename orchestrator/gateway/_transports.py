@@ -15,6 +15,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from orchestrator.errors import GatewayError, UsageError
 from orchestrator.gateway._server import make_server
 from orchestrator.http_guard import BearerOriginGuard, loopback_origins
+from orchestrator.skills import first_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 MAX_PORT: Final = 65535
 LISTEN_BACKLOG: Final = 128
+SHUTDOWN_GRACE_S: Final = 2  # open SSE streams would otherwise hold a graceful stop forever
 
 
 async def serve_stdio(gateway: Gateway) -> None:
@@ -64,7 +66,7 @@ async def serve_http(
         GatewayError: the port cannot be bound.
 
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
@@ -84,24 +86,36 @@ async def serve_http(
     # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
     # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
     config = uvicorn.Config(
-        guarded, log_config=None, log_level="warning", access_log=False, lifespan="on"
+        guarded,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     server = uvicorn.Server(config)
+    served = anyio.Event()
+
+    async def run_server() -> None:
+        # Shielded: a cancelled caller (SIGINT via cancel_on_signals) must not tear uvicorn down
+        # mid-request; it is asked to exit and shuts down gracefully instead.
+        with anyio.CancelScope(shield=True):
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                sock.close()
+                served.set()
+
     async with anyio.create_task_group() as group:
-        if stop is not None:
-
-            async def watch() -> None:
-                await stop.wait()
-                server.should_exit = True
-
-            group.start_soon(watch)
+        group.start_soon(run_server)
         if on_ready is not None:
             on_ready(f"http://127.0.0.1:{actual}/mcp")
         try:
-            await server.serve(sockets=[sock])
+            await first_of(served.wait, (stop or anyio.Event()).wait)
         finally:
-            sock.close()
-            group.cancel_scope.cancel()
+            server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE_S * 2):
+                await served.wait()
 
 
 def terminal_prompter() -> Prompter | None:
