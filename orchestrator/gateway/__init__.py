@@ -15,13 +15,11 @@ _transports.py  stdio, and streamable HTTP on 127.0.0.1 behind a bearer token an
 
 from __future__ import annotations
 
+from orchestrator.gateway._audit import argument_shape, write_audit
+from orchestrator.gateway._catalog import Route, build_routes, exposed_name, exposed_uri, split_uri
 from orchestrator.gateway._core import (
     Gateway,
     Prompter,
-    Route,
-    argument_shape,
-    build_routes,
-    exposed_name,
     input_needed,
     open_gateway,
     question_for,
@@ -44,6 +42,7 @@ __all__ = [
     "argument_shape",
     "build_routes",
     "exposed_name",
+    "exposed_uri",
     "input_needed",
     "make_server",
     "open_gateway",
@@ -53,6 +52,8 @@ __all__ = [
     "serve_http",
     "serve_stdio",
     "sole_exception",
+    "split_uri",
     "terminal_prompter",
     "tools_payload",
+    "write_audit",
 ]

@@ -1,113 +1,56 @@
-"""The transport-free gateway: routes, collisions, calls, interactive tools, call log."""
+"""The transport-free gateway: skills, their catalogs, tool calls, interactive tools."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.audit import TOOL_CALL_FIELD
-from orchestrator.errors import GatewayError, SkillError, UsageError
+from orchestrator.errors import SkillError, UsageError
+from orchestrator.gateway._audit import argument_shape, audited
+from orchestrator.gateway._catalog import (
+    Catalog,
+    Route,
+    build_named,
+    build_routes,
+    exposed_name,
+    exposed_uri,
+)
+from orchestrator.gateway._hosts import Hosts
+from orchestrator.gateway._pending import PendingCalls
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
+    from orchestrator.gateway._hosts import Responder
     from orchestrator.plan import InteractiveTool
-    from orchestrator.skills import SkillSession
+    from orchestrator.skills import SkillAnswer, SkillRequest, SkillSession
 
 
 logger = logging.getLogger(__name__)
 
-PREFIX_SEPARATOR: Final = "__"
 _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
 
+
+T = TypeVar("T")
 
 Prompter: TypeAlias = "Callable[[str], Awaitable[str | None]]"
 """Asks the user a question and returns the answer (None: declined or cancelled)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where an exposed tool name leads."""
-
-    exposed: str
-    skill: str
-    original: str
-    tool: types.Tool
-    interactive: InteractiveTool | None = None
-
-
-def argument_shape(value: object) -> object:
-    """Describe a JSON value by its shape only: keys and type names, never the values."""
-    if isinstance(value, dict):
-        return {str(key): argument_shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        shapes: list[object] = []
-        for item in value:
-            shape = argument_shape(item)
-            if shape not in shapes:
-                shapes.append(shape)
-        return shapes
-    if value is None:
-        return "null"
-    return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), "value")
-
-
-def exposed_name(skill: str, tool: str, *, prefix: bool) -> str:
-    """Return the name a host client sees for `tool` of `skill`."""
-    return f"{skill}{PREFIX_SEPARATOR}{tool}" if prefix else tool
-
-
-def build_routes(
-    tools_by_skill: Mapping[str, Sequence[types.Tool]],
-    interactive: Sequence[InteractiveTool] = (),
-    *,
-    prefix: bool = False,
-) -> dict[str, Route]:
-    """Map exposed names to skills; a collision names both skills and how to fix it.
-
-    Raises:
-        GatewayError: two skills expose the same name.
-
-    """
-    routes: dict[str, Route] = {}
-    candidates = [
-        (skill, tool, None) for skill, tools in tools_by_skill.items() for tool in tools
-    ] + [(item.skill, _interactive_tool(item), item) for item in interactive]
-    for skill, tool, item in candidates:
-        name = exposed_name(skill, tool.name, prefix=prefix)
-        if name in routes:
-            raise GatewayError(_collision(routes[name].skill, skill, tool.name))
-        exposed = tool.model_copy(update={"name": name})
-        routes[name] = Route(name, skill, tool.name, exposed, item)
-    return routes
-
-
-def _collision(first: str, second: str, tool: str) -> str:
-    return (
-        f"tool name {tool!r} is offered by both skill {first!r} and skill {second!r}. "
-        f"Use pick/omit in perstack.toml to keep one of them, or run with --prefix-tools "
-        f"(exposes {exposed_name(first, tool, prefix=True)!r} and "
-        f"{exposed_name(second, tool, prefix=True)!r})"
-    )
-
-
-def _interactive_tool(item: InteractiveTool) -> types.Tool:
-    schema = item.input_schema or {"type": "object"}
-    return types.Tool(name=item.name, description=item.description or None, input_schema=schema)
-
-
 class Gateway:
-    """Routes tools/list and tools/call to the skills; the transport-free core."""
+    """Routes host requests to the skills and skill requests to the hosts; transport-free.
+
+    It is also the skills' bridge (`SkillBridge`): what they may ask and tell the host clients
+    goes through `hosts`, with resource URIs in the form the host clients see.
+    """
 
     def __init__(
         self,
@@ -128,9 +71,16 @@ class Gateway:
         self.prefix_tools = prefix_tools
         self.prompter = prompter
         self.egress_check = egress_check
-        self._routes: dict[str, Route] = {}
-        self._listed: set[str] = set()
+        self.hosts = Hosts()
+        self.pending = PendingCalls()
+        self.catalog = Catalog(prefix_tools, {name: s.spec for name, s in self.skills.items()})
+        self.subscriptions: dict[tuple[str, str], int] = {}  # (skill, URI) -> host subscribers
+        self.tasks: dict[str, str] = {}  # task id -> the skill that runs it
         self._lock = anyio.Lock()
+
+    @property
+    def _routes(self) -> dict[str, Route]:
+        return self.catalog.tools
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Start every non-lazy skill (concurrently) and check names for collisions.
@@ -141,7 +91,8 @@ class Gateway:
 
         """
         for skill in self.skills.values():
-            skill.bind(task_group)
+            skill.bind(task_group, self)
+        self.pending.bind(task_group)
         eager = [skill for skill in self.skills.values() if not skill.spec.lazy_init]
         failures: list[SkillError] = []
 
@@ -159,30 +110,60 @@ class Gateway:
         await self._refresh(include_lazy=False)
 
     async def _refresh(self, *, include_lazy: bool) -> None:
-        tools_by_skill: dict[str, Sequence[types.Tool]] = {}
+        listed = [s for s in self.skills.values() if s.is_running or include_lazy]
+        tools: dict[str, Sequence[types.Tool]] = {}
         for skill in self.skills.values():
-            if skill.is_running or include_lazy:
-                tools_by_skill[skill.name] = await skill.list_tools()
+            if skill in listed:
+                tools[skill.name] = await skill.list_tools()
             elif skill.spec.pick:  # names known before start: check them early
-                tools_by_skill[skill.name] = [
+                tools[skill.name] = [
                     types.Tool(name=name, input_schema={"type": "object"})
                     for name in skill.spec.pick
                     if name not in skill.spec.omit
                 ]
-        self._routes = build_routes(tools_by_skill, self.interactive, prefix=self.prefix_tools)
-        self._listed = set(tools_by_skill) if include_lazy else self._listed
+        prompts = {s.name: await s.list_prompts() for s in listed}
+        resources = {s.name: await s.list_resources() for s in listed}
+        templates = {s.name: await s.list_resource_templates() for s in listed}
+        prefix = self.prefix_tools
+        catalog = self.catalog
+        catalog.tools = build_routes(tools, self.interactive, prefix=prefix)
+        catalog.prompts = build_named(
+            "prompt name", prompts, lambda p: p.name, lambda s, n: exposed_name(s, n, prefix=prefix)
+        )
+        catalog.resources = build_named(
+            "resource URI",
+            resources,
+            lambda r: r.uri,
+            lambda s, u: exposed_uri(s, u, prefix=prefix),
+        )
+        catalog.templates = build_named(
+            "resource template",
+            templates,
+            lambda t: t.uri_template,
+            lambda s, u: exposed_uri(s, u, prefix=prefix),
+        )
+
+    async def refreshed(self) -> Catalog:
+        """Return the catalog after listing every skill (starts lazy skills: a lister uses them).
+
+        Raises:
+            SkillError: a lazy skill failed to start.
+            GatewayError: two skills expose the same name, URI or template.
+
+        """
+        async with self._lock:
+            await self._refresh(include_lazy=True)
+            return self.catalog
 
     async def list_tools(self) -> list[types.Tool]:
-        """Every exposed tool (starts lazy skills: a client that lists will call).
+        """Every exposed tool (starts lazy skills).
 
         Raises:
             SkillError: a lazy skill failed to start.
             GatewayError: a lazy skill's tools collide with another skill's.
 
         """
-        async with self._lock:
-            await self._refresh(include_lazy=True)
-            return [route.tool for route in self._routes.values()]
+        return [route.tool for route in (await self.refreshed()).tools.values()]
 
     def route(self, name: str) -> Route:
         """Find the route of an exposed tool name.
@@ -203,8 +184,12 @@ class Gateway:
         arguments: dict[str, Any] | None,
         *,
         elicit: Prompter | None = None,
+        responder: Responder | None = None,
     ) -> types.CallToolResult:
         """Call one exposed tool; the answer is the skill's CallToolResult.
+
+        `responder` is the host request this call serves: the skill's questions, progress and
+        log messages go to it.
 
         Raises:
             UsageError: no skill offers that tool.
@@ -216,43 +201,43 @@ class Gateway:
             async with self._lock:
                 await self._refresh(include_lazy=True)
         route = self.route(name)
-        started = time.perf_counter()
-        began = datetime.now(UTC).isoformat(timespec="milliseconds")
-        outcome = "error"
-        try:
+        shape = argument_shape(arguments or {})
+        with audited("tools/call", route.skill, tool=name, argShape=shape) as entry:
             problem = self.egress_check() if self.egress_check and not route.interactive else None
             if problem is not None:
                 logger.warning("%s", problem)
-                outcome = "refused-egress-down"
+                entry.outcome = "refused-egress-down"
                 return text_result(problem, error=True)
             if route.interactive is not None:
                 result = await self._ask(
                     route.interactive, arguments or {}, elicit or self.prompter
                 )
             else:
-                result = await self.skills[route.skill].call_tool(route.original, arguments)
-            outcome = "isError" if result.is_error else "ok"
+                result = await self.forward(
+                    route.skill,
+                    responder,
+                    lambda skill: skill.call_tool(
+                        route.original,
+                        arguments,
+                        progress=responder.progress if responder is not None else None,
+                    ),
+                )
+                result = self.catalog.expose_results(route.skill, result)
+            entry.outcome = "isError" if result.is_error else "ok"
             return result
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            shape = argument_shape(arguments or {})
-            record = {
-                "time": began,
-                "skill": route.skill,
-                "tool": name,
-                "argShape": shape,
-                "durationMs": round(elapsed_ms, 1),
-                "outcome": outcome,
-            }
-            logger.info(
-                "tools/call %s (skill %s) args=%s -> %s in %.1f ms",
-                name,
-                route.skill,
-                json.dumps(shape, sort_keys=True),
-                outcome,
-                elapsed_ms,
-                extra={TOOL_CALL_FIELD: record},
-            )
+
+    async def forward(
+        self,
+        skill: str,
+        responder: Responder | None,
+        send: Callable[[SkillSession], Awaitable[T]],
+    ) -> T:
+        """Run `send(skill)` with the skill's questions and logs routed to `responder`."""
+        session = self.skills[skill]
+        if responder is None:
+            return await send(session)
+        with self.hosts.responding(skill, responder):
+            return await send(session)
 
     async def _ask(
         self, item: InteractiveTool, arguments: Mapping[str, Any], ask: Prompter | None
@@ -285,6 +270,23 @@ class Gateway:
                 f"(JSON-RPC error {exc.error.code})"
             ) from exc
 
+    def declared_capabilities(self) -> types.ClientCapabilities:
+        """Return what skills are told: the host clients' forwardable capabilities."""
+        return self.hosts.declared_capabilities()
+
+    async def skill_request(self, skill: str, request: SkillRequest) -> SkillAnswer:
+        """Forward a skill's request to a host client (see `Hosts.skill_request`)."""
+        return await self.hosts.skill_request(skill, request)
+
+    async def skill_notification(self, skill: str, notification: types.ServerNotification) -> None:
+        """Pass a skill's notification to the host clients, URIs in their form."""
+        if isinstance(notification, types.ResourceUpdatedNotification):
+            uri = exposed_uri(skill, notification.params.uri, prefix=self.prefix_tools)
+            params = notification.params.model_copy(update={"uri": uri})
+            await self.hosts.publish_update(types.ResourceUpdatedNotification(params=params))
+            return
+        await self.hosts.skill_notification(skill, notification)
+
     async def close(self) -> None:
         """Stop every skill (bounded)."""
         async with anyio.create_task_group() as stopping:
@@ -312,6 +314,7 @@ def input_needed(item: InteractiveTool, message: str) -> types.CallToolResult:
 
 
 def text_result(text: str, *, error: bool = False) -> types.CallToolResult:
+    """Return a CallToolResult with one text block."""
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=error)
 
 

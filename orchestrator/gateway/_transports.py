@@ -13,12 +13,15 @@ from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from orchestrator.errors import GatewayError, UsageError
+from orchestrator.gateway._plain_json import PlainJsonResponses
 from orchestrator.gateway._server import make_server
 from orchestrator.http_guard import BearerOriginGuard, loopback_origins
 from orchestrator.skills import first_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from orchestrator.http_guard import ASGIApp
 
     from orchestrator.gateway._core import Gateway, Prompter
 
@@ -60,33 +63,19 @@ async def serve_http(
 ) -> None:
     """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
 
-    `on_ready(url)` is called once the socket listens; setting `stop` shuts down cleanly.
+    `on_ready(url)` is called once the socket listens. Setting `stop`, or cancelling the caller
+    (SIGINT, SIGTERM), stops it gracefully: uvicorn is asked to exit, not cancelled mid-request.
 
     Raises:
         GatewayError: the port cannot be bound.
 
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(LISTEN_BACKLOG)  # listening before on_ready: clients may connect at once
-    except OSError as exc:
-        sock.close()
-        raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    sock = _listening_socket(port)
     actual = sock.getsockname()[1]
-    origins = loopback_origins(actual)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"127.0.0.1:{actual}", f"localhost:{actual}"],
-        allowed_origins=sorted(origins),
-    )
-    app = make_server(gateway).streamable_http_app(transport_security=security, host="127.0.0.1")
-    guarded = BearerOriginGuard(app, token=token, allowed_origins=origins)
     # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
     # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
     config = uvicorn.Config(
-        guarded,
+        http_app(gateway, port=actual, token=token),
         log_config=None,
         log_level="warning",
         access_log=False,
@@ -97,9 +86,7 @@ async def serve_http(
     served = anyio.Event()
 
     async def run_server() -> None:
-        # Shielded: a cancelled caller (SIGINT via cancel_on_signals) must not tear uvicorn down
-        # mid-request; it is asked to exit and shuts down gracefully instead.
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):  # stopped by should_exit below, never cancelled
             try:
                 await server.serve(sockets=[sock])
             finally:
@@ -116,6 +103,35 @@ async def serve_http(
             server.should_exit = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE_S * 2):
                 await served.wait()
+
+
+def _listening_socket(port: int) -> socket.socket:
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose protocol says
+    # TCP. Without it, Nagle's algorithm holds each response's last segment until the client's
+    # delayed ACK (40 ms) on a reused connection.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(LISTEN_BACKLOG)  # listening before on_ready: clients may connect at once
+    except OSError as exc:
+        sock.close()
+        raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def http_app(gateway: Gateway, *, port: int, token: str) -> ASGIApp:
+    """The gateway's streamable HTTP app for 127.0.0.1:`port`: guard, plain JSON, MCP."""
+    origins = loopback_origins(port)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"127.0.0.1:{port}", f"localhost:{port}"],
+        allowed_origins=sorted(origins),
+    )
+    # SSE mode: a POST streams only when it must (PlainJsonResponses, and the SDK itself on
+    # 2026-07-28); a stream carries progress, log messages and questions before the answer.
+    app = make_server(gateway).streamable_http_app(transport_security=security, host="127.0.0.1")
+    return BearerOriginGuard(PlainJsonResponses(app), token=token, allowed_origins=origins)
 
 
 def terminal_prompter() -> Prompter | None:
