@@ -1,9 +1,10 @@
 """The gate in front of the gateway's HTTP endpoint: a bearer token and an Origin check.
 
 The endpoint listens on 127.0.0.1 only, but any local process and any web page the user opens
-can reach loopback. So every request must carry `Authorization: Bearer <token>` (the scheme in
-any case, as HTTP auth schemes are case-insensitive; the token compared in constant time), and a request that carries an `Origin` header (browsers always send one on
-cross-site requests) must come from the endpoint's own loopback origin. Anything else is
+can reach loopback. So every request must carry `Authorization: Bearer <token>` (the scheme
+in any case, as HTTP auth schemes are case-insensitive; the token compared in constant time),
+and a request that carries an `Origin` header (browsers always send one on cross-site
+requests) must come from the endpoint's own loopback origin. Anything else is
 refused before the MCP layer sees it.
 """
 

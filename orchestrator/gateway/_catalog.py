@@ -160,6 +160,7 @@ class Catalog:
     prompts: dict[str, Named[types.Prompt]] = field(default_factory=dict)
     resources: dict[str, Named[types.Resource]] = field(default_factory=dict)
     templates: dict[str, Named[types.ResourceTemplate]] = field(default_factory=dict)
+    hidden: set[tuple[str, str]] = field(default_factory=set)  # (skill, URI) pick/omit hide
 
     def prompt(self, name: str) -> Named[types.Prompt]:
         """Find an exposed prompt.
@@ -185,12 +186,11 @@ class Catalog:
         if listed is not None:
             return listed.skill, listed.original
         template = self.template_for(uri)
-        if template is not None:
-            return template.skill, self._original(template.skill, uri)
-        owner = self._sole_resource_skill(uri)
+        owner = template.skill if template is not None else self._sole_resource_skill(uri)
         original = self._original(owner, uri)
         spec = self.specs.get(owner)
-        if spec is not None and (spec.pick or not spec.keeps(original)):
+        hidden = (owner, original) in self.hidden or (spec is not None and not spec.keeps(original))
+        if hidden or (template is None and spec is not None and spec.pick):
             raise UsageError(f"resource {uri!r} is not among skill {owner!r}'s picked resources")
         return owner, original
 

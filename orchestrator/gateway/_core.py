@@ -124,8 +124,10 @@ class Gateway:
         prompts = {s.name: await s.list_prompts() for s in listed}
         resources = {s.name: await s.list_resources() for s in listed}
         templates = {s.name: await s.list_resource_templates() for s in listed}
+        hidden = {(s.name, uri) for s in listed for uri in await s.hidden_resources()}
         prefix = self.prefix_tools
         catalog = self.catalog
+        catalog.hidden = hidden
         catalog.tools = build_routes(tools, self.interactive, prefix=prefix)
         catalog.prompts = build_named(
             "prompt name", prompts, lambda p: p.name, lambda s, n: exposed_name(s, n, prefix=prefix)

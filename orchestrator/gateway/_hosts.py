@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, get_args
 
 import anyio
 import mcp_types as types
+from mcp.server.connection import allowed_log_levels
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     PromptsListChanged,
@@ -144,9 +145,7 @@ class RequestResponder:
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
         """Deliver a log message (2026-07-28 requests only; others get them per connection)."""
         if self.modern:
-            await self.ctx.session.send_log_message(
-                params.level, params.data, params.logger, related_request_id=self.ctx.request_id
-            )
+            await log_on_request(self.ctx, params)
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         """Report progress to the host client (nothing if it gave no progress token)."""
@@ -169,6 +168,15 @@ async def ask_host(
     except MCPError as exc:
         return exc.error
     return answer
+
+
+async def log_on_request(
+    ctx: ServerRequestContext[Any, Any], params: types.LoggingMessageNotificationParams
+) -> None:
+    """Send a log message on the stream of `ctx`'s request, if it opted in at that level."""
+    if params.level in allowed_log_levels(ctx.protocol_version, ctx.meta):
+        notification = types.LoggingMessageNotification(params=params)
+        await ctx.session.send_notification(notification, related_request_id=ctx.request_id)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import anyio.abc
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.gateway._hosts import can_answer
+from orchestrator.gateway._hosts import can_answer, log_on_request
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -79,9 +79,7 @@ class PendingCall(Generic[ResultT]):
 
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
         """Deliver a log message on the latest host request of this call (if it opted in)."""
-        await self.ctx.session.send_log_message(
-            params.level, params.data, params.logger, related_request_id=self.ctx.request_id
-        )
+        await log_on_request(self.ctx, params)
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         """Report progress on the latest host request of this call."""

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_DROPPED_HEADERS: Final = frozenset({b"content-type", b"content-length", b"cache-control", b"connection"})
+_DROPPED_HEADERS: Final = frozenset(
+    {b"content-type", b"content-length", b"cache-control", b"connection"}
+)
 
 
 class PlainJsonResponses:
@@ -106,7 +108,7 @@ def _is_event_stream(start: Message) -> bool:
 
 
 def _event_data(event: bytes) -> bytes | None:
-    """The data of one SSE event (its `data:` lines joined), or None for a data-less event."""
+    """Return the data of one SSE event (its `data:` lines joined); None if it has none."""
     lines = [line for line in re.split(rb"\r\n|\n|\r", event) if line.startswith(b"data:")]
     if not lines:
         return None
@@ -118,4 +120,8 @@ def _is_response(data: bytes) -> bool:
         message = json.loads(data)
     except ValueError:
         return False
-    return isinstance(message, dict) and "id" in message and ("result" in message or "error" in message)
+    return (
+        isinstance(message, dict)
+        and "id" in message
+        and ("result" in message or "error" in message)
+    )

@@ -101,7 +101,10 @@ async def complete(gateway: Gateway, params: types.CompleteRequestParams) -> typ
             raise UsageError(f"no resource template {ref.uri!r}")
         skill, forwarded = template.skill, ref.model_copy(update={"uri": template.original})
         target = {"uri": ref.uri}
-    request = types.CompleteRequest(params=params.model_copy(update={"ref": forwarded}))
+    # `_meta` stays behind: a 2026-07-28 envelope would be refused by a handshake-era skill.
+    request = types.CompleteRequest(
+        params=params.model_copy(update={"ref": forwarded, "meta": None})
+    )
     with audited("completion/complete", skill, argument=params.argument.name, **target) as entry:
         result = await gateway.skills[skill].send(request, types.CompleteResult)
         entry.outcome = "ok"

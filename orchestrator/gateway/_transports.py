@@ -21,9 +21,8 @@ from orchestrator.skills import first_of
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orchestrator.http_guard import ASGIApp
-
     from orchestrator.gateway._core import Gateway, Prompter
+    from orchestrator.http_guard import ASGIApp
 
 
 MAX_PORT: Final = 65535
@@ -121,7 +120,7 @@ def _listening_socket(port: int) -> socket.socket:
 
 
 def http_app(gateway: Gateway, *, port: int, token: str) -> ASGIApp:
-    """The gateway's streamable HTTP app for 127.0.0.1:`port`: guard, plain JSON, MCP."""
+    """Build the gateway's streamable HTTP app for 127.0.0.1:`port`: guard, plain JSON, MCP."""
     origins = loopback_origins(port)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,

@@ -188,6 +188,16 @@ class SkillSession:
         resources: list[types.Resource] = await self._listing("resources")
         return [item for item in resources if self.spec.keeps(item.name, item.uri)]
 
+    async def hidden_resources(self) -> set[str]:
+        """Return the URIs of the skill's listed resources that pick/omit hide.
+
+        Raises:
+            SkillError: the skill cannot start.
+
+        """
+        resources: list[types.Resource] = await self._listing("resources")
+        return {item.uri for item in resources if not self.spec.keeps(item.name, item.uri)}
+
     async def list_resource_templates(self) -> list[types.ResourceTemplate]:
         """Return the skill's resource templates after pick/omit (by name or URI template).
 

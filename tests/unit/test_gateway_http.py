@@ -1,0 +1,187 @@
+"""The gateway's streamable HTTP endpoint, and stopping it.
+
+Plain JSON answers, large results, keep-alive latency, the bearer scheme, and a clean stop on
+SIGINT and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from gateway_support import DEADLINE_S, ERAS, connected, sdk_skill, serving_over_http, text_of
+
+from orchestrator.gateway import open_gateway
+
+pytestmark = pytest.mark.anyio
+MIB = 1024 * 1024
+ROOT = Path(__file__).parents[2]
+NAGLE_DELAYED_ACK_MS = 40  # Linux's minimum delayed-ACK timeout: what Nagle made each call wait
+CALLS = 200
+
+
+@pytest.fixture
+def anyio_backend():
+    """Run on asyncio (uvicorn needs it)."""
+    return "asyncio"
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_a_result_over_one_mebibyte_reaches_the_python_client(mode):
+    """A 1.5 MiB result arrives whole: it is sent as one JSON body, not an SSE event (1 MiB cap).
+
+    Seen failing in the 2025-11-25 era with the SSE-only answer ("Server-sent event exceeded the
+    1048576 byte limit") before PlainJsonResponses.
+    """
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            connected(gateway, mode, http=True) as client,
+        ):
+            result = await client.call_tool("big", {"size": MIB + MIB // 2})
+    assert len(text_of(result)) == MIB + MIB // 2
+
+
+def _rpc(request_id, method, params=None, **extra):
+    body = {"jsonrpc": "2.0", "id": request_id, "method": method, **extra}
+    return body | ({"params": params} if params is not None else {})
+
+
+async def _handshake(raw, url):
+    init = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    }
+    opened = await raw.post(url, json=_rpc(0, "initialize", init))
+    session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+    headers = session | {"mcp-protocol-version": "2025-11-25"}
+    await raw.post(
+        url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+    )
+    return headers
+
+
+async def test_a_post_streams_only_when_something_precedes_its_answer():
+    """A plain call is answered as application/json; one asking for progress gets an SSE stream."""
+    accept = {"accept": "application/json, text/event-stream"}
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            serving_over_http(gateway) as (url, token),
+            httpx2.AsyncClient(headers={"authorization": f"Bearer {token}", **accept}) as raw,
+        ):
+            headers = await _handshake(raw, url)
+            call = {"name": "echo", "arguments": {"text": "plain"}}
+            plain = await raw.post(url, json=_rpc(1, "tools/call", call), headers=headers)
+            steps = {"name": "progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "p"}}
+            streamed = await raw.post(url, json=_rpc(2, "tools/call", steps), headers=headers)
+    assert plain.headers["content-type"] == "application/json"
+    assert plain.json()["result"]["content"][0]["text"] == "plain"
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.text.count("notifications/progress") == 2
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+async def test_the_bearer_scheme_is_accepted_in_any_case(scheme):
+    """Authorization schemes are case-insensitive (RFC 9110): `bearer <token>` is let in."""
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            serving_over_http(gateway) as (url, token),
+            httpx2.AsyncClient() as raw,
+        ):
+            init = {"protocolVersion": "2025-11-25", "capabilities": {}}
+            init["clientInfo"] = {"name": "raw", "version": "0"}
+            accept = {"accept": "application/json, text/event-stream"}
+            let_in = await raw.post(
+                url,
+                json=_rpc(1, "initialize", init),
+                headers={"authorization": f"{scheme} {token}", **accept},
+            )
+            basic = await raw.post(
+                url,
+                json=_rpc(1, "initialize", init),
+                headers={"authorization": f"Basic {token}", **accept},
+            )
+    assert let_in.status_code == 200
+    assert basic.status_code == 401
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
+    """200 sequential echo calls on one keep-alive connection stay far below 40 ms each.
+
+    A regression test for Nagle's algorithm meeting delayed ACKs: with the listening socket
+    created as protocol 0, asyncio skipped TCP_NODELAY on accepted connections and every call
+    after the first took 44-48 ms. Seen failing by creating the socket without IPPROTO_TCP:
+    every sample sat above 40 ms.
+    """
+    with anyio.fail_after(DEADLINE_S * 2):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            connected(gateway, mode, http=True) as client,
+        ):
+            samples = []
+            for _ in range(CALLS):
+                started = time.perf_counter()
+                await client.call_tool("echo", {"text": "ping"})
+                samples.append((time.perf_counter() - started) * 1000)
+    slow = [ms for ms in samples if ms >= NAGLE_DELAYED_ACK_MS]
+    assert statistics.median(samples) < NAGLE_DELAYED_ACK_MS / 4, samples
+    assert len(slow) <= CALLS // 20, slow  # a busy shared machine may stall a few
+
+
+SERVE_SCRIPT = """
+import functools, sys, anyio
+from orchestrator import engine
+from orchestrator.gateway import open_gateway, serve_http
+from orchestrator.skills import SkillSession, SkillSpec, local_process
+
+skill = SkillSession(SkillSpec("n"), functools.partial(
+    local_process, [sys.executable, sys.argv[1], "--name", "n"], env={"PATH": "/usr/bin"}))
+
+async def main():
+    async with engine.cancel_on_signals(), open_gateway([skill]) as gateway:
+        await serve_http(gateway, port=0, token="t", on_ready=lambda url: print(url, flush=True))
+    print("stopped", flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_http_gateway_cleanly(signum, tmp_path):
+    """SIGINT or SIGTERM ends serving with exit 0, the body finished, and no traceback.
+
+    Seen failing before uvicorn was shielded and asked to exit: the signal cancelled it
+    mid-serve and starlette's lifespan printed a CancelledError traceback.
+    """
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_SCRIPT, encoding="utf-8")
+    sdk = Path(__file__).parents[1] / "fixtures" / "sdk_skill.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(
+        [sys.executable, str(script), str(sdk)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as child:
+        assert child.stdout is not None
+        url = child.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        httpx2.post(url, json=_rpc(1, "ping"), headers={"authorization": "Bearer t"})
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=DEADLINE_S)
+    assert child.returncode == 0, err
+    assert out.strip() == "stopped"
+    assert "Traceback" not in err
