@@ -163,6 +163,8 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
         raise sole from sole.__cause__
     if not finished and options.signal_is_error:  # the body was cancelled by SIGINT/SIGTERM
         raise RunError(f"interrupted by a signal; run {run.run_id} was torn down")
+    if not finished:  # `run` stopped the way it is meant to be: not a failure
+        run.update_meta(status="stopped")
 
 
 def skill_home(uid: int) -> str:

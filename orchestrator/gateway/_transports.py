@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Final
+import threading
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import uvicorn
 from mcp.server.stdio import stdio_server
@@ -19,7 +24,7 @@ from orchestrator.http_guard import BearerOriginGuard, loopback_origins
 from orchestrator.skills import first_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from orchestrator.gateway._core import Gateway, Prompter
     from orchestrator.http_guard import ASGIApp
@@ -27,14 +32,68 @@ if TYPE_CHECKING:
 
 MAX_PORT: Final = 65535
 LISTEN_BACKLOG: Final = 128
+STDIN_LINES_BUFFERED: Final = 16
+STDIN_READ_BYTES: Final = 1 << 16
 SHUTDOWN_GRACE_S: Final = 2  # open SSE streams would otherwise hold a graceful stop forever
 
 
 async def serve_stdio(gateway: Gateway) -> None:
-    """Serve the gateway over this process's stdin/stdout until the client closes it."""
+    """Serve the gateway over this process's stdin/stdout until the client closes it.
+
+    Cancelling the caller (SIGINT, SIGTERM) ends serving even while the client keeps stdin
+    open: stdin is read by a daemon thread, which neither a cancel nor the exit waits for.
+    """
     server = make_server(gateway)
-    async with stdio_server() as (read_stream, write_stream):
+    stdin = cast("anyio.AsyncFile[str]", _StdinLines())  # stdio_server only iterates its lines
+    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+class _StdinLines:
+    """The lines of this process's stdin, read by a daemon thread.
+
+    anyio reads files in its worker threads, which a cancelled task still waits for and the
+    interpreter joins at exit: a client that keeps stdin open would hang `run` after a signal.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[str](STDIN_LINES_BUFFERED)
+        self._started = False
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        if not self._started:
+            self._started = True
+            token = anyio.lowlevel.current_token()
+            threading.Thread(target=self._pump, args=(token,), name="stdin", daemon=True).start()
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def _pump(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        # os.read on a private descriptor: a thread blocked in sys.stdin's buffered reader holds
+        # its lock, and the interpreter's shutdown aborts on that lock.
+        fd = os.dup(sys.stdin.fileno())
+        pending = b""
+        try:
+            while chunk := os.read(fd, STDIN_READ_BYTES):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._deliver(token, line)
+            if pending:
+                self._deliver(token, pending)
+            anyio.from_thread.run_sync(self._send.close, token=token)
+        except (OSError, RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the loop or the reader is gone: serving has ended
+        finally:
+            os.close(fd)
+
+    def _deliver(self, token: anyio.lowlevel.EventLoopToken, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        anyio.from_thread.run(self._send.send, text, token=token)
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -81,7 +140,7 @@ async def serve_http(
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
-    server = uvicorn.Server(config)
+    server = _SignalFreeServer(config)
     served = anyio.Event()
 
     async def run_server() -> None:
@@ -102,6 +161,20 @@ async def serve_http(
             server.should_exit = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE_S * 2):
                 await served.wait()
+
+
+class _SignalFreeServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT and SIGTERM to the command.
+
+    The command cancels its body on a signal (`engine.cancel_on_signals`), which makes
+    `serve_http` ask this server to exit. uvicorn's own handlers would instead stop it first and
+    re-raise the signal afterwards, so whether a run ended "finished" or "stopped" was a race.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Capture nothing."""
+        yield
 
 
 def _listening_socket(port: int) -> socket.socket:

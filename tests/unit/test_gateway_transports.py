@@ -1,11 +1,12 @@
-"""The gateway's streamable HTTP endpoint, and stopping it.
+"""The gateway's transports: streamable HTTP and stdio, and stopping them.
 
 Plain JSON answers, large results, keep-alive latency, the bearer scheme, and a clean stop on
-SIGINT and SIGTERM.
+SIGINT and SIGTERM over both transports.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -141,9 +142,9 @@ async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
 
 
 SERVE_SCRIPT = """
-import functools, sys, anyio
+import functools, signal, sys, anyio
 from orchestrator import engine
-from orchestrator.gateway import open_gateway, serve_http
+from orchestrator.gateway import open_gateway, serve_http, serve_stdio
 from orchestrator.skills import SkillSession, SkillSpec, local_process
 
 skill = SkillSession(SkillSpec("n"), functools.partial(
@@ -151,37 +152,76 @@ skill = SkillSession(SkillSpec("n"), functools.partial(
 
 async def main():
     async with engine.cancel_on_signals(), open_gateway([skill]) as gateway:
-        await serve_http(gateway, port=0, token="t", on_ready=lambda url: print(url, flush=True))
-    print("stopped", flush=True)
+        if sys.argv[2] == "stdio":
+            print("serving", file=sys.stderr, flush=True)
+            await serve_stdio(gateway)
+        else:
+            ready = lambda url: print(url, flush=True)
+            await serve_http(gateway, port=0, token="t", on_ready=ready)
+    print("stopped", file=sys.stderr, flush=True)
 
+signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))  # as cli.main does
 anyio.run(main)
 """
 
 
+def _serve(tmp_path, transport):
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_SCRIPT, encoding="utf-8")
+    sdk = Path(__file__).parents[1] / "fixtures" / "sdk_skill.py"
+    return subprocess.Popen(
+        [sys.executable, str(script), str(sdk), transport],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_http_gateway_cleanly(signum, tmp_path):
-    """SIGINT or SIGTERM ends serving with exit 0, the body finished, and no traceback.
+    """SIGINT or SIGTERM ends HTTP serving with exit 0, the body finished, and no traceback.
 
     Seen failing before uvicorn was shielded and asked to exit: the signal cancelled it
     mid-serve and starlette's lifespan printed a CancelledError traceback.
     """
-    script = tmp_path / "serve.py"
-    script.write_text(SERVE_SCRIPT, encoding="utf-8")
-    sdk = Path(__file__).parents[1] / "fixtures" / "sdk_skill.py"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen(
-        [sys.executable, str(script), str(sdk)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as child:
+    with _serve(tmp_path, "http") as child:
         assert child.stdout is not None
         url = child.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         httpx2.post(url, json=_rpc(1, "ping"), headers={"authorization": "Bearer t"})
         child.send_signal(signum)
-        out, err = child.communicate(timeout=DEADLINE_S)
+        _, err = child.communicate(timeout=DEADLINE_S)
     assert child.returncode == 0, err
-    assert out.strip() == "stopped"
+    assert err.strip().endswith("stopped")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_stdio_gateway_while_the_client_keeps_stdin_open(signum, tmp_path):
+    """SIGINT or SIGTERM ends stdio serving at once, though the client never closes stdin.
+
+    Seen failing (hanging until the deadline) while stdin was read in anyio's worker thread,
+    which the cancelled server and then the interpreter's exit both waited for.
+    """
+    init = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    }
+    with _serve(tmp_path, "stdio") as child:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        assert child.stderr is not None
+        assert child.stderr.readline().strip() == "serving"
+        child.stdin.write(json.dumps(_rpc(0, "initialize", init)) + "\n")
+        child.stdin.flush()
+        assert '"id":0' in child.stdout.readline()
+        child.send_signal(signum)
+        code = child.wait(timeout=DEADLINE_S)  # stdin stays open: only the signal ends it
+        err = child.stderr.read()
+        child.stdin.close()
+    assert code == 0, err
+    assert err.strip().endswith("stopped")
     assert "Traceback" not in err
