@@ -5,7 +5,9 @@ Two JSON-lines files of a run folder (see `orchestrator.state`) are read here:
 - `audit.jsonl`, written by the proxy: one `decision` line per request (host, port, decision,
   reason, rule) and one `close` line per connection (bytes each way), joined by `conn`;
 - `tools.jsonl`, written by `ToolCallWriter` from the gateway's call log: time, skill, tool,
-  argument SHAPE (keys and types, never values), duration and outcome.
+  argument SHAPE (keys and types, never values), duration and outcome; and, with a `kind`, every
+  other request the gateway forwarded (a resource read by URI, a prompt get by name, a
+  question a skill asked the client by the tool it belongs to...), also by shape only.
 
 Both are appended line by line while the run is live, so a run that crashed can be read: a
 truncated last line or any unparsable line is counted, never fatal, and a missing end time is
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TOOL_CALL_FIELD",
     "HostSummary",
+    "RequestSummary",
     "RunSummary",
     "ToolCallWriter",
     "ToolSummary",
@@ -40,6 +43,7 @@ __all__ = [
 ]
 
 TOOL_CALL_FIELD: Final = "tool_call"  # the `extra=` key of the gateway's call-log records
+TOOL_CALL_KIND: Final = "tools/call"  # the kind of a record without one (older trails)
 NO_HOST: Final = "(no host)"
 
 
@@ -72,6 +76,17 @@ class ToolSummary:
 
 
 @dataclass
+class RequestSummary:
+    """The forwarded requests of one kind, skill and target (a URI, a prompt, a tool)."""
+
+    kind: str
+    skill: str
+    target: str
+    count: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class RunSummary:
     """A run's audit: its meta data, per-host egress decisions, and tool calls."""
 
@@ -84,6 +99,7 @@ class RunSummary:
     tools: list[ToolSummary]
     calls: list[dict[str, Any]]
     unreadable_lines: dict[str, int]
+    requests: list[RequestSummary] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Return the summary as a JSON-ready dict (camelCase keys, stable order)."""
@@ -91,6 +107,7 @@ class RunSummary:
         return {_camel(key): value for key, value in raw.items()} | {
             "hosts": [{_camel(k): v for k, v in h.items()} for h in raw["hosts"]],
             "tools": [{_camel(k): v for k, v in t.items()} for t in raw["tools"]],
+            "requests": [{_camel(k): v for k, v in r.items()} for r in raw["requests"]],
         }
 
 
@@ -170,6 +187,8 @@ def summarise_tools(calls: list[dict[str, Any]]) -> list[ToolSummary]:
     """Fold tool-call lines into one summary per (skill, tool), sorted."""
     tools: dict[tuple[str, str], ToolSummary] = {}
     for call in calls:
+        if call.get("kind", TOOL_CALL_KIND) != TOOL_CALL_KIND:
+            continue
         key = (str(call.get("skill", "?")), str(call.get("tool", "?")))
         summary = tools.setdefault(key, ToolSummary(skill=key[0], tool=key[1]))
         summary.calls += 1
@@ -182,6 +201,22 @@ def summarise_tools(calls: list[dict[str, Any]]) -> list[ToolSummary]:
         if shape not in summary.shapes:
             summary.shapes.append(shape)
     return [tools[key] for key in sorted(tools)]
+
+
+def summarise_requests(lines: list[dict[str, Any]]) -> list[RequestSummary]:
+    """Fold the lines of forwarded requests other than tool calls, per (kind, skill, target)."""
+    found: dict[tuple[str, str, str], RequestSummary] = {}
+    for line in lines:
+        kind = str(line.get("kind", TOOL_CALL_KIND))
+        if kind == TOOL_CALL_KIND:
+            continue
+        target = line.get("uri") or line.get("prompt") or line.get("tool") or line.get("task")
+        key = (kind, str(line.get("skill", "?")), str(target or "-"))
+        summary = found.setdefault(key, RequestSummary(*key))
+        summary.count += 1
+        outcome = str(line.get("outcome", "unknown"))
+        summary.outcomes[outcome] = summary.outcomes.get(outcome, 0) + 1
+    return [found[key] for key in sorted(found)]
 
 
 def summarise_run(run: state.RunState) -> RunSummary:
@@ -200,6 +235,7 @@ def summarise_run(run: state.RunState) -> RunSummary:
         tools=summarise_tools(calls),
         calls=calls,
         unreadable_lines={state.AUDIT_FILE: bad_audit, state.TOOLS_FILE: bad_tools},
+        requests=summarise_requests(calls),
     )
 
 
@@ -235,6 +271,9 @@ def render_text(summary: RunSummary) -> str:
     lines += [_host_line(host) for host in summary.hosts] or ["  none"]
     lines += ["", "tool calls:"]
     lines += [_tool_line(tool) for tool in summary.tools] or ["  none"]
+    if summary.requests:
+        lines += ["", "other requests (resources, prompts, questions to the client...):"]
+        lines += [_request_line(request) for request in summary.requests]
     skipped = {name: n for name, n in summary.unreadable_lines.items() if n}
     if skipped:
         detail = ", ".join(f"{name}: {n}" for name, n in sorted(skipped.items()))
@@ -251,6 +290,11 @@ def _host_line(host: HostSummary) -> str:
         f"  {host.host}  port {ports}{skills}  allowed {host.allowed}  {refused}  "
         f"up {host.bytes_up} B  down {host.bytes_down} B  {host.first} .. {host.last}"
     )
+
+
+def _request_line(request: RequestSummary) -> str:
+    outcomes = ", ".join(f"{o} x{n}" for o, n in sorted(request.outcomes.items()))
+    return f"  {request.kind} {request.target}  [{request.skill}]  {request.count} ({outcomes})"
 
 
 def _tool_line(tool: ToolSummary) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.audit import TOOL_CALL_FIELD
+from orchestrator.audit import TOOL_CALL_FIELD, TOOL_CALL_KIND
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -47,7 +47,7 @@ def write_audit(record: Mapping[str, Any]) -> None:
     args = f" args={json.dumps(shape, sort_keys=True)}" if shape is not None else ""
     logger.info(
         "%s %s (skill %s)%s -> %s in %.1f ms",
-        record.get("kind", "tools/call"),
+        record.get("kind", TOOL_CALL_KIND),
         target,
         record.get("skill"),
         args,

@@ -20,6 +20,7 @@ Lifecycle of one skill:
 ```
 _process.py  SkillProcess protocol, local subprocesses (tests, benchmarks), stdio pumps
 _client.py   the MCP client side: handshake with declared capabilities, catalog, the bridge
+_spec.py     SkillSpec: name, pick/omit, lazyInit, timeout
 _session.py  SkillSession: lifecycle, restart, requests with timeouts, stderr tail
 _remote.py   RemoteSkillSession: mcpSseSkill over SSE or streamable HTTP through the proxy
 ```
@@ -34,9 +35,10 @@ from orchestrator.skills._client import (
     SkillCatalog,
     SkillRequest,
 )
-from orchestrator.skills._process import ProcessFactory, SkillProcess, local_process
+from orchestrator.skills._process import ProcessFactory, SkillProcess, first_of, local_process
 from orchestrator.skills._remote import RemoteSkillSession
-from orchestrator.skills._session import SkillSession, SkillSpec, filter_tools, first_of
+from orchestrator.skills._session import SkillSession
+from orchestrator.skills._spec import SkillSpec, filter_tools
 
 __all__ = [
     "NoBridge",

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import anyio.abc
 
     from orchestrator.skills._process import SkillProcess
-    from orchestrator.skills._session import SkillSpec
+    from orchestrator.skills._spec import SkillSpec
 
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
@@ -17,16 +16,23 @@ from pydantic import BaseModel, ValidationError
 from orchestrator._text import printable
 from orchestrator.errors import SkillError
 from orchestrator.skills._client import NoBridge, connect_client, list_all
-from orchestrator.skills._process import pump_stdin, pump_stdout, read_lines
+from orchestrator.skills._process import (
+    first_of,
+    pump_stdin,
+    pump_stdout,
+    read_lines,
+    wait_or_kill,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable
 
     from mcp.shared._stream_protocols import ReadStream, WriteStream
     from mcp.shared.dispatcher import ProgressFnT
 
     from orchestrator.skills._client import SkillBridge, SkillClient
     from orchestrator.skills._process import ProcessFactory, SkillProcess
+    from orchestrator.skills._spec import SkillSpec
 
 
 logger = logging.getLogger(__name__)
@@ -47,30 +53,6 @@ LIST_CHANGED: Final = {
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class SkillSpec:
-    """What the gateway needs to know about one stdio skill."""
-
-    name: str
-    pick: tuple[str, ...] = ()
-    omit: tuple[str, ...] = ()
-    lazy_init: bool = False
-    timeout_s: float = 60.0
-
-    def keeps(self, *names: str | None) -> bool:
-        """Whether pick/omit keep an item known by any of `names` (a name, a URI...)."""
-        given = {name for name in names if name}
-        return (not self.pick or bool(given & set(self.pick))) and not given & set(self.omit)
-
-
-def filter_tools(
-    tools: Sequence[types.Tool], pick: Sequence[str], omit: Sequence[str]
-) -> list[types.Tool]:
-    """Apply pick (keep only these, when given) then omit (drop these)."""
-    kept = [tool for tool in tools if not pick or tool.name in pick]
-    return [tool for tool in kept if tool.name not in omit]
 
 
 class SkillSession:
@@ -349,7 +331,7 @@ class SkillSession:
         finally:
             outbound.close()  # closes the skill's stdin: the MCP shutdown signal
             with anyio.CancelScope(shield=True):
-                code = await _wait_or_kill(process)
+                code = await wait_or_kill(process, SHUTDOWN_GRACE_S)
                 with anyio.move_on_after(DRAIN_TIMEOUT_S):
                     await stderr_done.wait()
             pumps.cancel_scope.cancel()
@@ -411,24 +393,3 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, MCPError):
         return exc.error.message
     return str(exc) or type(exc).__name__
-
-
-async def first_of(*waits: Callable[[], Any]) -> None:
-    """Return as soon as the first of `waits` returns (the others are cancelled)."""
-    async with anyio.create_task_group() as group:
-
-        async def run(wait: Callable[[], Any]) -> None:
-            await wait()
-            group.cancel_scope.cancel()
-
-        for wait in waits:
-            group.start_soon(run, wait)
-
-
-async def _wait_or_kill(process: SkillProcess) -> int | None:
-    with anyio.move_on_after(SHUTDOWN_GRACE_S):
-        return await process.wait()
-    await process.kill()
-    with anyio.move_on_after(SHUTDOWN_GRACE_S):
-        return await process.wait()
-    return None

@@ -248,3 +248,24 @@ async def test_the_gateway_logs_shapes_and_refuses_calls_once_egress_is_down(tmp
         ("echo", {"text": "str"}, "refused-egress-down"),
     ]
     assert all(x["skill"] == "local" and x["durationMs"] >= 0 and x["time"] for x in lines)
+
+
+def test_forwarded_requests_other_than_tool_calls_are_summarised_apart(run):
+    """Resource reads, prompt gets and questions are counted per kind and target, not as tools."""
+    write_lines(
+        run.tools_path,
+        [
+            {"kind": "tools/call", "skill": "s", "tool": "t", "argShape": {}, "outcome": "ok"},
+            {"kind": "resources/read", "skill": "s", "uri": "demo://a", "outcome": "ok"},
+            {"kind": "resources/read", "skill": "s", "uri": "demo://a", "outcome": "error"},
+            {"kind": "elicitation/create", "skill": "s", "tool": "t", "outcome": "accept"},
+        ],
+    )
+    summary = audit.summarise_run(run)
+    assert audit.tool_counts(summary) == {"s/t": 1}
+    assert [(r.kind, r.target, r.count, r.outcomes) for r in summary.requests] == [
+        ("elicitation/create", "t", 1, {"accept": 1}),
+        ("resources/read", "demo://a", 2, {"error": 1, "ok": 1}),
+    ]
+    assert "resources/read demo://a  [s]  2 (error x1, ok x1)" in audit.render_text(summary)
+    assert summary.to_json()["requests"][0]["kind"] == "elicitation/create"
