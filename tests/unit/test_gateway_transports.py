@@ -136,9 +136,11 @@ async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
                 started = time.perf_counter()
                 await client.call_tool("echo", {"text": "ping"})
                 samples.append((time.perf_counter() - started) * 1000)
+    # With Nagle every call after the first few waits >= 40 ms. The margins below leave room
+    # for a shared, busy machine (seen: median 14 ms under load), never for that floor.
     slow = [ms for ms in samples if ms >= NAGLE_DELAYED_ACK_MS]
-    assert statistics.median(samples) < NAGLE_DELAYED_ACK_MS / 4, samples
-    assert len(slow) <= CALLS // 20, slow  # a busy shared machine may stall a few
+    assert statistics.median(samples) < NAGLE_DELAYED_ACK_MS * 3 / 4, samples
+    assert len(slow) <= CALLS // 4, slow
 
 
 SERVE_SCRIPT = """
