@@ -26,6 +26,7 @@ _catalog.py     names, URIs and templates across skills: collisions, prefixes, r
 _requests.py    forwarding resources, prompts, completion, logging, subscriptions and tasks
 _hosts.py       host clients: declared capabilities, skill questions and notifications upward
 _pending.py     2026-07-28: a skill's questions as InputRequiredResult, answered on the retry
+_results.py     interactive tools' questions, text results, results as JSON
 _audit.py       the audit records and the one function that writes them
 _server.py      the low-level MCP server over a Gateway (both eras)
 _plain_json.py  streamable HTTP: a plain JSON answer when no stream is needed
@@ -37,14 +38,12 @@ from __future__ import annotations
 
 from orchestrator.gateway._audit import argument_shape, write_audit
 from orchestrator.gateway._catalog import Route, build_routes, exposed_name, exposed_uri, split_uri
-from orchestrator.gateway._core import (
-    Gateway,
-    Prompter,
+from orchestrator.gateway._core import Gateway, Prompter, open_gateway, sole_exception
+from orchestrator.gateway._results import (
     input_needed,
-    open_gateway,
     question_for,
     result_payload,
-    sole_exception,
+    text_result,
     tools_payload,
 )
 from orchestrator.gateway._server import make_server
@@ -74,6 +73,7 @@ __all__ = [
     "sole_exception",
     "split_uri",
     "terminal_prompter",
+    "text_result",
     "tools_payload",
     "write_audit",
 ]

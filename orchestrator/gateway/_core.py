@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import anyio
 import anyio.abc
@@ -25,6 +24,7 @@ from orchestrator.gateway._catalog import (
 )
 from orchestrator.gateway._hosts import Hosts
 from orchestrator.gateway._pending import PendingCalls
+from orchestrator.gateway._results import input_needed, question_for, text_result
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-_QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
-
 
 T = TypeVar("T")
 
@@ -76,6 +73,8 @@ class Gateway:
         self.catalog = Catalog(prefix_tools, {name: s.spec for name, s in self.skills.items()})
         self.subscriptions: dict[tuple[str, str], int] = {}  # (skill, URI) -> host subscribers
         self.tasks: dict[str, str] = {}  # task id -> the skill that runs it
+        self.log_level: types.LoggingLevel | None = None  # the host clients' latest setLevel
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
 
     @property
@@ -90,6 +89,7 @@ class Gateway:
             GatewayError: two skills expose the same tool name.
 
         """
+        self._task_group = task_group
         for skill in self.skills.values():
             skill.bind(task_group, self)
         self.pending.bind(task_group)
@@ -289,45 +289,36 @@ class Gateway:
             return
         await self.hosts.skill_notification(skill, notification)
 
+    def skill_started(self, skill: str) -> None:
+        """Tell a (re)started skill the log level and subscriptions the host clients asked for."""
+        uris = [uri for (owner, uri), n in self.subscriptions.items() if owner == skill and n]
+        if self._task_group is not None and (uris or self.log_level is not None):
+            # Not awaited here: the skill is still starting, under its session's lock.
+            self._task_group.start_soon(self._tell_again, skill, uris)
+
+    async def _tell_again(self, skill: str, uris: list[str]) -> None:
+        session = self.skills[skill]
+        capabilities = session.capabilities or types.ServerCapabilities()
+        requests: list[types.ClientRequest] = []
+        if self.log_level is not None and capabilities.logging is not None:
+            requests.append(
+                types.SetLevelRequest(params=types.SetLevelRequestParams(level=self.log_level))
+            )
+        if capabilities.resources is not None and capabilities.resources.subscribe:
+            requests += [
+                types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)) for uri in uris
+            ]
+        try:
+            for request in requests:
+                await session.send(request, types.EmptyResult)
+        except (SkillError, MCPError) as exc:
+            logger.warning("skill %r: its log level and subscriptions were lost: %s", skill, exc)
+
     async def close(self) -> None:
         """Stop every skill (bounded)."""
         async with anyio.create_task_group() as stopping:
             for skill in self.skills.values():
                 stopping.start_soon(skill.stop)
-
-
-def question_for(item: InteractiveTool, arguments: Mapping[str, Any]) -> str:
-    """Return the text shown to the user for an interactive tool call."""
-    for key in _QUESTION_KEYS:
-        value = arguments.get(key)
-        if isinstance(value, str) and value.strip():
-            return value
-    detail = json.dumps(dict(arguments), sort_keys=True) if arguments else ""
-    return "\n".join(part for part in (item.description or item.name, detail) if part)
-
-
-def input_needed(item: InteractiveTool, message: str) -> types.CallToolResult:
-    """Return the error result for an interactive tool when nobody can be asked."""
-    return text_result(
-        f"Input is needed from the user for {item.skill}/{item.name}, but this client supports "
-        f"neither MCP elicitation nor a terminal prompt. Question: {message}",
-        error=True,
-    )
-
-
-def text_result(text: str, *, error: bool = False) -> types.CallToolResult:
-    """Return a CallToolResult with one text block."""
-    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=error)
-
-
-def tools_payload(tools: Sequence[types.Tool]) -> list[dict[str, Any]]:
-    """Return tools as MCP JSON (camelCase keys, no nulls)."""
-    return [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
-
-
-def result_payload(result: types.CallToolResult) -> dict[str, Any]:
-    """Return a CallToolResult as MCP JSON (camelCase keys, no nulls)."""
-    return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 @asynccontextmanager

@@ -279,6 +279,10 @@ class Hosts:
         elif isinstance(notification, types.ResourceUpdatedNotification):
             await self.bus.publish(ResourceUpdated(uri=notification.params.uri))
             await self._broadcast(notification, uri=notification.params.uri)
+        elif not isinstance(notification, types.ProgressNotification):
+            # Task status, a finished URL elicitation...: for the handshake-era clients. (Progress
+            # reaches the caller through its request's progress callback instead.)
+            await self._broadcast(notification)
 
     async def publish_update(self, notification: types.ResourceUpdatedNotification) -> None:
         """Announce a resource update (URI already in the host's form)."""

@@ -119,6 +119,7 @@ async def set_level(gateway: Gateway, level: types.LoggingLevel) -> None:
         MCPError: a skill refused.
 
     """
+    gateway.log_level = level
     for skill in gateway.skills.values():
         capabilities = skill.capabilities
         if capabilities is None or capabilities.logging is None:

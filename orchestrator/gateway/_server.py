@@ -19,8 +19,8 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from orchestrator.errors import GatewayError, SkillError, UsageError
 from orchestrator.gateway import _requests as forward
-from orchestrator.gateway._core import question_for, text_result
 from orchestrator.gateway._hosts import RequestResponder, forwardable
+from orchestrator.gateway._results import question_for, text_result
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

@@ -60,6 +60,9 @@ class SkillBridge(Protocol):
     async def skill_notification(self, skill: str, notification: types.ServerNotification) -> None:
         """Pass on a skill's notification (log message, list change, resource update...)."""
 
+    def skill_started(self, skill: str) -> None:
+        """Learn that a skill has (re)started: what it was told before must be told again."""
+
 
 class NoBridge:
     """The bridge of a gateway with no host client: declares nothing, refuses every request."""
@@ -78,6 +81,10 @@ class NoBridge:
     async def skill_notification(self, skill: str, notification: types.ServerNotification) -> None:
         """Drop the notification."""
         del skill, notification
+
+    def skill_started(self, skill: str) -> None:
+        """Nothing to tell it again."""
+        del skill
 
 
 @dataclass

@@ -357,6 +357,7 @@ class SkillSession:
             self._stale.clear()
             self._client, self._handshaken = client, True
             task_status.started()
+            self._bridge.skill_started(self.name)
             await first_of(self._stop.wait, self._lost.wait, *ends)
             self._client = None
 

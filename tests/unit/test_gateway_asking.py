@@ -130,3 +130,23 @@ async def test_questions_are_audited_by_tool_and_outcome_never_the_answer(caplog
     ]
     assert CANARY not in json.dumps(records)
     assert CANARY not in caplog.text
+
+
+async def test_a_question_the_skill_cancels_is_cancelled_at_the_client():
+    """When the skill gives up on its question, the client's pending elicitation is cancelled."""
+    cancelled = anyio.Event()
+
+    async def never_answer(_context, _params):
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            connected(gateway, "legacy", elicitation_callback=never_answer) as client,
+        ):
+            result = await client.call_tool("impatient", {})
+            await cancelled.wait()
+    assert text_of(result) == "gave up: MCPError"

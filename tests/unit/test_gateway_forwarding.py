@@ -319,3 +319,27 @@ async def test_reads_and_prompt_gets_are_audited_by_uri_and_shape_never_values(c
     assert kinds["prompts/get"]["argShape"] == {"who": "str"}
     assert CANARY not in json.dumps(records)
     assert CANARY not in caplog.text
+
+
+async def test_a_skill_restarted_for_new_capabilities_gets_its_level_and_subscriptions_back():
+    """After a restart (a second client declared more), the skill is told them again."""
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            connected(gateway, "legacy") as first,
+        ):
+            await first.set_logging_level("warning")
+            await first.subscribe_resource("note://n/a")
+            before = json.loads(text_of(await first.call_tool("state", {})))
+
+            async def elicit(_context, _params):
+                return types.ElicitResult(action="decline")
+
+            async with connected(gateway, "legacy", elicitation_callback=elicit) as second:
+                declared = json.loads(text_of(await second.call_tool("declared", {})))
+                after = json.loads(text_of(await second.call_tool("state", {})))
+                while after != before:  # restored in the background, right after the restart
+                    after = json.loads(text_of(await second.call_tool("state", {})))
+    assert before == {"level": "warning", "subscribed": ["note://n/a"]}
+    assert set(declared) == {"elicitation"}
+    assert after == before

@@ -6,10 +6,11 @@ SIGINT and SIGTERM over both transports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-import statistics
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 from gateway_support import DEADLINE_S, ERAS, connected, sdk_skill, serving_over_http, text_of
 
 from orchestrator.gateway import open_gateway
+from orchestrator.gateway._transports import _listening_socket
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024
@@ -119,12 +121,13 @@ async def test_the_bearer_scheme_is_accepted_in_any_case(scheme):
 
 @pytest.mark.parametrize("mode", ERAS)
 async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
-    """200 sequential echo calls on one keep-alive connection stay far below 40 ms each.
+    """200 sequential echo calls on one keep-alive connection are not held to a 40 ms floor.
 
     A regression test for Nagle's algorithm meeting delayed ACKs: with the listening socket
     created as protocol 0, asyncio skipped TCP_NODELAY on accepted connections and every call
     after the first took 44-48 ms. Seen failing by creating the socket without IPPROTO_TCP:
-    every sample sat above 40 ms.
+    every sample sat above 40 ms. A busy machine (the suite shares two cores) slows calls down
+    and spreads them out, but cannot put a floor under the fast ones; Nagle does.
     """
     with anyio.fail_after(DEADLINE_S * 2):
         async with (
@@ -136,11 +139,35 @@ async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
                 started = time.perf_counter()
                 await client.call_tool("echo", {"text": "ping"})
                 samples.append((time.perf_counter() - started) * 1000)
-    # With Nagle every call after the first few waits >= 40 ms. The margins below leave room
-    # for a shared, busy machine (seen: median 14 ms under load), never for that floor.
-    slow = [ms for ms in samples if ms >= NAGLE_DELAYED_ACK_MS]
-    assert statistics.median(samples) < NAGLE_DELAYED_ACK_MS * 3 / 4, samples
-    assert len(slow) <= CALLS // 4, slow
+    fast = sorted(samples)[CALLS // 10]
+    below = [ms for ms in samples if ms < NAGLE_DELAYED_ACK_MS]
+    assert fast < NAGLE_DELAYED_ACK_MS / 2, samples
+    assert len(below) >= CALLS // 2, samples
+
+
+async def test_accepted_connections_have_tcp_nodelay():
+    """A connection accepted on the gateway's listening socket has TCP_NODELAY set.
+
+    Seen failing (0) with the socket created as protocol 0, which asyncio skips.
+    """
+    flags: list[int] = []
+    made = anyio.Event()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            sock = transport.get_extra_info("socket")
+            flags.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            made.set()
+            transport.close()
+
+    listening = _listening_socket(0)
+    server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
+    async with server:
+        with anyio.fail_after(DEADLINE_S):
+            stream = await anyio.connect_tcp("127.0.0.1", listening.getsockname()[1])
+            await made.wait()
+            await stream.aclose()
+    assert flags == [1]
 
 
 SERVE_SCRIPT = """
