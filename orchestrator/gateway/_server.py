@@ -66,6 +66,9 @@ def make_server(gateway: Gateway, *, name: str = "perstack-sandbox") -> Server[A
         on_unsubscribe_resource=handlers.unsubscribe,
         on_subscriptions_listen=handlers.listen,
         on_completion=handlers.complete,
+        # Without it, the SDK checks a 2026-07-28 call's Mcp-Param headers by running the whole
+        # tools/list handler (every skill's catalog) for each call.
+        get_tool_input_schema=handlers.input_schema,
     )
     # Removed from 2026-07-28, still served to handshake-era clients (the SDK's own advice).
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
@@ -133,6 +136,11 @@ class _Handlers:
             if _can_be_asked(ctx):
                 return await self.gateway.pending.run(ctx, params, call, tool=tool)
             return await call(RequestResponder(ctx, tool))
+
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        """Return an exposed tool's input schema, as last listed (None: nothing to check)."""
+        route = self.gateway.catalog.tools.get(name)
+        return route.tool.input_schema if route is not None else None
 
     async def list_tools(
         self, _ctx: ServerRequestContext[Any, Any], _params: types.PaginatedRequestParams | None
