@@ -375,7 +375,8 @@ async def all_probes(side: str, transport: str, mode: str) -> dict[str, str]:
 
 def table(results: dict[tuple[str, str, str], dict[str, str]], features: tuple[str, ...]) -> str:
     """Render a README table: per feature and transport/era, direct and through the gateway."""
-    columns = sorted({(transport, mode) for _side, transport, mode in results})
+    order = [(transport, mode) for transport in ("stdio", "http") for mode in ("legacy", "auto")]
+    columns = [column for column in order if any(column == key[1:] for key in results)]
     head = "| feature | " + " | ".join(
         f"{transport} {_era(mode)}: direct | through the gateway" for transport, mode in columns
     )
