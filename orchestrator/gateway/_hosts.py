@@ -191,22 +191,18 @@ class Channel:
 class Hosts:
     """The gateway's bridge to its host clients (implements the skills' `SkillBridge`)."""
 
-    def __init__(self, on_declared: Callable[[], None] | None = None) -> None:
-        """Start with no host client; `on_declared()` runs when the declared set grows."""
+    def __init__(self) -> None:
+        """Start with no host client (skills are told no capability until one connects)."""
         self.bus = InMemorySubscriptionBus()
         self._declared = types.ClientCapabilities()
-        self._on_declared = on_declared
         self._responders: dict[str, list[Responder]] = defaultdict(list)
         self._channels: dict[int, Channel] = {}
 
     def note_client(self, ctx: ServerRequestContext[Any, Any]) -> None:
         """Record a host client's capabilities, and its standing channel (handshake era)."""
         session = ctx.session
-        grown = merged(self._declared, forwardable(session.client_capabilities))
-        if grown != self._declared:
-            self._declared = grown
-            if self._on_declared is not None:
-                self._on_declared()
+        # Skills compare it with what they were told at their next use (SkillSession).
+        self._declared = merged(self._declared, forwardable(session.client_capabilities))
         params = session.client_params
         if params is not None and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             channel = self._channels.get(id(params))
