@@ -201,8 +201,10 @@ class Hosts:
     def note_client(self, ctx: ServerRequestContext[Any, Any]) -> None:
         """Record a host client's capabilities, and its standing channel (handshake era)."""
         session = ctx.session
-        # Skills compare it with what they were told at their next use (SkillSession).
-        self._declared = merged(self._declared, forwardable(session.client_capabilities))
+        declared = session.client_capabilities
+        if declared is not None and (declared.elicitation or declared.sampling or declared.roots):
+            # Skills compare it with what they were told at their next use (SkillSession).
+            self._declared = merged(self._declared, forwardable(declared))
         params = session.client_params
         if params is not None and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             channel = self._channels.get(id(params))
