@@ -9,7 +9,7 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,20 +29,26 @@ images: install engine ## Build the base, sandbox and proxy images (bootstraps D
 	$(VENV)/bin/perstack-sandbox doctor --fix
 
 .PHONY: lint
-lint: install ## ruff + mypy --strict
+lint: install ## ruff + mypy --strict + the import layers (lint-imports)
 	$(VENV)/bin/ruff check orchestrator proxy tests bench
 	$(VENV)/bin/ruff format --check orchestrator proxy tests bench
 	$(VENV)/bin/mypy --strict
+	$(VENV)/bin/lint-imports
 
 .PHONY: unit
 unit: install ## Unit tests only (no Docker, no network)
 	$(PY) -m pytest tests/unit -q
 
 .PHONY: test
-test: install engine images ## The whole suite: lint, unit, integration, security
+test: install engine images ## The whole suite: lint, unit, integration, security, the wheel
 	$(MAKE) lint
 	$(PY) -m pytest tests -q
+	$(MAKE) wheel-check
 	@bash images/assert-clean.sh
+
+.PHONY: wheel-check
+wheel-check: install engine ## Install the built wheel in a fresh venv next to proxy.py; run doctor and tools there
+	bash .ci/wheel-check.sh
 
 .PHONY: demo
 demo: install engine images ## Build the example Expert, list and call its tools, show the audit

@@ -27,12 +27,16 @@ from mcp.client.streamable_http import streamable_http_client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import images  # noqa: E402 - after the path tweak
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.gateway import Gateway, make_server, serve_http  # noqa: E402
-from orchestrator.http_guard import new_token  # noqa: E402
-from orchestrator.launch import LaunchOptions, open_expert  # noqa: E402
-from orchestrator.plan import plan  # noqa: E402
+from perstack_sandbox import engine  # noqa: E402 - after the path tweak
+from perstack_sandbox.config import load_config  # noqa: E402
+from perstack_sandbox.gateway import (  # noqa: E402
+    Gateway,
+    make_server,
+    new_token,
+    serve_http,
+)
+from perstack_sandbox.launch import LaunchOptions, open_expert  # noqa: E402
+from perstack_sandbox.plan import plan  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -145,7 +149,7 @@ def report(paths: dict[str, list[float]], starts: list[float]) -> None:
 def main() -> None:
     """Build the example image if needed, then measure and print the table."""
     config, _ = load_config(CONFIG)
-    images.ensure_expert_image(plan(config, EXPERT), progress=quiet)
+    engine.ensure_expert_image(plan(config, EXPERT), progress=quiet)
 
     async def measure() -> tuple[dict[str, list[float]], list[float]]:
         starts = [await warm_start() for _ in range(STARTS)]

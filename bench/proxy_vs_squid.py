@@ -6,7 +6,7 @@ Everything runs on loopback and stops by itself:
 - Squid (the Debian package) in the foreground (`squid -N`), configured the way Perstack
   configures it: a `dstdomain` allowlist, CONNECT to port 443 only, deny everything else, no
   cache. Squid resolves the allowlisted name through a `hosts_file` in the temp dir;
-- this proxy as a child process (`python -m proxy`'s own main) with a static resolver that
+- this proxy as a child process (the proxy package's own main) with a static resolver that
   answers the same name with the same address, and `testAllowCidrs` opened for that one address.
 
 Both see the same name, the same upstream and the same client. Each tunnel starts with a real
@@ -93,7 +93,8 @@ shutdown_lifetime 0 seconds
 """
 
 OUR_PROXY = (
-    "import sys; from proxy.__main__ import main; from proxy._resolver import StaticResolver; "
+    "import sys; from perstack_sandbox_proxy.__main__ import main; "
+    "from perstack_sandbox_proxy._resolver import StaticResolver; "
     f"sys.exit(main(sys.argv[1:], StaticResolver({{{NAME!r}: [[{SINK_HOST!r}]]}})))"
 )
 

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("proxy_vs_squid", "startup", "gateway")
+BENCHMARKS = ("proxy_vs_squid", "startup", "workspace", "gateway")
 
 
 def main() -> int:

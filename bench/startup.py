@@ -5,6 +5,10 @@ hardened sandbox container all up. The floor is `docker run --rm IMAGE true` of 
 the cost of one bare container start and removal on this engine.
 
 Goal (issue 4): warm start at most 1.5 s and at most 3x the floor.
+
+gVisor (issue 9): the same warm start with `isolation="gvisor"` (one sandbox container per
+stdio skill there), and the first tools/list of the bundled example Expert (from `open_expert`
+with a cached image to the answer), each as a ratio to runc, measured interleaved in one run.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from pathlib import Path
 import anyio
 import docker
 
-from orchestrator import images, state
-from orchestrator.engine import open_sandbox
-from orchestrator.plan import (
+from perstack_sandbox import engine, state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.isolation import ISOLATIONS, check_isolation
+from perstack_sandbox.launch import LaunchOptions, open_expert
+from perstack_sandbox.plan import (
     WORKSPACE_DIR,
     PackageSpec,
     SandboxPlan,
@@ -32,6 +38,8 @@ from orchestrator.plan import (
 
 WARM_GOAL_S = 1.5
 FLOOR_RATIO_GOAL = 3.0
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "perstack.toml"
+EXAMPLE_EXPERT = "demo"
 
 
 def example_plan(expert_dir: Path, salt: str = "") -> SandboxPlan:
@@ -62,17 +70,32 @@ def example_plan(expert_dir: Path, salt: str = "") -> SandboxPlan:
     )
 
 
-async def start_once(plan: SandboxPlan) -> tuple[float, float, str]:
+async def start_once(plan: SandboxPlan, isolation: str = "runc") -> tuple[float, float, str]:
     """Time image lookup/build + start to ready, then teardown; return both and the image."""
     started = time.perf_counter()
     image = await anyio.to_thread.run_sync(
-        lambda: images.ensure_expert_image(plan, progress=lambda _line: None)
+        lambda: engine.ensure_expert_image(plan, progress=lambda _line: None)
     )
     run = state.create_run(plan.expert)
-    async with open_sandbox(plan, image=image, run=run):
+    chosen = check_isolation(isolation)
+    async with open_sandbox(plan, image=image, run=run, isolation=chosen):
         ready = time.perf_counter() - started
         stopping = time.perf_counter()
     return ready, time.perf_counter() - stopping, image
+
+
+async def first_tools_list(isolation: str) -> float:
+    """Seconds from `open_expert` of the example Expert (cached image) to its tools/list."""
+    options = LaunchOptions(
+        config_path=EXAMPLE_CONFIG,
+        expert=EXAMPLE_EXPERT,
+        progress=lambda _line: None,
+        isolation=check_isolation(isolation),
+    )
+    started = time.perf_counter()
+    async with open_expert(options) as gateway:
+        await gateway.list_tools()
+        return time.perf_counter() - started
 
 
 def floor_once(image: str) -> float:
@@ -83,16 +106,28 @@ def floor_once(image: str) -> float:
 
 
 def measure(runs: int, *, cold: bool) -> dict[str, list[float]]:
-    """Run the floor, warm and (optionally) cold starts, interleaved; return the samples."""
-    samples: dict[str, list[float]] = {"floor": [], "warm": [], "teardown": [], "cold": []}
+    """Run the floor, warm starts and first tools/list under each isolation, interleaved.
+
+    Returns samples by name: floor, warm-<isolation>, teardown-<isolation>,
+    tools-<isolation>, and cold (runc, when asked).
+    """
+    samples: dict[str, list[float]] = {"floor": [], "cold": []}
+    for isolation in ISOLATIONS:
+        for name in ("warm", "teardown", "tools"):
+            samples[f"{name}-{isolation}"] = []
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         plan = example_plan(Path(tmp))
         _, _, image = anyio.run(start_once, plan)  # build if needed, and warm the caches
+        for isolation in ISOLATIONS:  # warm each runtime's caches and the example's image
+            anyio.run(start_once, plan, isolation)
+            anyio.run(first_tools_list, isolation)
         for _ in range(runs):
             samples["floor"].append(floor_once(image))
-            ready, teardown, _ = anyio.run(start_once, plan)
-            samples["warm"].append(ready)
-            samples["teardown"].append(teardown)
+            for isolation in ISOLATIONS:
+                ready, teardown, _ = anyio.run(start_once, plan, isolation)
+                samples[f"warm-{isolation}"].append(ready)
+                samples[f"teardown-{isolation}"].append(teardown)
+                samples[f"tools-{isolation}"].append(anyio.run(first_tools_list, isolation))
         if cold:
             cold_plan = example_plan(Path(tmp), salt=f"-{secrets.token_hex(3)}")
             ready, _, cold_image = anyio.run(start_once, cold_plan)
@@ -102,15 +137,15 @@ def measure(runs: int, *, cold: bool) -> dict[str, list[float]]:
 
 
 def report(samples: dict[str, list[float]]) -> None:
-    """Print the side-by-side table with ratios to the floor and the goals."""
+    """Print the side-by-side tables: runc against the floor, then gVisor against runc."""
     floor = statistics.median(samples["floor"])
     rows = [
         ("floor: docker run --rm IMAGE true", samples["floor"]),
-        ("warm start to ready (cached image)", samples["warm"]),
-        ("teardown (after warm start)", samples["teardown"]),
+        ("warm start to ready (cached image)", samples["warm-runc"]),
+        ("teardown (after warm start)", samples["teardown-runc"]),
         ("cold start to ready (per-expert build)", samples["cold"]),
     ]
-    print(f"| {'measure':<40} | runs | median s | min s | x floor |")
+    print(f"| {'measure (runc)':<40} | runs | median s | min s | x floor |")
     print(f"|{'-' * 42}|------|----------|-------|---------|")
     for label, values in rows:
         if not values:
@@ -120,12 +155,24 @@ def report(samples: dict[str, list[float]]) -> None:
             f"| {label:<40} | {len(values):>4} | {median:>8.3f} | {min(values):>5.3f} "
             f"| {median / floor:>7.2f} |"
         )
-    warm = statistics.median(samples["warm"])
+    warm = statistics.median(samples["warm-runc"])
     verdict = "met" if warm <= WARM_GOAL_S and warm <= FLOOR_RATIO_GOAL * floor else "MISSED"
     print(
         f"\ngoal: warm <= {WARM_GOAL_S} s and <= {FLOOR_RATIO_GOAL:.0f}x floor: {verdict} "
-        f"(warm {warm:.3f} s, {warm / floor:.2f}x)"
+        f"(warm {warm:.3f} s, {warm / floor:.2f}x)\n"
     )
+    print(f"| {'measure':<40} | runs | runc median s | gvisor median s | gvisor / runc |")
+    print(f"|{'-' * 42}|------|---------------|-----------------|---------------|")
+    for label, name in [
+        ("warm start to ready (2 skills)", "warm"),
+        ("teardown (after warm start)", "teardown"),
+        ("first tools/list, example Expert", "tools"),
+    ]:
+        runc = statistics.median(samples[f"{name}-runc"])
+        gvisor = statistics.median(samples[f"{name}-gvisor"])
+        runs = len(samples[f"{name}-gvisor"])
+        ratio = gvisor / runc
+        print(f"| {label:<40} | {runs:>4} | {runc:>13.3f} | {gvisor:>15.3f} | {ratio:>13.2f} |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,7 +36,7 @@ step "call time/get_current_time"
 show_audit() {
     "$root/.venv/bin/python" - <<'PY'
 import json
-from orchestrator.state import latest_run
+from perstack_sandbox.state import latest_run
 run = latest_run()
 for line in run.audit_path.read_text().splitlines() if run else []:
     event = json.loads(line)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run after the whole test suite: fail if any container or network carrying our labels remains.
+# Run after the whole test suite: fail if any container, volume or network carrying our labels
+# remains.
 # The shared egress network has no owner (every sandbox's proxy joins it); once no container
 # uses it, it is removed here first, like `perstack-sandbox gc` would. Anything else left is a
 # leak of the suite and fails the build, listed so it can be traced to its run id.
@@ -12,15 +13,20 @@ for net in $(docker network ls -q --filter "label=$label" --filter "label=persta
 done
 
 containers=$(docker ps -aq --filter "label=$label")
+volumes=$(docker volume ls -q --filter "label=$label")
 networks=$(docker network ls -q --filter "label=$label")
-if [[ -z "$containers" && -z "$networks" ]]; then
-    echo "assert-clean: no perstack-sandbox containers or networks left" >&2
+if [[ -z "$containers" && -z "$volumes" && -z "$networks" ]]; then
+    echo "assert-clean: no perstack-sandbox containers, volumes or networks left" >&2
     exit 0
 fi
 echo "assert-clean: the suite left objects behind:" >&2
 if [[ -n "$containers" ]]; then
     docker ps -a --filter "label=$label" \
         --format '  container {{.Names}}  {{.Status}}  run={{.Label "perstack-sandbox.run"}}' >&2
+fi
+if [[ -n "$volumes" ]]; then
+    docker volume ls --filter "label=$label" \
+        --format '  volume {{.Name}}  run={{.Label "perstack-sandbox.run"}}' >&2
 fi
 if [[ -n "$networks" ]]; then
     docker network ls --filter "label=$label" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the stock image `debian:trixie-slim` on a host that cannot reach a container registry
-# (DESIGN.md decision 9). Order: the image is already present -> done; `docker pull` works ->
+# (docs/architecture.md, decision 9). Order: the image is already present -> done; `docker pull` works ->
 # done; otherwise debootstrap a minimal trixie from the apt mirror configured on THIS machine
 # and `docker import` it under the stock name, so Dockerfiles keep a plain `FROM`.
 #

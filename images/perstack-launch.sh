@@ -1,5 +1,5 @@
 #!/bin/sh
-# perstack-launch ARGV...: start one skill process inside the sandbox.
+# perstack-launch [--seccomp] ARGV...: start one skill process inside the sandbox.
 #
 # Every skill runs as its own uid with HOME=/home/<something> on a tmpfs with mode 1777 (sticky),
 # and all capabilities are dropped, so nobody can chown. The home is created here with mode 700.
@@ -20,4 +20,11 @@ if ! mkdir -m 700 "$HOME" 2>/dev/null; then
 fi
 # Docker adds HOSTNAME to every exec and sh exports PWD: a skill gets only what was passed.
 unset HOSTNAME PWD OLDPWD
+# --seccomp (under gVisor): runsc applies the container's seccomp profile only to the
+# container's first process, not to `docker exec` ones; the skill loads it itself. -I: the
+# skill's own PYTHON* variables must not steer the loader.
+if [ "${1:-}" = "--seccomp" ]; then
+    shift
+    exec python3 -I /usr/local/lib/perstack/seccomp-exec.py /etc/perstack/seccomp.json "$@"
+fi
 exec "$@"

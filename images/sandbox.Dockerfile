@@ -1,5 +1,6 @@
 # The sandbox base image: Debian trixie, Node.js (with NODE_USE_ENV_PROXY support), npm,
 # Python 3 and uv, non-root users for skills, and (unless opted out) the host's CA bundle.
+# python3-seccomp (libseccomp's own bindings) loads the seccomp profile under gVisor.
 #
 # The build context is prepared by orchestrator/images.py from the host's own package-manager
 # configuration (no registry host is written here): node.tgz and npm.tgz are `npm pack` tarballs
@@ -8,9 +9,12 @@ FROM debian:trixie-slim
 
 ENV LANG=C.UTF-8
 
+# python-is-python3 links `python` to python3: Perstack's documentation starts local skills
+# with `command = "python"`, and local skills may spawn `python` themselves.
 RUN export DEBIAN_FRONTEND=noninteractive \
     && apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates python3 tini \
+    && apt-get install -y --no-install-recommends ca-certificates python3 python-is-python3 \
+       python3-seccomp tini \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log
 
 # A TLS-intercepting proxy on the host's path re-signs every certificate: trust its bundle.
@@ -48,6 +52,9 @@ RUN set -eu; \
     chmod 1777 /home
 
 COPY perstack-launch.sh /usr/local/bin/perstack-launch
+# Under gVisor each skill loads the sandbox's seccomp profile itself (see seccomp-exec.py).
+COPY seccomp.json /etc/perstack/seccomp.json
+COPY seccomp-exec.py /usr/local/lib/perstack/seccomp-exec.py
 
 # Only PATH and LANG live in the image: `docker exec` merges the container's environment into
 # every skill's, and a skill's environment must be exactly what the orchestrator passes (the CA

@@ -1,5 +1,5 @@
-"""`python -m orchestrator` runs the CLI."""
+"""`python -m perstack_sandbox` runs the CLI."""
 
-from orchestrator.cli import main
+from perstack_sandbox.cli import main
 
 main()

@@ -7,14 +7,17 @@ SandboxError                     every error we raise on purpose
 │   ├── UnknownExpertError       the expert key is not in the config
 │   ├── MissingEnvError          a skill's requiredEnv variable has no value
 │   └── UsageError               a bad command-line value (JSON, address, path)
+│       └── EnvFileError         an env file has malformed lines (holds every one)
 └── RunError                     the run failed: exit code 1
+    ├── RunInterruptedError      stopped by SIGINT or SIGTERM, torn down: exit code 130
     ├── EngineError              the Docker engine is missing, unreachable or refused a call
-    │   └── ImageBuildError      an image build failed (holds the failing step's output)
+    │   ├── ImageBuildError      an image build failed (holds the failing step's output)
+    │   └── IsolationError       the isolation asked for (gVisor) is not available here
     ├── SkillError               a skill failed to start, died, or timed out
     └── GatewayError             the gateway could not serve (collision, bind, transport)
 ```
 
-The CLI maps the two middle classes to exit codes in one table; nothing else calls `sys.exit`.
+The CLI maps these classes to exit codes in one table; nothing else calls `sys.exit`.
 Errors of dependencies never leak: the edges that call them re-raise as one of these `from exc`.
 """
 
@@ -66,8 +69,21 @@ class UsageError(InputError):
     """A command-line value is malformed (JSON arguments, listen address, paths)."""
 
 
+class EnvFileError(UsageError):
+    """An env file has malformed lines; `problems` holds every one as `file:line: why`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        """Keep every problem; the message is all of them, one per line."""
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
 class RunError(SandboxError):
     """The run itself failed; exit code 1."""
+
+
+class RunInterruptedError(RunError):
+    """The run was stopped by SIGINT or SIGTERM and torn down; exit code 130."""
 
 
 class EngineError(RunError):
@@ -76,6 +92,13 @@ class EngineError(RunError):
 
 class ImageBuildError(EngineError):
     """An image build failed; the message carries the output of the step that failed."""
+
+
+class IsolationError(EngineError):
+    """The isolation asked for is not available on this engine; never replaced by a weaker one.
+
+    The message says how to install and register it.
+    """
 
 
 class SkillError(RunError):

@@ -1,38 +1,36 @@
-"""Start one Expert end to end: config, plan, secrets, image, sandbox, skills, gateway.
+"""The CLI's runs: `tools`, `call` and `run` on top of the public API (`perstack_sandbox.run`).
 
-The order is the contract: every input error (config, unknown expert, missing variable, bad
-env file) is raised before any image is built or any container exists. The skills' stderr and
-the gateway's call log go to the run's `skills.log`.
+A command adds what a command line needs and a library must not do: secrets from env files and
+the host environment, build progress and the config's and run's warnings on stderr, and
+SIGINT/SIGTERM cancelling the run (its teardown still runs; exit 130). When the run's sandbox
+goes while a command uses it (`down RUN`, a kill), the gateway has told its clients; the
+command is cancelled and fails with that reason (exit 1).
+
+`run --http` binds its port before anything starts (a port in use is an error at once), and
+prints the URL and bearer token on stderr once it listens, or writes the token to a file that
+only its owner can read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import json
-import logging
 import os
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
-import anyio.to_thread
 
-from orchestrator import engine, images, state
-from orchestrator._build import stderr_progress
-from orchestrator._text import printable
-from orchestrator.audit import ToolCallWriter
-from orchestrator.config import load_config
-from orchestrator.env import env_files, load_env_files, resolve_secrets, skill_environment
-from orchestrator.errors import RunError, UsageError
-from orchestrator.gateway import (
+from perstack_sandbox import engine, state
+from perstack_sandbox.config import load_config
+from perstack_sandbox.errors import RunError, RunInterruptedError, UsageError
+from perstack_sandbox.gateway import (
     Gateway,
     Prompter,
-    open_gateway,
+    bind_loopback,
+    new_token,
     parse_listen,
     result_payload,
     serve_http,
@@ -40,24 +38,31 @@ from orchestrator.gateway import (
     sole_exception,
     tools_payload,
 )
-from orchestrator.http_guard import new_token
-from orchestrator.plan import plan as make_plan
-from orchestrator.skills import RemoteSkillSession, SkillSession, SkillSpec
+from perstack_sandbox.images import stderr_progress
+from perstack_sandbox.isolation import DEFAULT_ISOLATION
+from perstack_sandbox.plan import host_secrets
+from perstack_sandbox.run import Prepared, Run, open_run, prepare_run
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-    from contextlib import AbstractAsyncContextManager
+    import socket
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from pathlib import Path
 
-    from orchestrator.env import SkillSecrets
-    from orchestrator.plan import SandboxPlan, SkillLaunch
-    from orchestrator.skills import SkillProcess
-
-    ExecContext = AbstractAsyncContextManager[SkillProcess]
+    from perstack_sandbox.audit import Request, ToolCall
+    from perstack_sandbox.config import PerstackConfig
+    from perstack_sandbox.isolation import Isolation
+    from perstack_sandbox.plan import Secret
 
 # `run --http` uses this variable's value as the bearer token when set, else a fresh one.
-TOKEN_ENV = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME, not a secret
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
-RUN_LOGGERS = ("orchestrator.skills", "orchestrator.gateway")
+TOKEN_ENV: Final = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME, not a secret
+FLUSH_GRACE_S: Final = 0.2  # a queued MCP notification reaches the client's pipe or socket
+
+T = TypeVar("T")
+
+
+def _stderr_warning(line: str) -> None:
+    stderr_progress(f"warning: {line}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,188 +74,153 @@ class LaunchOptions:
     env_paths: Sequence[Path] = ()
     workspace: Path | None = None
     prefix_tools: bool = False
+    isolation: Isolation = DEFAULT_ISOLATION  # "gvisor": the skills run under runsc
     prompter: Prompter | None = None
     progress: Callable[[str], None] = field(default=stderr_progress)
-    signal_is_error: bool = True  # `run` is meant to be stopped by a signal: not an error
+    # Told about config warnings and env-file keys set twice, one line each, before any start.
+    warn: Callable[[str], None] = field(default=_stderr_warning)
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """Everything decided before Docker is touched."""
-
-    plan: SandboxPlan
-    secrets: dict[str, SkillSecrets]
+def _config_and_secrets(options: LaunchOptions) -> tuple[PerstackConfig, dict[str, Secret]]:
+    """Load the config and the secrets; their warnings go to `options.warn` first."""
+    config, warnings = load_config(options.config_path)
+    for warning in warnings:
+        options.warn(printable(str(warning)))
+    return config, host_secrets(config, env_paths=options.env_paths, warn=options.warn)
 
 
 def prepare(options: LaunchOptions) -> Prepared:
-    """Load config, plan, and resolve every secret; no Docker yet.
+    """Load config, plan, and resolve every secret the way the CLI does; no Docker yet.
 
     Raises:
         ConfigError: perstack.toml is invalid.
         UnknownExpertError: no such expert.
         MissingEnvError: a requiredEnv variable has no value (all of them named).
-        UsageError: an env file is missing or malformed, or the workspace overlaps the
-            Expert's folder.
+        UsageError: an env file is missing or unreadable, the workspace is refused (see
+            `run.check_workspace`), or the skills could not read the Expert's folder.
+        EnvFileError: lines of an env file are malformed (every one of them).
 
     """
-    config, _warnings = load_config(options.config_path)
-    sandbox_plan = make_plan(config, options.expert)
-    check_workspace(options.workspace, Path(sandbox_plan.config_dir))
-    files = env_files(
-        Path(sandbox_plan.config_dir), options.env_paths, list(config.env_path) or None
+    config, secrets = _config_and_secrets(options)
+    return prepare_run(
+        config,
+        options.expert,
+        secrets=secrets,
+        workspace=options.workspace,
+        env_paths=options.env_paths,
     )
-    secrets = resolve_secrets(sandbox_plan, load_env_files(files))
-    return Prepared(plan=sandbox_plan, secrets=secrets)
 
 
-def check_workspace(workspace: Path | None, config_dir: Path) -> None:
-    """Refuse a workspace that is, contains or lies inside the Expert's folder.
+class _TerminalWarnings:
+    """The CLI's extra sink: a run's warnings (a skill's death, for one) on stderr."""
 
-    The sandbox writes to its workspace; if that were the Expert's folder it could rewrite
-    perstack.toml or plant `.env` files (or links) that the NEXT run would read on the host.
+    def tool_call(self, call: ToolCall) -> None:
+        """Keep calls in the run's files only."""
+
+    def request(self, request: Request) -> None:
+        """Keep the other forwarded requests in the run's files only."""
+
+    def skill_stderr(self, skill: str, line: str) -> None:
+        """Keep stderr in the run's files only."""
+
+    def warning(self, message: str) -> None:
+        """Print the warning, escaped (it may quote a skill)."""
+        print(printable(f"warning: {message}"), file=sys.stderr, flush=True)  # noqa: T201
+
+    def info(self, message: str) -> None:
+        """Keep diagnostics in the run's files only."""
+
+
+def cli_run(options: LaunchOptions) -> Run:
+    """Return the run of a CLI command: secrets from env files and the environment.
+
+    The config's warnings and an env file's keys set twice go to `options.warn` first.
 
     Raises:
-        UsageError: the two folders overlap.
+        InputError: the config, an env file, a secret or the workspace is bad.
 
     """
-    if workspace is None:
-        return
-    space, expert = workspace.resolve(), config_dir.resolve()
-    if space == expert or space in expert.parents or expert in space.parents:
-        raise UsageError(
-            f"--workspace {workspace} overlaps the Expert's folder {config_dir}: the sandbox "
-            "could rewrite its own perstack.toml and env files; use a separate folder"
-        )
+    config, secrets = _config_and_secrets(options)
+    return open_run(
+        config,
+        options.expert,
+        secrets=secrets,
+        env_paths=options.env_paths,
+        workspace=options.workspace,
+        isolation=options.isolation,
+        prefix_tools=options.prefix_tools,
+        prompter=options.prompter,
+        audit=_TerminalWarnings(),
+        on_progress=options.progress,
+    )
 
 
 @asynccontextmanager
 async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
     """Yield a started gateway over the Expert's sandboxed skills; tear down on exit.
 
+    SIGINT/SIGTERM cancel the body. If the sandbox container goes while the body runs
+    (`down RUN`, a kill, the engine), the gateway tells its clients and the body is cancelled.
+
     Raises:
-        InputError: any bad input, before anything starts (see `prepare`).
+        InputError: any bad input, before anything starts.
+        IsolationError: gVisor was asked for and is missing, before any image is built.
         EngineError: Docker failed; ImageBuildError: an image build failed.
         SkillError: a skill failed to start. GatewayError: a tool-name collision.
+        RunError: the sandbox went away while the body ran.
+        RunInterruptedError: SIGINT or SIGTERM cancelled the body.
 
     """
-    prepared = prepare(options)
-    image = await anyio.to_thread.run_sync(
-        functools.partial(images.ensure_expert_image, prepared.plan, progress=options.progress)
-    )
-    run = state.create_run(prepared.plan.expert)
+    run = cli_run(options)
+    gone: list[str] = []
     finished = False
     try:
-        with _run_log(run.skills_log_path), _tool_call_log(run.tools_path):
-            async with (
-                engine.cancel_on_signals(),
-                engine.open_sandbox(
-                    prepared.plan, image=image, run=run, workspace=options.workspace
-                ) as sandbox,
-                open_gateway(
-                    build_sessions(prepared, sandbox),
-                    prepared.plan.interactive_tools,
-                    prefix_tools=options.prefix_tools,
-                    prompter=options.prompter,
-                    egress_check=sandbox.egress_problem,
-                ) as gateway,
-            ):
-                yield gateway
-                finished = True
-    except BaseExceptionGroup as group:
+        async with engine.cancel_on_signals() as scope, run, _ends_with_the_run(run, scope, gone):
+            yield run.gateway
+            finished = True
+    except BaseExceptionGroup as group:  # the watchers' task groups wrap what the run raised
         sole = sole_exception(group)
         if sole is group:
             raise
         raise sole from sole.__cause__
-    if not finished and options.signal_is_error:  # the body was cancelled by SIGINT/SIGTERM
-        raise RunError(f"interrupted by a signal; run {run.run_id} was torn down")
-    if not finished:  # `run` stopped the way it is meant to be: not a failure
-        run.update_meta(status="stopped")
+    if gone:
+        raise RunError(gone[0])
+    if not finished:  # the body was cancelled by SIGINT/SIGTERM: stopped, not failed
+        _record_stopped(run.run_id)
+        raise RunInterruptedError(f"interrupted by a signal; run {run.run_id} was torn down")
 
 
-def skill_home(uid: int) -> str:
-    """Return the private HOME of the skill running as `uid` (made mode 700 by the launcher)."""
-    return f"/home/skill{uid}"
+def _record_stopped(run_id: str) -> None:
+    """Record a run that a signal ended as `stopped`: it was asked to end, it did not fail."""
+    record = state.open_run(run_id)
+    if record is not None:
+        with contextlib.suppress(OSError):  # the exit code says it already; keep no traceback
+            record.update_meta(status="stopped")
 
 
-def build_sessions(prepared: Prepared, sandbox: engine.Sandbox) -> list[SkillSession]:
-    """One session per stdio skill (an exec as its own uid) and per remote skill."""
-    timeout_s = prepared.plan.timeout_ms / 1000
-    sessions: list[SkillSession] = []
-    for index, launch in enumerate(prepared.plan.skills):
-        env = skill_environment(
-            prepared.secrets[launch.name],
-            proxy_env=sandbox.proxy_env(launch.name),
-            home=skill_home(sandbox.skill_uid(index)),
-        )
-        spec = SkillSpec(launch.name, launch.pick, launch.omit, launch.lazy_init, timeout_s)
-        sessions.append(SkillSession(spec, _exec_factory(sandbox, launch, index, env)))
-    for sse in prepared.plan.sse_skills:
-        spec = SkillSpec(sse.name, sse.pick, sse.omit, lazy_init=False, timeout_s=timeout_s)
-        proxy_url = sandbox.host_proxy_url_for(sse.name)
-        sessions.append(RemoteSkillSession(spec, sse.endpoint, proxy_url=proxy_url))
-    return sessions
+@asynccontextmanager
+async def _ends_with_the_run(
+    run: Run, scope: anyio.CancelScope, gone: list[str]
+) -> AsyncIterator[None]:
+    """Cancel `scope` once the run's gateway shut down (its sandbox went) and told its clients."""
+
+    async def watch() -> None:
+        gone.append(await run.gateway.wait_stopped())
+        # Let the transport's writer deliver the notification before the server is cancelled.
+        await anyio.sleep(FLUSH_GRACE_S)
+        scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
 
 
-def _exec_factory(
-    sandbox: engine.Sandbox, launch: SkillLaunch, index: int, env: dict[str, str]
-) -> Callable[[], ExecContext]:
-    def factory() -> ExecContext:
-        return sandbox.exec_stdio(
-            launch.argv, env=env, user=sandbox.skill_uid(index), workdir=launch.workdir
-        )
-
-    return factory
-
-
-@functools.cache
-def _formatter() -> logging.Formatter:
-    return logging.Formatter(LOG_FORMAT)
-
-
-@contextlib.contextmanager
-def _tool_call_log(path: Path) -> Iterator[None]:
-    """Append the gateway's tool calls to the run's `tools.jsonl` (names and shapes only)."""
-    writer = ToolCallWriter(path)
-    gateway_logger = logging.getLogger("orchestrator.gateway")
-    gateway_logger.addHandler(writer)
-    try:
-        yield
-    finally:
-        gateway_logger.removeHandler(writer)
-        writer.close()
-
-
-class _PrintableFormatter(logging.Formatter):
-    """A formatter whose output has a skill's control characters escaped (see `_text`)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Format, then escape control characters."""
-        return printable(super().format(record))
-
-
-class _run_log:  # noqa: N801 - used like a function: `with _run_log(path):`
-    """Send the skills' stderr and the call log to the run's log; warnings also to stderr."""
-
-    def __init__(self, path: Path) -> None:
-        self._file = logging.FileHandler(path, encoding="utf-8")
-        self._file.setFormatter(_formatter())
-        self._terminal = logging.StreamHandler(sys.stderr)  # a skill's death, for one
-        self._terminal.setLevel(logging.WARNING)
-        self._terminal.setFormatter(_PrintableFormatter("warning: %(message)s"))
-
-    def __enter__(self) -> None:
-        for name in RUN_LOGGERS:
-            logger = logging.getLogger(name)
-            logger.addHandler(self._file)
-            logger.addHandler(self._terminal)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False  # INFO lines go to the file only
-
-    def __exit__(self, *_exc: object) -> None:
-        for name in RUN_LOGGERS:
-            logging.getLogger(name).removeHandler(self._file)
-            logging.getLogger(name).removeHandler(self._terminal)
-        self._file.close()
+async def _with_expert(options: LaunchOptions, use: Callable[[Gateway], Awaitable[T]]) -> T:
+    async with open_expert(options) as gateway:
+        return await use(gateway)
 
 
 def parse_tool_args(text: str | None) -> dict[str, object]:
@@ -279,19 +249,20 @@ def tools_report(options: LaunchOptions, *, as_json: bool) -> str:
 
     """
 
-    async def main() -> str:
-        async with open_expert(options) as gateway:
-            tools = await gateway.list_tools()
-            if as_json:
-                return json.dumps(tools_payload(tools), indent=2, sort_keys=True)
-            rows = [
-                (t.name, gateway.route(t.name).skill, _first_line(t.description)) for t in tools
+    async def report(gateway: Gateway) -> str:
+        tools = await gateway.list_tools()
+        if as_json:  # each MCP tool object also names the skill it comes from
+            payload = [
+                {**item, "skill": gateway.route(tool.name).skill}
+                for item, tool in zip(tools_payload(tools), tools, strict=True)
             ]
-            width = max((len(name) for name, _, _ in rows), default=0)
-            text = "\n".join(f"{n:<{width}}  [{s}]  {d}".rstrip() for n, s, d in rows)
-            return printable(text)  # names and descriptions come from the skills
+            return json.dumps(payload, indent=2, sort_keys=True)
+        rows = [(t.name, gateway.route(t.name).skill, _first_line(t.description)) for t in tools]
+        width = max((len(name) for name, _, _ in rows), default=0)
+        text = "\n".join(f"{n:<{width}}  [{s}]  {d}".rstrip() for n, s, d in rows)
+        return printable(text)  # names and descriptions come from the skills
 
-    return anyio.run(main)
+    return anyio.run(_with_expert, options, report)
 
 
 def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object]) -> str:
@@ -302,40 +273,72 @@ def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object])
 
     """
 
-    async def main() -> str:
-        async with open_expert(options) as gateway:
-            result = await gateway.call_tool_checked(tool, dict(arguments))
-            return json.dumps(result_payload(result), indent=2, sort_keys=True)
+    async def report(gateway: Gateway) -> str:
+        result = await gateway.call_tool_checked(tool, dict(arguments))
+        return json.dumps(result_payload(result), indent=2, sort_keys=True)
 
-    return anyio.run(main)
+    return anyio.run(_with_expert, options, report)
 
 
-def serve(options: LaunchOptions, *, http: str | None) -> None:
+def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None = None) -> None:
     """Serve the gateway until the client disconnects (stdio) or the process is stopped.
 
+    With `http` (a PORT, served on 127.0.0.1) the port is bound before anything starts, and
+    once it listens stderr gets `gateway: URL` and `bearer token: TOKEN`; with `token_file` the
+    token goes to that file (mode 0600) instead. A token chosen in $PERSTACK_SANDBOX_TOKEN is
+    never printed.
+
     Raises:
-        SandboxError: any failure (see `open_expert`); UsageError for a bad `--http`.
+        SandboxError: any failure (see `open_expert`); UsageError for a bad `--http` or
+            `--token-file`; GatewayError when the port is in use.
 
     """
-    listen = parse_listen(http) if http is not None else None
-    options = dataclasses.replace(options, signal_is_error=False)
+    if http is None:
+        if token_file is not None:
+            raise UsageError("--token-file goes with --http (stdio needs no token)")
+        anyio.run(_with_expert, options, serve_stdio)
+        return
+    port = parse_listen(http)[1]
+    if token_file is not None and not token_file.absolute().parent.is_dir():
+        raise UsageError(f"--token-file {token_file}: its folder does not exist")
+    sock = bind_loopback(port)  # a port in use fails here, before any image or container
+    try:
+        anyio.run(_serve_http, options, sock, token_file)
+    finally:
+        sock.close()
 
-    async def main() -> None:
-        async with open_expert(options) as gateway:
-            if listen is None:
-                await serve_stdio(gateway)
-                return
-            given = os.environ.get(TOKEN_ENV)
-            token = given or new_token()
+
+async def _serve_http(options: LaunchOptions, sock: socket.socket, token_file: Path | None) -> None:
+    given = os.environ.get(TOKEN_ENV)
+    token = given or new_token()
+
+    def ready(url: str) -> None:
+        if token_file is not None:
+            write_private(token_file, token + "\n")
+            shown = f"in {token_file} (mode 0600)"
+        else:
             # A token the user chose is a secret they already hold: never echo it back.
             shown = f"the value of ${TOKEN_ENV}" if given else token
+        print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
 
-            def ready(url: str) -> None:
-                print(f"gateway: {url}\nbearer token: {shown}", file=sys.stderr, flush=True)  # noqa: T201
+    async with open_expert(options) as gateway:
+        await serve_http(gateway, port=0, token=token, on_ready=ready, sock=sock)
 
-            await serve_http(gateway, port=listen[1], token=token, on_ready=ready)
 
-    anyio.run(main)
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600, also when it existed).
+
+    Raises:
+        UsageError: the file cannot be written.
+
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o600)  # an existing file keeps its mode otherwise
+            file.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _first_line(text: str | None) -> str:

@@ -8,7 +8,8 @@ $PERSTACK_SANDBOX_STATE  (default ~/.local/state/perstack-sandbox)
     ├── audit.jsonl   the proxy's decisions, one JSON object per line, written as they happen
     ├── proxy.log     the proxy's own diagnostics (stderr)
     ├── skills.log    the skills' stderr and the gateway's tool-call log
-    └── tools.jsonl   the gateway's tool calls: skill, tool, argument shape, duration, outcome
+    ├── tools.jsonl   the gateway's tool calls: skill, tool, argument shape, duration, outcome
+    └── cover         an empty file (0444), bound over each env file under /expert
 └── builds/<build-id>/  one per fenced per-expert image build (see `_fence`)
     ├── policy.json   the build proxy's allowlist: the registry hosts derived for that build
     ├── audit.jsonl   what the build fetched, and what it was refused
@@ -16,6 +17,13 @@ $PERSTACK_SANDBOX_STATE  (default ~/.local/state/perstack-sandbox)
 ```
 
 Files are appended line by line while the run is live, so a run that crashed can still be read.
+
+The state is private: the directory and every folder in it are 0700, every file 0600, all owned
+by the invoking user. Policies name each skill's hosts, logs carry the skills' stderr, and a
+sandbox whose workspace could reach them must still read nothing (`run.check_workspace` also
+refuses such a workspace). A state directory left with wider modes by an older version is made
+private, everything under it included, the next time a run or build is recorded. Files are
+opened without following links and with their mode set through the descriptor.
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ import json
 import os
 import secrets
 import socket
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
+
+from perstack_sandbox.errors import UsageError
 
 STATE_ENV: Final = "PERSTACK_SANDBOX_STATE"
 META_FILE: Final = "meta.json"
@@ -36,6 +47,13 @@ PROXY_LOG_FILE: Final = "proxy.log"
 SKILLS_LOG_FILE: Final = "skills.log"
 POLICY_FILE: Final = "policy.json"
 TOOLS_FILE: Final = "tools.jsonl"
+COVER_FILE: Final = "cover"
+COVER_MODE: Final = 0o444  # the skills read it (as nothing); nobody writes it
+RUNS_DIR: Final = "runs"
+BUILDS_DIR: Final = "builds"
+BUILD_PREFIX: Final = "build-"
+DIR_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
 
 
 def state_dir() -> Path:
@@ -50,7 +68,105 @@ def state_dir() -> Path:
 
 def runs_dir() -> Path:
     """Return the folder that holds one subfolder per run."""
-    return state_dir() / "runs"
+    return state_dir() / RUNS_DIR
+
+
+def ensure_state_dir() -> Path:
+    """Create the state directory private (0700), or make an existing one private; return it.
+
+    A state directory whose own mode is not 0700 (made by an older version, or by hand) has
+    every folder under it set to 0700 and every file to 0600, once.
+
+    Raises:
+        UsageError: it belongs to another user, or is not a folder, or cannot be made.
+
+    """
+    root = state_dir()
+    try:
+        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        found = root.stat()
+    except OSError as exc:
+        raise UsageError(f"cannot create the state directory {root}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(found.st_mode):
+        raise UsageError(f"the state directory {root} is not a folder")
+    if found.st_uid != os.getuid():
+        raise UsageError(
+            f"the state directory {root} belongs to uid {found.st_uid}, not to you (uid "
+            f"{os.getuid()}); set {STATE_ENV} to a folder of your own"
+        )
+    if stat.S_IMODE(found.st_mode) != DIR_MODE:
+        make_private(root)
+    return root
+
+
+def make_private(root: Path) -> None:
+    """Set `root` and every folder under it to 0700 and every file to 0600 (links untouched).
+
+    Raises:
+        UsageError: a mode could not be changed (a file of another user, say).
+
+    """
+    try:
+        root.chmod(DIR_MODE)
+        for top, folders, files in os.walk(root):  # never descends through a link
+            for names, mode in ((folders, DIR_MODE), (files, FILE_MODE)):
+                for path in (Path(top, name) for name in names):
+                    if not path.is_symlink():  # only we can write here: no race to a link
+                        path.chmod(mode)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot make the state directory private: {exc.filename}: {exc.strerror}"
+        ) from exc
+
+
+def private_folder(path: Path) -> Path:
+    """Create `path` (a new folder under the state directory) and its parents there, 0700.
+
+    Raises:
+        UsageError: the state directory is not usable (see `ensure_state_dir`).
+        FileExistsError: `path` exists already.
+
+    """
+    root = ensure_state_dir()
+    for folder in reversed([path, *path.parents]):
+        if folder.is_relative_to(root) and folder != root:
+            folder.mkdir(mode=DIR_MODE, exist_ok=folder != path)
+            folder.chmod(DIR_MODE)  # mkdir's mode passes through the umask
+    return path
+
+
+def private_fd(path: Path, *, append: bool) -> int:
+    """Open `path` for writing (appending, or truncated), made 0600; never through a link.
+
+    Raises:
+        OSError: it cannot be opened (a link planted in its place gives ELOOP).
+
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_APPEND if append else os.O_TRUNC
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # the file may have existed with a wider mode
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` as a private (0600) file.
+
+    Raises:
+        OSError: it cannot be written.
+
+    """
+    with os.fdopen(private_fd(path, append=False), "w", encoding="utf-8") as file:
+        file.write(text)
+
+
+def builds_dir() -> Path:
+    """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
+    return state_dir() / BUILDS_DIR
 
 
 def new_run_id() -> str:
@@ -96,6 +212,25 @@ class RunState:
         """`policy.json`: the policy the proxy enforced."""
         return self.path / POLICY_FILE
 
+    @property
+    def cover_path(self) -> Path:
+        """`cover`: the empty file bound over env files (see `expert_folder`)."""
+        return self.path / COVER_FILE
+
+    def write_cover(self) -> Path:
+        """Create the run's empty, read-only cover file; return its path.
+
+        Raises:
+            OSError: it cannot be created.
+
+        """
+        fd = private_fd(self.cover_path, append=False)
+        try:
+            os.fchmod(fd, COVER_MODE)
+        finally:
+            os.close(fd)
+        return self.cover_path
+
     def read_meta(self) -> dict[str, object]:
         """Return meta.json as a dict (empty when missing or unreadable)."""
         try:
@@ -109,7 +244,7 @@ class RunState:
         meta = self.read_meta()
         meta.update(fields)
         tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_private(tmp, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.meta_path)
 
 
@@ -117,15 +252,15 @@ def create_run(expert: str, *, run_id: str | None = None) -> RunState:
     """Create the folder of a new run and write its first meta.json.
 
     Raises:
-        OSError: the state directory cannot be created or written.
+        UsageError: the state directory belongs to another user or cannot be made.
+        OSError: the run's folder exists already, or cannot be written.
 
     """
     rid = run_id or new_run_id()
-    path = runs_dir() / rid
-    path.mkdir(parents=True, exist_ok=False)
+    path = private_folder(runs_dir() / rid)
     run = RunState(run_id=rid, path=path)
     for name in (AUDIT_FILE, PROXY_LOG_FILE, SKILLS_LOG_FILE, TOOLS_FILE):
-        (path / name).touch()
+        os.close(private_fd(path / name, append=True))
     run.update_meta(
         run_id=rid,
         expert=expert,
@@ -138,8 +273,9 @@ def create_run(expert: str, *, run_id: str | None = None) -> RunState:
 
 
 def open_run(run_id: str) -> RunState | None:
-    """Return the state of an existing run, or None when there is no such run."""
-    path = runs_dir() / run_id
+    """Return the state of an existing run or build (`build-...`), or None when there is none."""
+    root = builds_dir() if run_id.startswith(BUILD_PREFIX) else runs_dir()
+    path = root / run_id
     return RunState(run_id=run_id, path=path) if path.is_dir() else None
 
 

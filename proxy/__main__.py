@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proxy._audit import AuditLog
-from proxy._policy import PolicyError, load_policy
-from proxy._resolver import Resolver, SystemResolver
-from proxy._server import ProxyServer
+from ._audit import AuditLog
+from ._policy import PolicyError, load_policy
+from ._resolver import Resolver, SystemResolver
+from ._server import ProxyServer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -20,7 +20,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 NON_PUBLIC_NETWORKS: Final[tuple[IPNetwork, ...]] = tuple(
     ipaddress.ip_network(cidr)
     for cidr in (
-        # IPv4: DESIGN.md decision 3.
+        # IPv4: docs/architecture.md, decision 3.
         "0.0.0.0/8",
         "10.0.0.0/8",
         "100.64.0.0/10",  # carrier-grade NAT

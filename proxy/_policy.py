@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from proxy._netrules import AddressRules, IPNetwork
-from proxy.hosts import HostRejected, canonicalise_host
+from ._netrules import AddressRules, IPNetwork
+from .hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,15 +13,15 @@ import itertools
 import socket
 from typing import TYPE_CHECKING, Final
 
-from proxy._netrules import AddressRules, parse_address
-from proxy._session import Session
-from proxy._tunnel import Connector, open_upstream
+from ._netrules import AddressRules, parse_address
+from ._session import Session
+from ._tunnel import Connector, open_upstream
 
 if TYPE_CHECKING:
-    from proxy._audit import AuditLog
-    from proxy._connection import Connection
-    from proxy._policy import Policy
-    from proxy._resolver import Resolver
+    from ._audit import AuditLog
+    from ._connection import Connection
+    from ._policy import Policy
+    from ._resolver import Resolver
 
 BACKLOG: Final = 1024
 # Connections accepted per readiness callback of a listening socket.

@@ -1,11 +1,11 @@
 """One client connection, from accept to its close line, as a chain of loop callbacks.
 
-The steps, in the order of DESIGN.md decision 3: read the request head (bounded in size and
-time) -> parse, canonicalise and decide without DNS -> resolve and dial the checked address
-(the only step run as a task: the resolver and connector are coroutines) -> 200 -> read the
-ClientHello (bounded in size and time) and check its SNI -> forward it, write the decision
-line -> splice. Every refusal answers (when an answer can still be sent), writes one decision
-line and closes; every decided connection gets one close line.
+The steps, in the order of docs/architecture.md, decision 3: read the request head (bounded
+in size and time) -> parse, canonicalise and decide without DNS -> resolve and dial the checked
+address (the only step run as a task: the resolver and connector are coroutines) -> 200 ->
+read the ClientHello (bounded in size and time) and check its SNI -> forward it, write the
+decision line -> splice. Every refusal answers (when an answer can still be sent), writes one
+decision line and closes; every decided connection gets one close line.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import asyncio
 import sys
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import urlsplit
 
-from proxy._audit import Decision
-from proxy._connection import Connection, TunnelStats, splice
-from proxy._http import (
+from ._audit import Decision
+from ._connection import Connection, TunnelStats, splice
+from ._http import (
     CONNECT_ESTABLISHED,
     Refusal,
     RequestHead,
@@ -27,12 +27,13 @@ from proxy._http import (
     request_line,
     response,
 )
-from proxy._tls import TlsError, client_hello_body
-from proxy._tunnel import (
+from ._tls import TlsError, client_hello_body
+from ._tunnel import (
     Dial,
     TunnelRequest,
     check_hello,
     check_target,
+    identify_skill,
     redial,
     resolve_and_dial,
 )
@@ -41,17 +42,37 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-    from proxy._server import ProxyServer
+    from ._audit import AuditLog
+    from ._netrules import AddressRules
+    from ._policy import Policy
+    from ._resolver import Resolver
+    from ._tunnel import Connector
 
 HEALTH_PATH: Final = "/healthz"
 # A closing client gets this long to take our last bytes (a refusal) before it is cut off.
 CLOSE_TIMEOUT: Final = 5.0
 
 
+class SessionHost(Protocol):
+    """What a session needs from the server that accepted it (`ProxyServer` is one)."""
+
+    loop: asyncio.AbstractEventLoop
+    policy: Policy
+    resolver: Resolver
+    connector: Connector
+    audit: AuditLog
+
+    def rules_for(self, client: Connection) -> AddressRules:
+        """Return the address rules for a client (the server's own addresses included)."""
+
+    def ended(self, session: Session) -> None:
+        """Release the connection slot of `session`."""
+
+
 class Session:
     """The state of one client connection; each method runs as one loop callback."""
 
-    def __init__(self, server: ProxyServer, conn: int, sock: socket.socket, peer: object) -> None:
+    def __init__(self, server: SessionHost, conn: int, sock: socket.socket, peer: object) -> None:
         """Take over the accepted, non-blocking ``sock``; nothing happens until :meth:`start`."""
         self.server = server
         self.conn = conn
@@ -149,11 +170,14 @@ class Session:
             self.client.write(response(200, "ok"))
             self._end()
             return
+        server = self.server
+        grant = identify_skill(server.policy, head, record)  # before anything can refuse
         if head.method != "CONNECT":
             _refuse_plain_http(head, record)
-        server = self.server
         rules = server.rules_for(self.client)
-        request = TunnelRequest(server.policy, server.resolver, server.connector, rules, record)
+        request = TunnelRequest(
+            server.policy, server.resolver, server.connector, rules, record, grant
+        )
         host = check_target(request, head)
         self._host = host
         self._request = request

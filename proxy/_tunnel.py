@@ -1,4 +1,4 @@
-"""The checks of one CONNECT request, in the order of DESIGN.md decision 3.
+"""The checks of one CONNECT request, in the order of docs/architecture.md, decision 3.
 
 proxy/_session.py runs them in this order:
 
@@ -22,16 +22,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy._connection import Connection
-from proxy._http import Refusal, RequestHead, split_authority
-from proxy._netrules import AddressRules, IPAddress, parse_address
-from proxy._resolver import ResolveError, Resolver
-from proxy._tls import TlsError, server_name
-from proxy.hosts import HostRejected, canonicalise_host, match_host
+from ._connection import Connection
+from ._http import Refusal, RequestHead, split_authority
+from ._netrules import AddressRules, IPAddress, parse_address
+from ._resolver import ResolveError, Resolver
+from ._tls import TlsError, server_name
+from .hosts import HostRejected, canonicalise_host, match_host
 
 if TYPE_CHECKING:
-    from proxy._audit import Decision
-    from proxy._policy import Policy
+    from ._audit import Decision
+    from ._policy import Policy, SkillGrant
 
 TLS_PORT: Final = 443
 # What connect_ex returns while the handshake goes on (loop.sock_connect's BlockingIOError and
@@ -87,6 +87,22 @@ class TunnelRequest:
     connector: Connector
     rules: AddressRules
     record: Decision
+    # The skill whose credential the request presented (`identify_skill`), if any.
+    grant: SkillGrant | None = None
+
+
+def identify_skill(policy: Policy, head: RequestHead, record: Decision) -> SkillGrant | None:
+    """Return the skill whose credential the request presents, and name it in the record.
+
+    Called before any check that can refuse the request, so that every refusal of a request
+    that carried a valid credential (plain HTTP, an IP literal, a port other than 443) is
+    attributed to its skill in the audit. Every token is compared (see `Policy.grant_for`).
+    """
+    if not policy.skills:
+        return None
+    grant = policy.grant_for(_proxy_password(head))
+    record.skill = grant.skill if grant is not None else None
+    return grant
 
 
 def check_target(request: TunnelRequest, head: RequestHead) -> str:
@@ -107,7 +123,7 @@ def check_target(request: TunnelRequest, head: RequestHead) -> str:
     record.host = host
     if port != TLS_PORT:
         raise Refusal(403, "port-not-allowed")
-    record.rule = match_host(host, _allowed_domains(request, head))
+    record.rule = match_host(host, _allowed_domains(request))
     if record.rule is None:
         raise Refusal(403, "not-allowed")
     host_header = head.header("host")
@@ -116,22 +132,20 @@ def check_target(request: TunnelRequest, head: RequestHead) -> str:
     return host
 
 
-def _allowed_domains(request: TunnelRequest, head: RequestHead) -> tuple[str, ...]:
+def _allowed_domains(request: TunnelRequest) -> tuple[str, ...]:
     """Return the list this client is held to: its skill's own, when the policy has skills.
 
     Raises:
         Refusal: 403 ``no-skill-credential`` when the policy has skills and the request
-            carries no single, valid ``Proxy-Authorization: Basic`` with a known token.
+            carried no single, valid ``Proxy-Authorization: Basic`` with a known token.
 
     """
     policy = request.policy
     if not policy.skills:
         return policy.allowed_domains
-    grant = policy.grant_for(_proxy_password(head))
-    if grant is None:
+    if request.grant is None:
         raise Refusal(403, "no-skill-credential")
-    request.record.skill = grant.skill
-    return grant.allowed_domains
+    return request.grant.allowed_domains
 
 
 def _proxy_password(head: RequestHead) -> bytes:

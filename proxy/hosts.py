@@ -1,4 +1,4 @@
-"""Host rules shared by config validation and the proxy (DESIGN.md decisions 4 and 5).
+"""Host rules shared by config validation and the proxy (docs/architecture.md, decisions 4 and 5).
 
 One spelling of a host is used for the allowlist decision, the audit log and the dial, so the
 same function canonicalises allowlist entries in perstack.toml and hosts in live requests.
@@ -23,10 +23,13 @@ The accepted syntax is deliberately narrower than DNS:
   single labels are what search domains and cloud metadata services answer.
 
 Wildcards (`canonicalise_pattern` only): a leading `*.` matches strict subdomains at any depth,
-never the base itself. `*`, middle or trailing wildcards, and a wildcard directly over a public
-suffix (`*.com`, `*.co.uk`, `*.github.io`) are refused. Public suffixes come from tldextract's
-BUNDLED snapshot, private section included (a wildcard over `github.io` would admit every
-tenant); it is imported lazily, never fetched, so the proxy container needs neither it nor DNS.
+never the base itself. `*`, middle or trailing wildcards, and a wildcard directly over an ICANN
+public suffix (`*.com`, `*.co.uk`) are refused: they admit whole registries. A wildcard over a
+suffix of the list's PRIVATE section (`*.googleapis.com`, `*.github.io`) is accepted, because
+real services are only reachable that way, but `shared_suffix` names it so that config
+validation warns (every tenant of that suffix is reachable) and the plan marks it. Public
+suffixes come from tldextract's BUNDLED snapshot; it is imported lazily, never fetched, so the
+proxy container needs neither it nor DNS.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def canonicalise_pattern(raw: str) -> str:
             "wildcard", f"wildcard in {raw!r}: only ONE leading '*.' is allowed, nowhere else"
         )
     canonical = _canonicalise(base, allow_single_label=True)
-    if _is_public_suffix(canonical):
+    if _suffix_section(canonical) == "icann":
         raise HostRejected(
             "public-suffix-wildcard",
             f"wildcard {raw!r} covers the public suffix {canonical!r}, i.e. every site "
@@ -96,6 +99,19 @@ def canonicalise_pattern(raw: str) -> str:
     if "." not in canonical:
         raise _single_label(canonical)
     return f"*.{canonical}"
+
+
+def shared_suffix(pattern: str) -> str | None:
+    """Return the suffix a canonical wildcard covers when it is a private-section public suffix.
+
+    `*.googleapis.com` gives `googleapis.com`: anyone can register a site under that suffix, so
+    the wildcard admits every tenant's host, not only the service meant. Any other pattern
+    (exact hosts, `*.example.com`) gives None.
+    """
+    base = pattern.removeprefix("*.")
+    if base == pattern or _suffix_section(base) != "private":
+        return None
+    return base
 
 
 def match_host(host: str, patterns: Iterable[str]) -> str | None:
@@ -204,10 +220,13 @@ def _single_label(host: str) -> HostRejected:
     )
 
 
-def _is_public_suffix(host: str) -> bool:
+def _suffix_section(host: str) -> str | None:
+    """Return "icann" or "private" when `host` is itself a public suffix, else None."""
     extract = _bundled_extractor()
     result = extract(host, include_psl_private_domains=True)
-    return not result.domain and result.suffix == host
+    if result.domain or result.suffix != host:
+        return None
+    return "private" if result.is_private else "icann"
 
 
 @functools.cache

@@ -31,23 +31,40 @@ _audit.py       the audit records and the one function that writes them
 _server.py      the low-level MCP server over a Gateway (both eras)
 _plain_json.py  streamable HTTP: a plain JSON answer when no stream is needed
 _transports.py  stdio, and streamable HTTP on 127.0.0.1 behind a bearer token and Origin check
+_guard.py       that bearer-token and Origin check, as ASGI middleware
 ```
 """
 
 from __future__ import annotations
 
-from orchestrator.gateway._audit import argument_shape, write_audit
-from orchestrator.gateway._catalog import Route, build_routes, exposed_name, exposed_uri, split_uri
-from orchestrator.gateway._core import Gateway, Prompter, open_gateway, sole_exception
-from orchestrator.gateway._results import (
+from perstack_sandbox.gateway._audit import argument_shape, write_audit
+from perstack_sandbox.gateway._catalog import (
+    Route,
+    build_routes,
+    exposed_name,
+    exposed_uri,
+    split_uri,
+)
+from perstack_sandbox.gateway._core import (
+    EgressCheck,
+    EndWatch,
+    Gateway,
+    Prompter,
+    open_gateway,
+    sole_exception,
+)
+from perstack_sandbox.gateway._guard import new_token
+from perstack_sandbox.gateway._requests import get_prompt, read_resource
+from perstack_sandbox.gateway._results import (
     input_needed,
     question_for,
     result_payload,
     text_result,
     tools_payload,
 )
-from orchestrator.gateway._server import make_server
-from orchestrator.gateway._transports import (
+from perstack_sandbox.gateway._server import make_server
+from perstack_sandbox.gateway._transports import (
+    bind_loopback,
     parse_listen,
     serve_http,
     serve_stdio,
@@ -55,18 +72,24 @@ from orchestrator.gateway._transports import (
 )
 
 __all__ = [
+    "EgressCheck",
+    "EndWatch",
     "Gateway",
     "Prompter",
     "Route",
     "argument_shape",
+    "bind_loopback",
     "build_routes",
     "exposed_name",
     "exposed_uri",
+    "get_prompt",
     "input_needed",
     "make_server",
+    "new_token",
     "open_gateway",
     "parse_listen",
     "question_for",
+    "read_resource",
     "result_payload",
     "serve_http",
     "serve_stdio",

@@ -2,26 +2,25 @@
 
 Each record names the request kind, the skill, and what was asked for: a tool or prompt by
 name with its argument SHAPE (keys and types), a resource by URI, an elicitation by the tool
-whose call it belongs to. Records leave through `write_audit` only, so the sink can change (a
-per-run sink instead of the logging handler) in one place.
+whose call it belongs to. Records leave through `write_audit` only, to the run's own
+`AuditSink` (tool calls as `ToolCall`, everything else as `Request`; both land in the run's
+`tools.jsonl`).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.audit import TOOL_CALL_FIELD, TOOL_CALL_KIND
+from perstack_sandbox.audit import TOOL_CALL_KIND, Request, ToolCall
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-logger = logging.getLogger("orchestrator.gateway")
+    from perstack_sandbox.audit import AuditSink
 
 
 def argument_shape(value: object) -> object:
@@ -40,21 +39,23 @@ def argument_shape(value: object) -> object:
     return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), "value")
 
 
-def write_audit(record: Mapping[str, Any]) -> None:
-    """Write one audit record (the only way records leave the gateway)."""
-    target = record.get("tool") or record.get("prompt") or record.get("uri") or ""
-    shape = record.get("argShape")
-    args = f" args={json.dumps(shape, sort_keys=True)}" if shape is not None else ""
-    logger.info(
-        "%s %s (skill %s)%s -> %s in %.1f ms",
-        record.get("kind", TOOL_CALL_KIND),
-        target,
-        record.get("skill"),
-        args,
-        record.get("outcome"),
-        record.get("durationMs", 0.0),
-        extra={TOOL_CALL_FIELD: dict(record)},
-    )
+def write_audit(sink: AuditSink, record: Mapping[str, Any]) -> None:
+    """Write one audit record to the run's `sink` (the only way records leave the gateway).
+
+    `record` holds time, kind, skill, durationMs, outcome and the request's shape fields.
+    A plain tools/call (no task) is a `ToolCall`, so sinks that know only those still get it.
+    """
+    fields = dict(record)
+    began = str(fields.pop("time", ""))
+    kind = str(fields.pop("kind", TOOL_CALL_KIND))
+    skill = str(fields.pop("skill", "?"))
+    duration_ms = float(fields.pop("durationMs", 0.0))
+    outcome = str(fields.pop("outcome", "error"))
+    if kind == TOOL_CALL_KIND and set(fields) <= {"tool", "argShape"}:
+        tool, shape = str(fields.get("tool", "?")), fields.get("argShape", {})
+        sink.tool_call(ToolCall(began, skill, tool, shape, duration_ms, outcome))
+        return
+    sink.request(Request(began, kind, skill, fields, duration_ms, outcome))
 
 
 @dataclass
@@ -67,10 +68,11 @@ class Entry:
 
 
 @contextmanager
-def audited(kind: str, skill: str, **fields: object) -> Iterator[Entry]:
-    """Time one forwarded request and write its record when it ends (outcome "error" unless set).
+def audited(sink: AuditSink, kind: str, skill: str, **fields: object) -> Iterator[Entry]:
+    """Time one forwarded request and write its record to `sink` when it ends.
 
-    `fields` are the request's shape (tool, prompt, uri, argShape...).
+    The outcome is "error" unless the body sets it; `fields` are the request's shape (tool,
+    prompt, uri, argShape...).
     """
     began = datetime.now(UTC).isoformat(timespec="milliseconds")
     started = time.perf_counter()
@@ -79,6 +81,6 @@ def audited(kind: str, skill: str, **fields: object) -> Iterator[Entry]:
         yield entry
     finally:
         record = {"time": began, "kind": kind, "skill": skill, **entry.fields, **entry.extra}
-        record["durationMs"] = round((time.perf_counter() - started) * 1000, 1)
+        record["durationMs"] = (time.perf_counter() - started) * 1000
         record["outcome"] = entry.outcome
-        write_audit(record)
+        write_audit(sink, record)

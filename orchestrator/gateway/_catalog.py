@@ -22,13 +22,13 @@ from urllib.parse import quote, unquote
 import mcp_types as types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
-from orchestrator.errors import GatewayError, UsageError
+from perstack_sandbox.errors import GatewayError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from orchestrator.plan import InteractiveTool
-    from orchestrator.skills import SkillSpec
+    from perstack_sandbox.plan import InteractiveTool
+    from perstack_sandbox.skills import SkillSpec
 
 
 PREFIX_SEPARATOR: Final = "__"

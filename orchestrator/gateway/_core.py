@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import anyio
 import anyio.abc
@@ -12,9 +11,10 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.errors import SkillError, UsageError
-from orchestrator.gateway._audit import argument_shape, audited
-from orchestrator.gateway._catalog import (
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.errors import SkillError, UsageError
+from perstack_sandbox.gateway._audit import argument_shape, audited
+from perstack_sandbox.gateway._catalog import (
     Catalog,
     Route,
     build_named,
@@ -22,24 +22,31 @@ from orchestrator.gateway._catalog import (
     exposed_name,
     exposed_uri,
 )
-from orchestrator.gateway._hosts import Hosts
-from orchestrator.gateway._pending import PendingCalls
-from orchestrator.gateway._results import input_needed, question_for, text_result
+from perstack_sandbox.gateway._hosts import Hosts
+from perstack_sandbox.gateway._pending import PendingCalls
+from perstack_sandbox.gateway._results import input_needed, question_for, text_result
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-    from orchestrator.gateway._hosts import Responder
-    from orchestrator.plan import InteractiveTool
-    from orchestrator.skills import SkillAnswer, SkillRequest, SkillSession
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.gateway._hosts import Responder
+    from perstack_sandbox.plan import InteractiveTool
+    from perstack_sandbox.skills import SkillAnswer, SkillRequest, SkillSession
 
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+NOTIFY_TIMEOUT_S: Final = 2.0  # telling one client that the run is over; it may not read
+
 Prompter: TypeAlias = "Callable[[str], Awaitable[str | None]]"
 """Asks the user a question and returns the answer (None: declined or cancelled)."""
+
+EgressCheck: TypeAlias = "Callable[[], Awaitable[str | None]]"
+"""Says why the sandbox lost its egress, or None while it has it (runs off the event loop)."""
+
+EndWatch: TypeAlias = "Callable[[], Awaitable[str]]"
+"""Returns once the run's sandbox has gone (`down`, a kill, the engine), saying how."""
 
 
 class Gateway:
@@ -49,26 +56,34 @@ class Gateway:
     goes through `hosts`, with resource URIs in the form the host clients see.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the skills, then one keyword per collaborator
         self,
         skills: Sequence[SkillSession],
         interactive: Sequence[InteractiveTool] = (),
         *,
         prefix_tools: bool = False,
         prompter: Prompter | None = None,
-        egress_check: Callable[[], str | None] | None = None,
+        egress_check: EgressCheck | None = None,
+        audit: AuditSink = NULL_SINK,
     ) -> None:
         """Prepare the gateway (skills start in `start`).
 
-        `egress_check()` returns why the sandbox lost its egress (or None); while it returns a
-        reason, sandboxed tool calls are refused with it.
+        `await egress_check()` returns why the sandbox lost its egress (or None); while it
+        returns a reason, sandboxed tool calls are refused with it. Every forwarded request is
+        reported to the run's own `audit` sink.
         """
         self.skills = {skill.name: skill for skill in skills}
         self.interactive = tuple(interactive)
         self.prefix_tools = prefix_tools
         self.prompter = prompter
         self.egress_check = egress_check
-        self.hosts = Hosts()
+        self.audit = audit
+        # Set by `shut_down`: why the run is over; every later call is refused with it.
+        self.stop_reason: str | None = None
+        # Told the stop reason (the MCP server sends it to its clients as a log message).
+        self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
+        self._stopped = anyio.Event()
+        self.hosts = Hosts(audit)
         self.pending = PendingCalls()
         self.catalog = Catalog(prefix_tools, {name: s.spec for name, s in self.skills.items()})
         self.subscriptions: dict[tuple[str, str], int] = {}  # (skill, URI) -> host subscribers
@@ -204,10 +219,12 @@ class Gateway:
                 await self._refresh(include_lazy=True)
         route = self.route(name)
         shape = argument_shape(arguments or {})
-        with audited("tools/call", route.skill, tool=name, argShape=shape) as entry:
-            problem = self.egress_check() if self.egress_check and not route.interactive else None
+        with audited(self.audit, "tools/call", route.skill, tool=name, argShape=shape) as entry:
+            problem = self.stop_reason
+            if problem is None and self.egress_check is not None and route.interactive is None:
+                problem = await self.egress_check()
             if problem is not None:
-                logger.warning("%s", problem)
+                self.audit.warning(problem)
                 entry.outcome = "refused-egress-down"
                 return text_result(problem, error=True)
             if route.interactive is not None:
@@ -312,7 +329,21 @@ class Gateway:
             for request in requests:
                 await session.send(request, types.EmptyResult)
         except (SkillError, MCPError) as exc:
-            logger.warning("skill %r: its log level and subscriptions were lost: %s", skill, exc)
+            self.audit.warning(f"skill {skill!r}: its log level and subscriptions were lost: {exc}")
+
+    async def shut_down(self, reason: str) -> None:
+        """Refuse every further call with `reason`, and tell the listeners (each bounded)."""
+        self.stop_reason = reason
+        self.audit.warning(reason)
+        for listener in self.stop_listeners:
+            with anyio.move_on_after(NOTIFY_TIMEOUT_S):
+                await listener(reason)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> str:
+        """Wait until `shut_down` has told every listener; return its reason."""
+        await self._stopped.wait()
+        return self.stop_reason or ""
 
     async def close(self) -> None:
         """Stop every skill (bounded)."""
@@ -322,15 +353,20 @@ class Gateway:
 
 
 @asynccontextmanager
-async def open_gateway(
+async def open_gateway(  # noqa: PLR0913 - the skills, then one keyword per collaborator
     skills: Sequence[SkillSession],
     interactive: Sequence[InteractiveTool] = (),
     *,
     prefix_tools: bool = False,
     prompter: Prompter | None = None,
-    egress_check: Callable[[], str | None] | None = None,
+    egress_check: EgressCheck | None = None,
+    audit: AuditSink = NULL_SINK,
+    ends_when: EndWatch | None = None,
 ) -> AsyncIterator[Gateway]:
     """Start the skills and yield the gateway; every skill is stopped on exit.
+
+    Once `ends_when()` returns (the sandbox went away), the gateway shuts down with what it
+    said: later calls are refused with it, and every MCP client is told.
 
     Raises:
         SkillError: a non-lazy skill failed to start.
@@ -338,12 +374,19 @@ async def open_gateway(
 
     """
     gateway = Gateway(
-        skills, interactive, prefix_tools=prefix_tools, prompter=prompter, egress_check=egress_check
+        skills,
+        interactive,
+        prefix_tools=prefix_tools,
+        prompter=prompter,
+        egress_check=egress_check,
+        audit=audit,
     )
     try:
         async with anyio.create_task_group() as task_group:
             try:
                 await gateway.start(task_group)
+                if ends_when is not None:
+                    task_group.start_soon(_shut_down_when, gateway, ends_when)
                 yield gateway
             finally:
                 with anyio.CancelScope(shield=True):
@@ -354,6 +397,10 @@ async def open_gateway(
         if sole is group:
             raise
         raise sole from sole.__cause__
+
+
+async def _shut_down_when(gateway: Gateway, ends_when: EndWatch) -> None:
+    await gateway.shut_down(await ends_when())
 
 
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -36,14 +36,16 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from orchestrator.gateway._audit import audited
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.gateway._audit import audited
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from mcp.server.context import ServerRequestContext
 
-    from orchestrator.skills import SkillAnswer, SkillRequest
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.skills import SkillAnswer, SkillRequest
 
 
 logger = logging.getLogger(__name__)
@@ -191,8 +193,12 @@ class Channel:
 class Hosts:
     """The gateway's bridge to its host clients (implements the skills' `SkillBridge`)."""
 
-    def __init__(self) -> None:
-        """Start with no host client (skills are told no capability until one connects)."""
+    def __init__(self, audit: AuditSink = NULL_SINK) -> None:
+        """Start with no host client (skills are told no capability until one connects).
+
+        The skills' questions to the clients are recorded in the run's `audit` sink.
+        """
+        self.audit = audit
         self.bus = InMemorySubscriptionBus()
         self._declared = types.ClientCapabilities()
         self._responders: dict[str, list[Responder]] = defaultdict(list)
@@ -246,7 +252,7 @@ class Hosts:
             (r for r in reversed(self._responders[skill]) if r.can_answer(request)), None
         )
         tool = responder.tool if responder is not None else None
-        with audited(request.method, skill, tool=tool, **fields) as entry:
+        with audited(self.audit, request.method, skill, tool=tool, **fields) as entry:
             if responder is not None:
                 answer = await responder.answer(request)
             else:

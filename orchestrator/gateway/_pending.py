@@ -20,15 +20,15 @@ import anyio.abc
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.gateway._hosts import can_answer, log_on_request
+from perstack_sandbox.gateway._hosts import can_answer, log_on_request
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from mcp.server.context import ServerRequestContext
 
-    from orchestrator.gateway._hosts import Responder
-    from orchestrator.skills import SkillAnswer, SkillRequest
+    from perstack_sandbox.gateway._hosts import Responder
+    from perstack_sandbox.skills import SkillAnswer, SkillRequest
 
 
 ANSWER_WAIT_S: Final = 600.0  # a person answering a form; after this the skill is told "no"

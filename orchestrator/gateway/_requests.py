@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import mcp_types as types
 
-from orchestrator.errors import UsageError
-from orchestrator.gateway._audit import argument_shape, audited
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.gateway._audit import argument_shape, audited
 
 if TYPE_CHECKING:
-    from orchestrator.gateway._catalog import Catalog
-    from orchestrator.gateway._core import Gateway
-    from orchestrator.gateway._hosts import Responder
+    from perstack_sandbox.gateway._catalog import Catalog
+    from perstack_sandbox.gateway._core import Gateway
+    from perstack_sandbox.gateway._hosts import Responder
 
 TASK_METHODS: Final = ("tasks/get", "tasks/result", "tasks/cancel")
 
@@ -34,7 +34,7 @@ async def read_resource(
     """
     skill, original = (await _catalog(gateway, uri)).resource(uri)
     request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=original))
-    with audited("resources/read", skill, uri=uri) as entry:
+    with audited(gateway.audit, "resources/read", skill, uri=uri) as entry:
         result: types.ReadResourceResult = await gateway.forward(
             skill, responder, lambda session: session.send(request, types.ReadResourceResult)
         )
@@ -67,7 +67,7 @@ async def get_prompt(
     named = catalog.prompt(name)
     params = types.GetPromptRequestParams(name=named.original, arguments=arguments)
     shape = argument_shape(arguments or {})
-    with audited("prompts/get", named.skill, prompt=name, argShape=shape) as entry:
+    with audited(gateway.audit, "prompts/get", named.skill, prompt=name, argShape=shape) as entry:
         result: types.GetPromptResult = await gateway.forward(
             named.skill,
             responder,
@@ -105,7 +105,9 @@ async def complete(gateway: Gateway, params: types.CompleteRequestParams) -> typ
     request = types.CompleteRequest(
         params=params.model_copy(update={"ref": forwarded, "meta": None})
     )
-    with audited("completion/complete", skill, argument=params.argument.name, **target) as entry:
+    with audited(
+        gateway.audit, "completion/complete", skill, argument=params.argument.name, **target
+    ) as entry:
         result = await gateway.skills[skill].send(request, types.CompleteResult)
         entry.outcome = "ok"
     return result
@@ -125,7 +127,7 @@ async def set_level(gateway: Gateway, level: types.LoggingLevel) -> None:
         if capabilities is None or capabilities.logging is None:
             continue
         request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
-        with audited("logging/setLevel", skill.name, level=level) as entry:
+        with audited(gateway.audit, "logging/setLevel", skill.name, level=level) as entry:
             await skill.send(request, types.EmptyResult)
             entry.outcome = "ok"
 
@@ -154,7 +156,7 @@ async def subscribe(gateway: Gateway, uri: str, *, on: bool) -> None:
         if on
         else types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=original))
     )
-    with audited(method, skill, uri=uri) as entry:
+    with audited(gateway.audit, method, skill, uri=uri) as entry:
         await gateway.skills[skill].send(request, types.EmptyResult)
         entry.outcome = "ok"
 
@@ -176,7 +178,9 @@ async def call_tool_as_task(
     route = gateway.route(name)
     forwarded = {**params, "name": route.original}
     shape = argument_shape(params.get("arguments") or {})
-    with audited("tools/call", route.skill, tool=name, argShape=shape, task=True) as entry:
+    with audited(
+        gateway.audit, "tools/call", route.skill, tool=name, argShape=shape, task=True
+    ) as entry:
         created: dict[str, Any] = await gateway.forward(
             route.skill, responder, lambda session: session.send_raw("tools/call", forwarded)
         )
@@ -202,7 +206,7 @@ async def task_request(
     skill = gateway.tasks.get(task_id) if isinstance(task_id, str) else None
     if skill is None:
         raise UsageError(f"no task {task_id!r} was started through this gateway")
-    with audited(method, skill, task=task_id) as entry:
+    with audited(gateway.audit, method, skill, task=task_id) as entry:
         answer: dict[str, Any] = await gateway.forward(
             skill, responder, lambda session: session.send_raw(method, params)
         )

@@ -10,7 +10,7 @@ import mcp_types as types
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from orchestrator.plan import InteractiveTool
+    from perstack_sandbox.plan import InteractiveTool
 
 _QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
 

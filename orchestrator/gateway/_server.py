@@ -8,31 +8,37 @@ them as `InputRequiredResult` and answer on the retry (`_pending`). Task-augment
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import anyio
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.subscriptions import ListenHandler
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from orchestrator.errors import GatewayError, SkillError, UsageError
-from orchestrator.gateway import _requests as forward
-from orchestrator.gateway._hosts import RequestResponder, forwardable
-from orchestrator.gateway._results import question_for, text_result
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.gateway import _requests as forward
+from perstack_sandbox.gateway._hosts import RequestResponder, forwardable
+from perstack_sandbox.gateway._results import question_for, text_result
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
     from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+    from mcp.server.session import ServerSession
 
-    from orchestrator.gateway._core import Gateway, Prompter
-    from orchestrator.gateway._hosts import Responder
-    from orchestrator.plan import InteractiveTool
+    from perstack_sandbox.gateway._core import Gateway, Prompter
+    from perstack_sandbox.gateway._hosts import Responder
+    from perstack_sandbox.plan import InteractiveTool
 
 ResultT = TypeVar("ResultT")
 
+LOGGER_NAME: Final = "perstack-sandbox"
 ANSWER_KEY: Final = "answer"
 ANSWER_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -50,8 +56,13 @@ _LIST_CHANGED: Final = ("tools", "prompts", "resources")
 
 
 def make_server(gateway: Gateway, *, name: str = "perstack-sandbox") -> Server[Any]:
-    """Build the low-level MCP server whose handlers forward to `gateway`."""
+    """Build the low-level MCP server whose handlers forward to `gateway`.
+
+    When the gateway shuts down (its sandbox was taken down), every client that has sent a
+    request gets the reason as an `error` log message.
+    """
     handlers = _Handlers(gateway)
+    gateway.stop_listeners.append(functools.partial(_tell_clients, handlers.sessions))
     server: Server[Any] = Server(
         name,
         version="0.1.0",
@@ -90,6 +101,16 @@ def _as_mcp_errors() -> Iterator[None]:
         raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from exc
 
 
+async def _tell_clients(sessions: dict[int, ServerSession], reason: str) -> None:
+    """Send `reason` as an error log message to every known client (best effort)."""
+    for session in list(sessions.values()):
+        with (
+            warnings.catch_warnings(action="ignore", category=MCPDeprecationWarning),
+            contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError),
+        ):
+            await session.send_log_message("error", reason, logger=LOGGER_NAME)
+
+
 def _is_modern(ctx: ServerRequestContext[Any, Any]) -> bool:
     return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
@@ -106,6 +127,10 @@ class _Handlers:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._listen = ListenHandler(gateway.hosts.bus)
+        # The latest session of each client connection (keyed by the connection's own
+        # initialize params, which every request of that connection shares): told when the
+        # run is taken down.
+        self.sessions: dict[int, ServerSession] = {}
 
     async def middleware(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
@@ -114,6 +139,7 @@ class _Handlers:
         if ctx.method == "initialize":
             return _with_gateway_capabilities(await call_next(ctx))
         self.gateway.hosts.note_client(ctx)
+        self.sessions[id(ctx.session.client_params)] = ctx.session
         params = ctx.params
         if ctx.method == "tools/call" and params is not None and params.get("task") is not None:
             tool = str(params.get("name"))

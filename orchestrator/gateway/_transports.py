@@ -17,17 +17,17 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 
-from orchestrator.errors import GatewayError, UsageError
-from orchestrator.gateway._plain_json import PlainJsonResponses
-from orchestrator.gateway._server import make_server
-from orchestrator.http_guard import BearerOriginGuard, loopback_origins
-from orchestrator.skills import first_of
+from perstack_sandbox.errors import GatewayError, UsageError
+from perstack_sandbox.gateway._guard import BearerOriginGuard, loopback_origins
+from perstack_sandbox.gateway._plain_json import PlainJsonResponses
+from perstack_sandbox.gateway._server import make_server
+from perstack_sandbox.skills import first_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from orchestrator.gateway._core import Gateway, Prompter
-    from orchestrator.http_guard import ASGIApp
+    from perstack_sandbox.gateway._core import Gateway, Prompter
+    from perstack_sandbox.gateway._guard import ASGIApp
 
 
 MAX_PORT: Final = 65535
@@ -97,29 +97,34 @@ class _StdinLines:
 
 
 def parse_listen(address: str) -> tuple[str, int]:
-    """Parse `--http HOST:PORT`; the host must be loopback (127.0.0.1 or localhost).
+    """Parse `--http PORT` (or `127.0.0.1:PORT`, `localhost:PORT`): always loopback.
 
     Raises:
         UsageError: malformed, or not a loopback host.
 
     """
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= MAX_PORT:
-        raise UsageError(f"--http wants HOST:PORT, got {address!r}")
+    if not sep:
+        host = "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= MAX_PORT:
+        raise UsageError(f"--http wants a PORT (served on 127.0.0.1:PORT), got {address!r}")
     if host not in ("127.0.0.1", "localhost"):
-        raise UsageError(f"--http must bind 127.0.0.1 (loopback only), got {host!r}")
+        raise UsageError(f"--http serves on 127.0.0.1 only (loopback), got host {host!r}")
     return "127.0.0.1", int(port_text)
 
 
-async def serve_http(
+async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
     gateway: Gateway,
     *,
     port: int,
     token: str,
     on_ready: Callable[[str], None] | None = None,
     stop: anyio.Event | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
+
+    `sock`, when given, is a socket `bind_loopback` already bound (and `port` is ignored).
 
     `on_ready(url)` is called once the socket listens. Setting `stop`, or cancelling the caller
     (SIGINT, SIGTERM), stops it gracefully: uvicorn is asked to exit, not cancelled mid-request.
@@ -128,7 +133,7 @@ async def serve_http(
         GatewayError: the port cannot be bound.
 
     """
-    sock = _listening_socket(port)
+    sock = sock if sock is not None else bind_loopback(port)
     actual = sock.getsockname()[1]
     # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
     # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
@@ -177,7 +182,15 @@ class _SignalFreeServer(uvicorn.Server):
         yield
 
 
-def _listening_socket(port: int) -> socket.socket:
+def bind_loopback(port: int) -> socket.socket:
+    """Bind and listen on 127.0.0.1:`port` (0: any free port) and return the socket.
+
+    `run --http` calls this before the sandbox starts, so a port in use is an error at once.
+
+    Raises:
+        GatewayError: the port cannot be bound.
+
+    """
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose protocol says
     # TCP. Without it, Nagle's algorithm holds each response's last segment until the client's
     # delayed ACK (40 ms) on a reused connection.

@@ -28,17 +28,17 @@ _remote.py   RemoteSkillSession: mcpSseSkill over SSE or streamable HTTP through
 
 from __future__ import annotations
 
-from orchestrator.skills._client import (
+from perstack_sandbox.skills._client import (
     NoBridge,
     SkillAnswer,
     SkillBridge,
     SkillCatalog,
     SkillRequest,
 )
-from orchestrator.skills._process import ProcessFactory, SkillProcess, first_of, local_process
-from orchestrator.skills._remote import RemoteSkillSession
-from orchestrator.skills._session import SkillSession
-from orchestrator.skills._spec import SkillSpec, filter_tools
+from perstack_sandbox.skills._process import ProcessFactory, SkillProcess, first_of, local_process
+from perstack_sandbox.skills._remote import RemoteSkillSession
+from perstack_sandbox.skills._session import SkillSession
+from perstack_sandbox.skills._spec import SkillSpec, filter_tools
 
 __all__ = [
     "NoBridge",

@@ -21,7 +21,7 @@ from mcp import ClientSession
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
-from orchestrator.errors import SkillError
+from perstack_sandbox.errors import SkillError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
@@ -12,7 +11,7 @@ import anyio.abc
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
-from orchestrator.errors import SkillError
+from perstack_sandbox.errors import SkillError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 
-logger = logging.getLogger(__name__)
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024  # one JSON-RPC message; beyond this the skill is broken
 
 
@@ -97,8 +95,13 @@ async def local_process(
             await process.aclose()
 
 
-async def read_lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[bytes]:
-    """Yield complete lines (without the newline); a trailing partial line is yielded at EOF."""
+async def read_lines(
+    stream: anyio.abc.ByteReceiveStream, *, warn: Callable[[str], None]
+) -> AsyncIterator[bytes]:
+    """Yield complete lines (without the newline); a trailing partial line is yielded at EOF.
+
+    A line longer than `MAX_LINE_BYTES` is dropped, and `warn` is told.
+    """
     buffer = bytearray()
     with contextlib.suppress(
         anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError
@@ -110,7 +113,7 @@ async def read_lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[bytes
                 yield bytes(buffer[:end])
                 del buffer[: end + 1]
             if len(buffer) > MAX_LINE_BYTES:
-                logger.warning("dropping an over-long line (%d bytes)", len(buffer))
+                warn(f"dropping an over-long line ({len(buffer)} bytes)")
                 buffer.clear()
     if buffer:
         yield bytes(buffer)
@@ -121,16 +124,17 @@ async def pump_stdout(
     stream: anyio.abc.ByteReceiveStream,
     sink: MemoryObjectSendStream[SessionMessage | Exception],
     exited: anyio.Event,
+    warn: Callable[[str], None],
 ) -> None:
     try:
         async with sink:
-            async for line in read_lines(stream):
+            async for line in read_lines(stream, warn=warn):
                 if not line.strip():
                     continue
                 try:
                     message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
                 except ValueError:
-                    logger.warning("skill %r wrote a non-JSON-RPC line to stdout; ignored", skill)
+                    warn(f"skill {skill!r} wrote a non-JSON-RPC line to stdout; ignored")
                     continue
                 await sink.send(SessionMessage(message))
     except (anyio.ClosedResourceError, anyio.BrokenResourceError):

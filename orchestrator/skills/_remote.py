@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import ssl
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -13,19 +12,18 @@ import httpx2
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from orchestrator.errors import SkillError
-from orchestrator.skills._session import SkillSession, failure_reason
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.skills._session import SkillSession, failure_reason
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import anyio.abc
 
-    from orchestrator.skills._process import SkillProcess
-    from orchestrator.skills._spec import SkillSpec
-
-
-logger = logging.getLogger(__name__)
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.skills._process import SkillProcess
+    from perstack_sandbox.skills._spec import SkillSpec
 
 
 class RemoteSkillSession(SkillSession):
@@ -35,13 +33,20 @@ class RemoteSkillSession(SkillSession):
     the other one, so servers that speak streamable HTTP are accepted too.
     """
 
-    def __init__(self, spec: SkillSpec, endpoint: str, *, proxy_url: str | None) -> None:
+    def __init__(
+        self,
+        spec: SkillSpec,
+        endpoint: str,
+        *,
+        proxy_url: str | None,
+        audit: AuditSink = NULL_SINK,
+    ) -> None:
         """Prepare the session; every byte goes through `proxy_url` (an HTTP CONNECT proxy).
 
         `proxy_url=None` (a direct connection) exists for tests against loopback servers; a run
         always passes the sandbox's proxy.
         """
-        super().__init__(spec, _no_process)
+        super().__init__(spec, _no_process, audit=audit)
         self.endpoint = endpoint
         self._proxy_url = proxy_url
 
@@ -54,12 +59,13 @@ class RemoteSkillSession(SkillSession):
             except Exception:
                 if self._handshaken:
                     raise
-                logger.info("skill %r: %s transport failed; trying %s", self.name, *kinds)
-                await self._serve_over(kinds[1], task_status)
+                failed, retry = kinds
+                self.audit.info(f"skill {self.name!r}: {failed} transport failed; trying {retry}")
+                await self._serve_over(retry, task_status)
         except Exception as exc:
             if not self._handshaken:
                 raise
-            logger.warning("remote skill %r failed: %s", self.name, failure_reason(exc))
+            self.audit.warning(f"remote skill {self.name!r} failed: {failure_reason(exc)}")
         finally:
             self._client = None
             self._stopped.set()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -13,16 +12,17 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import BaseModel, ValidationError
 
-from orchestrator._text import printable
-from orchestrator.errors import SkillError
-from orchestrator.skills._client import NoBridge, connect_client, list_all
-from orchestrator.skills._process import (
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.skills._client import NoBridge, connect_client, list_all
+from perstack_sandbox.skills._process import (
     first_of,
     pump_stdin,
     pump_stdout,
     read_lines,
     wait_or_kill,
 )
+from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -30,13 +30,11 @@ if TYPE_CHECKING:
     from mcp.shared._stream_protocols import ReadStream, WriteStream
     from mcp.shared.dispatcher import ProgressFnT
 
-    from orchestrator.skills._client import SkillBridge, SkillClient
-    from orchestrator.skills._process import ProcessFactory, SkillProcess
-    from orchestrator.skills._spec import SkillSpec
+    from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.skills._client import SkillBridge, SkillClient
+    from perstack_sandbox.skills._process import ProcessFactory, SkillProcess
+    from perstack_sandbox.skills._spec import SkillSpec
 
-
-logger = logging.getLogger(__name__)
-stderr_logger = logging.getLogger("orchestrator.skills.stderr")
 
 STARTUP_TIMEOUT_S: Final = 60.0  # first start of a Node/Python server on 2 busy cores
 SHUTDOWN_GRACE_S: Final = 2.0  # MCP spec shutdown: close stdin, wait this long, then kill
@@ -68,12 +66,12 @@ class SkillSession:
         spec: SkillSpec,
         factory: ProcessFactory,
         *,
-        on_stderr: Callable[[str, str], None] | None = None,
+        audit: AuditSink = NULL_SINK,
     ) -> None:
-        """Prepare (not start) the session; `on_stderr(skill, line)` receives stderr lines."""
+        """Prepare (not start) the session; stderr lines and deaths go to the run's `audit`."""
         self.spec = spec
         self._factory = factory
-        self._on_stderr = on_stderr or _log_stderr
+        self.audit = audit
         self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._client: SkillClient | None = None
         self._bridge: SkillBridge = NoBridge()
@@ -312,7 +310,7 @@ class SkillSession:
         if not self._stop.is_set():
             self._failures += 1
             self._death = self._describe(outcome)
-            logger.warning("%s", self._death)
+            self.audit.warning(self._death)
 
     async def _run_session(
         self,
@@ -323,7 +321,9 @@ class SkillSession:
         inbound_send, inbound = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         outbound, outbound_receive = anyio.create_memory_object_stream[SessionMessage](0)
         exited, stderr_done = anyio.Event(), anyio.Event()
-        pumps.start_soon(pump_stdout, self.name, process.stdout, inbound_send, exited)
+        pumps.start_soon(
+            pump_stdout, self.name, process.stdout, inbound_send, exited, self.audit.warning
+        )
         pumps.start_soon(pump_stdin, outbound_receive, process.stdin)
         pumps.start_soon(self._pump_stderr, process.stderr, stderr_done)
         try:
@@ -363,10 +363,10 @@ class SkillSession:
 
     async def _pump_stderr(self, stream: anyio.abc.ByteReceiveStream, done: anyio.Event) -> None:
         try:
-            async for line in read_lines(stream):
+            async for line in read_lines(stream, warn=self.audit.warning):
                 text = printable(line.decode("utf-8", "replace").rstrip())
                 self._tail.append(text)
-                self._on_stderr(self.name, text)
+                self.audit.skill_stderr(self.name, text)
         finally:
             done.set()
 
@@ -379,10 +379,6 @@ class SkillSession:
 def _describe_request(request: types.ClientRequest) -> str:
     name = getattr(request.params, "name", None) or getattr(request.params, "uri", None)
     return f"{request.method} {name!r}" if name else request.method
-
-
-def _log_stderr(skill: str, line: str) -> None:
-    stderr_logger.info("[%s] %s", skill, line)
 
 
 def failure_reason(exc: BaseException) -> str:

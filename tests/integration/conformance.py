@@ -103,9 +103,9 @@ def npm_dir() -> Path:
 def everything_version() -> str:
     """Return the everything server's version inside the example image (built when missing)."""
     sys.path.insert(0, str(ROOT))
-    from orchestrator import images  # noqa: PLC0415 - after the path tweak when run as a script
-    from orchestrator.config import load_config  # noqa: PLC0415
-    from orchestrator.plan import plan  # noqa: PLC0415
+    from perstack_sandbox import images  # noqa: PLC0415 - after the path tweak when run as a script
+    from perstack_sandbox.config import load_config  # noqa: PLC0415
+    from perstack_sandbox.plan import plan  # noqa: PLC0415
 
     config, _ = load_config(EXAMPLE)
     image = images.ensure_expert_image(plan(config, "demo"), progress=lambda _line: None)
@@ -158,7 +158,7 @@ async def _wait_for_port(port: int) -> None:
 async def gateway(transport: str):
     """Start `perstack-sandbox run` of the example Expert, over `transport`."""
     env = {**os.environ, "PERSTACK_SANDBOX_TOKEN": TOKEN}
-    run = [sys.executable, "-m", "orchestrator", "run", "demo", "-c", str(EXAMPLE)]
+    run = [sys.executable, "-m", "perstack_sandbox", "run", "demo", "-c", str(EXAMPLE)]
     if transport == "stdio":
         yield Target("stdio", command=run, env=env)
         return

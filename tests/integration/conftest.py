@@ -15,13 +15,13 @@ import docker
 import pytest
 from engine_support import make_plan
 
-from orchestrator import images, state
+from perstack_sandbox import engine, images, state
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from orchestrator.plan import SandboxPlan
+    from perstack_sandbox.plan import SandboxPlan
 
 BUILD_DEADLINE_NOTE = "the first run builds images (minutes); later runs reuse them"
 
@@ -81,4 +81,4 @@ def empty_expert_image(
     """Return the per-expert image of a plan without packages (built once, then cached)."""
     del base_images
     plan = make_plan(tmp_path_factory.mktemp("empty-expert"))
-    return images.ensure_expert_image(plan, progress=lambda _line: None)
+    return engine.ensure_expert_image(plan, progress=lambda _line: None)

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from orchestrator.plan import Limits, Mount, SandboxPlan
+from perstack_sandbox.plan import Limits, Mount, SandboxPlan
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import docker
 
-    from orchestrator.engine import Sandbox
+    from perstack_sandbox.engine import Sandbox
 
 EXEC_DEADLINE_S = 60  # one probe inside a sandbox on a busy 2-core host
 RUN_LABEL = "perstack-sandbox.run"

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import docker
 import pytest
 
-from orchestrator import images
-from orchestrator.config import load_config
-from orchestrator.launch import LaunchOptions, open_expert
-from orchestrator.plan import plan
+from perstack_sandbox import engine
+from perstack_sandbox.config import load_config
+from perstack_sandbox.launch import LaunchOptions, open_expert
+from perstack_sandbox.plan import plan
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -67,7 +67,7 @@ def registry_host() -> str:
 def ensure_image(config_path: Path, expert: str) -> str:
     """Build (or reuse) the per-expert image once per test session."""
     config, _ = load_config(config_path)
-    return images.ensure_expert_image(plan(config, expert), progress=quiet)
+    return engine.ensure_expert_image(plan(config, expert), progress=quiet)
 
 
 def write_expert(folder: Path, toml: str) -> Path:
@@ -120,7 +120,7 @@ async def started(config_path: Path, expert: str, **options: object):
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `perstack-sandbox ARGS` in a subprocess and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
+        [sys.executable, "-m", "perstack_sandbox", *args],
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,
@@ -131,9 +131,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def labelled_containers(expert: str) -> list[object]:
-    """Return every container (running or not) labelled with this expert key."""
+    """Return every container (running or not) labelled with this expert key.
+
+    docker-py lists, then inspects each container: one removed in between (a teardown, `down`)
+    is skipped rather than failing the listing.
+    """
     client = docker.from_env()
-    return client.containers.list(all=True, filters={"label": f"{LABEL_EXPERT}={expert}"})
+    return client.containers.list(
+        all=True, filters={"label": f"{LABEL_EXPERT}={expert}"}, ignore_removed=True
+    )
 
 
 def text_of(result: object) -> str:

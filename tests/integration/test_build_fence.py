@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from orchestrator import _containers, _fence, _recipe, _registries, images, state
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import PackageSpec
+from perstack_sandbox import images, state
+from perstack_sandbox.audit import summarise as summarise_audit
+from perstack_sandbox.engine import _containers, _fence
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.images import _recipe, _registries
+from perstack_sandbox.plan import PackageSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -168,7 +171,7 @@ def hostile_context(folder: Path, base: str, targets: dict[str, object]) -> Path
     (context / "Dockerfile").write_text("\n".join(recipe) + "\n")
     for tarball in (hostile, victim):
         shutil.copy2(tarball, context / tarball.name)
-    shutil.copy2(images.IMAGES_DIR / "expert-finalize.py", context / "finalize.py")
+    images.copy_recipe("expert-finalize.py", context / "finalize.py")
     manifest = [package.model_dump(mode="json") for package in packages]
     (context / "manifest.json").write_text(json.dumps(manifest))
     return context
@@ -240,6 +243,10 @@ def test_a_hostile_install_script_reaches_no_host_listener_and_no_metadata(
     refused = {d.get("rawHost") for d in decisions if d.get("decision") == "deny"}
     assert {METADATA_IP, HOST_NAME} <= refused
     assert set(addresses) <= refused
+    summary = summarise_audit(audit.parent.name)  # what `audit build-...` shows
+    assert (summary.kind, summary.expert, summary.status) == ("build", "hostile", "finished")
+    assert summary.allowlist == {"build": [_registries.https_host(registry)]}
+    assert any(METADATA_IP in host.host and host.refused for host in summary.hosts)
 
 
 def test_a_failed_fenced_build_names_what_its_proxy_refused_and_leaves_nothing(
@@ -268,3 +275,45 @@ def test_a_failed_fenced_build_names_what_its_proxy_refused_and_leaves_nothing(
     flt = {"label": f"perstack-sandbox.run={build_ids[0]}"}
     assert docker_api.containers(all=True, filters=flt) == []
     assert docker_api.networks(filters=flt) == []
+
+
+def test_an_install_scripts_escape_sequences_reach_progress_and_error_defused(
+    tmp_path: Path, base_images: tuple[str, str]
+) -> None:
+    """A failing install script's bidi override and escapes arrive escaped, never raw.
+
+    npm prints a failed script's output (it shows ESC and BEL as `^[` and `^G` itself, but
+    passes U+202E through), and the engine wraps it in colour codes: it reaches the progress
+    lines and the ImageBuildError with no raw control or bidi character. Fails when: build
+    output is not passed through `printable` (checked by hand with `_build.printable` a no-op:
+    U+202E reached both raw).
+    """
+    base, _ = base_images
+    registry = _registries.npm_registry()
+    script = "process.stdout.write('\\x1b]0;PWNED\\x07\\x1b[2J\\u202eexe.txt\\n'); process.exit(3)"
+    hostile = local_package(tmp_path, HOSTILE, {"probe.js": script}, install="node probe.js")
+    spec = f"file:/tmp/{hostile.name}"
+    package = PackageSpec(manager="npm", name=HOSTILE, version_spec=spec, slug="hostile")
+    recipe = images.expert_dockerfile(base, [package]).splitlines()
+    first_install = next(i for i, line in enumerate(recipe) if "npm install" in line)
+    recipe.insert(first_install, f"COPY {hostile.name} /tmp/")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("\n".join(recipe) + "\n")
+    shutil.copy2(hostile, context / hostile.name)
+    lines: list[str] = []
+    with pytest.raises(ImageBuildError) as failed:
+        _fence.build_fenced(
+            context,
+            tag=f"perstack-itest/escapes:{state.new_run_id()}",
+            expert="escapes",
+            hosts=[_registries.https_host(registry)],
+            buildargs={"NPM_REGISTRY": registry},
+            progress=lines.append,
+        )
+    message = str(failed.value)
+    shown = "\n".join([*lines, message])
+    assert "npm error command sh -c node probe.js" in lines  # the engine's red is dropped
+    assert "\\u202eexe.txt" in message
+    assert "\\u202eexe.txt" in shown[: -len(message)]
+    assert not [char for char in shown if char in "\x1b\x07\u202e"]

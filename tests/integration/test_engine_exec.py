@@ -8,8 +8,8 @@ import anyio
 import pytest
 from engine_support import EXEC_DEADLINE_S, drain, run_in
 
-from orchestrator import state
-from orchestrator.engine import SKILL_UID_COUNT, Sandbox, open_sandbox
+from perstack_sandbox import state
+from perstack_sandbox.engine import SKILL_UID_COUNT, Sandbox, open_sandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from engine_support import run_in
 
-from orchestrator import state
-from orchestrator.engine import open_sandbox
-from orchestrator.plan import DEFAULT_CPUS, DEFAULT_MEMORY_BYTES, DEFAULT_PIDS, Limits
+from perstack_sandbox import state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.images import recipe
+from perstack_sandbox.plan import DEFAULT_CPUS, DEFAULT_MEMORY_BYTES, DEFAULT_PIDS, Limits
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 
@@ -147,3 +150,18 @@ async def test_the_container_config_carries_every_hardening_flag(
         assert container["Config"]["Labels"]["perstack-sandbox.owner-pid"].isdigit()
     assert all(m["Type"] == "bind" for m in sandbox["Mounts"])
     assert proxy["Mounts"] == []
+
+
+async def test_the_sandbox_runs_on_runc_under_our_seccomp_profile_and_the_proxy_under_the_default(
+    plan_factory, empty_expert_image, docker_api
+):
+    """The sandbox carries images/seccomp.json (the text, on runc); the proxy, Docker's own."""
+    plan = plan_factory()
+    run = state.create_run(plan.expert)
+    async with open_sandbox(plan, image=empty_expert_image, run=run) as sb:
+        sandbox = docker_api.inspect_container(sb.container_id)["HostConfig"]
+        proxy = docker_api.inspect_container(sb.proxy_container_id)["HostConfig"]
+    profiles = [o.removeprefix("seccomp=") for o in sandbox["SecurityOpt"] if "seccomp=" in o]
+    assert [json.loads(text) for text in profiles] == [json.loads(recipe("seccomp.json"))]
+    assert sandbox["Runtime"] == proxy["Runtime"] == "runc"
+    assert not any(option.startswith("seccomp=") for option in proxy["SecurityOpt"])

@@ -8,8 +8,8 @@ import anyio
 import pytest
 from engine_support import run_in
 
-from orchestrator import images, state
-from orchestrator.engine import open_sandbox
+from perstack_sandbox import images, state
+from perstack_sandbox.engine import open_sandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 

@@ -16,10 +16,10 @@ import anyio
 import pytest
 from engine_support import objects_of_run, run_in
 
-from orchestrator import engine, images, state
-from orchestrator.engine import open_sandbox
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import (
+from perstack_sandbox import engine, images, state
+from perstack_sandbox.engine import open_sandbox
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.plan import (
     WORKSPACE_DIR,
     PackageSpec,
     SandboxPlan,
@@ -33,9 +33,9 @@ CHILD_DEADLINE_S = 120  # a child interpreter imports docker, starts a sandbox, 
 # A stand-in orchestrator: start a sandbox, report its run id, then wait to be signalled.
 HOLDER = r"""
 import sys, anyio
-from orchestrator import state
-from orchestrator.engine import cancel_on_signals, open_sandbox
-from orchestrator.plan import SandboxPlan
+from perstack_sandbox import state
+from perstack_sandbox.engine import cancel_on_signals, open_sandbox
+from perstack_sandbox.plan import SandboxPlan
 
 async def main():
     plan = SandboxPlan(expert="holder", config_dir=sys.argv[2], skills=())
@@ -180,9 +180,9 @@ def example_plan(expert_dir) -> SandboxPlan:
 def test_an_unchanged_expert_reuses_its_image_without_building(tmp_path):
     """The second ensure_expert_image of the same plan builds nothing and returns the same tag."""
     plan = example_plan(tmp_path / "expert")
-    first = images.ensure_expert_image(plan, progress=lambda _line: None)
+    first = engine.ensure_expert_image(plan, progress=lambda _line: None)
     steps: list[str] = []
-    second = images.ensure_expert_image(plan, progress=steps.append)
+    second = engine.ensure_expert_image(plan, progress=steps.append)
     assert second == first
     assert steps == []
     package = plan.skills[0].package
@@ -197,7 +197,7 @@ def test_an_unchanged_expert_reuses_its_image_without_building(tmp_path):
 @pytest.mark.usefixtures("base_images")
 def test_resolved_versions_are_recorded_in_the_image_label(tmp_path):
     """Each package's installed version and entry point are in the image's label."""
-    name = images.ensure_expert_image(example_plan(tmp_path / "expert"), progress=lambda _l: None)
+    name = engine.ensure_expert_image(example_plan(tmp_path / "expert"), progress=lambda _l: None)
     recorded = {p["name"]: p for p in images.resolved_packages(name)}
     assert set(recorded) == {"@modelcontextprotocol/server-everything", "mcp-server-time"}
     for package in recorded.values():
@@ -216,7 +216,7 @@ async def test_preinstalled_packages_start_offline_from_their_launch_argv(tmp_pa
     """Both example servers answer initialize in a sandbox that has no route to any registry."""
     plan = example_plan(tmp_path / "expert")
     image = await anyio.to_thread.run_sync(
-        lambda: images.ensure_expert_image(plan, progress=lambda _l: None)
+        lambda: engine.ensure_expert_image(plan, progress=lambda _l: None)
     )
     async with open_sandbox(plan, image=image, run=state.create_run("offline")) as sb:
         for index, launch in enumerate(plan.skills):
@@ -252,7 +252,7 @@ def test_a_failed_build_reports_the_failing_step_and_its_output(tmp_path):
         ),
     )
     with pytest.raises(ImageBuildError) as failed:
-        images.ensure_expert_image(plan, progress=lambda _line: None)
+        engine.ensure_expert_image(plan, progress=lambda _line: None)
     message = str(failed.value)
     assert "npm install" in message
     assert missing in message

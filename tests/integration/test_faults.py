@@ -35,7 +35,7 @@ from skills_support import (
     write_expert,
 )
 
-from orchestrator import state
+from perstack_sandbox import state
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -233,7 +233,7 @@ def cli_in_background(
 ) -> Iterator[subprocess.Popen[str]]:
     """Start `perstack-sandbox ARGS` as a child process; kill it on exit if still running."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
+        [sys.executable, "-m", "perstack_sandbox", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -380,4 +380,21 @@ async def test_a_killed_runs_audit_trail_is_still_readable(tmp_path: Path) -> No
     registry = {h["host"]: h for h in summary["hosts"]}[registry_host()]
     assert registry["reasons"] == {"client-hello-eof": 1}  # the probe sent no ClientHello
     assert run_cli("gc").returncode == 0
+    assert objects_of(expert) == []
+
+
+async def test_ctrl_c_during_a_call_exits_130_and_leaves_nothing(tmp_path: Path) -> None:
+    """SIGINT to `call` mid-call: exit 130 (as `build` does), one line, the sandbox removed.
+
+    Before issue 12 `call` exited 1 here and `build` 130; seen failing (exit 1) with
+    `open_expert` raising RunError instead of RunInterruptedError.
+    """
+    config, expert = sleepy_expert(tmp_path)
+    with cli_in_background("call", expert, *SLEEPY_CALL, "-c", str(config)) as process:
+        await wait_for_call(process, expert)
+        process.send_signal(signal.SIGINT)
+        code, stderr = await finish(process)
+    assert code == 130, stderr
+    assert "error: interrupted by a signal; run " in stderr
+    assert "Traceback" not in stderr
     assert objects_of(expert) == []

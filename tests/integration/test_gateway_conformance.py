@@ -121,7 +121,7 @@ def test_the_inspector_cli_lists_and_reads_the_same_through_the_gateway(everythi
         timeout=600,
     )
     direct = ["node", str(everything / "node_modules" / conformance.EVERYTHING / "dist/index.js")]
-    through = [sys.executable, "-m", "orchestrator", "run", "demo", "-c", str(EXAMPLE_CONFIG)]
+    through = [sys.executable, "-m", "perstack_sandbox", "run", "demo", "-c", str(EXAMPLE_CONFIG)]
     uri = "demo://resource/static/document/features.md"
     seen = {}
     for name, server in (("direct", direct), ("gateway", through)):

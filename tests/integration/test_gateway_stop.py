@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from skills_support import EXAMPLE_CONFIG, ROOT, ensure_image, require_engine
 
-from orchestrator import state
+from perstack_sandbox import state
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 TOKEN = "stop-test-token-0123456789"  # noqa: S105 - a test-only token
@@ -37,7 +37,7 @@ def example_image():
 
 
 def _run(*extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "orchestrator", "run", "demo", "-c", str(EXAMPLE_CONFIG)]
+    command = [sys.executable, "-m", "perstack_sandbox", "run", "demo", "-c", str(EXAMPLE_CONFIG)]
     return subprocess.Popen(
         [*command, *extra],
         stdin=subprocess.PIPE,

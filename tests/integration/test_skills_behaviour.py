@@ -17,7 +17,7 @@ from skills_support import (
     write_expert,
 )
 
-from orchestrator.errors import SkillError
+from perstack_sandbox.errors import SkillError
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -52,6 +52,21 @@ async def test_pick_omit_and_lazy_init_in_a_real_sandbox(tmp_path):
             assert names == ["add", "echo", "env_names", "whoami"]
             assert gateway.skills["beta"].is_running
             assert text_of(await gateway.call_tool("add", {"a": 1, "b": 2})) == "3.0"
+
+
+async def test_a_local_skill_started_as_python_runs_python_3(tmp_path):
+    """`command = "python"` (Perstack's own example) starts a Python 3 skill in the sandbox.
+
+    Fails when: the base image has no `python` (seen before issue 12: `exec: python: not found`).
+    """
+    expert = unique("python")
+    skill = stdlib_skill("snake").replace('command = "python3"', 'command = "python"')
+    config = write_expert(tmp_path, expert_toml(expert, skill))
+    with anyio.fail_after(DEADLINE_S):
+        async with started(config, expert) as gateway:
+            names = {tool.name for tool in await gateway.list_tools()}
+            assert "echo" in names
+            assert text_of(await gateway.call_tool("echo", {"text": "hi"})) == "hi"
 
 
 def test_tool_name_collision_fails_the_start_with_both_skill_names(tmp_path):

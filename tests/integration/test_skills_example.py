@@ -47,6 +47,14 @@ def test_tools_command_lists_tools_of_both_example_skills():
     assert {"echo", "get-sum", "get_current_time", "convert_time", "fetch_status"} <= names
 
 
+def test_both_example_skills_work_under_gvisor_too():
+    """`tools --isolation gvisor`: the npx and uvx skills start and list their tools in gVisor."""
+    done = run_cli("tools", "demo", *EXAMPLE, "--json", "--isolation", "gvisor")
+    assert done.returncode == 0, done.stderr
+    names = {tool["name"] for tool in json.loads(done.stdout)}
+    assert {"echo", "get-sum", "get_current_time", "convert_time", "fetch_status"} <= names
+
+
 def test_call_command_prints_call_tool_results_of_each_skill():
     """`call` prints each skill's CallToolResult as JSON on stdout."""
     echo = run_cli("call", "demo", *EXAMPLE, "echo", "--args", '{"message": "hi there"}')
@@ -71,7 +79,7 @@ async def test_gateway_over_stdio_serves_both_skills_to_the_sdk_client():
     """The SDK's stdio client lists and calls both skills through `run`."""
     server = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "orchestrator", "run", "demo", *EXAMPLE],
+        args=["-m", "perstack_sandbox", "run", "demo", *EXAMPLE],
         env={**os.environ},
         cwd=str(ROOT),
     )
@@ -90,7 +98,7 @@ async def test_gateway_over_http_serves_both_skills_with_a_bearer_token():
     command = [
         sys.executable,
         "-m",
-        "orchestrator",
+        "perstack_sandbox",
         "run",
         "demo",
         *EXAMPLE,

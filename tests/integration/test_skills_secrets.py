@@ -20,8 +20,8 @@ from skills_support import (
     write_expert,
 )
 
-from orchestrator import state
-from orchestrator.engine import Sandbox
+from perstack_sandbox import state
+from perstack_sandbox.engine import Sandbox
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 # What every skill gets besides its own requiredEnv: the proxy/CA variables, PATH, HOME, LANG
@@ -99,6 +99,7 @@ async def test_skill_cannot_read_another_skills_secret_and_host_canaries_stay_ou
                     assert leaked not in json.dumps(container.attrs)
 
 
+@pytest.mark.usefixtures("state_home")  # its own state: `latest_run` must be this test's run
 async def test_node_fetch_goes_through_the_proxy_allowed_host_ok_unlisted_host_refused(tmp_path):
     """Node's fetch() reaches an allowlisted host via the proxy; an unlisted host is refused."""
     allowed = registry_host()

@@ -1,9 +1,10 @@
 """The attack suite's set-up: one hostile Expert started the way the product starts it.
 
-A session fixture writes a test Expert (the hostile server as two skills, `hostile` and
+A package fixture writes a test Expert (the hostile server as two skills, `hostile` and
 `decoy`, each with its own secret), plants canary variables in this process's environment,
-and starts it through `orchestrator.launch.open_expert` (real engine, real proxy, real
-gateway). Every attack then runs as code inside the `hostile` skill.
+and starts it through `perstack_sandbox.launch.open_expert` (real engine, real proxy, real
+gateway). Every attack then runs as code inside the `hostile` skill, once under each
+isolation (runc, then gVisor): the fixture is parametrised, so every test runs in both.
 
 Without an engine these tests skip, unless `CI` is set, where a missing engine fails them.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import docker
 import pytest
 from support import (
+    CLI_ENV_FILE,
     EXPERT,
     UNREACHABLE,
     Canaries,
@@ -32,8 +34,9 @@ from support import (
     write_expert,
 )
 
-from orchestrator import state
-from orchestrator.launch import LaunchOptions, open_expert
+from perstack_sandbox import state
+from perstack_sandbox.isolation import ISOLATIONS
+from perstack_sandbox.launch import LaunchOptions, open_expert
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -94,31 +97,41 @@ def security_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     environment_restored(saved)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="package", params=ISOLATIONS)
 async def hostile(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     canaries: Canaries,
     skill_secrets: dict[str, str],
     security_state: None,
 ) -> AsyncIterator[Hostile]:
-    """Start the hostile Expert once for the suite; yield it; tear it down after the suite."""
+    """Start the hostile Expert under one isolation; yield it; tear it down after its tests.
+
+    pytest groups the tests by isolation, so one sandbox runs at a time. A missing gVisor is
+    a failure (the error says how to install it), never a skip.
+    """
     del security_state
     require_engine()
+    isolation = request.param
     folder = tmp_path_factory.mktemp("hostile-expert")
-    config = write_expert(folder, registry_host())
+    config, env_canaries = write_expert(folder, registry_host())
     workspace = tmp_path_factory.mktemp("hostile-workspace")
-    workspace.chmod(0o777)  # the skills' uids write their symlinks here
+    workspace.chmod(0o755)  # an ordinary folder: skills write it through the workspace layer
     options = LaunchOptions(
         config_path=config,
         expert=EXPERT,
+        env_paths=(folder / CLI_ENV_FILE,),
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
+        isolation=isolation,
     )
     async with open_expert(options) as gateway:
         run = state.latest_run()
         assert run is not None
-        yield Hostile(gateway, run, skill_secrets, canaries, workspace, config)
+        yield Hostile(
+            gateway, run, skill_secrets, canaries, workspace, config, isolation, env_canaries
+        )
 
 
 @pytest.fixture(scope="package")

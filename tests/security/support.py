@@ -19,11 +19,12 @@ import anyio
 import docker
 
 if TYPE_CHECKING:
-    from orchestrator.gateway import Gateway
-    from orchestrator.state import RunState
+    from perstack_sandbox.gateway import Gateway
+    from perstack_sandbox.isolation import Isolation
+    from perstack_sandbox.state import RunState
 
 HERE = Path(__file__).resolve().parent
-EXPERT_FILES = ("hostile_server.py", "probes.py")
+EXPERT_FILES = ("hostile_server.py", "probes.py", "kernel_probes.py")
 EXPERT = "hostile-expert"
 LABEL_RUN = "perstack-sandbox.run"
 LABEL_ROLE = "perstack-sandbox.role"
@@ -31,6 +32,14 @@ CALL_DEADLINE_S = 120  # one snippet in a sandbox on a busy 2-core host (builds 
 # Both "no route" (ENETUNREACH) and "a next hop that never answers" (EHOSTUNREACH: the internal
 # network's gateway has no host end) fail locally; anything else means a packet got somewhere.
 UNREACHABLE = frozenset({"ENETUNREACH", "EHOSTUNREACH"})
+# Env files in the Expert's folder, world-readable as a default umask makes them: the defaults,
+# the TOML's envPath, a --env-path file, and another `.env*` file.
+ENV_FILES = (".env", ".env.local", "secrets/app.env", "cli.env", "config/.env.production")
+CLI_ENV_FILE = "cli.env"
+# Other names of env files: a hard link to `.env`, and a `.env*` link to a file of the folder.
+HARD_LINK, ENV_LINK, LINK_TARGET = "notes.txt", ".env.shared", "secrets/shared.txt"
+# Every path under /expert the run must cover with an empty file.
+HIDDEN_TARGETS = frozenset(f"/expert/{name}" for name in (*ENV_FILES, HARD_LINK, LINK_TARGET))
 
 
 def quiet(_line: str) -> None:
@@ -54,6 +63,8 @@ def registry_host() -> str:
 def expert_toml(allowed: str) -> str:
     """Return the test Expert: `hostile` and `decoy`, the same server with different secrets."""
     return f"""\
+envPath = ["secrets/app.env"]
+
 [experts."{EXPERT}"]
 instruction = "security suite: a hostile skill and a decoy that holds a secret"
 
@@ -72,17 +83,30 @@ requiredEnv = ["DECOY_SECRET"]
 """
 
 
-def write_expert(folder: Path, allowed: str) -> Path:
-    """Write the test Expert folder (readable by the skills' uids); return perstack.toml."""
+def write_expert(folder: Path, allowed: str) -> tuple[Path, dict[str, str]]:
+    """Write the test Expert folder (readable by the skills' uids); return perstack.toml.
+
+    With it come env files holding canaries, each world-readable: the map of their names (and
+    the other names of env files) to the canary each holds is returned too.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)  # pytest makes tmp folders 0700; skills run as other uids
     for name in EXPERT_FILES:
         shutil.copy2(HERE / "expert" / name, folder / name)
     config = folder / "perstack.toml"
     config.write_text(expert_toml(allowed), encoding="utf-8")
-    for file in folder.iterdir():
-        file.chmod(0o644)
-    return config
+    canaries = {}
+    for name in (*ENV_FILES, LINK_TARGET):
+        canaries[name] = f"envfile-canary-{secrets.token_hex(12)}"
+        (folder / name).parent.mkdir(mode=0o755, exist_ok=True)
+        (folder / name).write_text(f"LEAKED_VALUE={canaries[name]}\n", encoding="utf-8")
+    (folder / HARD_LINK).hardlink_to(folder / ".env")
+    (folder / ENV_LINK).symlink_to(LINK_TARGET)
+    canaries |= {HARD_LINK: canaries[".env"], ENV_LINK: canaries[LINK_TARGET]}
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return config, canaries
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,8 @@ class Hostile:
     canaries: Canaries
     workspace: Path
     run_config: Path
+    isolation: Isolation
+    env_canaries: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def python(self, code: str, *, skill: str = "hostile") -> dict[str, Any]:
@@ -142,6 +168,19 @@ class Hostile:
         answer: dict[str, int] = json.loads(result.content[0].text)  # type: ignore[union-attr]
         return answer
 
+    async def visible_pids_of(self, uid: int) -> list[int]:
+        """Return the pids of `uid`'s processes that the hostile skill sees in /proc."""
+        code = (
+            "import glob\nfound = []\n"
+            "for path in glob.glob('/proc/[0-9]*/status'):\n"
+            "    try: lines = dict(l.split(':', 1) for l in open(path) if ':' in l)\n"
+            "    except OSError: continue\n"
+            f"    if lines['Uid'].split()[0] == '{uid}': found.append(int(path.split('/')[2]))\n"
+            "emit(sorted(found))"
+        )
+        found: list[int] = await self.probe(code)
+        return found
+
     def audit_lines(self) -> list[dict[str, Any]]:
         """Return the proxy's audit of this run so far (written live by the engine)."""
         return read_jsonl(self.run.audit_path)
@@ -153,10 +192,16 @@ class Hostile:
         )
 
     def container(self, role: str) -> Any:
-        """Return the container of this run with `role` (sandbox or proxy)."""
+        """Return the container of this run with `role` (sandbox or proxy; runc: one sandbox)."""
         found = [c for c in self.containers() if c.labels.get(LABEL_ROLE) == role]
         assert len(found) == 1, found
         return found[0]
+
+    def container_of(self, skill: str) -> Any:
+        """Return the sandbox container `skill` runs in (under gVisor, each skill has its own)."""
+        suffix = {"hostile": "sandbox", "decoy": "sandbox-1"}[skill]
+        (found,) = [c for c in self.containers() if c.name.endswith(f"-{suffix}")]
+        return found
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import anyio
 import pytest
 from support import read_jsonl, registry_host
 
-from orchestrator.audit import summarise_run
+from perstack_sandbox.audit import summarise_run
 
 if TYPE_CHECKING:
     from support import Hostile
@@ -64,8 +64,8 @@ async def test_the_runs_audit_shows_the_allowed_and_the_refused_attempts(
     never appears in tools.jsonl.
 
     Fails when: the engine stops copying the proxy's audit to the run folder, or the gateway
-    stops writing tools.jsonl (checked by hand: a no-op `ToolCallWriter.emit`), or writes
-    argument values.
+    stops writing tools.jsonl (checked by hand: a no-op `ToolCallWriter.emit`, now
+    `RunFiles.tool_call`), or writes argument values.
     """
     host = registry_host()
     marker = "refused-for-the-audit.example"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import stat
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from support import EXPERT, quiet
+from support import EXPERT, HIDDEN_TARGETS, quiet
 
-from orchestrator import state
-from orchestrator.launch import LaunchOptions, open_expert
+from perstack_sandbox import state
+from perstack_sandbox.docker_edge import LABEL_ROLE
+from perstack_sandbox.launch import LaunchOptions, open_expert
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,7 +22,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 # EROFS where only the read-only mount stops the write (/var/tmp is world-writable in the
 # image); EACCES where the file's mode stops it first.
-READ_ONLY_TARGETS = {
+READ_ONLY_TARGETS_RUNC = {
     "/var/tmp/evil": "EROFS",  # noqa: S108 - a path inside the sandbox
     "/usr/local/bin/evil": "EROFS",
     "/etc/ld.so.preload": "EROFS",
@@ -30,8 +32,17 @@ READ_ONLY_TARGETS = {
     "/expert/new-file": "EROFS",
     "/expert/perstack.toml": "EACCES",
 }
+# gVisor checks the folder's permissions before the read-only mount: only the world-writable
+# /var/tmp shows EROFS (the root's read-only mount); /expert's is in the mount table test.
+READ_ONLY_TARGETS = {
+    "runc": READ_ONLY_TARGETS_RUNC,
+    "gvisor": {
+        path: "EACCES" if path != "/var/tmp/evil" else "EROFS"  # noqa: S108 - in the sandbox
+        for path in READ_ONLY_TARGETS_RUNC
+    },
+}
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
-EXPECTED_BINDS = {"/expert", "/workspace", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"}
+EXPECTED_BINDS = {"/expert", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts"}
 STATE_NAMES = ("audit.jsonl", "meta.json", "skills.log", "tools.jsonl", "policy.json", "proxy.log")
 CONFIG_NAMES = (".env", ".env.local", "perstack.toml")
 
@@ -72,16 +83,17 @@ async def test_no_unix_socket_of_the_host_exists_anywhere_in_the_sandbox(hostile
     assert await hostile.probe(code) == []
 
 
-@pytest.mark.parametrize(("path", "expected"), sorted(READ_ONLY_TARGETS.items()))
+@pytest.mark.parametrize("path", sorted(READ_ONLY_TARGETS_RUNC))
 async def test_the_root_filesystem_and_the_expert_folder_are_read_only(
-    hostile: Hostile, path: str, expected: str
+    hostile: Hostile, path: str
 ) -> None:
     """Creating or appending to files outside the scratch areas fails (EROFS, or EACCES).
 
-    Fails when: the container is started without `read_only=True` (checked by hand: every
-    EROFS case then fails: /var/tmp/evil is written, the others turn EACCES), or /expert is
-    mounted read-write.
+    Fails when: the container is started without `read_only=True` (checked by hand, runc:
+    every EROFS case then fails: /var/tmp/evil is written, the others turn EACCES), or /expert
+    is mounted read-write.
     """
+    expected = READ_ONLY_TARGETS[hostile.isolation][path]
     assert await hostile.probe(f"emit(open_outcome({path!r}, 'ab'))") == expected
 
 
@@ -106,22 +118,86 @@ async def test_a_program_written_to_scratch_space_cannot_be_executed(hostile: Ho
 async def test_only_the_expert_folder_and_the_workspace_come_from_the_host(
     hostile: Hostile,
 ) -> None:
-    """Bind mounts are /expert (read-only), /workspace and Docker's three /etc files.
+    """Only /expert (read-only), its env-file covers, the workspace and Docker's /etc files.
 
-    Fails when: any other host path is mounted into the sandbox (checked by hand: one extra
-    read-only bind mount).
+    /workspace is the workspace layer's FUSE view, never the folder itself, and there is no
+    other host path. runc: a bind mount's root is a folder of its source filesystem, and the
+    view shows as FUSE (nosuid, nodev). gVisor serves every host path (the image's root
+    included) through its file proxy, as 9p mounts: the view is one of them (its FUSE nature
+    is the host's), so the engine is asked where each sandbox container's /workspace comes from.
+
+    Fails when: any other host path is mounted into the sandbox (checked by hand, runc: one
+    extra read-only bind mount), or the workspace folder is bound directly (checked by hand).
     """
+    is_bind = (
+        "f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev'))"
+        if hostile.isolation == "runc"
+        else "kind == '9p' and f[4] != '/'"
+    )
     code = (
-        "binds = {}\n"
+        "binds, fuse = {}, {}\n"
         "for line in open('/proc/self/mountinfo'):\n"
         "    f = line.split()\n"
-        "    if f[3] != '/' and not f[4].startswith(('/proc', '/sys', '/dev')):\n"
+        "    kind = f[f.index('-') + 1]\n"
+        "    if kind.startswith('fuse'):\n"
+        "        fuse[f[4]] = [kind, *sorted(set(f[5].split(',')) & {'nosuid', 'nodev'})]\n"
+        f"    elif {is_bind}:\n"
         "        binds[f[4]] = f[5].split(',')[0]\n"
-        "emit(binds)"
+        "emit([binds, fuse])"
     )
-    binds = await hostile.probe(code)
-    assert set(binds) == EXPECTED_BINDS
-    assert binds["/expert"] == "ro"
+    binds, fuse = await hostile.probe(code)
+    if hostile.isolation == "runc":
+        assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS
+        assert fuse == {"/workspace": ["fuse.bindfs", "nodev", "nosuid"]}
+    else:
+        assert set(binds) == EXPECTED_BINDS | HIDDEN_TARGETS | {"/workspace"}
+        assert fuse == {}
+    assert {binds[target] for target in (*HIDDEN_TARGETS, "/expert")} == {"ro"}
+    sandboxes = [c for c in hostile.containers() if c.labels.get(LABEL_ROLE) == "sandbox"]
+    sources = {
+        mount["Source"]
+        for container in sandboxes
+        for mount in container.attrs["Mounts"]
+        if mount["Destination"] == "/workspace"
+    }
+    assert len(sources) == 1
+    assert sources != {str(hostile.workspace)}
+
+
+async def test_a_setuid_or_setgid_mode_never_reaches_the_host_through_the_workspace(
+    hostile: Hostile,
+) -> None:
+    """A skill's chmod u+s in /workspace fails (EPERM), and no host file gets an s bit.
+
+    The kernel already drops g+s from a skill (never in the files' group); the workspace
+    layer's seccomp filter refuses u+s, which an owner may otherwise set.
+
+    Fails when: the layer's filter lets the mode through (checked by hand: without the chmod
+    rules in images/perstack-workspace.py, the host file was setuid and the chmod succeeded).
+    """
+    code = (
+        "import os\n"
+        "open('/workspace/suid-probe', 'w').close()\n"
+        "os.mkdir('/workspace/sgid-probe')\n"
+        "tried = []\n"
+        "for path, mode in (('suid-probe', 0o4755), ('suid-probe', 0o6755),\n"
+        "                   ('suid-probe', 0o2755), ('sgid-probe', 0o2775)):\n"
+        "    try:\n"
+        "        os.chmod('/workspace/' + path, mode)\n"
+        "        tried.append('ok')\n"
+        "    except OSError as exc:\n"
+        "        tried.append(outcome_of(exc))\n"
+        "emit(tried)"
+    )
+    try:
+        tried = await hostile.probe(code)
+        modes = [(hostile.workspace / name).stat().st_mode for name in ("suid-probe", "sgid-probe")]
+    finally:
+        (hostile.workspace / "suid-probe").unlink(missing_ok=True)
+        if (hostile.workspace / "sgid-probe").exists():
+            (hostile.workspace / "sgid-probe").rmdir()
+    assert tried[:2] == ["EPERM", "EPERM"]
+    assert [mode & (stat.S_ISUID | stat.S_ISGID) for mode in modes] == [0, 0]
 
 
 async def test_a_symlink_to_a_host_path_resolves_inside_the_sandbox_only(
@@ -171,6 +247,7 @@ async def test_the_orchestrator_follows_no_symlink_the_sandbox_wrote(
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
+        isolation=hostile.isolation,
     )
     with anyio.fail_after(120):
         async with open_expert(options) as gateway:
@@ -198,8 +275,8 @@ async def test_a_workspace_that_overlaps_the_expert_folder_is_refused(
     Expert's folder (checked by hand: `check_workspace` as a no-op). The sandbox could then add
     allowedDomains and skills to its own perstack.toml, or plant `.env` links, for the next run.
     """
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.launch import prepare  # noqa: PLC0415
+    from perstack_sandbox.errors import UsageError  # noqa: PLC0415
+    from perstack_sandbox.launch import prepare  # noqa: PLC0415
 
     folder = hostile.run_config.parent
     for workspace in (folder, folder.parent, folder / "sub"):

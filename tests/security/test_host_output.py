@@ -41,11 +41,11 @@ async def test_a_dying_skills_escape_sequences_reach_the_terminal_defused(
     set the terminal's title). The Expert here has the hostile skill alone (`call` has no
     --prefix-tools); its secret comes from the suite's environment.
     """
-    config = write_expert(tmp_path / "alone", registry_host())
+    config, _ = write_expert(tmp_path / "alone", registry_host())
     toml = config.read_text(encoding="utf-8")
     config.write_text(toml[: toml.index(f'[experts."{EXPERT}".skills."decoy"]')])
     arguments = json.dumps({"code": DYING_WORDS})
-    argv = [sys.executable, "-m", "orchestrator", "call", EXPERT, "run_python"]
+    argv = [sys.executable, "-m", "perstack_sandbox", "call", EXPERT, "run_python"]
     argv += ["--args", arguments, "-c", str(config)]
     with anyio.fail_after(CLI_DEADLINE_S):
         done = await anyio.run_process(argv, check=False, cwd=ROOT)

@@ -33,22 +33,25 @@ async def test_each_skill_runs_as_its_own_unprivileged_uid(hostile: Hostile) -> 
 
 
 async def test_no_capabilities_no_new_privileges_and_seccomp_filtering(hostile: Hostile) -> None:
-    """Every capability set is empty, NoNewPrivs is 1 and seccomp is in filter mode (2).
+    """Every capability set is empty, no-new-privileges is on and seccomp is in filter mode (2).
 
-    Fails when: `cap_drop=["ALL"]` or `no-new-privileges` is removed (checked by hand:
-    CapBnd becomes Docker's default set and NoNewPrivs 0), or seccomp is unconfined (checked by
-    hand: Seccomp 0).
+    gVisor's /proc/self/status has no CapAmb and no NoNewPrivs line; prctl answers for
+    no-new-privileges in both runtimes.
+
+    Fails when: `cap_drop=["ALL"]` or `no-new-privileges` is removed (checked by hand, runc:
+    CapBnd becomes Docker's default set and NoNewPrivs 0), or seccomp is unconfined (checked
+    by hand, runc: Seccomp 0; gVisor: the launcher without `--seccomp`, Seccomp 0).
     """
     code = (
-        "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
-        f"emit({{k: status[k].strip() for k in {STATUS_FIELDS!r}}})"
+        "import ctypes\nstatus = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+        f"found = {{k: status[k].strip() for k in {STATUS_FIELDS!r} if k in status}}\n"
+        "found['prctl'] = ctypes.CDLL(None).prctl(39, 0, 0, 0, 0)  # PR_GET_NO_NEW_PRIVS\n"
+        "emit(found)"
     )
     status = await hostile.probe(code)
-    assert status == {
-        **dict.fromkeys(STATUS_FIELDS[:5], ZERO_CAPS),
-        "NoNewPrivs": "1",
-        "Seccomp": "2",
-    }
+    caps = STATUS_FIELDS[:5] if hostile.isolation == "runc" else STATUS_FIELDS[:4]
+    extra = {"NoNewPrivs": "1"} if hostile.isolation == "runc" else {}
+    assert status == {**dict.fromkeys(caps, ZERO_CAPS), **extra, "Seccomp": "2", "prctl": 1}
 
 
 async def test_setuid_binaries_never_raise_the_effective_uid(hostile: Hostile) -> None:
@@ -125,10 +128,14 @@ emit({'uid': os.getuid(), 'gid': os.getgid(), 'seen': seen})
 async def test_privileged_operations_are_refused(hostile: Hostile, attempt: str, code: str) -> None:
     """setuid(0), namespaces, raw sockets, chown and mount all fail with EPERM.
 
+    Under gVisor raw and packet sockets fail with EAFNOSUPPORT: with `--network=host` gVisor
+    has no raw sockets at all.
+
     Fails when (checked by hand): skills run as root (setuid and chown succeed); root without
     `cap_drop` and without no-new-privileges (raw and packet sockets open too); seccomp
     unconfined (a user namespace is created). Mount and a mount namespace stayed refused in
-    every one of those (default seccomp, no CAP_SYS_ADMIN).
+    every one of those (default seccomp, no CAP_SYS_ADMIN). Under gVisor, checked by hand:
+    the launcher without `--seccomp` lets gVisor's kernel create both namespaces.
     """
     wrapped = (
         "from probes import *\ntry:\n"
@@ -136,16 +143,30 @@ async def test_privileged_operations_are_refused(hostile: Hostile, attempt: str,
         + "    emit('done')\nexcept OSError as exc:\n    emit(outcome_of(exc))"
     )
     done = await hostile.python(wrapped)
-    assert done["stdout"].strip() == '"EPERM"', (attempt, done)
+    expected = "EPERM"
+    if hostile.isolation == "gvisor" and attempt in {"raw-socket", "packet-socket"}:
+        expected = "EAFNOSUPPORT"
+    assert done["stdout"].strip() == f'"{expected}"', (attempt, done)
 
 
 async def test_the_decoy_skill_cannot_be_traced_or_signalled(hostile: Hostile) -> None:
-    """ptrace(ATTACH) and kill() on the other skill's process fail with EPERM.
+    """runc: ptrace(ATTACH) and kill() on the other skill's process fail with EPERM.
 
-    Fails when: both skills run as one uid (checked by hand: `skill_uid` returning a constant
-    makes kill and ptrace succeed).
+    gVisor: each skill has its own container (its own gVisor kernel), so the hostile skill
+    does not even see a process of the decoy's uid.
+
+    Fails when: both skills run as one uid (checked by hand, runc: `skill_uid` returning a
+    constant makes kill succeed; ptrace stays EPERM since our seccomp profile refuses it to
+    everyone), or, under gVisor, the skills share one container (checked by hand:
+    `containers=1` makes the decoy's processes visible).
     """
-    pid = (await hostile.whoami("decoy"))["pid"]
+    decoy = await hostile.whoami("decoy")
+    seen = await hostile.visible_pids_of(decoy["uid"])
+    if hostile.isolation == "gvisor":
+        assert seen == []
+        return
+    assert decoy["pid"] in seen
+    pid = decoy["pid"]
     code = (
         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         f"traced = libc.ptrace(16, {pid}, None, None)\n"

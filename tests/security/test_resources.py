@@ -14,9 +14,10 @@ import docker
 import pytest
 from support import EXPERT, Hostile, quiet
 
-from orchestrator import state
-from orchestrator.launch import LaunchOptions, open_expert
-from orchestrator.plan import DEFAULT_MEMORY_BYTES, DEFAULT_PIDS
+from perstack_sandbox import state
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.launch import LaunchOptions, open_expert
+from perstack_sandbox.plan import DEFAULT_MEMORY_BYTES, DEFAULT_PIDS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -30,16 +31,17 @@ MIB = 1024**2
 FORK_CAP = DEFAULT_PIDS * 8
 HOG_CAP_MIB = DEFAULT_MEMORY_BYTES // MIB + 512
 
+# Light on purpose (no imports beyond these): under gVisor each process costs more memory, and
+# this test is about the pids limit (the memory limit has its own test).
 FORK_BOMB = f"""
-import json, os, time
-from probes import outcome_of
+import errno, json, os, time
 r, w = os.pipe()
 children, error = 0, None
 while children < {FORK_CAP}:
     try:
         pid = os.fork()
     except OSError as exc:
-        error = outcome_of(exc)
+        error = errno.errorcode.get(exc.errno, str(exc.errno))
         break
     if pid == 0:
         os.close(w)
@@ -81,13 +83,20 @@ async def second(
         workspace=workspace,
         prefix_tools=True,
         progress=quiet,
+        isolation=hostile.isolation,
     )
     async with open_expert(options) as gateway:
         run = state.latest_run()
         assert run is not None
         assert run.run_id != hostile.run.run_id
         yield Hostile(
-            gateway, run, hostile.secrets, hostile.canaries, workspace, hostile.run_config
+            gateway,
+            run,
+            hostile.secrets,
+            hostile.canaries,
+            workspace,
+            hostile.run_config,
+            hostile.isolation,
         )
 
 
@@ -107,8 +116,12 @@ async def test_a_fork_bomb_hits_the_pids_limit_while_the_host_and_others_stay_he
     While the bomb holds its processes, the host forks and the session's sandbox answers;
     afterwards the bombed sandbox answers again.
 
-    Fails when: the sandbox has no pids limit (checked by hand: `pids_limit=None` lets the
-    bomb reach its own cap of FORK_CAP children with no error).
+    Under gVisor the limit is RLIMIT_NPROC, enforced by gVisor's kernel with the same EAGAIN.
+
+    Fails when: the sandbox has no pids limit (checked by hand, runc: `pids_limit=None` lets
+    the bomb reach its own cap of FORK_CAP children with no error); under gVisor, without
+    RLIMIT_NPROC (checked by hand: the bomb exhausts the host backstop and its own sandbox
+    dies, no EAGAIN).
     """
     full = anyio.Path(second.workspace / "full")
     outcome: dict[str, object] = {}
@@ -134,17 +147,29 @@ async def test_a_fork_bomb_hits_the_pids_limit_while_the_host_and_others_stay_he
 async def test_a_memory_hog_is_stopped_at_the_memory_limit(
     hostile: Hostile, second: Hostile
 ) -> None:
-    """Allocating past the limit gets the hog killed (SIGKILL); the others stay healthy.
+    """runc: allocating past the limit gets the hog killed (SIGKILL); the others stay healthy.
 
-    Fails when: the sandbox has no memory limit (checked by hand: `mem_limit=None` lets the hog
-    allocate its whole cap of HOG_CAP_MIB and exit normally).
+    gVisor sees the limit as its total memory, but has no OOM killer of its own: the host's
+    kills the hog's whole container (its gVisor kernel), which is the hog skill's alone. The
+    call fails at once (SIGKILL, 137), the decoy of the same run (its own container) and the
+    session's sandbox still answer.
+
+    Fails when: the sandbox has no memory limit (checked by hand, runc: `mem_limit=None` lets
+    the hog allocate its whole cap of HOG_CAP_MIB and exit normally); under gVisor, when the
+    engine does not end a skill's exec once its container dies (checked by hand:
+    `end_with_container` as a no-op leaves the call hanging until the deadline).
     """
-    limit = await second.probe(
-        "emit(int(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read()))"
-    )
-    assert limit == DEFAULT_MEMORY_BYTES
-    done = await second.python(MEMORY_HOG)
-    assert done["exit"] == -9, done
-    assert done["stdout"] == ""
+    if hostile.isolation == "runc":
+        code = "emit(int(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read()))"
+        assert await second.probe(code) == DEFAULT_MEMORY_BYTES
+        done = await second.python(MEMORY_HOG)
+        assert done["exit"] == -9, done
+        assert done["stdout"] == ""
+        assert (await second.whoami("hostile"))["uid"] > 0
+    else:
+        code = "emit([l.split()[1] for l in open('/proc/meminfo') if l.startswith('MemTotal')])"
+        assert await second.probe(code) == [str(DEFAULT_MEMORY_BYTES // 1024)]
+        with anyio.fail_after(HOLD_DEADLINE_S), pytest.raises(SkillError, match="code 137"):
+            await second.python(MEMORY_HOG)
+        assert (await second.whoami("decoy"))["uid"] > 0
     assert await hostile.probe("emit('alive')") == "alive"
-    assert (await second.whoami("hostile"))["uid"] > 0

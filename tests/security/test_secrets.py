@@ -32,12 +32,23 @@ def leaks(hostile: Hostile, text: str) -> list[str]:
 async def test_the_decoys_environ_is_unreadable_and_its_cmdline_holds_no_secret(
     hostile: Hostile,
 ) -> None:
-    """/proc/<decoy>/environ gives EACCES; its cmdline is readable but carries no secret.
+    """runc: /proc/<decoy>/environ gives EACCES; its cmdline is readable but carries no secret.
 
-    Fails when: both skills share a uid (checked by hand: environ then reads DECOY_SECRET),
-    or a secret is passed on a command line.
+    gVisor: the decoy runs in a container of its own, so none of its processes is visible at
+    all (in Debian's runsc every process may read every other's environ in one sandbox).
+
+    Fails when: both skills share a uid (checked by hand, runc: environ then reads
+    DECOY_SECRET), or a secret is passed on a command line; under gVisor when the skills share
+    one container (checked by hand: `containers=1` lets the hostile skill read the decoy's
+    environ, secret included, although the uids differ).
     """
-    pid = (await hostile.whoami("decoy"))["pid"]
+    decoy = await hostile.whoami("decoy")
+    seen = await hostile.visible_pids_of(decoy["uid"])
+    if hostile.isolation == "gvisor":
+        assert seen == []
+        return
+    pid = decoy["pid"]
+    assert pid in seen
     code = (
         f"emit([open_outcome('/proc/{pid}/environ'), open('/proc/{pid}/cmdline').read(),"
         f" open_outcome('/proc/{pid}/mem')])"
@@ -70,7 +81,8 @@ async def test_no_readable_process_environment_or_command_line_holds_a_canary(
     """Every /proc/*/environ and cmdline the skill can read is free of canaries and secrets.
 
     Fails when: a canary or the decoy's secret is set on the container (checked by hand:
-    every process then holds it) or on a command line.
+    every process then holds it) or on a command line; under gVisor, when both skills share
+    one container (checked by hand: `containers=1`, the decoy's secret is read).
     """
     code = (
         "import glob\nseen = {}\n"
@@ -93,9 +105,14 @@ async def test_no_file_in_the_sandbox_holds_a_canary_or_the_decoys_secret(
     """A walk of every readable file (outside /proc, /sys, /dev) finds no canary or secret.
 
     Fails when: a secret is written to a file the sandbox can read (e.g. an env file mounted
-    or copied into /expert or the workspace).
+    or copied into /expert or the workspace; checked by hand: without the covers of the env
+    files, their canaries are found under /expert).
     """
-    needles = [*hostile.canaries.values.values(), hostile.secrets["DECOY_SECRET"]]
+    needles = [
+        *hostile.canaries.values.values(),
+        hostile.secrets["DECOY_SECRET"],
+        *hostile.env_canaries.values(),
+    ]
     code = (
         f"import os\nneedles = [n.encode() for n in {needles!r}]\nhits, scanned = [], 0\n"
         "for root, dirs, files in os.walk('/'):\n"
@@ -118,14 +135,15 @@ async def test_no_file_in_the_sandbox_holds_a_canary_or_the_decoys_secret(
 async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
     hostile: Hostile,
 ) -> None:
-    """Containers (env, labels, cmd), their images, execs and networks hold no canary or secret.
+    """No container (the workspace layer's too), image, exec or network holds a canary or secret.
 
     Fails when: a secret is set on the container rather than per exec (checked by hand:
     `environment=` with a canary on the sandbox container), or a value goes into argv.
     """
     api = docker.from_env().api
     containers = hostile.containers()
-    assert {c.labels["perstack-sandbox.role"] for c in containers} == {"sandbox", "proxy"}
+    roles = {c.labels["perstack-sandbox.role"] for c in containers}
+    assert roles == {"sandbox", "proxy", "workspace"}
     texts = {}
     for container in containers:
         attrs = api.inspect_container(container.id)

@@ -117,7 +117,9 @@ async def test_the_hostile_skill_cannot_read_the_decoys_token(hostile: Hostile) 
     Fails when: the credential is set on the container or a command line rather than only in
     the decoy's exec environment, or both skills share a uid (then the hostile reads it).
     Checked by hand only that the scan finds the token where it is: with the needle not
-    reversed, it found it in the probe's own /proc/<pid>/cmdline.
+    reversed, it found it in the probe's own /proc/<pid>/cmdline. Under gVisor, checked by
+    hand: with both skills in one container (`containers=1`) the hostile skill reads the
+    decoy's token from its /proc/<pid>/environ (Debian's runsc does not check who reads it).
     """
     token = await hostile.probe(EMIT_OWN_CREDENTIAL, skill="decoy")
     code = (

@@ -14,9 +14,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 
-from orchestrator.gateway import make_server, serve_http
-from orchestrator.http_guard import new_token
-from orchestrator.skills import SkillSession, SkillSpec, local_process
+from perstack_sandbox.gateway import make_server, new_token, serve_http
+from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SDK_SKILL = FIXTURES / "sdk_skill.py"
@@ -24,13 +23,46 @@ DEADLINE_S = 30
 ERAS = ["legacy", "auto"]  # the Python client's modes: 2025-11-25 handshake, 2026-07-28
 
 
+class RecordingSink:
+    """An `AuditSink` that keeps the `tools.jsonl` lines and the log text it is told."""
+
+    def __init__(self, lines=None):
+        """Start empty; stderr lines also go to the set `lines` when given."""
+        self.records: list[dict] = []
+        self.text: list[str] = []
+        self._lines = lines
+
+    def tool_call(self, call):
+        """Keep the call as its tools.jsonl line."""
+        self.records.append(call.to_json())
+        self.text.append(call.describe())
+
+    def request(self, request):
+        """Keep the request as its tools.jsonl line."""
+        self.records.append(request.to_json())
+        self.text.append(request.describe())
+
+    def skill_stderr(self, _skill, line):
+        """Keep the stderr line."""
+        self.text.append(line)
+        if self._lines is not None:
+            self._lines.add(line)
+
+    def warning(self, message):
+        """Keep the warning."""
+        self.text.append(message)
+
+    def info(self, message):
+        """Keep the message."""
+        self.text.append(message)
+
+
 def sdk_skill(name, *, lines=None, **spec):
     """Return a SkillSession over the SDK fixture skill (`--name`); stderr lines go to `lines`."""
     factory = functools.partial(
         local_process, [sys.executable, str(SDK_SKILL), "--name", name], env={"PATH": "/usr/bin"}
     )
-    on_stderr = (lambda _skill, line: lines.add(line)) if lines is not None else None
-    return SkillSession(SkillSpec(name, **spec), factory, on_stderr=on_stderr)
+    return SkillSession(SkillSpec(name, **spec), factory, audit=RecordingSink(lines))
 
 
 def text_of(result):

@@ -21,16 +21,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from proxy._audit import AuditLog
-from proxy._policy import parse_policy
-from proxy._resolver import ResolveError
-from proxy._server import ProxyServer
-from proxy._tunnel import open_upstream
+from perstack_sandbox_proxy._audit import AuditLog
+from perstack_sandbox_proxy._policy import parse_policy
+from perstack_sandbox_proxy._resolver import ResolveError
+from perstack_sandbox_proxy._server import ProxyServer
+from perstack_sandbox_proxy._tunnel import open_upstream
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 
-    from proxy._connection import Connection
+    from perstack_sandbox_proxy._connection import Connection
 
 PROXY_HOST = "127.0.0.1"
 UPSTREAM_HOST = "127.0.0.2"

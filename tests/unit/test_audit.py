@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
-from orchestrator import audit, cli, state
-from orchestrator.errors import UsageError
-from orchestrator.gateway import open_gateway
-from orchestrator.skills import SkillSession, SkillSpec, local_process
+from perstack_sandbox import audit, cli, state
+from perstack_sandbox.errors import UsageError
+from perstack_sandbox.gateway import open_gateway
+from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
 
 SKILL = Path(__file__).parents[1] / "fixtures" / "stdlib_skill.py"
 SECRET_ARGUMENT = "value-that-must-never-be-logged"  # noqa: S105 - a canary, not a password
@@ -180,20 +179,67 @@ def test_find_run_without_any_run_says_where_it_looked(tmp_path, monkeypatch):
         audit.find_run(None)
 
 
-def test_the_writer_appends_only_tool_call_records_one_json_line_each(tmp_path):
-    """Records carrying the tool-call field become lines; other log records are ignored."""
-    path = tmp_path / "tools.jsonl"
-    writer = audit.ToolCallWriter(path)
-    logger = logging.getLogger("test.audit.writer")
-    logger.addHandler(writer)
-    logger.setLevel(logging.INFO)
-    try:
-        logger.info("plain line")
-        logger.info("call", extra={audit.TOOL_CALL_FIELD: {"skill": "s", "tool": "t"}})
-    finally:
-        logger.removeHandler(writer)
-        writer.close()
-    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"skill": "s", "tool": "t"}]
+def test_run_files_write_calls_as_json_lines_and_everything_as_escaped_log_text(run):
+    """Calls become tools.jsonl lines; stderr and warnings reach skills.log with ESC defused."""
+    files = audit.RunFiles(run)
+    files.tool_call(audit.ToolCall("T", "s", "t", {"a": "str"}, 1.25, "ok"))
+    files.skill_stderr("s", "plain \x1b]0;title\x07 line")
+    files.warning("skill 's' exited\n  | last line")
+    files.close()
+    files.info("after close: dropped, not an error")
+    [line] = [json.loads(x) for x in run.tools_path.read_text().splitlines()]
+    assert line == {
+        "time": "T",
+        "kind": "tools/call",
+        "skill": "s",
+        "tool": "t",
+        "argShape": {"a": "str"},
+        "durationMs": 1.2,
+        "outcome": "ok",
+    }
+    log = run.skills_log_path.read_text()
+    assert 'tools/call t (skill s) args={"a": "str"} -> ok in 1.2 ms' in log
+    assert "skill INFO [s] plain \\x1b]0;title\\x07 line" in log
+    assert "\x1b" not in log
+    assert "run WARNING skill 's' exited\n  | last line" in log
+    assert "after close" not in log
+
+
+def test_a_tee_hands_every_report_to_each_sink_in_order():
+    """TeeSink forwards calls, stderr lines, warnings and diagnostics to all its sinks."""
+    seen: list[tuple[str, str, object]] = []
+
+    class Sink:
+        def __init__(self, name):
+            self.name = name
+
+        def tool_call(self, call):
+            seen.append((self.name, "call", call.tool))
+
+        def skill_stderr(self, skill, line):
+            seen.append((self.name, "stderr", f"{skill}:{line}"))
+
+        def warning(self, message):
+            seen.append((self.name, "warning", message))
+
+        def info(self, message):
+            seen.append((self.name, "info", message))
+
+    tee = audit.TeeSink(Sink("a"), Sink("b"))
+    tee.tool_call(audit.ToolCall("T", "s", "t", {}, 0.0, "ok"))
+    tee.skill_stderr("s", "x")
+    tee.warning("w")
+    tee.info("i")
+    assert seen == [
+        ("a", "call", "t"),
+        ("b", "call", "t"),
+        ("a", "stderr", "s:x"),
+        ("b", "stderr", "s:x"),
+        ("a", "warning", "w"),
+        ("b", "warning", "w"),
+        ("a", "info", "i"),
+        ("b", "info", "i"),
+    ]
 
 
 def test_the_cli_prints_text_and_json_and_an_unknown_run_exits_2(run, monkeypatch, capsys):
@@ -215,33 +261,36 @@ def test_the_cli_prints_text_and_json_and_an_unknown_run_exits_2(run, monkeypatc
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_the_gateway_logs_shapes_and_refuses_calls_once_egress_is_down(tmp_path):
+async def test_the_gateway_logs_shapes_and_refuses_calls_once_egress_is_down(run):
     """Gateway calls reach tools.jsonl by shape only; after egress loss they are refused."""
     factory = functools.partial(
         local_process, [sys.executable, str(SKILL)], env={"PATH": "/usr/bin:/bin"}
     )
     problem: list[str] = []
-    path = tmp_path / "tools.jsonl"
-    writer = audit.ToolCallWriter(path)
-    logging.getLogger("orchestrator.gateway").addHandler(writer)
-    logging.getLogger("orchestrator.gateway").setLevel(logging.INFO)
+
+    async def egress_check():
+        return problem[0] if problem else None
+
+    files = audit.RunFiles(run)
     try:
         with anyio.fail_after(30):
             async with open_gateway(
-                [SkillSession(SkillSpec("local"), factory)],
-                egress_check=lambda: problem[0] if problem else None,
+                [SkillSession(SkillSpec("local"), factory, audit=files)],
+                egress_check=egress_check,
+                audit=files,
             ) as gateway:
                 ok = await gateway.call_tool("echo", {"text": SECRET_ARGUMENT})
                 problem.append("egress is down: the proxy stopped")
                 refused = await gateway.call_tool("echo", {"text": SECRET_ARGUMENT})
     finally:
-        logging.getLogger("orchestrator.gateway").removeHandler(writer)
-        writer.close()
+        files.close()
     assert not ok.is_error
     assert refused.is_error
     assert "egress is down" in refused.content[0].text
-    text = path.read_text()
+    text = run.tools_path.read_text()
     assert SECRET_ARGUMENT not in text
+    assert SECRET_ARGUMENT not in run.skills_log_path.read_text()
+    assert "WARNING egress is down: the proxy stopped" in run.skills_log_path.read_text()
     lines = [json.loads(x) for x in text.splitlines()]
     assert [(x["tool"], x["argShape"], x["outcome"]) for x in lines] == [
         ("echo", {"text": "str"}, "ok"),
@@ -269,3 +318,79 @@ def test_forwarded_requests_other_than_tool_calls_are_summarised_apart(run):
     ]
     assert "resources/read demo://a  [s]  2 (error x1, ok x1)" in audit.render_text(summary)
     assert summary.to_json()["requests"][0]["kind"] == "elicitation/create"
+
+
+def test_the_summary_starts_with_each_skills_allowlist_and_the_image_packages(run):
+    """The text opens with the allowlist per skill and the image's package versions."""
+    policy = {"allowedDomains": ["a.example"], "skillAllowedDomains": {"web": ["a.example"]}}
+    policy["skillAllowedDomains"]["calc"] = []
+    run.policy_path.write_text(json.dumps(policy), encoding="utf-8")
+    packages = [{"manager": "npm", "name": "exa-mcp-server", "version": "1.2.3"}]
+    run.update_meta(image="perstack-sandbox/expert:abc", packages=packages)
+    summary = audit.summarise(run.run_id)
+    assert summary.allowlist == {"calc": [], "web": ["a.example"]}
+    text = audit.render_text(summary)
+    head = text.split("egress (proxy decisions per host):")[0]
+    assert "  image perstack-sandbox/expert:abc" in head
+    assert "allowlist (the hosts the proxy let each skill reach):\n  calc  (nothing)\n" in head
+    assert "  web   a.example\n" in head
+    assert "packages in the image:\n  npm exa-mcp-server 1.2.3\n" in head
+    assert summary.to_json()["packages"] == packages
+
+
+def test_a_run_from_before_packages_were_recorded_says_so(run):
+    """A run whose meta has no package list says 'not recorded' rather than 'none'."""
+    assert audit.summarise_run(run).packages is None
+    assert "not recorded" in audit.render_text(audit.summarise_run(run))
+
+
+@pytest.mark.usefixtures("run")
+def test_a_build_audit_is_read_by_its_id(monkeypatch, capsys):
+    """`audit build-...` reads the fenced build's folder: its registries and its decisions."""
+    build_id = "build-20260101-000000-dddddd"
+    build = state.RunState(build_id, state.builds_dir() / build_id)
+    build.path.mkdir(parents=True)
+    build.update_meta(kind="build", expert="e", status="finished", started="T0", ended="T9")
+    build.policy_path.write_text(json.dumps({"allowedDomains": ["registry.example"]}))
+    write_lines(build.audit_path, [decision(1, "evil.example", reason="not-allowed")])
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit", build.run_id])
+    cli.main()
+    out = capsys.readouterr().out
+    assert out.startswith(f"build {build.run_id}  expert e  status finished")
+    assert "  build  registry.example" in out
+    assert "evil.example  port 443  allowed 0  refused 1 (not-allowed x1)" in out
+    assert "packages in the image" not in out  # a build has no run image
+
+
+@pytest.mark.usefixtures("run")
+@pytest.mark.parametrize("target", ["nope", "build-nope", "../x"])
+def test_audit_json_errors_are_json_with_exit_2(monkeypatch, capsys, target):
+    """With --json, an unknown run or build is a JSON error object on stdout, exit 2."""
+    monkeypatch.setattr(sys, "argv", ["perstack-sandbox", "audit", target, "--json"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert set(json.loads(out)) == {"error"}
+    assert err == ""
+
+
+def test_run_files_keep_other_forwarded_requests_in_tools_jsonl_with_their_kind(run):
+    """A resource read reaches tools.jsonl with its kind, skill and URI, and `audit` counts it."""
+    files = audit.RunFiles(run)
+    files.request(audit.Request("T", "resources/read", "s", {"uri": "demo://a"}, 2.0, "ok"))
+    files.close()
+    [line] = [json.loads(x) for x in run.tools_path.read_text().splitlines()]
+    assert line == {
+        "time": "T",
+        "kind": "resources/read",
+        "skill": "s",
+        "uri": "demo://a",
+        "durationMs": 2.0,
+        "outcome": "ok",
+    }
+    summary = audit.summarise_run(run)
+    assert [(r.kind, r.target, r.count) for r in summary.requests] == [
+        ("resources/read", "demo://a", 1)
+    ]
+    assert "resources/read demo://a (skill s) -> ok" in run.skills_log_path.read_text()

@@ -7,9 +7,11 @@ import json
 import httpx2
 import pytest
 
-from orchestrator import _fence, _recipe, _registries, images
-from orchestrator.errors import EngineError, ImageBuildError
-from orchestrator.plan import PackageSpec
+from perstack_sandbox import images
+from perstack_sandbox.engine import _fence
+from perstack_sandbox.errors import EngineError, ImageBuildError
+from perstack_sandbox.images import _recipe, _registries
+from perstack_sandbox.plan import PackageSpec
 
 NPM = PackageSpec(manager="npm", name="@scope/srv", version_spec="^1.2", slug="srv-1")
 PYPI = PackageSpec(manager="pypi", name="Tool_X", version_spec="", slug="tool")

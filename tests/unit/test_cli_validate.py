@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from perstack_sandbox.cli import main
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 INVALID = FIXTURES / "invalid"

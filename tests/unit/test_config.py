@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import (
+from perstack_sandbox.config import (
     PROTECTED_ENV_NAMES,
     McpSseSkill,
     McpStdioSkill,
     load_config,
     parse_config,
 )
-from orchestrator.errors import ConfigError
+from perstack_sandbox.errors import ConfigError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 EXPERT = '[experts."e"]\ninstruction = "Do the task."\n'
@@ -129,9 +129,12 @@ def test_provider_base_urls_are_https_only() -> None:
 
 
 def test_an_unknown_provider_is_refused_with_the_list() -> None:
-    """The key providerName must be one of the documented providers."""
+    """The key providerName must be one of the documented providers, reported at that key.
+
+    Issue 12: the path names the exact key (it used to stop at the `provider` table).
+    """
     where, message = only_error(f'[provider]\nproviderName = "acme"\n{EXPERT}')
-    assert where == "provider"
+    assert where == "provider.providerName"
     assert "unknown provider name 'acme'" in message
     assert "'deepseek'" in message
 
@@ -262,7 +265,7 @@ def test_an_invalid_skill_name_is_refused(key: str) -> None:
 def test_an_unknown_skill_type_is_refused_with_the_three_types() -> None:
     """The key type must be mcpStdioSkill, mcpSseSkill or interactiveSkill."""
     where, message = only_error(skill('type = "mcpHttpSkill"'))
-    assert where == 'experts."e".skills."s"'
+    assert where == 'experts."e".skills."s".type'  # the exact key (issue 12), not the table
     assert message.startswith("unknown skill type 'mcpHttpSkill'")
     assert "interactiveSkill" in message
 
@@ -272,13 +275,30 @@ def test_a_skill_without_type_is_refused() -> None:
     assert "no skill type given" in only_error(skill('command = "npx"'))[1]
 
 
-def test_pick_and_omit_together_are_refused() -> None:
-    """A skill that has both pick and omit is an error (seed 004 breaks this, see fixtures)."""
+def test_pick_and_omit_together_warn_and_mean_pick_then_omit() -> None:
+    """A skill with both pick and omit is a warning that says what it keeps: pick, then omit.
+
+    Issue 2 made this an error; issue 12 reverses it because Perstack accepts it and its own
+    reference example (seed 004) sets both. The meaning is defined, so it is a warning.
+    """
+    config, warnings = parse_config(
+        stdio(command='"npx"', packageName='"p"', pick='["a", "b"]', omit='["b", "c"]')
+    )
+    assert config.experts["e"].skills["s"].omit == ("b", "c")
+    assert [(w.path, w.is_warning) for w in warnings] == [('experts."e".skills."s"', True)]
+    assert "keeps the tools pick names, then drops those omit names (here: a)" in (
+        warnings[0].message
+    )
+    assert "omit of c changes nothing" in warnings[0].message
+
+
+def test_pick_and_omit_together_are_an_error_under_strict() -> None:
+    """--strict turns the pick-with-omit warning into an error at the skill's path."""
     where, message = only_error(
-        stdio(command='"npx"', packageName='"p"', pick='["a"]', omit='["b"]')
+        stdio(command='"npx"', packageName='"p"', pick='["a"]', omit='["b"]'), strict=True
     )
     assert where == 'experts."e".skills."s"'
-    assert "pick and omit are exclusive" in message
+    assert "both pick and omit are set" in message
 
 
 def test_lazy_init_defaults_to_false() -> None:
@@ -304,7 +324,7 @@ def test_every_refused_allowlist_spelling_of_the_acceptance_list_is_reported() -
     reasons = {i.path: i.message.split("'")[1] for i in caught.value.issues}
     assert reasons == {
         f"{prefix}[1]": "punycode",
-        f"{prefix}[2]": "public-suffix-wildcard",
+        f"{prefix}[2]": "public-suffix-wildcard",  # *.com and *.co.uk: ICANN suffixes
         f"{prefix}[3]": "public-suffix-wildcard",
         f"{prefix}[4]": "wildcard",
         f"{prefix}[5]": "wildcard",
@@ -315,6 +335,61 @@ def test_every_refused_allowlist_spelling_of_the_acceptance_list_is_reported() -
         f"{prefix}[10]": "non-ascii",
     }
     assert "homograph" in caught.value.issues[0].message
+
+
+@pytest.mark.parametrize(
+    "wildcard",
+    ["*.googleapis.com", "*.githubusercontent.com", "*.cloudfront.net", "*.azurewebsites.net"],
+)
+def test_a_wildcard_over_a_shared_suffix_is_accepted_with_a_warning_naming_the_risk(
+    wildcard: str,
+) -> None:
+    """Gemini, GitHub and Azure skills list these; they validate, with a warning at the entry.
+
+    Issue 2 refused them (public suffix list, private section); issue 12 accepts them because
+    Perstack does and real skills need them, but every tenant of the suffix is reachable.
+    """
+    config, warnings = parse_config(
+        stdio(command='"npx"', packageName='"p"', allowedDomains=f'["a.example.com", "{wildcard}"]')
+    )
+    assert config.experts["e"].skills["s"].allowed_domains[1] == wildcard
+    assert [w.path for w in warnings] == ['experts."e".skills."s".allowedDomains[1]']
+    assert f"EVERY tenant's host under {wildcard[2:]} is reachable" in warnings[0].message
+
+
+def test_a_wildcard_over_a_shared_suffix_is_an_error_under_strict() -> None:
+    """--strict refuses the shared-suffix wildcard, at the entry's own path."""
+    where, message = only_error(
+        stdio(command='"npx"', packageName='"p"', allowedDomains='["*.github.io"]'), strict=True
+    )
+    assert where == 'experts."e".skills."s".allowedDomains[0]'
+    assert "every tenant" in message.lower()
+
+
+@pytest.mark.parametrize("wildcard", ["*.com", "*.co.uk", "*.net"])
+def test_a_wildcard_over_an_icann_suffix_stays_an_error(wildcard: str) -> None:
+    """A wildcard over a whole registry (ICANN section) is refused, strict or not."""
+    where, message = only_error(
+        stdio(command='"npx"', packageName='"p"', allowedDomains=f'["{wildcard}"]')
+    )
+    assert where == 'experts."e".skills."s".allowedDomains[0]'
+    assert "public-suffix-wildcard" in message
+
+
+def test_a_file_without_an_expert_warns() -> None:
+    """An empty perstack.toml validates but warns that nothing can run; --strict refuses it."""
+    config, warnings = parse_config("")
+    assert config.experts == {}
+    assert [(w.path, w.is_warning) for w in warnings] == [("experts", True)]
+    assert "no Expert is defined" in warnings[0].message
+    assert only_error('model = "m"\n', strict=True)[0] == "experts"
+
+
+def test_a_too_long_instruction_is_measured_in_characters() -> None:
+    """A 5 MB instruction is over the limit in characters (the unit the docs use), not items."""
+    where, message = only_error(f'[experts."e"]\ninstruction = "{"x" * 20481}"\n')
+    assert where == 'experts."e".instruction'
+    assert message == "must be at most 20480 characters, not 20481"
 
 
 # --- requiredEnv ---------------------------------------------------------------------------

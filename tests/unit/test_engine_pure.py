@@ -11,13 +11,18 @@ import os
 import socket
 
 import anyio
+import docker.errors
 import pytest
+import requests
 
-from orchestrator import _build, _docker, engine, images, state
-from orchestrator._exec import ChunkReceiveStream, ExecProcess, StdinStream
-from orchestrator.errors import ImageBuildError
-from orchestrator.plan import EgressRule, PackageSpec, SandboxPlan, SkillLaunch, SseSkill
-from proxy._policy import parse_policy
+from perstack_sandbox import docker_edge as _docker
+from perstack_sandbox import engine, images, state
+from perstack_sandbox.engine._containers import is_removal_in_progress
+from perstack_sandbox.engine._exec import ChunkReceiveStream, ExecProcess, StdinStream
+from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.images import _build
+from perstack_sandbox.plan import EgressRule, PackageSpec, SandboxPlan, SkillLaunch, SseSkill
+from perstack_sandbox_proxy._policy import parse_policy
 
 NPM = PackageSpec(manager="npm", name="@scope/srv", version_spec="^1.2", slug="srv-1")
 PYPI = PackageSpec(manager="pypi", name="tool-x", version_spec="==2.0", slug="tool-2")
@@ -270,3 +275,15 @@ def test_proxy_policy_gives_each_skill_its_own_list_under_its_token():
         "t3": {"skill": "remote", "allowedDomains": ["mcp.example.net"]},
     }
     assert parse_policy(policy).grant_for(b"t2").allowed_domains == ()
+
+
+def test_a_removal_already_in_progress_is_recognised_and_other_conflicts_are_not():
+    """A concurrent removal (409 "already in progress") is tolerated; other 409s are errors."""
+
+    def conflict(text):
+        response = requests.Response()
+        response.status_code = 409
+        return docker.errors.APIError("409", response=response, explanation=text)
+
+    assert is_removal_in_progress(conflict("removal of container abc is already in progress"))
+    assert not is_removal_in_progress(conflict("container abc is paused"))

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.env import (
+from perstack_sandbox.errors import EnvFileError, MissingEnvError, UsageError
+from perstack_sandbox.plan import (
     MINIMAL_PATH,
+    SandboxPlan,
     Secret,
+    SkillLaunch,
     SkillSecrets,
     env_files,
     load_env_files,
@@ -17,8 +20,6 @@ from orchestrator.env import (
     resolve_secrets,
     skill_environment,
 )
-from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.plan import SandboxPlan, SkillLaunch
 
 CANARY = "s3cr3t-canary-value"
 
@@ -100,6 +101,44 @@ def test_dotenv_rejects_malformed_lines_without_echoing_values(line):
         parse_dotenv(f"OK=1\n{line}\n", source="secrets.env")
     assert "secrets.env:2" in str(caught.value)
     assert CANARY not in str(caught.value)
+
+
+def test_dotenv_reports_every_bad_line_at_once_with_its_number():
+    """Three malformed lines give three problems, each `file:line`, in file order."""
+    text = f"OK=1\nNOEQUALS\nB=2\n1BAD=x\nC='{CANARY}\n"
+    with pytest.raises(EnvFileError) as caught:
+        parse_dotenv(text, source="secrets.env")
+    assert [p.split(": ")[0] for p in caught.value.problems] == [
+        "secrets.env:2",
+        "secrets.env:4",
+        "secrets.env:5",
+    ]
+    assert CANARY not in str(caught.value)
+
+
+def test_dotenv_accepts_a_utf8_byte_order_mark(tmp_path):
+    """A file saved with a BOM (Windows editors do) reads like one without."""
+    path = tmp_path / ".env"
+    path.write_bytes(b"\xef\xbb\xbfFIRST=1\nSECOND=2\n")
+    assert _reveal(load_env_files([(path, True)])) == {"FIRST": "1", "SECOND": "2"}
+    assert _reveal(parse_dotenv("\ufeffA=1\n", source="f")) == {"A": "1"}
+
+
+def test_dotenv_warns_about_a_key_set_twice_in_one_file_naming_both_lines():
+    """A duplicate key keeps the later value and warns with both line numbers, no value."""
+    warnings: list[str] = []
+    values = parse_dotenv(f"A={CANARY}\nB=1\nA=2\n", source="f", warn=warnings.append)
+    assert _reveal(values) == {"A": "2", "B": "1"}
+    assert warnings == ["f:3: A is set again (first on line 1); the later value wins"]
+
+
+def test_a_key_in_two_files_is_an_override_not_a_warning(tmp_path):
+    """Later files override earlier ones by design (.env.local over .env): no warning."""
+    (tmp_path / ".env").write_text("A=1\n")
+    (tmp_path / ".env.local").write_text("A=2\n")
+    warnings: list[str] = []
+    values = load_env_files(env_files(tmp_path), warn=warnings.append)
+    assert (_reveal(values), warnings) == ({"A": "2"}, [])
 
 
 def test_env_files_prefer_cli_then_toml_then_defaults(tmp_path):

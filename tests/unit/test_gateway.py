@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx2
@@ -22,18 +23,21 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from orchestrator.errors import GatewayError, SkillError, UsageError
-from orchestrator.gateway import (
+from perstack_sandbox.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.gateway import (
     argument_shape,
     build_routes,
     make_server,
+    new_token,
     open_gateway,
     parse_listen,
     serve_http,
 )
-from orchestrator.http_guard import new_token
-from orchestrator.plan import InteractiveTool
-from orchestrator.skills import SkillSession, SkillSpec, local_process
+from perstack_sandbox.plan import InteractiveTool
+from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
+
+if TYPE_CHECKING:
+    from perstack_sandbox.audit import ToolCall
 
 pytestmark = pytest.mark.anyio
 SKILL = Path(__file__).parents[1] / "fixtures" / "stdlib_skill.py"
@@ -59,6 +63,33 @@ def skill(name, *args, **spec):
         local_process, [sys.executable, str(SKILL), *args], env={"PATH": "/usr/bin:/bin"}
     )
     return SkillSession(SkillSpec(name, **spec), factory)
+
+
+class RecordingSink:
+    """An `AuditSink` that keeps everything it is told."""
+
+    def __init__(self):
+        """Start with nothing recorded."""
+        self.calls: list[ToolCall] = []
+        self.stderr: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self.infos: list[str] = []
+
+    def tool_call(self, call):
+        """Keep the call."""
+        self.calls.append(call)
+
+    def skill_stderr(self, skill, line):
+        """Keep the stderr line."""
+        self.stderr.append((skill, line))
+
+    def warning(self, message):
+        """Keep the warning."""
+        self.warnings.append(message)
+
+    def info(self, message):
+        """Keep the diagnostic."""
+        self.infos.append(message)
 
 
 def text_of(result):
@@ -174,6 +205,42 @@ async def test_skill_death_reaches_mcp_client_as_error_result():
             assert "gone" in text_of(result)
 
 
+async def test_a_gateway_whose_sandbox_went_refuses_calls_and_tells_its_clients():
+    """Once `ends_when` returns, calls get its reason as an error, clients a log message.
+
+    The log message reaches clients of the initialize handshake (a modern, stateless
+    connection has no channel for a notification outside a request; its calls are refused).
+    """
+    gone = anyio.Event()
+    reason = "run r is over: its sandbox container was removed; its skills are gone"
+    logged: list[types.LoggingMessageNotificationParams] = []
+    told = anyio.Event()
+
+    async def ends_when() -> str:
+        await gone.wait()
+        return reason
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(params)
+        told.set()
+
+    sink = RecordingSink()
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([skill("a")], audit=sink, ends_when=ends_when) as gateway,
+            Client(make_server(gateway), mode="legacy", logging_callback=on_log) as client,
+        ):
+            assert text_of(await client.call_tool("echo", {"text": "hi"})) == "hi"
+            gone.set()
+            assert await gateway.wait_stopped() == reason
+            refused = await client.call_tool("echo", {"text": "again"})
+            await told.wait()  # the notification travels through the in-memory transport
+    assert refused.is_error
+    assert reason in text_of(refused)
+    assert [(m.level, m.data) for m in logged] == [("error", reason)]
+    assert reason in sink.warnings
+
+
 async def test_request_timeout_comes_from_config():
     """A call slower than the skill's timeout fails with a timeout error naming the tool."""
     with anyio.fail_after(DEADLINE_S):
@@ -184,15 +251,21 @@ async def test_request_timeout_comes_from_config():
                 await gateway.call_tool("sleep", {"seconds": 10})
 
 
-async def test_tool_calls_are_logged_by_name_and_shape_only(caplog):
-    """The call log shows the tool and argument types, never argument values."""
-    caplog.set_level(logging.INFO, logger="orchestrator.gateway")
+async def test_tool_calls_reach_the_runs_sink_by_name_and_shape_only():
+    """The run's sink gets the tool and argument types of a call, never argument values."""
+    sink = RecordingSink()
     with anyio.fail_after(DEADLINE_S):
-        async with open_gateway([skill("a")]) as gateway:
+        async with open_gateway([skill("a")], audit=sink) as gateway:
             await gateway.call_tool("echo", {"text": CANARY})
-    logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert 'tools/call echo (skill a) args={"text": "str"}' in logged
-    assert CANARY not in logged
+    [call] = sink.calls
+    assert (call.skill, call.tool, call.arg_shape, call.outcome) == (
+        "a",
+        "echo",
+        {"text": "str"},
+        "ok",
+    )
+    assert call.describe().startswith('tools/call echo (skill a) args={"text": "str"} -> ok')
+    assert CANARY not in repr(sink.calls)
 
 
 async def test_interactive_tool_without_elicitation_says_input_is_needed():
@@ -296,37 +369,33 @@ class _Recorder(logging.Handler):
         super().close()
 
 
-async def test_serving_over_http_keeps_the_runs_log_handlers_open():
-    """Starting the HTTP server leaves the run's handlers (tools.jsonl, skills.log) working.
+async def test_serving_over_http_leaves_the_host_programs_logging_alone():
+    """Serving HTTP keeps an embedding program's log handlers open; calls reach the run's sink.
 
     Fails when: uvicorn applies its own logging config (the default `log_config`), whose
-    dictConfig shuts down every existing handler, so an HTTP run lost its tool-call audit.
+    dictConfig shuts down every existing handler of the process the library runs in.
     """
-    recorder = _Recorder()
-    gateway_logger = logging.getLogger("orchestrator.gateway")
-    gateway_logger.addHandler(recorder)
-    level = gateway_logger.level
-    gateway_logger.setLevel(logging.INFO)  # as a run does (`launch._run_log`)
+    recorder, sink = _Recorder(), RecordingSink()
+    logging.getLogger().addHandler(recorder)
     try:
         with anyio.fail_after(DEADLINE_S):
             async with (
-                open_gateway([skill("a", "--only", "echo")]) as gateway,
+                open_gateway([skill("a", "--only", "echo")], audit=sink) as gateway,
                 serving_over_http(gateway) as (url, token),
                 httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
                 Client(streamable_http_client(url, http_client=http)) as client,
             ):
                 await client.call_tool("echo", {"text": "audited"})
     finally:
-        gateway_logger.removeHandler(recorder)
-        gateway_logger.setLevel(level)
+        logging.getLogger().removeHandler(recorder)
     assert not recorder.closed
-    assert any("tools/call" in record.getMessage() for record in recorder.records)
+    assert [call.tool for call in sink.calls] == ["echo"]
 
 
 PROMPT_SCRIPT = """
 import anyio
-from orchestrator.gateway import open_gateway, terminal_prompter
-from orchestrator.plan import InteractiveTool
+from perstack_sandbox.gateway import open_gateway, terminal_prompter
+from perstack_sandbox.plan import InteractiveTool
 
 ask = InteractiveTool(skill="human", name="ask_user", input_schema={"type": "object"})
 

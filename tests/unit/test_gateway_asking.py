@@ -8,15 +8,14 @@ client able to answer, the skill gets a clear refusal. Each question is audited 
 from __future__ import annotations
 
 import json
-import logging
 
 import anyio
 import mcp_types as types
 import pytest
-from gateway_support import DEADLINE_S, ERAS, connected, sdk_skill, text_of
+from gateway_support import DEADLINE_S, ERAS, RecordingSink, connected, sdk_skill, text_of
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.gateway import open_gateway
+from perstack_sandbox.gateway import open_gateway
 
 pytestmark = pytest.mark.anyio
 CANARY = "an-answer-that-must-never-be-logged"
@@ -114,22 +113,22 @@ async def test_with_no_client_able_to_answer_the_skill_is_refused_clearly(mode):
                 await client.call_tool("sample", {"prompt": "hi"})
 
 
-async def test_questions_are_audited_by_tool_and_outcome_never_the_answer(caplog):
+async def test_questions_are_audited_by_tool_and_outcome_never_the_answer():
     """The audit records an elicitation with its skill, tool, mode and outcome, not the answer."""
-    caplog.set_level(logging.INFO, logger="orchestrator.gateway")
+    sink = RecordingSink()
     with anyio.fail_after(DEADLINE_S):
         async with (
-            open_gateway([sdk_skill("n")]) as gateway,
+            open_gateway([sdk_skill("n")], audit=sink) as gateway,
             connected(gateway, "legacy", elicitation_callback=elicit) as client,
         ):
             await client.call_tool("ask", {"question": "Your favourite tree?"})
-    records = [r.tool_call for r in caplog.records if hasattr(r, "tool_call")]
+    records = sink.records
     asked = [r for r in records if r["kind"] == "elicitation/create"]
     assert [(r["skill"], r["tool"], r["mode"], r["outcome"]) for r in asked] == [
         ("n", "ask", "form", "accept")
     ]
     assert CANARY not in json.dumps(records)
-    assert CANARY not in caplog.text
+    assert CANARY not in "\n".join(sink.text)
 
 
 async def test_a_question_the_skill_cancels_is_cancelled_at_the_client():

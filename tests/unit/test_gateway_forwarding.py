@@ -7,7 +7,6 @@ host client is the Python SDK client in both eras (2025-11-25 handshake, 2026-07
 from __future__ import annotations
 
 import json
-import logging
 
 import anyio
 import mcp_types as types
@@ -17,6 +16,7 @@ from gateway_support import (
     ERAS,
     Collected,
     Lines,
+    RecordingSink,
     connected,
     raw_peer,
     sdk_skill,
@@ -24,8 +24,8 @@ from gateway_support import (
 )
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.errors import GatewayError
-from orchestrator.gateway import open_gateway
+from perstack_sandbox.errors import GatewayError
+from perstack_sandbox.gateway import open_gateway
 
 pytestmark = [
     pytest.mark.anyio,
@@ -304,21 +304,24 @@ async def test_task_augmented_calls_and_task_requests_pass_through():
     assert "no task 'nobody-s'" in unknown["error"]["message"]
 
 
-async def test_reads_and_prompt_gets_are_audited_by_uri_and_shape_never_values(caplog):
+async def test_reads_and_prompt_gets_are_audited_by_uri_and_shape_never_values():
     """The audit names the resource URI and skill, and a prompt's argument shape, not values."""
-    caplog.set_level(logging.INFO, logger="orchestrator.gateway")
+    sink = RecordingSink()
     with anyio.fail_after(DEADLINE_S):
-        async with open_gateway([sdk_skill("n")]) as gateway, connected(gateway, "legacy") as c:
+        async with (
+            open_gateway([sdk_skill("n")], audit=sink) as gateway,
+            connected(gateway, "legacy") as c,
+        ):
             await c.read_resource("note://n/a")
             await c.get_prompt("greet", {"who": CANARY})
-    records = [r.tool_call for r in caplog.records if hasattr(r, "tool_call")]
+    records = sink.records
     kinds = {record["kind"]: record for record in records}
     assert kinds["resources/read"]["uri"] == "note://n/a"
     assert kinds["resources/read"]["skill"] == "n"
     assert kinds["prompts/get"]["prompt"] == "greet"
     assert kinds["prompts/get"]["argShape"] == {"who": "str"}
     assert CANARY not in json.dumps(records)
-    assert CANARY not in caplog.text
+    assert CANARY not in "\n".join(sink.text)
 
 
 async def test_a_skill_restarted_for_new_capabilities_gets_its_level_and_subscriptions_back():

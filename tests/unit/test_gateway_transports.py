@@ -21,8 +21,7 @@ import httpx2
 import pytest
 from gateway_support import DEADLINE_S, ERAS, connected, sdk_skill, serving_over_http, text_of
 
-from orchestrator.gateway import open_gateway
-from orchestrator.gateway._transports import _listening_socket
+from perstack_sandbox.gateway import bind_loopback, open_gateway
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024
@@ -160,7 +159,7 @@ async def test_accepted_connections_have_tcp_nodelay():
             made.set()
             transport.close()
 
-    listening = _listening_socket(0)
+    listening = bind_loopback(0)
     server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
     async with server:
         with anyio.fail_after(DEADLINE_S):
@@ -172,9 +171,9 @@ async def test_accepted_connections_have_tcp_nodelay():
 
 SERVE_SCRIPT = """
 import functools, signal, sys, anyio
-from orchestrator import engine
-from orchestrator.gateway import open_gateway, serve_http, serve_stdio
-from orchestrator.skills import SkillSession, SkillSpec, local_process
+from perstack_sandbox import engine
+from perstack_sandbox.gateway import open_gateway, serve_http, serve_stdio
+from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
 
 skill = SkillSession(SkillSpec("n"), functools.partial(
     local_process, [sys.executable, sys.argv[1], "--name", "n"], env={"PATH": "/usr/bin"}))

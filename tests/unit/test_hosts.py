@@ -1,10 +1,19 @@
-"""The host spelling table shared by config validation and the proxy (DESIGN.md 4 and 5)."""
+"""The host spelling table shared by config validation and the proxy.
+
+See docs/architecture.md, decisions 4 and 5.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.hosts import HostRejected, canonicalise_host, canonicalise_pattern, match_host
+from perstack_sandbox_proxy.hosts import (
+    HostRejected,
+    canonicalise_host,
+    canonicalise_pattern,
+    match_host,
+    shared_suffix,
+)
 
 # (spelling, canonical form or "!reason-code", why). Every row goes through canonicalise_pattern
 # (the allowlist entry); rows without a wildcard also go through canonicalise_host.
@@ -104,7 +113,10 @@ HOST_TABLE: list[tuple[str, str, str]] = [
     ("*.com", "!public-suffix-wildcard", "every .com site"),
     ("*.co.uk", "!public-suffix-wildcard", "two-label public suffix"),
     ("*.COM.", "!public-suffix-wildcard", "public suffix in another spelling"),
-    ("*.github.io", "!public-suffix-wildcard", "private-section suffix: every tenant's site"),
+    # Issue 12 reverses issue 2 here: a private-section suffix is accepted (config validation
+    # warns that every tenant is reachable, `validate --strict` refuses it); ICANN ones are not.
+    ("*.github.io", "*.github.io", "private-section suffix: accepted, warned about"),
+    ("*.googleapis.com", "*.googleapis.com", "private-section suffix Gemini skills list"),
     ("*.localhost", "!single-label", "wildcard over a single label"),
     ("*.1.2.3.4", "!ip-literal", "wildcard over an address"),
     ("*.xn--p1ai", "!punycode", "wildcard over a punycode TLD"),
@@ -181,11 +193,30 @@ def test_match_host_fails_closed_on_non_canonical_input() -> None:
     assert match_host("example.com.", ["example.com"]) is None
 
 
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("*.googleapis.com", "googleapis.com"),
+        ("*.github.io", "github.io"),
+        ("*.s3.amazonaws.com", "s3.amazonaws.com"),
+        ("*.api.github.io", None),  # one tenant's subdomains: a registrable domain
+        ("*.example.com", None),
+        ("googleapis.com", None),  # an exact host is no wildcard
+        ("storage.googleapis.com", None),
+    ],
+)
+def test_shared_suffix_names_only_wildcards_over_private_section_suffixes(
+    pattern: str, expected: str | None
+) -> None:
+    """Only a wildcard directly over a private-section suffix is named as shared."""
+    assert shared_suffix(pattern) == expected
+
+
 def test_public_suffixes_come_from_the_bundled_list_without_any_network(monkeypatch) -> None:
     """With every socket refused, a fresh extractor still decides public suffixes (bundled)."""
     import socket  # noqa: PLC0415 - only this test needs it
 
-    from proxy import hosts  # noqa: PLC0415
+    from perstack_sandbox_proxy import hosts  # noqa: PLC0415
 
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the public suffix list must never be fetched")
@@ -208,7 +239,7 @@ def test_the_proxy_side_never_imports_tldextract() -> None:
     import sys  # noqa: PLC0415
 
     code = (
-        "import sys; from proxy import hosts; "
+        "import sys; from perstack_sandbox_proxy import hosts; "
         "h = hosts.canonicalise_host('API.example.com.'); "
         "assert hosts.match_host(h, [hosts.canonicalise_pattern('api.example.com')]) == h; "
         "assert 'tldextract' not in sys.modules"

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestrator.engine import Sandbox
-from orchestrator.errors import MissingEnvError, UsageError
-from orchestrator.launch import LaunchOptions, build_sessions, parse_tool_args, prepare
+from perstack_sandbox import state
+from perstack_sandbox.engine import Sandbox
+from perstack_sandbox.errors import MissingEnvError, UsageError
+from perstack_sandbox.launch import LaunchOptions, parse_tool_args, prepare
+from perstack_sandbox.run import build_sessions, check_workspace
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,6 +39,8 @@ requiredEnv = ["DB_PASSWORD", "REGION"]
 
 
 def _config(tmp_path: Path, env_file: str | None = None) -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    tmp_path.chmod(0o755)  # the local skills' uids must be able to read the Expert's folder
     (tmp_path / "perstack.toml").write_text(TOML)
     if env_file is not None:
         (tmp_path / "secrets").mkdir()
@@ -98,7 +102,7 @@ def test_call_with_missing_env_exits_2_without_touching_docker(tmp_path):
     config = _config(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "call", "e", "tool", "-c", str(config)],
+        [sys.executable, "-m", "perstack_sandbox", "call", "e", "tool", "-c", str(config)],
         capture_output=True,
         text=True,
         env=env,
@@ -119,7 +123,7 @@ def test_prefix_tools_flag_reaches_the_launch_of_tools_and_call(
     tmp_path, monkeypatch, command, report, flag
 ):
     """`tools` and `call` accept --prefix-tools, so an Expert with colliding tools is usable."""
-    from orchestrator import cli, launch  # noqa: PLC0415 - patched below
+    from perstack_sandbox import cli, launch  # noqa: PLC0415 - patched below
 
     seen: list[LaunchOptions] = []
 
@@ -152,3 +156,74 @@ def test_each_stdio_skill_gets_its_own_proxy_credential(tmp_path, monkeypatch):
     assert envs["api"]["HTTPS_PROXY"] == "http://api:token-api@10.0.0.2:3128"
     assert envs["db"]["https_proxy"] == "http://db:token-db@10.0.0.2:3128"
     assert "token-db" not in repr(envs["api"])
+
+
+@pytest.fixture
+def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make $HOME a fresh folder, with the state directory at its default place inside it."""
+    home = tmp_path / "home" / "user"
+    (home / "projects" / "ws").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv(state.STATE_ENV, raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    return home
+
+
+@pytest.mark.parametrize(
+    ("relative", "reason"),
+    [
+        (".", "is your home folder"),
+        ("..", "is your home folder"),
+        (".local", "overlaps the state directory"),
+        (".local/state/perstack-sandbox/runs", "overlaps the state directory"),
+    ],
+)
+def test_a_workspace_that_is_or_holds_the_home_or_the_state_is_refused(
+    fake_home: Path, tmp_path: Path, relative: str, reason: str
+) -> None:
+    """The home (or above it) and any folder overlapping the state directory are refused."""
+    workspace = fake_home / relative
+    workspace.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(UsageError, match=reason):
+        check_workspace(workspace, tmp_path / "expert")
+
+
+def test_a_folder_inside_the_home_is_an_ordinary_workspace(fake_home: Path, tmp_path: Path) -> None:
+    """A project folder under the home is accepted: only the home itself and above are refused."""
+    check_workspace(fake_home / "projects" / "ws", tmp_path / "expert")
+
+
+def test_a_workspace_holding_a_moved_state_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$PERSTACK_SANDBOX_STATE inside the workspace is refused like the default place."""
+    monkeypatch.setenv(state.STATE_ENV, str(tmp_path / "ws" / "records"))
+    (tmp_path / "ws").mkdir()
+    with pytest.raises(UsageError, match="overlaps the state directory"):
+        check_workspace(tmp_path / "ws", tmp_path / "expert")
+
+
+def test_call_with_the_home_as_workspace_exits_2_before_docker(tmp_path: Path) -> None:
+    """`call --workspace ~` is bad input: exit 2, one message, no engine touched."""
+    home = tmp_path / "home"
+    home.mkdir()
+    config = _config(tmp_path / "expert-folder")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "API_TOKEN": "t",
+        "REGION": "r",
+        "DB_PASSWORD": "p",
+        "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+    }
+    argv = [sys.executable, "-m", "perstack_sandbox", "call", "e", "tool", "-c", str(config)]
+    done = subprocess.run(
+        [*argv, "--workspace", str(home)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: --workspace {home} is your home folder")

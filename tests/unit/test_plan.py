@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config, parse_config
-from orchestrator.errors import UnknownExpertError
-from orchestrator.plan import (
+from perstack_sandbox.config import load_config, parse_config
+from perstack_sandbox.errors import UnknownExpertError
+from perstack_sandbox.plan import (
     ENTRY_DIR,
     EXPERT_DIR,
     WORKSPACE_DIR,
@@ -190,13 +190,48 @@ def test_plan_text_shows_what_runs_which_names_and_where(rich: SandboxPlan) -> N
     assert "(started on first use)" in text
 
 
+def test_plan_marks_a_wildcard_over_a_shared_suffix_in_json_and_text() -> None:
+    """A wildcard over a private-section suffix carries that suffix; the text flags the risk."""
+    config, _ = parse_config(
+        '[experts."e"]\ninstruction = "x"\n[experts."e".skills."s"]\ntype = "mcpStdioSkill"\n'
+        'command = "npx"\npackageName = "p"\n'
+        'allowedDomains = ["*.googleapis.com", "*.example.com"]\n'
+    )
+    sandbox = plan(config, "e")
+    rules = json.loads(plan_to_json(sandbox))["egress"]
+    assert [(r["pattern"], r["shared_suffix"]) for r in rules] == [
+        ("*.example.com", None),
+        ("*.googleapis.com", "googleapis.com"),
+    ]
+    text = plan_to_text(sandbox)
+    mark = "[shared suffix: every tenant of googleapis.com is reachable]"
+    assert f"*.googleapis.com  <- s  {mark}" in text
+    assert "*.example.com  <- s\n" in text
+
+
+def test_plan_text_of_pick_with_omit_says_pick_then_omit() -> None:
+    """A skill with both filters reads as 'only these, then not those'."""
+    config, _ = load_config(FIXTURES / "seed_004_complete.toml")
+    text = plan_to_text(plan(config, "my-expert"))
+    assert "tools  only analyze_typescript, then not analyze_python" in text
+
+
 def test_plan_json_is_byte_identical_across_hash_seeds() -> None:
     """The same file gives the same bytes under different PYTHONHASHSEED values."""
     outputs = set()
     for seed in ("0", "1", "4242", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         result = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "plan", "reviewer", "--json", "-c", str(RICH)],
+            [
+                sys.executable,
+                "-m",
+                "perstack_sandbox",
+                "plan",
+                "reviewer",
+                "--json",
+                "-c",
+                str(RICH),
+            ],
             capture_output=True,
             check=True,
             env=env,
@@ -213,3 +248,83 @@ def test_plan_is_pure_and_repeatable() -> None:
     first = plan(parse_config(text)[0], "reviewer")
     second = plan(parse_config(text)[0], "reviewer")
     assert plan_to_json(first) == plan_to_json(second)
+
+
+HIDDEN_TOML = """
+envPath = ["secrets/app.env", "../shared.env", "/etc/perstack/ci.env"]
+
+[experts."e"]
+instruction = "test"
+"""
+
+
+def test_the_plan_names_every_env_file_and_where_it_is_hidden() -> None:
+    """Defaults, envPath and --env-path files are all named; those in the folder get a target."""
+    config, _ = parse_config(HIDDEN_TOML, config_dir="/srv/expert")
+    sandbox = plan(config, "e", ("/srv/expert/cli.env", "/srv/expert/.env", "/tmp/x.env"))  # noqa: S108 - a path in a plan
+    hidden = {h.path: (h.origin, h.target) for h in sandbox.hidden}
+    assert hidden == {
+        "/srv/expert/.env": ("default", f"{EXPERT_DIR}/.env"),
+        "/srv/expert/.env.local": ("default", f"{EXPERT_DIR}/.env.local"),
+        "/srv/expert/secrets/app.env": ("envPath", f"{EXPERT_DIR}/secrets/app.env"),
+        "/srv/shared.env": ("envPath", None),
+        "/etc/perstack/ci.env": ("envPath", None),
+        "/srv/expert/cli.env": ("--env-path", f"{EXPERT_DIR}/cli.env"),
+        "/tmp/x.env": ("--env-path", None),  # noqa: S108 - a path in a plan
+    }
+    assert [h.path for h in sandbox.hidden] == sorted(hidden)
+    assert sandbox.hidden_name_prefix == ".env"
+
+
+@pytest.mark.parametrize(
+    ("config_dir", "name", "target"),
+    [
+        (".", "keys.env", f"{EXPERT_DIR}/keys.env"),
+        (".", "../.env", None),
+        ("/srv/expert/", "./sub/../x.env", f"{EXPERT_DIR}/x.env"),
+        ("/srv/expert", "/srv/expert-other/.env", None),
+        ("/srv/expert", "/srv/expert", None),
+    ],
+)
+def test_an_env_path_is_inside_the_folder_only_when_it_lies_strictly_below_it(
+    config_dir: str, name: str, target: str | None
+) -> None:
+    """Paths are normalised as text: `..` climbs out, a sibling with the same prefix is outside."""
+    config, _ = parse_config('[experts."e"]\ninstruction = "t"\n', config_dir=config_dir)
+    [found] = [h for h in plan(config, "e", (name,)).hidden if h.origin == "--env-path"]
+    assert found.target == target
+
+
+def test_plan_text_and_json_say_what_is_hidden() -> None:
+    """`plan` shows each hidden file, the `.env*` rule, and the env files outside the folder."""
+    config, _ = parse_config(HIDDEN_TOML, config_dir="/srv/expert")
+    sandbox = plan(config, "e")
+    text = plan_to_text(sandbox)
+    assert f"hidden  {EXPERT_DIR}/secrets/app.env  (envPath env file" in text
+    assert f"hidden  {EXPERT_DIR}/.env  (default env file" in text
+    assert f"every other .env* file under {EXPERT_DIR}" in text
+    assert "env file outside the folder (not mounted)  /srv/shared.env  (envPath)" in text
+    loaded = json.loads(plan_to_json(sandbox))
+    assert {h["target"] for h in loaded["hidden"]} >= {f"{EXPERT_DIR}/secrets/app.env", None}
+    assert loaded["hidden_name_prefix"] == ".env"
+
+
+def test_plan_command_takes_env_paths_like_the_run(tmp_path: Path) -> None:
+    """`plan --env-path F` names F (made absolute against the current folder) as hidden."""
+    config = tmp_path / "perstack.toml"
+    config.write_text('[experts."e"]\ninstruction = "t"\n', encoding="utf-8")
+    argv = [sys.executable, "-m", "perstack_sandbox", "plan", "e", "--json", "-c", str(config)]
+    done = subprocess.run(
+        [*argv, "--env-path", "keys.env"],
+        capture_output=True,
+        check=True,
+        cwd=tmp_path,
+        timeout=60,
+        text=True,
+    )
+    hidden = json.loads(done.stdout)["hidden"]
+    assert {
+        "origin": "--env-path",
+        "path": str(tmp_path / "keys.env"),
+        "target": "/expert/keys.env",
+    } in hidden

@@ -10,10 +10,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.config import parse_config
-from orchestrator.errors import ConfigError
-from orchestrator.plan import ENTRY_DIR, plan, plan_to_json
-from proxy.hosts import HostRejected, canonicalise_host, canonicalise_pattern, match_host
+from perstack_sandbox.config import parse_config
+from perstack_sandbox.errors import ConfigError
+from perstack_sandbox.plan import ENTRY_DIR, plan, plan_to_json
+from perstack_sandbox_proxy.hosts import (
+    HostRejected,
+    canonicalise_host,
+    canonicalise_pattern,
+    match_host,
+)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 SEEDS = [

@@ -1,4 +1,8 @@
-"""``python -m proxy`` as the engine runs it: policy file in, audit lines out, clean exits."""
+"""The proxy's main as the engine runs it: policy file in, audit lines out, clean exits.
+
+Here it runs as `python -m perstack_sandbox_proxy` (its installed name); the proxy image copies
+the same package as `proxy` and runs `python3 -m proxy` (its imports are relative).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _start(policy_path: Path, *listen: str) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "proxy", "--policy", str(policy_path)]
+    args = [sys.executable, "-m", "perstack_sandbox_proxy", "--policy", str(policy_path)]
     for address in listen:
         args += ["--listen", address]
     return subprocess.Popen(

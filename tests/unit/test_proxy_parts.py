@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import pytest
 from proxy_helpers import client_hello
 
-from proxy._http import Refusal, parse_head, split_authority
-from proxy._netrules import AddressRules, is_non_public
-from proxy._policy import Limits, PolicyError, load_policy, parse_policy
-from proxy._resolver import ResolveError, StaticResolver, SystemResolver
-from proxy._tls import TlsError, client_hello_body, server_name
+from perstack_sandbox_proxy._http import Refusal, parse_head, split_authority
+from perstack_sandbox_proxy._netrules import AddressRules, is_non_public
+from perstack_sandbox_proxy._policy import Limits, PolicyError, load_policy, parse_policy
+from perstack_sandbox_proxy._resolver import ResolveError, StaticResolver, SystemResolver
+from perstack_sandbox_proxy._tls import TlsError, client_hello_body, server_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,7 +64,7 @@ def test_documentation_and_public_addresses_are_dialable(address: str) -> None:
     ],
 )
 def test_every_listed_non_public_address_is_refused(address: str) -> None:
-    """Each range of DESIGN.md decision 3 (and the embedded-IPv4 forms) is non-public."""
+    """Each range of docs/architecture.md decision 3 (and the embedded-IPv4 forms) is non-public."""
     assert AddressRules().refusal(ipaddress.ip_address(address)) == "non-public-address"
 
 

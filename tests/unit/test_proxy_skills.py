@@ -17,7 +17,7 @@ from proxy_helpers import (
     status_of,
 )
 
-from proxy._policy import PolicyError, parse_policy
+from perstack_sandbox_proxy._policy import PolicyError, parse_policy
 
 SEARCH_TOKEN = "search-token-0123456789abcdefghijklmnop"  # noqa: S105 - a test token
 MAIL_TOKEN = "mail-token-0123456789abcdefghijklmnopqrs"  # noqa: S105 - a test token
@@ -158,3 +158,53 @@ def test_policy_repr_does_not_show_tokens() -> None:
     parsed = parse_policy(_skills_policy())
     assert "search" in repr(parsed)
     assert SEARCH_TOKEN not in repr(parsed)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("169.254.169.254:443", "host-ip-literal"),
+        ("api.example.com:80", "port-not-allowed"),
+        ("metadata:443", "host-single-label"),
+    ],
+)
+def test_a_refusal_before_the_allowlist_still_names_the_skill_that_asked(
+    target: str, reason: str
+) -> None:
+    """A request refused for its host or port is attributed to the credential it carried.
+
+    Issue 12: these refusals come before the allowlist check, where the credential used to be
+    read, so the metadata-IP attempt was tied to no skill. Seen failing (skill null) with the
+    proxy as it was before (the credential read in `_allowed_domains`, after those checks).
+    """
+    with running_proxy(_skills_policy()) as harness:
+        response = exchange(harness, _with_credential(target, "mail", MAIL_TOKEN))
+        assert status_of(response) in {400, 403}
+        harness.wait_for(lambda: len(harness.decisions()) == 1, "the decision line")
+        decision = harness.decisions()[0]
+        assert (decision["reason"], decision["skill"]) == (reason, "mail")
+
+
+def test_plain_http_with_a_credential_is_refused_and_attributed() -> None:
+    """A plain-HTTP request that presents a skill's credential is refused, naming the skill.
+
+    Seen failing (skill null) with the proxy as it was before issue 12.
+    """
+    basic = base64.b64encode(f"search:{SEARCH_TOKEN}".encode()).decode()
+    raw = (
+        b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+        + f"Proxy-Authorization: Basic {basic}\r\n\r\n".encode()
+    )
+    with running_proxy(_skills_policy()) as harness:
+        assert status_of(exchange(harness, raw)) == 403
+        harness.wait_for(lambda: len(harness.decisions()) == 1, "the decision line")
+        decision = harness.decisions()[0]
+        assert (decision["reason"], decision["skill"]) == ("plain-http-refused", "search")
+
+
+def test_an_unknown_credential_is_attributed_to_no_skill() -> None:
+    """A wrong token names no skill (a guessed token must not borrow a skill's name)."""
+    with running_proxy(_skills_policy()) as harness:
+        exchange(harness, _with_credential("169.254.169.254:443", "search", "wrong"))
+        harness.wait_for(lambda: len(harness.decisions()) == 1, "the decision line")
+        assert harness.decisions()[0]["skill"] is None

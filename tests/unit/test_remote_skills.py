@@ -10,8 +10,8 @@ import pytest
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 
-from orchestrator.gateway import open_gateway
-from orchestrator.skills import RemoteSkillSession, SkillSpec
+from perstack_sandbox.gateway import open_gateway
+from perstack_sandbox.skills import RemoteSkillSession, SkillSpec
 
 pytestmark = pytest.mark.anyio
 DEADLINE_S = 30

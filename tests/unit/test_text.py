@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import audit
-from orchestrator._text import printable
-from orchestrator.cli import error_lines
-from orchestrator.errors import SkillError
+from perstack_sandbox import audit
+from perstack_sandbox.cli import error_lines
+from perstack_sandbox.errors import SkillError
+from perstack_sandbox.text import printable
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,20 @@ def test_cli_error_lines_escape_what_a_skill_wrote() -> None:
 def test_audit_text_escapes_tool_names() -> None:
     """A tool name with an escape sequence is shown escaped in `audit` output."""
     tool = audit.ToolSummary(skill="s", tool="evil\x1b[2J", calls=1, outcomes={"ok": 1})
-    summary = audit.RunSummary("r", "e", "finished", "", "", [], [tool], [], {})
+    summary = audit.RunSummary(
+        run_id="r",
+        kind="run",
+        expert="e",
+        status="finished",
+        started="",
+        ended="",
+        image="",
+        allowlist={},
+        packages=[],
+        hosts=[],
+        tools=[tool],
+        calls=[],
+        unreadable_lines={},
+    )
     assert "evil\\x1b[2J" in audit.render_text(summary)
     assert "\x1b" not in audit.render_text(summary)

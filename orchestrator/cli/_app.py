@@ -1,0 +1,206 @@
+"""The application: its options, the one exit-code table, and the entry point `main`.
+
+Every error is mapped to an exit code in `EXIT_CODES` (documented by `EXIT_CODE_TABLE`, which
+`--help` and the README show); `main` is the only place that exits the process. Help is plain
+text (`_help`); the commands register on `app` from `_commands` and `_ops`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Final
+
+import typer
+
+from perstack_sandbox.cli._help import PlainCommand, PlainGroup
+from perstack_sandbox.errors import (
+    ConfigError,
+    EnvFileError,
+    InputError,
+    RunError,
+    RunInterruptedError,
+    SandboxError,
+)
+from perstack_sandbox.isolation import Isolation
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+PROGRAM: Final = "perstack-sandbox"
+INTERRUPTED: Final = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd program
+EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
+    (RunInterruptedError, INTERRUPTED),
+    (InputError, 2),
+    (RunError, 1),
+    (SandboxError, 1),
+)
+EXIT_CODE_TABLE: Final = (
+    (0, "success (a tool result with isError is still a completed call)"),
+    (
+        1,
+        (
+            "the run failed: engine, image build, skill or gateway; a run taken down by "
+            "`down`; a failing `doctor` check"
+        ),
+    ),
+    (
+        2,
+        (
+            "bad input: command line, perstack.toml, unknown Expert, missing variable, env "
+            "file; nothing was started"
+        ),
+    ),
+    (INTERRUPTED, "interrupted by Ctrl-C (SIGINT) or SIGTERM; what was started is torn down"),
+)
+
+
+class _App(PlainGroup):
+    exit_codes = EXIT_CODE_TABLE
+
+
+app = typer.Typer(
+    name=PROGRAM,
+    help="Run one Perstack Expert's MCP skills inside a hardened Docker sandbox.",
+    cls=_App,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def command(
+    *examples: str, name: str | None = None, group: typer.Typer | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command of `group` (default: `app`) with plain help and example lines."""
+    target = app if group is None else group
+    return target.command(name=name, cls=PlainCommand, epilog="\n".join(examples))
+
+
+def _version(value: bool) -> None:  # noqa: FBT001 - typer's callback signature
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - rarely used
+
+    try:
+        typer.echo(f"{PROGRAM} {version(PROGRAM)}")
+    except PackageNotFoundError:
+        typer.echo(f"{PROGRAM} (version unknown: not installed as a package)")
+    raise typer.Exit
+
+
+@app.callback()
+def _root(
+    _version_flag: Annotated[  # noqa: FBT002 - a typer flag
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run one Perstack Expert's MCP skills inside a hardened Docker sandbox."""
+
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", metavar="PATH", help="Path to perstack.toml."),
+]
+DEFAULT_CONFIG = Path("perstack.toml")
+ExpertArgument = Annotated[
+    str,
+    typer.Argument(metavar="EXPERT", help="The Expert's key in perstack.toml.", show_default=False),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+EnvPathOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--env-path",
+        metavar="FILE",
+        help="Dotenv file with skill secrets; replaces envPath and .env/.env.local.",
+    ),
+]
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", metavar="DIR", help="Folder mounted read-write at /workspace."),
+]
+PrefixToolsOption = Annotated[
+    bool,
+    typer.Option(
+        "--prefix-tools",
+        help="Expose every tool as skill__tool (for skills whose tool names collide).",
+    ),
+]
+IsolationOption = Annotated[
+    Isolation,
+    typer.Option(
+        "--isolation",
+        help="Run the skills under runc or gVisor's runsc (each skill in its own container; "
+        "`doctor --fix` sets gVisor up).",
+    ),
+]
+EXAMPLE_CONFIG = "-c examples/perstack.toml"
+
+
+def exit_code_for(error: SandboxError) -> int:
+    """Return the exit code for an error, from the one table."""
+    for error_class, code in EXIT_CODES:
+        if isinstance(error, error_class):
+            return code
+    return 1  # pragma: no cover - SandboxError is the last row
+
+
+def _interrupt_on_sigterm(_signum: int, _frame: object) -> None:
+    # SIGTERM takes the path of Ctrl-C: the running command is cancelled and every sandbox is
+    # torn down by its context manager, instead of the process dying with containers left.
+    signal.raise_signal(signal.SIGINT)
+
+
+def main() -> None:
+    """Console-script entry point: run the app and map errors to exit codes."""
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        code = app(standalone_mode=False, prog_name=PROGRAM)  # typer.Exit(n) is returned
+    except SandboxError as exc:
+        for line in error_lines(exc):
+            typer.echo(line, err=True)
+        sys.exit(exit_code_for(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(INTERRUPTED)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # a bad command line (missing argument, bad option)
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"error: {exc}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # noqa: BLE001 - the top of the CLI: never a bare traceback
+        typer.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    if code == INTERRUPTED:  # typer turns a KeyboardInterrupt into this code, silently
+        typer.echo("interrupted", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def error_lines(error: SandboxError) -> list[str]:
+    """Render an error for stderr: one line per config issue or env-file line, with its place.
+
+    Messages may quote a skill (stderr lines, JSON-RPC errors): control characters are escaped.
+    """
+    from perstack_sandbox.text import printable  # noqa: PLC0415 - keeps --help fast
+
+    if isinstance(error, ConfigError):
+        return [printable(f"{'warning' if i.is_warning else 'error'}: {i}") for i in error.issues]
+    if isinstance(error, EnvFileError):
+        return [printable(f"error: {problem}") for problem in error.problems]
+    return [printable(f"error: {error}")]
+
+
+def warn(line: str) -> None:
+    """Print one warning line on stderr."""
+    typer.echo(f"warning: {line}", err=True)

@@ -1,0 +1,415 @@
+"""The sandbox lifecycle: networks, the proxy container, the sandbox container, teardown.
+
+`open_sandbox()` is an async context manager. Blocking docker-py calls run in worker threads;
+teardown is shielded from cancellation and bounded in time, and removes every object labelled
+with the run id (not only the ones this process remembers creating), so a cancellation at any
+point of the set-up leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import signal
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
+from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
+from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
+from perstack_sandbox.engine._exec import ExecProcess, start_exec
+from perstack_sandbox.engine._gvisor import require_isolation
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import no_progress
+from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation
+from perstack_sandbox.plan import check_expert_folder
+from perstack_sandbox.state import write_private
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from pathlib import Path
+
+    from perstack_sandbox.engine._sweep import RunInfo
+    from perstack_sandbox.plan import SandboxPlan
+    from perstack_sandbox.state import RunState
+
+
+CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
+NO_PROXY: Final = "localhost,127.0.0.1,::1"
+LAUNCHER: Final = "/usr/local/bin/perstack-launch"
+TEARDOWN_TIMEOUT_S: Final = 30.0  # force-removing two containers and a network; engine is slow
+EXEC_CLOSE_TIMEOUT_S: Final = 15.0  # killing a skill that outlived its session
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """A started sandbox: its container, its proxy, and how to run processes in it."""
+
+    run_id: str
+    container_id: str
+    proxy_ip: str
+    proxy_port: int
+    proxy_container_id: str
+    proxy_host_ip: str
+    network_id: str
+    # Skill name -> its proxy token (a secret: only in the policy and that skill's exec env).
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    isolation: Isolation = DEFAULT_ISOLATION
+    # Under gVisor, one container per stdio skill, in skill order (else only `container_id`).
+    container_ids: tuple[str, ...] = ()
+
+    def proxy_env(self, skill: str | None = None) -> dict[str, str]:
+        """Return the proxy and CA variables of `skill`'s process.
+
+        The proxy URL carries `skill`'s own credential, so the proxy holds it to its own
+        allowlist; with no `skill` (or one without a credential) the URL has none.
+        """
+        url = f"http://{self._userinfo(skill)}{self.proxy_ip}:{self.proxy_port}"
+        return {
+            "HTTPS_PROXY": url,
+            "HTTP_PROXY": url,
+            "https_proxy": url,
+            "http_proxy": url,
+            "NO_PROXY": NO_PROXY,
+            "no_proxy": NO_PROXY,
+            "NODE_USE_ENV_PROXY": "1",
+            "SSL_CERT_FILE": CA_BUNDLE,
+            "NODE_EXTRA_CA_CERTS": CA_BUNDLE,
+            "REQUESTS_CA_BUNDLE": CA_BUNDLE,
+        }
+
+    async def egress_problem(self) -> str | None:
+        """Return why the sandbox has lost its egress proxy, or None while the proxy runs.
+
+        Without its proxy the sandbox has no way out at all (it fails closed); the gateway
+        uses this to refuse further calls with a clear message instead of letting skills
+        fail one by one, unaudited. The engine is asked (in a worker thread) only once the
+        proxy's output has ended, so a healthy call costs no engine round trip.
+        """
+        if not _health.has_stopped(self.proxy_container_id):
+            return None
+        how = await anyio.to_thread.run_sync(_health.describe_stopped, self.proxy_container_id)
+        return (
+            f"egress is down: the proxy of run {self.run_id} stopped ({how}). The sandbox has "
+            f"no network access any more and tool calls are refused; stop this run "
+            f"(`perstack-sandbox down {self.run_id}`) and start a new one"
+        )
+
+    async def wait_stopped(self) -> str:
+        """Wait until the sandbox container stops or disappears; return how, as a sentence.
+
+        The container goes when `down` removes the run, when something kills it, or when the
+        engine becomes unreachable; the skills are gone with it. Cancelling returns at once.
+        """
+        try:
+            # A thread of its own for the run's whole life: on the shared default limiter,
+            # many runs in one process would hold every worker thread the engine calls need.
+            await anyio.to_thread.run_sync(
+                _health.wait_stopped,
+                self.container_id,
+                abandon_on_cancel=True,
+                limiter=anyio.CapacityLimiter(1),
+            )
+        except EngineError as exc:
+            how = f"cannot be watched: {exc}"
+        else:
+            how = await anyio.to_thread.run_sync(_health.describe_end, self.container_id)
+        return f"run {self.run_id} is over: its sandbox container {how}; its skills are gone"
+
+    @property
+    def host_proxy_url(self) -> str:
+        """The proxy as the host reaches it, without a credential."""
+        return f"http://{self.proxy_host_ip}:{self.proxy_port}"
+
+    def host_proxy_url_for(self, skill: str) -> str:
+        """Return the proxy as the host reaches it, with `skill`'s credential (remote skills)."""
+        return f"http://{self._userinfo(skill)}{self.proxy_host_ip}:{self.proxy_port}"
+
+    def _userinfo(self, skill: str | None) -> str:
+        token = self.credentials.get(skill) if skill is not None else None
+        if skill is None or token is None:
+            return ""
+        return f"{_slug(skill)}:{token}@"
+
+    def skill_uid(self, index: int) -> int:
+        """Return the uid of the `index`-th skill (each skill gets its own).
+
+        Raises:
+            ValueError: there are more skills than uids baked into the image.
+
+        """
+        if not 0 <= index < SKILL_UID_COUNT:
+            raise ValueError(f"skill index {index} outside 0..{SKILL_UID_COUNT - 1}")
+        return SKILL_UID_FIRST + index
+
+    def container_for(self, user: int) -> str:
+        """Return the container that runs the skill with uid `user` (its own, under gVisor)."""
+        index = user - SKILL_UID_FIRST
+        if len(self.container_ids) > 1 and 0 <= index < len(self.container_ids):
+            return self.container_ids[index]
+        return self.container_id
+
+    @asynccontextmanager
+    async def exec_stdio(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        user: int,
+        workdir: str,
+    ) -> AsyncIterator[ExecProcess]:
+        """Start `argv` as skill uid `user`, with exactly `env`, and yield its stdio streams.
+
+        `env` is the exec's environment (never the container's, never argv). `HOME` defaults
+        to `/home/skill<uid>`; the launcher creates it mode 700 and refuses one it does not own.
+        Under gVisor the launcher first loads the sandbox's seccomp profile into the skill
+        (runsc applies the container's profile to its first process only, not to execs).
+        On exit the process is killed if it still runs.
+
+        Raises:
+            ValueError: `user` is not a skill uid.
+            EngineError: the engine refused the exec or could not be reached.
+
+        """
+        if not SKILL_UID_FIRST <= user < SKILL_UID_FIRST + SKILL_UID_COUNT:
+            raise ValueError(f"uid {user} is not a skill uid")
+        full_env = {"HOME": f"/home/skill{user}", **env}
+        process = await start_exec(
+            self.container_for(user),
+            [*launcher_argv(self.isolation), *argv],
+            env=full_env,
+            user=user,
+            workdir=workdir,
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(process.pump)
+            if self.isolation == "gvisor":  # runsc leaves the stream open if its sandbox dies
+                group.start_soon(process.end_with_container)
+            try:
+                yield process
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(EXEC_CLOSE_TIMEOUT_S):
+                    await process.close()
+                group.cancel_scope.cancel()
+
+
+def launcher_argv(isolation: Isolation) -> list[str]:
+    """Return the launcher command a skill's argv follows (under gVisor it loads seccomp)."""
+    return [LAUNCHER, "--seccomp"] if isolation == "gvisor" else [LAUNCHER]
+
+
+@asynccontextmanager
+async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
+    plan: SandboxPlan,
+    *,
+    image: str,
+    run: RunState,
+    workspace: Path | None = None,
+    test_allow_cidrs: tuple[str, ...] = (),
+    isolation: Isolation = DEFAULT_ISOLATION,
+) -> AsyncIterator[Sandbox]:
+    """Start the sandbox of `plan` from `image` and tear everything down on exit.
+
+    The sandbox container runs under `isolation`'s runtime (runc, or gVisor's runsc), which
+    must be available: it is never replaced by a weaker one. Under gVisor each stdio skill gets
+    its own sandbox container (its own gVisor kernel): in Debian's runsc any process reads any
+    other's /proc/<pid>/environ, which would hand one skill another's secrets.
+
+    The proxy holds each skill to its own allowedDomains, told apart by a random per-run
+    credential in that skill's proxy URL (`Sandbox.proxy_env(skill)`); the tokens are in the
+    proxy's policy only, never in the run's copy of it. `test_allow_cidrs` lets tests reach
+    their own listeners and is empty (off) everywhere else. Teardown runs on normal exit, on an
+    exception and on cancellation (SIGINT/SIGTERM via `cancel_on_signals`).
+
+    Every env file in the Expert's folder is covered by an empty read-only file (see
+    `plan.check_expert_folder`).
+
+    Raises:
+        UsageError: the Expert's folder cannot be checked, or skills could not read it.
+        IsolationError: gVisor was asked for and is not installed or registered.
+        EngineError: the engine refused an operation, or the proxy never became ready.
+
+    """
+    await anyio.to_thread.run_sync(require_isolation, isolation)
+    # Checked again now (not only at `prepare`): the folder may have changed since.
+    folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
+    credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
+    policy = proxy_policy(plan, run.run_id, test_allow_cidrs, credentials)
+    # The run's copy names each skill's list but holds no token.
+    kept = {key: value for key, value in policy.items() if key != "skills"}
+    kept["skillAllowedDomains"] = skill_grants(plan)
+    write_private(run.policy_path, json.dumps(kept, indent=2) + "\n")
+    run.update_meta(
+        image=image, status="starting", workspace=str(workspace or ""), hidden=folder.masks
+    )
+    spec = _containers.SandboxSpec(
+        run_id=run.run_id,
+        expert=plan.expert,
+        image=image,
+        limits=plan.limits,
+        expert_dir=plan.config_dir,
+        workspace=str(workspace) if workspace else None,
+        policy=json.dumps(policy),
+        masks=folder.masks,
+        cover=str(run.write_cover()) if folder.masks else "",
+        isolation=isolation,
+        containers=len(plan.skills) if isolation == "gvisor" else 1,
+    )
+    status = "failed"
+    try:
+        started = await _containers.start(spec, run)
+        run.update_meta(status="running", container=started.container_id)
+        yield Sandbox(
+            run_id=run.run_id,
+            container_id=started.container_id,
+            proxy_ip=started.proxy_ip,
+            proxy_port=_containers.PROXY_PORT,
+            proxy_container_id=started.proxy_id,
+            proxy_host_ip=started.proxy_host_ip,
+            network_id=started.network_id,
+            credentials=credentials,
+            isolation=isolation,
+            container_ids=started.container_ids,
+        )
+        status = "finished"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _teardown(run, status)
+
+
+def proxy_policy(
+    plan: SandboxPlan,
+    run_id: str,
+    test_allow_cidrs: Sequence[str],
+    credentials: Mapping[str, str],
+) -> dict[str, object]:
+    """Return the proxy's policy: the Expert's list, and each skill's token and own list.
+
+    `credentials` maps every skill of `skill_grants(plan)` to its token.
+    """
+    return {
+        "allowedDomains": list(plan.allowed_domains),
+        "sandboxId": run_id,
+        "testAllowCidrs": list(test_allow_cidrs),
+        "skills": {
+            credentials[name]: {"skill": name, "allowedDomains": domains}
+            for name, domains in skill_grants(plan).items()
+        },
+    }
+
+
+def skill_grants(plan: SandboxPlan) -> dict[str, list[str]]:
+    """Return each skill's own allowlist: a stdio skill's list, a remote skill's endpoint host.
+
+    The host connects to a remote skill's endpoint and nowhere else on its behalf.
+    """
+    grants = {launch.name: list(launch.allowed_domains) for launch in plan.skills}
+    grants |= {sse.name: [sse.host] for sse in plan.sse_skills}
+    return grants
+
+
+def _slug(name: str) -> str:
+    """Return `name` as a URL userinfo user name (informative only: the token decides)."""
+    return re.sub(r"[^A-Za-z0-9._~-]", "-", name) or "skill"
+
+
+async def _teardown(run: RunState, status: str) -> None:
+    try:
+        with anyio.fail_after(TEARDOWN_TIMEOUT_S):
+            await anyio.to_thread.run_sync(_containers.remove_run, run.run_id)
+    except (EngineError, TimeoutError) as exc:
+        run.update_meta(status=f"{status}; teardown failed: {exc}")
+        raise EngineError(
+            f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox gc` removes "
+            f"what is left (objects labelled {LABEL_RUN}={run.run_id})"
+        ) from exc
+    run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@asynccontextmanager
+async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
+    """Cancel the body on SIGINT or SIGTERM, so every sandbox in it is torn down.
+
+    Use it around `open_sandbox` in a command: `async with cancel_on_signals(): ...`.
+    """
+    async with anyio.create_task_group() as group:
+        scope = group.cancel_scope
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        try:
+            yield scope
+        finally:
+            scope.cancel()  # stop watching: the body is done
+
+
+def list_sandboxes() -> list[RunInfo]:
+    """Return every run that has labelled containers on this engine, oldest first.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    return _sweep.list_runs()
+
+
+def collect_garbage(*, include_images: bool = False) -> list[str]:
+    """Remove every labelled object whose owning process is gone (on this host); name them.
+
+    Objects of live owners, and of owners on other hosts, are never touched. The shared egress
+    network goes once no container uses it. With `include_images`, images that no current
+    recipe uses (older base/proxy builds, experts built on an older base) go too.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    removed = _sweep.collect_garbage()
+    return removed + (_sweep.remove_superseded_images() if include_images else [])
+
+
+def take_down(run_id: str) -> list[str]:
+    """Remove the objects of one run (`run_id`); name them.
+
+    Unlike `collect_garbage`, this removes objects of live owners too: it is what the user
+    asked for. The owner notices within seconds (`Sandbox.wait_stopped`) and exits.
+
+    Raises:
+        EngineError: the engine refused a removal or could not be reached.
+
+    """
+    return _sweep.take_down(run_id)
+
+
+def runs_to_take_down(*, everyone: bool = False) -> list[RunInfo]:
+    """Return the runs `down --all` takes down: this user's (`owner_user()`), or every run.
+
+    Raises:
+        EngineError: the engine could not be reached.
+
+    """
+    me = owner_user()
+    return [run for run in _sweep.list_runs() if everyone or run.owner_user == me]
+
+
+def diagnose(
+    *, fix: bool = False, progress: Callable[[str], None] = no_progress
+) -> list[_doctor.Check]:
+    """Report the engine, storage driver, cgroup version, images, gVisor, leftovers (`doctor`).
+
+    Raises:
+        ImageBuildError: `fix` was asked and a build failed.
+        EngineError: `fix` was asked and the engine, npm or pip failed.
+
+    """
+    return _doctor.diagnose(fix=fix, progress=progress)
