@@ -102,13 +102,13 @@ def npm_dir() -> Path:
 @cache
 def everything_version() -> str:
     """Return the everything server's version inside the example image (built when missing)."""
-    sys.path.insert(0, str(ROOT))
-    from perstack_sandbox import images  # noqa: PLC0415 - after the path tweak when run as a script
+    sys.path.insert(0, str(ROOT / "src"))
+    from perstack_sandbox import engine, images  # noqa: PLC0415 - after the path tweak as a script
     from perstack_sandbox.config import load_config  # noqa: PLC0415
     from perstack_sandbox.plan import plan  # noqa: PLC0415
 
     config, _ = load_config(EXAMPLE)
-    image = images.ensure_expert_image(plan(config, "demo"), progress=lambda _line: None)
+    image = engine.ensure_expert_image(plan(config, "demo"), progress=lambda _line: None)
     packages = images.resolved_packages(image)
     return next(p["version"] for p in packages if p["name"] == EVERYTHING)
 
