@@ -16,9 +16,11 @@ streamable HTTP.
   gets a clear refusal (see `_hosts`). 2026-07-28 clients get them as `InputRequiredResult`
   (see `_pending`). Interactive tools ask through elicitation, a terminal prompt from `call`,
   or else answer that input is needed.
-- **Audit.** Every forwarded request is logged by shape, never values: tool calls and prompt
-  gets by name and argument shape, resource reads by URI, questions by the tool they belong to
-  (see `_audit`).
+- **Audit.** Every forwarded request goes to the run's `AuditSink` by shape, never values:
+  tool calls and prompt gets by name and argument shape, resource reads by URI, questions by
+  the tool they belong to (see `_audit`).
+- **End.** When the run's sandbox goes (`ends_when`), later tool calls are refused with the
+  reason and every client that has sent a request gets it as an `error` log message.
 
 ```
 _core.py        Gateway: skills, catalog refresh, tool calls, interactive tools; the skills' bridge
