@@ -13,6 +13,7 @@ only its owner can read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 
-from perstack_sandbox import engine
+from perstack_sandbox import engine, state
 from perstack_sandbox.config import load_config
 from perstack_sandbox.errors import RunError, RunInterruptedError, UsageError
 from perstack_sandbox.gateway import (
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from pathlib import Path
 
-    from perstack_sandbox.audit import ToolCall
+    from perstack_sandbox.audit import Request, ToolCall
     from perstack_sandbox.config import PerstackConfig
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Secret
@@ -116,6 +117,9 @@ class _TerminalWarnings:
     def tool_call(self, call: ToolCall) -> None:
         """Keep calls in the run's files only."""
 
+    def request(self, request: Request) -> None:
+        """Keep the other forwarded requests in the run's files only."""
+
     def skill_stderr(self, skill: str, line: str) -> None:
         """Keep stderr in the run's files only."""
 
@@ -181,8 +185,17 @@ async def open_expert(options: LaunchOptions) -> AsyncIterator[Gateway]:
         raise sole from sole.__cause__
     if gone:
         raise RunError(gone[0])
-    if not finished:  # the body was cancelled by SIGINT/SIGTERM
+    if not finished:  # the body was cancelled by SIGINT/SIGTERM: stopped, not failed
+        _record_stopped(run.run_id)
         raise RunInterruptedError(f"interrupted by a signal; run {run.run_id} was torn down")
+
+
+def _record_stopped(run_id: str) -> None:
+    """Record a run that a signal ended as `stopped`: it was asked to end, it did not fail."""
+    record = state.open_run(run_id)
+    if record is not None:
+        with contextlib.suppress(OSError):  # the exit code says it already; keep no traceback
+            record.update_meta(status="stopped")
 
 
 @asynccontextmanager

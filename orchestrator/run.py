@@ -25,12 +25,20 @@ from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import anyio
 import anyio.to_thread
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
 
 from perstack_sandbox import engine, images, state
 from perstack_sandbox.audit import NULL_SINK, RunFiles, TeeSink
 from perstack_sandbox.config import PerstackConfig, load_config
-from perstack_sandbox.errors import EngineError, RunError, UsageError
-from perstack_sandbox.gateway import Gateway, open_gateway, sole_exception
+from perstack_sandbox.errors import EngineError, RunError, SkillError, UsageError
+from perstack_sandbox.gateway import (
+    Gateway,
+    get_prompt,
+    open_gateway,
+    read_resource,
+    sole_exception,
+)
 from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation, check_isolation
 from perstack_sandbox.plan import (
     Secret,
@@ -42,11 +50,9 @@ from perstack_sandbox.plan import plan as make_plan
 from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
-
-    import mcp_types as types
 
     from perstack_sandbox.audit import AuditSink
     from perstack_sandbox.gateway import Prompter
@@ -355,6 +361,62 @@ class Run:
         """
         return await self.gateway.call_tool_checked(name, dict(arguments or {}))
 
+    async def list_prompts(self) -> list[types.Prompt]:
+        """Return every prompt the skills offer (starts lazy skills; names as `list_tools`).
+
+        Raises:
+            SkillError: a skill failed to start. GatewayError: prompt names collide.
+            RunError: the run is not started.
+
+        """
+        return [named.item for named in (await self.gateway.refreshed()).prompts.values()]
+
+    async def get_prompt(
+        self, name: str, arguments: Mapping[str, str] | None = None
+    ) -> types.GetPromptResult:
+        """Get one prompt from the skill that offers it (recorded by argument shape only).
+
+        Raises:
+            UsageError: no such prompt, or the skill rejected the arguments.
+            SkillError: the skill died, timed out, or answered with a JSON-RPC error.
+            RunError: the run is not started.
+
+        """
+        with _skill_refusals(f"prompts/get {name!r}"):
+            return await get_prompt(self.gateway, name, dict(arguments or {}))
+
+    async def list_resources(self) -> list[types.Resource]:
+        """Return every resource the skills list (under `prefix_tools`, URIs in our scheme).
+
+        Raises:
+            SkillError: a skill failed to start. GatewayError: resource URIs collide.
+            RunError: the run is not started.
+
+        """
+        return [named.item for named in (await self.gateway.refreshed()).resources.values()]
+
+    async def list_resource_templates(self) -> list[types.ResourceTemplate]:
+        """Return every resource template the skills list.
+
+        Raises:
+            SkillError: a skill failed to start. GatewayError: templates collide.
+            RunError: the run is not started.
+
+        """
+        return [named.item for named in (await self.gateway.refreshed()).templates.values()]
+
+    async def read_resource(self, uri: str) -> types.ReadResourceResult:
+        """Read a resource from the skill that serves `uri` (listed, or matching a template).
+
+        Raises:
+            UsageError: no skill serves that URI, or the skill rejected it.
+            SkillError: the skill died, timed out, or answered with a JSON-RPC error.
+            RunError: the run is not started.
+
+        """
+        with _skill_refusals(f"resources/read {uri!r}"):
+            return await read_resource(self.gateway, uri)
+
     async def __aenter__(self) -> Self:
         """Prepare, build when needed, start the sandbox and the skills.
 
@@ -480,6 +542,18 @@ def _news(error: BaseException, gateway: Gateway | None) -> BaseException:
 def skill_home(uid: int) -> str:
     """Return the private HOME of the skill running as `uid` (made mode 700 by the launcher)."""
     return f"/home/skill{uid}"
+
+
+@contextlib.contextmanager
+def _skill_refusals(what: str) -> Iterator[None]:
+    """Raise a skill's JSON-RPC error as ours: bad params as `UsageError`, else `SkillError`."""
+    try:
+        yield
+    except MCPError as exc:
+        error_class = UsageError if exc.error.code == types.INVALID_PARAMS else SkillError
+        raise error_class(
+            f"a skill refused {what}: {exc.error.message} (JSON-RPC error {exc.error.code})"
+        ) from exc
 
 
 def build_sessions(

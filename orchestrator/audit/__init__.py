@@ -5,16 +5,25 @@ process-wide logging handlers, so runs that share a process keep separate trails
 is the sink of a run folder (see `perstack_sandbox.state`); `TeeSink` adds the caller's own.
 
 ```
-_sinks.py    AuditSink, ToolCall, RunFiles, TeeSink, NULL_SINK
+_sinks.py    AuditSink, ToolCall, Request, RunFiles, TeeSink, NULL_SINK
 _summary.py  reading audit.jsonl and tools.jsonl back into a summary, for `audit`
 ```
 """
 
 from __future__ import annotations
 
-from perstack_sandbox.audit._sinks import NULL_SINK, AuditSink, RunFiles, TeeSink, ToolCall
+from perstack_sandbox.audit._sinks import (
+    NULL_SINK,
+    TOOL_CALL_KIND,
+    AuditSink,
+    Request,
+    RunFiles,
+    TeeSink,
+    ToolCall,
+)
 from perstack_sandbox.audit._summary import (
     HostSummary,
+    RequestSummary,
     RunSummary,
     ToolSummary,
     find_run,
@@ -27,8 +36,11 @@ from perstack_sandbox.audit._summary import (
 
 __all__ = [
     "NULL_SINK",
+    "TOOL_CALL_KIND",
     "AuditSink",
     "HostSummary",
+    "Request",
+    "RequestSummary",
     "RunFiles",
     "RunSummary",
     "TeeSink",

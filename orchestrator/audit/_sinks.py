@@ -17,7 +17,10 @@ from perstack_sandbox import state
 from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
+
+TOOL_CALL_KIND: Final = "tools/call"  # also the kind of a `tools.jsonl` line without one (older)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,7 @@ class ToolCall:
         """Return the `tools.jsonl` line of this call (camelCase keys)."""
         return {
             "time": self.time,
+            "kind": TOOL_CALL_KIND,
             "skill": self.skill,
             "tool": self.tool,
             "argShape": self.arg_shape,
@@ -51,6 +55,44 @@ class ToolCall:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One forwarded request other than a plain tools/call, by shape, never by value.
+
+    `kind` is its MCP method (resources/read, prompts/get, elicitation/create, ...); `target`
+    holds what it was about: a resource's `uri`, a prompt's name and `argShape`, the `tool`
+    whose call a skill's question belongs to, a `task` id.
+    """
+
+    time: str  # when it began, ISO 8601 UTC with milliseconds
+    kind: str
+    skill: str
+    target: Mapping[str, object]
+    duration_ms: float
+    outcome: str  # ok, error, and for a question the client's action (accept, decline, ...)
+
+    def to_json(self) -> dict[str, object]:
+        """Return the `tools.jsonl` line of this request (camelCase keys)."""
+        return {
+            **self.target,
+            "time": self.time,
+            "kind": self.kind,
+            "skill": self.skill,
+            "durationMs": round(self.duration_ms, 1),
+            "outcome": self.outcome,
+        }
+
+    def describe(self) -> str:
+        """Return the request as one line of text for a log."""
+        what = self.target.get("tool") or self.target.get("prompt") or self.target.get("uri")
+        shape = self.target.get("argShape")
+        args = f" args={json.dumps(shape, sort_keys=True)}" if shape is not None else ""
+        return (
+            f"{self.kind} {what or '-'} (skill {self.skill}){args} -> {self.outcome} "
+            f"in {self.duration_ms:.1f} ms"
+        )
+
+
 class AuditSink(Protocol):
     """Where one run reports what happens in it; one object per run, called on its event loop.
 
@@ -60,6 +102,9 @@ class AuditSink(Protocol):
 
     def tool_call(self, call: ToolCall) -> None:
         """Report a tools/call that finished (or was refused)."""
+
+    def request(self, request: Request) -> None:
+        """Report another forwarded request that finished (a resource read, a question...)."""
 
     def skill_stderr(self, skill: str, line: str) -> None:
         """Report a line a skill wrote to its stderr."""
@@ -76,6 +121,9 @@ class _NullSink:
 
     def tool_call(self, call: ToolCall) -> None:
         """Drop the call."""
+
+    def request(self, request: Request) -> None:
+        """Drop the request."""
 
     def skill_stderr(self, skill: str, line: str) -> None:
         """Drop the line."""
@@ -102,6 +150,11 @@ class TeeSink:
         for sink in self.sinks:
             sink.tool_call(call)
 
+    def request(self, request: Request) -> None:
+        """Report the request to every sink."""
+        for sink in self.sinks:
+            sink.request(request)
+
     def skill_stderr(self, skill: str, line: str) -> None:
         """Report the line to every sink."""
         for sink in self.sinks:
@@ -119,7 +172,7 @@ class TeeSink:
 
 
 class RunFiles:
-    """The sink of a run folder: calls to `tools.jsonl`, everything as text to `skills.log`.
+    """The sink of a run folder: forwarded requests to `tools.jsonl`, all as text to `skills.log`.
 
     Lines are written and flushed one by one, so a run that crashed keeps its trail; every
     text line is escaped with `printable` (it may quote a skill).
@@ -145,6 +198,14 @@ class RunFiles:
             return
         self._tools.write(json.dumps(call.to_json(), sort_keys=True, separators=(",", ":")) + "\n")
         self._line("gateway", "INFO", call.describe())
+
+    def request(self, request: Request) -> None:
+        """Append the request to `tools.jsonl` and a line to `skills.log`."""
+        if self._tools.closed:
+            return
+        line = json.dumps(request.to_json(), sort_keys=True, separators=(",", ":"))
+        self._tools.write(line + "\n")
+        self._line("gateway", "INFO", request.describe())
 
     def skill_stderr(self, skill: str, line: str) -> None:
         """Append the skill's stderr line to `skills.log`."""

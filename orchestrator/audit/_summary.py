@@ -5,7 +5,9 @@ Two JSON-lines files of a run folder (see `perstack_sandbox.state`) are read her
 - `audit.jsonl`, written by the proxy: one `decision` line per request (host, port, decision,
   reason, rule) and one `close` line per connection (bytes each way), joined by `conn`;
 - `tools.jsonl`, written by `RunFiles` from the gateway's calls: time, skill, tool, argument
-  SHAPE (keys and types, never values), duration and outcome.
+  SHAPE (keys and types, never values), duration and outcome; and, with a `kind`, every other
+  request the gateway forwarded (a resource read by URI, a prompt get by name, a question a
+  skill asked the client by the tool it belongs to...), also by shape only.
 
 Both are appended line by line while the run is live, so a run that crashed can be read: a
 truncated last line or any unparsable line is counted, never fatal, and a missing end time is
@@ -20,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from perstack_sandbox import state
+from perstack_sandbox.audit._sinks import TOOL_CALL_KIND
 from perstack_sandbox.errors import UsageError
 from perstack_sandbox.text import printable
 
@@ -59,6 +62,17 @@ class ToolSummary:
 
 
 @dataclass
+class RequestSummary:
+    """The forwarded requests of one kind, skill and target (a URI, a prompt, a tool)."""
+
+    kind: str
+    skill: str
+    target: str
+    count: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class RunSummary:
     """A run's (or a build's) audit: what it could reach and ran, its egress, its tool calls.
 
@@ -79,6 +93,7 @@ class RunSummary:
     tools: list[ToolSummary]
     calls: list[dict[str, Any]]
     unreadable_lines: dict[str, int]
+    requests: list[RequestSummary] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Return the summary as a JSON-ready dict (camelCase keys, stable order)."""
@@ -86,6 +101,7 @@ class RunSummary:
         return {_camel(key): value for key, value in raw.items()} | {
             "hosts": [{_camel(k): v for k, v in h.items()} for h in raw["hosts"]],
             "tools": [{_camel(k): v for k, v in t.items()} for t in raw["tools"]],
+            "requests": [{_camel(k): v for k, v in r.items()} for r in raw["requests"]],
         }
 
 
@@ -165,6 +181,8 @@ def summarise_tools(calls: list[dict[str, Any]]) -> list[ToolSummary]:
     """Fold tool-call lines into one summary per (skill, tool), sorted."""
     tools: dict[tuple[str, str], ToolSummary] = {}
     for call in calls:
+        if call.get("kind", TOOL_CALL_KIND) != TOOL_CALL_KIND:
+            continue
         key = (str(call.get("skill", "?")), str(call.get("tool", "?")))
         summary = tools.setdefault(key, ToolSummary(skill=key[0], tool=key[1]))
         summary.calls += 1
@@ -177,6 +195,22 @@ def summarise_tools(calls: list[dict[str, Any]]) -> list[ToolSummary]:
         if shape not in summary.shapes:
             summary.shapes.append(shape)
     return [tools[key] for key in sorted(tools)]
+
+
+def summarise_requests(lines: list[dict[str, Any]]) -> list[RequestSummary]:
+    """Fold the lines of forwarded requests other than tool calls, per (kind, skill, target)."""
+    found: dict[tuple[str, str, str], RequestSummary] = {}
+    for line in lines:
+        kind = str(line.get("kind", TOOL_CALL_KIND))
+        if kind == TOOL_CALL_KIND:
+            continue
+        target = line.get("uri") or line.get("prompt") or line.get("tool") or line.get("task")
+        key = (kind, str(line.get("skill", "?")), str(target or "-"))
+        summary = found.setdefault(key, RequestSummary(*key))
+        summary.count += 1
+        outcome = str(line.get("outcome", "unknown"))
+        summary.outcomes[outcome] = summary.outcomes.get(outcome, 0) + 1
+    return [found[key] for key in sorted(found)]
 
 
 def summarise(target: str | None) -> RunSummary:
@@ -213,6 +247,7 @@ def summarise_run(run: state.RunState) -> RunSummary:
         tools=summarise_tools(calls),
         calls=calls,
         unreadable_lines={state.AUDIT_FILE: bad_audit, state.TOOLS_FILE: bad_tools},
+        requests=summarise_requests(calls),
     )
 
 
@@ -281,6 +316,9 @@ def render_text(summary: RunSummary) -> str:
     lines += [_host_line(host) for host in summary.hosts] or ["  none"]
     lines += ["", "tool calls:"]
     lines += [_tool_line(tool) for tool in summary.tools] or ["  none"]
+    if summary.requests:
+        lines += ["", "other requests (resources, prompts, questions to the client...):"]
+        lines += [_request_line(request) for request in summary.requests]
     skipped = {name: n for name, n in summary.unreadable_lines.items() if n}
     if skipped:
         detail = ", ".join(f"{name}: {n}" for name, n in sorted(skipped.items()))
@@ -307,6 +345,11 @@ def _host_line(host: HostSummary) -> str:
         f"  {host.host}  port {ports}{skills}  allowed {host.allowed}  {refused}  "
         f"up {host.bytes_up} B  down {host.bytes_down} B  {host.first} .. {host.last}"
     )
+
+
+def _request_line(request: RequestSummary) -> str:
+    outcomes = ", ".join(f"{o} x{n}" for o, n in sorted(request.outcomes.items()))
+    return f"  {request.kind} {request.target}  [{request.skill}]  {request.count} ({outcomes})"
 
 
 def _tool_line(tool: ToolSummary) -> str:

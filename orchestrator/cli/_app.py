@@ -130,7 +130,10 @@ PrefixToolsOption = Annotated[
     bool,
     typer.Option(
         "--prefix-tools",
-        help="Expose every tool as skill__tool (for skills whose tool names collide).",
+        help=(
+            "Give each skill its own names: tools and prompts as skill__name, resource URIs as "
+            "perstack-skill://skill/uri (for skills whose names collide)."
+        ),
     ),
 ]
 IsolationOption = Annotated[

@@ -1,33 +1,43 @@
-"""The transport-free gateway: routes, collisions, calls, interactive tools, call log."""
+"""The transport-free gateway: skills, their catalogs, tool calls, interactive tools."""
 
 from __future__ import annotations
 
-import json
-import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from perstack_sandbox.audit import NULL_SINK, ToolCall
-from perstack_sandbox.errors import GatewayError, SkillError, UsageError
+from perstack_sandbox.audit import NULL_SINK
+from perstack_sandbox.errors import SkillError, UsageError
+from perstack_sandbox.gateway._audit import argument_shape, audited
+from perstack_sandbox.gateway._catalog import (
+    Catalog,
+    Route,
+    build_named,
+    build_routes,
+    exposed_name,
+    exposed_uri,
+)
+from perstack_sandbox.gateway._hosts import Hosts
+from perstack_sandbox.gateway._pending import PendingCalls
+from perstack_sandbox.gateway._results import input_needed, question_for, text_result
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.gateway._hosts import Responder
     from perstack_sandbox.plan import InteractiveTool
-    from perstack_sandbox.skills import SkillSession
+    from perstack_sandbox.skills import SkillAnswer, SkillRequest, SkillSession
 
-PREFIX_SEPARATOR: Final = "__"
+
+T = TypeVar("T")
+
 NOTIFY_TIMEOUT_S: Final = 2.0  # telling one client that the run is over; it may not read
-_QUESTION_KEYS: Final = ("question", "message", "prompt", "text", "action")
-
 
 Prompter: TypeAlias = "Callable[[str], Awaitable[str | None]]"
 """Asks the user a question and returns the answer (None: declined or cancelled)."""
@@ -39,79 +49,12 @@ EndWatch: TypeAlias = "Callable[[], Awaitable[str]]"
 """Returns once the run's sandbox has gone (`down`, a kill, the engine), saying how."""
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where an exposed tool name leads."""
-
-    exposed: str
-    skill: str
-    original: str
-    tool: types.Tool
-    interactive: InteractiveTool | None = None
-
-
-def argument_shape(value: object) -> object:
-    """Describe a JSON value by its shape only: keys and type names, never the values."""
-    if isinstance(value, dict):
-        return {str(key): argument_shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        shapes: list[object] = []
-        for item in value:
-            shape = argument_shape(item)
-            if shape not in shapes:
-                shapes.append(shape)
-        return shapes
-    if value is None:
-        return "null"
-    return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), "value")
-
-
-def exposed_name(skill: str, tool: str, *, prefix: bool) -> str:
-    """Return the name a host client sees for `tool` of `skill`."""
-    return f"{skill}{PREFIX_SEPARATOR}{tool}" if prefix else tool
-
-
-def build_routes(
-    tools_by_skill: Mapping[str, Sequence[types.Tool]],
-    interactive: Sequence[InteractiveTool] = (),
-    *,
-    prefix: bool = False,
-) -> dict[str, Route]:
-    """Map exposed names to skills; a collision names both skills and how to fix it.
-
-    Raises:
-        GatewayError: two skills expose the same name.
-
-    """
-    routes: dict[str, Route] = {}
-    candidates = [
-        (skill, tool, None) for skill, tools in tools_by_skill.items() for tool in tools
-    ] + [(item.skill, _interactive_tool(item), item) for item in interactive]
-    for skill, tool, item in candidates:
-        name = exposed_name(skill, tool.name, prefix=prefix)
-        if name in routes:
-            raise GatewayError(_collision(routes[name].skill, skill, tool.name))
-        exposed = tool.model_copy(update={"name": name})
-        routes[name] = Route(name, skill, tool.name, exposed, item)
-    return routes
-
-
-def _collision(first: str, second: str, tool: str) -> str:
-    return (
-        f"tool name {tool!r} is offered by both skill {first!r} and skill {second!r}. "
-        f"Use pick/omit in perstack.toml to keep one of them, or run with --prefix-tools "
-        f"(exposes {exposed_name(first, tool, prefix=True)!r} and "
-        f"{exposed_name(second, tool, prefix=True)!r})"
-    )
-
-
-def _interactive_tool(item: InteractiveTool) -> types.Tool:
-    schema = item.input_schema or {"type": "object"}
-    return types.Tool(name=item.name, description=item.description or None, input_schema=schema)
-
-
 class Gateway:
-    """Routes tools/list and tools/call to the skills; the transport-free core."""
+    """Routes host requests to the skills and skill requests to the hosts; transport-free.
+
+    It is also the skills' bridge (`SkillBridge`): what they may ask and tell the host clients
+    goes through `hosts`, with resource URIs in the form the host clients see.
+    """
 
     def __init__(  # noqa: PLR0913 - the skills, then one keyword per collaborator
         self,
@@ -126,8 +69,8 @@ class Gateway:
         """Prepare the gateway (skills start in `start`).
 
         `await egress_check()` returns why the sandbox lost its egress (or None); while it
-        returns a reason, sandboxed tool calls are refused with it. Every call is reported to
-        the run's own `audit` sink.
+        returns a reason, sandboxed tool calls are refused with it. Every forwarded request is
+        reported to the run's own `audit` sink.
         """
         self.skills = {skill.name: skill for skill in skills}
         self.interactive = tuple(interactive)
@@ -140,9 +83,18 @@ class Gateway:
         # Told the stop reason (the MCP server sends it to its clients as a log message).
         self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
         self._stopped = anyio.Event()
-        self._routes: dict[str, Route] = {}
-        self._listed: set[str] = set()
+        self.hosts = Hosts(audit)
+        self.pending = PendingCalls()
+        self.catalog = Catalog(prefix_tools, {name: s.spec for name, s in self.skills.items()})
+        self.subscriptions: dict[tuple[str, str], int] = {}  # (skill, URI) -> host subscribers
+        self.tasks: dict[str, str] = {}  # task id -> the skill that runs it
+        self.log_level: types.LoggingLevel | None = None  # the host clients' latest setLevel
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
+
+    @property
+    def _routes(self) -> dict[str, Route]:
+        return self.catalog.tools
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Start every non-lazy skill (concurrently) and check names for collisions.
@@ -152,8 +104,10 @@ class Gateway:
             GatewayError: two skills expose the same tool name.
 
         """
+        self._task_group = task_group
         for skill in self.skills.values():
-            skill.bind(task_group)
+            skill.bind(task_group, self)
+        self.pending.bind(task_group)
         eager = [skill for skill in self.skills.values() if not skill.spec.lazy_init]
         failures: list[SkillError] = []
 
@@ -171,30 +125,62 @@ class Gateway:
         await self._refresh(include_lazy=False)
 
     async def _refresh(self, *, include_lazy: bool) -> None:
-        tools_by_skill: dict[str, Sequence[types.Tool]] = {}
+        listed = [s for s in self.skills.values() if s.is_running or include_lazy]
+        tools: dict[str, Sequence[types.Tool]] = {}
         for skill in self.skills.values():
-            if skill.is_running or include_lazy:
-                tools_by_skill[skill.name] = await skill.list_tools()
+            if skill in listed:
+                tools[skill.name] = await skill.list_tools()
             elif skill.spec.pick:  # names known before start: check them early
-                tools_by_skill[skill.name] = [
+                tools[skill.name] = [
                     types.Tool(name=name, input_schema={"type": "object"})
                     for name in skill.spec.pick
                     if name not in skill.spec.omit
                 ]
-        self._routes = build_routes(tools_by_skill, self.interactive, prefix=self.prefix_tools)
-        self._listed = set(tools_by_skill) if include_lazy else self._listed
+        prompts = {s.name: await s.list_prompts() for s in listed}
+        resources = {s.name: await s.list_resources() for s in listed}
+        templates = {s.name: await s.list_resource_templates() for s in listed}
+        hidden = {(s.name, uri) for s in listed for uri in await s.hidden_resources()}
+        prefix = self.prefix_tools
+        catalog = self.catalog
+        catalog.hidden = hidden
+        catalog.tools = build_routes(tools, self.interactive, prefix=prefix)
+        catalog.prompts = build_named(
+            "prompt name", prompts, lambda p: p.name, lambda s, n: exposed_name(s, n, prefix=prefix)
+        )
+        catalog.resources = build_named(
+            "resource URI",
+            resources,
+            lambda r: r.uri,
+            lambda s, u: exposed_uri(s, u, prefix=prefix),
+        )
+        catalog.templates = build_named(
+            "resource template",
+            templates,
+            lambda t: t.uri_template,
+            lambda s, u: exposed_uri(s, u, prefix=prefix),
+        )
+
+    async def refreshed(self) -> Catalog:
+        """Return the catalog after listing every skill (starts lazy skills: a lister uses them).
+
+        Raises:
+            SkillError: a lazy skill failed to start.
+            GatewayError: two skills expose the same name, URI or template.
+
+        """
+        async with self._lock:
+            await self._refresh(include_lazy=True)
+            return self.catalog
 
     async def list_tools(self) -> list[types.Tool]:
-        """Every exposed tool (starts lazy skills: a client that lists will call).
+        """Every exposed tool (starts lazy skills).
 
         Raises:
             SkillError: a lazy skill failed to start.
             GatewayError: a lazy skill's tools collide with another skill's.
 
         """
-        async with self._lock:
-            await self._refresh(include_lazy=True)
-            return [route.tool for route in self._routes.values()]
+        return [route.tool for route in (await self.refreshed()).tools.values()]
 
     def route(self, name: str) -> Route:
         """Find the route of an exposed tool name.
@@ -215,8 +201,12 @@ class Gateway:
         arguments: dict[str, Any] | None,
         *,
         elicit: Prompter | None = None,
+        responder: Responder | None = None,
     ) -> types.CallToolResult:
         """Call one exposed tool; the answer is the skill's CallToolResult.
+
+        `responder` is the host request this call serves: the skill's questions, progress and
+        log messages go to it.
 
         Raises:
             UsageError: no skill offers that tool.
@@ -228,29 +218,45 @@ class Gateway:
             async with self._lock:
                 await self._refresh(include_lazy=True)
         route = self.route(name)
-        started = time.perf_counter()
-        began = datetime.now(UTC).isoformat(timespec="milliseconds")
-        outcome = "error"
-        try:
+        shape = argument_shape(arguments or {})
+        with audited(self.audit, "tools/call", route.skill, tool=name, argShape=shape) as entry:
             problem = self.stop_reason
             if problem is None and self.egress_check is not None and route.interactive is None:
                 problem = await self.egress_check()
             if problem is not None:
                 self.audit.warning(problem)
-                outcome = "refused-egress-down"
+                entry.outcome = "refused-egress-down"
                 return text_result(problem, error=True)
             if route.interactive is not None:
                 result = await self._ask(
                     route.interactive, arguments or {}, elicit or self.prompter
                 )
             else:
-                result = await self.skills[route.skill].call_tool(route.original, arguments)
-            outcome = "isError" if result.is_error else "ok"
+                result = await self.forward(
+                    route.skill,
+                    responder,
+                    lambda skill: skill.call_tool(
+                        route.original,
+                        arguments,
+                        progress=responder.progress if responder is not None else None,
+                    ),
+                )
+                result = self.catalog.expose_results(route.skill, result)
+            entry.outcome = "isError" if result.is_error else "ok"
             return result
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            shape = argument_shape(arguments or {})
-            self.audit.tool_call(ToolCall(began, route.skill, name, shape, elapsed_ms, outcome))
+
+    async def forward(
+        self,
+        skill: str,
+        responder: Responder | None,
+        send: Callable[[SkillSession], Awaitable[T]],
+    ) -> T:
+        """Run `send(skill)` with the skill's questions and logs routed to `responder`."""
+        session = self.skills[skill]
+        if responder is None:
+            return await send(session)
+        with self.hosts.responding(skill, responder):
+            return await send(session)
 
     async def _ask(
         self, item: InteractiveTool, arguments: Mapping[str, Any], ask: Prompter | None
@@ -283,6 +289,48 @@ class Gateway:
                 f"(JSON-RPC error {exc.error.code})"
             ) from exc
 
+    def declared_capabilities(self) -> types.ClientCapabilities:
+        """Return what skills are told: the host clients' forwardable capabilities."""
+        return self.hosts.declared_capabilities()
+
+    async def skill_request(self, skill: str, request: SkillRequest) -> SkillAnswer:
+        """Forward a skill's request to a host client (see `Hosts.skill_request`)."""
+        return await self.hosts.skill_request(skill, request)
+
+    async def skill_notification(self, skill: str, notification: types.ServerNotification) -> None:
+        """Pass a skill's notification to the host clients, URIs in their form."""
+        if isinstance(notification, types.ResourceUpdatedNotification):
+            uri = exposed_uri(skill, notification.params.uri, prefix=self.prefix_tools)
+            params = notification.params.model_copy(update={"uri": uri})
+            await self.hosts.publish_update(types.ResourceUpdatedNotification(params=params))
+            return
+        await self.hosts.skill_notification(skill, notification)
+
+    def skill_started(self, skill: str) -> None:
+        """Tell a (re)started skill the log level and subscriptions the host clients asked for."""
+        uris = [uri for (owner, uri), n in self.subscriptions.items() if owner == skill and n]
+        if self._task_group is not None and (uris or self.log_level is not None):
+            # Not awaited here: the skill is still starting, under its session's lock.
+            self._task_group.start_soon(self._tell_again, skill, uris)
+
+    async def _tell_again(self, skill: str, uris: list[str]) -> None:
+        session = self.skills[skill]
+        capabilities = session.capabilities or types.ServerCapabilities()
+        requests: list[types.ClientRequest] = []
+        if self.log_level is not None and capabilities.logging is not None:
+            requests.append(
+                types.SetLevelRequest(params=types.SetLevelRequestParams(level=self.log_level))
+            )
+        if capabilities.resources is not None and capabilities.resources.subscribe:
+            requests += [
+                types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)) for uri in uris
+            ]
+        try:
+            for request in requests:
+                await session.send(request, types.EmptyResult)
+        except (SkillError, MCPError) as exc:
+            self.audit.warning(f"skill {skill!r}: its log level and subscriptions were lost: {exc}")
+
     async def shut_down(self, reason: str) -> None:
         """Refuse every further call with `reason`, and tell the listeners (each bounded)."""
         self.stop_reason = reason
@@ -302,39 +350,6 @@ class Gateway:
         async with anyio.create_task_group() as stopping:
             for skill in self.skills.values():
                 stopping.start_soon(skill.stop)
-
-
-def question_for(item: InteractiveTool, arguments: Mapping[str, Any]) -> str:
-    """Return the text shown to the user for an interactive tool call."""
-    for key in _QUESTION_KEYS:
-        value = arguments.get(key)
-        if isinstance(value, str) and value.strip():
-            return value
-    detail = json.dumps(dict(arguments), sort_keys=True) if arguments else ""
-    return "\n".join(part for part in (item.description or item.name, detail) if part)
-
-
-def input_needed(item: InteractiveTool, message: str) -> types.CallToolResult:
-    """Return the error result for an interactive tool when nobody can be asked."""
-    return text_result(
-        f"Input is needed from the user for {item.skill}/{item.name}, but this client supports "
-        f"neither MCP elicitation nor a terminal prompt. Question: {message}",
-        error=True,
-    )
-
-
-def text_result(text: str, *, error: bool = False) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=error)
-
-
-def tools_payload(tools: Sequence[types.Tool]) -> list[dict[str, Any]]:
-    """Return tools as MCP JSON (camelCase keys, no nulls)."""
-    return [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
-
-
-def result_payload(result: types.CallToolResult) -> dict[str, Any]:
-    """Return a CallToolResult as MCP JSON (camelCase keys, no nulls)."""
-    return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 @asynccontextmanager

@@ -1,9 +1,10 @@
 """The gate in front of the gateway's HTTP endpoint: a bearer token and an Origin check.
 
 The endpoint listens on 127.0.0.1 only, but any local process and any web page the user opens
-can reach loopback. So every request must carry `Authorization: Bearer <token>` (compared in
-constant time), and a request that carries an `Origin` header (browsers always send one on
-cross-site requests) must come from the endpoint's own loopback origin. Anything else is
+can reach loopback. So every request must carry `Authorization: Bearer <token>` (the scheme
+in any case, as HTTP auth schemes are case-insensitive; the token compared in constant time),
+and a request that carries an `Origin` header (browsers always send one on cross-site
+requests) must come from the endpoint's own loopback origin. Anything else is
 refused before the MCP layer sees it.
 """
 
@@ -42,7 +43,7 @@ class BearerOriginGuard:
     def __init__(self, app: ASGIApp, *, token: str, allowed_origins: Iterable[str]) -> None:
         """Wrap `app`; lifespan and other non-HTTP scopes pass through untouched."""
         self._app = app
-        self._token = f"Bearer {token}".encode()
+        self._token = token.encode()
         self._origins = frozenset(origin.encode() for origin in allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,8 +56,8 @@ class BearerOriginGuard:
         if origin is not None and origin not in self._origins:
             await _refuse(send, 403, "forbidden origin", {})
             return
-        given = headers.get(b"authorization", b"")
-        if not hmac.compare_digest(given, self._token):
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
             await _refuse(
                 send, 401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}
             )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import stat
 import sys
-from typing import TYPE_CHECKING, Final
+import threading
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import uvicorn
 from mcp.server.stdio import stdio_server
@@ -17,81 +19,81 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from perstack_sandbox.errors import GatewayError, UsageError
 from perstack_sandbox.gateway._guard import BearerOriginGuard, loopback_origins
+from perstack_sandbox.gateway._plain_json import PlainJsonResponses
 from perstack_sandbox.gateway._server import make_server
+from perstack_sandbox.skills import first_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from perstack_sandbox.gateway._core import Gateway, Prompter
+    from perstack_sandbox.gateway._guard import ASGIApp
 
 
 MAX_PORT: Final = 65535
-READ_CHUNK: Final = 65536
 LISTEN_BACKLOG: Final = 128
+STDIN_LINES_BUFFERED: Final = 16
+STDIN_READ_BYTES: Final = 1 << 16
+SHUTDOWN_GRACE_S: Final = 2  # open SSE streams would otherwise hold a graceful stop forever
 
 
 async def serve_stdio(gateway: Gateway) -> None:
     """Serve the gateway over this process's stdin/stdout until the client closes it.
 
-    stdin is read without a worker thread when it is a pipe or a socket, so that the run
-    can end (its sandbox taken down, a signal) while the client is silent: a thread blocked
-    in `read()` cannot be cancelled, and the process would wait for the client's next line.
+    Cancelling the caller (SIGINT, SIGTERM) ends serving even while the client keeps stdin
+    open: stdin is read by a daemon thread, which neither a cancel nor the exit waits for.
     """
     server = make_server(gateway)
-    with _stdin_lines() as lines:
-        async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+    stdin = cast("anyio.AsyncFile[str]", _StdinLines())  # stdio_server only iterates its lines
+    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-class StdinLines:
-    """The lines of a non-blocking file descriptor, awaited on the event loop (cancellable)."""
+class _StdinLines:
+    """The lines of this process's stdin, read by a daemon thread.
 
-    def __init__(self, fd: int) -> None:
-        """Read from `fd`, which the caller made non-blocking."""
-        self._fd = fd
-        self._buffer = b""
+    anyio reads files in its worker threads, which a cancelled task still waits for and the
+    interpreter joins at exit: a client that keeps stdin open would hang `run` after a signal.
+    """
 
-    def __aiter__(self) -> StdinLines:
-        """Iterate over lines."""
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[str](STDIN_LINES_BUFFERED)
+        self._started = False
+
+    def __aiter__(self) -> _StdinLines:
         return self
 
     async def __anext__(self) -> str:
-        """Return the next line (with its newline), or stop at end of input."""
-        while (end := self._buffer.find(b"\n")) < 0:
-            await anyio.wait_readable(self._fd)
-            try:
-                chunk = os.read(self._fd, READ_CHUNK)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                if not self._buffer:
-                    raise StopAsyncIteration
-                end = len(self._buffer) - 1
-                break
-            self._buffer += chunk
-        line, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
-        return line.decode("utf-8", errors="replace")
+        if not self._started:
+            self._started = True
+            token = anyio.lowlevel.current_token()
+            threading.Thread(target=self._pump, args=(token,), name="stdin", daemon=True).start()
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
 
+    def _pump(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        # os.read on a private descriptor: a thread blocked in sys.stdin's buffered reader holds
+        # its lock, and the interpreter's shutdown aborts on that lock.
+        fd = os.dup(sys.stdin.fileno())
+        pending = b""
+        try:
+            while chunk := os.read(fd, STDIN_READ_BYTES):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._deliver(token, line)
+            if pending:
+                self._deliver(token, pending)
+            anyio.from_thread.run_sync(self._send.close, token=token)
+        except (OSError, RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the loop or the reader is gone: serving has ended
+        finally:
+            os.close(fd)
 
-@contextlib.contextmanager
-def _stdin_lines() -> Iterator[StdinLines | None]:
-    """Yield stdin as `StdinLines` (non-blocking meanwhile) when it is a pipe or a socket.
-
-    Anything else gets None (the SDK's own reader): a file cannot be polled and ends anyway,
-    and a terminal's non-blocking flag would be shared with the shell that owns it.
-    """
-    fd = sys.stdin.fileno()
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-        yield None
-        return
-    was_blocking = os.get_blocking(fd)
-    os.set_blocking(fd, False)
-    try:
-        yield StdinLines(fd)
-    finally:
-        with contextlib.suppress(OSError):
-            os.set_blocking(fd, was_blocking)  # another process may share the pipe
+    def _deliver(self, token: anyio.lowlevel.EventLoopToken, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        anyio.from_thread.run(self._send.send, text, token=token)
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -111,26 +113,6 @@ def parse_listen(address: str) -> tuple[str, int]:
     return "127.0.0.1", int(port_text)
 
 
-def bind_loopback(port: int) -> socket.socket:
-    """Bind and listen on 127.0.0.1:`port` (0: any free port) and return the socket.
-
-    `run --http` calls this before the sandbox starts, so a port in use is an error at once.
-
-    Raises:
-        GatewayError: the port cannot be bound.
-
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(LISTEN_BACKLOG)  # listening before on_ready: clients may connect at once
-    except OSError as exc:
-        sock.close()
-        raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
-    return sock
-
-
 async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
     gateway: Gateway,
     *,
@@ -143,7 +125,9 @@ async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
     """Serve streamable HTTP on 127.0.0.1:`port` (0: any free port) behind the guard.
 
     `sock`, when given, is a socket `bind_loopback` already bound (and `port` is ignored).
-    `on_ready(url)` is called once the socket listens; setting `stop` shuts down cleanly.
+
+    `on_ready(url)` is called once the socket listens. Setting `stop`, or cancelling the caller
+    (SIGINT, SIGTERM), stops it gracefully: uvicorn is asked to exit, not cancelled mid-request.
 
     Raises:
         GatewayError: the port cannot be bound.
@@ -151,35 +135,88 @@ async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
     """
     sock = sock if sock is not None else bind_loopback(port)
     actual = sock.getsockname()[1]
-    origins = loopback_origins(actual)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"127.0.0.1:{actual}", f"localhost:{actual}"],
-        allowed_origins=sorted(origins),
-    )
-    app = make_server(gateway).streamable_http_app(transport_security=security, host="127.0.0.1")
-    guarded = BearerOriginGuard(app, token=token, allowed_origins=origins)
     # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
     # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
     config = uvicorn.Config(
-        guarded, log_config=None, log_level="warning", access_log=False, lifespan="on"
+        http_app(gateway, port=actual, token=token),
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
-    server = uvicorn.Server(config)
+    server = _SignalFreeServer(config)
+    served = anyio.Event()
+
+    async def run_server() -> None:
+        with anyio.CancelScope(shield=True):  # stopped by should_exit below, never cancelled
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                sock.close()
+                served.set()
+
     async with anyio.create_task_group() as group:
-        if stop is not None:
-
-            async def watch() -> None:
-                await stop.wait()
-                server.should_exit = True
-
-            group.start_soon(watch)
+        group.start_soon(run_server)
         if on_ready is not None:
             on_ready(f"http://127.0.0.1:{actual}/mcp")
         try:
-            await server.serve(sockets=[sock])
+            await first_of(served.wait, (stop or anyio.Event()).wait)
         finally:
-            sock.close()
-            group.cancel_scope.cancel()
+            server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE_S * 2):
+                await served.wait()
+
+
+class _SignalFreeServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT and SIGTERM to the command.
+
+    The command cancels its body on a signal (`engine.cancel_on_signals`), which makes
+    `serve_http` ask this server to exit. uvicorn's own handlers would instead stop it first and
+    re-raise the signal afterwards, so whether a run ended "finished" or "stopped" was a race.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Capture nothing."""
+        yield
+
+
+def bind_loopback(port: int) -> socket.socket:
+    """Bind and listen on 127.0.0.1:`port` (0: any free port) and return the socket.
+
+    `run --http` calls this before the sandbox starts, so a port in use is an error at once.
+
+    Raises:
+        GatewayError: the port cannot be bound.
+
+    """
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose protocol says
+    # TCP. Without it, Nagle's algorithm holds each response's last segment until the client's
+    # delayed ACK (40 ms) on a reused connection.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(LISTEN_BACKLOG)  # listening before on_ready: clients may connect at once
+    except OSError as exc:
+        sock.close()
+        raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def http_app(gateway: Gateway, *, port: int, token: str) -> ASGIApp:
+    """Build the gateway's streamable HTTP app for 127.0.0.1:`port`: guard, plain JSON, MCP."""
+    origins = loopback_origins(port)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"127.0.0.1:{port}", f"localhost:{port}"],
+        allowed_origins=sorted(origins),
+    )
+    # SSE mode: a POST streams only when it must (PlainJsonResponses, and the SDK itself on
+    # 2026-07-28); a stream carries progress, log messages and questions before the answer.
+    app = make_server(gateway).streamable_http_app(transport_security=security, host="127.0.0.1")
+    return BearerOriginGuard(PlainJsonResponses(app), token=token, allowed_origins=origins)
 
 
 def terminal_prompter() -> Prompter | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import anyio
 import anyio.abc
@@ -156,3 +156,25 @@ async def pump_stdin(
     finally:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             await stdin.aclose()
+
+
+async def first_of(*waits: Callable[[], Any]) -> None:
+    """Return as soon as the first of `waits` returns (the others are cancelled)."""
+    async with anyio.create_task_group() as group:
+
+        async def run(wait: Callable[[], Any]) -> None:
+            await wait()
+            group.cancel_scope.cancel()
+
+        for wait in waits:
+            group.start_soon(run, wait)
+
+
+async def wait_or_kill(process: SkillProcess, grace_s: float) -> int | None:
+    """Wait up to `grace_s` for the exit, then kill and wait as long again; return the code."""
+    with anyio.move_on_after(grace_s):
+        return await process.wait()
+    await process.kill()
+    with anyio.move_on_after(grace_s):
+        return await process.wait()
+    return None

@@ -8,28 +8,22 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 import httpx2
-from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from perstack_sandbox.audit import NULL_SINK
 from perstack_sandbox.errors import SkillError
-from perstack_sandbox.skills._session import (
-    STARTUP_TIMEOUT_S,
-    SkillSession,
-    failure_reason,
-    first_of,
-    list_all_tools,
-)
+from perstack_sandbox.skills._session import SkillSession, failure_reason
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    import anyio.abc
+
     from perstack_sandbox.audit import AuditSink
     from perstack_sandbox.skills._process import SkillProcess
-    from perstack_sandbox.skills._session import SkillSpec
+    from perstack_sandbox.skills._spec import SkillSpec
 
 
 class RemoteSkillSession(SkillSession):
@@ -73,9 +67,10 @@ class RemoteSkillSession(SkillSession):
                 raise
             self.audit.warning(f"remote skill {self.name!r} failed: {failure_reason(exc)}")
         finally:
-            self._session = None
+            self._client = None
             self._stopped.set()
         if not self._stop.is_set():
+            self._failures += 1
             self._death = f"remote skill {self.name!r} lost its connection to {self.endpoint}"
 
     async def _serve_over(self, kind: str, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -100,15 +95,7 @@ class RemoteSkillSession(SkillSession):
                 http = await stack.enter_async_context(client())
                 streams = streamable_http_client(self.endpoint, http_client=http)
             read, write = await stack.enter_async_context(streams)
-            session = await stack.enter_async_context(
-                ClientSession(read, write, read_timeout_seconds=self.spec.timeout_s)
-            )
-            with anyio.fail_after(STARTUP_TIMEOUT_S):
-                await session.initialize()
-                self._tools = await list_all_tools(session)
-            self._session, self._handshaken = session, True
-            task_status.started()
-            await first_of(self._stop.wait, self._lost.wait)
+            await self._hold(read, write, task_status)
 
 
 @asynccontextmanager

@@ -90,6 +90,6 @@ async def test_the_runs_audit_shows_the_allowed_and_the_refused_attempts(
     calls = read_jsonl(hostile.run.tools_path)
     assert marker not in hostile.run.tools_path.read_text(encoding="utf-8")
     assert all(
-        set(call) == {"time", "skill", "tool", "argShape", "durationMs", "outcome"}
+        set(call) == {"time", "kind", "skill", "tool", "argShape", "durationMs", "outcome"}
         for call in calls
     )

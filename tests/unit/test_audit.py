@@ -190,6 +190,7 @@ def test_run_files_write_calls_as_json_lines_and_everything_as_escaped_log_text(
     [line] = [json.loads(x) for x in run.tools_path.read_text().splitlines()]
     assert line == {
         "time": "T",
+        "kind": "tools/call",
         "skill": "s",
         "tool": "t",
         "argShape": {"a": "str"},
@@ -298,6 +299,27 @@ async def test_the_gateway_logs_shapes_and_refuses_calls_once_egress_is_down(run
     assert all(x["skill"] == "local" and x["durationMs"] >= 0 and x["time"] for x in lines)
 
 
+def test_forwarded_requests_other_than_tool_calls_are_summarised_apart(run):
+    """Resource reads, prompt gets and questions are counted per kind and target, not as tools."""
+    write_lines(
+        run.tools_path,
+        [
+            {"kind": "tools/call", "skill": "s", "tool": "t", "argShape": {}, "outcome": "ok"},
+            {"kind": "resources/read", "skill": "s", "uri": "demo://a", "outcome": "ok"},
+            {"kind": "resources/read", "skill": "s", "uri": "demo://a", "outcome": "error"},
+            {"kind": "elicitation/create", "skill": "s", "tool": "t", "outcome": "accept"},
+        ],
+    )
+    summary = audit.summarise_run(run)
+    assert audit.tool_counts(summary) == {"s/t": 1}
+    assert [(r.kind, r.target, r.count, r.outcomes) for r in summary.requests] == [
+        ("elicitation/create", "t", 1, {"accept": 1}),
+        ("resources/read", "demo://a", 2, {"error": 1, "ok": 1}),
+    ]
+    assert "resources/read demo://a  [s]  2 (error x1, ok x1)" in audit.render_text(summary)
+    assert summary.to_json()["requests"][0]["kind"] == "elicitation/create"
+
+
 def test_the_summary_starts_with_each_skills_allowlist_and_the_image_packages(run):
     """The text opens with the allowlist per skill and the image's package versions."""
     policy = {"allowedDomains": ["a.example"], "skillAllowedDomains": {"web": ["a.example"]}}
@@ -351,3 +373,24 @@ def test_audit_json_errors_are_json_with_exit_2(monkeypatch, capsys, target):
     out, err = capsys.readouterr()
     assert set(json.loads(out)) == {"error"}
     assert err == ""
+
+
+def test_run_files_keep_other_forwarded_requests_in_tools_jsonl_with_their_kind(run):
+    """A resource read reaches tools.jsonl with its kind, skill and URI, and `audit` counts it."""
+    files = audit.RunFiles(run)
+    files.request(audit.Request("T", "resources/read", "s", {"uri": "demo://a"}, 2.0, "ok"))
+    files.close()
+    [line] = [json.loads(x) for x in run.tools_path.read_text().splitlines()]
+    assert line == {
+        "time": "T",
+        "kind": "resources/read",
+        "skill": "s",
+        "uri": "demo://a",
+        "durationMs": 2.0,
+        "outcome": "ok",
+    }
+    summary = audit.summarise_run(run)
+    assert [(r.kind, r.target, r.count) for r in summary.requests] == [
+        ("resources/read", "demo://a", 1)
+    ]
+    assert "resources/read demo://a (skill s) -> ok" in run.skills_log_path.read_text()
