@@ -138,11 +138,11 @@ async def test_an_expert_folder_the_skills_cannot_read_is_refused_on_entry(confi
 async def test_the_env_paths_given_to_open_run_are_hidden_by_its_plan(config_path, monkeypatch):
     """`open_run(env_paths=...)` reaches the run's plan: each file inside the folder is hidden."""
 
-    def no_engine(*_args: object, **_kwargs: object) -> str:
+    async def no_engine(*_args: object, **_kwargs: object) -> str:
         # DOCKER_HOST alone is not enough: an earlier test of the session may hold a client.
         raise EngineError("no engine in a unit test")
 
-    monkeypatch.setattr(engine, "ensure_expert_image", no_engine)
+    monkeypatch.setattr(engine, "ensure_expert_image_async", no_engine)
     (config_path.parent / "keys.vars").write_text("API_TOKEN=t\n")
     run = open_run(config_path, "e", secrets={"API_TOKEN": "t"}, env_paths=["keys.vars"])
     with anyio.fail_after(30), pytest.raises(EngineError):  # planned, then no engine to build on
