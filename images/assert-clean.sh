@@ -8,8 +8,15 @@ set -euo pipefail
 
 label="perstack-sandbox.managed=1"
 
-for net in $(docker network ls -q --filter "label=$label" --filter "label=perstack-sandbox.role=egress"); do
-    docker network rm "$net" >/dev/null 2>&1 || true
+# The last run's proxy may still be leaving it (its reaper sweeps until nothing new appears), so
+# try for a bounded while; a container still attached after that is listed below as a leak.
+for _ in $(seq 30); do
+    egress=$(docker network ls -q --filter "label=$label" --filter "label=perstack-sandbox.role=egress")
+    [[ -z "$egress" ]] && break
+    for net in $egress; do
+        docker network rm "$net" >/dev/null 2>&1 || true
+    done
+    sleep 1
 done
 
 containers=$(docker ps -aq --filter "label=$label")
