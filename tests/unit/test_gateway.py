@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -20,6 +19,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from gateway_support import serving_over_http
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -28,10 +28,8 @@ from perstack_sandbox.gateway import (
     argument_shape,
     build_routes,
     make_server,
-    new_token,
     open_gateway,
     parse_listen,
-    serve_http,
 )
 from perstack_sandbox.plan import InteractiveTool
 from perstack_sandbox.skills import SkillSession, SkillSpec, local_process
@@ -308,27 +306,6 @@ async def test_interactive_tool_uses_the_local_prompter_when_no_client_can_ask()
         async with open_gateway([], [ASK], prompter=prompter) as gateway:
             result = await gateway.call_tool("ask_user", {"question": "Q"})
     assert text_of(result) == "answer to Q"
-
-
-@contextlib.asynccontextmanager
-async def serving_over_http(gateway):
-    """Serve `gateway` over streamable HTTP on a free loopback port; yield (url, token)."""
-    token, ready, stop = new_token(), anyio.Event(), anyio.Event()
-    urls: list[str] = []
-
-    def on_ready(url):
-        urls.append(url)
-        ready.set()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(
-            functools.partial(
-                serve_http, gateway, port=0, token=token, on_ready=on_ready, stop=stop
-            )
-        )
-        await ready.wait()
-        yield urls[0], token
-        stop.set()
 
 
 async def test_http_transport_requires_bearer_token_and_loopback_origin():
