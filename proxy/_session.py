@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._audit import AuditLog
+    from ._fairness import Shares
     from ._netrules import AddressRules
     from ._policy import Policy
     from ._resolver import Resolver
@@ -61,6 +62,7 @@ class SessionHost(Protocol):
     resolver: Resolver
     connector: Connector
     audit: AuditLog
+    shares: Shares[Session]
 
     def rules_for(self, client: Connection) -> AddressRules:
         """Return the address rules for a client (the server's own addresses included)."""
@@ -92,12 +94,16 @@ class Session:
         self._reading_for_step = False
         self._finished = False
 
-    def start(self, *, over_limit: bool) -> None:
-        """Begin with the request head (already buffered, usually), or refuse at the cap."""
-        if over_limit:
-            self._refuse(Refusal(503, "too-many-connections"))
+    def start(self, refusal: Refusal | None = None) -> None:
+        """Begin with the request head (already buffered, usually), or answer ``refusal``."""
+        if refusal is not None:
+            self._refuse(refusal)
         else:
             self._guard(self._read_head)
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Refuse now, from outside (evicted from the unauthenticated pool); audited."""
+        self._guard(partial(_raise, refusal))
 
     def stop(self) -> None:
         """End the connection now (the server is stopping); its close line is still written."""
@@ -157,6 +163,7 @@ class Session:
         if end + 4 > limit:
             raise Refusal(431, "header-too-large")
         self._stop_reading()
+        self.server.shares.heard(self)
         raw, self._data = self._data[: end + 4], self._data[end + 4 :]
         self._decide(raw)
 
@@ -179,6 +186,9 @@ class Session:
             server.policy, server.resolver, server.connector, rules, record, grant
         )
         host = check_target(request, head)
+        refused = server.shares.admit(self, grant.skill if grant is not None else None)
+        if refused is not None:  # the skill's own share is full; its siblings' are untouched
+            raise Refusal(503, refused)
         self._host = host
         self._request = request
         self._start_dial()
@@ -269,6 +279,7 @@ class Session:
         self._data = b""
         upstream.write(hello)  # the audit line need not delay it
         self.stats.up += len(hello)
+        self.server.shares.established(self)
         record = self.record
         record.decision, record.reason = "allow", "allowed"
         self.server.audit.decision(self.conn, record)
