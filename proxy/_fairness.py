@@ -75,7 +75,7 @@ class Shares(Generic[Key]):
         return oldest
 
     def heard(self, key: Key) -> None:
-        """The request head of ``key`` has arrived: it leaves the unauthenticated pool."""
+        """Take ``key`` out of the unauthenticated pool: its request head has arrived."""
         self._waiting.pop(key, None)
 
     def admit(self, key: Key, skill: str | None) -> str | None:
@@ -97,7 +97,7 @@ class Shares(Generic[Key]):
         return None
 
     def established(self, key: Key) -> None:
-        """The tunnel of ``key`` is spliced: it no longer counts as pending."""
+        """Stop counting ``key`` as pending: its tunnel is spliced."""
         if key in self._pending:
             self._pending.discard(key)
             self.pending[self._skill_of[key]] -= 1
