@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import socket
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 from proxy_helpers import (
     client_hello,
@@ -24,10 +28,9 @@ from perstack_sandbox_proxy._fairness import (
     skill_share,
 )
 from perstack_sandbox_proxy._policy import Limits
+from perstack_sandbox_proxy._resolver import SystemResolver
 
 if TYPE_CHECKING:
-    import socket
-
     from proxy_helpers import ProxyHarness
 
 HOSTILE_TOKEN = "hostile-token-0123456789abcdefghijklmno"  # noqa: S105 - a test token
@@ -187,3 +190,30 @@ def test_silent_connections_beyond_the_pool_evict_the_oldest_and_the_audit_says_
         assert status_of(exchange(harness, b"GET /healthz HTTP/1.1\r\n\r\n")) == 200
         evicted = [d for d in harness.decisions() if d["reason"] == "too-many-unauthenticated"]
         assert [(d["decision"], d["skill"]) for d in evicted] == [("deny", None)] * 2
+
+
+def test_concurrent_lookups_of_one_name_share_one_getaddrinfo_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five CONNECTs resolving one name at once take one lookup (one thread), not five."""
+    calls: list[str] = []
+
+    async def lookups() -> list[list[str]]:
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Event()
+
+        async def getaddrinfo(host: str, *_: object, **__: object) -> list[tuple[Any, ...]]:
+            calls.append(host)
+            await gate.wait()
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 443))]
+
+        monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+        resolver = SystemResolver()
+        waiting = [asyncio.ensure_future(resolver.resolve("a.example")) for _ in range(5)]
+        loop.call_soon(gate.set)  # after every query has joined the one lookup
+        answers = await asyncio.gather(*waiting)
+        answers.append(await resolver.resolve("a.example"))  # a later query looks up afresh
+        return answers
+
+    assert asyncio.run(lookups()) == [["192.0.2.1"]] * 6
+    assert calls == ["a.example", "a.example"]
