@@ -136,10 +136,10 @@ async def test_a_skill_exhausting_its_share_leaves_the_decoys_allowed_fetch_work
     """The decoy's HTTPS GET succeeds while the hostile holds 400 silent and 32 pending tunnels.
 
     The hostile's CONNECTs beyond its pending share are refused 503 and audited with its name.
-    Fails when: the per-skill limits are removed (checked by hand: with
-    `max_pending_per_skill` and `max_connections_per_skill` set to 100000 in
-    proxy/_policy.py, the hostile got 200 for its CONNECTs until the global cap, and the
-    decoy's GET failed with "Tunnel connection failed: 503 Service Unavailable").
+    Fails when: the per-skill limits are removed (checked by hand: with `Shares.admit` in
+    proxy/_fairness.py returning None for every skill, the hostile got 200 for 624 CONNECTs,
+    which with its 400 silent ones filled the global cap of 1024, its other 76 got 503
+    too-many-connections, and so did the decoy: its GET came back "OSError", not "200").
     """
     host = registry_host()
     code = HOLD
