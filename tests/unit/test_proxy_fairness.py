@@ -8,8 +8,6 @@ import contextlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from proxy_helpers import (
     client_hello,
     connect_request,
@@ -31,6 +29,7 @@ from perstack_sandbox_proxy._policy import Limits
 from perstack_sandbox_proxy._resolver import SystemResolver
 
 if TYPE_CHECKING:
+    import pytest
     from proxy_helpers import ProxyHarness
 
 HOSTILE_TOKEN = "hostile-token-0123456789abcdefghijklmno"  # noqa: S105 - a test token
