@@ -67,6 +67,7 @@ class ProxyServer:
 
         """
         loop = self.loop = asyncio.get_running_loop()
+        self.audit.flush_once_per_iteration(loop)
         bound: list[tuple[str, int]] = []
         for host, port in listen:
             for sock in await _listening_sockets(host, port):
@@ -89,6 +90,7 @@ class ProxyServer:
         for session in sessions:
             session.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.audit.flush()
 
     def rules_for(self, client: Connection) -> AddressRules:
         """Add the address this client reached us on: with a wildcard listen it is ours too."""
