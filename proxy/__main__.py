@@ -78,7 +78,7 @@ async def serve(
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """Return uvloop's loop factory when uvloop is installed, else None (asyncio's own loop).
 
-    The image installs Debian's python3-uvloop: it halves the loop's own cost per event
+    The image installs Debian's python3-uvloop: it cuts the proxy's CPU per tunnel
     (docs/architecture.md, decision 41). Everything the proxy asks of the loop (readers,
     writers, timers, tasks) behaves the same on both.
     """

@@ -64,8 +64,8 @@ class AuditLog:
     sandbox_id: str
     stream: TextIO = field(default_factory=lambda: sys.stdout)
     # Set by `flush_once_per_iteration`: lines written in one loop iteration share one flush.
-    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
-    _flush_scheduled: bool = field(default=False, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+    _flush_scheduled: bool = field(default=False, init=False, repr=False)
 
     def flush_once_per_iteration(self, loop: asyncio.AbstractEventLoop) -> None:
         """Flush at the end of each iteration of ``loop`` instead of after every line.
