@@ -1,12 +1,13 @@
 """One client connection, from accept to its close line, as a chain of loop callbacks.
 
 The steps, in the order of docs/architecture.md, decision 3: read the request head (bounded
-in size and time) -> parse, canonicalise and decide without DNS -> count it against its skill's
-share (decision 40; until its head arrives it sits in the evictable unauthenticated pool) ->
-resolve and dial the checked address (the only step run as a task: the resolver and connector
-are coroutines) -> 200 -> read the ClientHello (bounded in size and time) and check its SNI
--> forward it, write the decision line -> splice. Every refusal answers (when an answer can still be sent), writes one
-decision line and closes; every decided connection gets one close line.
+in size and time) -> parse, canonicalise and decide without DNS -> count it against its
+skill's share (decision 40; until its head arrives it sits in the evictable unauthenticated
+pool) -> resolve and dial the checked address (the only step run as a task: the resolver and
+connector are coroutines) -> 200 -> read the ClientHello (bounded in size and time) and check
+its SNI -> forward it, write the decision line -> splice. Every refusal answers (when an
+answer can still be sent), writes one decision line and closes; every decided connection gets
+one close line.
 """
 
 from __future__ import annotations
