@@ -257,6 +257,7 @@ class Figures:
     rss_after_kib: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    cpu_us: float = 0.0  # the proxy's CPU time per tunnel set up and closed
     up_1m: float = 0.0  # MiB/s
     up_64m: float = 0.0
     down_64m: float = 0.0
@@ -279,12 +280,30 @@ def _interleaved(ports: dict[str, int], measure: Callable[[int], float]) -> dict
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def _latencies(ports: dict[str, int]) -> dict[str, list[float]]:
-    """LATENCY_SAMPLES setup latencies per proxy, taken in alternating blocks."""
-    samples: dict[str, list[float]] = {name: [] for name in ports}
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of the main thread of ``pid`` (both proxies do all their work there).
+
+    From /proc/PID/schedstat, in nanoseconds: /proc/PID/stat counts clock ticks, too coarse
+    for a few hundred tunnels.
+    """
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def _latencies(
+    proxies: dict[str, tuple[int, int]], cpu: dict[str, float]
+) -> dict[str, list[float]]:
+    """LATENCY_SAMPLES setup latencies per proxy, taken in alternating blocks.
+
+    Adds each proxy's CPU seconds over its own blocks to ``cpu``: unlike a latency, that
+    hardly moves with the machine's load.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in proxies}
     for round_number in range(ROUNDS):
-        for name in _alternating(list(ports), round_number):
-            samples[name] += _setup_latency(ports[name], LATENCY_SAMPLES // ROUNDS)
+        for name in _alternating(list(proxies), round_number):
+            port, pid = proxies[name]
+            before = _cpu_seconds(pid)
+            samples[name] += _setup_latency(port, LATENCY_SAMPLES // ROUNDS)
+            cpu[name] = cpu.get(name, 0.0) + _cpu_seconds(pid) - before
     return {name: sorted(values) for name, values in samples.items()}
 
 
@@ -302,9 +321,11 @@ def _measure(proxies: dict[str, tuple[int, int]]) -> dict[str, Figures]:
     figures = {name: Figures(rss_start_kib=_rss_kib(pid)) for name, (_, pid) in proxies.items()}
     for port in ports.values():
         _setup_latency(port, 50)  # warm-up
-    for name, latency in _latencies(ports).items():
+    cpu: dict[str, float] = {}
+    for name, latency in _latencies(proxies, cpu).items():
         figures[name].p50_ms = statistics.median(latency) * 1000
         figures[name].p99_ms = latency[int(len(latency) * 0.99) - 1] * 1000
+        figures[name].cpu_us = cpu[name] / len(latency) * 1e6
     for attr, measure in COLUMNS:
         for name, value in _interleaved(ports, measure).items():
             setattr(figures[name], attr, value)
@@ -317,6 +338,7 @@ def _measure(proxies: dict[str, tuple[int, int]]) -> dict[str, Figures]:
 ROWS = (
     ("tunnel setup p50 (ms)", "p50_ms", "lower"),
     ("tunnel setup p99 (ms)", "p99_ms", "lower"),
+    ("CPU per tunnel (us)", "cpu_us", "lower"),
     ("upload 1 MiB (MiB/s)", "up_1m", "higher"),
     ("upload 64 MiB (MiB/s)", "up_64m", "higher"),
     ("download 64 MiB (MiB/s)", "down_64m", "higher"),

@@ -1,5 +1,6 @@
-# The egress proxy: Debian trixie, Python 3 from Debian, the `proxy/` package (stdlib only),
-# a non-root user. The build context is prepared by orchestrator/images.py.
+# The egress proxy: Debian trixie, Python 3 from Debian, the `proxy/` package (stdlib only,
+# plus Debian's uvloop as its event loop: docs/architecture.md, decision 41), a non-root user.
+# The build context is prepared by orchestrator/images.py.
 FROM debian:trixie-slim
 
 ENV LANG=C.UTF-8 \
@@ -8,7 +9,9 @@ ENV LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
+    && apt-get install -y --no-install-recommends \
+        python3 \
+        python3-uvloop \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
     && echo "proxy:x:10000:10000:perstack proxy:/nonexistent:/usr/sbin/nologin" >>/etc/passwd \
     && echo "proxy:x:10000:" >>/etc/group

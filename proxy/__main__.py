@@ -19,7 +19,7 @@ from ._resolver import Resolver, SystemResolver
 from ._server import ProxyServer
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -75,6 +75,20 @@ async def serve(
         await server.close()
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Return uvloop's loop factory when uvloop is installed, else None (asyncio's own loop).
+
+    The image installs Debian's python3-uvloop: it cuts the proxy's CPU per tunnel
+    (docs/architecture.md, decision 41). Everything the proxy asks of the loop (readers,
+    writers, timers, tasks) behaves the same on both.
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the proxy runs without it
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None, resolver: Resolver | None = None) -> int:
     """Run the proxy; ``resolver`` replaces the system resolver (benchmarks, tests).
 
@@ -90,7 +104,8 @@ def main(argv: Sequence[str] | None = None, resolver: Resolver | None = None) ->
         return EXIT_BAD_INPUT
     server = ProxyServer(policy, resolver or SystemResolver(), AuditLog(policy.sandbox_id))
     try:
-        asyncio.run(serve(server, args.listen))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(server, args.listen))
     except OSError as exc:
         sys.stderr.write(f"proxy: cannot listen: {exc}\n")
         return EXIT_FAILED

@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _string
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
+
+if TYPE_CHECKING:
+    import asyncio
 
 # Long enough for any legal host (253) plus a port; anything longer is an attack, kept as a prefix.
 MAX_FIELD_CHARS: Final = 300
@@ -21,6 +24,8 @@ MAX_FIELD_CHARS: Final = 300
 def escape_raw(raw: bytes | str) -> str:
     """Return ``raw`` as printable text: bytes decoded with backslash escapes, length capped."""
     text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    if len(text) <= MAX_FIELD_CHARS and text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # what unicode_escape would return (the usual case: a clean host or method)
     escaped = text.encode("unicode_escape").decode("ascii")
     if len(escaped) > MAX_FIELD_CHARS:
         return escaped[:MAX_FIELD_CHARS] + "...(truncated)"
@@ -58,6 +63,16 @@ class AuditLog:
 
     sandbox_id: str
     stream: TextIO = field(default_factory=lambda: sys.stdout)
+    # Set by `flush_once_per_iteration`: lines written in one loop iteration share one flush.
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+    _flush_scheduled: bool = field(default=False, init=False, repr=False)
+
+    def flush_once_per_iteration(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush at the end of each iteration of ``loop`` instead of after every line.
+
+        Lines stay whole and in order; a burst of connections costs one write, not one each.
+        """
+        self._loop = loop
 
     def decision(self, conn: int, record: Decision) -> None:
         """Write the decision line of connection ``conn``."""
@@ -86,6 +101,15 @@ class AuditLog:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         sandbox = _string(self.sandbox_id)
         self.stream.write(f'{{"time":{_string(now)},"sandboxId":{sandbox},{fields}}}\n')
+        if self._loop is None or self._loop.is_closed():
+            self.stream.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write out every line written so far."""
+        self._flush_scheduled = False
         self.stream.flush()
 
 

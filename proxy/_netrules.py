@@ -7,6 +7,7 @@ there, so those flags would deny hosts that are allowed and public for our purpo
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -95,13 +96,23 @@ class AddressRules:
             return "own-address"
         if any(address.version == net.version and address in net for net in self.test_allow):
             return None
-        if is_non_public(address):
+        if _is_non_public_cached(address):
             return "non-public-address"
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_non_public_cached(address: IPAddress) -> bool:
+    """`is_non_public`, remembered: a host's few addresses come back on every CONNECT."""
+    return is_non_public(address)
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> IPAddress | None:
-    """Parse a resolver's answer (dropping any ``%zone``), or None when it is not an address."""
+    """Parse a resolver's answer (dropping any ``%zone``), or None when it is not an address.
+
+    Remembered (it is pure): a host's few answers come back on every CONNECT.
+    """
     try:
         return ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:

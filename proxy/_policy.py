@@ -5,7 +5,7 @@
  "skills": {"<token>": {"skill": "search", "allowedDomains": ["api.example.com"]}},
  "sandboxId": "abc123",
  "testAllowCidrs": [],
- "limits": {"maxConnections": 1024, "connectTimeout": 10}}
+ "limits": {"maxConnections": 1024, "connectTimeout": 10, "maxConnectionsPerSkill": 256}}
 ```
 Unknown keys are ignored so that the engine can grow the file; every known key is checked.
 
@@ -52,6 +52,14 @@ class Limits:
     max_client_hello_bytes: int = 65536
     # A tunnel with no bytes either way for this long is closed.
     idle_timeout: float = 300.0
+    # Connections whose request head has not arrived (no skill known yet); when full, the
+    # oldest is evicted (docs/architecture.md, decision 40). Half the cap: a burst of clients
+    # connecting at once (a test opens 500) must not evict each other.
+    max_unauthenticated: int = 512
+    # One skill's open connections (cut further so that all skills fit under maxConnections),
+    # and how many of them may be resolving, dialling or waiting for their ClientHello.
+    max_connections_per_skill: int = 256
+    max_pending_per_skill: int = 32
 
 
 _LIMIT_KEYS = {

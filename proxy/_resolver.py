@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -32,15 +33,39 @@ class Resolver(Protocol):
 
 
 class SystemResolver:
-    """The real resolver: the C library's getaddrinfo, run in the loop's thread pool."""
+    """The real resolver: the C library's getaddrinfo, run in the loop's thread pool.
+
+    Concurrent queries for one name share one lookup: a skill's burst of CONNECTs to its own
+    host takes one thread of the small pool, not all of them, so its siblings' lookups are not
+    queued behind it (each request still checks every answer itself).
+    """
+
+    def __init__(self) -> None:
+        """Start with no lookup in flight."""
+        self._in_flight: dict[str, asyncio.Future[list[str]]] = {}
 
     async def resolve(self, host: str) -> list[str]:
-        """Resolve ``host`` with getaddrinfo.
+        """Resolve ``host`` with getaddrinfo (joining a lookup of it already under way).
 
         Raises:
             ResolveError: getaddrinfo failed or returned nothing.
 
         """
+        shared = self._in_flight.get(host)
+        if shared is None:
+            shared = self._in_flight[host] = asyncio.ensure_future(self._lookup(host))
+            shared.add_done_callback(partial(self._landed, host))
+        # Shielded: one caller's timeout must not cancel the lookup the others wait for.
+        return list(await asyncio.shield(shared))
+
+    def _landed(self, host: str, lookup: asyncio.Future[list[str]]) -> None:
+        if self._in_flight.get(host) is lookup:
+            del self._in_flight[host]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here, in case every caller gave up waiting
+
+    @staticmethod
+    async def _lookup(host: str) -> list[str]:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(

@@ -13,6 +13,8 @@ import itertools
 import socket
 from typing import TYPE_CHECKING, Final
 
+from ._fairness import UNAUTHENTICATED_EVICTED, Shares
+from ._http import Refusal
 from ._netrules import AddressRules, parse_address
 from ._session import Session
 from ._tunnel import Connector, open_upstream
@@ -55,6 +57,7 @@ class ProxyServer:
         self._sessions: set[Session] = set()
         self._rules = policy.addresses
         self._rules_by_local: dict[str, AddressRules] = {}
+        self.shares: Shares[Session] = Shares(policy.limits, len(policy.skills))
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Listen on every ``(host, port)``; return the bound addresses (port 0 picks one).
@@ -64,6 +67,7 @@ class ProxyServer:
 
         """
         loop = self.loop = asyncio.get_running_loop()
+        self.audit.flush_once_per_iteration(loop)
         bound: list[tuple[str, int]] = []
         for host, port in listen:
             for sock in await _listening_sockets(host, port):
@@ -86,6 +90,7 @@ class ProxyServer:
         for session in sessions:
             session.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.audit.flush()
 
     def rules_for(self, client: Connection) -> AddressRules:
         """Add the address this client reached us on: with a wildcard listen it is ours too."""
@@ -103,6 +108,7 @@ class ProxyServer:
         if session in self._sessions:
             self._sessions.discard(session)
             self.active -= 1
+            self.shares.released(session)
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -127,7 +133,13 @@ class ProxyServer:
         session = Session(self, next(self._ids), sock, peer)
         self._sessions.add(session)
         self.active += 1
-        session.start(over_limit=self.active > self.policy.limits.max_connections)
+        if self.active > self.policy.limits.max_connections:
+            session.start(refusal=Refusal(503, "too-many-connections"))
+            return
+        evicted = self.shares.opened(session)
+        if evicted is not None:
+            evicted.refuse(Refusal(503, UNAUTHENTICATED_EVICTED))
+        session.start()
 
     def _pause_accepting(self, listener: socket.socket) -> None:
         loop = self.loop

@@ -1,11 +1,13 @@
 """One client connection, from accept to its close line, as a chain of loop callbacks.
 
 The steps, in the order of docs/architecture.md, decision 3: read the request head (bounded
-in size and time) -> parse, canonicalise and decide without DNS -> resolve and dial the checked
-address (the only step run as a task: the resolver and connector are coroutines) -> 200 ->
-read the ClientHello (bounded in size and time) and check its SNI -> forward it, write the
-decision line -> splice. Every refusal answers (when an answer can still be sent), writes one
-decision line and closes; every decided connection gets one close line.
+in size and time) -> parse, canonicalise and decide without DNS -> count it against its
+skill's share (decision 40; until its head arrives it sits in the evictable unauthenticated
+pool) -> resolve and dial the checked address (the only step run as a task: the resolver and
+connector are coroutines) -> 200 -> read the ClientHello (bounded in size and time) and check
+its SNI -> forward it, write the decision line -> splice. Every refusal answers (when an
+answer can still be sent), writes one decision line and closes; every decided connection gets
+one close line.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._audit import AuditLog
+    from ._fairness import Shares
     from ._netrules import AddressRules
     from ._policy import Policy
     from ._resolver import Resolver
@@ -61,6 +64,7 @@ class SessionHost(Protocol):
     resolver: Resolver
     connector: Connector
     audit: AuditLog
+    shares: Shares[Session]
 
     def rules_for(self, client: Connection) -> AddressRules:
         """Return the address rules for a client (the server's own addresses included)."""
@@ -92,12 +96,16 @@ class Session:
         self._reading_for_step = False
         self._finished = False
 
-    def start(self, *, over_limit: bool) -> None:
-        """Begin with the request head (already buffered, usually), or refuse at the cap."""
-        if over_limit:
-            self._refuse(Refusal(503, "too-many-connections"))
+    def start(self, refusal: Refusal | None = None) -> None:
+        """Begin with the request head (already buffered, usually), or answer ``refusal``."""
+        if refusal is not None:
+            self._refuse(refusal)
         else:
             self._guard(self._read_head)
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Refuse now, from outside (evicted from the unauthenticated pool); audited."""
+        self._guard(partial(_raise, refusal))
 
     def stop(self) -> None:
         """End the connection now (the server is stopping); its close line is still written."""
@@ -157,6 +165,7 @@ class Session:
         if end + 4 > limit:
             raise Refusal(431, "header-too-large")
         self._stop_reading()
+        self.server.shares.heard(self)
         raw, self._data = self._data[: end + 4], self._data[end + 4 :]
         self._decide(raw)
 
@@ -179,6 +188,9 @@ class Session:
             server.policy, server.resolver, server.connector, rules, record, grant
         )
         host = check_target(request, head)
+        refused = server.shares.admit(self, grant.skill if grant is not None else None)
+        if refused is not None:  # the skill's own share is full; its siblings' are untouched
+            raise Refusal(503, refused)
         self._host = host
         self._request = request
         self._start_dial()
@@ -269,6 +281,7 @@ class Session:
         self._data = b""
         upstream.write(hello)  # the audit line need not delay it
         self.stats.up += len(hello)
+        self.server.shares.established(self)
         record = self.record
         record.decision, record.reason = "allow", "allowed"
         self.server.audit.decision(self.conn, record)

@@ -7,6 +7,7 @@ refusal, not a guess.
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 _RECORD_HANDSHAKE: Final = 22
@@ -15,6 +16,8 @@ _MAX_RECORD: Final = 2**14 + 2048  # TLSCiphertext bound; a plaintext hello is s
 _EXT_SERVER_NAME: Final = 0
 _EXT_ECH: Final = 0xFE0D
 _NAME_TYPE_HOST: Final = 0
+# An extension's type and length (one C call per extension: the loop runs on every tunnel).
+_EXTENSION_HEADER: Final = struct.Struct(">HH")
 
 
 class TlsError(Exception):
@@ -110,8 +113,8 @@ def _extensions(body: bytes) -> tuple[set[int], bytes | None]:
     while position < size:
         if size - position < 4:  # noqa: PLR2004 - extension header size
             raise TlsError("malformed-client-hello")
-        kind = body[position] << 8 | body[position + 1]
-        end = position + 4 + (body[position + 2] << 8 | body[position + 3])
+        kind, length = _EXTENSION_HEADER.unpack_from(body, position)
+        end = position + 4 + length
         if end > size or kind in kinds:  # duplicates are forbidden by RFC 8446
             raise TlsError("malformed-client-hello")
         kinds.add(kind)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import errno
+import functools
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -55,9 +56,9 @@ async def open_upstream(address: str, port: int) -> Connection:
     """
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Created non-blocking (one system call fewer than setblocking afterwards).
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
         _start_connect(sock, address, port)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return Connection(sock, upstream=True, loop=loop)
@@ -165,10 +166,19 @@ def _proxy_password(head: RequestHead) -> bytes:
 
 
 def _canonical(raw: str, prefix: str) -> str:
+    canonical, reason = _canonical_or_reason(raw)
+    if canonical is None:
+        raise Refusal(403, prefix + reason)
+    return canonical
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical_or_reason(raw: str) -> tuple[str | None, str]:
+    """Canonicalise ``raw`` once (it is pure; a skill names the same few hosts again and again)."""
     try:
-        return canonicalise_host(raw)
+        return canonicalise_host(raw), ""
     except HostRejected as exc:
-        raise Refusal(403, prefix + exc.reason) from exc
+        return None, exc.reason
 
 
 def _same_target(header: str, host: str, port: int) -> bool:
