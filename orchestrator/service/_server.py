@@ -9,6 +9,7 @@ so, new runs get 503, every run is torn down, then the process exits 0 (decision
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -73,6 +74,11 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> None:
     if not options.address.is_unix:
         token = os.environ.get(TOKEN_ENV) or new_token()
     sock = bind(options.address)
+    if not options.address.is_unix:  # port 0 picks a free port: announce the real one
+        port = sock.getsockname()[1]
+        options = dataclasses.replace(
+            options, address=Address(host=options.address.host, port=port)
+        )
     try:
         anyio.run(_serve, options, sock, token, say)
     finally:
