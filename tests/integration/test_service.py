@@ -159,7 +159,7 @@ async def test_a_runs_token_does_not_open_another_run(served: Service, tmp_path:
 
     Seen failing by hand: with `_RunEndpoint` checking only that the bearer token belongs to
     some run (`any(run.opens_with(token) for run in runs.all())` in place of its own run's
-    `opens_with`), A's client listed B's tools and this test failed on the 401 assertion.
+    `opens_with`), B's endpoint answered A's initialize with 200 (`assert 200 == 401`).
     """
     config, expert = calc_expert(tmp_path)
     with anyio.fail_after(CREATE_TIMEOUT_S * 2):
