@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from starlette.requests import Request
-
     from starlette.types import Message, Receive, Scope, Send
+
     from perstack_sandbox.service._metrics import Metrics
     from perstack_sandbox.service._runs import ManagedRun, Runs
 

@@ -32,9 +32,9 @@ from perstack_sandbox.skills import first_of
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
+    from starlette.types import ASGIApp
 
     from perstack_sandbox.config import PerstackConfig
-    from starlette.types import ASGIApp
     from perstack_sandbox.run import Run
     from perstack_sandbox.service._api import CreateRun
     from perstack_sandbox.service._metrics import Metrics
