@@ -17,6 +17,7 @@ import anyio
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp.server.stdio import stdio_server
 
 from perstack_sandbox.config import load_config
@@ -147,7 +148,7 @@ def call_via(address: Address, options: LaunchOptions, tool: str, arguments: dic
         async with _service_run(address, options) as client:
             try:
                 result = await client.call_tool(tool, arguments)
-            except Exception as exc:  # the SDK's MCPError: a refusal of the gateway
+            except MCPError as exc:  # the gateway refused: no such tool, bad arguments
                 raise UsageError(str(exc)) from exc
         return json.dumps(result_payload(result), indent=2, sort_keys=True)
 

@@ -17,7 +17,7 @@ import anyio
 import httpx2
 import pytest
 from engine_support import reaper_of, wait_until
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from skills_support import (
     DEADLINE_S,
@@ -64,16 +64,17 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]
 class Service:
     """One `serve` process on a Unix socket."""
 
-    def __init__(self, socket_path: Path) -> None:
-        """Remember where it listens; nothing runs yet."""
+    def __init__(self, socket_path: Path, *flags: str) -> None:
+        """Remember where it listens and its extra `flags`; nothing runs yet."""
         self.socket_path = socket_path
+        self.flags = flags
         self.process: subprocess.Popen[str] | None = None
         self.stderr_path = socket_path.with_suffix(".stderr")
 
     def start(self) -> None:
         """Start it and wait until it announces its socket."""
         command = [sys.executable, "-m", "perstack_sandbox", "serve"]
-        command += ["--listen", f"unix:{self.socket_path}"]
+        command += ["--listen", f"unix:{self.socket_path}", *self.flags]
         with self.stderr_path.open("w") as stderr:
             self.process = subprocess.Popen(command, stderr=stderr, cwd=ROOT, text=True)
         announced = wait_until(
@@ -265,3 +266,44 @@ async def test_a_sigkilled_services_objects_are_removed_by_the_next_start(
     async with served.http() as http:
         assert (await http.get("/healthz")).json()["status"] == "ok"
         assert (await http.get("/v1/runs")).json() == {"runs": []}
+
+
+async def test_run_with_server_bridges_stdio_to_the_services_run(
+    served: Service, tmp_path: Path
+) -> None:
+    """An MCP client on `run --server`'s stdio calls a tool of a run the service holds."""
+    config, expert = calc_expert(tmp_path)
+    command = ["-m", "perstack_sandbox", "run", expert, "-c", str(config)]
+    command += ["--server", f"unix:{served.socket_path}"]
+    parameters = StdioServerParameters(
+        command=sys.executable, args=command, cwd=str(ROOT), env=dict(os.environ)
+    )
+    with anyio.fail_after(CREATE_TIMEOUT_S):
+        async with Client(parameters) as client:
+            echoed = await client.call_tool("echo", {"text": "bridged"})
+            async with served.http() as http:
+                assert len((await http.get("/v1/runs")).json()["runs"]) == 1
+    assert text_of(echoed) == "bridged"
+    assert await anyio.to_thread.run_sync(
+        lambda: wait_until(lambda: labelled_containers(expert) == [], DEADLINE_S)
+    )  # stdin closed: the command deleted its run
+
+
+async def test_an_idle_run_is_torn_down_after_the_idle_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--idle-timeout 2`: a run nobody uses goes by itself (GET answers 404, nothing left)."""
+    require_engine()
+    monkeypatch.setenv("PERSTACK_SANDBOX_STATE", str(tmp_path / "state"))
+    service = Service(tmp_path / "s.sock", "--idle-timeout", "2")
+    service.start()
+    try:
+        config, expert = calc_expert(tmp_path)
+        with anyio.fail_after(CREATE_TIMEOUT_S):
+            run = (await service.create({"config_path": str(config), "expert": expert})).json()
+            async with service.http() as http:
+                while (await http.get(f"/v1/runs/{run['id']}")).status_code == 200:  # noqa: ASYNC110
+                    await anyio.sleep(0.2)
+        assert labelled_containers(expert) == []
+    finally:
+        assert service.stop() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import httpx2
 import pytest
@@ -17,7 +19,7 @@ from perstack_sandbox.service import parse_address, parse_create, parse_pool
 from perstack_sandbox.service._address import check_listen
 from perstack_sandbox.service._api import error_body, status_for
 from perstack_sandbox.service._app import build_app, openapi_document
-from perstack_sandbox.service._metrics import Metrics
+from perstack_sandbox.service._metrics import DecisionTail, Metrics
 from perstack_sandbox.service._pools import Pools
 from perstack_sandbox.service._runs import Runs, RunSettings
 from perstack_sandbox.text import error_lines
@@ -189,3 +191,25 @@ async def test_a_draining_service_answers_new_runs_503() -> None:
     assert created.status_code == 503
     assert "shutting down" in created.json()["error"]
     assert health["status"] == "draining"
+
+
+def test_proxy_decisions_are_counted_once_each_by_reason(tmp_path) -> None:
+    """Whole decision lines count once across scrapes; a half-written line waits for its end."""
+    audit = tmp_path / "audit.jsonl"
+    deny = json.dumps({"event": "decision", "decision": "deny", "reason": "not-allowed"})
+    allow = json.dumps({"event": "decision", "decision": "allow"})
+    audit.write_text(f"{deny}\n{allow}\n" + '{"event": "close"}\n' + deny[:10])
+    metrics = Metrics()
+    tail = DecisionTail(audit)
+    tail.count_new(metrics)
+    with audit.open("a") as file:
+        file.write(deny[10:] + "\n")
+    tail.count_new(metrics)
+    tail.count_new(metrics)
+    denied = metrics.registry.get_sample_value(
+        "perstack_sandbox_proxy_decisions_total", {"decision": "deny", "reason": "not-allowed"}
+    )
+    allowed = metrics.registry.get_sample_value(
+        "perstack_sandbox_proxy_decisions_total", {"decision": "allow", "reason": "allowed"}
+    )
+    assert (denied, allowed) == (2.0, 1.0)
