@@ -64,17 +64,18 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]
 class Service:
     """One `serve` process on a Unix socket."""
 
-    def __init__(self, socket_path: Path, *flags: str) -> None:
-        """Remember where it listens and its extra `flags`; nothing runs yet."""
+    def __init__(self, socket_path: Path, *flags: str, listen: str = "") -> None:
+        """Remember where it listens (`listen`, else the socket) and its extra `flags`."""
         self.socket_path = socket_path
         self.flags = flags
+        self.listen = listen or f"unix:{socket_path}"
         self.process: subprocess.Popen[str] | None = None
         self.stderr_path = socket_path.with_suffix(".stderr")
 
     def start(self) -> None:
         """Start it and wait until it announces its socket."""
         command = [sys.executable, "-m", "perstack_sandbox", "serve"]
-        command += ["--listen", f"unix:{self.socket_path}", *self.flags]
+        command += ["--listen", self.listen, *self.flags]
         with self.stderr_path.open("w") as stderr:
             self.process = subprocess.Popen(command, stderr=stderr, cwd=ROOT, text=True)
         announced = wait_until(
@@ -307,3 +308,47 @@ async def test_an_idle_run_is_torn_down_after_the_idle_timeout(
         assert labelled_containers(expert) == []
     finally:
         assert service.stop() == 0
+
+
+async def test_on_tcp_the_api_wants_the_service_token_and_a_run_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--listen 127.0.0.1:0`: 401 without the service token; a run's endpoint wants its own."""
+    require_engine()
+    monkeypatch.setenv("PERSTACK_SANDBOX_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("PERSTACK_SANDBOX_TOKEN", "service-token-for-this-test")
+    config, expert = calc_expert(tmp_path)
+    served = Service(tmp_path / "unused.sock", listen="127.0.0.1:0")
+    served.start()
+    try:
+        announced = served.stderr_path.read_text()
+        assert "service-token-for-this-test" not in announced  # a chosen token is never echoed
+        base = "http://" + announced.split("listening on ")[1].split()[0]
+        service = {"Authorization": "Bearer service-token-for-this-test"}
+        async with httpx2.AsyncClient(base_url=base, timeout=CREATE_TIMEOUT_S) as http:
+            assert (await http.get("/v1/runs")).status_code == 401
+            assert (await http.get("/healthz")).status_code == 200
+            created = await http.post(
+                "/v1/runs", json={"config_path": str(config), "expert": expert}, headers=service
+            )
+            assert created.status_code == 201, created.text
+            run = created.json()
+            assert run["mcp"]["url"].startswith(base)
+            refused = await http.post(run["mcp"]["url"], json={}, headers=service)
+            assert refused.status_code == 401  # the service's token opens no run
+        headers = {"Authorization": f"Bearer {run['mcp']['token']}"}
+        async with (
+            httpx2.AsyncClient(headers=headers) as http,
+            Client(streamable_http_client(run["mcp"]["url"], http_client=http)) as client,
+        ):
+            assert text_of(await client.call_tool("echo", {"text": "tcp"})) == "tcp"
+    finally:
+        assert served.stop() == 0
+    assert labelled_containers(expert) == []
+
+
+def test_a_non_loopback_address_is_refused_without_allow_remote() -> None:
+    """`serve --listen 0.0.0.0:PORT` exits 2 naming --allow-remote; nothing listens."""
+    done = run_cli("serve", "--listen", "0.0.0.0:0")
+    assert done.returncode == 2
+    assert "--allow-remote" in done.stderr
