@@ -290,13 +290,14 @@ async def test_run_with_server_bridges_stdio_to_the_services_run(
     )  # stdin closed: the command deleted its run
 
 
-async def test_an_idle_run_is_torn_down_after_the_idle_timeout(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("limit", ["--idle-timeout", "--max-lifetime"])
+async def test_a_run_is_torn_down_by_its_idle_timeout_or_lifetime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
 ) -> None:
-    """`--idle-timeout 2`: a run nobody uses goes by itself (GET answers 404, nothing left)."""
+    """`--idle-timeout 2` / `--max-lifetime 2`: the run goes by itself (404, nothing left)."""
     require_engine()
     monkeypatch.setenv("PERSTACK_SANDBOX_STATE", str(tmp_path / "state"))
-    service = Service(tmp_path / "s.sock", "--idle-timeout", "2")
+    service = Service(tmp_path / "s.sock", limit, "2")
     service.start()
     try:
         config, expert = calc_expert(tmp_path)
