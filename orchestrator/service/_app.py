@@ -143,7 +143,7 @@ class _Api:
         return JSONResponse({"status": status, "runs": len(self._runs.all())})
 
     async def metrics(self, _request: Request) -> Response:
-        await anyio.to_thread.run_sync(self._runs.count_decisions)
+        await self._runs.count_decisions()
         return Response(self._metrics.exposition(), media_type=CONTENT_TYPE)
 
     async def openapi(self, _request: Request) -> Response:

@@ -17,8 +17,8 @@ import anyio
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
 
 from perstack_sandbox.config import load_config
 from perstack_sandbox.errors import InputError, RunError, UsageError

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import anyio
+import anyio.to_thread
 
 from perstack_sandbox.config import parse_config
-from perstack_sandbox.errors import RunError, SandboxError, UsageError
+from perstack_sandbox.errors import RunError, UsageError
 from perstack_sandbox.gateway import mounted_endpoint, new_token
 from perstack_sandbox.run import open_run
 from perstack_sandbox.service._metrics import DecisionTail, ToolMetrics
@@ -203,11 +204,14 @@ class Runs:
         with contextlib.suppress(UnknownRunError):
             await self.delete(run_id, "the service is shutting down")
 
-    def count_decisions(self) -> None:
+    async def count_decisions(self) -> None:
         """Count the proxy decisions each live run's proxy wrote since the last call."""
-        for managed in self.all():
-            if managed.tail is not None:
-                managed.tail.count_new(self._metrics)
+        tails = [managed.tail for managed in self.all() if managed.tail is not None]  # on the loop
+        await anyio.to_thread.run_sync(self._count_tails, tails)
+
+    def _count_tails(self, tails: list[DecisionTail]) -> None:
+        for tail in tails:
+            tail.count_new(self._metrics)
 
     def _count(self) -> None:
         for run_state in ("starting", "running", "stopping"):
@@ -239,10 +243,11 @@ class Runs:
                 await self._until_ended(managed, run)
                 managed.state = "stopping"
                 self._count()
-        except SandboxError:
+        except Exception:  # the boundary of one run in a process of many
             if not is_started:
                 raise
-            # The run's own trail records why; the service goes on with its other runs.
+            # Once started, whatever ends this run (a failed teardown, say) must not end the
+            # service's task group and every other run with it; the run's trail records it.
         finally:
             managed.app = None
             if managed.tail is not None:

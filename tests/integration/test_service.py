@@ -130,7 +130,7 @@ def calc_expert(tmp_path: Path, *extra: str) -> tuple[Path, str]:
 async def test_a_run_is_created_listed_called_audited_and_deleted_through_the_socket(
     served: Service, tmp_path: Path
 ) -> None:
-    """POST, GET, a tool call with the MCP SDK on mcp.url, the audit, DELETE: nothing left."""
+    """POST, GET, a tool call with the MCP SDK on mcp.url, audit, metrics, DELETE: nothing left."""
     config, expert = calc_expert(tmp_path)
     with anyio.fail_after(CREATE_TIMEOUT_S):
         created = await served.create({"config_path": str(config), "expert": expert})
@@ -149,6 +149,9 @@ async def test_a_run_is_created_listed_called_audited_and_deleted_through_the_so
         async with served.http() as http:
             audit = (await http.get(f"/v1/runs/{run['id']}/audit")).json()
             assert [call["tool"] for call in audit["calls"]] == ["echo"]
+            metrics = (await http.get("/metrics")).text
+            assert 'perstack_sandbox_tool_calls_total{outcome="ok",skill="calc"} 1.0' in metrics
+            assert 'perstack_sandbox_runs{state="running"} 1.0' in metrics
             assert labelled_containers(expert) != []
             deleted = await http.delete(f"/v1/runs/{run['id']}")
             assert deleted.status_code == 204
