@@ -20,7 +20,7 @@ from perstack_sandbox.service._address import check_listen
 from perstack_sandbox.service._api import error_body, status_for
 from perstack_sandbox.service._app import build_app, openapi_document
 from perstack_sandbox.service._metrics import DecisionTail, Metrics
-from perstack_sandbox.service._pools import Pools
+from perstack_sandbox.service._pools import Pools, open_pools
 from perstack_sandbox.service._runs import Runs, RunSettings
 from perstack_sandbox.text import error_lines
 
@@ -217,3 +217,27 @@ def test_proxy_decisions_are_counted_once_each_by_reason(tmp_path) -> None:
         "perstack_sandbox_proxy_decisions_total", {"decision": "allow", "reason": "allowed"}
     )
     assert (denied, allowed) == (2.0, 1.0)
+
+
+async def test_pools_need_a_config_and_say_when_the_engine_is_missing(tmp_path) -> None:
+    """--pool without -c is refused; with it, this build says it has no warm-pool engine."""
+    specs = [parse_pool("demo=2")]
+    with pytest.raises(UsageError, match="--pool needs --config"):
+        async with open_pools(specs, config_path=None, isolation="runc", metrics=Metrics()):
+            pass
+    with pytest.raises(UsageError, match="no warm-pool engine"):
+        async with open_pools(specs, config_path=tmp_path, isolation="runc", metrics=Metrics()):
+            pass
+    async with open_pools([], config_path=None, isolation="runc", metrics=Metrics()) as pools:
+        assert pools.held == {}
+
+
+def test_a_run_gets_the_pool_of_its_config_expert_and_isolation_only(tmp_path) -> None:
+    """run_options adds `pool=` for the matching pool, and nothing when not wanted or no match."""
+    config = tmp_path / "perstack.toml"
+    marker = object()
+    pools = Pools(config_path=config, held={(str(config.resolve()), "demo", "runc"): marker})
+    assert pools.run_options(str(config), "demo", "runc", wanted=True) == {"pool": marker}
+    assert pools.run_options(str(config), "demo", "runc", wanted=False) == {}
+    assert pools.run_options(str(config), "demo", "gvisor", wanted=True) == {}
+    assert pools.run_options(None, "demo", "runc", wanted=True) == {}
