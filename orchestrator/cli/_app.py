@@ -16,8 +16,6 @@ import typer
 
 from perstack_sandbox.cli._help import PlainCommand, PlainGroup
 from perstack_sandbox.errors import (
-    ConfigError,
-    EnvFileError,
     InputError,
     RunError,
     RunInterruptedError,
@@ -145,6 +143,35 @@ IsolationOption = Annotated[
     ),
 ]
 EXAMPLE_CONFIG = "-c examples/perstack.toml"
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        metavar="unix:PATH|HOST:PORT",
+        help="Go through a running `serve` instead of starting a sandbox here.",
+    ),
+]
+KeepDaysOption = Annotated[
+    float,
+    typer.Option("--keep-days", metavar="DAYS", help="Prune finished run trails older than this."),
+]
+KeepRunsOption = Annotated[
+    int,
+    typer.Option("--keep-runs", metavar="N", help="Keep at most N finished run trails."),
+]
+DEFAULT_KEEP_DAYS = 7.0
+DEFAULT_KEEP_RUNS = 500
+SECONDS_PER_DAY = 86400
+
+
+def retention_of(keep_days: float, keep_runs: int) -> object:
+    """Return the retention policy of `--keep-days`/`--keep-runs` (0: no limit of that kind)."""
+    from perstack_sandbox.retention import Retention  # noqa: PLC0415 - keeps --help fast
+
+    return Retention(
+        max_age_s=keep_days * SECONDS_PER_DAY if keep_days > 0 else None,
+        max_count=keep_runs if keep_runs > 0 else None,
+    )
 
 
 def exit_code_for(error: SandboxError) -> int:
@@ -210,14 +237,11 @@ def error_lines(error: SandboxError) -> list[str]:
     """Render an error for stderr: one line per config issue or env-file line, with its place.
 
     Messages may quote a skill (stderr lines, JSON-RPC errors): control characters are escaped.
+    The rendering lives in `text`, so that `serve` answers bad input with the same lines.
     """
-    from perstack_sandbox.text import printable  # noqa: PLC0415 - keeps --help fast
+    from perstack_sandbox.text import error_lines as render  # noqa: PLC0415 - keeps --help fast
 
-    if isinstance(error, ConfigError):
-        return [printable(f"{'warning' if i.is_warning else 'error'}: {i}") for i in error.issues]
-    if isinstance(error, EnvFileError):
-        return [printable(f"error: {problem}") for problem in error.problems]
-    return [printable(f"error: {error}")]
+    return render(error)
 
 
 def warn(line: str) -> None:

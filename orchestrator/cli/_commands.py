@@ -22,6 +22,7 @@ from perstack_sandbox.cli._app import (
     IsolationOption,
     JsonFlag,
     PrefixToolsOption,
+    ServerOption,
     WorkspaceOption,
     command,
     warn,
@@ -61,6 +62,19 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     )
 
 
+def via_server(server: str, options: LaunchOptions, what: str, *args: object) -> str | None:
+    """Run `what` (tools, call, run) through the service at `server`; return what to print."""
+    from perstack_sandbox import service  # noqa: PLC0415 - MCP SDK only for these commands
+
+    address = service.parse_address(server, option="--server")
+    if what == "tools":
+        return service.tools_via(address, options, as_json=bool(args[0]))
+    if what == "call":
+        return service.call_via(address, options, str(args[0]), dict(args[1]))  # type: ignore[call-overload]
+    service.bridge_via(address, options)
+    return None
+
+
 @command(
     f"{PROGRAM} tools demo {EXAMPLE_CONFIG}",
     f"{PROGRAM} tools demo --json {EXAMPLE_CONFIG}",
@@ -75,6 +89,7 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    server: ServerOption = None,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -82,6 +97,9 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     options = _launch_options(
         config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
     )
+    if server is not None:
+        typer.echo(via_server(server, options, "tools", as_json))
+        return
     typer.echo(launch.tools_report(options, as_json=as_json))
 
 
@@ -104,6 +122,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    server: ServerOption = None,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -116,8 +135,11 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         workspace,
         prefix_tools=prefix_tools,
         isolation=isolation,
-        interactive=True,
+        interactive=server is None,
     )
+    if server is not None:
+        typer.echo(via_server(server, options, "call", tool, arguments))
+        return
     typer.echo(launch.call_report(options, tool, arguments))
 
 
@@ -150,6 +172,7 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    server: ServerOption = None,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -157,6 +180,13 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     options = _launch_options(
         config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
     )
+    if server is not None:
+        if http is not None:
+            from perstack_sandbox.errors import UsageError  # noqa: PLC0415
+
+            raise UsageError("--server bridges stdio to the service's run; it takes no --http")
+        via_server(server, options, "run")
+        return
     launch.serve(options, http=http, token_file=token_file)
 
 

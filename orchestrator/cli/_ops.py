@@ -15,16 +15,21 @@ import typer
 from perstack_sandbox.cli import _clients
 from perstack_sandbox.cli._app import (
     DEFAULT_CONFIG,
+    DEFAULT_KEEP_DAYS,
+    DEFAULT_KEEP_RUNS,
     PROGRAM,
     ConfigOption,
     EnvPathOption,
     ExpertArgument,
     IsolationOption,
     JsonFlag,
+    KeepDaysOption,
+    KeepRunsOption,
     WorkspaceOption,
     app,
     command,
     exit_code_for,
+    retention_of,
 )
 from perstack_sandbox.cli._help import PlainGroup
 from perstack_sandbox.errors import SandboxError, UsageError
@@ -113,15 +118,22 @@ ImagesFlag = Annotated[
 ]
 
 
-@command(f"{PROGRAM} gc")
-def gc(include_images: ImagesFlag = False) -> None:  # noqa: FBT002 - a typer flag
-    """Remove every sandbox object whose owning process is gone (on this host)."""
-    from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
+@command(f"{PROGRAM} gc", f"{PROGRAM} gc --keep-days 1 --keep-runs 50")
+def gc(
+    include_images: ImagesFlag = False,  # noqa: FBT002 - a typer flag
+    keep_days: KeepDaysOption = DEFAULT_KEEP_DAYS,
+    keep_runs: KeepRunsOption = DEFAULT_KEEP_RUNS,
+) -> None:
+    """Remove every sandbox object whose owning process is gone; prune old run trails."""
+    from perstack_sandbox import engine, retention  # noqa: PLC0415 - keeps --help fast
 
     removed = engine.collect_garbage(include_images=include_images)
     for line in removed:
         typer.echo(f"removed {line}", err=True)
     typer.echo(f"gc: removed {len(removed)} object(s)", err=True)
+    pruned = retention.prune_runs(retention_of(keep_days, keep_runs))  # type: ignore[arg-type]
+    if pruned:
+        typer.echo(f"gc: pruned {len(pruned)} run trail(s)", err=True)
 
 
 FixFlag = Annotated[

@@ -34,6 +34,7 @@ _server.py      the low-level MCP server over a Gateway (both eras)
 _plain_json.py  streamable HTTP: a plain JSON answer when no stream is needed
 _transports.py  stdio, and streamable HTTP on 127.0.0.1 behind a bearer token and Origin check
 _guard.py       that bearer-token and Origin check, as ASGI middleware
+_mount.py       a gateway's endpoint as an ASGI app that `serve` mounts under a run's path
 ```
 """
 
@@ -56,6 +57,7 @@ from perstack_sandbox.gateway._core import (
     sole_exception,
 )
 from perstack_sandbox.gateway._guard import new_token
+from perstack_sandbox.gateway._mount import mounted_endpoint
 from perstack_sandbox.gateway._requests import get_prompt, read_resource
 from perstack_sandbox.gateway._results import (
     input_needed,
@@ -87,6 +89,7 @@ __all__ = [
     "get_prompt",
     "input_needed",
     "make_server",
+    "mounted_endpoint",
     "new_token",
     "open_gateway",
     "parse_listen",
