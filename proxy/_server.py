@@ -14,6 +14,7 @@ import socket
 from typing import TYPE_CHECKING, Final
 
 from ._netrules import AddressRules, parse_address
+from ._seal import SealState
 from ._session import Session
 from ._tunnel import Connector, open_upstream
 
@@ -48,6 +49,8 @@ class ProxyServer:
         self.resolver = resolver
         self.audit = audit
         self.connector = connector
+        # Empty until the orchestrator seals the run over the control channel (proxy/_control.py).
+        self.seal = SealState()
         self.active = 0
         self.loop: asyncio.AbstractEventLoop  # set by start(), before any connection exists
         self._ids = itertools.count(1)

@@ -22,6 +22,8 @@ from perstack_sandbox.cli._app import (
     IsolationOption,
     JsonFlag,
     PrefixToolsOption,
+    SealPassthroughOption,
+    SealSecretsOption,
     WorkspaceOption,
     command,
     warn,
@@ -42,6 +44,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     prefix_tools: bool = False,
     isolation: Isolation = DEFAULT_ISOLATION,
     interactive: bool = False,
+    seal: tuple[bool, list[str] | None] = (False, None),
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
     from perstack_sandbox import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -49,6 +52,9 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
 
     if workspace is not None and not workspace.is_dir():
         raise UsageError(f"--workspace {workspace} is not a folder")
+    seal_secrets, passthrough = seal
+    if passthrough and not seal_secrets:
+        raise UsageError("--seal-passthrough needs --seal-secrets")
     return launch.LaunchOptions(
         config_path=config,
         expert=expert,
@@ -58,6 +64,8 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         isolation=isolation,
         prompter=gateway.terminal_prompter() if interactive else None,
         warn=warn,
+        seal_secrets=seal_secrets,
+        seal_passthrough=tuple(passthrough or ()),
     )
 
 
@@ -75,12 +83,20 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
+    seal_passthrough: SealPassthroughOption = None,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        seal=(seal_secrets, seal_passthrough),
     )
     typer.echo(launch.tools_report(options, as_json=as_json))
 
@@ -104,6 +120,8 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
+    seal_passthrough: SealPassthroughOption = None,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -117,6 +135,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         prefix_tools=prefix_tools,
         isolation=isolation,
         interactive=True,
+        seal=(seal_secrets, seal_passthrough),
     )
     typer.echo(launch.call_report(options, tool, arguments))
 
@@ -150,12 +169,20 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
+    seal_passthrough: SealPassthroughOption = None,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        seal=(seal_secrets, seal_passthrough),
     )
     launch.serve(options, http=http, token_file=token_file)
 
