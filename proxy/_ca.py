@@ -10,7 +10,7 @@ proxy's own tmpfs, loaded, and unlinked at once.
 
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import os
 import ssl
 import tempfile
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 # Longer than any run; a clock skew between the sandbox and the proxy must not break TLS.
-VALIDITY: Final = datetime.timedelta(days=2)
-BACKDATE: Final = datetime.timedelta(hours=1)
+VALIDITY: Final = dt.timedelta(days=2)
+BACKDATE: Final = dt.timedelta(hours=1)
 # The sealed path reads HTTP/1.1 only: never let a client pick a protocol we cannot read.
 ALPN: Final = ["http/1.1"]
 
@@ -40,7 +40,7 @@ class RunCA:
         self._key = ec.generate_private_key(ec.SECP256R1())
         # One leaf key for every host of the run: issuing a leaf is then a signature only.
         self._leaf_key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
+        now = dt.datetime.now(dt.UTC)
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "perstack-sandbox"),
@@ -83,7 +83,7 @@ class RunCA:
         return context
 
     def _issue(self, host: str) -> ssl.SSLContext:
-        now = datetime.datetime.now(datetime.UTC)
+        now = dt.datetime.now(dt.UTC)
         leaf = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host[:64])]))

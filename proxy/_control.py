@@ -11,10 +11,10 @@ Every request is ``{"op": ...}``; every reply is ``{"ok": true, ...}`` or
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from ._seal import SealError, seal
@@ -71,8 +71,7 @@ async def serve_control(server: ProxyServer, path: str) -> asyncio.Server:
         OSError: the socket cannot be bound.
 
     """
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    _remove_stale(path)
     old = os.umask(0o177)  # the socket is 0600 from birth: no window with wider modes
     try:
         listener = await asyncio.start_unix_server(
@@ -81,6 +80,11 @@ async def serve_control(server: ProxyServer, path: str) -> asyncio.Server:
     finally:
         os.umask(old)
     return listener
+
+
+def _remove_stale(path: str) -> None:
+    """Remove a socket left by an earlier proxy in this tmpfs (a restart), if any."""
+    Path(path).unlink(missing_ok=True)
 
 
 async def _handle(

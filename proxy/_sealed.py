@@ -115,6 +115,7 @@ if TYPE_CHECKING:
 
     _Receive = Callable[[], Awaitable[bytes]]
     _Send = Callable[[bytes], Awaitable[None]]
+    _Count = Callable[[int], None]
 
 
 class ServerTls:
@@ -201,6 +202,14 @@ class SealedTunnel:
     stats: TunnelStats
     limits: Limits
 
+    def count_up(self, size: int) -> None:
+        """Count ``size`` bytes sent upstream."""
+        self.stats.up += size
+
+    def count_down(self, size: int) -> None:
+        """Count ``size`` bytes sent to the client."""
+        self.stats.down += size
+
 
 async def relay(
     tunnel: SealedTunnel,
@@ -281,7 +290,7 @@ async def _exchanges(tunnel: SealedTunnel, near: Side, far: Side) -> None:
         head, method, request_framing = _checked_request(tunnel, head)
         await far.write(head)
         tunnel.stats.up += len(head)
-        body = asyncio.ensure_future(_relay_body(near, far, request_framing, None, tunnel, up=True))
+        body = asyncio.ensure_future(_relay_body(near, far, request_framing, None, tunnel.count_up))
         try:
             status, keep = await _relay_response(tunnel, near, far, method)
         finally:
@@ -419,53 +428,58 @@ async def _relay_response(
         if method == "HEAD" or status in _NO_BODY_STATUS
         else _framing(headers, request=False)
     )
-    await _relay_body(far, near, framing, Masker(values), tunnel, up=False)
+    await _relay_body(far, near, framing, Masker(values), tunnel.count_down)
     connection = (_header(headers, b"connection") or b"").lower()
     return status, framing[0] != "close" and connection != b"close"
 
 
-async def _relay_body(  # noqa: PLR0913 - both sides, the framing, the masker, where to count
-    source: Side,
-    sink: Side,
-    framing: _Framing,
-    masker: Masker | None,
-    tunnel: SealedTunnel,
-    *,
-    up: bool,
+async def _relay_body(
+    source: Side, sink: Side, framing: _Framing, masker: Masker | None, count: _Count
 ) -> None:
     """Copy one body from ``source`` to ``sink``, masked when ``masker`` is given."""
     kind, size = framing
+    if kind == "none":
+        return
 
     async def emit(data: bytes) -> None:
         out = masker.feed(data) if masker is not None else data
-        if kind == "chunked":
-            out = b"%x\r\n%s\r\n" % (len(out), out) if out else b""
-        await sink.write(out)
-        if up:
-            tunnel.stats.up += len(data)
-        else:
-            tunnel.stats.down += len(data)
+        await sink.write(_chunk(out) if kind == "chunked" and out else out)
+        count(len(data))
 
     if kind == "length":
-        remaining = size
-        while remaining:
-            data = await source.read_some()
-            if not data:
-                raise Refusal(None, "sealed-truncated-body")
-            if len(data) > remaining:
-                source.buffer, data = data[remaining:] + source.buffer, data[:remaining]
-            remaining -= len(data)
-            await emit(data)
+        await _copy_sized(source, size, emit)
     elif kind == "chunked":
         await _dechunk(source, emit)
-    elif kind == "close":
+    else:
         while data := await source.read_some():
             await emit(data)
     tail = masker.flush() if masker is not None else b""
     if kind == "chunked":
-        await sink.write((b"%x\r\n%s\r\n" % (len(tail), tail) if tail else b"") + b"0\r\n\r\n")
+        await sink.write((_chunk(tail) if tail else b"") + b"0\r\n\r\n")
     else:
         await sink.write(tail)
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def _copy_sized(source: Side, size: int, emit: Callable[[bytes], Awaitable[None]]) -> None:
+    """Pass exactly ``size`` bytes of ``source`` to ``emit``.
+
+    Raises:
+        Refusal: the source ended first.
+
+    """
+    remaining = size
+    while remaining:
+        data = await source.read_some()
+        if not data:
+            raise Refusal(None, "sealed-truncated-body")
+        if len(data) > remaining:
+            source.buffer, data = data[remaining:] + source.buffer, data[:remaining]
+        remaining -= len(data)
+        await emit(data)
 
 
 async def _dechunk(source: Side, emit: Callable[[bytes], Awaitable[None]]) -> None:

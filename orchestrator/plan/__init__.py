@@ -48,6 +48,7 @@ from perstack_sandbox.plan._plan import (
     plan_to_text,
     skill_slug,
 )
+from perstack_sandbox.plan._sealing import SealedSecrets, seal_secrets
 from perstack_sandbox.plan._secrets import (
     DEFAULT_ENV_FILES,
     MINIMAL_PATH,
@@ -61,7 +62,6 @@ from perstack_sandbox.plan._secrets import (
     resolve_secrets,
     skill_environment,
 )
-from perstack_sandbox.plan._sealing import SealedSecrets, seal_secrets
 
 __all__ = [
     "DEFAULT_CPUS",

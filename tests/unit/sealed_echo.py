@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import ssl
 import sys
 import tempfile
+from pathlib import Path
 
 
 async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
@@ -101,11 +101,9 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     """Return a TLS server context for the PEM ``cert`` chain and ``key``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with tempfile.TemporaryDirectory() as folder:
-        cert_path, key_path = os.path.join(folder, "c.pem"), os.path.join(folder, "k.pem")
-        with open(cert_path, "w", encoding="ascii") as handle:
-            handle.write(cert)
-        with open(key_path, "w", encoding="ascii") as handle:
-            handle.write(key)
+        cert_path, key_path = Path(folder) / "c.pem", Path(folder) / "k.pem"
+        cert_path.write_text(cert, encoding="ascii")
+        key_path.write_text(key, encoding="ascii")
         context.load_cert_chain(cert_path, key_path)
     return context
 
@@ -113,9 +111,7 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
 async def _main() -> None:
     settings = json.loads(sys.stdin.readline())
     context = server_context(settings["cert"], settings["key"])
-    server = await asyncio.start_server(
-        handle, settings["host"], settings["port"], ssl=context
-    )
+    server = await asyncio.start_server(handle, settings["host"], settings["port"], ssl=context)
     print("ready", flush=True)  # noqa: T201 - the test waits for this line
     async with server:
         await server.serve_forever()

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from proxy_helpers import (
     IO_TIMEOUT,
-    PROXY_HOST,
     UPSTREAM_HOST,
     ProxyHarness,
     RecordingResolver,
@@ -100,7 +99,7 @@ def _control(harness: ProxyHarness, message: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def sealed() -> Iterator[Sealed]:
-    """A sealed proxy (pinned.example.org passes through) in a background loop."""
+    """Run a sealed proxy (pinned.example.org passes through) in a background loop."""
     certificates = make_certificates(HOST, OTHER, "pinned.example.org")
     harness = ProxyHarness(_skills_policy(certificates), RecordingResolver())
     harness.start()
@@ -127,7 +126,7 @@ def _get(
 
 
 def test_a_skills_own_placeholder_reaches_its_host_as_the_real_value(sealed: Sealed) -> None:
-    """The upstream sees the real value in the header and the URL; the audit names only the variable."""
+    """The upstream gets the real value in header and URL; the audit names the variable only."""
     conn = sealed.connection("one")
     _, echoed = _get(
         conn, f"/v1?key={PLACEHOLDERS['one']}", {"Authorization": f"Bearer {PLACEHOLDERS['one']}"}
@@ -244,7 +243,9 @@ def test_an_upstream_certificate_that_fails_verification_ends_the_tunnel() -> No
         with pytest.raises((ConnectionError, http.client.HTTPException, ssl.SSLError, OSError)):
             _get(conn, "/", {})
         harness.wait_for(
-            lambda: any(line.get("reason") == "upstream-certificate-refused" for line in harness.audit()),
+            lambda: any(
+                line.get("reason") == "upstream-certificate-refused" for line in harness.audit()
+            ),
             "the refusal line",
         )
     finally:
