@@ -28,6 +28,7 @@ SEALED_CA_BUNDLE: Final = f"{SEALED_CA_DIR}/bundle.pem"
 SYSTEM_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
 CONTROL_ARGV: Final = ("python3", "-m", "perstack_sandbox_proxy.control")
 PROXY_UID: Final = 10000
+PROXY_WORKDIR: Final = "/opt/perstack-proxy"  # where the proxy's packages are (its image)
 SANDBOX_UID: Final = SKILL_UID_FIRST - 1
 # The proxy's control socket is bound right after its listener: a start this early may beat it.
 CONTROL_ATTEMPTS: Final = 20
@@ -51,7 +52,9 @@ async def seal_proxy(proxy_id: str, message: bytes) -> str:
 
     """
     for _ in range(CONTROL_ATTEMPTS):
-        code, out, err = await _run(proxy_id, list(CONTROL_ARGV), message, {}, PROXY_UID)
+        code, out, err = await _run(
+            proxy_id, list(CONTROL_ARGV), message, {}, (PROXY_UID, PROXY_WORKDIR)
+        )
         if code != _UNREACHABLE:
             break
         await anyio.sleep(CONTROL_RETRY_S)
@@ -77,18 +80,19 @@ async def install_ca(container_ids: Sequence[str], pem: str) -> None:
     """
     for container in container_ids:
         code, _, err = await _run(
-            container, ["sh", "-c", _INSTALL], b"", {"PERSTACK_RUN_CA": pem}, SANDBOX_UID
+            container, ["sh", "-c", _INSTALL], b"", {"PERSTACK_RUN_CA": pem}, (SANDBOX_UID, "/")
         )
         if code != 0:
             raise EngineError(f"cannot install the run's CA in {container[:12]}: {err.strip()}")
 
 
 async def _run(
-    container: str, argv: list[str], stdin: bytes, env: dict[str, str], user: int
+    container: str, argv: list[str], stdin: bytes, env: dict[str, str], who: tuple[int, str]
 ) -> tuple[int | None, str, str]:
-    """Run one exec to its end with `stdin`; return its exit status, stdout and stderr."""
+    """Run one exec (as uid, in folder `who`) to its end with `stdin`; return status and output."""
+    user, workdir = who
     with anyio.fail_after(EXEC_TIMEOUT_S):
-        process = await start_exec(container, argv, env=env, user=user, workdir="/")
+        process = await start_exec(container, argv, env=env, user=user, workdir=workdir)
         async with anyio.create_task_group() as group:
             group.start_soon(process.pump)
             try:

@@ -31,7 +31,7 @@ class SealedSecrets:
     real: Mapping[str, SkillSecrets]
     passthrough: tuple[str, ...] = ()
 
-    def message(self) -> bytes:
+    def message(self) -> SealMessage:
         """Return the proxy's `seal` message (this reveals every value: stdin of one exec)."""
         skills = {
             skill: {
@@ -44,7 +44,17 @@ class SealedSecrets:
             for skill, secrets_of in self.real.items()
         }
         document = {"op": "seal", "skills": skills, "passthrough": list(self.passthrough)}
-        return json.dumps(document).encode("utf-8")
+        return SealMessage(json.dumps(document).encode("utf-8"))
+
+
+class SealMessage(bytes):
+    """The seal message's bytes; its repr hides them (a traceback's locals print reprs)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        """Show a placeholder, never the values."""
+        return "SealMessage(***)"
 
 
 def placeholder_for(value: str, taken: set[str]) -> str:
