@@ -194,9 +194,8 @@ async def test_a_sealed_skill_finds_only_placeholders_in_env_files_and_proc(
 ) -> None:
     """Its environment holds a placeholder; no file, /proc entry or own memory holds a value.
 
-    Fails when: the skills get real values (checked by hand, runc: `placeholder_for`
-    returning the value itself puts HOSTILE_TOKEN's value in the environment, in
-    /proc/self/environ and in the skill's memory).
+    Fails when: the skills get real values (checked by hand, runc: with `placeholder_for`
+    returning the value itself, the test fails on its first check, the environment).
     """
     placeholder = await sealed_run.placeholder("hostile", "HOSTILE_TOKEN")
     assert placeholder != sealed_run.values["HOSTILE_TOKEN"]
@@ -368,8 +367,9 @@ async def test_the_run_cas_key_cannot_be_read_from_the_sandbox(sealed_run: Seale
 async def test_node_fetch_works_through_the_terminating_path(sealed_run: SealedRun) -> None:
     """Node's fetch (NODE_USE_ENV_PROXY, NODE_EXTRA_CA_CERTS) reaches the echo server sealed.
 
-    Fails when: Node does not trust the run's CA (checked by hand: with the bundle variables
-    pointing at the system bundle, fetch fails with a certificate error).
+    Fails when: Node does not trust the run's CA (checked by hand, runc: with the bundle
+    variables on the system bundle, fetch fails "self-signed certificate in certificate
+    chain"), or the proxy does not substitute (checked by hand: the digest differs).
     """
     script = (
         f"fetch('https://{ECHO}/node', {{headers: {{authorization: process.env.HOSTILE_TOKEN}}}})"

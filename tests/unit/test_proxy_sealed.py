@@ -9,8 +9,10 @@ import http.client
 import json
 import socket
 import ssl
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from proxy_helpers import (
     IO_TIMEOUT,
@@ -343,3 +345,35 @@ def test_the_control_socket_is_private(tmp_path: Any) -> None:
         assert harness.run(listen()) == 0o600
     finally:
         harness.stop()
+
+
+def _proxy_url(sealed: Sealed, skill: str) -> str:
+    address, port = sealed.harness.address
+    return f"http://{skill}:{TOKENS[skill]}@{address}:{port}"
+
+
+def test_httpx_works_through_the_terminating_path(sealed: Sealed) -> None:
+    """An httpx client (proxy URL with the skill's credential, the run's CA) gets substituted."""
+    context = ssl.create_default_context(cadata=sealed.ca)
+    with httpx.Client(
+        proxy=_proxy_url(sealed, "one"), verify=context, timeout=IO_TIMEOUT
+    ) as client:
+        answer_one = client.get(f"https://{HOST}/x", headers={"X-Api-Key": PLACEHOLDERS["one"]})
+        answer_two = client.post(f"https://{HOST}/y", content=b"body")
+    assert answer_one.json()["sha256"]["x-api-key"] == _sha256(VALUES["one"])
+    assert answer_two.json()["body"] == "body"
+
+
+def test_urllib_works_through_the_terminating_path(sealed: Sealed) -> None:
+    """Python's urllib with a ProxyHandler (credential in the URL) gets substituted."""
+    context = ssl.create_default_context(cadata=sealed.ca)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"https": _proxy_url(sealed, "one")}),
+        urllib.request.HTTPSHandler(context=context),
+    )
+    request = urllib.request.Request(
+        f"https://{HOST}/u", headers={"Authorization": PLACEHOLDERS["one"]}
+    )
+    with opener.open(request, timeout=IO_TIMEOUT) as response:
+        echoed = json.loads(response.read())
+    assert echoed["sha256"]["authorization"] == _sha256(VALUES["one"])
