@@ -294,9 +294,14 @@ async def _exchanges(tunnel: SealedTunnel, near: Side, far: Side) -> None:
         try:
             status, keep = await _relay_response(tunnel, near, far, method)
         finally:
-            if not body.done():
+            # An answer before the whole request body (an early error): the rest of that body
+            # would read as the next request head, so the connection ends after this answer.
+            unfinished = not body.done()
+            if unfinished:
                 body.cancel()
         await asyncio.gather(body, return_exceptions=True)
+        if unfinished:
+            return
         if status == 101:  # noqa: PLR2004 - Switching Protocols: bytes from here on
             await _pump(near, far, tunnel)
             return
