@@ -137,7 +137,7 @@ def _sealed_value(skill: str, name: str, entry: object) -> SealedValue:
     placeholder, value = entry.get("placeholder"), entry.get("value")
     if not isinstance(placeholder, str) or not isinstance(value, str):
         raise SealError(f"{where} needs string placeholder and value")
-    if value and (len(placeholder) != len(value) or not placeholder.isascii()):
+    if value and (len(placeholder) != len(value.encode("utf-8")) or not placeholder.isascii()):
         # Same length: substitution never changes a Content-Length (decision 37).
         raise SealError(f"{where}: the placeholder must be ASCII and as long as the value")
     if any(char in value for char in "\r\n"):

@@ -58,11 +58,11 @@ class SealMessage(bytes):
 
 
 def placeholder_for(value: str, taken: set[str]) -> str:
-    """Return a fresh random placeholder as long as `value` ("" for an empty value)."""
+    """Return a fresh random ASCII placeholder as long as `value`'s UTF-8 ("" for "")."""
     if not value:
         return ""
     while True:
-        candidate = "".join(secrets.choice(_ALPHABET) for _ in value)
+        candidate = "".join(secrets.choice(_ALPHABET) for _ in value.encode("utf-8"))
         if candidate not in taken and candidate != value:
             taken.add(candidate)
             return candidate

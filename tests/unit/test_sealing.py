@@ -36,6 +36,14 @@ def test_every_value_gets_its_own_placeholder_of_the_same_length() -> None:
     assert sealed.placeholders["search"].values["EMPTY"].reveal() == ""
 
 
+def test_a_non_ascii_value_gets_a_placeholder_as_long_as_its_utf8() -> None:
+    """Lengths match in bytes, so masking a response body never changes its length."""
+    values = {"s": SkillSecrets("s", {"K": Secret("clé-secrète-ünï")})}
+    placeholder = seal_secrets(values).placeholders["s"].values["K"].reveal()
+    assert placeholder.isascii()
+    assert len(placeholder) == len("clé-secrète-ünï".encode())
+
+
 def test_placeholders_are_fresh_for_every_run() -> None:
     """Two seals of the same values share no placeholder."""
     first, second = seal_secrets(VALUES), seal_secrets(VALUES)
