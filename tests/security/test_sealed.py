@@ -386,3 +386,24 @@ async def test_node_fetch_works_through_the_terminating_path(sealed_run: SealedR
     echoed = await sealed_run.hostile.probe(code)
     assert "error" not in echoed, echoed
     assert echoed["sha256"]["authorization"] == _sha256(sealed_run.values["HOSTILE_TOKEN"])
+
+
+async def test_no_container_or_exec_of_the_run_holds_a_real_value(sealed_run: SealedRun) -> None:
+    """Docker inspect of every container (the proxy's too) and of every live exec shows no value.
+
+    The values reach the proxy on the control client's stdin, which the engine does not keep.
+    Fails when: the values go into the proxy's policy, hence its container's environment
+    (checked by hand, runc: the seal message added to the policy fails this test).
+    """
+    api = docker.from_env().api
+    texts = {}
+    for container in sealed_run.hostile.containers():
+        attrs = api.inspect_container(container.id)
+        texts[f"container {container.name}"] = json.dumps(attrs)
+        for exec_id in attrs.get("ExecIDs") or []:
+            texts[f"exec {exec_id[:12]}"] = json.dumps(api.exec_inspect(exec_id))
+    assert any(name.startswith("exec ") for name in texts)
+    values = list(sealed_run.values.values())
+    assert {name: [v for v in values if v in text] for name, text in texts.items()} == {
+        name: [] for name in texts
+    }
