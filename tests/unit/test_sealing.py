@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
 from test_cli_run import TOML, run_cli
+from test_launch import CANARY, _config, _RecordingSandbox
 
-from perstack_sandbox import engine
+from perstack_sandbox import engine, open_run
+from perstack_sandbox.config import load_config
 from perstack_sandbox.errors import UsageError
-from perstack_sandbox.plan import Secret, SkillSecrets, seal_secrets
-from perstack_sandbox.run import _passthrough_host
+from perstack_sandbox.plan import Secret, SkillSecrets, host_secrets, seal_secrets
+from perstack_sandbox.run import _passthrough_host, build_sessions
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -107,3 +110,42 @@ def test_seal_passthrough_without_seal_secrets_is_bad_input(
     )
     assert code == 2
     assert "--seal-passthrough needs --seal-secrets" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "report"), [(["tools", "e"], "tools_report"), (["call", "e", "x"], "call_report")]
+)
+def test_seal_flags_reach_the_launch_and_the_run(tmp_path, monkeypatch, command, report) -> None:
+    """--seal-secrets and --seal-passthrough travel from the CLI to open_run's keywords."""
+    from perstack_sandbox import cli, launch  # noqa: PLC0415 - patched below
+
+    seen: list[dict[str, object]] = []
+
+    def capture(options, *_args, **_kwargs):
+        monkeypatch.setattr(launch, "open_run", lambda *_a, **kwargs: seen.append(kwargs))
+        launch.cli_run(options)
+        return "captured"
+
+    (tmp_path / "perstack.toml").write_text(TOML, encoding="utf-8")
+    monkeypatch.setattr(launch, report, capture)
+    flags = ["--seal-secrets", "--seal-passthrough", "a.example.com"]
+    argv = ["perstack-sandbox", *command, *flags, "-c", str(tmp_path / "perstack.toml")]
+    monkeypatch.setattr(sys, "argv", argv)
+    cli.main()
+    assert [(kw["seal_secrets"], kw["seal_passthrough"]) for kw in seen] == [
+        (True, ("a.example.com",))
+    ]
+
+
+def test_a_sealed_run_hands_its_skills_placeholders_only(tmp_path, monkeypatch) -> None:
+    """Preparing a sealed run gives build_sessions placeholders; the values stay in `sealed`."""
+    monkeypatch.chdir("/")
+    config = _config(tmp_path, f"API_TOKEN={CANARY}\nDB_PASSWORD=pw-0123456789\nREGION=r\n")
+    run = open_run(config, "e", secrets=host_secrets(load_config(config)[0]), seal_secrets=True)
+    prepared = run._prepare()
+    assert prepared.sealed is not None
+    sandbox = _RecordingSandbox("run", "c", "10.0.0.2", 3128, "p", "10.0.0.3", "n", {})
+    envs = {s.name: s._factory() for s in build_sessions(prepared, sandbox)}
+    assert CANARY not in json.dumps(envs)
+    assert len(envs["api"]["API_TOKEN"]) == len(CANARY)
+    assert json.loads(prepared.sealed.message())["skills"]["api"]["API_TOKEN"]["value"] == CANARY
