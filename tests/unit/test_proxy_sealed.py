@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from proxy_helpers import (
     IO_TIMEOUT,
     UPSTREAM_HOST,
@@ -25,6 +27,7 @@ from sealed_certs import TestCertificates, make_certificates
 from sealed_echo import handle, server_context
 
 from perstack_sandbox_proxy._control import answer
+from perstack_sandbox_proxy._seal import Masker, SealedValue, mask
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -377,3 +380,24 @@ def test_urllib_works_through_the_terminating_path(sealed: Sealed) -> None:
     with opener.open(request, timeout=IO_TIMEOUT) as response:
         echoed = json.loads(response.read())
     assert echoed["sha256"]["authorization"] == _sha256(VALUES["one"])
+
+
+@given(
+    prefix=st.binary(max_size=64),
+    suffix=st.binary(max_size=64),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_masking_a_stream_cut_anywhere_equals_masking_it_whole(
+    prefix: bytes, suffix: bytes, cuts: list[int]
+) -> None:
+    """However the stream is cut into reads, the masked output is the same and has no value."""
+    values = (SealedValue("K", b"P" * 20, b"v4lue-0123456789abcd"),)
+    whole = prefix + b"v4lue-0123456789abcd" + suffix + b"v4lue-0123456789abcd"
+    masker, out, start = Masker(values), b"", 0
+    for cut in sorted({min(cut, len(whole)) for cut in cuts}):
+        out += masker.feed(whole[start:cut])
+        start = cut
+    out += masker.feed(whole[start:]) + masker.flush()
+    assert out == mask(whole, values)
+    assert b"v4lue-0123456789abcd" not in out
+    assert len(out) == len(whole)
