@@ -47,7 +47,9 @@ class RunCA:
                 x509.NameAttribute(NameOID.COMMON_NAME, f"perstack-sandbox sealed run {run}"[:64]),
             ]
         )
-        permitted = sorted({domain.removeprefix("*.") for domain in domains})
+        # No sealed host at all: "invalid" (RFC 6761, never resolvable) keeps the CA vouching
+        # for nothing rather than for everything.
+        permitted = sorted({domain.removeprefix("*.") for domain in domains}) or ["invalid"]
         self._name = name
         self.certificate = (
             x509.CertificateBuilder()
@@ -60,7 +62,7 @@ class RunCA:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_ca_usage(), critical=True)
             .add_extension(
-                x509.NameConstraints([x509.DNSName(d) for d in permitted] or None, None),
+                x509.NameConstraints([x509.DNSName(d) for d in permitted], None),
                 critical=True,
             )
             .add_extension(

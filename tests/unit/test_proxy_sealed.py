@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 from proxy_helpers import (
@@ -26,6 +27,7 @@ from proxy_helpers import (
 from sealed_certs import TestCertificates, make_certificates
 from sealed_echo import handle, server_context
 
+from perstack_sandbox_proxy._ca import RunCA
 from perstack_sandbox_proxy._control import answer
 from perstack_sandbox_proxy._seal import Masker, SealedValue, mask
 
@@ -401,3 +403,10 @@ def test_masking_a_stream_cut_anywhere_equals_masking_it_whole(
     assert out == mask(whole, values)
     assert b"v4lue-0123456789abcd" not in out
     assert len(out) == len(whole)
+
+
+def test_a_run_ca_with_no_sealed_host_vouches_for_nothing() -> None:
+    """Sealed skills without allowed hosts still seal; the CA is constrained to `invalid`."""
+    ca = RunCA("run", [])
+    constraints = ca.certificate.extensions.get_extension_for_class(x509.NameConstraints)
+    assert constraints.value.permitted_subtrees == [x509.DNSName("invalid")]
