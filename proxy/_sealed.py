@@ -155,13 +155,29 @@ class ServerTls:
         """Return decrypted bytes; b"" at the client's close_notify or EOF."""
         while True:
             try:
-                return self._tls.read(READ_SIZE)
+                data = self._tls.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 await self._flush()
                 if not await self._fill():
                     return b""
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""
+            else:
+                return data + self._more(READ_SIZE - len(data)) if data else data
+
+    def _more(self, room: int) -> bytes:
+        """Return the records already received, up to ``room`` bytes (one read is one record)."""
+        parts = []
+        while room > 0:
+            try:
+                part = self._tls.read(room)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            if not part:
+                break
+            parts.append(part)
+            room -= len(part)
+        return b"".join(parts)
 
     async def send(self, data: bytes) -> None:
         """Encrypt and send ``data``."""
