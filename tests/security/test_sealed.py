@@ -407,3 +407,22 @@ async def test_no_container_or_exec_of_the_run_holds_a_real_value(sealed_run: Se
     assert {name: [v for v in values if v in text] for name, text in texts.items()} == {
         name: [] for name in texts
     }
+
+
+async def test_uv_trusts_the_run_ca(sealed_run: SealedRun) -> None:
+    """Uv (SSL_CERT_FILE) completes TLS with the sealed path: its index request is answered.
+
+    The echo server is no package index, so uv fails after the exchange, on the answer's
+    content type; a refused certificate fails it before. Fails when: the bundle variables
+    name the system bundle (checked by hand, runc: "invalid peer certificate: UnknownIssuer").
+    """
+    code = (
+        "import subprocess\n"
+        "out = subprocess.run(['uv', 'pip', 'compile', '-', '--no-cache', '--index-url',\n"
+        f"    'https://{ECHO}/simple/'], input='six\\n', capture_output=True, text=True,"
+        " timeout=60)\n"
+        "emit(out.stdout + out.stderr)"
+    )
+    output = await sealed_run.hostile.probe(code)
+    assert "certificate" not in output.lower(), output
+    assert "Unsupported `Content-Type`" in output, output  # the echo server's JSON reached uv
