@@ -79,6 +79,9 @@ class LaunchOptions:
     progress: Callable[[str], None] = field(default=stderr_progress)
     # Told about config warnings and env-file keys set twice, one line each, before any start.
     warn: Callable[[str], None] = field(default=_stderr_warning)
+    # Placeholders in the skills, real values in the proxy (docs/architecture.md, decision 37).
+    seal_secrets: bool = False
+    seal_passthrough: tuple[str, ...] = ()
 
 
 def _config_and_secrets(options: LaunchOptions) -> tuple[PerstackConfig, dict[str, Secret]]:
@@ -152,6 +155,8 @@ def cli_run(options: LaunchOptions) -> Run:
         prompter=options.prompter,
         audit=_TerminalWarnings(),
         on_progress=options.progress,
+        seal_secrets=options.seal_secrets,
+        seal_passthrough=options.seal_passthrough,
     )
 
 

@@ -44,10 +44,12 @@ from perstack_sandbox.plan import (
     Secret,
     check_expert_folder,
     resolve_secrets,
+    seal_secrets,
     skill_environment,
 )
 from perstack_sandbox.plan import plan as make_plan
 from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec
+from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -56,7 +58,13 @@ if TYPE_CHECKING:
 
     from perstack_sandbox.audit import AuditSink
     from perstack_sandbox.gateway import Prompter
-    from perstack_sandbox.plan import Limits, SandboxPlan, SkillLaunch, SkillSecrets
+    from perstack_sandbox.plan import (
+        Limits,
+        SandboxPlan,
+        SealedSecrets,
+        SkillLaunch,
+        SkillSecrets,
+    )
     from perstack_sandbox.skills import SkillProcess
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
@@ -75,6 +83,8 @@ class Prepared:
 
     plan: SandboxPlan
     secrets: dict[str, SkillSecrets]
+    # With sealing: `secrets` holds the placeholders, this the real values (decision 37).
+    sealed: SealedSecrets | None = None
 
 
 def prepare_run(  # noqa: PLR0913 - the config and expert, then one keyword per input
@@ -185,6 +195,8 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     prompter: Prompter | None = None,
     audit: AuditSink | None = None,
     on_progress: Callable[[str], None] | None = None,
+    seal_secrets: bool = False,
+    seal_passthrough: Sequence[str] = (),
 ) -> Run:
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
@@ -198,7 +210,11 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     set up by `perstack-sandbox doctor --fix`), each stdio skill in a container of its own;
     it is never silently replaced by runc. `audit` receives the
     run's tool calls, skill stderr and warnings besides the run folder's files. Image builds,
-    when needed, report to `on_progress` (nothing is printed). An Expert's sandbox:
+    when needed, report to `on_progress` (nothing is printed). With `seal_secrets`, each skill
+    gets a random placeholder for every requiredEnv value and the proxy puts the real value
+    into that skill's HTTPS requests to its own allowed hosts; hosts in `seal_passthrough`
+    (a client that pins certificates, say) stay plain tunnels (README, "Sealed secrets").
+    An Expert's sandbox:
 
     ```python
     import anyio
@@ -239,6 +255,8 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
             prompter=prompter,
             audit=audit,
             on_progress=on_progress or _quiet,
+            seal_secrets=seal_secrets,
+            seal_passthrough=tuple(seal_passthrough),
         ),
     )
 
@@ -274,6 +292,10 @@ class _RunOptions:
     prompter: Prompter | None
     audit: AuditSink | None
     on_progress: Callable[[str], None]
+    seal_secrets: bool = False
+    seal_passthrough: tuple[str, ...] = ()
+    # Test-only openings of the proxy (the test suites set it; nothing else does).
+    test_network: engine.TestNetwork | None = None
 
 
 class Run:
@@ -474,6 +496,8 @@ class Run:
                     run=run,
                     workspace=options.workspace,
                     isolation=options.isolation,
+                    sealed=prepared.sealed,
+                    test_network=options.test_network,
                 ) as sandbox,
                 open_gateway(
                     build_sessions(prepared, sandbox, audit=sink),
@@ -524,7 +548,24 @@ class Run:
         )
         # After the input checks, before any build: never a silent fallback to runc.
         engine.require_isolation(isolation)
+        if self._options.seal_secrets:
+            passthrough = [_passthrough_host(host) for host in self._options.seal_passthrough]
+            sealed = seal_secrets(prepared.secrets, passthrough)
+            return Prepared(plan=prepared.plan, secrets=dict(sealed.placeholders), sealed=sealed)
         return prepared
+
+
+def _passthrough_host(text: str) -> str:
+    """Return the canonical form of a `seal_passthrough` host.
+
+    Raises:
+        UsageError: not a host name.
+
+    """
+    try:
+        return canonicalise_host(text)
+    except HostRejected as exc:
+        raise UsageError(f"seal passthrough host {text!r} is invalid: {exc}") from exc
 
 
 def _news(error: BaseException, gateway: Gateway | None) -> BaseException:

@@ -1,4 +1,4 @@
-"""``python -m proxy --policy FILE --listen HOST:PORT [--listen HOST:PORT ...]``.
+"""``python -m proxy --policy FILE --listen HOST:PORT [--listen ...] [--control PATH]``.
 
 Audit lines go to stdout, diagnostics to stderr. Exit status: 0 after SIGTERM/SIGINT, 2 for a
 bad command line or policy, 1 when a listening address cannot be bound.
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._audit import AuditLog
+from ._control import serve_control
 from ._policy import PolicyError, load_policy
 from ._resolver import Resolver, SystemResolver
 from ._server import ProxyServer
@@ -49,11 +50,17 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=parse_listen,
         help="HOST:PORT to listen on; repeat for several addresses",
     )
+    parser.add_argument(
+        "--control", default=None, help="Unix socket of the control channel (proxy/_control.py)"
+    )
     return parser.parse_args(argv)
 
 
 async def serve(
-    server: ProxyServer, listen: list[tuple[str, int]], stop: asyncio.Event | None = None
+    server: ProxyServer,
+    listen: list[tuple[str, int]],
+    stop: asyncio.Event | None = None,
+    control: str | None = None,
 ) -> None:
     """Listen on ``listen`` until SIGTERM/SIGINT (or until ``stop`` is set).
 
@@ -66,12 +73,15 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     bound = await server.start(listen)
+    control_server = await serve_control(server, control) if control else None
     addresses = ", ".join(f"{host}:{port}" for host, port in bound)
     patterns = len(server.policy.allowed_domains)
     sys.stderr.write(f"proxy: listening on {addresses}; {patterns} allowed domain patterns\n")
     try:
         await stop.wait()
     finally:
+        if control_server is not None:
+            control_server.close()
         await server.close()
 
 
@@ -89,6 +99,19 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+class _TestHosts:
+    """The policy's ``testHosts`` answered first, every other name by ``fallback``."""
+
+    def __init__(self, table: dict[str, str], fallback: Resolver) -> None:
+        self._table, self._fallback = table, fallback
+
+    async def resolve(self, host: str) -> list[str]:
+        """Answer from the table, else ask the fallback (which may raise ResolveError)."""
+        if host in self._table:
+            return [self._table[host]]
+        return await self._fallback.resolve(host)
+
+
 def main(argv: Sequence[str] | None = None, resolver: Resolver | None = None) -> int:
     """Run the proxy; ``resolver`` replaces the system resolver (benchmarks, tests).
 
@@ -102,10 +125,14 @@ def main(argv: Sequence[str] | None = None, resolver: Resolver | None = None) ->
     except PolicyError as exc:
         sys.stderr.write(f"proxy: invalid policy: {exc}\n")
         return EXIT_BAD_INPUT
-    server = ProxyServer(policy, resolver or SystemResolver(), AuditLog(policy.sandbox_id))
+    if resolver is None:
+        resolver = SystemResolver()
+        if policy.test_hosts:  # the test suites' names; every other name goes to DNS
+            resolver = _TestHosts(policy.test_hosts, resolver)
+    server = ProxyServer(policy, resolver, AuditLog(policy.sandbox_id))
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(server, args.listen))
+            runner.run(serve(server, args.listen, control=args.control))
     except OSError as exc:
         sys.stderr.write(f"proxy: cannot listen: {exc}\n")
         return EXIT_FAILED

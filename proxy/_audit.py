@@ -97,6 +97,28 @@ class AuditLog:
             f'"bytesUp":{int(up)},"bytesDown":{int(down)},"durationMs":{float(duration)!r}'
         )
 
+    def sealed(  # noqa: PLR0913 - one optional field per kind of sealed line
+        self,
+        conn: int,
+        skill: str,
+        host: str,
+        *,
+        reason: str | None = None,
+        variables: list[str] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        """Write a line of a sealed tunnel: a substitution (variable names) or a refusal.
+
+        Names only: a value never reaches this method (docs/architecture.md, decision 37).
+        """
+        names = ",".join(_string(escape_raw(name)) for name in variables or [])
+        self._write(
+            f'"event":"sealed","conn":{int(conn)},"skill":{_string(escape_raw(skill))},'
+            f'"host":{_string(host)},"decision":{_string("deny" if reason else "substitute")},'
+            f'"reason":{_optional(reason)},"variables":[{names}],'
+            f'"placeholderOf":{_optional(escape_raw(owner) if owner else None)}'
+        )
+
     def _write(self, fields: str) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         sandbox = _string(self.sandbox_id)

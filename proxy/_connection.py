@@ -179,6 +179,19 @@ class Connection:
         except OSError:
             self.abort()
 
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """Stop driving the socket and hand it over with the bytes not sent yet (sealed path).
+
+        Nothing watches the socket afterwards and this object is done with it: the caller owns
+        the socket (see proxy/_sealed.py).
+        """
+        self.pause_reading()
+        self._unwatch_writable()
+        self._reader = None
+        self.is_closed = self._closing = True
+        pending, self._out = bytes(self._out), bytearray()
+        return self.sock, pending
+
     # --- closing -------------------------------------------------------------------------
 
     def close(self) -> None:

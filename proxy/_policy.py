@@ -5,6 +5,8 @@
  "skills": {"<token>": {"skill": "search", "allowedDomains": ["api.example.com"]}},
  "sandboxId": "abc123",
  "testAllowCidrs": [],
+ "testHosts": {},
+ "testUpstreamCa": "",
  "limits": {"maxConnections": 1024, "connectTimeout": 10, "maxConnectionsPerSkill": 256}}
 ```
 Unknown keys are ignored so that the engine can grow the file; every known key is checked.
@@ -12,6 +14,10 @@ Unknown keys are ignored so that the engine can grow the file; every known key i
 With ``skills``, every CONNECT must carry ``Proxy-Authorization: Basic`` with one of the
 tokens as its password, and is held to that skill's own ``allowedDomains``; the top-level
 list is then unused. Without ``skills``, the top-level list applies to every client.
+
+``testAllowCidrs``, ``testHosts`` (name -> address, answered before DNS) and
+``testUpstreamCa`` (a PEM trusted upstream on the sealed path) exist for the test suites
+only: the orchestrator sets them only when a test passes them to the engine.
 """
 
 from __future__ import annotations
@@ -86,6 +92,8 @@ class Policy:
     addresses: AddressRules = field(default_factory=AddressRules)
     limits: Limits = field(default_factory=Limits)
     skills: tuple[SkillGrant, ...] = ()
+    test_hosts: dict[str, str] = field(default_factory=dict)
+    test_upstream_ca: str = ""
 
     def grant_for(self, token: bytes) -> SkillGrant | None:
         """Return the skill whose token is ``token`` (every token compared, in constant time)."""
@@ -129,7 +137,24 @@ def parse_policy(document: object) -> Policy:
         addresses=AddressRules(test_allow=_cidrs(_string_list(document, "testAllowCidrs"))),
         limits=_limits(document.get("limits", {})),
         skills=_skills(document.get("skills", {})),
+        test_hosts=_test_hosts(document.get("testHosts", {})),
+        test_upstream_ca=_string(document, "testUpstreamCa"),
     )
+
+
+def _test_hosts(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise PolicyError("testHosts must map names to addresses")
+    return dict(value)
+
+
+def _string(document: dict[str, Any], key: str) -> str:
+    value = document.get(key, "")
+    if not isinstance(value, str):
+        raise PolicyError(f"{key} must be a string")
+    return value
 
 
 def _skills(value: object) -> tuple[SkillGrant, ...]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 from ._fairness import UNAUTHENTICATED_EVICTED, Shares
 from ._http import Refusal
 from ._netrules import AddressRules, parse_address
+from ._seal import SealState
 from ._session import Session
 from ._tunnel import Connector, open_upstream
 
@@ -50,6 +51,8 @@ class ProxyServer:
         self.resolver = resolver
         self.audit = audit
         self.connector = connector
+        # Empty until the orchestrator seals the run over the control channel (proxy/_control.py).
+        self.seal = SealState()
         self.active = 0
         self.loop: asyncio.AbstractEventLoop  # set by start(), before any connection exists
         self._ids = itertools.count(1)

@@ -29,6 +29,7 @@ from ._http import (
     request_line,
     response,
 )
+from ._sealed import SealedTunnel, relay
 from ._tls import TlsError, client_hello_body
 from ._tunnel import (
     Dial,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from ._netrules import AddressRules
     from ._policy import Policy
     from ._resolver import Resolver
+    from ._seal import SealState
     from ._tunnel import Connector
 
 HEALTH_PATH: Final = "/healthz"
@@ -65,6 +67,7 @@ class SessionHost(Protocol):
     connector: Connector
     audit: AuditLog
     shares: Shares[Session]
+    seal: SealState
 
     def rules_for(self, client: Connection) -> AddressRules:
         """Return the address rules for a client (the server's own addresses included)."""
@@ -279,6 +282,10 @@ class Session:
         upstream, hello = self.upstream, self._data
         assert upstream is not None  # noqa: S101 - dialled before the 200
         self._data = b""
+        grant = self._request.grant if self._request is not None else None
+        if self.server.seal.applies(grant, self._host):
+            self._terminate(hello)
+            return
         upstream.write(hello)  # the audit line need not delay it
         self.stats.up += len(hello)
         self.server.shares.established(self)
@@ -286,6 +293,30 @@ class Session:
         record.decision, record.reason = "allow", "allowed"
         self.server.audit.decision(self.conn, record)
         splice(self.client, upstream, self.stats, self._limits.idle_timeout, self._finish)
+
+    def _terminate(self, hello: bytes) -> None:
+        """Hand both sockets to the sealed relay (docs/architecture.md, decision 37)."""
+        upstream, grant = self.upstream, self._request.grant if self._request else None
+        assert upstream is not None  # noqa: S101 - dialled before the 200
+        assert grant is not None  # noqa: S101 - applies() needs one
+        record = self.record
+        record.decision, record.reason = "allow", "allowed"
+        self.server.audit.decision(self.conn, record)
+        client_sock, pending = self.client.detach()
+        upstream_sock, _ = upstream.detach()
+        tunnel = SealedTunnel(
+            self.conn,
+            grant.skill,
+            self._host,
+            self.server.seal,
+            self.server.audit,
+            self.stats,
+            self._limits,
+        )
+        self.task = self._loop.create_task(
+            relay(tunnel, client_sock, upstream_sock, (pending, hello))
+        )
+        self.task.add_done_callback(lambda _task: self._finish())
 
     # --- the end -------------------------------------------------------------------------
 

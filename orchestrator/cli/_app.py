@@ -142,6 +142,23 @@ IsolationOption = Annotated[
         "`doctor --fix` sets gVisor up).",
     ),
 ]
+SealSecretsOption = Annotated[
+    bool,
+    typer.Option(
+        "--seal-secrets",
+        help="Give each skill placeholders instead of its requiredEnv values; the proxy puts "
+        "the real values into that skill's HTTPS requests to its own allowed hosts.",
+    ),
+]
+SealPassthroughOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--seal-passthrough",
+        metavar="HOST",
+        help="With --seal-secrets: keep HOST a plain tunnel (no TLS termination, no "
+        "substitution), for a client that pins certificates. Repeatable.",
+    ),
+]
 EXAMPLE_CONFIG = "-c examples/perstack.toml"
 ServerOption = Annotated[
     str | None,

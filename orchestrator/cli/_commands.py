@@ -23,6 +23,8 @@ from perstack_sandbox.cli._app import (
     JsonFlag,
     PrefixToolsOption,
     ServerOption,
+    SealPassthroughOption,
+    SealSecretsOption,
     WorkspaceOption,
     command,
     warn,
@@ -43,6 +45,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     prefix_tools: bool = False,
     isolation: Isolation = DEFAULT_ISOLATION,
     interactive: bool = False,
+    seal: tuple[bool, list[str] | None] = (False, None),
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
     from perstack_sandbox import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -50,6 +53,9 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
 
     if workspace is not None and not workspace.is_dir():
         raise UsageError(f"--workspace {workspace} is not a folder")
+    seal_secrets, passthrough = seal
+    if passthrough and not seal_secrets:
+        raise UsageError("--seal-passthrough needs --seal-secrets")
     return launch.LaunchOptions(
         config_path=config,
         expert=expert,
@@ -59,6 +65,8 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         isolation=isolation,
         prompter=gateway.terminal_prompter() if interactive else None,
         warn=warn,
+        seal_secrets=seal_secrets,
+        seal_passthrough=tuple(passthrough or ()),
     )
 
 
@@ -90,12 +98,20 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
     server: ServerOption = None,
+    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
+    seal_passthrough: SealPassthroughOption = None,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        seal=(seal_secrets, seal_passthrough),
     )
     if server is not None:
         typer.echo(via_server(server, options, "tools", as_json))
@@ -123,6 +139,8 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
     server: ServerOption = None,
+    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
+    seal_passthrough: SealPassthroughOption = None,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -136,6 +154,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         prefix_tools=prefix_tools,
         isolation=isolation,
         interactive=server is None,
+        seal=(seal_secrets, seal_passthrough),
     )
     if server is not None:
         typer.echo(via_server(server, options, "call", tool, arguments))
@@ -173,12 +192,20 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
     server: ServerOption = None,
+    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
+    seal_passthrough: SealPassthroughOption = None,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        seal=(seal_secrets, seal_passthrough),
     )
     if server is not None:
         if http is not None:

@@ -18,6 +18,7 @@ _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox c
 _workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
 _gvisor.py      isolation: runc or gVisor's runsc (one container per stdio skill), its set-up
 _exec.py        a `docker exec` as three byte streams (the frames of the attach socket)
+_seal.py        sealing a started sandbox: values to the proxy, the run's CA into the sandbox
 _health.py      the proxy's readiness and its output copied into the run's files
 _fence.py       the fence around a per-expert build: its own network and registry-only proxy
 _sweep.py       listing and removing labelled objects; closing crashed runs' journals
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from perstack_sandbox.engine._gvisor import require_isolation
     from perstack_sandbox.engine._sandbox import (
         Sandbox,
+        TestNetwork,
         cancel_on_signals,
         collect_garbage,
         diagnose,
@@ -65,6 +67,7 @@ __all__ = [
     "ExecProcess",
     "RunInfo",
     "Sandbox",
+    "TestNetwork",
     "build_expert",
     "cancel_on_signals",
     "collect_garbage",
@@ -99,6 +102,7 @@ _LAZY: Final = {
     **dict.fromkeys(
         (
             "Sandbox",
+            "TestNetwork",
             "cancel_on_signals",
             "collect_garbage",
             "diagnose",

@@ -182,10 +182,14 @@ class ExecProcess:
         self._exit_code, self._exited = code, True
         await self._sock.aclose()
 
-    async def close(self) -> None:
-        """Kill the process if it still runs and close the socket."""
+    async def close(self, *, kill: bool = True) -> None:
+        """Kill the process if it still runs (unless `kill` is false) and close the socket.
+
+        `kill=False` is for an exec that shares its uid with the container's own processes
+        (the proxy, the sandbox user): `kill -1` as that uid would take them down too.
+        """
         try:
-            if not self._exited:
+            if kill and not self._exited:
                 info = await anyio.to_thread.run_sync(self._inspect)
                 if info.get("Running"):
                     await self.kill()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
-from perstack_sandbox.engine import _containers, _doctor, _health, _sweep
+from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _sweep
 from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.engine._gvisor import require_isolation
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from perstack_sandbox.engine._sweep import RunInfo
-    from perstack_sandbox.plan import SandboxPlan
+    from perstack_sandbox.plan import SandboxPlan, SealedSecrets
     from perstack_sandbox.state import RunState
 
 
@@ -62,6 +62,8 @@ class Sandbox:
     isolation: Isolation = DEFAULT_ISOLATION
     # Under gVisor, one container per stdio skill, in skill order (else only `container_id`).
     container_ids: tuple[str, ...] = ()
+    # The bundle the skills trust: the system's, or (sealed) the system's plus the run's CA.
+    ca_bundle: str = CA_BUNDLE
 
     def proxy_env(self, skill: str | None = None) -> dict[str, str]:
         """Return the proxy and CA variables of `skill`'s process.
@@ -70,6 +72,9 @@ class Sandbox:
         allowlist; with no `skill` (or one without a credential) the URL has none.
         """
         url = f"http://{self._userinfo(skill)}{self.proxy_ip}:{self.proxy_port}"
+        bundle = self.ca_bundle
+        # curl reads its compiled-in bundle path, not SSL_CERT_FILE: name the sealed one too.
+        extra = {"CURL_CA_BUNDLE": bundle} if bundle != CA_BUNDLE else {}
         return {
             "HTTPS_PROXY": url,
             "HTTP_PROXY": url,
@@ -78,9 +83,10 @@ class Sandbox:
             "NO_PROXY": NO_PROXY,
             "no_proxy": NO_PROXY,
             "NODE_USE_ENV_PROXY": "1",
-            "SSL_CERT_FILE": CA_BUNDLE,
-            "NODE_EXTRA_CA_CERTS": CA_BUNDLE,
-            "REQUESTS_CA_BUNDLE": CA_BUNDLE,
+            "SSL_CERT_FILE": bundle,
+            "NODE_EXTRA_CA_CERTS": bundle,
+            "REQUESTS_CA_BUNDLE": bundle,
+            **extra,
         }
 
     async def egress_problem(self) -> str | None:
@@ -212,6 +218,8 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     workspace: Path | None = None,
     test_allow_cidrs: tuple[str, ...] = (),
     isolation: Isolation = DEFAULT_ISOLATION,
+    sealed: SealedSecrets | None = None,
+    test_network: TestNetwork | None = None,
 ) -> AsyncIterator[Sandbox]:
     """Start the sandbox of `plan` from `image` and tear everything down on exit.
 
@@ -226,6 +234,11 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     their own listeners and is empty (off) everywhere else. Teardown runs on normal exit, on an
     exception and on cancellation (SIGINT/SIGTERM via `cancel_on_signals`).
 
+    With `sealed`, the real values go to the proxy over its control channel and the run's CA
+    is installed in every sandbox container before this yields; skills then trust
+    `Sandbox.ca_bundle` (docs/architecture.md, decisions 37 and 38). `test_network` opens the
+    proxy further for the test suites only.
+
     Every env file in the Expert's folder is covered by an empty read-only file (see
     `plan.check_expert_folder`).
 
@@ -239,7 +252,9 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     # Checked again now (not only at `prepare`): the folder may have changed since.
     folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
     credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
-    policy = proxy_policy(plan, run.run_id, test_allow_cidrs, credentials)
+    test_network = test_network or TestNetwork(allow_cidrs=test_allow_cidrs)
+    policy = proxy_policy(plan, run.run_id, test_network.allow_cidrs, credentials)
+    policy |= test_network.policy_keys()
     # The run's copy names each skill's list but holds no token.
     kept = {key: value for key, value in policy.items() if key != "skills"}
     kept["skillAllowedDomains"] = skill_grants(plan)
@@ -264,6 +279,11 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     status = "failed"
     try:
         started = await _containers.start(spec, run)
+        bundle = CA_BUNDLE
+        if sealed is not None:
+            pem = await _seal.seal_proxy(started.proxy_id, sealed.message())
+            await _seal.install_ca(started.container_ids, pem)
+            bundle = _seal.SEALED_CA_BUNDLE
         run.update_meta(status="running", container=started.container_id)
         yield Sandbox(
             run_id=run.run_id,
@@ -276,11 +296,36 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
             credentials=credentials,
             isolation=isolation,
             container_ids=started.container_ids,
+            ca_bundle=bundle,
         )
         status = "finished"
     finally:
         with anyio.CancelScope(shield=True):
             await _teardown(run, status)
+
+
+@dataclass(frozen=True, slots=True)
+class TestNetwork:
+    """Test-only openings of the proxy's policy; only the test suites ever set them.
+
+    `allow_cidrs` lets the proxy dial those non-public ranges, `hosts` answers those names
+    before DNS, `upstream_ca` (PEM) is trusted upstream on the sealed path.
+    """
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    allow_cidrs: tuple[str, ...] = ()
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    upstream_ca: str = ""
+
+    def policy_keys(self) -> dict[str, object]:
+        """Return the policy keys beyond `testAllowCidrs` (none when unused)."""
+        keys: dict[str, object] = {}
+        if self.hosts:
+            keys["testHosts"] = dict(self.hosts)
+        if self.upstream_ca:
+            keys["testUpstreamCa"] = self.upstream_ca
+        return keys
 
 
 def proxy_policy(

@@ -146,6 +146,7 @@ def proxy_image_name() -> str:
     parts: list[bytes | str] = [
         recipe("proxy.Dockerfile"),
         recipe("proxy-entry.sh"),
+        _host_ca_bytes(host_ca=None),
     ]
     for relative, source in _proxy_sources():
         parts += [relative, source]
@@ -248,6 +249,7 @@ def ensure_proxy_image(*, progress: Callable[[str], None] = no_progress) -> str:
         context = Path(tmp)
         for file in ("proxy.Dockerfile", "proxy-entry.sh"):
             copy_recipe(file, context / file)
+        (context / "host-ca.crt").write_bytes(_host_ca_bytes(host_ca=None))
         for relative, source in _proxy_sources():
             target = context / "proxy" / relative
             target.parent.mkdir(parents=True, exist_ok=True)

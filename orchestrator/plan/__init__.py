@@ -13,6 +13,7 @@ else to hide under /expert, and refuses a folder the skills could not read.
 _plan.py     SandboxPlan and its parts, plan(), launch commands, the plan's text and JSON
 _secrets.py  Secret, dotenv files, resolving requiredEnv names to values, a skill's environment
 _folder.py   the Expert's folder on the host: env files to cover, paths skills cannot read
+_sealing.py  sealed secrets: placeholders for the skills, the proxy's seal message
 ```
 """
 
@@ -47,6 +48,7 @@ from perstack_sandbox.plan._plan import (
     plan_to_text,
     skill_slug,
 )
+from perstack_sandbox.plan._sealing import SealedSecrets, seal_secrets
 from perstack_sandbox.plan._secrets import (
     DEFAULT_ENV_FILES,
     MINIMAL_PATH,
@@ -82,6 +84,7 @@ __all__ = [
     "Mount",
     "PackageSpec",
     "SandboxPlan",
+    "SealedSecrets",
     "Secret",
     "SkillLaunch",
     "SkillSecrets",
@@ -99,6 +102,7 @@ __all__ = [
     "plan_to_json",
     "plan_to_text",
     "resolve_secrets",
+    "seal_secrets",
     "skill_environment",
     "skill_slug",
     "uses_expert_folder",
