@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import anyio.to_thread
 
-from perstack_sandbox import images
+from perstack_sandbox import images, lock
 from perstack_sandbox.engine import _health
 from perstack_sandbox.engine._containers import (
     PROXY_PORT,
@@ -270,16 +270,37 @@ def ensure_expert_image(
 ) -> str:
     """Return the per-expert image's tag, building it in a fence when missing.
 
-    Setting `cancel` stops a fenced build at once (see `build_fenced`); the image is tagged
-    only together with its labels, so a stopped build leaves no tag behind.
+    With a `perstack-sandbox.lock` next to the plan's perstack.toml, the build installs
+    exactly the locked trees, verifying every hash; a lock that does not cover the plan is
+    refused. Setting `cancel` stops a fenced build at once (see `build_fenced`); the image is
+    tagged only together with its labels, so a stopped build leaves no tag behind.
 
     Raises:
-        ImageBuildError: a build step failed (the error holds its output).
+        LockError: the lock is unreadable or does not lock the plan's packages as configured.
+        ImageBuildError: a build step failed (the error holds its output), or a package of
+            the lock has no hash.
         EngineError: the engine, the fence, npm or pip failed.
 
     """
     build = functools.partial(build_expert, cancel=cancel)
-    return images.ensure_expert_image(plan, build=build, host_ca=host_ca, progress=progress)
+    held = lock.expert_lock(lock.read_lock(lock.lock_path(plan.config_dir)), plan.expert)
+    return images.ensure_expert_image(
+        plan, build=build, host_ca=host_ca, progress=progress, lock=held
+    )
+
+
+def resolve_lock(
+    plan: SandboxPlan, *, progress: Callable[[str], None] = images.no_progress
+) -> lock.JsonObject:
+    """Resolve the plan's packages inside a build fence: its lock entry, tools not yet in.
+
+    Raises:
+        ImageBuildError: a resolution failed. EngineError: the engine or the fence failed.
+
+    """
+    entry = images.resolve_expert_lock(plan, build=build_expert, progress=progress)
+    entry["source"] = lock.plan_source(plan)
+    return entry
 
 
 async def ensure_expert_image_async(

@@ -9,6 +9,7 @@ what a checkout builds. The per-expert build itself is fenced by the engine and 
 _cache.py       tags (hashes of every input), ensure_* (reuse or build), labels, stale images
 _build.py       a build with streamed progress; host-side inputs (npm pack, pip download)
 _recipe.py      the per-expert Dockerfile: one non-root uid per package install
+_locked.py      locked builds: resolving a lock in the fence, installing exactly the locked tree
 _registries.py  the registry hosts a build may reach, derived from npm's and pip's settings
 _seccomp.py     the sandbox's seccomp profile, generated from Docker's default as data
 recipes/        the repository's images/ folder (a symlink in a checkout, files in a wheel)
@@ -40,8 +41,10 @@ from perstack_sandbox.images._cache import (
     is_host_ca_enabled,
     proxy_image_name,
     recipe,
+    resolve_expert_lock,
     resolved_packages,
     superseded_images,
+    tree_digests,
     workspace_image_name,
 )
 from perstack_sandbox.images._recipe import PROXY_ARGS
@@ -76,9 +79,11 @@ __all__ = [
     "proxy_image_name",
     "python_index",
     "recipe",
+    "resolve_expert_lock",
     "resolved_packages",
     "sandbox_profile",
     "stderr_progress",
     "superseded_images",
+    "tree_digests",
     "workspace_image_name",
 ]
