@@ -79,6 +79,8 @@ class LaunchOptions:
     progress: Callable[[str], None] = field(default=stderr_progress)
     # Told about config warnings and env-file keys set twice, one line each, before any start.
     warn: Callable[[str], None] = field(default=_stderr_warning)
+    # Serve skills whose tools differ from perstack-sandbox.lock, once (audited).
+    accept_tool_changes: bool = False
 
 
 def _config_and_secrets(options: LaunchOptions) -> tuple[PerstackConfig, dict[str, Secret]]:
@@ -152,6 +154,7 @@ def cli_run(options: LaunchOptions) -> Run:
         prompter=options.prompter,
         audit=_TerminalWarnings(),
         on_progress=options.progress,
+        accept_tool_changes=options.accept_tool_changes,
     )
 
 

@@ -48,7 +48,12 @@ from perstack_sandbox.images._cache import (
     workspace_image_name,
 )
 from perstack_sandbox.images._recipe import PROXY_ARGS
-from perstack_sandbox.images._registries import build_hosts, npm_registry, python_index
+from perstack_sandbox.images._registries import (
+    build_hosts,
+    latest_version,
+    npm_registry,
+    python_index,
+)
 from perstack_sandbox.images._seccomp import sandbox_profile
 
 __all__ = [
@@ -74,6 +79,7 @@ __all__ = [
     "expert_image_name",
     "image_id",
     "is_host_ca_enabled",
+    "latest_version",
     "no_progress",
     "npm_registry",
     "proxy_image_name",

@@ -297,9 +297,7 @@ def ensure_workspace_image(*, progress: Callable[[str], None] = no_progress) -> 
     return name
 
 
-def expert_dockerfile(
-    base: str, packages: Sequence[PackageSpec], *, locked: bool = False
-) -> str:
+def expert_dockerfile(base: str, packages: Sequence[PackageSpec], *, locked: bool = False) -> str:
     """Return the per-expert Dockerfile (see `_recipe`): one uid per package install.
 
     Raises:
@@ -424,9 +422,7 @@ def resolve_expert_lock(
 
     with tempfile.TemporaryDirectory(prefix="perstack-resolve-") as tmp:
         packages = _locked.resolve_packages(plan, base, fenced, Path(tmp))
-    skills = {
-        launch.name: {"package": packages.get(launch.name)} for launch in plan.skills
-    }
+    skills = {launch.name: {"package": packages.get(launch.name)} for launch in plan.skills}
     return {"baseImage": base_id, "skills": skills}
 
 

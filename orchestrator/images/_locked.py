@@ -3,10 +3,12 @@
 Resolution is itself a fenced build (`_recipe.resolve_dockerfile`): npm writes a package-lock
 (`--package-lock-only`, no install script runs) and uv compiles a hashed requirement set, each
 as the package's own uid; the builder reads the files from the resulting image (a container
-created, never started) and removes it. Nothing is resolved on the host. npm's `resolved` URLs are dropped from the recorded lock: they name the
-registry the lock was made with, while `npm ci` fetches `name@version` from the registry the
-building host is configured with and checks the recorded `integrity` all the same, so a lock
-builds anywhere (a mirror, another network) bit for bit, or fails.
+created, never started) and removes it. Nothing is resolved on the host.
+
+npm's `resolved` URLs are dropped from the recorded lock: they name the registry the lock was
+made with, while `npm ci` fetches `name@version` from the registry the building host is
+configured with and checks the recorded `integrity` all the same, so a lock builds anywhere (a
+mirror, another network) bit for bit, or fails.
 
 A locked build copies each package's files into its folder and installs with `npm ci` or
 `uv pip install --require-hashes`; before any step runs, every package of every tree must

@@ -108,7 +108,7 @@ def install_step(package: PackageSpec) -> str:
     tools, links = package_dirs(package)
     return (
         f"RUN {_FRESH_HOME} UV_TOOL_DIR={shlex.quote(tools)} UV_TOOL_BIN_DIR={shlex.quote(links)}"
-        f" && uv tool install {_UV_INDEX} {shlex.quote(requirement(package))} && rm -rf \"$HOME\""
+        f' && uv tool install {_UV_INDEX} {shlex.quote(requirement(package))} && rm -rf "$HOME"'
     )
 
 
@@ -175,7 +175,8 @@ def locked_install_step(package: PackageSpec) -> str:
         f"the locked install of {package.manager} package {package.name} failed: a hash in "
         "perstack-sandbox.lock does not match what the registry served, or the lock is incomplete"
     )
-    return f'RUN {_FRESH_HOME} && {{ {install} || {{ echo {failed} >&2; exit 1; }}; }} && rm -rf "$HOME"'
+    guarded = f"{{ {install} || {{ echo {failed} >&2; exit 1; }}; }}"
+    return f'RUN {_FRESH_HOME} && {guarded} && rm -rf "$HOME"'
 
 
 def resolve_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
@@ -192,9 +193,7 @@ def resolve_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def expert_dockerfile(
-    base: str, packages: Sequence[PackageSpec], *, locked: bool = False
-) -> str:
+def expert_dockerfile(base: str, packages: Sequence[PackageSpec], *, locked: bool = False) -> str:
     """Return the per-expert Dockerfile (see the module docstring).
 
     With `locked`, each package's lock files are copied from the context's `lock/<slug>/`
