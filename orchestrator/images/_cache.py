@@ -411,6 +411,8 @@ def resolve_expert_lock(
     """
     base = ensure_base_image(host_ca=host_ca, progress=progress)
     base_id = image_id(base) or ""
+    if not plan.packages:  # local skills only: nothing to resolve, no build
+        return {"baseImage": base_id, "skills": {s.name: {"package": None} for s in plan.skills}}
     progress(f"resolving {len(plan.packages)} packages of expert {plan.expert} in a fence")
 
     def fenced(context: Path, collect: Callable[[str], None]) -> str:

@@ -18,6 +18,7 @@ carry a hash (`lock.check_npm_tree`, `lock.check_requirements`).
 from __future__ import annotations
 
 import json
+import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 from perstack_sandbox import lock
@@ -101,7 +102,10 @@ def resolve_packages(
         EngineError: the engine, the fence or the registries failed.
 
     """
-    (context / "Dockerfile").write_text(_recipe.resolve_dockerfile(base, plan.packages))
+    token = secrets.token_hex(8)
+    (context / "Dockerfile").write_text(
+        _recipe.resolve_dockerfile(base, plan.packages, token=token)
+    )
     lines: list[str] = []
     image = build(context, lines.append)
     found: dict[str, JsonObject] = {}
