@@ -102,9 +102,9 @@ def resolve_packages(
         EngineError: the engine, the fence or the registries failed.
 
     """
-    token = secrets.token_hex(8)
+    nonce = secrets.token_hex(8)
     (context / "Dockerfile").write_text(
-        _recipe.resolve_dockerfile(base, plan.packages, token=token)
+        _recipe.resolve_dockerfile(base, plan.packages, nonce=nonce)
     )
     lines: list[str] = []
     image = build(context, lines.append)

@@ -179,17 +179,17 @@ def locked_install_step(package: PackageSpec) -> str:
     return f'RUN {_FRESH_HOME} && {guarded} && rm -rf "$HOME"'
 
 
-def resolve_dockerfile(base: str, packages: Sequence[PackageSpec], *, token: str) -> str:
+def resolve_dockerfile(base: str, packages: Sequence[PackageSpec], *, nonce: str) -> str:
     """Return the Dockerfile that resolves (never installs) every package, each as its uid.
 
-    `token` (fresh per resolution) is an argument every step sees, so no resolution is ever
+    `nonce` (fresh per resolution) is an argument every step sees, so no resolution is ever
     taken from the engine's build cache: a cached step would replay yesterday's registry.
 
     Raises:
         ImageBuildError: too many packages.
 
     """
-    lines = [*build_prelude(base, packages), f"ARG PERSTACK_RESOLUTION={token}", *_TOOL_SETTINGS]
+    lines = [*build_prelude(base, packages), f"ARG PERSTACK_RESOLUTION={nonce}", *_TOOL_SETTINGS]
     for index, package in enumerate(packages):
         uid = package_uid(index)
         lines += [f"USER {uid}:{uid}", resolve_step(package)]

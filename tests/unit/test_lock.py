@@ -9,7 +9,6 @@ import mcp_types as types
 import pytest
 
 from perstack_sandbox import images, lock
-from perstack_sandbox.audit import ToolCall
 from perstack_sandbox.config import parse_config
 from perstack_sandbox.errors import ImageBuildError, LockError, ToolsChangedError
 from perstack_sandbox.images import _locked, _recipe
@@ -19,7 +18,7 @@ from perstack_sandbox.skills import ToolPin, pinned_tools
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from perstack_sandbox.audit import Request
+    from perstack_sandbox.audit import Request, ToolCall
 
 NPM = PackageSpec(manager="npm", name="@scope/srv", version_spec="^1.2", slug="srv-1")
 PYPI = PackageSpec(manager="pypi", name="tool-x", version_spec="", slug="tool")
@@ -76,11 +75,11 @@ class Recorder:
         """Ignore diagnostics."""
 
 
-def _plan(text: str = CONFIG, folder: str = "/x") -> Any:  # noqa: ANN401 - a SandboxPlan
+def _plan(text: str = CONFIG, folder: str = "/x") -> Any:
     return plan(parse_config(text, config_dir=folder)[0], "e")
 
 
-def _entry(sandbox: Any) -> dict[str, Any]:  # noqa: ANN401 - a SandboxPlan
+def _entry(sandbox: Any) -> dict[str, Any]:
     package = {
         "manager": "npm",
         "name": "@scope/srv",
@@ -154,7 +153,7 @@ def test_an_added_or_removed_skill_and_a_missing_expert_make_the_lock_stale():
     document = {"lockfileVersion": 1, "experts": {"e": _entry(_plan())}}
     added = _plan(CONFIG + '[experts."e".skills."new"]\ntype = "mcpStdioSkill"\ncommand = "node"\n')
     assert lock.stale_reasons(document, added) == ["skill 'new' is not in the lock"]
-    dropped = _plan(CONFIG.split('[experts."e".skills."local"]')[0])
+    dropped = _plan(CONFIG.split('[experts."e".skills."local"]', maxsplit=1)[0])
     assert lock.stale_reasons(document, dropped) == [
         "skill 'local' is locked but no longer configured"
     ]
@@ -174,7 +173,7 @@ def test_a_linked_npm_package_is_refused():
     """A `link` entry is not a registry package: nothing to verify, so it is refused."""
     linked = json.loads(json.dumps(TREE))
     linked["packages"]["node_modules/dep"] = {"link": True, "resolved": "../dep"}
-    with pytest.raises(ImageBuildError, match="dep .* is not a registry package"):
+    with pytest.raises(ImageBuildError, match=r"dep .* is not a registry package"):
         lock.check_npm_tree("@scope/srv", linked)
 
 
@@ -183,12 +182,12 @@ def test_a_hashed_requirement_set_passes_and_an_unhashed_or_unpinned_one_fails_n
     lock.check_requirements("tool-x", REQUIREMENTS)
     with pytest.raises(ImageBuildError, match=r"PyPI package dep==2.0 \(in tool-x\) has no hash"):
         lock.check_requirements("tool-x", [*REQUIREMENTS[:2], "dep==2.0"])
-    with pytest.raises(ImageBuildError, match="dep>=2 .* not pinned"):
+    with pytest.raises(ImageBuildError, match=r"dep>=2 .* not pinned"):
         lock.check_requirements("tool-x", [*REQUIREMENTS[:2], "dep>=2 --hash=sha256:" + "d" * 64])
 
 
 def test_continuation_lines_join_into_one_requirement_each():
-    """uv's `\\` continuations make one entry per requirement, hashes included."""
+    """Continuation lines (uv's trailing backslash) join: one entry per requirement."""
     entries = lock.requirement_entries(REQUIREMENTS)
     assert [entry.split()[0] for entry in entries] == ["tool-x==1.0", "dep==2.0"]
     assert entries[1].count("--hash=") == 2
@@ -218,7 +217,7 @@ def test_the_expert_tag_covers_the_lock():
 
 
 def test_a_locked_recipe_installs_from_the_lock_with_verification_and_names_the_package():
-    """npm ci and uv --require-hashes from the copied lock files; a failure names the package."""
+    """The recipe runs `npm ci` and `uv --require-hashes` on the lock; a failure names it."""
     lines = images.expert_dockerfile("base:1", (NPM, PYPI), locked=True).splitlines()
     assert "COPY --chown=10900:10900 lock/srv-1/ /opt/perstack/npm/srv-1/" in lines
     npm_step = next(line for line in lines if "npm ci" in line)
@@ -231,8 +230,8 @@ def test_a_locked_recipe_installs_from_the_lock_with_verification_and_names_the_
 
 def test_a_resolution_never_comes_from_the_build_cache():
     """Each resolution's Dockerfile carries its own token before the first resolving step."""
-    one = _recipe.resolve_dockerfile("base:1", (NPM, PYPI), token="a")
-    two = _recipe.resolve_dockerfile("base:1", (NPM, PYPI), token="b")
+    one = _recipe.resolve_dockerfile("base:1", (NPM, PYPI), nonce="a")
+    two = _recipe.resolve_dockerfile("base:1", (NPM, PYPI), nonce="b")
     assert one != two
     assert one.index("ARG PERSTACK_RESOLUTION=a") < one.index("--package-lock-only")
     assert "uv pip compile - --generate-hashes" in one
