@@ -294,7 +294,7 @@ def lock_command(  # noqa: PLR0913, PLR0917 - one parameter per command-line opt
     expert: Annotated[
         str | None,
         typer.Argument(
-            metavar="[EXPERT]", help="Lock one Expert (default: every one).", show_default=False
+            metavar="EXPERT", help="Lock one Expert (default: every one).", show_default=False
         ),
     ] = None,
     config: ConfigOption = DEFAULT_CONFIG,

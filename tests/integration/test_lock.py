@@ -118,9 +118,10 @@ def test_a_tampered_hash_in_the_lock_fails_the_build_naming_the_package(
 ) -> None:
     """An npm integrity and a PyPI hash changed in the lock each fail the build, named.
 
-    Fails when hash verification is removed (checked by hand: `locked_install_step` made to
-    return `install_step(package)`, i.e. install from the registry ignoring the lock's
-    hashes: both builds succeeded and both `pytest.raises` failed).
+    Fails when hash verification is removed (checked by hand, once per manager:
+    `locked_install_step` made to return `install_step(package)`, an install from the
+    registry that ignores the lock's hashes; the tampered build succeeded and the test failed
+    with "DID NOT RAISE ImageBuildError", for npm and then for PyPI).
     """
     expert, entry = resolved
     npm_lock = copy.deepcopy(entry)
@@ -197,8 +198,8 @@ def test_a_skill_whose_description_changed_is_refused_with_a_diff_and_accepted_w
 ) -> None:
     """Run 2 after the description changed: refused with a diff; with the flag: served.
 
-    Fails when the pin is not checked (checked by hand: `build_sessions` given no pin, the
-    first run started and listed the poisoned description).
+    Fails when the pin is not checked (checked by hand: `build_sessions` giving every session
+    `pin=None`; the refused run started and the test failed with "DID NOT RAISE").
     """
     config, expert = locked_shifty
     pinned = lock.read_lock(lock.lock_path(config.parent))
@@ -229,7 +230,8 @@ def test_a_skill_that_changes_its_tools_mid_run_via_list_changed_is_caught(
     """After `mutate` (a list_changed), calls to the skill are refused with the diff, audited.
 
     Fails when list_changed updates are not checked (checked by hand: `SkillSession.call_tool`
-    without its pin check: the echo call after the mutation was served).
+    without its pin check; the echo call after the mutation was served and the test failed
+    with "DID NOT RAISE ToolsChangedError").
     """
     config, expert = locked_shifty
 
