@@ -20,10 +20,12 @@ import contextlib
 import functools
 import json
 import secrets
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -53,7 +55,6 @@ from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
-    from pathlib import Path
 
     from perstack_sandbox.plan import SandboxPlan
 
@@ -298,9 +299,24 @@ def resolve_lock(
         ImageBuildError: a resolution failed. EngineError: the engine or the fence failed.
 
     """
-    entry = images.resolve_expert_lock(plan, build=build_expert, progress=progress)
-    entry["source"] = lock.plan_source(plan)
-    return entry
+    base = images.ensure_base_image(progress=progress)
+    skills: dict[str, lock.JsonObject] = {s.name: {"package": None} for s in plan.skills}
+    if plan.packages:  # local skills only: nothing to resolve, no build
+        progress(f"resolving {len(plan.packages)} packages of expert {plan.expert} in a fence")
+
+        def fenced(context: Path, collect: Callable[[str], None]) -> str:
+            def both(line: str) -> None:
+                collect(line)
+                progress(line)
+
+            return build_expert(context, f"{images.EXPERT_REPO}-resolve:{plan.expert}", plan, both)
+
+        with tempfile.TemporaryDirectory(prefix="perstack-resolve-") as tmp:
+            resolved = images.resolve_packages(plan, base, fenced, Path(tmp))
+        for name, package in resolved.items():
+            skills[name]["package"] = package
+    base_id = images.image_id(base) or ""
+    return {"baseImage": base_id, "skills": skills, "source": lock.plan_source(plan)}
 
 
 async def ensure_expert_image_async(

@@ -41,12 +41,11 @@ from perstack_sandbox.images._cache import (
     is_host_ca_enabled,
     proxy_image_name,
     recipe,
-    resolve_expert_lock,
     resolved_packages,
     superseded_images,
-    tree_digests,
     workspace_image_name,
 )
+from perstack_sandbox.images._locked import resolve_packages, tree_digests
 from perstack_sandbox.images._recipe import PROXY_ARGS
 from perstack_sandbox.images._registries import (
     build_hosts,
@@ -85,7 +84,7 @@ __all__ = [
     "proxy_image_name",
     "python_index",
     "recipe",
-    "resolve_expert_lock",
+    "resolve_packages",
     "resolved_packages",
     "sandbox_profile",
     "stderr_progress",

@@ -70,7 +70,6 @@ HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_ENV: Final = "PERSTACK_SANDBOX_HOST_CA"
 BOOTSTRAP_TIMEOUT_S: Final = 1800  # debootstrap over a slow mirror
 PACKAGES_MARKER: Final = "PERSTACK_PACKAGES="
-LABEL_TREES: Final = "perstack-sandbox.trees"  # per package slug: the installed tree's digest
 LABEL_LOCKED: Final = "perstack-sandbox.locked"  # "1" when built from perstack-sandbox.lock
 Progress = "Callable[[str], None]"
 
@@ -389,56 +388,11 @@ def ensure_expert_image(
             LABEL_RECIPE: name.rsplit(":", 1)[1],
             LABEL_PACKAGES: resolved,
             LABEL_BASE: base,
-            LABEL_TREES: _build.last_marker(lines, _locked.TREES_MARKER) or "{}",
+            _locked.LABEL_TREES: _build.last_marker(lines, _locked.TREES_MARKER) or "{}",
             LABEL_LOCKED: "1" if material is not None else "0",
         },
     )
     return name
-
-
-def resolve_expert_lock(
-    plan: SandboxPlan,
-    *,
-    build: ExpertBuild,
-    host_ca: bool | None = None,
-    progress: Callable[[str], None] = no_progress,
-) -> JsonObject:
-    """Resolve `plan`'s packages in a fenced build; return its lock entry (tools not yet in).
-
-    Raises:
-        ImageBuildError: a resolution failed. EngineError: the engine or the fence failed.
-
-    """
-    base = ensure_base_image(host_ca=host_ca, progress=progress)
-    base_id = image_id(base) or ""
-    if not plan.packages:  # local skills only: nothing to resolve, no build
-        return {"baseImage": base_id, "skills": {s.name: {"package": None} for s in plan.skills}}
-    progress(f"resolving {len(plan.packages)} packages of expert {plan.expert} in a fence")
-
-    def fenced(context: Path, collect: Callable[[str], None]) -> str:
-        def both(line: str) -> None:
-            collect(line)
-            progress(line)
-
-        return build(context, f"{EXPERT_REPO}-resolve:{plan.expert}", plan, both)
-
-    with tempfile.TemporaryDirectory(prefix="perstack-resolve-") as tmp:
-        packages = _locked.resolve_packages(plan, base, fenced, Path(tmp))
-    skills = {launch.name: {"package": packages.get(launch.name)} for launch in plan.skills}
-    return {"baseImage": base_id, "skills": skills}
-
-
-def tree_digests(name: str) -> dict[str, str]:
-    """Return the installed trees' digests recorded on an expert image (slug -> digest).
-
-    Raises:
-        EngineError: the image is missing or the engine could not be reached.
-
-    """
-    with docker_errors(f"inspecting image {name}"):
-        labels = client().images.get(name).labels
-    loaded = json.loads(labels.get(LABEL_TREES, "{}"))
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def resolved_packages(name: str) -> list[dict[str, str]]:

@@ -22,6 +22,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 from perstack_sandbox import lock
+from perstack_sandbox.docker_edge import client, docker_errors
 from perstack_sandbox.errors import ImageBuildError, LockError
 from perstack_sandbox.images import _build, _recipe
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from perstack_sandbox.plan import PackageSpec, SandboxPlan
 
 TREES_MARKER: Final = "PERSTACK_TREES="
+LABEL_TREES: Final = "perstack-sandbox.trees"  # per package slug: the installed tree's digest
 MAX_LOCK_BYTES: Final = 32 * 1024 * 1024  # one package's lock files; a bigger answer is hostile
 
 
@@ -165,3 +167,16 @@ def _pinned_version(name: str, lines: list[str]) -> str:
 
 def _normalise(name: str) -> str:
     return "-".join(part for part in name.lower().replace("_", "-").replace(".", "-").split("-"))
+
+
+def tree_digests(name: str) -> dict[str, str]:
+    """Return the installed trees' digests recorded on an expert image (slug -> digest).
+
+    Raises:
+        EngineError: the image is missing or the engine could not be reached.
+
+    """
+    with docker_errors(f"inspecting image {name}"):
+        labels = client().images.get(name).labels
+    loaded = json.loads(labels.get(LABEL_TREES, "{}"))
+    return loaded if isinstance(loaded, dict) else {}

@@ -41,6 +41,7 @@ class ToolPin:
     accept_changes: bool = False
     audit: AuditSink = NULL_SINK
     refusal: str | None = field(default=None, init=False)
+    _matched: bool = field(default=False, init=False)  # the first match is audited, once
 
     def check(self, skill: str, tools: Sequence[types.Tool]) -> None:
         """Compare a listing with the pin; refuse (and keep refusing) the skill on a change.
@@ -54,6 +55,9 @@ class ToolPin:
             raise ToolsChangedError(self.refusal)
         diff = tools_diff(skill, self.locked, pinned_tools(tools))
         if not diff:
+            if not self._matched:
+                self._matched = True
+                self.audit.info(f"tool-pin matched: skill {skill!r} lists the locked tools")
             return
         if self.accept_changes:
             self.audit.warning(

@@ -57,6 +57,7 @@ class Recorder:
     def __init__(self) -> None:
         """Start empty."""
         self.warnings: list[str] = []
+        self.infos: list[str] = []
 
     def tool_call(self, call: ToolCall) -> None:
         """Ignore calls."""
@@ -72,7 +73,8 @@ class Recorder:
         self.warnings.append(message)
 
     def info(self, message: str) -> None:
-        """Ignore diagnostics."""
+        """Keep the diagnostic."""
+        self.infos.append(message)
 
 
 def _plan(text: str = CONFIG, folder: str = "/x") -> Any:
@@ -277,6 +279,8 @@ def test_a_pin_refuses_a_changed_skill_with_the_diff_audits_it_and_keeps_refusin
     audit = Recorder()
     pin = ToolPin(pinned_tools([_tool("echo", "old")]), audit=audit)
     pin.check("s", [_tool("echo", "old")])
+    pin.check("s", [_tool("echo", "old")])
+    assert audit.infos == ["tool-pin matched: skill 's' lists the locked tools"]
     with pytest.raises(ToolsChangedError, match=r"(?s)skill 's' is refused.*\+.*\"new\""):
         pin.check("s", [_tool("echo", "new")])
     with pytest.raises(ToolsChangedError):
