@@ -357,6 +357,12 @@ def ensure_expert_image(
     if base_id is None:  # pragma: no cover - removed between the two calls
         raise EngineError(f"{base} vanished during the build")
     material = _locked.locked_material(plan, lock) if lock is not None else None
+    if lock is not None and lock.base_image not in {"", base_id}:
+        # The trees are pinned by hash whatever the base; a native addon built at install
+        # time may still differ, so the reviewer's base is named next to this one.
+        progress(
+            f"note: the lock was resolved against base {lock.base_image[:19]}, not {base_id[:19]}"
+        )
     name = expert_image_name(plan, base_id, material)
     if image_id(name) is not None:
         return name

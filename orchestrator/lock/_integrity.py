@@ -28,8 +28,8 @@ def check_npm_tree(package: str, package_lock: Any) -> None:  # noqa: ANN401 - p
     if not isinstance(entries, dict) or not entries:
         raise ImageBuildError(f"the lock of npm package {package} has no installed tree")
     for path, entry in sorted(entries.items()):
-        if path == "":  # the install folder itself: nothing downloaded
-            continue
+        if path == "" or (isinstance(entry, dict) and entry.get("inBundle")):
+            continue  # the install folder itself; a dependency inside its parent's checked tarball
         name = path.rpartition("node_modules/")[2] or path
         if not isinstance(entry, dict) or entry.get("link"):
             raise ImageBuildError(f"npm package {name} (in {package}) is not a registry package")

@@ -171,6 +171,13 @@ def test_an_npm_tree_with_every_integrity_passes_and_one_without_fails_naming_it
         lock.check_npm_tree("@scope/srv", stripped)
 
 
+def test_a_bundled_npm_dependency_needs_no_hash_of_its_own():
+    """An `inBundle` entry ships inside its parent's tarball, which the parent's hash checks."""
+    bundled = json.loads(json.dumps(TREE))
+    bundled["packages"]["node_modules/dep/node_modules/inner"] = {"version": "1", "inBundle": True}
+    lock.check_npm_tree("@scope/srv", bundled)
+
+
 def test_a_linked_npm_package_is_refused():
     """A `link` entry is not a registry package: nothing to verify, so it is refused."""
     linked = json.loads(json.dumps(TREE))
