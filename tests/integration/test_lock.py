@@ -269,3 +269,41 @@ def test_lock_check_detects_a_stale_lock(locked_shifty: tuple[Path, str]) -> Non
     stale = run_cli("lock", "--check", "-c", str(config))
     assert stale.returncode == 1
     assert f"{expert}: skill 'other' is not in the lock" in stale.stdout
+
+
+def test_lock_update_records_a_changed_tool_and_the_next_run_serves_it(
+    locked_shifty: tuple[Path, str],
+) -> None:
+    """After `lock --update`, the changed description is the pinned one: no flag needed."""
+    config, expert = locked_shifty
+    (config.parent / "shift.txt").write_text(POISONED + "\n")
+    options = LaunchOptions(config_path=config, expert=expert, progress=quiet, warn=quiet)
+    locking.lock_experts(options, expert, update=True)
+    pinned = lock.read_lock(lock.lock_path(config.parent))
+    assert pinned is not None
+    tools = pinned["experts"][expert]["skills"]["shifty"]["tools"]
+    assert tools[0]["description"] == POISONED
+
+    async def descriptions() -> list[str]:
+        async with open_run(config, expert) as run:
+            return [tool.description or "" for tool in await run.list_tools()]
+
+    assert POISONED in anyio.run(descriptions)
+
+
+def test_the_cli_refuses_a_changed_skill_with_exit_1_and_the_diff_and_the_flag_accepts_it(
+    locked_shifty: tuple[Path, str],
+) -> None:
+    """`tools`: exit 1 with the diff on stderr; with --accept-tool-changes: exit 0, listed."""
+    config, expert = locked_shifty
+    (config.parent / "shift.txt").write_text(POISONED + "\n")
+    refused = run_cli("tools", expert, "-c", str(config))
+    assert refused.returncode == 1
+    assert "skill 'shifty' is refused" in refused.stderr
+    assert (
+        f'+  \\"description\\": \\"{POISONED}\\",' in refused.stderr or POISONED in refused.stderr
+    )
+    accepted = run_cli("tools", expert, "-c", str(config), "--accept-tool-changes")
+    assert accepted.returncode == 0, accepted.stderr
+    assert POISONED in accepted.stdout
+    assert "tool-pin accepted" in accepted.stderr

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import httpx2
 import mcp_types as types
 import pytest
 
-from perstack_sandbox import images, lock
+from perstack_sandbox import images, lock, locking
 from perstack_sandbox.config import parse_config
 from perstack_sandbox.errors import ImageBuildError, LockError, ToolsChangedError
-from perstack_sandbox.images import _locked, _recipe
+from perstack_sandbox.images import _locked, _recipe, _registries
 from perstack_sandbox.plan import PackageSpec, plan
 from perstack_sandbox.skills import ToolPin, pinned_tools
 
@@ -304,3 +305,49 @@ def test_a_pin_that_accepts_changes_lets_them_through_and_audits_the_diff():
     assert pin.refusal is None
     assert audit.warnings[0].startswith("tool-pin accepted")
     assert '+  "description": "new",' in audit.warnings[0]
+
+
+def _registry(payload: dict[str, Any]) -> httpx2.Client:
+    """Return a client whose every answer is `payload` (a stand-in registry: nothing is sent)."""
+    return httpx2.Client(
+        transport=httpx2.MockTransport(lambda _r: httpx2.Response(200, json=payload))
+    )
+
+
+def test_the_newest_npm_version_is_the_latest_dist_tag():
+    """npm: `dist-tags.latest`, whatever else the packument lists."""
+    with _registry({"dist-tags": {"latest": "2.0.0", "next": "3.0.0-rc.1"}}) as http:
+        assert _registries.newest_npm(http, "https://npm.example.test/", "srv") == "2.0.0"
+
+
+def test_the_newest_pypi_version_is_the_highest_final_release():
+    """PyPI: the highest release by number, pre-releases and dev builds left out."""
+    listed = {"versions": ["1.9", "1.10", "2.0rc1", "1.10.1.dev0", "0.9"]}
+    with _registry(listed) as http:
+        assert _registries.newest_pypi(http, "https://index.example.test/simple", "x") == "1.10"
+
+
+def test_lock_check_is_clean_for_a_current_lock_and_outdated_names_a_newer_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A current lock: no problem; --outdated with a newer release: one line naming both."""
+    (tmp_path / "perstack.toml").write_text(CONFIG)
+    sandbox = _plan(folder=str(tmp_path))
+    lock.write_lock(
+        lock.lock_path(tmp_path), {"lockfileVersion": 1, "experts": {"e": _entry(sandbox)}}
+    )
+    monkeypatch.setattr(images, "latest_version", lambda _manager, _name: "1.3.0")
+    config = tmp_path / "perstack.toml"
+    assert locking.check_lock(config, None, outdated=False) == []
+    assert locking.check_lock(config, "e", outdated=True) == [
+        "e: skill 'srv': npm @scope/srv 1.3.0 is available (locked 1.2.3)"
+    ]
+
+
+def test_lock_check_without_a_lock_says_so(tmp_path: Path):
+    """No perstack-sandbox.lock next to perstack.toml: one problem, naming the command to run."""
+    (tmp_path / "perstack.toml").write_text(CONFIG)
+    assert (
+        "run `perstack-sandbox lock`"
+        in locking.check_lock(tmp_path / "perstack.toml", None, outdated=False)[0]
+    )
