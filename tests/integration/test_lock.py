@@ -300,9 +300,7 @@ def test_the_cli_refuses_a_changed_skill_with_exit_1_and_the_diff_and_the_flag_a
     refused = run_cli("tools", expert, "-c", str(config))
     assert refused.returncode == 1
     assert "skill 'shifty' is refused" in refused.stderr
-    assert (
-        f'+  \\"description\\": \\"{POISONED}\\",' in refused.stderr or POISONED in refused.stderr
-    )
+    assert f'+  "description": "{POISONED}",' in refused.stderr
     accepted = run_cli("tools", expert, "-c", str(config), "--accept-tool-changes")
     assert accepted.returncode == 0, accepted.stderr
     assert POISONED in accepted.stdout
