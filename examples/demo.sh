@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: build the example Expert, list its tools, call one tool of each skill, show one
-# allowed and one refused egress attempt from the proxy's audit log, and tear down.
+# `make demo`: check the example's lock, build the Expert from it (every hash verified), list
+# its tools (checked against the pinned ones), call one tool of each skill, show one allowed
+# and one refused egress attempt from the proxy's audit log, and tear down.
 #
 # The allowed host is the npm registry's, derived at run time from `npm config get registry`
 # (it is reachable from this kind of machine); the refused one is simply not on the list.
@@ -13,7 +14,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # A scratch copy of the example whose egress-probe may also reach the registry's host.
 work="$(mktemp -d)"
 trap 'rm -rf "$work"; "${cli[@]}" gc >/dev/null 2>&1 || true' EXIT
-cp "$here/perstack.toml" "$here/egress_probe.mjs" "$work/"
+cp "$here/perstack.toml" "$here/perstack-sandbox.lock" "$here/egress_probe.mjs" "$work/"
 chmod 755 "$work" && chmod 644 "$work"/*  # skills run as their own uids and must read /expert
 allowed_host="$(npm config get registry 2>/dev/null | sed -E 's#^[a-z]+://##; s#[:/].*$##')"
 [ -n "$allowed_host" ] || { echo "cannot derive the npm registry host" >&2; exit 1; }
@@ -21,7 +22,10 @@ sed -i "s/^allowedDomains = \[\"example.com\"\]$/allowedDomains = [\"example.com
     "$work/perstack.toml"
 config=(-c "$work/perstack.toml")
 
-step "build (packages are installed into the per-expert image, once)"
+step "lock --check (perstack-sandbox.lock still matches perstack.toml)"
+"${cli[@]}" lock --check "${config[@]}"
+
+step "build (the locked trees are installed into the per-expert image, once; hashes verified)"
 "${cli[@]}" build demo "${config[@]}"
 
 step "tools"

@@ -8,6 +8,7 @@ line, which the builder records as an image label. Run with `python3 -I`: nothin
 installed is on its import path.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ NPM_ROOT = Path("/opt/perstack/npm")
 UV_LINKS = Path("/opt/perstack/uv/links")
 UV_TOOLS = Path("/opt/perstack/uv/tools")
 MARKER = "PERSTACK_PACKAGES="
+TREES_MARKER = "PERSTACK_TREES="
 
 
 def npm_entry(name, slug):
@@ -53,6 +55,28 @@ def uv_entry(name, slug):
     return target, ""
 
 
+def tree_digest(folder):
+    """One digest of a package's installed tree: every path with its file's or link's digest.
+
+    Modes and times are left out: the content is what a lock pins; a build of the same lock
+    must give the same digest.
+    """
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        relative = str(path.relative_to(folder))
+        if path.is_symlink():
+            entries.append(f"{relative} -> {os.readlink(path)}")
+        elif path.is_file():
+            entries.append(f"{relative} {hashlib.sha256(path.read_bytes()).hexdigest()}")
+    return "sha256:" + hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def package_folder(package):
+    """The folder a package's install filled."""
+    root = NPM_ROOT if package["manager"] == "npm" else UV_TOOLS
+    return root / package["slug"]
+
+
 def normalise(name):
     """PEP 503 name normalisation."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -71,6 +95,8 @@ def main():
         os.symlink(target, ENTRY_DIR / package["slug"])
         resolved.append({**package, "version": version, "entry": str(target)})
     print(MARKER + json.dumps(resolved, sort_keys=True, separators=(",", ":")))
+    trees = {p["slug"]: tree_digest(package_folder(p)) for p in packages}
+    print(TREES_MARKER + json.dumps(trees, sort_keys=True, separators=(",", ":")))
 
 
 main()

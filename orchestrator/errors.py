@@ -8,12 +8,14 @@ SandboxError                     every error we raise on purpose
 │   ├── MissingEnvError          a skill's requiredEnv variable has no value
 │   └── UsageError               a bad command-line value (JSON, address, path)
 │       └── EnvFileError         an env file has malformed lines (holds every one)
+│   └── LockError                perstack-sandbox.lock is unreadable, malformed or stale
 └── RunError                     the run failed: exit code 1
     ├── RunInterruptedError      stopped by SIGINT or SIGTERM, torn down: exit code 130
     ├── EngineError              the Docker engine is missing, unreachable or refused a call
     │   ├── ImageBuildError      an image build failed (holds the failing step's output)
     │   └── IsolationError       the isolation asked for (gVisor) is not available here
     ├── SkillError               a skill failed to start, died, or timed out
+    │   └── ToolsChangedError    a skill's tools differ from the lock: it is refused
     └── GatewayError             the gateway could not serve (collision, bind, transport)
 ```
 
@@ -78,6 +80,10 @@ class EnvFileError(UsageError):
         super().__init__("\n".join(problems))
 
 
+class LockError(InputError):
+    """perstack-sandbox.lock is unreadable, malformed, or does not cover the Expert's skills."""
+
+
 class RunError(SandboxError):
     """The run itself failed; exit code 1."""
 
@@ -107,3 +113,7 @@ class SkillError(RunError):
 
 class GatewayError(RunError):
     """The gateway could not start or serve (tool-name collision, bind failure)."""
+
+
+class ToolsChangedError(SkillError):
+    """A skill listed tools that differ from its lock entry; the message holds the diff."""

@@ -82,6 +82,8 @@ class LaunchOptions:
     # Placeholders in the skills, real values in the proxy (docs/architecture.md, decision 37).
     seal_secrets: bool = False
     seal_passthrough: tuple[str, ...] = ()
+    # Serve skills whose tools differ from perstack-sandbox.lock, once (audited).
+    accept_tool_changes: bool = False
 
 
 def _config_and_secrets(options: LaunchOptions) -> tuple[PerstackConfig, dict[str, Secret]]:
@@ -157,6 +159,7 @@ def cli_run(options: LaunchOptions) -> Run:
         on_progress=options.progress,
         seal_secrets=options.seal_secrets,
         seal_passthrough=options.seal_passthrough,
+        accept_tool_changes=options.accept_tool_changes,
     )
 
 

@@ -28,10 +28,10 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from perstack_sandbox import engine, images, state
+from perstack_sandbox import engine, images, lock, state
 from perstack_sandbox.audit import NULL_SINK, RunFiles, TeeSink
 from perstack_sandbox.config import PerstackConfig, load_config
-from perstack_sandbox.errors import EngineError, RunError, SkillError, UsageError
+from perstack_sandbox.errors import EngineError, LockError, RunError, SkillError, UsageError
 from perstack_sandbox.gateway import (
     Gateway,
     get_prompt,
@@ -48,7 +48,7 @@ from perstack_sandbox.plan import (
     skill_environment,
 )
 from perstack_sandbox.plan import plan as make_plan
-from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec
+from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec, ToolPin
 from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from perstack_sandbox.audit import AuditSink
     from perstack_sandbox.gateway import Prompter
+    from perstack_sandbox.lock import ExpertLock
     from perstack_sandbox.plan import (
         Limits,
         SandboxPlan,
@@ -85,6 +86,7 @@ class Prepared:
     secrets: dict[str, SkillSecrets]
     # With sealing: `secrets` holds the placeholders, this the real values (decision 37).
     sealed: SealedSecrets | None = None
+    lock: ExpertLock | None = None  # the expert's entry of perstack-sandbox.lock, if any
 
 
 def prepare_run(  # noqa: PLR0913 - the config and expert, then one keyword per input
@@ -126,7 +128,28 @@ def prepare_run(  # noqa: PLR0913 - the config and expert, then one keyword per 
     values = {name: v if isinstance(v, Secret) else Secret(v) for name, v in secrets.items()}
     resolved = resolve_secrets(sandbox_plan, values, host_env={})
     check_expert_folder(sandbox_plan)  # the engine checks it again when the sandbox starts
-    return Prepared(plan=sandbox_plan, secrets=resolved)
+    return Prepared(plan=sandbox_plan, secrets=resolved, lock=_current_lock(sandbox_plan))
+
+
+def _current_lock(sandbox_plan: SandboxPlan) -> ExpertLock | None:
+    """Return the expert's lock entry; a lock that no longer matches perstack.toml is refused.
+
+    Raises:
+        LockError: the lock is unreadable, or stale for this expert.
+
+    """
+    found = lock.read_lock(lock.lock_path(sandbox_plan.config_dir))
+    entry = lock.expert_lock(found, sandbox_plan.expert)
+    if entry is None:
+        return None
+    stale = lock.stale_reasons(found, sandbox_plan)
+    if stale:
+        raise LockError(
+            f"{lock.LOCK_NAME} is stale for expert {sandbox_plan.expert!r}: "
+            + "; ".join(stale)
+            + f" (run `perstack-sandbox lock {sandbox_plan.expert} --update`)"
+        )
+    return entry
 
 
 def check_workspace(workspace: Path | None, config_dir: Path) -> None:
@@ -197,6 +220,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     on_progress: Callable[[str], None] | None = None,
     seal_secrets: bool = False,
     seal_passthrough: Sequence[str] = (),
+    accept_tool_changes: bool = False,
 ) -> Run:
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
@@ -215,6 +239,10 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     into that skill's HTTPS requests to its own allowed hosts; hosts in `seal_passthrough`
     (a client that pins certificates, say) stay plain tunnels (README, "Sealed secrets").
     An Expert's sandbox:
+    when needed, report to `on_progress` (nothing is printed). With a `perstack-sandbox.lock`
+    next to the config, the image installs exactly its locked trees and each skill's tools
+    must match the pinned ones: a skill that differs is refused with a diff, unless
+    `accept_tool_changes` accepts it for this run (recorded in the audit). An Expert's sandbox:
 
     ```python
     import anyio
@@ -239,7 +267,8 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
         IsolationError: gVisor was asked for and runsc is missing or registered without the
             arguments the sandbox needs (before any build; the message says how to set it up).
         EngineError: Docker failed; ImageBuildError: an image build failed.
-        SkillError: a skill failed to start. GatewayError: a tool-name collision.
+        SkillError: a skill failed to start; ToolsChangedError: a skill's tools differ from
+            the lock. GatewayError: a tool-name collision. LockError: the lock is stale.
 
     """
     return Run(
@@ -257,6 +286,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
             on_progress=on_progress or _quiet,
             seal_secrets=seal_secrets,
             seal_passthrough=tuple(seal_passthrough),
+            accept_tool_changes=accept_tool_changes,
         ),
     )
 
@@ -296,6 +326,7 @@ class _RunOptions:
     seal_passthrough: tuple[str, ...] = ()
     # Test-only openings of the proxy (the test suites set it; nothing else does).
     test_network: engine.TestNetwork | None = None
+    accept_tool_changes: bool = False
 
 
 class Run:
@@ -500,7 +531,12 @@ class Run:
                     test_network=options.test_network,
                 ) as sandbox,
                 open_gateway(
-                    build_sessions(prepared, sandbox, audit=sink),
+                    build_sessions(
+                        prepared,
+                        sandbox,
+                        audit=sink,
+                        accept_tool_changes=options.accept_tool_changes,
+                    ),
                     prepared.plan.interactive_tools,
                     prefix_tools=options.prefix_tools,
                     prompter=options.prompter,
@@ -598,11 +634,16 @@ def _skill_refusals(what: str) -> Iterator[None]:
 
 
 def build_sessions(
-    prepared: Prepared, sandbox: engine.Sandbox, *, audit: AuditSink = NULL_SINK
+    prepared: Prepared,
+    sandbox: engine.Sandbox,
+    *,
+    audit: AuditSink = NULL_SINK,
+    accept_tool_changes: bool = False,
 ) -> list[SkillSession]:
     """One session per stdio skill (an exec as its own uid) and per remote skill.
 
-    Every session reports its stderr and death to the run's `audit` sink.
+    Every session reports its stderr and death to the run's `audit` sink. With a lock, each
+    stdio skill's tools are pinned to the lock's (`ToolPin`).
     """
     timeout_s = prepared.plan.timeout_ms / 1000
     sessions: list[SkillSession] = []
@@ -613,7 +654,12 @@ def build_sessions(
             home=skill_home(sandbox.skill_uid(index)),
         )
         spec = SkillSpec(launch.name, launch.pick, launch.omit, launch.lazy_init, timeout_s)
-        sessions.append(SkillSession(spec, _exec_factory(sandbox, launch, index, env), audit=audit))
+        locked = prepared.lock.tools(launch.name) if prepared.lock is not None else None
+        pin = None
+        if locked is not None:
+            pin = ToolPin(locked, accept_changes=accept_tool_changes, audit=audit)
+        factory = _exec_factory(sandbox, launch, index, env)
+        sessions.append(SkillSession(spec, factory, audit=audit, pin=pin))
     for sse in prepared.plan.sse_skills:
         spec = SkillSpec(sse.name, sse.pick, sse.omit, lazy_init=False, timeout_s=timeout_s)
         proxy_url = sandbox.host_proxy_url_for(sse.name)

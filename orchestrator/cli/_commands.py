@@ -36,6 +36,16 @@ if TYPE_CHECKING:
     from perstack_sandbox.launch import LaunchOptions
 
 
+AcceptToolChangesOption = Annotated[
+    bool,
+    typer.Option(
+        "--accept-tool-changes",
+        help="Serve skills whose tools differ from perstack-sandbox.lock, this once (the "
+        "diff goes to the audit); `lock --update` records them.",
+    ),
+]
+
+
 def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     config: Path,
     expert: str,
@@ -46,6 +56,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     isolation: Isolation = DEFAULT_ISOLATION,
     interactive: bool = False,
     seal: tuple[bool, list[str] | None] = (False, None),
+    accept_tool_changes: bool = False,
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
     from perstack_sandbox import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -67,6 +78,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         warn=warn,
         seal_secrets=seal_secrets,
         seal_passthrough=tuple(passthrough or ()),
+        accept_tool_changes=accept_tool_changes,
     )
 
 
@@ -100,6 +112,7 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     server: ServerOption = None,
     seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
     seal_passthrough: SealPassthroughOption = None,
+    accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -112,6 +125,7 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         prefix_tools=prefix_tools,
         isolation=isolation,
         seal=(seal_secrets, seal_passthrough),
+        accept_tool_changes=accept_tool_changes,
     )
     if server is not None:
         typer.echo(via_server(server, options, "tools", as_json))
@@ -141,6 +155,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     server: ServerOption = None,
     seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
     seal_passthrough: SealPassthroughOption = None,
+    accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -155,6 +170,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         isolation=isolation,
         interactive=server is None,
         seal=(seal_secrets, seal_passthrough),
+        accept_tool_changes=accept_tool_changes,
     )
     if server is not None:
         typer.echo(via_server(server, options, "call", tool, arguments))
@@ -194,6 +210,7 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     server: ServerOption = None,
     seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
     seal_passthrough: SealPassthroughOption = None,
+    accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -206,6 +223,7 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         prefix_tools=prefix_tools,
         isolation=isolation,
         seal=(seal_secrets, seal_passthrough),
+        accept_tool_changes=accept_tool_changes,
     )
     if server is not None:
         if http is not None:
@@ -270,7 +288,21 @@ def plan_command(
     for warning in warnings:
         warn(str(warning))
     sandbox = plan(loaded, expert, tuple(path.absolute() for path in env_path or ()))
-    typer.echo(plan_to_json(sandbox) if as_json else plan_to_text(sandbox), nl=False)
+    if not as_json:
+        typer.echo(plan_to_text(sandbox), nl=False)
+        return
+    import json  # noqa: PLC0415 - keeps --help fast
+
+    from perstack_sandbox import lock  # noqa: PLC0415
+
+    shown = json.loads(plan_to_json(sandbox))
+    held = lock.lock_path(sandbox.config_dir)
+    # What a review approves: the plan, and the exact bytes the lock pins (null: unlocked).
+    shown["lock"] = None
+    if lock.expert_lock(lock.read_lock(held), expert) is not None:
+        shown["lock"] = {"digest": lock.lock_digest(held.read_text(encoding="utf-8"))}
+        shown["lock"]["stale"] = lock.stale_reasons(lock.read_lock(held), sandbox)
+    typer.echo(json.dumps(shown, sort_keys=True, indent=2))
 
 
 @command(f"{PROGRAM} schema > perstack.schema.json")
@@ -298,3 +330,55 @@ def build(expert: ExpertArgument, config: ConfigOption = DEFAULT_CONFIG) -> None
     for package in images.resolved_packages(name):
         typer.echo(f"  {package['manager']} {package['name']} {package['version']}", err=True)
     typer.echo(name)
+
+
+@command(
+    f"{PROGRAM} lock demo {EXAMPLE_CONFIG}",
+    f"{PROGRAM} lock --check --outdated {EXAMPLE_CONFIG}",
+    name="lock",
+)
+def lock_command(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
+    expert: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="EXPERT", help="Lock one Expert (default: every one).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    update: Annotated[  # noqa: FBT002 - a typer flag
+        bool,
+        typer.Option(
+            "--update", help="Re-resolve locked Experts too: newer versions, changed tools."
+        ),
+    ] = False,
+    check: Annotated[  # noqa: FBT002 - a typer flag
+        bool,
+        typer.Option("--check", help="Build nothing: exit 1 when the lock is stale (for CI)."),
+    ] = False,
+    outdated: Annotated[  # noqa: FBT002 - a typer flag
+        bool,
+        typer.Option("--outdated", help="With --check: also exit 1 when a newer version exists."),
+    ] = False,
+    env_path: EnvPathOption = None,
+) -> None:
+    """Write perstack-sandbox.lock: exact packages, hashed trees, pinned tool definitions.
+
+    Packages resolve inside the build fence, the image is built from the lock, and the
+    skills are started in a sandbox to list their tools. Nothing resolves on the host.
+    """
+    from perstack_sandbox import locking  # noqa: PLC0415 - engine and MCP only for this command
+    from perstack_sandbox.errors import UsageError  # noqa: PLC0415
+
+    if outdated and not check:
+        raise UsageError("--outdated goes with --check")
+    if check:
+        problems = locking.check_lock(config, expert, outdated=outdated)
+        for problem in problems:
+            typer.echo(problem)
+        if problems:
+            raise typer.Exit(1)
+        typer.echo(f"{config}: the lock is current")
+        return
+    options = _launch_options(config, expert or "", env_path, None)
+    for line in locking.lock_experts(options, expert, update=update):
+        typer.echo(line)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         build_expert,
         ensure_expert_image,
         ensure_expert_image_async,
+        resolve_lock,
     )
     from perstack_sandbox.engine._gate import start_slot
     from perstack_sandbox.engine._gvisor import require_isolation
@@ -79,6 +80,7 @@ __all__ = [
     "owner_user",
     "proxy_policy",
     "require_isolation",
+    "resolve_lock",
     "runs_to_take_down",
     "skill_grants",
     "start_slot",
@@ -94,6 +96,7 @@ _LAZY: Final = {
     "build_expert": "._fence",
     "ensure_expert_image": "._fence",
     "ensure_expert_image_async": "._fence",
+    "resolve_lock": "._fence",
     "start_slot": "._gate",
     "require_isolation": "._gvisor",
     "RunInfo": "._sweep",

@@ -20,16 +20,18 @@ import contextlib
 import functools
 import json
 import secrets
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.to_thread
 
-from perstack_sandbox import images
+from perstack_sandbox import images, lock
 from perstack_sandbox.engine import _health
 from perstack_sandbox.engine._containers import (
     PROXY_PORT,
@@ -53,7 +55,6 @@ from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
-    from pathlib import Path
 
     from perstack_sandbox.plan import SandboxPlan
 
@@ -270,16 +271,52 @@ def ensure_expert_image(
 ) -> str:
     """Return the per-expert image's tag, building it in a fence when missing.
 
-    Setting `cancel` stops a fenced build at once (see `build_fenced`); the image is tagged
-    only together with its labels, so a stopped build leaves no tag behind.
+    With a `perstack-sandbox.lock` next to the plan's perstack.toml, the build installs
+    exactly the locked trees, verifying every hash; a lock that does not cover the plan is
+    refused. Setting `cancel` stops a fenced build at once (see `build_fenced`); the image is
+    tagged only together with its labels, so a stopped build leaves no tag behind.
 
     Raises:
-        ImageBuildError: a build step failed (the error holds its output).
+        LockError: the lock is unreadable or does not lock the plan's packages as configured.
+        ImageBuildError: a build step failed (the error holds its output), or a package of
+            the lock has no hash.
         EngineError: the engine, the fence, npm or pip failed.
 
     """
     build = functools.partial(build_expert, cancel=cancel)
-    return images.ensure_expert_image(plan, build=build, host_ca=host_ca, progress=progress)
+    held = lock.expert_lock(lock.read_lock(lock.lock_path(plan.config_dir)), plan.expert)
+    return images.ensure_expert_image(
+        plan, build=build, host_ca=host_ca, progress=progress, lock=held
+    )
+
+
+def resolve_lock(
+    plan: SandboxPlan, *, progress: Callable[[str], None] = images.no_progress
+) -> lock.JsonObject:
+    """Resolve the plan's packages inside a build fence: its lock entry, tools not yet in.
+
+    Raises:
+        ImageBuildError: a resolution failed. EngineError: the engine or the fence failed.
+
+    """
+    base = images.ensure_base_image(progress=progress)
+    skills: dict[str, lock.JsonObject] = {s.name: {"package": None} for s in plan.skills}
+    if plan.packages:  # local skills only: nothing to resolve, no build
+        progress(f"resolving {len(plan.packages)} packages of expert {plan.expert} in a fence")
+
+        def fenced(context: Path, collect: Callable[[str], None]) -> str:
+            def both(line: str) -> None:
+                collect(line)
+                progress(line)
+
+            return build_expert(context, f"{images.EXPERT_REPO}-resolve:{plan.expert}", plan, both)
+
+        with tempfile.TemporaryDirectory(prefix="perstack-resolve-") as tmp:
+            resolved = images.resolve_packages(plan, base, fenced, Path(tmp))
+        for name, package in resolved.items():
+            skills[name]["package"] = package
+    base_id = images.image_id(base) or ""
+    return {"baseImage": base_id, "skills": skills, "source": lock.plan_source(plan)}
 
 
 async def ensure_expert_image_async(

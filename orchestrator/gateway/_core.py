@@ -12,7 +12,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from perstack_sandbox.audit import NULL_SINK
-from perstack_sandbox.errors import SkillError, UsageError
+from perstack_sandbox.errors import SkillError, ToolsChangedError, UsageError
 from perstack_sandbox.gateway._audit import argument_shape, audited
 from perstack_sandbox.gateway._catalog import (
     Catalog,
@@ -47,6 +47,21 @@ EgressCheck: TypeAlias = "Callable[[], Awaitable[str | None]]"
 
 EndWatch: TypeAlias = "Callable[[], Awaitable[str]]"
 """Returns once the run's sandbox has gone (`down`, a kill, the engine), saying how."""
+
+
+async def _pinned_listing(skill: SkillSession, *, strict: bool) -> Sequence[types.Tool]:
+    """Return a skill's tools; one its pin refused offers none after the start (`strict`: raise).
+
+    At start a refusal fails the run with the diff (nothing has been served yet); mid-run,
+    after a `tools/list_changed`, the other skills keep serving and every call to the
+    refused one answers with the diff.
+    """
+    try:
+        return await skill.list_tools()
+    except ToolsChangedError:
+        if strict:
+            raise
+        return []
 
 
 class Gateway:
@@ -122,14 +137,14 @@ class Gateway:
                 starting.start_soon(start_one, skill)
         if failures:
             raise SkillError("\n".join(str(failure) for failure in failures))
-        await self._refresh(include_lazy=False)
+        await self._refresh(include_lazy=False, strict=True)
 
-    async def _refresh(self, *, include_lazy: bool) -> None:
+    async def _refresh(self, *, include_lazy: bool, strict: bool = False) -> None:
         listed = [s for s in self.skills.values() if s.is_running or include_lazy]
         tools: dict[str, Sequence[types.Tool]] = {}
         for skill in self.skills.values():
             if skill in listed:
-                tools[skill.name] = await skill.list_tools()
+                tools[skill.name] = await _pinned_listing(skill, strict=strict)
             elif skill.spec.pick:  # names known before start: check them early
                 tools[skill.name] = [
                     types.Tool(name=name, input_schema={"type": "object"})
@@ -187,10 +202,20 @@ class Gateway:
 
         Raises:
             UsageError: no skill offers that tool.
+            ToolsChangedError: the skill that offered it was refused (its tools changed).
 
         """
         route = self._routes.get(name)
         if route is None:
+            for skill in self.skills.values():
+                pin = skill.pin
+                if pin is not None and pin.refusal is not None:
+                    pinned = {
+                        exposed_name(skill.name, str(t.get("name")), prefix=self.prefix_tools)
+                        for t in pin.locked
+                    }
+                    if name in pinned:
+                        raise ToolsChangedError(pin.refusal)
             known = ", ".join(sorted(self._routes)) or "none"
             raise UsageError(f"no tool named {name!r}; available: {known}")
         return route

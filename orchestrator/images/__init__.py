@@ -9,6 +9,7 @@ what a checkout builds. The per-expert build itself is fenced by the engine and 
 _cache.py       tags (hashes of every input), ensure_* (reuse or build), labels, stale images
 _build.py       a build with streamed progress; host-side inputs (npm pack, pip download)
 _recipe.py      the per-expert Dockerfile: one non-root uid per package install
+_locked.py      locked builds: resolving a lock in the fence, installing exactly the locked tree
 _registries.py  the registry hosts a build may reach, derived from npm's and pip's settings
 _seccomp.py     the sandbox's seccomp profile, generated from Docker's default as data
 recipes/        the repository's images/ folder (a symlink in a checkout, files in a wheel)
@@ -44,8 +45,14 @@ from perstack_sandbox.images._cache import (
     superseded_images,
     workspace_image_name,
 )
+from perstack_sandbox.images._locked import resolve_packages, tree_digests
 from perstack_sandbox.images._recipe import PROXY_ARGS
-from perstack_sandbox.images._registries import build_hosts, npm_registry, python_index
+from perstack_sandbox.images._registries import (
+    build_hosts,
+    latest_version,
+    npm_registry,
+    python_index,
+)
 from perstack_sandbox.images._seccomp import sandbox_profile
 
 __all__ = [
@@ -71,14 +78,17 @@ __all__ = [
     "expert_image_name",
     "image_id",
     "is_host_ca_enabled",
+    "latest_version",
     "no_progress",
     "npm_registry",
     "proxy_image_name",
     "python_index",
     "recipe",
+    "resolve_packages",
     "resolved_packages",
     "sandbox_profile",
     "stderr_progress",
     "superseded_images",
+    "tree_digests",
     "workspace_image_name",
 ]

@@ -19,10 +19,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from perstack_sandbox.docker_edge import client, docker_errors
+import docker.errors
+
+from perstack_sandbox.docker_edge import client, docker_errors, owner_labels
 from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.text import printable
 
@@ -101,6 +104,52 @@ def label_image(image_id: str, *, tag: str, labels: Mapping[str, str]) -> str:
             fileobj=dockerfile, tag=tag, labels=dict(labels), rm=True, decode=True
         )
         return _follow(events, tag, lambda _line: None)
+
+
+def remove_image(image: str) -> None:
+    """Remove an image this process built (a resolution's throw-away result); absent is fine.
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
+    with docker_errors(f"removing image {image}"):
+        try:
+            client().images.remove(image, force=False, noprune=False)
+        except docker.errors.ImageNotFound:
+            return
+
+
+def image_files(image: str, folder: str, *, limit: int) -> dict[str, bytes]:
+    """Return the regular files directly in `folder` of an image (never started: created only).
+
+    Raises:
+        ImageBuildError: the folder's archive is over `limit` bytes or unreadable.
+        EngineError: the engine refused or could not be reached.
+
+    """
+    with docker_errors(f"reading {folder} of image {image}"):
+        container = client().containers.create(image, command=["true"], labels=owner_labels())
+        try:
+            stream, _ = container.get_archive(folder)
+            raw = bytearray()
+            for chunk in stream:
+                raw += chunk
+                if len(raw) > limit:
+                    raise ImageBuildError(f"{folder} of the resolution is over {limit} bytes")
+        finally:
+            container.remove(force=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as archive:
+            return {
+                member.name.rpartition("/")[2]: handle.read()
+                for member in archive.getmembers()
+                if member.isfile()
+                and member.name.count("/") == 1
+                and (handle := archive.extractfile(member)) is not None
+            }
+    except tarfile.TarError as exc:
+        raise ImageBuildError(f"{folder} of the resolution is not readable") from exc
 
 
 def _follow(events: Iterable[dict[str, object]], tag: str, progress: Callable[[str], None]) -> str:

@@ -45,13 +45,14 @@ from perstack_sandbox.docker_edge import (
     docker_errors,
 )
 from perstack_sandbox.errors import EngineError, ImageBuildError
-from perstack_sandbox.images import _build, _recipe
+from perstack_sandbox.images import _build, _locked, _recipe
 from perstack_sandbox.images._build import no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from importlib.resources.abc import Traversable
 
+    from perstack_sandbox.lock import ExpertLock, JsonObject
     from perstack_sandbox.plan import PackageSpec, SandboxPlan
 
 RECIPES: Final = "recipes"  # package data: the repository's images/ folder (a link there)
@@ -69,6 +70,7 @@ HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_ENV: Final = "PERSTACK_SANDBOX_HOST_CA"
 BOOTSTRAP_TIMEOUT_S: Final = 1800  # debootstrap over a slow mirror
 PACKAGES_MARKER: Final = "PERSTACK_PACKAGES="
+LABEL_LOCKED: Final = "perstack-sandbox.locked"  # "1" when built from perstack-sandbox.lock
 Progress = "Callable[[str], None]"
 
 
@@ -296,26 +298,34 @@ def ensure_workspace_image(*, progress: Callable[[str], None] = no_progress) -> 
     return name
 
 
-def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
+def expert_dockerfile(base: str, packages: Sequence[PackageSpec], *, locked: bool = False) -> str:
     """Return the per-expert Dockerfile (see `_recipe`): one uid per package install.
 
     Raises:
         ImageBuildError: too many packages.
 
     """
-    return _recipe.expert_dockerfile(base, packages)
+    return _recipe.expert_dockerfile(base, packages, locked=locked)
 
 
-def expert_image_name(plan: SandboxPlan, base_id: str) -> str:
-    """Return the per-expert tag: a hash of the base image id, package specs and recipe."""
+def expert_image_name(
+    plan: SandboxPlan, base_id: str, material: Sequence[JsonObject] | None = None
+) -> str:
+    """Return the per-expert tag: a hash of the base image id, package specs and recipe.
+
+    With a lock, its packages' `material` (every hash of every tree) is hashed in too, so a
+    changed lock never reuses an image built from another.
+    """
     packages = [p.model_dump(mode="json") for p in plan.packages]
-    digest = _digest(
+    parts: list[str | bytes] = [
         base_id,
         json.dumps(packages, sort_keys=True),
-        expert_dockerfile("BASE", plan.packages),
+        expert_dockerfile("BASE", plan.packages, locked=material is not None),
         recipe("expert-finalize.py"),
-    )
-    return f"{EXPERT_REPO}:{digest}"
+    ]
+    if material is not None:
+        parts.append(json.dumps(list(material), sort_keys=True))
+    return f"{EXPERT_REPO}:{_digest(*parts)}"
 
 
 ExpertBuild: TypeAlias = "Callable[[Path, str, SandboxPlan, Callable[[str], None]], str]"
@@ -332,6 +342,7 @@ def ensure_expert_image(
     build: ExpertBuild,
     host_ca: bool | None = None,
     progress: Callable[[str], None] = no_progress,
+    lock: ExpertLock | None = None,
 ) -> str:
     """Return the per-expert image's tag; when missing, `build` it (the base image too).
 
@@ -347,7 +358,14 @@ def ensure_expert_image(
     base_id = image_id(base)
     if base_id is None:  # pragma: no cover - removed between the two calls
         raise EngineError(f"{base} vanished during the build")
-    name = expert_image_name(plan, base_id)
+    material = _locked.locked_material(plan, lock) if lock is not None else None
+    if lock is not None and lock.base_image not in {"", base_id}:
+        # The trees are pinned by hash whatever the base; a native addon built at install
+        # time may still differ, so the reviewer's base is named next to this one.
+        progress(
+            f"note: the lock was resolved against base {lock.base_image[:19]}, not {base_id[:19]}"
+        )
+    name = expert_image_name(plan, base_id, material)
     if image_id(name) is not None:
         return name
     progress(f"building {name} for expert {plan.expert} ({len(plan.packages)} packages)")
@@ -359,7 +377,10 @@ def ensure_expert_image(
 
     with tempfile.TemporaryDirectory(prefix="perstack-expert-") as tmp:
         context = Path(tmp)
-        (context / "Dockerfile").write_text(expert_dockerfile(base, plan.packages))
+        dockerfile = expert_dockerfile(base, plan.packages, locked=material is not None)
+        (context / "Dockerfile").write_text(dockerfile)
+        if material is not None:
+            _locked.write_lock_context(context, plan, material)
         copy_recipe("expert-finalize.py", context / "finalize.py")
         manifest = [p.model_dump(mode="json") for p in plan.packages]
         (context / "manifest.json").write_text(json.dumps(manifest))
@@ -375,6 +396,8 @@ def ensure_expert_image(
             LABEL_RECIPE: name.rsplit(":", 1)[1],
             LABEL_PACKAGES: resolved,
             LABEL_BASE: base,
+            _locked.LABEL_TREES: _build.last_marker(lines, _locked.TREES_MARKER) or "{}",
+            LABEL_LOCKED: "1" if material is not None else "0",
         },
     )
     return name

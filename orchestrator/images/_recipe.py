@@ -102,24 +102,105 @@ def install_step(package: PackageSpec) -> str:
         spec = f"{package.name}@{package.version_spec}" if package.version_spec else package.name
         (prefix,) = package_dirs(package)
         return (
-            f"RUN {_FRESH_HOME} && npm install --prefix {shlex.quote(prefix)}"
-            ' ${NPM_REGISTRY:+--registry "$NPM_REGISTRY"} --omit=dev --no-audit --no-fund'
-            f' --no-update-notifier {shlex.quote(spec)} && rm -rf "$HOME"'
+            f"RUN {_FRESH_HOME} && npm install --prefix {shlex.quote(prefix)} {_NPM_FLAGS}"
+            f' {shlex.quote(spec)} && rm -rf "$HOME"'
         )
-    requirement = package.name
-    if package.version_spec:
-        operator = "" if package.version_spec[0] in "=<>!~" else "=="
-        requirement = f"{package.name}{operator}{package.version_spec}"
     tools, links = package_dirs(package)
     return (
         f"RUN {_FRESH_HOME} UV_TOOL_DIR={shlex.quote(tools)} UV_TOOL_BIN_DIR={shlex.quote(links)}"
-        ' && uv tool install ${UV_INDEX_URL:+--default-index "$UV_INDEX_URL"}'
-        f' {shlex.quote(requirement)} && rm -rf "$HOME"'
+        f' && uv tool install {_UV_INDEX} {shlex.quote(requirement(package))} && rm -rf "$HOME"'
     )
 
 
-def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
+LOCK_FILES: Final = {"npm": ("package.json", "package-lock.json"), "pypi": ("requirements.txt",)}
+LOCK_CONTEXT: Final = "lock"  # the build context's folder of locked files, one per slug
+_NPM_FLAGS: Final = (
+    '${NPM_REGISTRY:+--registry "$NPM_REGISTRY"} --omit=dev --no-audit --no-fund'
+    " --no-update-notifier"
+)
+_UV_INDEX: Final = '${UV_INDEX_URL:+--default-index "$UV_INDEX_URL"}'
+
+
+def requirement(package: PackageSpec) -> str:
+    """Return the PEP 508 requirement of a PyPI package spec (a bare version means `==`)."""
+    if not package.version_spec:
+        return package.name
+    operator = "" if package.version_spec[0] in "=<>!~" else "=="
+    return f"{package.name}{operator}{package.version_spec}"
+
+
+def resolve_step(package: PackageSpec) -> str:
+    """Return the RUN line that resolves one package's tree into its lock files.
+
+    npm writes a package-lock (with every `integrity`) without installing; uv compiles a
+    hashed requirement set. Both land in the package's folder, where the builder reads them.
+    """
+    folder = package_dirs(package)[0]
+    if package.manager == "npm":
+        spec = f"{package.name}@{package.version_spec}" if package.version_spec else package.name
+        resolve = (
+            f"npm install --prefix {shlex.quote(folder)} --package-lock-only {_NPM_FLAGS}"
+            f" {shlex.quote(spec)}"
+        )
+    else:
+        resolve = (
+            f"printf '%s\\n' {shlex.quote(requirement(package))} | uv pip compile -"
+            f" --generate-hashes --no-header --no-annotate --python /usr/bin/python3 {_UV_INDEX}"
+            f" -o {folder}/requirements.txt"
+        )
+    return f'RUN {_FRESH_HOME} && {resolve} && rm -rf "$HOME"'
+
+
+def locked_install_step(package: PackageSpec) -> str:
+    """Return the RUN line that installs exactly a package's locked tree, verifying hashes.
+
+    The lock files are already in the package's folder. A failure names the package: a hash
+    that does not match is the registry (or the lock) changing what the review approved.
+    """
+    folder = shlex.quote(package_dirs(package)[0])
+    if package.manager == "npm":
+        install = f"npm ci --prefix {folder} {_NPM_FLAGS}"
+    else:
+        _, links = package_dirs(package)
+        venv = f"{package_dirs(package)[0]}/venv"
+        # SOURCE_DATE_EPOCH makes the compiled bytecode hash-checked, not stamped with the
+        # time of extraction: two builds of one lock then give the same bytes.
+        install = (
+            f"export SOURCE_DATE_EPOCH=0 && uv venv --quiet --python /usr/bin/python3 {venv}"
+            f" && uv pip install --python {venv}/bin/python --require-hashes {_UV_INDEX}"
+            f" -r {folder}/requirements.txt"
+            f" && ln -s {venv}/bin/{shlex.quote(package.name)} {links}/{shlex.quote(package.name)}"
+        )
+    failed = shlex.quote(
+        f"the locked install of {package.manager} package {package.name} failed: a hash in "
+        "perstack-sandbox.lock does not match what the registry served, or the lock is incomplete"
+    )
+    guarded = f"{{ {install} || {{ echo {failed} >&2; exit 1; }}; }}"
+    return f'RUN {_FRESH_HOME} && {guarded} && rm -rf "$HOME"'
+
+
+def resolve_dockerfile(base: str, packages: Sequence[PackageSpec], *, nonce: str) -> str:
+    """Return the Dockerfile that resolves (never installs) every package, each as its uid.
+
+    `nonce` (fresh per resolution) is an argument every step sees, so no resolution is ever
+    taken from the engine's build cache: a cached step would replay yesterday's registry.
+
+    Raises:
+        ImageBuildError: too many packages.
+
+    """
+    lines = [*build_prelude(base, packages), f"ARG PERSTACK_RESOLUTION={nonce}", *_TOOL_SETTINGS]
+    for index, package in enumerate(packages):
+        uid = package_uid(index)
+        lines += [f"USER {uid}:{uid}", resolve_step(package)]
+    return "\n".join(lines) + "\n"
+
+
+def expert_dockerfile(base: str, packages: Sequence[PackageSpec], *, locked: bool = False) -> str:
     """Return the per-expert Dockerfile (see the module docstring).
+
+    With `locked`, each package's lock files are copied from the context's `lock/<slug>/`
+    and installed exactly (`locked_install_step`) instead of resolved afresh.
 
     Raises:
         ImageBuildError: too many packages.
@@ -128,7 +209,13 @@ def expert_dockerfile(base: str, packages: Sequence[PackageSpec]) -> str:
     lines = [*build_prelude(base, packages), *_TOOL_SETTINGS]
     for index, package in enumerate(packages):
         uid = package_uid(index)
-        lines += [f"USER {uid}:{uid}", install_step(package)]
+        lines.append(f"USER {uid}:{uid}")
+        if locked:
+            folder = package_dirs(package)[0]
+            lines.append(f"COPY --chown={uid}:{uid} {LOCK_CONTEXT}/{package.slug}/ {folder}/")
+            lines.append(locked_install_step(package))
+        else:
+            lines.append(install_step(package))
     lines += [
         f"USER {BUILD_UID}:{BUILD_UID}",
         f"COPY --chown={BUILD_UID}:{BUILD_UID} finalize.py manifest.json {FINALIZE_DIR}/",

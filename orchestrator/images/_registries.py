@@ -171,3 +171,61 @@ def _pypi_files(http: httpx2.Client, index: str, name: str) -> Iterable[str]:
     else:
         links = _HREF.findall(response.text)
     return {page, *(urljoin(page, link) for link in links)}
+
+
+_RELEASE: Final = re.compile(r"^\d+(\.\d+)*$")  # a final release: no pre, post or dev part
+
+
+def latest_version(manager: str, name: str) -> str:
+    """Return the newest release of a package in its registry ('' when it cannot be told).
+
+    npm's `latest` dist-tag; for PyPI the highest final release the index lists.
+
+    Raises:
+        EngineError: the registry could not be read.
+
+    """
+    with httpx2.Client(
+        verify=ssl.create_default_context(), timeout=FETCH_TIMEOUT_S, follow_redirects=True
+    ) as http:
+        if manager == "npm":
+            return newest_npm(http, npm_registry(), name)
+        return newest_pypi(http, python_index(), name)
+
+
+def newest_npm(http: httpx2.Client, registry: str, name: str) -> str:
+    """Return the `latest` dist-tag of an npm package ('' when the registry names none).
+
+    Raises:
+        EngineError: the registry could not be read.
+
+    """
+    url = f"{registry.rstrip('/')}/{quote(name, safe='@')}"
+    response = _get(http, url, NPM_ABBREVIATED)
+    tags = _json(response, url).get("dist-tags") if response is not None else None
+    return str(tags.get("latest", "")) if isinstance(tags, dict) else ""
+
+
+def newest_pypi(http: httpx2.Client, index: str, name: str) -> str:
+    """Return the highest final release a PyPI project page lists ('' when none).
+
+    Raises:
+        EngineError: the index could not be read.
+
+    """
+    normalised = re.sub(r"[-_.]+", "-", name).lower()
+    url = f"{index.rstrip('/')}/{normalised}/"
+    response = _get(http, url, PYPI_SIMPLE_JSON)
+    versions = _json(response, url).get("versions") if response is not None else None
+    if not isinstance(versions, list):
+        return ""
+    releases = [str(v) for v in versions if _RELEASE.match(str(v))]
+    return max(releases, key=lambda v: tuple(int(p) for p in v.split(".")), default="")
+
+
+def _json(response: httpx2.Response, url: str) -> dict[str, object]:
+    try:
+        loaded = response.json()
+    except ValueError as exc:
+        raise EngineError(f"reading registry metadata {url}: not JSON") from exc
+    return loaded if isinstance(loaded, dict) else {}

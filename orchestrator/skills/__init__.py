@@ -21,6 +21,7 @@ Lifecycle of one skill:
 _process.py  SkillProcess protocol, local subprocesses (tests, benchmarks), stdio pumps
 _client.py   the MCP client side: handshake with declared capabilities, catalog, the bridge
 _spec.py     SkillSpec: name, pick/omit, lazyInit, timeout
+_pin.py      ToolPin: a listing must match the lock's pinned tool definitions
 _session.py  SkillSession: lifecycle, restart, requests with timeouts, stderr tail
 _remote.py   RemoteSkillSession: mcpSseSkill over SSE or streamable HTTP through the proxy
 ```
@@ -35,6 +36,7 @@ from perstack_sandbox.skills._client import (
     SkillCatalog,
     SkillRequest,
 )
+from perstack_sandbox.skills._pin import ToolPin, pinned_tools
 from perstack_sandbox.skills._process import ProcessFactory, SkillProcess, first_of, local_process
 from perstack_sandbox.skills._remote import RemoteSkillSession
 from perstack_sandbox.skills._session import SkillSession
@@ -51,7 +53,9 @@ __all__ = [
     "SkillRequest",
     "SkillSession",
     "SkillSpec",
+    "ToolPin",
     "filter_tools",
     "first_of",
     "local_process",
+    "pinned_tools",
 ]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from perstack_sandbox.audit import AuditSink
     from perstack_sandbox.skills._client import SkillBridge, SkillClient
+    from perstack_sandbox.skills._pin import ToolPin
     from perstack_sandbox.skills._process import ProcessFactory, SkillProcess
     from perstack_sandbox.skills._spec import SkillSpec
 
@@ -67,9 +68,14 @@ class SkillSession:
         factory: ProcessFactory,
         *,
         audit: AuditSink = NULL_SINK,
+        pin: ToolPin | None = None,
     ) -> None:
-        """Prepare (not start) the session; stderr lines and deaths go to the run's `audit`."""
+        """Prepare (not start) the session; stderr lines and deaths go to the run's `audit`.
+
+        With a `pin`, every tools listing must match the lock's (see `ToolPin`).
+        """
         self.spec = spec
+        self.pin = pin
         self._factory = factory
         self.audit = audit
         self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -145,8 +151,21 @@ class SkillSession:
             SkillError: the skill cannot start.
 
         """
-        tools: list[types.Tool] = await self._listing("tools")
+        tools: list[types.Tool] = await self.listed_tools()
         return [tool for tool in tools if self.spec.keeps(tool.name)]
+
+    async def listed_tools(self) -> list[types.Tool]:
+        """Return every tool the skill lists, before pick/omit, checked against its pin.
+
+        Raises:
+            SkillError: the skill cannot start.
+            ToolsChangedError: the tools differ from the lock (the skill is refused).
+
+        """
+        tools: list[types.Tool] = await self._listing("tools")
+        if self.pin is not None:
+            self.pin.check(self.name, tools)
+        return tools
 
     async def list_prompts(self) -> list[types.Prompt]:
         """Return the skill's prompts after pick/omit (by prompt name).
@@ -211,9 +230,13 @@ class SkillSession:
 
         Raises:
             SkillError: the skill died during the call, timed out, or answered garbage.
+            ToolsChangedError: the skill's tools differ from the lock (it is refused).
             MCPError: the skill answered with a JSON-RPC error (forwarded as it is).
 
         """
+        pin = self.pin  # a refused skill, or tools changed since: check the tools first
+        if pin is not None and (pin.refusal is not None or "tools" in self._stale):
+            await self.listed_tools()
         request = types.CallToolRequest(
             params=types.CallToolRequestParams(name=name, arguments=arguments)
         )
