@@ -185,6 +185,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     prompter: Prompter | None = None,
     audit: AuditSink | None = None,
     on_progress: Callable[[str], None] | None = None,
+    backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND,
 ) -> Run:
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
@@ -198,7 +199,10 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     set up by `perstack-sandbox doctor --fix`), each stdio skill in a container of its own;
     it is never silently replaced by runc. `audit` receives the
     run's tool calls, skill stderr and warnings besides the run folder's files. Image builds,
-    when needed, report to `on_progress` (nothing is printed). An Expert's sandbox:
+    when needed, report to `on_progress` (nothing is printed). `backend` is "docker" (the
+    default), "kubernetes" (pods on the cluster of kubeconfig or the in-cluster configuration;
+    npx/uvx skills only, the images must be pullable by the cluster) or a `SandboxBackend`
+    object. An Expert's sandbox:
 
     ```python
     import anyio
@@ -239,6 +243,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
             prompter=prompter,
             audit=audit,
             on_progress=on_progress or _quiet,
+            backend=backend,
         ),
     )
 
@@ -274,6 +279,25 @@ class _RunOptions:
     prompter: Prompter | None
     audit: AuditSink | None
     on_progress: Callable[[str], None]
+    backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND
+
+
+def sandbox_backend(choice: engine.BackendName | engine.SandboxBackend) -> engine.SandboxBackend:
+    """Return the backend `choice` names (or `choice` itself, when it is one).
+
+    Raises:
+        UsageError: no backend has that name.
+
+    """
+    if not isinstance(choice, str):
+        return choice
+    if choice == "kubernetes":
+        from perstack_sandbox import kube  # noqa: PLC0415 - the Kubernetes client only when asked
+
+        return kube.KubernetesBackend()
+    if choice != "docker":
+        raise UsageError(f"unknown backend {choice!r}; choose one of {list(engine.BACKEND_NAMES)}")
+    return engine.DOCKER_BACKEND
 
 
 class Run:
@@ -301,6 +325,7 @@ class Run:
         self._prepared: Prepared | None = None
         self._state: state.RunState | None = None
         self._context: AbstractAsyncContextManager[Gateway] | None = None
+        self._backend: engine.SandboxBackend | None = None
 
     @property
     def gateway(self) -> Gateway:
@@ -468,7 +493,7 @@ class Run:
             async with (
                 # Starts queue for a slot across this user's runs, in any process (`start_slot`).
                 engine.start_slot() as started,
-                engine.open_sandbox(
+                self._chosen_backend().open_sandbox(
                     prepared.plan,
                     image=image,
                     run=run,
@@ -501,6 +526,11 @@ class Run:
         finally:
             files.close()
 
+    def _chosen_backend(self) -> engine.SandboxBackend:
+        if self._backend is None:
+            self._backend = sandbox_backend(self._options.backend)
+        return self._backend
+
     def _ensure_images(self) -> None:
         """Build the proxy (and workspace) images the run needs, with the caller's progress."""
         progress = self._options.on_progress
@@ -522,8 +552,14 @@ class Run:
             limits=self._options.limits,
             env_paths=self._options.env_paths,
         )
-        # After the input checks, before any build: never a silent fallback to runc.
-        engine.require_isolation(isolation)
+        backend = self._chosen_backend()
+        if backend.name == "kubernetes":
+            from perstack_sandbox import kube  # noqa: PLC0415 - the Kubernetes client only when asked
+
+            kube.check_plan(prepared.plan, self._options.workspace)
+        else:
+            # After the input checks, before any build: never a silent fallback to runc.
+            engine.require_isolation(isolation)
         return prepared
 
 
@@ -557,7 +593,7 @@ def _skill_refusals(what: str) -> Iterator[None]:
 
 
 def build_sessions(
-    prepared: Prepared, sandbox: engine.Sandbox, *, audit: AuditSink = NULL_SINK
+    prepared: Prepared, sandbox: engine.SandboxHandle, *, audit: AuditSink = NULL_SINK
 ) -> list[SkillSession]:
     """One session per stdio skill (an exec as its own uid) and per remote skill.
 
@@ -581,7 +617,7 @@ def build_sessions(
 
 
 def _exec_factory(
-    sandbox: engine.Sandbox, launch: SkillLaunch, index: int, env: dict[str, str]
+    sandbox: engine.SandboxHandle, launch: SkillLaunch, index: int, env: dict[str, str]
 ) -> Callable[[], ExecContext]:
     def factory() -> ExecContext:
         return sandbox.exec_stdio(

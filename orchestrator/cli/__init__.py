@@ -9,6 +9,7 @@ _app.py       the application, shared options, the exit-code table, main, error 
 _help.py      plain --help: examples, metavars, the exit-code table (generic per parameter)
 _commands.py  validate, plan, schema, build, tools, call, run
 _ops.py       ps, down, gc, doctor, audit, client setup, client list
+_render.py    render kubernetes: the Kubernetes backend's manifests as YAML
 _clients.py   the MCP client configuration files `client setup` merges an Expert into
 ```
 """
@@ -16,7 +17,7 @@ _clients.py   the MCP client configuration files `client setup` merges an Expert
 from __future__ import annotations
 
 # Importing the command modules registers their commands on `app`.
-from perstack_sandbox.cli import _commands, _ops  # noqa: F401
+from perstack_sandbox.cli import _commands, _ops, _render  # noqa: F401
 from perstack_sandbox.cli._app import (
     EXIT_CODE_TABLE,
     EXIT_CODES,

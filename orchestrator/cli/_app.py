@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 import typer
 
 from perstack_sandbox.cli._help import PlainCommand, PlainGroup
+from perstack_sandbox.engine import BackendName
 from perstack_sandbox.errors import (
     ConfigError,
     EnvFileError,
@@ -142,6 +143,14 @@ IsolationOption = Annotated[
         "--isolation",
         help="Run the skills under runc or gVisor's runsc (each skill in its own container; "
         "`doctor --fix` sets gVisor up).",
+    ),
+]
+BackendOption = Annotated[
+    BackendName,
+    typer.Option(
+        "--backend",
+        help="Where the sandbox runs: this host's Docker engine, or the Kubernetes cluster of "
+        "$KUBECONFIG (or the in-cluster configuration); npx/uvx skills only on Kubernetes.",
     ),
 ]
 EXAMPLE_CONFIG = "-c examples/perstack.toml"

@@ -16,6 +16,7 @@ from perstack_sandbox.cli._app import (
     DEFAULT_CONFIG,
     EXAMPLE_CONFIG,
     PROGRAM,
+    BackendOption,
     ConfigOption,
     EnvPathOption,
     ExpertArgument,
@@ -26,9 +27,11 @@ from perstack_sandbox.cli._app import (
     command,
     warn,
 )
+from perstack_sandbox.engine import DEFAULT_BACKEND
 from perstack_sandbox.isolation import DEFAULT_ISOLATION
 
 if TYPE_CHECKING:
+    from perstack_sandbox.engine import BackendName
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.launch import LaunchOptions
 
@@ -42,6 +45,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     prefix_tools: bool = False,
     isolation: Isolation = DEFAULT_ISOLATION,
     interactive: bool = False,
+    backend: BackendName = DEFAULT_BACKEND,
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
     from perstack_sandbox import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -58,6 +62,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         isolation=isolation,
         prompter=gateway.terminal_prompter() if interactive else None,
         warn=warn,
+        backend=backend,
     )
 
 
@@ -75,12 +80,19 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        backend=backend,
     )
     typer.echo(launch.tools_report(options, as_json=as_json))
 
@@ -104,6 +116,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -117,6 +130,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         prefix_tools=prefix_tools,
         isolation=isolation,
         interactive=True,
+        backend=backend,
     )
     typer.echo(launch.call_report(options, tool, arguments))
 
@@ -150,12 +164,19 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     workspace: WorkspaceOption = None,
     prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
     isolation: IsolationOption = DEFAULT_ISOLATION,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
 
     options = _launch_options(
-        config, expert, env_path, workspace, prefix_tools=prefix_tools, isolation=isolation
+        config,
+        expert,
+        env_path,
+        workspace,
+        prefix_tools=prefix_tools,
+        isolation=isolation,
+        backend=backend,
     )
     launch.serve(options, http=http, token_file=token_file)
 
