@@ -79,7 +79,7 @@ CASES = {
     "seccomp unconfined": lambda pod: _container(pod).update(seccompProfile={"type": "Unconfined"}),
     "seccomp missing": lambda pod: pod["spec"]["securityContext"].pop("seccompProfile"),
     "unsafe sysctl": _set(
-        ("securityContext", "sysctls"), [{"name": "kernel.msgmax", "value": "1"}]
+        ("securityContext", "sysctls"), value=[{"name": "kernel.msgmax", "value": "1"}]
     ),
     "privilege escalation": lambda pod: _container(pod).update(allowPrivilegeEscalation=True),
     "privilege escalation unset": lambda pod: _container(pod).pop("allowPrivilegeEscalation"),
