@@ -80,6 +80,7 @@ class KubeSandbox:
     skill_count: int
     proxy_down: str | None = None
     proxy_log_error: str = ""  # why the proxy's log could not be copied (the audit is short)
+    log_copied: anyio.Event = field(default_factory=anyio.Event)  # the proxy's log has ended
     sandbox_end: anyio.Event = field(default_factory=anyio.Event)
     end_reason: str = ""
 
@@ -225,11 +226,8 @@ class KubernetesBackend:
                         group.cancel_scope.cancel()
                 status = "finished"
             finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(TEARDOWN_TIMEOUT_S):
-                    await _objects.delete_labelled(
-                        api, settings.namespace, run_selector(run.run_id)
-                    )
-                run.update_meta(status=status, ended=datetime.now(UTC).isoformat("seconds"))
+                with anyio.CancelScope(shield=True):
+                    await _teardown(api, settings.namespace, run, status)
 
     async def list_runs(self) -> list[RunInfo]:
         """Return every run with labelled objects in the namespace, oldest first.
@@ -294,6 +292,25 @@ class KubernetesBackend:
         )
         await wait_ready(api, sandbox)
         return sandbox
+
+
+async def _teardown(api: ApiClient, namespace: str, run: RunState, status: str) -> None:
+    """Delete every object of the run, bounded in time; say in its meta how it ended.
+
+    Raises:
+        EngineError: a deletion failed or timed out (`gc` or `down` removes what is left).
+
+    """
+    try:
+        with anyio.fail_after(TEARDOWN_TIMEOUT_S):
+            await _objects.delete_labelled(api, namespace, run_selector(run.run_id))
+    except (EngineError, TimeoutError) as exc:
+        run.update_meta(status=f"{status}; teardown failed: {exc}")
+        raise EngineError(
+            f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox down "
+            f"{run.run_id} --backend kubernetes` removes what is left"
+        ) from exc
+    run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def check_plan(plan: SandboxPlan, workspace: Path | None) -> None:
@@ -406,6 +423,8 @@ async def copy_proxy_log(api: ApiClient, sandbox: KubeSandbox, run: RunState) ->
                 target.flush()
     except (EngineError, OSError) as exc:
         sandbox.proxy_log_error = str(exc)
+    finally:
+        sandbox.log_copied.set()
 
 
 def _is_record(line: bytes) -> bool:
