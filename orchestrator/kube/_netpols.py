@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from perstack_sandbox.kube._labels import ROLE_PROXY, ROLE_SANDBOX
 from perstack_sandbox.kube._settings import PROXY_PORT, KubeSettings
-from perstack_sandbox_proxy._netrules import NON_PUBLIC_NETWORKS
+from perstack_sandbox_proxy import NON_PUBLIC_NETWORKS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
