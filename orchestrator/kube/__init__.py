@@ -30,6 +30,7 @@ _settings.py   KubeSettings from $PERSTACK_SANDBOX_K8S_*; the uids shared with D
 from __future__ import annotations
 
 from perstack_sandbox.kube._backend import KubernetesBackend, KubeSandbox, check_plan
+from perstack_sandbox.kube._labels import label_value
 from perstack_sandbox.kube._manifests import RunObjects, run_manifests
 from perstack_sandbox.kube._netpols import network_policies
 from perstack_sandbox.kube._psa import restricted_violations
@@ -42,6 +43,7 @@ __all__ = [
     "KubernetesBackend",
     "RunObjects",
     "check_plan",
+    "label_value",
     "network_policies",
     "rendered_manifests",
     "restricted_violations",

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,3 +240,26 @@ async def serving(fake: FakeApi):
         yield fake
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def serving_in_thread(fake: FakeApi):
+    """Serve `fake` from a thread of its own (for synchronous callers such as the CLI)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with serving(fake):
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the fake API server did not start"
+    try:
+        yield fake
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from kube_fake_api import FakeApi, serving
+from kube_fake_api import FakeApi, serving, serving_in_thread
 from kubernetes_asyncio.client import Configuration
 
 from perstack_sandbox import state
+from perstack_sandbox.cli import main
 from perstack_sandbox.config import load_config
 from perstack_sandbox.errors import EngineError, UsageError
 from perstack_sandbox.kube import KubernetesBackend, KubeSettings
@@ -165,3 +166,60 @@ async def test_an_unreachable_cluster_is_an_engine_error(run):
     with anyio.fail_after(DEADLINE_S), pytest.raises(EngineError, match="cannot be reached"):
         async with backend.open_sandbox(_plan(), image="expert:1", run=run):
             pass
+
+
+def _kubeconfig(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": url}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path
+
+
+def _cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr("sys.argv", ["perstack-sandbox", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_ps_down_and_gc_reach_the_cluster_of_the_kubeconfig(tmp_path, monkeypatch, capsys):
+    """With --backend kubernetes, ps lists a run from $KUBECONFIG's cluster, down removes it."""
+    fake = FakeApi()
+    labels = {
+        LABEL_RUN: RUN_ID,
+        "perstack-sandbox/managed": "1",
+        LABEL_OWNER_HOST: "elsewhere",
+        LABEL_OWNER_PID: "1",
+    }
+    fake.objects["ConfigMap", "psb-run"] = {"metadata": {"name": "psb-run", "labels": labels}}
+    with serving_in_thread(fake):
+        monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path, fake.url)))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        code, out, _ = _cli(monkeypatch, capsys, "ps", "--backend", "kubernetes")
+        assert code == 0
+        assert out.startswith(RUN_ID)
+        code, _, err = _cli(monkeypatch, capsys, "gc", "--backend", "kubernetes")
+        assert (code, fake.deleted) == (0, [])  # another host's run: never collected
+        code, _, err = _cli(monkeypatch, capsys, "down", RUN_ID, "--backend", "kubernetes")
+        assert code == 0
+        assert "removed configmap: psb-run" in err
+    assert fake.objects == {}
+    assert any(
+        request.startswith("GET /api/v1/namespaces/perstack-sandbox/configmaps")
+        for request in fake.requests
+    )
