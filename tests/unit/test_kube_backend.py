@@ -52,6 +52,7 @@ async def test_a_run_is_created_in_order_execs_a_skill_and_leaves_nothing(run):
     """Create (policies before pods, owner refs), watch ready, exec with env over stdin, delete.
 
     The secret reaches the skill's exec stdin and nothing else: no object body, no request.
+    Seen failing with the environment's values appended to the exec command in _exec.py.
     """
     async with serving(FakeApi()) as fake:
         with anyio.fail_after(DEADLINE_S):
