@@ -133,12 +133,12 @@ async def test_a_run_works_on_any_backend_object(config_path):
     assert {"echo", "env_names"} <= names
     assert json.dumps(result.model_dump(mode="json")).count("hi") >= 1
     assert backend.opened == [f"e@fake:1:{run.run_id}"]
-    assert backend.handle.envs[0]["API_TOKEN"] == "t0ken"
+    assert backend.handle.envs[0]["API_TOKEN"] == "t0ken"  # noqa: S105 - a test value
     assert backend.handle.envs[0]["HTTPS_PROXY"] == "http://s@127.0.0.1:9"
 
 
 def test_backends_are_chosen_by_name():
-    """docker is the engine's, kubernetes the kube package's, anything else is bad input."""
+    """Docker is the engine's, kubernetes the kube package's, anything else is bad input."""
     assert sandbox_backend("docker") is engine.DOCKER_BACKEND
     assert sandbox_backend("kubernetes").name == "kubernetes"
     with pytest.raises(UsageError, match="unknown backend"):
