@@ -19,6 +19,7 @@ _netpols.py    the two NetworkPolicies, pure
 _psa.py        a checker of the `restricted` Pod Security level, pure
 _render.py     `render kubernetes`: namespace and objects as deterministic YAML
 _objects.py    create (owner references), watch, list, delete by labels, follow logs
+_watch.py      the run's pods: ready, their ends, the proxy's log into the run's files
 _exec.py       a skill's stdio over the exec websocket; its environment over stdin
 _runs.py       ps, down and gc by labels
 _client.py     the client from kubeconfig or in-cluster config; errors as EngineError
