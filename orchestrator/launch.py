@@ -25,6 +25,7 @@ import anyio
 
 from perstack_sandbox import engine, state
 from perstack_sandbox.config import load_config
+from perstack_sandbox.engine import DEFAULT_BACKEND
 from perstack_sandbox.errors import RunError, RunInterruptedError, UsageError
 from perstack_sandbox.gateway import (
     Gateway,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
     from perstack_sandbox.audit import Request, ToolCall
     from perstack_sandbox.config import PerstackConfig
+    from perstack_sandbox.engine import BackendName
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Secret
 
@@ -75,6 +77,7 @@ class LaunchOptions:
     workspace: Path | None = None
     prefix_tools: bool = False
     isolation: Isolation = DEFAULT_ISOLATION  # "gvisor": the skills run under runsc
+    backend: BackendName = DEFAULT_BACKEND  # "kubernetes": pods on the kubeconfig's cluster
     prompter: Prompter | None = None
     progress: Callable[[str], None] = field(default=stderr_progress)
     # Told about config warnings and env-file keys set twice, one line each, before any start.
@@ -160,6 +163,7 @@ def cli_run(options: LaunchOptions) -> Run:
         seal_secrets=options.seal_secrets,
         seal_passthrough=options.seal_passthrough,
         accept_tool_changes=options.accept_tool_changes,
+        backend=options.backend,
     )
 
 

@@ -221,6 +221,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     seal_secrets: bool = False,
     seal_passthrough: Sequence[str] = (),
     accept_tool_changes: bool = False,
+    backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND,
 ) -> Run:
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
@@ -238,11 +239,14 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     gets a random placeholder for every requiredEnv value and the proxy puts the real value
     into that skill's HTTPS requests to its own allowed hosts; hosts in `seal_passthrough`
     (a client that pins certificates, say) stay plain tunnels (README, "Sealed secrets").
-    An Expert's sandbox:
     when needed, report to `on_progress` (nothing is printed). With a `perstack-sandbox.lock`
     next to the config, the image installs exactly its locked trees and each skill's tools
     must match the pinned ones: a skill that differs is refused with a diff, unless
     `accept_tool_changes` accepts it for this run (recorded in the audit). An Expert's sandbox:
+    `backend` is "docker" (the
+    default), "kubernetes" (pods on the cluster of kubeconfig or the in-cluster configuration;
+    npx/uvx skills only, the images must be pullable by the cluster) or a `SandboxBackend`
+    object. An Expert's sandbox:
 
     ```python
     import anyio
@@ -287,6 +291,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
             seal_secrets=seal_secrets,
             seal_passthrough=tuple(seal_passthrough),
             accept_tool_changes=accept_tool_changes,
+            backend=backend,
         ),
     )
 
@@ -327,6 +332,25 @@ class _RunOptions:
     # Test-only openings of the proxy (the test suites set it; nothing else does).
     test_network: engine.TestNetwork | None = None
     accept_tool_changes: bool = False
+    backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND
+
+
+def sandbox_backend(choice: engine.BackendName | engine.SandboxBackend) -> engine.SandboxBackend:
+    """Return the backend `choice` names (or `choice` itself, when it is one).
+
+    Raises:
+        UsageError: no backend has that name.
+
+    """
+    if not isinstance(choice, str):
+        return choice
+    if choice == "kubernetes":
+        from perstack_sandbox import kube  # noqa: PLC0415 - the Kubernetes client only when asked
+
+        return kube.KubernetesBackend()
+    if choice != "docker":
+        raise UsageError(f"unknown backend {choice!r}; choose one of {list(engine.BACKEND_NAMES)}")
+    return engine.DOCKER_BACKEND
 
 
 class Run:
@@ -354,6 +378,7 @@ class Run:
         self._prepared: Prepared | None = None
         self._state: state.RunState | None = None
         self._context: AbstractAsyncContextManager[Gateway] | None = None
+        self._backend: engine.SandboxBackend | None = None
 
     @property
     def gateway(self) -> Gateway:
@@ -521,7 +546,7 @@ class Run:
             async with (
                 # Starts queue for a slot across this user's runs, in any process (`start_slot`).
                 engine.start_slot() as started,
-                engine.open_sandbox(
+                self._chosen_backend().open_sandbox(
                     prepared.plan,
                     image=image,
                     run=run,
@@ -561,6 +586,11 @@ class Run:
         finally:
             files.close()
 
+    def _chosen_backend(self) -> engine.SandboxBackend:
+        if self._backend is None:
+            self._backend = sandbox_backend(self._options.backend)
+        return self._backend
+
     def _ensure_images(self) -> None:
         """Build the proxy (and workspace) images the run needs, with the caller's progress."""
         progress = self._options.on_progress
@@ -582,8 +612,16 @@ class Run:
             limits=self._options.limits,
             env_paths=self._options.env_paths,
         )
-        # After the input checks, before any build: never a silent fallback to runc.
-        engine.require_isolation(isolation)
+        backend = self._chosen_backend()
+        if backend.name == "kubernetes":
+            from perstack_sandbox import kube  # noqa: PLC0415 - the Kubernetes client only when asked
+
+            kube.check_plan(prepared.plan, self._options.workspace)
+            if self._options.seal_secrets:
+                raise UsageError("--seal-secrets runs on the Docker backend only, for now")
+        else:
+            # After the input checks, before any build: never a silent fallback to runc.
+            engine.require_isolation(isolation)
         if self._options.seal_secrets:
             passthrough = [_passthrough_host(host) for host in self._options.seal_passthrough]
             sealed = seal_secrets(prepared.secrets, passthrough)
@@ -635,7 +673,7 @@ def _skill_refusals(what: str) -> Iterator[None]:
 
 def build_sessions(
     prepared: Prepared,
-    sandbox: engine.Sandbox,
+    sandbox: engine.SandboxHandle,
     *,
     audit: AuditSink = NULL_SINK,
     accept_tool_changes: bool = False,
@@ -668,7 +706,7 @@ def build_sessions(
 
 
 def _exec_factory(
-    sandbox: engine.Sandbox, launch: SkillLaunch, index: int, env: dict[str, str]
+    sandbox: engine.SandboxHandle, launch: SkillLaunch, index: int, env: dict[str, str]
 ) -> Callable[[], ExecContext]:
     def factory() -> ExecContext:
         return sandbox.exec_stdio(

@@ -10,6 +10,7 @@ _help.py      plain --help: examples, metavars, the exit-code table (generic per
 _commands.py  validate, plan, schema, build, tools, call, run
 _ops.py       ps, down, gc, doctor, audit, client setup, client list
 _serve.py     serve, and --server for tools, call and run
+_render.py    render kubernetes: the Kubernetes backend's manifests as YAML
 _clients.py   the MCP client configuration files `client setup` merges an Expert into
 ```
 """
@@ -17,7 +18,7 @@ _clients.py   the MCP client configuration files `client setup` merges an Expert
 from __future__ import annotations
 
 # Importing the command modules registers their commands on `app`.
-from perstack_sandbox.cli import _commands, _ops, _serve  # noqa: F401
+from perstack_sandbox.cli import _commands, _ops, _render, _serve  # noqa: F401
 from perstack_sandbox.cli._app import (
     EXIT_CODE_TABLE,
     EXIT_CODES,

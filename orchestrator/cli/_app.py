@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 import typer
 
 from perstack_sandbox.cli._help import PlainCommand, PlainGroup
+from perstack_sandbox.engine import BackendName
 from perstack_sandbox.errors import (
     InputError,
     RunError,
@@ -157,6 +158,14 @@ SealPassthroughOption = Annotated[
         metavar="HOST",
         help="With --seal-secrets: keep HOST a plain tunnel (no TLS termination, no "
         "substitution), for a client that pins certificates. Repeatable.",
+    ),
+]
+BackendOption = Annotated[
+    BackendName,
+    typer.Option(
+        "--backend",
+        help="Where the sandbox runs: this host's Docker engine, or the Kubernetes cluster of "
+        "$KUBECONFIG (or the in-cluster configuration); npx/uvx skills only on Kubernetes.",
     ),
 ]
 EXAMPLE_CONFIG = "-c examples/perstack.toml"

@@ -16,6 +16,7 @@ from perstack_sandbox.cli._app import (
     DEFAULT_CONFIG,
     EXAMPLE_CONFIG,
     PROGRAM,
+    BackendOption,
     ConfigOption,
     EnvPathOption,
     ExpertArgument,
@@ -29,9 +30,11 @@ from perstack_sandbox.cli._app import (
     command,
     warn,
 )
+from perstack_sandbox.engine import DEFAULT_BACKEND
 from perstack_sandbox.isolation import DEFAULT_ISOLATION
 
 if TYPE_CHECKING:
+    from perstack_sandbox.engine import BackendName
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.launch import LaunchOptions
 
@@ -57,6 +60,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     interactive: bool = False,
     seal: tuple[bool, list[str] | None] = (False, None),
     accept_tool_changes: bool = False,
+    backend: BackendName = DEFAULT_BACKEND,
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
     from perstack_sandbox import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -79,6 +83,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         seal_secrets=seal_secrets,
         seal_passthrough=tuple(passthrough or ()),
         accept_tool_changes=accept_tool_changes,
+        backend=backend,
     )
 
 
@@ -113,6 +118,7 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
     seal_passthrough: SealPassthroughOption = None,
     accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -126,6 +132,7 @@ def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         isolation=isolation,
         seal=(seal_secrets, seal_passthrough),
         accept_tool_changes=accept_tool_changes,
+        backend=backend,
     )
     if server is not None:
         typer.echo(via_server(server, options, "tools", as_json))
@@ -156,6 +163,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
     seal_passthrough: SealPassthroughOption = None,
     accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -171,6 +179,7 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         interactive=server is None,
         seal=(seal_secrets, seal_passthrough),
         accept_tool_changes=accept_tool_changes,
+        backend=backend,
     )
     if server is not None:
         typer.echo(via_server(server, options, "call", tool, arguments))
@@ -211,6 +220,7 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
     seal_passthrough: SealPassthroughOption = None,
     accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
     from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
@@ -224,6 +234,7 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         isolation=isolation,
         seal=(seal_secrets, seal_passthrough),
         accept_tool_changes=accept_tool_changes,
+        backend=backend,
     )
     if server is not None:
         if http is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +18,7 @@ from perstack_sandbox.cli._app import (
     DEFAULT_KEEP_DAYS,
     DEFAULT_KEEP_RUNS,
     PROGRAM,
+    BackendOption,
     ConfigOption,
     EnvPathOption,
     ExpertArgument,
@@ -32,11 +33,12 @@ from perstack_sandbox.cli._app import (
     retention_of,
 )
 from perstack_sandbox.cli._help import PlainGroup
+from perstack_sandbox.engine import DEFAULT_BACKEND
 from perstack_sandbox.errors import SandboxError, UsageError
 from perstack_sandbox.isolation import DEFAULT_ISOLATION
 
 if TYPE_CHECKING:
-    from perstack_sandbox.engine import RunInfo
+    from perstack_sandbox.engine import BackendName, RunInfo
 
 RunArgument = Annotated[
     str | None,
@@ -44,12 +46,21 @@ RunArgument = Annotated[
 ]
 
 
-@command(f"{PROGRAM} ps")
-def ps() -> None:
+def _on_cluster(method: str, *args: str) -> Any:  # noqa: ANN401 - the backend method's result
+    """Call a `KubernetesBackend` method (ps, down, gc with `--backend kubernetes`)."""
+    import anyio  # noqa: PLC0415 - keeps --help fast
+
+    from perstack_sandbox import kube  # noqa: PLC0415 - the Kubernetes client only when asked
+
+    return anyio.run(getattr(kube.KubernetesBackend(), method), *args)
+
+
+@command(f"{PROGRAM} ps", f"{PROGRAM} ps --backend kubernetes")
+def ps(backend: BackendOption = DEFAULT_BACKEND) -> None:
     """List the sandboxes on this engine: run id, expert, owner, containers, network, volume."""
     from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
 
-    runs = engine.list_sandboxes()
+    runs = engine.list_sandboxes() if backend == "docker" else _on_cluster("list_runs")
     if not runs:
         typer.echo("no sandboxes", err=True)
     for info in runs:
@@ -77,6 +88,7 @@ def down(
     yes: Annotated[  # noqa: FBT002 - a typer flag
         bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (--all).")
     ] = False,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Take down one run (RUN) or all of yours (--all); its owner notices and exits 1."""
     from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
@@ -85,19 +97,34 @@ def down(
         raise UsageError("give a RUN or --all (not both)")
     if everyone and not take_all:
         raise UsageError("--everyone goes with --all")
-    runs = [run_id] if run_id is not None else _confirmed_runs(everyone=everyone, yes=yes)
-    removed = [line for run in runs for line in engine.take_down(run)]
+    if run_id is not None:
+        runs = [run_id]
+    else:
+        runs = _confirmed_runs(everyone=everyone, yes=yes, backend=backend)
+    take_down = engine.take_down if backend == "docker" else _cluster_take_down
+    removed = [line for run in runs for line in take_down(run)]
     for line in removed:
         typer.echo(f"removed {line}", err=True)
     if run_id is not None and not removed:
         raise UsageError(f"no sandbox objects for run {run_id}")
 
 
-def _confirmed_runs(*, everyone: bool, yes: bool) -> list[str]:
+def _cluster_take_down(run_id: str) -> list[str]:
+    removed: list[str] = _on_cluster("take_down", run_id)
+    return removed
+
+
+def _confirmed_runs(*, everyone: bool, yes: bool, backend: BackendName = "docker") -> list[str]:
     """Return the run ids `down --all` takes down, once confirmed on a terminal."""
     from perstack_sandbox import engine  # noqa: PLC0415 - keeps --help fast
 
-    runs = engine.runs_to_take_down(everyone=everyone)
+    if backend == "docker":
+        runs = engine.runs_to_take_down(everyone=everyone)
+    else:
+        from perstack_sandbox.kube import label_value  # noqa: PLC0415 - only when asked
+
+        me = label_value(engine.owner_user())
+        runs = [info for info in _on_cluster("list_runs") if everyone or info.owner_user == me]
     owner = "any user" if everyone else f"user {engine.owner_user()}"
     if not runs:
         typer.echo(f"no runs of {owner} to take down", err=True)
@@ -123,11 +150,15 @@ def gc(
     include_images: ImagesFlag = False,  # noqa: FBT002 - a typer flag
     keep_days: KeepDaysOption = DEFAULT_KEEP_DAYS,
     keep_runs: KeepRunsOption = DEFAULT_KEEP_RUNS,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
-    """Remove every sandbox object whose owning process is gone; prune old run trails."""
+    """Remove every sandbox object whose owning process is gone (on this host); prune old trails."""
     from perstack_sandbox import engine, retention  # noqa: PLC0415 - keeps --help fast
 
-    removed = engine.collect_garbage(include_images=include_images)
+    if backend == "docker":
+        removed = engine.collect_garbage(include_images=include_images)
+    else:
+        removed = _on_cluster("collect_garbage")
     for line in removed:
         typer.echo(f"removed {line}", err=True)
     typer.echo(f"gc: removed {len(removed)} object(s)", err=True)

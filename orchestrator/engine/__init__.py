@@ -13,6 +13,7 @@ build (`build_expert`, handed to `images.ensure_expert_image`). Blocking docker-
 worker threads; every object carries our labels, so `ps`, `gc` and `down` find what a run left.
 
 ```
+_backend.py     the backend seam (SandboxBackend, SandboxHandle) and DOCKER_BACKEND
 _sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
 _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
 _workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
@@ -37,6 +38,15 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from perstack_sandbox.docker_edge import owner_user
+    from perstack_sandbox.engine._backend import (
+        BACKEND_NAMES,
+        DEFAULT_BACKEND,
+        DOCKER_BACKEND,
+        BackendName,
+        SandboxBackend,
+        SandboxHandle,
+        StdioProcess,
+    )
     from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
     from perstack_sandbox.engine._exec import ExecProcess
     from perstack_sandbox.engine._fence import (
@@ -63,11 +73,18 @@ if TYPE_CHECKING:
     from perstack_sandbox.engine._sweep import RunInfo
 
 __all__ = [
+    "BACKEND_NAMES",
+    "DEFAULT_BACKEND",
+    "DOCKER_BACKEND",
     "SKILL_UID_COUNT",
     "SKILL_UID_FIRST",
+    "BackendName",
     "ExecProcess",
     "RunInfo",
     "Sandbox",
+    "SandboxBackend",
+    "SandboxHandle",
+    "StdioProcess",
     "TestNetwork",
     "build_expert",
     "cancel_on_signals",
@@ -92,6 +109,18 @@ __all__ = [
 # must not import docker-py and everything the engine uses (decision 26).
 _LAZY: Final = {
     "owner_user": "..docker_edge",
+    **dict.fromkeys(
+        (
+            "BACKEND_NAMES",
+            "DEFAULT_BACKEND",
+            "DOCKER_BACKEND",
+            "BackendName",
+            "SandboxBackend",
+            "SandboxHandle",
+            "StdioProcess",
+        ),
+        "._backend",
+    ),
     "ExecProcess": "._exec",
     "build_expert": "._fence",
     "ensure_expert_image": "._fence",

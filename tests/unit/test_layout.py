@@ -91,3 +91,28 @@ def test_the_scan_sees_a_private_import_across_packages(tmp_path):
         "perstack_sandbox.engine",
     ]
     assert not "perstack_sandbox.engine._sweep".startswith("perstack_sandbox.images.")
+
+
+def test_the_proxy_imports_itself_only_relatively():
+    """The image copies the proxy as `proxy/`: its own installed name does not exist there.
+
+    Seen failing with `from perstack_sandbox_proxy._netrules import ...` in proxy/__init__.py
+    (the proxy container exited 1 on start).
+    """
+    absolute = [
+        (module, f"{node.module}")
+        for module, path in _modules("perstack_sandbox_proxy").items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        and not node.level
+        and (node.module or "").split(".")[0] == "perstack_sandbox_proxy"
+    ]
+    absolute += [
+        (module, alias.name)
+        for module, path in _modules("perstack_sandbox_proxy").items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name.split(".")[0] == "perstack_sandbox_proxy"
+    ]
+    assert absolute == []
