@@ -82,9 +82,11 @@ class LocalBackend:
         self.opened: list[str] = []
 
     @asynccontextmanager
-    async def open_sandbox(self, plan, *, image, run, workspace=None, isolation="runc"):
+    async def open_sandbox(  # noqa: PLR0913 - the seam's keyword-only settings
+        self, plan, *, image, run, workspace=None, isolation="runc", sealed=None, test_network=None
+    ):
         """Yield the one handle, noting what was opened."""
-        del workspace, isolation
+        del workspace, isolation, sealed, test_network
         self.opened.append(f"{plan.expert}@{image}:{run.run_id}")
         yield self.handle
 
