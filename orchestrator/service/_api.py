@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from perstack_sandbox.engine import DEFAULT_BACKEND, BackendName
 from perstack_sandbox.errors import InputError, IsolationError, SandboxError, UsageError
 from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation
 from perstack_sandbox.plan import Limits  # noqa: TC001 - pydantic needs it at run time
@@ -43,6 +44,17 @@ class CreateRun(BaseModel):
     isolation: Isolation = DEFAULT_ISOLATION
     limits: Limits | None = None
     prefix_tools: bool = False
+    seal_secrets: bool = Field(
+        default=False,
+        description="Placeholders in the skills, real values only in the proxy (sealed secrets).",
+    )
+    seal_passthrough: list[str] = Field(
+        default_factory=list, description="Hosts that stay plain tunnels under seal_secrets."
+    )
+    accept_tool_changes: bool = Field(
+        default=False, description="Serve skills whose tools differ from the lock, this once."
+    )
+    backend: BackendName = DEFAULT_BACKEND
     pool: bool = Field(
         default=True, description="Claim a warm sandbox when the service keeps a pool of it."
     )

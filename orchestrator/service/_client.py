@@ -69,6 +69,10 @@ def _body(options: LaunchOptions) -> dict[str, Any]:
         "env": env,
         "isolation": options.isolation,
         "prefix_tools": options.prefix_tools,
+        "seal_secrets": options.seal_secrets,
+        "seal_passthrough": list(options.seal_passthrough),
+        "accept_tool_changes": options.accept_tool_changes,
+        "backend": options.backend,
     }
     if options.workspace is not None:
         body["workspace"] = str(options.workspace)

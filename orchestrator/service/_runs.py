@@ -332,6 +332,10 @@ def _run_of(
         limits=request.limits,
         isolation=request.isolation,
         prefix_tools=request.prefix_tools,
+        seal_secrets=request.seal_secrets,
+        seal_passthrough=tuple(request.seal_passthrough),
+        accept_tool_changes=request.accept_tool_changes,
+        backend=request.backend,
         audit=sink,
         **extra,  # type: ignore[arg-type] # `pool=` once the pool branch is merged (_pools)
     )

@@ -44,10 +44,28 @@ def test_a_body_with_config_text_and_secrets_is_accepted() -> None:
     assert body.isolation == "runc"
 
 
+def test_a_body_carries_the_cli_run_choices_sealing_tool_changes_and_backend() -> None:
+    """The choices `tools`/`call`/`run` pass to a service parse, with the CLI's defaults."""
+    body = parse_create(
+        b'{"config": "x", "expert": "demo", "seal_secrets": true,'
+        b' "seal_passthrough": ["pinned.example"], "accept_tool_changes": true,'
+        b' "backend": "kubernetes"}'
+    )
+    assert (body.seal_secrets, body.seal_passthrough) == (True, ["pinned.example"])
+    assert (body.accept_tool_changes, body.backend) == (True, "kubernetes")
+    plain = parse_create(b'{"config": "x", "expert": "demo"}')
+    assert (plain.seal_secrets, plain.accept_tool_changes, plain.backend) == (
+        False,
+        False,
+        "docker",
+    )
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
         (b"not json", "not JSON"),
+        (b'{"config": "x", "expert": "demo", "backend": "nomad"}', "backend:"),
         (b"[1]", "must be a JSON object"),
         (b'{"expert": "demo"}', "exactly one of `config`"),
         (b'{"expert": "demo", "config": "x", "config_path": "/p"}', "exactly one of `config`"),
