@@ -55,8 +55,10 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from perstack_sandbox.audit import AuditSink
+    from perstack_sandbox.engine import Sandbox
     from perstack_sandbox.gateway import Prompter
     from perstack_sandbox.plan import Limits, SandboxPlan, SkillLaunch, SkillSecrets
+    from perstack_sandbox.pool import WarmPool, WarmSandbox
     from perstack_sandbox.skills import SkillProcess
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
@@ -185,6 +187,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     prompter: Prompter | None = None,
     audit: AuditSink | None = None,
     on_progress: Callable[[str], None] | None = None,
+    pool: WarmPool | None = None,
 ) -> Run:
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
@@ -198,7 +201,10 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     set up by `perstack-sandbox doctor --fix`), each stdio skill in a container of its own;
     it is never silently replaced by runc. `audit` receives the
     run's tool calls, skill stderr and warnings besides the run folder's files. Image builds,
-    when needed, report to `on_progress` (nothing is printed). An Expert's sandbox:
+    when needed, report to `on_progress` (nothing is printed). With `pool` (a `WarmPool` of
+    the same Expert and plan, entered), the run claims one of its started sandboxes instead
+    of starting one, gives its proxy fresh per-skill credentials, then starts the skills; its
+    `run_id` becomes that sandbox's on entering. An Expert's sandbox:
 
     ```python
     import anyio
@@ -219,7 +225,8 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     Raises:
         InputError: on entering `async with`: bad config, unknown expert, missing secret, bad
             workspace, an Expert's folder the skills cannot read, an unknown isolation (nothing
-            was built or started).
+            was built or started); a `pool` made for another Expert, plan or isolation, or a
+            workspace with a pool.
         IsolationError: gVisor was asked for and runsc is missing or registered without the
             arguments the sandbox needs (before any build; the message says how to set it up).
         EngineError: Docker failed; ImageBuildError: an image build failed.
@@ -239,6 +246,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
             prompter=prompter,
             audit=audit,
             on_progress=on_progress or _quiet,
+            pool=pool,
         ),
     )
 
@@ -274,6 +282,7 @@ class _RunOptions:
     prompter: Prompter | None
     audit: AuditSink | None
     on_progress: Callable[[str], None]
+    pool: WarmPool | None = None
 
 
 class Run:
@@ -451,16 +460,36 @@ class Run:
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
-        # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope) stops
-        # the build and takes its fence down before this returns.
-        image = await engine.ensure_expert_image_async(prepared.plan, progress=options.on_progress)
-        await anyio.to_thread.run_sync(self._ensure_images)
-        packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
+        if options.pool is not None:
+            claimed = await _claim(options.pool, prepared.plan, options)
+            self.run_id, run, packages = claimed.run.run_id, claimed.run, claimed.packages
+            sandbox_context = _claimed_sandbox(claimed, prepared.plan)
+        else:
+            # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope)
+            # stops the build and takes its fence down before this returns.
+            image = await engine.ensure_expert_image_async(
+                prepared.plan, progress=options.on_progress
+            )
+            await anyio.to_thread.run_sync(self._ensure_images)
+            packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
+            run = None
         try:
-            run = self._state = state.create_run(prepared.plan.expert, run_id=self.run_id)
+            if run is None:
+                run = state.create_run(prepared.plan.expert, run_id=self.run_id)
+                sandbox_context = engine.open_sandbox(
+                    prepared.plan,
+                    image=image,
+                    run=run,
+                    workspace=options.workspace,
+                    isolation=options.isolation,
+                )
+            self._state = run
             run.update_meta(packages=packages)  # what `audit` shows next to the allowlist
             files = RunFiles(run)
         except OSError as exc:
+            if options.pool is not None:  # the claimed sandbox is this run's to remove
+                with anyio.CancelScope(shield=True):
+                    await engine.teardown(claimed.run, "failed")
             raise RunError(f"cannot write the folder of run {self.run_id}: {exc}") from exc
         sink = files if options.audit is None else TeeSink(files, options.audit)
         gateway: Gateway | None = None
@@ -468,13 +497,7 @@ class Run:
             async with (
                 # Starts queue for a slot across this user's runs, in any process (`start_slot`).
                 engine.start_slot() as started,
-                engine.open_sandbox(
-                    prepared.plan,
-                    image=image,
-                    run=run,
-                    workspace=options.workspace,
-                    isolation=options.isolation,
-                ) as sandbox,
+                sandbox_context as sandbox,
                 open_gateway(
                     build_sessions(prepared, sandbox, audit=sink),
                     prepared.plan.interactive_tools,
@@ -525,6 +548,39 @@ class Run:
         # After the input checks, before any build: never a silent fallback to runc.
         engine.require_isolation(isolation)
         return prepared
+
+
+async def _claim(pool: WarmPool, plan: SandboxPlan, options: _RunOptions) -> WarmSandbox:
+    """Claim a sandbox of `pool` for a run of `plan`, once the run's inputs match the pool's.
+
+    Raises:
+        UsageError: the pool was made for another plan or isolation, or a workspace is asked.
+        EngineError, RunError: see `WarmPool.claim`.
+
+    """
+    if options.workspace is not None:
+        raise UsageError("a run with a workspace cannot use a warm pool: mounts are fixed")
+    if options.isolation != pool.isolation or plan != pool.plan:
+        raise UsageError(
+            f"the warm pool holds sandboxes of {pool.expert!r} made for another plan or "
+            f"isolation than this run's ({plan.expert!r}, {options.isolation}): same config, "
+            "expert, limits, env files and isolation, or no pool"
+        )
+    return await pool.claim()
+
+
+@asynccontextmanager
+async def _claimed_sandbox(claimed: WarmSandbox, plan: SandboxPlan) -> AsyncIterator[Sandbox]:
+    """Grant the claimed sandbox's proxy fresh credentials; tear the sandbox down on exit."""
+    status = "failed"
+    try:
+        sandbox = await engine.grant(claimed.sandbox, plan)
+        claimed.run.update_meta(status="running")
+        yield sandbox
+        status = "finished"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await engine.teardown(claimed.run, status)
 
 
 def _news(error: BaseException, gateway: Gateway | None) -> BaseException:
