@@ -460,11 +460,7 @@ class Run:
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
-        if options.pool is not None:
-            claimed = await _claim(options.pool, prepared.plan, options)
-            self.run_id, run, packages = claimed.run.run_id, claimed.run, claimed.packages
-            sandbox_context = _claimed_sandbox(claimed, prepared.plan)
-        else:
+        if options.pool is None:
             # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope)
             # stops the build and takes its fence down before this returns.
             image = await engine.ensure_expert_image_async(
@@ -472,24 +468,51 @@ class Run:
             )
             await anyio.to_thread.run_sync(self._ensure_images)
             packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
-            run = None
+            run = self._adopt(None, packages)
+            sandbox = engine.open_sandbox(
+                prepared.plan,
+                image=image,
+                run=run,
+                workspace=options.workspace,
+                isolation=options.isolation,
+            )
+            async with self._served(prepared, sandbox) as gateway:
+                yield gateway
+            return
+        claimed = await _claim(options.pool, prepared.plan, options)
+        self.run_id = claimed.run.run_id
+        granted = _GrantedSandbox(claimed, prepared.plan)
         try:
-            if run is None:
-                run = state.create_run(prepared.plan.expert, run_id=self.run_id)
-                sandbox_context = engine.open_sandbox(
-                    prepared.plan,
-                    image=image,
-                    run=run,
-                    workspace=options.workspace,
-                    isolation=options.isolation,
-                )
-            self._state = run
-            run.update_meta(packages=packages)  # what `audit` shows next to the allowlist
-            files = RunFiles(run)
-        except OSError as exc:
-            if options.pool is not None:  # the claimed sandbox is this run's to remove
+            self._adopt(claimed.run, claimed.packages)
+            async with self._served(prepared, granted) as gateway:
+                yield gateway
+        finally:
+            if not granted.entered:  # failed or cancelled before its own teardown took over
                 with anyio.CancelScope(shield=True):
                     await engine.teardown(claimed.run, "failed")
+
+    def _adopt(self, run: state.RunState | None, packages: list[dict[str, str]]) -> state.RunState:
+        """Make (or take a claimed sandbox's) run folder the run's, and note its packages."""
+        try:
+            if run is None:
+                run = state.create_run(self.expert, run_id=self.run_id)
+            run.update_meta(packages=packages)  # what `audit` shows next to the allowlist
+        except OSError as exc:
+            raise RunError(f"cannot write the folder of run {self.run_id}: {exc}") from exc
+        self._state = run
+        return run
+
+    @asynccontextmanager
+    async def _served(
+        self, prepared: Prepared, sandbox_context: AbstractAsyncContextManager[engine.Sandbox]
+    ) -> AsyncIterator[Gateway]:
+        """Start the skills in the sandbox of `sandbox_context` behind the run's gateway."""
+        options, run = self._options, self._state
+        if run is None:
+            raise RunError(f"run {self.run_id} has no folder")
+        try:
+            files = RunFiles(run)
+        except OSError as exc:
             raise RunError(f"cannot write the folder of run {self.run_id}: {exc}") from exc
         sink = files if options.audit is None else TeeSink(files, options.audit)
         gateway: Gateway | None = None
@@ -569,18 +592,43 @@ async def _claim(pool: WarmPool, plan: SandboxPlan, options: _RunOptions) -> War
     return await pool.claim()
 
 
-@asynccontextmanager
-async def _claimed_sandbox(claimed: WarmSandbox, plan: SandboxPlan) -> AsyncIterator[Sandbox]:
-    """Grant the claimed sandbox's proxy fresh credentials; tear the sandbox down on exit."""
-    status = "failed"
-    try:
-        sandbox = await engine.grant(claimed.sandbox, plan)
-        claimed.run.update_meta(status="running")
-        yield sandbox
-        status = "finished"
-    finally:
+class _GrantedSandbox:
+    """A claimed warm sandbox as a run's sandbox: granted on entry, torn down on exit."""
+
+    def __init__(self, claimed: WarmSandbox, plan: SandboxPlan) -> None:
+        self.claimed, self.plan, self.entered = claimed, plan, False
+
+    async def __aenter__(self) -> Sandbox:
+        """Give the proxy fresh per-skill credentials; only then may the skills start.
+
+        Raises:
+            EngineError: the proxy refused the grant or the engine failed (torn down then).
+
+        """
+        self.entered = True
+        try:
+            sandbox = await engine.grant(self.claimed.sandbox, self.plan)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await engine.teardown(self.claimed.run, "failed")
+            raise
+        self.claimed.run.update_meta(status="running")
+        return sandbox
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Remove the sandbox (shielded), as `open_sandbox` does for a run of its own.
+
+        Raises:
+            EngineError: the teardown failed (`gc` removes what is left).
+
+        """
         with anyio.CancelScope(shield=True):
-            await engine.teardown(claimed.run, status)
+            await engine.teardown(self.claimed.run, "failed" if exc is not None else "finished")
 
 
 def _news(error: BaseException, gateway: Gateway | None) -> BaseException:
