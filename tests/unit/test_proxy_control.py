@@ -33,7 +33,7 @@ NEW_TOKEN = "new-token-0123456789abcdefghijklmnopqrstu"  # noqa: S105 - a test t
 
 @pytest.fixture
 def controlled(tmp_path: Path) -> Iterator[tuple[ProxyHarness, str]]:
-    """A proxy that requires a grant and holds none, with its control socket."""
+    """Run a proxy that requires a grant and holds none, with its control socket."""
     document = {**policy(allowed=("api.example.com",)), "requireGrant": True}
     path = tmp_path / "control.sock"
     with running_proxy(document) as harness:
