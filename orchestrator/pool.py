@@ -114,6 +114,11 @@ class WarmPool:
         """How many started sandboxes wait to be claimed now."""
         return len(self._ready)
 
+    @property
+    def warm_run_ids(self) -> tuple[str, ...]:
+        """The run ids of the sandboxes waiting to be claimed, the next one to go first."""
+        return tuple(warm.run.run_id for warm in self._ready)
+
     async def wait_ready(self, count: int | None = None) -> None:
         """Wait until `count` (default: all `size`) sandboxes are started and unclaimed.
 
