@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 RETRY_FIRST_S: Final = 1.0  # after a failed warm start; doubles up to the maximum
 RETRY_MAX_S: Final = 30.0
+# A refill waits for the claims before it to settle, at most this long (see `_fill`).
+REFILL_DEFER_S: Final = 30.0
 CLAIM_TIMEOUT_S: Final = 600.0  # an empty pool refills one sandbox at a time, under start slots
 
 
@@ -52,6 +54,10 @@ class WarmSandbox:
     run: state.RunState
     image: str
     packages: list[dict[str, str]]
+    # The proxy's control client, started ahead (`engine.open_control`): the grant's way in.
+    control: engine.ExecProcess | None = field(default=None, compare=False)
+    # Set by the claimer once its skills answered (or it gave up): the refill waits for it.
+    settled: anyio.Event = field(default_factory=anyio.Event, compare=False)
 
 
 def _quiet(_line: str) -> None:
@@ -92,6 +98,7 @@ class WarmPool:
         self._plan: SandboxPlan | None = None
         self._image, self._packages = "", list[dict[str, str]]()
         self._ready: list[WarmSandbox] = []
+        self._unsettled: list[WarmSandbox] = []
         self._changed = anyio.Event()  # set (and replaced) whenever the pool changes
         self._failure: SandboxError | None = None
         self._closed = False
@@ -137,6 +144,8 @@ class WarmPool:
 
         The caller owns it from now on: `engine.grant` gives its proxy credentials, and
         `engine.teardown(claimed.run, status)` removes it (what `open_run(pool=...)` does).
+        Its `settled` event tells the pool that the claimer's skills are up: the replacement
+        starts then (or `REFILL_DEFER_S` after the claim), not while they start.
 
         Raises:
             EngineError: none is ready and starting one failed (the last failure is the cause).
@@ -148,7 +157,8 @@ class WarmPool:
                 self._check_usable()
                 await self._changed.wait()
             claimed = self._ready.pop(0)
-            self._notify()  # the filler starts its replacement
+            self._unsettled.append(claimed)
+            self._notify()  # the filler starts its replacement once the claim settled
             claimed.run.update_meta(status="claimed")
             return claimed
         raise RunError(f"no warm sandbox of {self.expert!r} became ready in {CLAIM_TIMEOUT_S} s")
@@ -210,6 +220,8 @@ class WarmPool:
             failures: list[EngineError] = []
             for warm in left:
                 try:
+                    if warm.control is not None:
+                        await warm.control.close()
                     await engine.teardown(warm.run, "unclaimed")
                 except EngineError as error:
                     failures.append(error)
@@ -235,6 +247,7 @@ class WarmPool:
         while True:
             while len(self._ready) >= self.size:
                 await self._changed.wait()
+            await self._claims_settled()
             try:
                 warm = await self._start_one()
             except SandboxError as error:
@@ -246,6 +259,18 @@ class WarmPool:
             self._failure, delay = None, RETRY_FIRST_S
             self._ready.append(warm)
             self._notify()
+
+    async def _claims_settled(self) -> None:
+        """Wait until the claimed sandboxes' skills are up (each at most `REFILL_DEFER_S`).
+
+        A start is a burst of CPU; on a small host, a refill started at the claim would slow
+        the very run it replaces, and a claim is what the pool exists to make fast.
+        """
+        while self._unsettled:
+            claimed = self._unsettled[0]
+            with anyio.move_on_after(REFILL_DEFER_S):
+                await claimed.settled.wait()
+            self._unsettled.remove(claimed)
 
     async def _start_one(self) -> WarmSandbox:
         """Start one warm sandbox in a run folder of its own; tear it down if that fails."""
@@ -261,8 +286,9 @@ class WarmPool:
                     plan, image=self._image, run=run, isolation=self.isolation, warm=True
                 )
                 started()
+            control = await engine.open_control(sandbox.proxy_container_id)
             status = "warm"
-            return WarmSandbox(sandbox, run, self._image, self._packages)
+            return WarmSandbox(sandbox, run, self._image, self._packages, control)
         finally:
             if status != "warm":
                 with anyio.CancelScope(shield=True):

@@ -488,6 +488,7 @@ class Run:
                 yield gateway
         finally:
             if not granted.entered:  # failed or cancelled before its own teardown took over
+                claimed.settled.set()
                 with anyio.CancelScope(shield=True):
                     await engine.teardown(claimed.run, "failed")
 
@@ -532,6 +533,8 @@ class Run:
                 ) as gateway,
             ):
                 started()  # the skills answered: the next sandbox may start
+                if isinstance(sandbox_context, _GrantedSandbox):
+                    sandbox_context.started()
                 yield gateway
         except BaseExceptionGroup as group:
             sole = sole_exception(group)
@@ -598,6 +601,10 @@ class _GrantedSandbox:
     def __init__(self, claimed: WarmSandbox, plan: SandboxPlan) -> None:
         self.claimed, self.plan, self.entered = claimed, plan, False
 
+    def started(self) -> None:
+        """Tell the pool the skills answered: it may start this sandbox's replacement now."""
+        self.claimed.settled.set()
+
     async def __aenter__(self) -> Sandbox:
         """Give the proxy fresh per-skill credentials; only then may the skills start.
 
@@ -607,7 +614,9 @@ class _GrantedSandbox:
         """
         self.entered = True
         try:
-            sandbox = await engine.grant(self.claimed.sandbox, self.plan)
+            sandbox = await engine.grant(
+                self.claimed.sandbox, self.plan, control=self.claimed.control
+            )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await engine.teardown(self.claimed.run, "failed")
@@ -627,6 +636,7 @@ class _GrantedSandbox:
             EngineError: the teardown failed (`gc` removes what is left).
 
         """
+        self.claimed.settled.set()
         with anyio.CancelScope(shield=True):
             await engine.teardown(self.claimed.run, "failed" if exc is not None else "finished")
 

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         teardown,
     )
     from perstack_sandbox.engine._sweep import RunInfo
-    from perstack_sandbox.engine._warm import grant, send_control, send_grant
+    from perstack_sandbox.engine._warm import grant, open_control, send_control, send_grant
 
 __all__ = [
     "SKILL_UID_COUNT",
@@ -77,6 +77,7 @@ __all__ = [
     "ensure_expert_image_async",
     "grant",
     "list_sandboxes",
+    "open_control",
     "open_sandbox",
     "owner_user",
     "proxy_policy",
@@ -104,7 +105,7 @@ _LAZY: Final = {
     "require_isolation": "._gvisor",
     "RunInfo": "._sweep",
     "SKILL_UID_COUNT": "._containers",
-    **dict.fromkeys(("grant", "send_control", "send_grant"), "._warm"),
+    **dict.fromkeys(("grant", "open_control", "send_control", "send_grant"), "._warm"),
     "SKILL_UID_FIRST": "._containers",
     **dict.fromkeys(
         (

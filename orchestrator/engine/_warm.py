@@ -36,22 +36,29 @@ CONTROL_TIMEOUT_S: Final = 30.0  # one exec of a small Python client; a loaded e
 REPLY_LIMIT_BYTES: Final = 65536
 
 
-async def grant(sandbox: Sandbox, plan: SandboxPlan) -> Sandbox:
+async def grant(
+    sandbox: Sandbox, plan: SandboxPlan, *, control: ExecProcess | None = None
+) -> Sandbox:
     """Give `sandbox`'s proxy fresh per-skill tokens for `plan`; return it with those tokens.
 
     The grant replaces any earlier one at once: a token handed out before stops working.
+    `control` is a client started ahead by `open_control` (else one is started now).
 
     Raises:
         EngineError: the exec failed, or the proxy refused the grant (its reason is quoted).
 
     """
     credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
-    await send_grant(sandbox.proxy_container_id, credentials, skill_grants(plan))
+    await send_grant(sandbox.proxy_container_id, credentials, skill_grants(plan), control=control)
     return dataclasses.replace(sandbox, credentials=credentials)
 
 
 async def send_grant(
-    proxy_id: str, credentials: Mapping[str, str], domains: Mapping[str, list[str]]
+    proxy_id: str,
+    credentials: Mapping[str, str],
+    domains: Mapping[str, list[str]],
+    *,
+    control: ExecProcess | None = None,
 ) -> None:
     """Install `credentials` (skill -> token), each held to its `domains` list, in the proxy.
 
@@ -63,22 +70,37 @@ async def send_grant(
         name: {"token": token, "allowedDomains": list(domains.get(name, []))}
         for name, token in credentials.items()
     }
-    await send_control(proxy_id, {"op": "grant", "skills": skills})
+    await send_control(proxy_id, {"op": "grant", "skills": skills}, control=control)
 
 
-async def send_control(proxy_id: str, message: Mapping[str, object]) -> dict[str, object]:
+async def open_control(proxy_id: str) -> ExecProcess:
+    """Start the proxy's control client ahead of time; it waits for its message on stdin.
+
+    A warm sandbox keeps one, so that its claim pays neither the exec nor the interpreter's
+    start; it holds nothing until the message is written. Give it to `send_control` once.
+
+    Raises:
+        EngineError: the engine refused the exec or could not be reached.
+
+    """
+    uid = int(PROXY_USER.split(":", maxsplit=1)[0])
+    return await start_exec(proxy_id, list(CONTROL_ARGV), env={}, user=uid, workdir=PROXY_WORKDIR)
+
+
+async def send_control(
+    proxy_id: str, message: Mapping[str, object], *, control: ExecProcess | None = None
+) -> dict[str, object]:
     """Send one control message to the proxy `proxy_id`; return its reply when it is `ok`.
+
+    `control`: a client from `open_control` to use (and close); else one is started.
 
     Raises:
         EngineError: the exec failed or timed out, or the proxy answered `ok: false`.
 
     """
-    uid = int(PROXY_USER.split(":", maxsplit=1)[0])
     try:
         with anyio.fail_after(CONTROL_TIMEOUT_S):
-            process = await start_exec(
-                proxy_id, list(CONTROL_ARGV), env={}, user=uid, workdir=PROXY_WORKDIR
-            )
+            process = control or await open_control(proxy_id)
             try:
                 raw = await _converse(process, json.dumps(message).encode())
             finally:

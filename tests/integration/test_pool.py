@@ -116,6 +116,13 @@ async def _claim_ungranted(pool: WarmPool) -> WarmSandbox:
     return claimed
 
 
+async def _remove(claimed: WarmSandbox) -> None:
+    """Do what the claiming run would at its end: close the control client, tear down."""
+    if claimed.control is not None:
+        await claimed.control.close()
+    await engine.teardown(claimed.run, "finished")
+
+
 async def test_a_claimed_sandbox_runs_the_example_experts_skills() -> None:
     """A run on a claimed warm sandbox lists the tools of all three skills and calls them."""
     with anyio.fail_after(DEADLINE_S):
@@ -174,7 +181,7 @@ async def test_a_warm_proxy_refuses_every_connect_before_its_grant() -> None:
                 decision = await _decision(claimed.run.path, 2)
                 assert decision["reason"] == "no-skill-credential"
             finally:
-                await engine.teardown(claimed.run, "finished")
+                await _remove(claimed)
 
 
 async def test_a_warm_sandbox_holds_no_secret_and_runs_no_skill_before_its_claim(
@@ -237,7 +244,7 @@ async def test_two_claims_never_get_the_same_sandbox(docker_api: docker.APIClien
                 assert len({c.sandbox.proxy_container_id for c in claims}) == 2
             finally:
                 for claimed in claims:
-                    await engine.teardown(claimed.run, "finished")
+                    await _remove(claimed)
     assert [objects_of_run(docker_api, c.run.run_id) for c in claims] == [[], []]
 
 
@@ -246,12 +253,13 @@ async def test_the_pool_refills_after_a_claim() -> None:
     with anyio.fail_after(DEADLINE_S):
         async with WarmPool(EXAMPLE_CONFIG, EXPERT, 1) as pool:
             claimed = await pool.claim()
+            claimed.settled.set()  # what a run does once its skills answered
             try:
                 await pool.wait_ready()
                 assert pool.available == 1
                 assert pool.warm_run_ids[0] != claimed.run.run_id
             finally:
-                await engine.teardown(claimed.run, "finished")
+                await _remove(claimed)
 
 
 async def test_closing_the_pool_leaves_no_labelled_object(docker_api: docker.APIClient) -> None:
