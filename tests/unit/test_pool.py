@@ -10,7 +10,6 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
-
 from perstack_sandbox import engine, images, pool, state
 from perstack_sandbox.errors import EngineError, RunError, UsageError
 from perstack_sandbox.pool import WarmPool
@@ -32,6 +31,7 @@ class FakeEngine:
         self.fail = False
 
     async def start_sandbox(self, _plan: object, *, run: state.RunState, **_: object) -> object:
+        """Start (pretend) a sandbox for `run`, or fail when told to."""
         await checkpoint()
         if self.fail:
             raise EngineError("the engine is gone")
@@ -39,6 +39,7 @@ class FakeEngine:
         return engine.Sandbox(run.run_id, f"c-{run.run_id}", "10.0.0.2", 3128, "p", "10.0.0.3", "n")
 
     async def teardown(self, run: state.RunState, status: str) -> None:
+        """Record the teardown of `run`."""
         self.torn_down.append((run.run_id, status))
 
 
