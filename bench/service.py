@@ -158,7 +158,9 @@ async def concurrent(size: int) -> dict[str, object]:
             ready_s = time.monotonic() - started
             process_b = sum(_rss(pid) for pid in (os.getpid(), *_children(os.getpid())))
             go.set()
-    left = await anyio.to_thread.run_sync(leftovers_of, [*run_ids, *warm_ids])
+    # Every run of this state directory: the claimed ones, the first warm ones, the refills.
+    every = [run.run_id for run in state.list_runs()]
+    left = await anyio.to_thread.run_sync(leftovers_of, every)
     return {
         "size": size,
         "ready_s": ready_s,
@@ -183,6 +185,21 @@ def _containers_memory(run_ids: tuple[str, ...]) -> int:
 
 def report(samples: dict[str, list[float]], fleet: dict[str, object] | None, out: TextIO) -> None:
     """Print the side-by-side table, the goals, and the concurrent row."""
+    if samples:
+        _report_starts(samples, out)
+    if fleet is not None:
+        out.write(
+            "\n| concurrent runs (one pool, one process) | all listed s | host MB / sandbox "
+            "(containers + process) | echo p50 ms | echo p99 ms | objects left |\n"
+            "|---|---|---|---|---|---|\n"
+            f"| {fleet['size']} | {fleet['ready_s']:.1f} | {fleet['memory_mb']:.0f} "
+            f"({fleet['containers_mb']:.0f} + {fleet['process_mb']:.0f}; goal <= "
+            f"{MEMORY_GOAL_MB}) | {fleet['echo_p50']:.1f} | {fleet['echo_p99']:.1f} "
+            f"| {fleet['left']} |\n"
+        )
+
+
+def _report_starts(samples: dict[str, list[float]], out: TextIO) -> None:
     floors = {name: statistics.median(v) for name, v in samples.items() if name.startswith("floor")}
     slowest = max(floors, key=floors.__getitem__)
     floor = floors[slowest]
@@ -206,28 +223,18 @@ def report(samples: dict[str, list[float]], fleet: dict[str, object] | None, out
         )
     others = ", ".join(f"{name.split()[1]} {value:.3f} s" for name, value in floors.items())
     out.write(f"\nfloors by skill (median): {others}\n")
-    if fleet is not None:
-        out.write(
-            "\n| concurrent runs (one pool, one process) | all listed s | host MB / sandbox "
-            "(containers + process) | echo p50 ms | echo p99 ms | objects left |\n"
-            "|---|---|---|---|---|---|\n"
-            f"| {fleet['size']} | {fleet['ready_s']:.1f} | {fleet['memory_mb']:.0f} "
-            f"({fleet['containers_mb']:.0f} + {fleet['process_mb']:.0f}; goal <= "
-            f"{MEMORY_GOAL_MB}) | {fleet['echo_p50']:.1f} | {fleet['echo_p99']:.1f} "
-            f"| {fleet['left']} |\n"
-        )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Measure and print the service table, with the machine's load before and after."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=5, help="samples of each row")
+    parser.add_argument("--runs", type=int, default=5, help="samples of each row (0: skip)")
     parser.add_argument("--concurrent", type=int, default=10, help="runs at once (0: skip)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         os.environ[state.STATE_ENV] = tmp  # the runs' folders go with the temporary directory
         before = os.getloadavg()
-        samples = anyio.run(side_by_side, args.runs)
+        samples = anyio.run(side_by_side, args.runs) if args.runs > 0 else {}
         fleet = anyio.run(concurrent, args.concurrent) if args.concurrent > 0 else None
         after = os.getloadavg()
     report(samples, fleet, sys.stdout)
