@@ -37,13 +37,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
+    from perstack_sandbox.engine import Sandbox
     from perstack_sandbox.plan import Limits, SandboxPlan
 
 RETRY_FIRST_S: Final = 1.0  # after a failed warm start; doubles up to the maximum
 RETRY_MAX_S: Final = 30.0
 # A refill waits for the claims before it to settle, at most this long (see `_fill`).
 REFILL_DEFER_S: Final = 30.0
-CLAIM_TIMEOUT_S: Final = 600.0  # an empty pool refills one sandbox at a time, under start slots
+CLAIM_TIMEOUT_S: Final = 600.0
+# Closing a large pool: a few teardowns at once, not one engine call storm nor one at a time.
+TEARDOWNS_AT_ONCE: Final = 4  # an empty pool refills one sandbox at a time, under start slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,27 @@ class WarmPool:
             self._check_usable()
             await self._changed.wait()
 
+    async def claim_for(
+        self, plan: SandboxPlan, *, isolation: Isolation, workspace: Path | None
+    ) -> WarmSandbox:
+        """Claim a sandbox for a run of `plan`, once the run's inputs match the pool's.
+
+        Raises:
+            UsageError: the pool was made for another plan or isolation, or a workspace is
+                asked (mounts are fixed when the container is created).
+            EngineError, RunError: see `claim`.
+
+        """
+        if workspace is not None:
+            raise UsageError("a run with a workspace cannot use a warm pool: mounts are fixed")
+        if isolation != self.isolation or plan != self.plan:
+            raise UsageError(
+                f"the warm pool holds sandboxes of {self.expert!r} made for another plan or "
+                f"isolation than this run's ({plan.expert!r}, {isolation}): same config, "
+                "expert, limits, env files and isolation, or no pool"
+            )
+        return await self.claim()
+
     async def claim(self) -> WarmSandbox:
         """Hand out one started sandbox, exactly once; the pool starts a replacement.
 
@@ -216,15 +240,22 @@ class WarmPool:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
         left, self._ready = self._ready, []
-        with anyio.CancelScope(shield=True):
-            failures: list[EngineError] = []
-            for warm in left:
+        failures: list[EngineError] = []
+        limiter = anyio.CapacityLimiter(TEARDOWNS_AT_ONCE)
+
+        async def remove(warm: WarmSandbox) -> None:
+            async with limiter:
                 try:
                     if warm.control is not None:
                         await warm.control.close()
                     await engine.teardown(warm.run, "unclaimed")
                 except EngineError as error:
                     failures.append(error)
+
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as removing:
+                for warm in left:
+                    removing.start_soon(remove, warm)
         if failures:
             raise failures[0]
 
@@ -293,3 +324,54 @@ class WarmPool:
             if status != "warm":
                 with anyio.CancelScope(shield=True):
                     await engine.teardown(run, status)
+
+
+class GrantedSandbox:
+    """A claimed warm sandbox as a run's sandbox: granted on entry, torn down on exit.
+
+    What `open_run(..., pool=...)` enters in place of `engine.open_sandbox`.
+    """
+
+    def __init__(self, claimed: WarmSandbox, plan: SandboxPlan) -> None:
+        """Hold the claimed sandbox; nothing happens before `async with`."""
+        self.claimed, self.plan, self.entered = claimed, plan, False
+
+    def started(self) -> None:
+        """Tell the pool the skills answered: it may start this sandbox's replacement now."""
+        self.claimed.settled.set()
+
+    async def __aenter__(self) -> Sandbox:
+        """Give the proxy fresh per-skill credentials; only then may the skills start.
+
+        Raises:
+            EngineError: the proxy refused the grant or the engine failed (torn down then).
+
+        """
+        self.entered = True
+        try:
+            sandbox = await engine.grant(
+                self.claimed.sandbox, self.plan, control=self.claimed.control
+            )
+        except BaseException:
+            self.claimed.settled.set()
+            with anyio.CancelScope(shield=True):
+                await engine.teardown(self.claimed.run, "failed")
+            raise
+        self.claimed.run.update_meta(status="running")
+        return sandbox
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Remove the sandbox (shielded), as `open_sandbox` does for a run of its own.
+
+        Raises:
+            EngineError: the teardown failed (`gc` removes what is left).
+
+        """
+        self.claimed.settled.set()
+        with anyio.CancelScope(shield=True):
+            await engine.teardown(self.claimed.run, "failed" if exc is not None else "finished")

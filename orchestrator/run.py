@@ -47,6 +47,7 @@ from perstack_sandbox.plan import (
     skill_environment,
 )
 from perstack_sandbox.plan import plan as make_plan
+from perstack_sandbox.pool import GrantedSandbox
 from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec
 
 if TYPE_CHECKING:
@@ -55,10 +56,9 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from perstack_sandbox.audit import AuditSink
-    from perstack_sandbox.engine import Sandbox
     from perstack_sandbox.gateway import Prompter
     from perstack_sandbox.plan import Limits, SandboxPlan, SkillLaunch, SkillSecrets
-    from perstack_sandbox.pool import WarmPool, WarmSandbox
+    from perstack_sandbox.pool import WarmPool
     from perstack_sandbox.skills import SkillProcess
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
@@ -479,9 +479,11 @@ class Run:
             async with self._served(prepared, sandbox) as gateway:
                 yield gateway
             return
-        claimed = await _claim(options.pool, prepared.plan, options)
+        claimed = await options.pool.claim_for(
+            prepared.plan, isolation=options.isolation, workspace=options.workspace
+        )
         self.run_id = claimed.run.run_id
-        granted = _GrantedSandbox(claimed, prepared.plan)
+        granted = GrantedSandbox(claimed, prepared.plan)
         try:
             self._adopt(claimed.run, claimed.packages)
             async with self._served(prepared, granted) as gateway:
@@ -533,7 +535,7 @@ class Run:
                 ) as gateway,
             ):
                 started()  # the skills answered: the next sandbox may start
-                if isinstance(sandbox_context, _GrantedSandbox):
+                if isinstance(sandbox_context, GrantedSandbox):
                     sandbox_context.started()
                 yield gateway
         except BaseExceptionGroup as group:
@@ -574,71 +576,6 @@ class Run:
         # After the input checks, before any build: never a silent fallback to runc.
         engine.require_isolation(isolation)
         return prepared
-
-
-async def _claim(pool: WarmPool, plan: SandboxPlan, options: _RunOptions) -> WarmSandbox:
-    """Claim a sandbox of `pool` for a run of `plan`, once the run's inputs match the pool's.
-
-    Raises:
-        UsageError: the pool was made for another plan or isolation, or a workspace is asked.
-        EngineError, RunError: see `WarmPool.claim`.
-
-    """
-    if options.workspace is not None:
-        raise UsageError("a run with a workspace cannot use a warm pool: mounts are fixed")
-    if options.isolation != pool.isolation or plan != pool.plan:
-        raise UsageError(
-            f"the warm pool holds sandboxes of {pool.expert!r} made for another plan or "
-            f"isolation than this run's ({plan.expert!r}, {options.isolation}): same config, "
-            "expert, limits, env files and isolation, or no pool"
-        )
-    return await pool.claim()
-
-
-class _GrantedSandbox:
-    """A claimed warm sandbox as a run's sandbox: granted on entry, torn down on exit."""
-
-    def __init__(self, claimed: WarmSandbox, plan: SandboxPlan) -> None:
-        self.claimed, self.plan, self.entered = claimed, plan, False
-
-    def started(self) -> None:
-        """Tell the pool the skills answered: it may start this sandbox's replacement now."""
-        self.claimed.settled.set()
-
-    async def __aenter__(self) -> Sandbox:
-        """Give the proxy fresh per-skill credentials; only then may the skills start.
-
-        Raises:
-            EngineError: the proxy refused the grant or the engine failed (torn down then).
-
-        """
-        self.entered = True
-        try:
-            sandbox = await engine.grant(
-                self.claimed.sandbox, self.plan, control=self.claimed.control
-            )
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await engine.teardown(self.claimed.run, "failed")
-            raise
-        self.claimed.run.update_meta(status="running")
-        return sandbox
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Remove the sandbox (shielded), as `open_sandbox` does for a run of its own.
-
-        Raises:
-            EngineError: the teardown failed (`gc` removes what is left).
-
-        """
-        self.claimed.settled.set()
-        with anyio.CancelScope(shield=True):
-            await engine.teardown(self.claimed.run, "failed" if exc is not None else "finished")
 
 
 def _news(error: BaseException, gateway: Gateway | None) -> BaseException:
