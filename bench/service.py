@@ -231,12 +231,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5, help="samples of each row (0: skip)")
     parser.add_argument("--concurrent", type=int, default=10, help="runs at once (0: skip)")
     args = parser.parse_args(argv)
+    kept = os.environ.get(state.STATE_ENV)
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         os.environ[state.STATE_ENV] = tmp  # the runs' folders go with the temporary directory
-        before = os.getloadavg()
-        samples = anyio.run(side_by_side, args.runs) if args.runs > 0 else {}
-        fleet = anyio.run(concurrent, args.concurrent) if args.concurrent > 0 else None
-        after = os.getloadavg()
+        try:
+            before = os.getloadavg()
+            samples = anyio.run(side_by_side, args.runs) if args.runs > 0 else {}
+            fleet = anyio.run(concurrent, args.concurrent) if args.concurrent > 0 else None
+            after = os.getloadavg()
+        finally:  # `make bench` runs the next benchmark in this process
+            if kept is None:
+                os.environ.pop(state.STATE_ENV, None)
+            else:
+                os.environ[state.STATE_ENV] = kept
     report(samples, fleet, sys.stdout)
     print(
         f"\nload average (1, 5, 15 min) before: {before[0]:.2f} {before[1]:.2f} {before[2]:.2f}; "
