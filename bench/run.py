@@ -12,7 +12,15 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("proxy_vs_squid", "sealed_path", "startup", "workspace", "gateway", "scale")
+BENCHMARKS = (
+    "proxy_vs_squid",
+    "sealed_path",
+    "startup",
+    "workspace",
+    "gateway",
+    "scale",
+    "service",
+)
 
 
 def main() -> int:

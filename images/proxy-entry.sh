@@ -9,5 +9,6 @@ set -eu
 umask 077
 printf '%s' "${PERSTACK_PROXY_POLICY:?perstack-proxy: PERSTACK_PROXY_POLICY is not set}" >/tmp/policy.json
 unset PERSTACK_PROXY_POLICY
+# Control messages (a warm sandbox's grant) arrive on a socket in the same private tmpfs.
 exec python3 -m proxy --policy /tmp/policy.json --listen "${PERSTACK_PROXY_LISTEN:-0.0.0.0:3128}" \
-    --control /tmp/perstack-proxy-control.sock
+    --control /tmp/perstack-control.sock

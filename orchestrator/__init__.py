@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from perstack_sandbox.config import PerstackConfig, load_config, parse_config
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Limits, SandboxPlan, Secret, env_file_secrets, host_secrets
+    from perstack_sandbox.pool import WarmPool
     from perstack_sandbox.run import ConfigSource, Run, build_image, open_run
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "ToolsChangedError",
     "UnknownExpertError",
     "UsageError",
+    "WarmPool",
     "build_image",
     "env_file_secrets",
     "host_secrets",
@@ -108,6 +110,7 @@ _LAZY: Final = {
     "Run": "run",
     "build_image": "run",
     "open_run": "run",
+    "WarmPool": "pool",
 }
 
 

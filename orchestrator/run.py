@@ -48,6 +48,7 @@ from perstack_sandbox.plan import (
     skill_environment,
 )
 from perstack_sandbox.plan import plan as make_plan
+from perstack_sandbox.pool import GrantedSandbox
 from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec, ToolPin
 from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
         SkillLaunch,
         SkillSecrets,
     )
+    from perstack_sandbox.pool import WarmPool
     from perstack_sandbox.skills import SkillProcess
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
@@ -222,6 +224,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     seal_passthrough: Sequence[str] = (),
     accept_tool_changes: bool = False,
     backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND,
+    pool: WarmPool | None = None,
 ) -> Run:
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
@@ -239,14 +242,15 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     gets a random placeholder for every requiredEnv value and the proxy puts the real value
     into that skill's HTTPS requests to its own allowed hosts; hosts in `seal_passthrough`
     (a client that pins certificates, say) stay plain tunnels (README, "Sealed secrets").
-    when needed, report to `on_progress` (nothing is printed). With a `perstack-sandbox.lock`
-    next to the config, the image installs exactly its locked trees and each skill's tools
-    must match the pinned ones: a skill that differs is refused with a diff, unless
-    `accept_tool_changes` accepts it for this run (recorded in the audit). An Expert's sandbox:
-    `backend` is "docker" (the
-    default), "kubernetes" (pods on the cluster of kubeconfig or the in-cluster configuration;
-    npx/uvx skills only, the images must be pullable by the cluster) or a `SandboxBackend`
-    object. An Expert's sandbox:
+    With a `perstack-sandbox.lock` next to the config, the image installs exactly its locked
+    trees and each skill's tools must match the pinned ones: a skill that differs is refused
+    with a diff, unless `accept_tool_changes` accepts it for this run (recorded in the audit).
+    `backend` is "docker" (the default), "kubernetes" (pods on the cluster of kubeconfig or
+    the in-cluster configuration; npx/uvx skills only, the images must be pullable by the
+    cluster) or a `SandboxBackend` object. With `pool` (a `WarmPool` of the same Expert and
+    plan, entered), the run claims one of its started sandboxes instead of starting one, gives
+    its proxy fresh per-skill credentials, then starts the skills; its `run_id` becomes that
+    sandbox's on entering. An Expert's sandbox:
 
     ```python
     import anyio
@@ -267,7 +271,8 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     Raises:
         InputError: on entering `async with`: bad config, unknown expert, missing secret, bad
             workspace, an Expert's folder the skills cannot read, an unknown isolation (nothing
-            was built or started).
+            was built or started); a `pool` made for another Expert, plan or isolation, or a
+            workspace with a pool.
         IsolationError: gVisor was asked for and runsc is missing or registered without the
             arguments the sandbox needs (before any build; the message says how to set it up).
         EngineError: Docker failed; ImageBuildError: an image build failed.
@@ -292,6 +297,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
             seal_passthrough=tuple(seal_passthrough),
             accept_tool_changes=accept_tool_changes,
             backend=backend,
+            pool=pool,
         ),
     )
 
@@ -333,6 +339,8 @@ class _RunOptions:
     test_network: engine.TestNetwork | None = None
     accept_tool_changes: bool = False
     backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND
+
+    pool: WarmPool | None = None
 
 
 def sandbox_backend(choice: engine.BackendName | engine.SandboxBackend) -> engine.SandboxBackend:
@@ -529,14 +537,64 @@ class Run:
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
-        # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope) stops
-        # the build and takes its fence down before this returns.
-        image = await engine.ensure_expert_image_async(prepared.plan, progress=options.on_progress)
-        await anyio.to_thread.run_sync(self._ensure_images)
-        packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
+        if options.pool is None:
+            # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope)
+            # stops the build and takes its fence down before this returns.
+            image = await engine.ensure_expert_image_async(
+                prepared.plan, progress=options.on_progress
+            )
+            await anyio.to_thread.run_sync(self._ensure_images)
+            packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
+            run = self._adopt(None, packages)
+            sandbox = self._chosen_backend().open_sandbox(
+                prepared.plan,
+                image=image,
+                run=run,
+                workspace=options.workspace,
+                isolation=options.isolation,
+                sealed=prepared.sealed,
+                test_network=options.test_network,
+            )
+            async with self._served(prepared, sandbox) as gateway:
+                yield gateway
+            return
+        claimed = await options.pool.claim_for(
+            prepared.plan, isolation=options.isolation, workspace=options.workspace
+        )
+        self.run_id = claimed.run.run_id
+        granted = GrantedSandbox(claimed, prepared.plan, sealed=prepared.sealed)
         try:
-            run = self._state = state.create_run(prepared.plan.expert, run_id=self.run_id)
+            self._adopt(claimed.run, claimed.packages)
+            async with self._served(prepared, granted) as gateway:
+                yield gateway
+        finally:
+            if not granted.entered:  # failed or cancelled before its own teardown took over
+                claimed.settled.set()
+                with anyio.CancelScope(shield=True):
+                    await engine.teardown(claimed.run, "failed")
+
+    def _adopt(self, run: state.RunState | None, packages: list[dict[str, str]]) -> state.RunState:
+        """Make (or take a claimed sandbox's) run folder the run's, and note its packages."""
+        try:
+            if run is None:
+                run = state.create_run(self.expert, run_id=self.run_id)
             run.update_meta(packages=packages)  # what `audit` shows next to the allowlist
+        except OSError as exc:
+            raise RunError(f"cannot write the folder of run {self.run_id}: {exc}") from exc
+        self._state = run
+        return run
+
+    @asynccontextmanager
+    async def _served(
+        self,
+        prepared: Prepared,
+        sandbox_context: AbstractAsyncContextManager[engine.SandboxHandle],
+    ) -> AsyncIterator[Gateway]:
+        """Start the skills in the sandbox of `sandbox_context` behind the run's gateway."""
+        options, run = self._options, self._state
+        if run is None:
+            raise RunError(f"run {self.run_id} has no folder")
+        try:
             files = RunFiles(run)
         except OSError as exc:
             raise RunError(f"cannot write the folder of run {self.run_id}: {exc}") from exc
@@ -546,15 +604,7 @@ class Run:
             async with (
                 # Starts queue for a slot across this user's runs, in any process (`start_slot`).
                 engine.start_slot() as started,
-                self._chosen_backend().open_sandbox(
-                    prepared.plan,
-                    image=image,
-                    run=run,
-                    workspace=options.workspace,
-                    isolation=options.isolation,
-                    sealed=prepared.sealed,
-                    test_network=options.test_network,
-                ) as sandbox,
+                sandbox_context as sandbox,
                 open_gateway(
                     build_sessions(
                         prepared,
@@ -571,6 +621,8 @@ class Run:
                 ) as gateway,
             ):
                 started()  # the skills answered: the next sandbox may start
+                if isinstance(sandbox_context, GrantedSandbox):
+                    sandbox_context.started()
                 yield gateway
         except BaseExceptionGroup as group:
             sole = sole_exception(group)
@@ -617,8 +669,8 @@ class Run:
             from perstack_sandbox import kube  # noqa: PLC0415 - the Kubernetes client only when asked
 
             kube.check_plan(prepared.plan, self._options.workspace)
-            if self._options.seal_secrets:
-                raise UsageError("--seal-secrets runs on the Docker backend only, for now")
+            if self._options.seal_secrets or self._options.pool is not None:
+                raise UsageError("sealed secrets and warm pools run on Docker only, for now")
         else:
             # After the input checks, before any build: never a silent fallback to runc.
             engine.require_isolation(isolation)

@@ -1,4 +1,6 @@
-"""``python -m proxy --policy FILE --listen HOST:PORT [--listen ...] [--control PATH]``.
+"""``python -m proxy --policy FILE --listen HOST:PORT [--listen HOST:PORT ...] [--control PATH]``.
+
+With ``--control``, the proxy also takes control messages on that Unix socket (``_control``).
 
 Audit lines go to stdout, diagnostics to stderr. Exit status: 0 after SIGTERM/SIGINT, 2 for a
 bad command line or policy, 1 when a listening address cannot be bound.
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._audit import AuditLog
-from ._control import serve_control
+from ._control import start_control
 from ._policy import PolicyError, load_policy
 from ._resolver import Resolver, SystemResolver
 from ._server import ProxyServer
@@ -50,9 +52,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=parse_listen,
         help="HOST:PORT to listen on; repeat for several addresses",
     )
-    parser.add_argument(
-        "--control", default=None, help="Unix socket of the control channel (proxy/_control.py)"
-    )
+    parser.add_argument("--control", type=Path, help="Unix socket for control messages (mode 0600)")
     return parser.parse_args(argv)
 
 
@@ -60,28 +60,29 @@ async def serve(
     server: ProxyServer,
     listen: list[tuple[str, int]],
     stop: asyncio.Event | None = None,
-    control: str | None = None,
+    control: Path | None = None,
 ) -> None:
-    """Listen on ``listen`` until SIGTERM/SIGINT (or until ``stop`` is set).
+    """Listen on ``listen`` (and ``control``) until SIGTERM/SIGINT (or until ``stop`` is set).
 
     Raises:
-        OSError: a listening address cannot be bound.
+        OSError: a listening address or the control socket cannot be bound.
 
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # The control socket first: once the proxy answers its health check, a grant can arrive.
+    controller = await start_control(server, control) if control is not None else None
     bound = await server.start(listen)
-    control_server = await serve_control(server, control) if control else None
     addresses = ", ".join(f"{host}:{port}" for host, port in bound)
     patterns = len(server.policy.allowed_domains)
     sys.stderr.write(f"proxy: listening on {addresses}; {patterns} allowed domain patterns\n")
     try:
         await stop.wait()
     finally:
-        if control_server is not None:
-            control_server.close()
+        if controller is not None:
+            controller.close()
         await server.close()
 
 

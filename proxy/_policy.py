@@ -13,7 +13,10 @@ Unknown keys are ignored so that the engine can grow the file; every known key i
 
 With ``skills``, every CONNECT must carry ``Proxy-Authorization: Basic`` with one of the
 tokens as its password, and is held to that skill's own ``allowedDomains``; the top-level
-list is then unused. Without ``skills``, the top-level list applies to every client.
+list is then unused. Without ``skills``, the top-level list applies to every client, unless
+``"requireGrant": true``: then a client without a granted credential reaches nothing. A warm
+sandbox's proxy starts that way, and its skills' credentials arrive later over the control
+channel (``_control``), as a grant: ``{"<skill>": {"token": "...", "allowedDomains": [...]}}``.
 
 ``testAllowCidrs``, ``testHosts`` (name -> address, answered before DNS) and
 ``testUpstreamCa`` (a PEM trusted upstream on the sealed path) exist for the test suites
@@ -94,6 +97,8 @@ class Policy:
     skills: tuple[SkillGrant, ...] = ()
     test_hosts: dict[str, str] = field(default_factory=dict)
     test_upstream_ca: str = ""
+    # True: only granted credentials reach anything, even while no grant is installed.
+    require_grant: bool = False
 
     def grant_for(self, token: bytes) -> SkillGrant | None:
         """Return the skill whose token is ``token`` (every token compared, in constant time)."""
@@ -131,6 +136,9 @@ def parse_policy(document: object) -> Policy:
     sandbox_id = document.get("sandboxId", "")
     if not isinstance(sandbox_id, str):
         raise PolicyError("sandboxId must be a string")
+    require_grant = document.get("requireGrant", False)
+    if not isinstance(require_grant, bool):
+        raise PolicyError("requireGrant must be true or false")
     return Policy(
         allowed_domains=tuple(_check_pattern(pattern) for pattern in domains),
         sandbox_id=sandbox_id,
@@ -139,6 +147,7 @@ def parse_policy(document: object) -> Policy:
         skills=_skills(document.get("skills", {})),
         test_hosts=_test_hosts(document.get("testHosts", {})),
         test_upstream_ca=_string(document, "testUpstreamCa"),
+        require_grant=require_grant,
     )
 
 
@@ -162,19 +171,41 @@ def _skills(value: object) -> tuple[SkillGrant, ...]:
         raise PolicyError("skills must be an object")
     grants = []
     for token, entry in value.items():
-        if not token or not token.isascii() or not token.isprintable():
-            raise PolicyError("skills keys must be non-empty printable ASCII tokens")
         if not isinstance(entry, dict) or not isinstance(entry.get("skill"), str):
             raise PolicyError("each skills entry must be an object with a string 'skill'")
-        domains = _string_list(entry, "allowedDomains")
-        grants.append(
-            SkillGrant(
-                skill=entry["skill"],
-                allowed_domains=tuple(_check_pattern(pattern) for pattern in domains),
-                token=token.encode("ascii"),
-            )
-        )
+        grants.append(_grant(entry["skill"], token, entry))
     return tuple(grants)
+
+
+def parse_grant(value: object) -> tuple[SkillGrant, ...]:
+    """Validate a grant: each skill's name mapped to its token and its own allowedDomains.
+
+    Raises:
+        PolicyError: not an object of objects, a token is empty or not printable ASCII, two
+            skills share a token, or a domain pattern is invalid.
+
+    """
+    if not isinstance(value, dict):
+        raise PolicyError("skills must be an object")
+    grants = []
+    for skill, entry in value.items():
+        if not skill or not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+            raise PolicyError("each skill must map to an object with a string 'token'")
+        grants.append(_grant(skill, entry["token"], entry))
+    if len({grant.token for grant in grants}) != len(grants):
+        raise PolicyError("two skills share a token")
+    return tuple(grants)
+
+
+def _grant(skill: str, token: str, entry: dict[str, Any]) -> SkillGrant:
+    if not token or not token.isascii() or not token.isprintable():
+        raise PolicyError("skill tokens must be non-empty printable ASCII")
+    domains = _string_list(entry, "allowedDomains")
+    return SkillGrant(
+        skill=skill,
+        allowed_domains=tuple(_check_pattern(pattern) for pattern in domains),
+        token=token.encode("ascii"),
+    )
 
 
 def _string_list(document: dict[str, Any], key: str) -> list[str]:

@@ -137,12 +137,13 @@ def _allowed_domains(request: TunnelRequest) -> tuple[str, ...]:
     """Return the list this client is held to: its skill's own, when the policy has skills.
 
     Raises:
-        Refusal: 403 ``no-skill-credential`` when the policy has skills and the request
-            carried no single, valid ``Proxy-Authorization: Basic`` with a known token.
+        Refusal: 403 ``no-skill-credential`` when the policy has skills (or requires a grant)
+            and the request carried no single, valid ``Proxy-Authorization: Basic`` with a
+            token of the current grant.
 
     """
     policy = request.policy
-    if not policy.skills:
+    if not policy.skills and not policy.require_grant:
         return policy.allowed_domains
     if request.grant is None:
         raise Refusal(403, "no-skill-credential")

@@ -28,6 +28,7 @@ _reaper.py      the per-owner process that removes what its owner leaves when it
 _egress.py      the shared egress network, made once per engine under an engine-wide lock
 _subnets.py     small subnets for internal networks, from one configurable private range
 _gate.py        start slots: how many sandboxes start at the same time
+_warm.py        warm sandboxes: credentials granted to the proxy over its control channel
 ```
 """
 
@@ -67,10 +68,14 @@ if TYPE_CHECKING:
         open_sandbox,
         proxy_policy,
         runs_to_take_down,
+        seal_sandbox,
         skill_grants,
+        start_sandbox,
         take_down,
+        teardown,
     )
     from perstack_sandbox.engine._sweep import RunInfo
+    from perstack_sandbox.engine._warm import grant, open_control, send_control, send_grant
 
 __all__ = [
     "BACKEND_NAMES",
@@ -92,16 +97,23 @@ __all__ = [
     "diagnose",
     "ensure_expert_image",
     "ensure_expert_image_async",
+    "grant",
     "list_sandboxes",
+    "open_control",
     "open_sandbox",
     "owner_user",
     "proxy_policy",
     "require_isolation",
     "resolve_lock",
     "runs_to_take_down",
+    "seal_sandbox",
+    "send_control",
+    "send_grant",
     "skill_grants",
+    "start_sandbox",
     "start_slot",
     "take_down",
+    "teardown",
 ]
 
 # Where each public name lives. They load on first use: the reaper runs as a module of this
@@ -130,6 +142,7 @@ _LAZY: Final = {
     "require_isolation": "._gvisor",
     "RunInfo": "._sweep",
     "SKILL_UID_COUNT": "._containers",
+    **dict.fromkeys(("grant", "open_control", "send_control", "send_grant"), "._warm"),
     "SKILL_UID_FIRST": "._containers",
     **dict.fromkeys(
         (
@@ -142,8 +155,11 @@ _LAZY: Final = {
             "open_sandbox",
             "proxy_policy",
             "runs_to_take_down",
+            "seal_sandbox",
             "skill_grants",
+            "start_sandbox",
             "take_down",
+            "teardown",
         ),
         "._sandbox",
     ),

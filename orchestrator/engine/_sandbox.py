@@ -248,19 +248,68 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         EngineError: the engine refused an operation, or the proxy never became ready.
 
     """
+    status = "failed"
+    try:
+        sandbox = await start_sandbox(
+            plan,
+            image=image,
+            run=run,
+            workspace=workspace,
+            test_allow_cidrs=test_allow_cidrs,
+            isolation=isolation,
+            sealed=sealed,
+            test_network=test_network,
+        )
+        yield sandbox
+        status = "finished"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await teardown(run, status)
+
+
+async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
+    plan: SandboxPlan,
+    *,
+    image: str,
+    run: RunState,
+    workspace: Path | None = None,
+    test_allow_cidrs: tuple[str, ...] = (),
+    isolation: Isolation = DEFAULT_ISOLATION,
+    sealed: SealedSecrets | None = None,
+    test_network: TestNetwork | None = None,
+    warm: bool = False,
+) -> Sandbox:
+    """Start the sandbox of `plan` as `open_sandbox` does, without tearing it down.
+
+    The caller owns its teardown: `await teardown(run, status)` (shielded) whatever happens,
+    also when this raises. `warm`: its proxy starts with no credential at all and lets no one
+    through until a grant arrives over its control channel (`_warm.grant`); the skills'
+    credentials of the returned sandbox are empty.
+
+    Raises:
+        UsageError: the Expert's folder cannot be checked, or skills could not read it.
+        IsolationError: gVisor was asked for and is not installed or registered.
+        EngineError: the engine refused an operation, or the proxy never became ready.
+
+    """
     await anyio.to_thread.run_sync(require_isolation, isolation)
     # Checked again now (not only at `prepare`): the folder may have changed since.
     folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
-    credentials = {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
+    credentials = {} if warm else {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
     test_network = test_network or TestNetwork(allow_cidrs=test_allow_cidrs)
     policy = proxy_policy(plan, run.run_id, test_network.allow_cidrs, credentials)
     policy |= test_network.policy_keys()
+    if warm:
+        policy["requireGrant"] = True
     # The run's copy names each skill's list but holds no token.
     kept = {key: value for key, value in policy.items() if key != "skills"}
     kept["skillAllowedDomains"] = skill_grants(plan)
     write_private(run.policy_path, json.dumps(kept, indent=2) + "\n")
     run.update_meta(
-        image=image, status="starting", workspace=str(workspace or ""), hidden=folder.masks
+        image=image,
+        status="warming" if warm else "starting",
+        workspace=str(workspace or ""),
+        hidden=folder.masks,
     )
     spec = _containers.SandboxSpec(
         run_id=run.run_id,
@@ -276,32 +325,36 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         containers=len(plan.skills) if isolation == "gvisor" else 1,
         run=run,
     )
-    status = "failed"
-    try:
-        started = await _containers.start(spec, run)
-        bundle = CA_BUNDLE
-        if sealed is not None:
-            pem = await _seal.seal_proxy(started.proxy_id, sealed.message())
-            await _seal.install_ca(started.container_ids, pem)
-            bundle = _seal.SEALED_CA_BUNDLE
-        run.update_meta(status="running", container=started.container_id)
-        yield Sandbox(
-            run_id=run.run_id,
-            container_id=started.container_id,
-            proxy_ip=started.proxy_ip,
-            proxy_port=_containers.PROXY_PORT,
-            proxy_container_id=started.proxy_id,
-            proxy_host_ip=started.proxy_host_ip,
-            network_id=started.network_id,
-            credentials=credentials,
-            isolation=isolation,
-            container_ids=started.container_ids,
-            ca_bundle=bundle,
-        )
-        status = "finished"
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _teardown(run, status)
+    started = await _containers.start(spec, run)
+    bundle = CA_BUNDLE
+    if sealed is not None:
+        bundle = await seal_sandbox(started.proxy_id, started.container_ids, sealed)
+    run.update_meta(status="warm" if warm else "running", container=started.container_id)
+    return Sandbox(
+        run_id=run.run_id,
+        container_id=started.container_id,
+        proxy_ip=started.proxy_ip,
+        proxy_port=_containers.PROXY_PORT,
+        proxy_container_id=started.proxy_id,
+        proxy_host_ip=started.proxy_host_ip,
+        network_id=started.network_id,
+        credentials=credentials,
+        isolation=isolation,
+        container_ids=started.container_ids,
+        ca_bundle=bundle,
+    )
+
+
+async def seal_sandbox(proxy_id: str, container_ids: Sequence[str], sealed: SealedSecrets) -> str:
+    """Hand the proxy the real values, install the run's CA; return the bundle skills trust.
+
+    Raises:
+        EngineError: the proxy refused the seal or the CA could not be installed.
+
+    """
+    pem = await _seal.seal_proxy(proxy_id, sealed.message())
+    await _seal.install_ca(container_ids, pem)
+    return _seal.SEALED_CA_BUNDLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +389,8 @@ def proxy_policy(
 ) -> dict[str, object]:
     """Return the proxy's policy: the Expert's list, and each skill's token and own list.
 
-    `credentials` maps every skill of `skill_grants(plan)` to its token.
+    `credentials` maps every skill of `skill_grants(plan)` to its token (a warm sandbox's
+    proxy gets none: its tokens come later, in a grant).
     """
     return {
         "allowedDomains": list(plan.allowed_domains),
@@ -345,6 +399,7 @@ def proxy_policy(
         "skills": {
             credentials[name]: {"skill": name, "allowedDomains": domains}
             for name, domains in skill_grants(plan).items()
+            if name in credentials
         },
     }
 
@@ -364,7 +419,13 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", "-", name) or "skill"
 
 
-async def _teardown(run: RunState, status: str) -> None:
+async def teardown(run: RunState, status: str) -> None:
+    """Remove every object of `run`, close its journal and record `status` (call it shielded).
+
+    Raises:
+        EngineError: the removal failed or timed out (`gc` removes what is left).
+
+    """
     try:
         with anyio.fail_after(TEARDOWN_TIMEOUT_S):
             await anyio.to_thread.run_sync(_containers.remove_run, run.run_id)

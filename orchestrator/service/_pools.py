@@ -2,20 +2,9 @@
 
 `--pool EXPERT=N` (with `serve --config`) asks for N sandboxes of that Expert started with no
 secret in them; a run of the same config and Expert claims one and only then starts its skills
-(decision 31). The pool engine itself (`perstack_sandbox.pool.WarmPool`) is built on its own
-branch: `open_pools` and `run_options` below are the two points it connects at, and nothing
-else in the service knows whether pools exist. At the merge, the `raise` in `open_pools`
-becomes:
-
-```python
-from perstack_sandbox.pool import WarmPool
-
-pool = await stack.enter_async_context(
-    WarmPool(config_path, spec.expert, spec.size, isolation=isolation)
-)
-pools.held[(str(config_path.resolve()), spec.expert, isolation)] = pool
-metrics.pool_size.labels(spec.expert).set(spec.size)  # or the pool's own ready count
-```
+(decision 31). The pool engine is `perstack_sandbox.pool.WarmPool` (decisions 33 and 34);
+`open_pools` and `run_options` are the two points the service meets it at, and nothing else in
+the service knows whether pools exist.
 """
 
 from __future__ import annotations
@@ -26,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
+
 from perstack_sandbox.errors import UsageError
+from perstack_sandbox.pool import WarmPool
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.service._metrics import Metrics
@@ -61,7 +53,7 @@ class Pools:
     """The service's warm pools, by (config path, Expert, isolation)."""
 
     config_path: Path | None = None
-    held: dict[tuple[str, str, str], object] = field(default_factory=dict)
+    held: dict[tuple[str, str, str], WarmPool] = field(default_factory=dict)
 
     def run_options(
         self, config_path: str | None, expert: str, isolation: Isolation, *, wanted: bool
@@ -85,7 +77,8 @@ async def open_pools(
     """Start every pool of `specs` and yield them; tear them all down on exit.
 
     Raises:
-        UsageError: pools were asked for without `--config`, or this build has no pool engine.
+        UsageError: pools were asked for without `--config`, or a pool's Expert is unknown.
+        SandboxError: a pool's sandboxes could not be started (see `WarmPool`).
 
     """
     pools = Pools(config_path=config_path)
@@ -94,12 +87,18 @@ async def open_pools(
         return
     if config_path is None:
         raise UsageError("--pool needs --config: the perstack.toml whose Experts to keep warm")
+    config_key = str(await anyio.Path(config_path).resolve())
     async with contextlib.AsyncExitStack() as stack:
         for spec in specs:
-            # TODO(merge with the pool branch): the module docstring's lines replace this.
-            del stack, isolation
-            metrics.pool_size.labels(spec.expert).set(0)
-            raise UsageError(
-                f"--pool {spec.expert}={spec.size}: this build has no warm-pool engine yet"
+            pool = await stack.enter_async_context(
+                WarmPool(config_path, spec.expert, spec.size, isolation=isolation)
             )
+            pools.held[(config_key, spec.expert, isolation)] = pool
+            # Read at each scrape: the sandboxes waiting to be claimed right now.
+            metrics.pool_size.labels(spec.expert).set_function(_count_of(pool))
         yield pools
+
+
+def _count_of(pool: WarmPool) -> Callable[[], float]:
+    """Return what the pool-size gauge reads at each scrape: `pool`'s waiting sandboxes."""
+    return lambda: pool.available

@@ -337,7 +337,7 @@ def _run_of(
         accept_tool_changes=request.accept_tool_changes,
         backend=request.backend,
         audit=sink,
-        **extra,  # type: ignore[arg-type] # `pool=` once the pool branch is merged (_pools)
+        **extra,  # type: ignore[arg-type] # only `pool=` (see _pools.run_options)
     )
 
 

@@ -324,11 +324,11 @@ def test_the_control_client_sends_stdin_and_exits_by_the_reply(
             thread = threading.Thread(target=serve_once, args=(listener,))
             thread.start()
             monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"op": "x"}')))
-            codes.append(control.main(["--socket", path]))
+            codes.append(control.main([path]))
             thread.join(IO_TIMEOUT)
     assert codes == [0, 1]
     assert received == [b'{"op": "x"}'] * 2
-    assert control.main(["--socket", str(tmp_path / "none.sock")]) == 2
+    assert control.main([str(tmp_path / "none.sock")]) == 2
     assert '{"ok": true}' in capsys.readouterr().out
 
 
