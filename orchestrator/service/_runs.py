@@ -231,6 +231,10 @@ class Runs:
                     allowed_origins=self._settings.allowed_origins,
                 ) as app,
             ):
+                if run.run_id != managed.run_id:  # a pooled run takes its warm sandbox's id
+                    self._runs.pop(managed.run_id, None)
+                    managed.run_id = run.run_id
+                    self._runs[managed.run_id] = managed
                 tools = await run.list_tools()
                 managed.app, managed.tools = app, len(tools)
                 managed.skills = tuple(skill.name for skill in run.plan.skills)

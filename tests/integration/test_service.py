@@ -356,3 +356,47 @@ def test_a_non_loopback_address_is_refused_without_allow_remote() -> None:
     done = run_cli("serve", "--listen", "0.0.0.0:0")
     assert done.returncode == 2
     assert "--allow-remote" in done.stderr
+
+
+def _pool_size(metrics: str, expert: str) -> float | None:
+    """Return the pool-size gauge of `expert` in a /metrics page, if present."""
+    prefix = f'perstack_sandbox_pool_size{{expert="{expert}"}} '
+    line = next((line for line in metrics.splitlines() if line.startswith(prefix)), None)
+    return None if line is None else float(line.removeprefix(prefix))
+
+
+async def test_a_run_claims_a_warm_sandbox_of_the_services_pool_which_refills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve -c CONFIG --pool EXPERT=1`: a run claims the warm sandbox, the pool refills, drain."""
+    require_engine()
+    monkeypatch.setenv("PERSTACK_SANDBOX_STATE", str(tmp_path / "state"))
+    config, expert = calc_expert(tmp_path)
+    service = Service(tmp_path / "s.sock", "-c", str(config), "--pool", f"{expert}=1")
+    service.start()
+    try:
+
+        async def pool_size() -> float | None:
+            async with service.http() as http:
+                return _pool_size((await http.get("/metrics")).text, expert)
+
+        with anyio.fail_after(CREATE_TIMEOUT_S):
+            while await pool_size() != 1.0:
+                await anyio.sleep(0.2)
+            created = await service.create({"config_path": str(config), "expert": expert})
+            assert created.status_code == 201, created.text
+            run = created.json()
+            async with service.mcp(run["mcp"]["url"], run["mcp"]["token"]) as client:
+                echoed = await client.call_tool("echo", {"text": "from the pool"})
+            assert text_of(echoed) == "from the pool"
+            async with service.http() as http:
+                metrics = (await http.get("/metrics")).text
+                assert 'perstack_sandbox_run_start_seconds_count{pooled="yes"} 1.0' in metrics
+                shown = await http.get(f"/v1/runs/{run['id']}")
+                assert shown.json()["status"] == "running"
+            while await pool_size() != 1.0:  # the replacement is warm again
+                await anyio.sleep(0.2)
+    finally:
+        code = await anyio.to_thread.run_sync(service.stop)
+    assert code == 0, service.stderr_path.read_text()
+    assert labelled_containers(expert) == []  # the run and the pool's sandbox are gone

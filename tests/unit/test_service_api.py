@@ -12,6 +12,7 @@ from perstack_sandbox.errors import (
     ConfigError,
     ConfigIssue,
     EngineError,
+    InputError,
     MissingEnvError,
     UsageError,
 )
@@ -237,14 +238,16 @@ def test_proxy_decisions_are_counted_once_each_by_reason(tmp_path) -> None:
     assert (denied, allowed) == (2.0, 1.0)
 
 
-async def test_pools_need_a_config_and_say_when_the_engine_is_missing(tmp_path) -> None:
-    """--pool without -c is refused; with it, this build says it has no warm-pool engine."""
+async def test_pools_need_a_config_that_has_their_expert(tmp_path) -> None:
+    """--pool without -c is refused, and so is a pool of an Expert the config lacks."""
     specs = [parse_pool("demo=2")]
     with pytest.raises(UsageError, match="--pool needs --config"):
         async with open_pools(specs, config_path=None, isolation="runc", metrics=Metrics()):
             pass
-    with pytest.raises(UsageError, match="no warm-pool engine"):
-        async with open_pools(specs, config_path=tmp_path, isolation="runc", metrics=Metrics()):
+    config = tmp_path / "perstack.toml"
+    config.write_text('[experts."other"]\ninstruction = "x"\n')
+    with pytest.raises(InputError, match="demo"):
+        async with open_pools(specs, config_path=config, isolation="runc", metrics=Metrics()):
             pass
     async with open_pools([], config_path=None, isolation="runc", metrics=Metrics()) as pools:
         assert pools.held == {}
