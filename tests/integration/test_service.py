@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 LISTEN_DEADLINE_S = 60  # the start-up sweep lists the engine's objects first
 CREATE_TIMEOUT_S = 300  # the image is built beforehand; a start on 2 busy cores
+POLL_S = 0.2  # how often a test reads /metrics while it waits for the pool
 
 
 @pytest.fixture
@@ -376,13 +377,16 @@ async def test_a_run_claims_a_warm_sandbox_of_the_services_pool_which_refills(
     service.start()
     try:
 
-        async def pool_size() -> float | None:
-            async with service.http() as http:
-                return _pool_size((await http.get("/metrics")).text, expert)
+        async def until_one_is_warm() -> None:
+            for _ in range(int(CREATE_TIMEOUT_S / POLL_S)):
+                async with service.http() as http:
+                    if _pool_size((await http.get("/metrics")).text, expert) == 1.0:
+                        return
+                await anyio.sleep(POLL_S)
+            raise AssertionError(f"no warm sandbox of {expert} in {CREATE_TIMEOUT_S} s")
 
         with anyio.fail_after(CREATE_TIMEOUT_S):
-            while await pool_size() != 1.0:
-                await anyio.sleep(0.2)
+            await until_one_is_warm()
             created = await service.create({"config_path": str(config), "expert": expert})
             assert created.status_code == 201, created.text
             run = created.json()
@@ -394,8 +398,7 @@ async def test_a_run_claims_a_warm_sandbox_of_the_services_pool_which_refills(
                 assert 'perstack_sandbox_run_start_seconds_count{pooled="yes"} 1.0' in metrics
                 shown = await http.get(f"/v1/runs/{run['id']}")
                 assert shown.json()["status"] == "running"
-            while await pool_size() != 1.0:  # the replacement is warm again
-                await anyio.sleep(0.2)
+            await until_one_is_warm()  # the replacement
     finally:
         code = await anyio.to_thread.run_sync(service.stop)
     assert code == 0, service.stderr_path.read_text()
