@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import subprocess
 import tempfile
 from importlib import resources
@@ -377,7 +378,9 @@ def ensure_expert_image(
 
     with tempfile.TemporaryDirectory(prefix="perstack-expert-") as tmp:
         context = Path(tmp)
-        dockerfile = expert_dockerfile(base, plan.packages, locked=material is not None)
+        dockerfile = _recipe.expert_dockerfile(
+            base, plan.packages, locked=material is not None, build_id=secrets.token_hex(8)
+        )
         (context / "Dockerfile").write_text(dockerfile)
         if material is not None:
             _locked.write_lock_context(context, plan, material)

@@ -196,11 +196,16 @@ def resolve_dockerfile(base: str, packages: Sequence[PackageSpec], *, nonce: str
     return "\n".join(lines) + "\n"
 
 
-def expert_dockerfile(base: str, packages: Sequence[PackageSpec], *, locked: bool = False) -> str:
+def expert_dockerfile(
+    base: str, packages: Sequence[PackageSpec], *, locked: bool = False, build_id: str = ""
+) -> str:
     """Return the per-expert Dockerfile (see the module docstring).
 
     With `locked`, each package's lock files are copied from the context's `lock/<slug>/`
-    and installed exactly (`locked_install_step`) instead of resolved afresh.
+    and installed exactly (`locked_install_step`) instead of resolved afresh. `build_id`
+    (fresh per build) keeps the last step out of the engine's build cache: that step prints
+    the versions the builder reads, and a cached step prints nothing. The installs above it
+    still come from the cache.
 
     Raises:
         ImageBuildError: too many packages.
@@ -219,6 +224,7 @@ def expert_dockerfile(base: str, packages: Sequence[PackageSpec], *, locked: boo
     lines += [
         f"USER {BUILD_UID}:{BUILD_UID}",
         f"COPY --chown={BUILD_UID}:{BUILD_UID} finalize.py manifest.json {FINALIZE_DIR}/",
+        *([f"ARG PERSTACK_BUILD={build_id}"] if build_id else []),
         (
             f"RUN python3 -I {FINALIZE_DIR}/finalize.py {FINALIZE_DIR}/manifest.json"
             f" && rm -rf {FINALIZE_DIR}"

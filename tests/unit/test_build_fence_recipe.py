@@ -200,3 +200,12 @@ def test_a_failed_build_names_each_refused_host_once(tmp_path):
 def test_a_build_without_refusals_says_so(tmp_path):
     """An empty or missing audit gives 'refused nothing'."""
     assert "refused nothing" in _fence.describe_refusals(tmp_path / "missing.jsonl")
+
+
+def test_a_build_id_keeps_only_the_reporting_step_out_of_the_build_cache() -> None:
+    """The build id is an ARG right before the finalize step: installs above it stay cached."""
+    lines = _recipe.expert_dockerfile("b", (NPM, PYPI), build_id="f00d").splitlines()
+    finalize = next(i for i, line in enumerate(lines) if "finalize.py " in line and "RUN" in line)
+    assert lines[finalize - 1] == "ARG PERSTACK_BUILD=f00d"
+    assert sum("PERSTACK_BUILD" in line for line in lines) == 1
+    assert "PERSTACK_BUILD" not in _recipe.expert_dockerfile("b", (NPM, PYPI))
