@@ -144,10 +144,6 @@ async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-        # httptools' C parser, not h11 in Python: less CPU per request (decision 29).
-        http="httptools",
-        # Loopback only, no proxy in front: no X-Forwarded-* header is to be believed.
-        proxy_headers=False,
     )
     server = _SignalFreeServer(config)
     served = anyio.Event()
