@@ -8,6 +8,11 @@ Measured in one sandbox, against the same skill process (the everything server's
   both eras, each on one keep-alive connection.
 Overhead = path p50 - direct p50 (goal: <= 1 ms, for the HTTP path in both eras). Warm start =
 from `open_expert` (image cached) to the first tools/list answer (goal: <= 2.5 s).
+
+Also the client's floor: the same Python SDK client, the same way, against a trivial responder
+that answers every POST at once with a canned JSON body (`_http_floor`). No server can be
+faster than that, so `floor p50` is the least overhead any gateway could show on the HTTP
+rows with this client: the rest of an HTTP row's overhead is the server's share.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _http_floor import trivial_server  # noqa: E402 - bench/ is the script's own folder
 
 from perstack_sandbox import engine  # noqa: E402 - after the path tweak
 from perstack_sandbox.config import load_config  # noqa: E402
@@ -50,6 +57,7 @@ GOAL_OVERHEAD_MS = 1.0
 GOAL_WARM_START_S = 2.5
 ARGS = {"message": "bench"}
 DIRECT = "direct (stdio)"
+FLOOR = "client floor"
 ERAS = {"2025-11-25": "legacy", "2026-07-28": "auto"}  # the Python client's modes
 
 
@@ -100,7 +108,19 @@ async def call_paths() -> dict[str, list[float]]:
                 paths[f"gateway {era}"] = await timed(call, CALLS)
         for era, mode in ERAS.items():
             paths[f"HTTP {era}"] = await _over_http(gateway, mode)
+    for era, mode in ERAS.items():
+        paths[f"{FLOOR} {era}"] = await _client_floor(mode)
     return paths
+
+
+async def _client_floor(mode: str) -> list[float]:
+    """Per-call latencies of the Python SDK client against the trivial responder."""
+    async with (
+        trivial_server() as url,
+        httpx2.AsyncClient() as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+    ):
+        return await timed(functools.partial(client.call_tool, "echo", ARGS), CALLS)
 
 
 async def _over_http(gateway: Gateway, mode: str) -> list[float]:
@@ -130,15 +150,20 @@ async def _over_http(gateway: Gateway, mode: str) -> list[float]:
 def report(paths: dict[str, list[float]], starts: list[float]) -> None:
     """Print the table of latencies and ratios against the direct path."""
     base = statistics.median(paths[DIRECT])
-    print(f"{'path':<20} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10} {'p50 overhead ms':>16}")
+    print(f"{'path':<24} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10} {'p50 overhead ms':>16}")
     for name, samples in paths.items():
         p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-        print(f"{name:<20} {p50:>8.3f} {p99:>8.3f} {p50 / base:>9.2f}x {p50 - base:>16.3f}")
+        if name.startswith(FLOOR):  # no skill behind it: its whole p50 is client overhead
+            print(f"{name:<24} {p50:>8.3f} {p99:>8.3f} {'-':>10} {p50:>16.3f}")
+            continue
+        print(f"{name:<24} {p50:>8.3f} {p99:>8.3f} {p50 / base:>9.2f}x {p50 - base:>16.3f}")
     for era in ERAS:
         overhead = percentile(paths[f"HTTP {era}"], 0.5) - base
         verdict = "ok" if overhead <= GOAL_OVERHEAD_MS else "OVER GOAL"
         goal = f"(goal <= {GOAL_OVERHEAD_MS} ms)"
-        print(f"HTTP {era} p50 overhead {overhead:.3f} ms {goal}: {verdict}")
+        floor = percentile(paths[f"{FLOOR} {era}"], 0.5)
+        shares = f"client floor {floor:.3f} ms, server's share {overhead - floor:.3f} ms"
+        print(f"HTTP {era} p50 overhead {overhead:.3f} ms {goal}: {verdict} ({shares})")
     best = min(starts)
     verdict = "ok" if best <= GOAL_WARM_START_S else "OVER GOAL"
     runs = ", ".join(f"{s:.2f}" for s in starts)

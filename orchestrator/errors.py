@@ -10,7 +10,7 @@ SandboxError                     every error we raise on purpose
 │       └── EnvFileError         an env file has malformed lines (holds every one)
 │   └── LockError                perstack-sandbox.lock is unreadable, malformed or stale
 └── RunError                     the run failed: exit code 1
-    ├── RunInterruptedError      stopped by SIGINT or SIGTERM, torn down: exit code 130
+    ├── RunInterruptedError      stopped by SIGINT or SIGTERM, torn down: exit code 130 (`run`: 0)
     ├── EngineError              the Docker engine is missing, unreachable or refused a call
     │   ├── ImageBuildError      an image build failed (holds the failing step's output)
     │   └── IsolationError       the isolation asked for (gVisor) is not available here
@@ -89,7 +89,10 @@ class RunError(SandboxError):
 
 
 class RunInterruptedError(RunError):
-    """The run was stopped by SIGINT or SIGTERM and torn down; exit code 130."""
+    """The run was stopped by SIGINT or SIGTERM and torn down; exit code 130.
+
+    `run` (a server, whose normal end is a signal) does not raise it and exits 0.
+    """
 
 
 class EngineError(RunError):

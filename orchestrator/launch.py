@@ -2,7 +2,8 @@
 
 A command adds what a command line needs and a library must not do: secrets from env files and
 the host environment, build progress and the config's and run's warnings on stderr, and
-SIGINT/SIGTERM cancelling the run (its teardown still runs; exit 130). When the run's sandbox
+SIGINT/SIGTERM cancelling the run (its teardown still runs; exit 130, but 0 for `run`, a server
+whose normal end is a signal: architecture decision 29). When the run's sandbox
 goes while a command uses it (`down RUN`, a kill), the gateway has told its clients; the
 command is cancelled and fails with that reason (exit 1).
 
@@ -47,7 +48,7 @@ from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
     from pathlib import Path
 
     from perstack_sandbox.audit import Request, ToolCall
@@ -295,6 +296,9 @@ def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object])
 def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None = None) -> None:
     """Serve the gateway until the client disconnects (stdio) or the process is stopped.
 
+    SIGINT or SIGTERM is a clean stop: the run is torn down and recorded `stopped`, and this
+    returns normally (exit 0) instead of raising RunInterruptedError.
+
     With `http` (a PORT, served on 127.0.0.1) the port is bound before anything starts, and
     once it listens stderr gets `gateway: URL` and `bearer token: TOKEN`; with `token_file` the
     token goes to that file (mode 0600) instead. A token chosen in $PERSTACK_SANDBOX_TOKEN is
@@ -308,16 +312,34 @@ def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None =
     if http is None:
         if token_file is not None:
             raise UsageError("--token-file goes with --http (stdio needs no token)")
-        anyio.run(_with_expert, options, serve_stdio)
+        with _signal_is_a_clean_stop():
+            anyio.run(_with_expert, options, serve_stdio)
         return
     port = parse_listen(http)[1]
     if token_file is not None and not token_file.absolute().parent.is_dir():
         raise UsageError(f"--token-file {token_file}: its folder does not exist")
     sock = bind_loopback(port)  # a port in use fails here, before any image or container
     try:
-        anyio.run(_serve_http, options, sock, token_file)
+        with _signal_is_a_clean_stop():
+            anyio.run(_serve_http, options, sock, token_file)
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def _signal_is_a_clean_stop() -> Iterator[None]:
+    """End `run` normally (exit 0) when SIGINT/SIGTERM stopped it (decision 29).
+
+    A server runs until it is told to stop, so a signal is its normal end: the run is torn
+    down and recorded `stopped` by `open_expert`, and one line on stderr says so. One-shot
+    commands keep exit 130, as their job was cut short.
+    """
+    try:
+        yield
+    except RunInterruptedError as exc:
+        print(f"stopped: {exc}", file=sys.stderr, flush=True)  # noqa: T201
+    except KeyboardInterrupt:  # a signal before the run's own handling was in place
+        print("stopped by a signal", file=sys.stderr, flush=True)  # noqa: T201
 
 
 async def _serve_http(options: LaunchOptions, sock: socket.socket, token_file: Path | None) -> None:

@@ -37,7 +37,13 @@ EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
     (SandboxError, 1),
 )
 EXIT_CODE_TABLE: Final = (
-    (0, "success (a tool result with isError is still a completed call)"),
+    (
+        0,
+        (
+            "success (a tool result with isError is still a completed call); `run` stopped "
+            "by Ctrl-C (SIGINT) or SIGTERM, its normal end: torn down, recorded `stopped`"
+        ),
+    ),
     (
         1,
         (
@@ -52,7 +58,13 @@ EXIT_CODE_TABLE: Final = (
             "file; nothing was started"
         ),
     ),
-    (INTERRUPTED, "interrupted by Ctrl-C (SIGINT) or SIGTERM; what was started is torn down"),
+    (
+        INTERRUPTED,
+        (
+            "a one-shot command (build, tools, call, ...) interrupted by Ctrl-C (SIGINT) or "
+            "SIGTERM; what was started is torn down"
+        ),
+    ),
 )
 
 

@@ -1,4 +1,4 @@
-"""`run` and `run --http` stopped by SIGINT or SIGTERM: exit 130, no traceback, run `stopped`."""
+"""`run` and `run --http` stopped by SIGINT or SIGTERM: exit 0, no traceback, run `stopped`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from perstack_sandbox import state
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("state_home")]
 TOKEN = "stop-test-token-0123456789"  # noqa: S105 - a test-only token
 DEADLINE_S = 180
-INTERRUPTED = 130  # issue 12's exit-code table: a signal is 130 in every command
+STOPPED = 0  # a signal is `run`'s normal end (decision 29); one-shot commands keep 130
 INIT = {
     "jsonrpc": "2.0",
     "id": 0,
@@ -56,8 +56,9 @@ def _stopped(child: subprocess.Popen[str], signum: int) -> str:
     code = child.wait(timeout=DEADLINE_S)
     assert child.stderr is not None
     err = child.stderr.read()
-    assert code == INTERRUPTED, err
+    assert code == STOPPED, err
     assert "Traceback" not in err
+    assert "stopped: interrupted by a signal" in err
     return err
 
 
@@ -69,7 +70,7 @@ def _recorded_status() -> str:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_run_over_stdio_while_the_client_keeps_stdin_open(signum):
-    """`run` answers, then a signal ends it at once: exit 130, no traceback, status stopped."""
+    """`run` answers, then a signal ends it at once: exit 0, no traceback, status stopped."""
     with _run() as child:
         assert child.stdin is not None
         assert child.stdout is not None
@@ -83,7 +84,7 @@ def test_a_signal_stops_run_over_stdio_while_the_client_keeps_stdin_open(signum)
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_run_over_http(signum):
-    """`run --http` answers, then a signal ends it: exit 130, no traceback, status stopped."""
+    """`run --http` answers, then a signal ends it: exit 0, no traceback, status stopped."""
     with _run("--http", "127.0.0.1:0") as child:
         assert child.stderr is not None
         url = ""
