@@ -110,7 +110,7 @@ def test_an_empty_grant_refuses_everyone(controlled: tuple[ProxyHarness, str]) -
         (b"\xff\xfe", "not JSON"),
         ([1, 2], "must be a JSON object"),
         ({"skills": {}}, "unknown op None"),
-        ({"op": "reboot"}, "unknown op 'reboot' (known: grant)"),
+        ({"op": "reboot"}, "unknown op 'reboot' (known: grant, seal)"),
         ({"op": "grant"}, "grant: skills must be an object"),
         ({"op": "grant", "skills": {"s": {"allowedDomains": []}}}, "string 'token'"),
         ({"op": "grant", "skills": {"s": {"token": "", "allowedDomains": []}}}, "non-empty"),
