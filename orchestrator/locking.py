@@ -106,6 +106,9 @@ async def _list_all(options: LaunchOptions, expert: str) -> dict[str, list[JsonO
 
     run = cli_run(replace(options, expert=expert, accept_tool_changes=True))
     async with run:
+        # The most any client sees: a skill may offer more tools to a client that can answer
+        # its questions, and a run refuses only tools that are new or changed (`ToolPin`).
+        run.gateway.declare_every_capability()
         return {
             launch.name: pinned_tools(await run.gateway.skills[launch.name].listed_tools())
             for launch in run.plan.skills

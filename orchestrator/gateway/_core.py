@@ -22,7 +22,7 @@ from perstack_sandbox.gateway._catalog import (
     exposed_name,
     exposed_uri,
 )
-from perstack_sandbox.gateway._hosts import Hosts
+from perstack_sandbox.gateway._hosts import EVERY_FORWARDABLE, Hosts
 from perstack_sandbox.gateway._pending import PendingCalls
 from perstack_sandbox.gateway._results import input_needed, question_for, text_result
 
@@ -317,6 +317,14 @@ class Gateway:
     def declared_capabilities(self) -> types.ClientCapabilities:
         """Return what skills are told: the host clients' forwardable capabilities."""
         return self.hosts.declared_capabilities()
+
+    def declare_every_capability(self) -> None:
+        """Tell the skills every capability a host client could bring (before their next use).
+
+        A skill may list more tools to a client that can answer its questions (elicitation,
+        sampling); `lock` pins the tools listed so, the most any client will see.
+        """
+        self.hosts.declare(EVERY_FORWARDABLE)
 
     async def skill_request(self, skill: str, request: SkillRequest) -> SkillAnswer:
         """Forward a skill's request to a host client (see `Hosts.skill_request`)."""

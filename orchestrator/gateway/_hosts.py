@@ -61,6 +61,18 @@ _EVENTS: Final[dict[str, Callable[[], ServerEvent]]] = {
 }
 
 
+# Every capability a host client could bring that the gateway passes on to skills.
+EVERY_FORWARDABLE: Final = types.ClientCapabilities(
+    elicitation=types.ElicitationCapability(
+        form=types.FormElicitationCapability(), url=types.UrlElicitationCapability()
+    ),
+    sampling=types.SamplingCapability(
+        context=types.SamplingContextCapability(), tools=types.SamplingToolsCapability()
+    ),
+    roots=types.RootsCapability(list_changed=True),
+)
+
+
 def forwardable(capabilities: types.ClientCapabilities | None) -> types.ClientCapabilities:
     """Return the part of a host client's capabilities the gateway passes on to skills."""
     if capabilities is None:
@@ -227,6 +239,10 @@ class Hosts:
     def declared_capabilities(self) -> types.ClientCapabilities:
         """Return what skills are told (the host clients' forwardable capabilities)."""
         return self._declared
+
+    def declare(self, capabilities: types.ClientCapabilities) -> None:
+        """Tell the skills `capabilities` too, as if a host client had declared them."""
+        self._declared = merged(self._declared, forwardable(capabilities))
 
     @contextmanager
     def responding(self, skill: str, responder: Responder) -> Iterator[None]:

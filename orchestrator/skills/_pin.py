@@ -3,8 +3,11 @@
 A skill whose tool descriptions or schemas change can hand the model new instructions (MCP
 tool poisoning). With a lock, every listing of a skill's tools, at start and after each of its
 `tools/list_changed`, is compared with the pinned definitions (name, description, input and
-output schema). A difference refuses the skill with a readable diff, unless the run accepts
-changes (`--accept-tool-changes`); either way the decision goes to the run's audit.
+output schema). A new or changed tool refuses the skill with a readable diff, unless the run
+accepts changes (`--accept-tool-changes`); either way the decision goes to the run's audit. A
+locked tool the skill does not list is no refusal: skills hide tools a client cannot serve
+(one that needs elicitation, from a client without it), and `lock` lists with every
+capability declared, so the lock holds the most any client sees.
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ class ToolPin:
         """
         if self.refusal is not None:
             raise ToolsChangedError(self.refusal)
-        diff = tools_diff(skill, self.locked, pinned_tools(tools))
+        listed = pinned_tools(tools)
+        names = {tool["name"] for tool in listed}
+        # A skill may hide tools its client cannot serve (no elicitation, say): a locked tool
+        # that is not listed carries no new instruction, so only new and changed tools count.
+        diff = tools_diff(skill, [tool for tool in self.locked if tool["name"] in names], listed)
         if not diff:
             if not self._matched:
                 self._matched = True

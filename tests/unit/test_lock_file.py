@@ -297,6 +297,14 @@ def test_a_pin_refuses_a_changed_skill_with_the_diff_audits_it_and_keeps_refusin
     assert audit.warnings[0].startswith("tool-pin refused")
 
 
+def test_a_pin_refuses_a_new_tool_but_not_a_locked_one_the_skill_hides():
+    """A tool the lock lacks is refused; a locked tool missing from the listing is not."""
+    locked = pinned_tools([_tool("echo", "old"), _tool("ask", "needs elicitation")])
+    ToolPin(locked).check("s", [_tool("echo", "old")])  # hidden from a client without it
+    with pytest.raises(ToolsChangedError, match=r"(?s)/dev/null.*listed s/new"):
+        ToolPin(locked).check("s", [_tool("echo", "old"), _tool("new", "do this too")])
+
+
 def test_a_pin_that_accepts_changes_lets_them_through_and_audits_the_diff():
     """accept_changes: no error; the audit holds `tool-pin accepted` with the diff."""
     audit = Recorder()
