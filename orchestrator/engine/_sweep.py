@@ -25,7 +25,7 @@ from perstack_sandbox.docker_edge import (
     is_owner_alive,
 )
 from perstack_sandbox.engine import _workspace
-from perstack_sandbox.engine._egress import LOCK_ROLE, egress_network_name
+from perstack_sandbox.engine._egress import LOCK_ROLE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -189,8 +189,6 @@ def remove_labelled(
                 # Another teardown, `down`, `gc` or a reaper is removing it: it goes either way.
                 if not is_removal_in_progress(exc):
                     raise
-        if (container.get("Labels") or {}).get(LABEL_ROLE) == "proxy":
-            forget_egress_endpoint(container["Names"][0].lstrip("/"))
 
     with docker_errors("listing sandbox objects"):
         containers = [c for c in api.containers(all=True, filters=filters) if not is_kept(c)]
@@ -222,18 +220,6 @@ def remove_attached(network_id: str) -> list[str]:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(container["Id"], force=True, v=True)
     return [f"container {c['Names'][0].lstrip('/')}" for c in attached]
-
-
-def forget_egress_endpoint(name: str) -> None:
-    """Delete the egress network's endpoint named `name`, left behind by a removed proxy.
-
-    Docker 20.10 keeps a stale endpoint when a container is force-removed while it is being
-    connected or started; the network then refuses removal ("has active endpoints") with no
-    container attached. A forced disconnect by the container's name deletes that endpoint; when
-    there is none (the usual case) the engine answers an error, which is ignored.
-    """
-    with contextlib.suppress(docker.errors.APIError):
-        client().api.disconnect_container_from_network(name, egress_network_name(), force=True)
 
 
 def is_removal_in_progress(exc: docker.errors.APIError) -> bool:
