@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from ._ca import RunCA, upstream_context
 from .hosts import match_host
 
 if TYPE_CHECKING:
     import ssl
 
+    from ._ca import RunCA
     from ._policy import Policy, SkillGrant
 
 # A seal message far larger than this is a mistake: a few hundred variables fit well below.
@@ -102,6 +102,10 @@ def seal(state: SealState, policy: Policy, document: dict[str, object], test_ca:
         for domain in grant.allowed_domains
         if match_host(domain.removeprefix("*."), list(passthrough)) is None
     ]
+    # Loaded on the first seal only: a proxy that seals nothing never imports cryptography
+    # (10 MB of its idle memory).
+    from ._ca import RunCA, upstream_context  # noqa: PLC0415
+
     state.ca = RunCA(policy.sandbox_id, domains)
     state.upstream = upstream_context(test_ca)
     state.by_skill = by_skill
