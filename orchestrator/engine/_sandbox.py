@@ -435,9 +435,12 @@ async def teardown(run: RunState, status: str) -> None:
             f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox gc` removes "
             f"what is left (objects labelled {LABEL_RUN}={run.run_id})"
         ) from exc
+    # The status first: an owner killed between the two (an MCP client's SIGKILL after its
+    # SIGTERM) then leaves an open journal, which its reaper closes without touching the
+    # status; the other order left a closed journal and a run recorded as still running.
+    run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
     if run.journal_path.exists():
         run.close_journal(f"torn down by its owner ({status})")
-    run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 @asynccontextmanager
