@@ -7,6 +7,7 @@ stays connected (mid-run) until it is killed. It imports only what the venv hold
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -28,7 +29,14 @@ async def main(cli: str, config: str) -> None:
             names = sorted(tool.name for tool in (await client.list_tools()).tools)
             echoed = await client.call_tool("echo", {"message": "from the wheel"})
         text = "".join(getattr(block, "text", "") for block in echoed.content)
-        print(json.dumps({"tools": names, "echo": text}), flush=True)  # noqa: T201 - the report
+        package = importlib.util.find_spec("perstack_sandbox")
+        report = {
+            "tools": names,
+            "echo": text,
+            "package": package.origin if package is not None else None,
+            "checkout_importable": importlib.util.find_spec("orchestrator") is not None,
+        }
+        print(json.dumps(report), flush=True)  # noqa: T201 - the report
         await anyio.Event().wait()  # mid-run: the test kills this process here
 
 

@@ -59,6 +59,8 @@ def test_a_killed_sdk_client_of_the_wheels_run_leaves_none_of_its_objects(
         assert report is not None
         assert {"echo", "get_current_time"} <= set(report["tools"])  # type: ignore[arg-type]
         assert "from the wheel" in str(report["echo"])
+        assert str(report["package"]).startswith(str(installed.venv))
+        assert report["checkout_importable"] is False
         run_id = only_run(home)
         assert run_id is not None
         assert objects_of(run_id) != []  # mid-run: there is something to leave behind
