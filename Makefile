@@ -47,7 +47,7 @@ test: install engine images ## The whole suite: lint, unit, integration, securit
 	@bash images/assert-clean.sh
 
 .PHONY: wheel-check
-wheel-check: install engine ## Install the built wheel in a fresh venv next to proxy.py; run doctor and tools there
+wheel-check: install engine ## Install the built wheel in a fresh venv next to proxy.py; run doctor, tools and tests/wheel there
 	bash .ci/wheel-check.sh
 
 .PHONY: demo

@@ -8,7 +8,9 @@
 #   tags are hashes of them, so the wheel builds the very images a checkout builds);
 # - the reaper starts as a module of the installed package;
 # - `doctor --fix` builds whatever image is missing from the wheel's own recipes, then `doctor`
-#   and the example Expert's `tools` run.
+#   and the example Expert's `tools` run;
+# - tests/wheel, on this same venv and folder: `run` driven by the MCP SDK's stdio client and
+#   SIGKILLed mid-run leaves none of its objects; `serve` makes a run, serves a call, deletes it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dev_python="$root/.venv/bin/python"
@@ -42,4 +44,6 @@ echo "reaper: runs as a module of the installed package"
 
 "$venv/perstack-sandbox" doctor --fix
 "$venv/perstack-sandbox" tools demo -c "$work/examples/perstack.toml"
+PERSTACK_SANDBOX_WHEEL_IT=1 PERSTACK_SANDBOX_WHEEL_VENV="$work/venv" PERSTACK_SANDBOX_WHEEL_WORK="$work" \
+    "$dev_python" -m pytest "$root/tests/wheel" -q -p no:cacheprovider
 echo "wheel check: ok"

@@ -1,15 +1,19 @@
-"""Run-trail retention: which finished runs' folders to delete, by age and by count.
+"""Trail retention: which finished runs' and builds' folders to delete, by age and by count.
 
 Every run leaves its folder in the state directory (meta.json, audit.jsonl, tools.jsonl...),
-and nothing removed them: an afternoon of benchmarks left hundreds. `serve` prunes them
-periodically and `gc` prunes them once, under one policy (docs/architecture.md, decision 32):
+and every fenced image build its record under `builds/` (meta.json, policy.json, audit.jsonl,
+proxy.log, journal.jsonl), and nothing removed them: an afternoon of benchmarks left hundreds.
+`serve` prunes them periodically and `gc` prunes them once, under one policy
+(docs/architecture.md, decisions 32 and 56), applied to runs and to builds separately:
 
 - a run whose journal is still open (live, or crashed and not yet closed by `gc`) is never
   pruned, whatever its age: its trail is the only record of what it may have left;
 - of the finished ones, the newest `max_count` are kept, and of those only the ones younger
   than `max_age_s`.
 
-`select_expired` is the pure policy; `prune_runs` applies it to the state directory.
+`select_expired` is the pure policy; `prune_trails` applies it to the state directory. The
+count is per kind, so that a burst of image builds never pushes a run's trail out, nor the
+other way round.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from perstack_sandbox import state
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0  # a week of trails to audit after the fact
 DEFAULT_MAX_COUNT: Final = 500  # about what a busy day of runs leaves
@@ -67,42 +72,48 @@ def select_expired(trails: Sequence[Trail], policy: Retention, now: datetime) ->
 
 
 def _started(run: state.RunState) -> datetime:
-    """When the run began: its id starts with its UTC start time (`state.new_run_id`)."""
+    """When the run or build began: its id starts with its UTC start time (`state.new_run_id`).
+
+    A build's id is the same stamp behind `state.BUILD_PREFIX` (`engine._fence.new_build_id`).
+    """
+    stamp = run.run_id.removeprefix(state.BUILD_PREFIX)[:15]
     try:
-        return datetime.strptime(run.run_id[:15], "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
+        return datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         with contextlib.suppress(OSError):
             return datetime.fromtimestamp(run.path.stat().st_mtime, tz=UTC)
         return datetime.now(UTC)  # unreadable: treated as new, so never pruned by age
 
 
-def current_trails() -> list[Trail]:
-    """Return every run folder of the state directory as the policy sees it."""
+def current_trails(root: Path) -> list[Trail]:
+    """Return every folder of `root` (the runs' or the builds' folder) as the policy sees it."""
+    if not root.is_dir():
+        return []
     trails = []
-    for run in state.list_runs():
-        is_open = run.journal_path.is_file() and run.is_journal_open()
-        trails.append(Trail(run.run_id, _started(run), is_open=is_open))
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        folder = state.RunState(run_id=path.name, path=path)
+        is_open = folder.journal_path.is_file() and folder.is_journal_open()
+        trails.append(Trail(folder.run_id, _started(folder), is_open=is_open))
     return trails
 
 
-def prune_runs(policy: Retention, *, now: datetime | None = None) -> list[str]:
-    """Delete the run folders `policy` drops; return their ids.
+def prune_trails(policy: Retention, *, now: datetime | None = None) -> list[str]:
+    """Delete the run and build folders `policy` drops, each kind apart; return their ids.
 
-    A folder that cannot be removed is skipped (the next prune tries again).
+    Build ids start with `state.BUILD_PREFIX`. A folder that cannot be removed is skipped (the
+    next prune tries again).
 
     Raises:
         ValueError: a limit is negative.
 
     """
-    expired = select_expired(current_trails(), policy, now or datetime.now(UTC))
+    moment = now or datetime.now(UTC)
     removed = []
-    for run_id in expired:
-        run = state.open_run(run_id)
-        if run is None:
-            continue
-        try:
-            shutil.rmtree(run.path)
-        except OSError:
-            continue
-        removed.append(run_id)
+    for root in (state.runs_dir(), state.builds_dir()):
+        for trail_id in select_expired(current_trails(root), policy, moment):
+            try:
+                shutil.rmtree(root / trail_id)
+            except OSError:
+                continue
+            removed.append(trail_id)
     return removed

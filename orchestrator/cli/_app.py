@@ -191,11 +191,15 @@ ServerOption = Annotated[
 ]
 KeepDaysOption = Annotated[
     float,
-    typer.Option("--keep-days", metavar="DAYS", help="Prune finished run trails older than this."),
+    typer.Option(
+        "--keep-days", metavar="DAYS", help="Prune finished run and build trails older than this."
+    ),
 ]
 KeepRunsOption = Annotated[
     int,
-    typer.Option("--keep-runs", metavar="N", help="Keep at most N finished run trails."),
+    typer.Option(
+        "--keep-runs", metavar="N", help="Keep at most N finished run trails, and N build trails."
+    ),
 ]
 DEFAULT_KEEP_DAYS = 7.0
 DEFAULT_KEEP_RUNS = 500

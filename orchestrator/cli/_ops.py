@@ -162,9 +162,9 @@ def gc(
     for line in removed:
         typer.echo(f"removed {line}", err=True)
     typer.echo(f"gc: removed {len(removed)} object(s)", err=True)
-    pruned = retention.prune_runs(retention_of(keep_days, keep_runs))  # type: ignore[arg-type]
+    pruned = retention.prune_trails(retention_of(keep_days, keep_runs))  # type: ignore[arg-type]
     if pruned:
-        typer.echo(f"gc: pruned {len(pruned)} run trail(s)", err=True)
+        typer.echo(f"gc: pruned {len(pruned)} run and build trail(s)", err=True)
 
 
 FixFlag = Annotated[

@@ -6,7 +6,8 @@ what a checkout builds. The per-expert build itself is fenced by the engine and 
 (`ensure_expert_image(plan, build=...)`): images never start containers.
 
 ```
-_cache.py       tags (hashes of every input), ensure_* (reuse or build), labels, stale images
+_cache.py       recipes, the shared images' tags (hashes of every input) and builder, stale images
+_expert.py      the per-expert image: its tag, its fenced build, the versions it recorded
 _build.py       a build with streamed progress; host-side inputs (npm pack, pip download)
 _recipe.py      the per-expert Dockerfile: one non-root uid per package install
 _locked.py      locked builds: resolving a lock in the fence, installing exactly the locked tree
@@ -22,28 +23,30 @@ from perstack_sandbox.images._build import build_image, no_progress, stderr_prog
 from perstack_sandbox.images._cache import (
     BASE_REPO,
     DEBIAN_IMAGE,
-    EXPERT_REPO,
     HOST_CA_BUNDLE,
     HOST_CA_ENV,
     PROXY_REPO,
     WORKSPACE_REPO,
-    ExpertBuild,
     base_image_name,
     copy_recipe,
     ensure_base_image,
     ensure_debian,
-    ensure_expert_image,
     ensure_proxy_image,
     ensure_workspace_image,
-    expert_dockerfile,
-    expert_image_name,
     image_id,
     is_host_ca_enabled,
     proxy_image_name,
     recipe,
-    resolved_packages,
     superseded_images,
     workspace_image_name,
+)
+from perstack_sandbox.images._expert import (
+    EXPERT_REPO,
+    ExpertBuild,
+    ensure_expert_image,
+    expert_dockerfile,
+    expert_image_name,
+    resolved_packages,
 )
 from perstack_sandbox.images._locked import resolve_packages, tree_digests
 from perstack_sandbox.images._recipe import PROXY_ARGS

@@ -106,6 +106,17 @@ def label_image(image_id: str, *, tag: str, labels: Mapping[str, str]) -> str:
         return _follow(events, tag, lambda _line: None)
 
 
+def image_label(name: str, label: str) -> str | None:
+    """Return one label of a local image (None when it has no such label).
+
+    Raises:
+        EngineError: the image is missing or the engine could not be reached.
+
+    """
+    with docker_errors(f"inspecting image {name}"):
+        return client().images.get(name).labels.get(label)
+
+
 def remove_image(image: str) -> None:
     """Remove an image this process built (a resolution's throw-away result); absent is fine.
 

@@ -11,50 +11,38 @@ debian:trixie-slim            stock name; bootstrapped with debootstrap when it 
 A tag is the hash of everything that goes into its image (recipe files, parent image id,
 package specs, the trusted CA bundle), so an image that exists is reused without a build.
 Registry hosts come from the host's npm and pip settings at build time, never from this code.
-
-The per-expert build runs untrusted code (npm install scripts, sdist builds), so it is fenced
-like a sandbox (the engine's `build_expert`, passed in as `build`): its RUN steps sit on an
-internal network with no host address, whose only way out is a proxy allowing just the
-registry hosts derived for this build (`_registries`), with its decisions in
-`builds/<build-id>/audit.jsonl`; and each package is installed by a non-root uid of its own
-that owns only that package's folders (`_recipe`).
-Install scripts and sdist builds stay enabled: they are the same author's code the skill runs
-anyway, now with no more reach at build time than at run time, and native addons need them.
+This module holds the recipes and the three shared images (base, proxy, workspace), which one
+builder makes from their recipe files; the per-expert image is `_expert`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
-import secrets
 import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 import docker.errors
 
 from perstack_sandbox.docker_edge import (
     LABEL_BASE,
     LABEL_KIND,
-    LABEL_PACKAGES,
     LABEL_RECIPE,
     client,
     docker_errors,
 )
-from perstack_sandbox.errors import EngineError, ImageBuildError
-from perstack_sandbox.images import _build, _locked, _recipe
+from perstack_sandbox.errors import EngineError
+from perstack_sandbox.images import _build
 from perstack_sandbox.images._build import no_progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from importlib.resources.abc import Traversable
 
-    from perstack_sandbox.lock import ExpertLock, JsonObject
-    from perstack_sandbox.plan import PackageSpec, SandboxPlan
 
 RECIPES: Final = "recipes"  # package data: the repository's images/ folder (a link there)
 _PACKAGE: Final = __name__.rpartition(".")[0]  # the package that holds RECIPES
@@ -63,15 +51,11 @@ DEBIAN_IMAGE: Final = "debian:trixie-slim"
 BASE_REPO: Final = "perstack-sandbox/base"
 PROXY_REPO: Final = "perstack-sandbox/proxy"
 WORKSPACE_REPO: Final = "perstack-sandbox/workspace"
-WORKSPACE_FILES: Final = ("workspace.Dockerfile", "perstack-workspace.py", "fuse-handover.py")
-EXPERT_REPO: Final = "perstack-sandbox/expert"
 NODE_MAJOR: Final = "24"  # the first LTS line with NODE_USE_ENV_PROXY (24.5+)
 NPM_MAJOR: Final = "11"
 HOST_CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_ENV: Final = "PERSTACK_SANDBOX_HOST_CA"
 BOOTSTRAP_TIMEOUT_S: Final = 1800  # debootstrap over a slow mirror
-PACKAGES_MARKER: Final = "PERSTACK_PACKAGES="
-LABEL_LOCKED: Final = "perstack-sandbox.locked"  # "1" when built from perstack-sandbox.lock
 Progress = "Callable[[str], None]"
 
 
@@ -108,7 +92,8 @@ def _proxy_sources() -> list[tuple[str, bytes]]:
     return sorted(found)
 
 
-def _digest(*parts: bytes | str) -> str:
+def tag_digest(*parts: bytes | str) -> str:
+    """Return the hash a tag carries: of every part, each length-prefixed (no ambiguous joins)."""
     hasher = hashlib.sha256()
     for part in parts:
         data = part.encode() if isinstance(part, str) else part
@@ -128,14 +113,15 @@ def _node_package() -> str:
     return f"node-linux-{arch.get(platform.machine().lower(), 'x64')}@{NODE_MAJOR}"
 
 
-# Copied into the base build's context (and hashed into its tag), besides the Dockerfile.
-BASE_FILES: Final = ("perstack-launch.sh", "seccomp.json", "seccomp-exec.py")
+# The recipe files each shared image's context holds (and its tag hashes), the Dockerfile first.
+BASE_FILES: Final = ("sandbox.Dockerfile", "perstack-launch.sh", "seccomp.json", "seccomp-exec.py")
+PROXY_FILES: Final = ("proxy.Dockerfile", "proxy-entry.sh")
+WORKSPACE_FILES: Final = ("workspace.Dockerfile", "perstack-workspace.py", "fuse-handover.py")
 
 
 def base_image_name(*, host_ca: bool | None = None) -> str:
     """Return the tag of the sandbox base image for the current recipe and CA choice."""
-    digest = _digest(
-        recipe("sandbox.Dockerfile"),
+    digest = tag_digest(
         *(recipe(file) for file in BASE_FILES),
         _node_package(),
         f"npm@{NPM_MAJOR}",
@@ -147,13 +133,12 @@ def base_image_name(*, host_ca: bool | None = None) -> str:
 def proxy_image_name() -> str:
     """Return the tag of the proxy image for the current proxy sources and recipe."""
     parts: list[bytes | str] = [
-        recipe("proxy.Dockerfile"),
-        recipe("proxy-entry.sh"),
+        *(recipe(file) for file in PROXY_FILES),
         _host_ca_bytes(host_ca=None),
     ]
     for relative, source in _proxy_sources():
         parts += [relative, source]
-    return f"{PROXY_REPO}:{_digest(*parts)}"
+    return f"{PROXY_REPO}:{tag_digest(*parts)}"
 
 
 def image_id(name: str) -> str | None:
@@ -201,6 +186,42 @@ def ensure_debian(progress: Callable[[str], None] = no_progress) -> None:
         raise EngineError(f"bootstrapping {DEBIAN_IMAGE} failed:\n{tail}")
 
 
+def _ensure_built(
+    name: str,
+    kind: str,
+    files: Sequence[str],
+    progress: Callable[[str], None],
+    fill: Callable[[Path], None] = lambda _context: None,
+) -> str:
+    """Return `name`, building it first when it is missing; the one builder of shared images.
+
+    The context holds the recipe `files` (the Dockerfile first), then whatever `fill` adds;
+    the image is labelled with its `kind` and its tag's hash.
+
+    Raises:
+        ImageBuildError: the build failed.
+        EngineError: the engine, npm or pip failed.
+
+    """
+    if image_id(name) is not None:
+        return name
+    ensure_debian(progress)
+    progress(f"building {name}")
+    with tempfile.TemporaryDirectory(prefix=f"perstack-{kind}-") as tmp:
+        context = Path(tmp)
+        for file in files:
+            copy_recipe(file, context / file)
+        fill(context)
+        _build.build_image(
+            context,
+            dockerfile=files[0],
+            tag=name,
+            labels={LABEL_KIND: kind, LABEL_RECIPE: name.rsplit(":", 1)[1]},
+            progress=progress,
+        )
+    return name
+
+
 def ensure_base_image(
     *, host_ca: bool | None = None, progress: Callable[[str], None] = no_progress
 ) -> str:
@@ -211,28 +232,15 @@ def ensure_base_image(
         EngineError: the engine, npm or pip failed.
 
     """
-    name = base_image_name(host_ca=host_ca)
-    if image_id(name) is not None:
-        return name
-    ensure_debian(progress)
-    progress(f"building {name}")
-    with tempfile.TemporaryDirectory(prefix="perstack-base-") as tmp:
-        context = Path(tmp)
-        for file in ("sandbox.Dockerfile", *BASE_FILES):
-            copy_recipe(file, context / file)
+
+    def fill(context: Path) -> None:
         (context / "host-ca.crt").write_bytes(_host_ca_bytes(host_ca=host_ca))
         node, npm = _build.npm_pack([_node_package(), f"npm@{NPM_MAJOR}"], context)
         node.rename(context / "node.tgz")
         npm.rename(context / "npm.tgz")
         _build.pip_download_wheel("uv", context).rename(context / "uv.whl")
-        _build.build_image(
-            context,
-            dockerfile="sandbox.Dockerfile",
-            tag=name,
-            labels={LABEL_KIND: "base", LABEL_RECIPE: name.rsplit(":", 1)[1]},
-            progress=progress,
-        )
-    return name
+
+    return _ensure_built(base_image_name(host_ca=host_ca), "base", BASE_FILES, progress, fill)
 
 
 def ensure_proxy_image(*, progress: Callable[[str], None] = no_progress) -> str:
@@ -243,33 +251,20 @@ def ensure_proxy_image(*, progress: Callable[[str], None] = no_progress) -> str:
         EngineError: the engine could not be reached.
 
     """
-    name = proxy_image_name()
-    if image_id(name) is not None:
-        return name
-    ensure_debian(progress)
-    progress(f"building {name}")
-    with tempfile.TemporaryDirectory(prefix="perstack-proxy-") as tmp:
-        context = Path(tmp)
-        for file in ("proxy.Dockerfile", "proxy-entry.sh"):
-            copy_recipe(file, context / file)
+
+    def fill(context: Path) -> None:
         (context / "host-ca.crt").write_bytes(_host_ca_bytes(host_ca=None))
         for relative, source in _proxy_sources():
             target = context / "proxy" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source)
-        _build.build_image(
-            context,
-            dockerfile="proxy.Dockerfile",
-            tag=name,
-            labels={LABEL_KIND: "proxy", LABEL_RECIPE: name.rsplit(":", 1)[1]},
-            progress=progress,
-        )
-    return name
+
+    return _ensure_built(proxy_image_name(), "proxy", PROXY_FILES, progress, fill)
 
 
 def workspace_image_name() -> str:
     """Return the tag of the workspace-layer image for the current recipe."""
-    return f"{WORKSPACE_REPO}:{_digest(*(recipe(file) for file in WORKSPACE_FILES))}"
+    return f"{WORKSPACE_REPO}:{tag_digest(*(recipe(file) for file in WORKSPACE_FILES))}"
 
 
 def ensure_workspace_image(*, progress: Callable[[str], None] = no_progress) -> str:
@@ -280,143 +275,7 @@ def ensure_workspace_image(*, progress: Callable[[str], None] = no_progress) -> 
         EngineError: the engine could not be reached.
 
     """
-    name = workspace_image_name()
-    if image_id(name) is not None:
-        return name
-    ensure_debian(progress)
-    progress(f"building {name}")
-    with tempfile.TemporaryDirectory(prefix="perstack-workspace-") as tmp:
-        context = Path(tmp)
-        for file in WORKSPACE_FILES:
-            copy_recipe(file, context / file)
-        _build.build_image(
-            context,
-            dockerfile="workspace.Dockerfile",
-            tag=name,
-            labels={LABEL_KIND: "workspace", LABEL_RECIPE: name.rsplit(":", 1)[1]},
-            progress=progress,
-        )
-    return name
-
-
-def expert_dockerfile(base: str, packages: Sequence[PackageSpec], *, locked: bool = False) -> str:
-    """Return the per-expert Dockerfile (see `_recipe`): one uid per package install.
-
-    Raises:
-        ImageBuildError: too many packages.
-
-    """
-    return _recipe.expert_dockerfile(base, packages, locked=locked)
-
-
-def expert_image_name(
-    plan: SandboxPlan, base_id: str, material: Sequence[JsonObject] | None = None
-) -> str:
-    """Return the per-expert tag: a hash of the base image id, package specs and recipe.
-
-    With a lock, its packages' `material` (every hash of every tree) is hashed in too, so a
-    changed lock never reuses an image built from another.
-    """
-    packages = [p.model_dump(mode="json") for p in plan.packages]
-    parts: list[str | bytes] = [
-        base_id,
-        json.dumps(packages, sort_keys=True),
-        expert_dockerfile("BASE", plan.packages, locked=material is not None),
-        recipe("expert-finalize.py"),
-    ]
-    if material is not None:
-        parts.append(json.dumps(list(material), sort_keys=True))
-    return f"{EXPERT_REPO}:{_digest(*parts)}"
-
-
-ExpertBuild: TypeAlias = "Callable[[Path, str, SandboxPlan, Callable[[str], None]], str]"
-"""Builds a prepared per-expert context (folder, tag, plan, progress) and returns the image id.
-
-The engine's fenced build (`engine.build_expert`) is the one a run uses: package installs run
-untrusted code, so they run in a sandbox-like fence, which is the engine's to make.
-"""
-
-
-def ensure_expert_image(
-    plan: SandboxPlan,
-    *,
-    build: ExpertBuild,
-    host_ca: bool | None = None,
-    progress: Callable[[str], None] = no_progress,
-    lock: ExpertLock | None = None,
-) -> str:
-    """Return the per-expert image's tag; when missing, `build` it (the base image too).
-
-    `build` returns the image untagged; it is tagged only together with its labels, so a
-    stopped build leaves no tag behind.
-
-    Raises:
-        ImageBuildError: a build step failed (the error holds its output).
-        EngineError: the engine, npm or pip failed.
-
-    """
-    base = ensure_base_image(host_ca=host_ca, progress=progress)
-    base_id = image_id(base)
-    if base_id is None:  # pragma: no cover - removed between the two calls
-        raise EngineError(f"{base} vanished during the build")
-    material = _locked.locked_material(plan, lock) if lock is not None else None
-    if lock is not None and lock.base_image not in {"", base_id}:
-        # The trees are pinned by hash whatever the base; a native addon built at install
-        # time may still differ, so the reviewer's base is named next to this one.
-        progress(
-            f"note: the lock was resolved against base {lock.base_image[:19]}, not {base_id[:19]}"
-        )
-    name = expert_image_name(plan, base_id, material)
-    if image_id(name) is not None:
-        return name
-    progress(f"building {name} for expert {plan.expert} ({len(plan.packages)} packages)")
-    lines: list[str] = []
-
-    def collect(line: str) -> None:
-        lines.append(line)
-        progress(line)
-
-    with tempfile.TemporaryDirectory(prefix="perstack-expert-") as tmp:
-        context = Path(tmp)
-        dockerfile = _recipe.expert_dockerfile(
-            base, plan.packages, locked=material is not None, build_id=secrets.token_hex(8)
-        )
-        (context / "Dockerfile").write_text(dockerfile)
-        if material is not None:
-            _locked.write_lock_context(context, plan, material)
-        copy_recipe("expert-finalize.py", context / "finalize.py")
-        manifest = [p.model_dump(mode="json") for p in plan.packages]
-        (context / "manifest.json").write_text(json.dumps(manifest))
-        built = build(context, name, plan, collect)
-    resolved = _build.last_marker(lines, PACKAGES_MARKER)
-    if resolved is None:
-        raise ImageBuildError(f"building {name}: the package versions were not reported")
-    _build.label_image(
-        built,
-        tag=name,
-        labels={
-            LABEL_KIND: "expert",
-            LABEL_RECIPE: name.rsplit(":", 1)[1],
-            LABEL_PACKAGES: resolved,
-            LABEL_BASE: base,
-            _locked.LABEL_TREES: _build.last_marker(lines, _locked.TREES_MARKER) or "{}",
-            LABEL_LOCKED: "1" if material is not None else "0",
-        },
-    )
-    return name
-
-
-def resolved_packages(name: str) -> list[dict[str, str]]:
-    """Return the package versions recorded in an expert image's label.
-
-    Raises:
-        EngineError: the image is missing or the engine could not be reached.
-
-    """
-    with docker_errors(f"inspecting image {name}"):
-        labels = client().images.get(name).labels
-    loaded = json.loads(labels.get(LABEL_PACKAGES, "[]"))
-    return loaded if isinstance(loaded, list) else []
+    return _ensure_built(workspace_image_name(), "workspace", WORKSPACE_FILES, progress)
 
 
 def superseded_images() -> list[str]:

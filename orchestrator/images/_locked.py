@@ -22,7 +22,6 @@ import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 from perstack_sandbox import lock
-from perstack_sandbox.docker_edge import client, docker_errors
 from perstack_sandbox.errors import ImageBuildError, LockError
 from perstack_sandbox.images import _build, _recipe
 
@@ -176,7 +175,5 @@ def tree_digests(name: str) -> dict[str, str]:
         EngineError: the image is missing or the engine could not be reached.
 
     """
-    with docker_errors(f"inspecting image {name}"):
-        labels = client().images.get(name).labels
-    loaded = json.loads(labels.get(LABEL_TREES, "{}"))
+    loaded = json.loads(_build.image_label(name, LABEL_TREES) or "{}")
     return loaded if isinstance(loaded, dict) else {}

@@ -8,18 +8,37 @@ is answered 400 with the very lines the CLI prints for the same mistake (`text.e
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from perstack_sandbox.config import McpStdioSkill
 from perstack_sandbox.engine import DEFAULT_BACKEND, BackendName
-from perstack_sandbox.errors import InputError, IsolationError, SandboxError, UsageError
+from perstack_sandbox.errors import (
+    ConfigError,
+    ConfigIssue,
+    InputError,
+    IsolationError,
+    SandboxError,
+    UsageError,
+)
 from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation
 from perstack_sandbox.plan import Limits  # noqa: TC001 - pydantic needs it at run time
 from perstack_sandbox.text import error_lines
 
 if TYPE_CHECKING:
     from typing import Self
+
+    from perstack_sandbox.config import PerstackConfig
 
 API_VERSION: Final = "v1"
 MAX_BODY_BYTES: Final = 1 << 20  # a perstack.toml and its secrets; more is a mistake or abuse
@@ -40,7 +59,9 @@ class CreateRun(BaseModel):
         description="Secret values by variable name; each skill gets its requiredEnv names. "
         "Never logged, never written to disk.",
     )
-    workspace: str | None = Field(default=None, description="A folder mounted at /workspace.")
+    workspace: str | None = Field(
+        default=None, description="An absolute folder of the service's host, at /workspace."
+    )
     isolation: Isolation = DEFAULT_ISOLATION
     limits: Limits | None = None
     prefix_tools: bool = False
@@ -58,6 +79,14 @@ class CreateRun(BaseModel):
     pool: bool = Field(
         default=True, description="Claim a warm sandbox when the service keeps a pool of it."
     )
+
+    @field_validator("workspace")
+    @classmethod
+    def _absolute_workspace(cls, value: str | None) -> str | None:
+        # The service's cwd is nothing the client knows: a relative folder would be a guess.
+        if value is not None and not PurePosixPath(value).is_absolute():
+            raise ValueError("must be an absolute path (the service has its own cwd)")
+        return value
 
     @model_validator(mode="after")
     def _one_config(self) -> Self:
@@ -97,6 +126,41 @@ def _problem(error: Any) -> str:  # noqa: ANN401 - pydantic's ErrorDetails Typed
     where = ".".join(str(part) for part in error.get("loc", ()))
     message = str(error.get("msg", "invalid"))
     return f"{where}: {message}" if where else message
+
+
+def check_text_config(config: PerstackConfig, expert: str) -> None:
+    """Refuse what a config sent as text names relative to a folder it does not come with.
+
+    Text has no folder: its Expert's folder (/expert) is an empty scratch folder, and the
+    service reads no env file (secrets come in `env`). So `envPath` cannot name anything, and a
+    local command skill of `expert` (not npx/uvx) would run from an empty folder. Package and
+    remote skills need no folder. An unknown `expert` is left to the plan, which names it.
+
+    Raises:
+        ConfigError: every such field, by its TOML path, with what to send instead.
+
+    """
+    issues = []
+    if config.env_path:
+        issues.append(
+            ConfigIssue(
+                "envPath",
+                "a config sent as text has no folder for env files; send the "
+                "values in `env`, or send `config_path`",
+            )
+        )
+    chosen = config.experts.get(expert)
+    for name, skill in chosen.skills.items() if chosen is not None else ():
+        if isinstance(skill, McpStdioSkill) and not skill.is_package:
+            issues.append(
+                ConfigIssue(
+                    f'experts."{expert}".skills."{name}".command',
+                    f"the local command {skill.command!r} runs from the Expert's folder, which a "
+                    "config sent as text does not have; send `config_path`",
+                )
+            )
+    if issues:
+        raise ConfigError(issues)
 
 
 def status_for(error: SandboxError) -> int:

@@ -75,7 +75,7 @@ def _body(options: LaunchOptions) -> dict[str, Any]:
         "backend": options.backend,
     }
     if options.workspace is not None:
-        body["workspace"] = str(options.workspace)
+        body["workspace"] = str(options.workspace.resolve())  # the service has its own cwd
     return body
 
 

@@ -28,6 +28,7 @@ from perstack_sandbox.config import parse_config
 from perstack_sandbox.errors import RunError, UsageError
 from perstack_sandbox.gateway import mounted_endpoint, new_token
 from perstack_sandbox.run import open_run
+from perstack_sandbox.service._api import check_text_config
 from perstack_sandbox.service._metrics import DecisionTail, ToolMetrics
 from perstack_sandbox.skills import first_of
 
@@ -292,10 +293,12 @@ def _config_of(request: CreateRun) -> tuple[PerstackConfig | str, Path | None]:
     """Return the config of `request` (parsed text, or a path) and a text config's folder.
 
     A text config has no folder of its own: it gets an empty scratch folder as the Expert's
-    folder (/expert), removed with the run. Local commands need `config_path`.
+    folder (/expert), removed with the run; what would need a folder is refused
+    (`check_text_config`, docs/architecture.md, decision 57).
 
     Raises:
-        ConfigError: the text is not a valid perstack.toml (every issue, as `validate` says).
+        ConfigError: the text is not a valid perstack.toml (every issue, as `validate` says),
+            or it names env files or local commands, which need `config_path`.
         UsageError: `config_path` is relative.
 
     """
@@ -307,10 +310,12 @@ def _config_of(request: CreateRun) -> tuple[PerstackConfig | str, Path | None]:
     scratch = Path(tempfile.mkdtemp(prefix="perstack-serve-"))
     try:
         scratch.chmod(SCRATCH_MODE)
-        return parse_config(request.config, config_dir=str(scratch))[0], scratch
+        config = parse_config(request.config, config_dir=str(scratch))[0]
+        check_text_config(config, request.expert)
     except BaseException:
         _remove(scratch)
         raise
+    return config, scratch
 
 
 def _run_of(

@@ -93,7 +93,7 @@ async def _serve(
 ) -> None:
     for line in await anyio.to_thread.run_sync(engine.collect_garbage):
         say(f"removed {line} (left by a process that is gone)")
-    await anyio.to_thread.run_sync(retention.prune_runs, options.retention)
+    await anyio.to_thread.run_sync(retention.prune_trails, options.retention)
     metrics = Metrics()
     settings = _run_settings(options)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -157,7 +157,7 @@ def _announce(address: Address, token: str | None, say: Callable[[str], None]) -
 async def _prune_periodically(policy: retention.Retention) -> None:
     while True:
         await anyio.sleep(PRUNE_INTERVAL_S)
-        await anyio.to_thread.run_sync(retention.prune_runs, policy)
+        await anyio.to_thread.run_sync(retention.prune_trails, policy)
 
 
 def _config(app: object) -> uvicorn.Config:
