@@ -32,8 +32,8 @@ class RawClient:
         self._session: str | None = None
         self._next_id = 0
         self._auth = f"authorization: Bearer {token}\r\n" if token else ""
-        self._sock = socket.create_connection((parts.hostname, parts.port))
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._address = (str(parts.hostname), int(parts.port or 80))
+        self._sock = self._connect()
         self._buffer = b""
 
     def open(self) -> None:
@@ -74,14 +74,25 @@ class RawClient:
             "accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n\r\n"
         )
-        self._sock.sendall(head.encode() + body)
-        status, fields, payload = self._read_response()
+        try:
+            self._sock.sendall(head.encode() + body)
+            status, fields, payload = self._read_response()
+        except ConnectionError:  # an idle connection the server closed: reconnect, as httpx does
+            self._sock.close()
+            self._sock, self._buffer = self._connect(), b""
+            self._sock.sendall(head.encode() + body)
+            status, fields, payload = self._read_response()
         self._session = fields.get("mcp-session-id", self._session)
         if status == 202 or not payload:  # 202 Accepted: a notification
             return {}
         if fields.get("content-type", "").startswith("text/event-stream"):
             payload = _last_event_data(payload)
         return dict(json.loads(payload))
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self._address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _read_response(self) -> tuple[int, dict[str, str], bytes]:
         head = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
