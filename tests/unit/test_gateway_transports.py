@@ -123,6 +123,29 @@ async def test_the_bearer_scheme_is_accepted_in_any_case(scheme):
     assert basic.status_code == 401
 
 
+async def test_only_the_mcp_path_is_served():
+    """With the right token, /mcp answers and any other path gets 404, as the router did.
+
+    Seen failing ([200, 200, 200]) with the endpoint served without its one-path check.
+    """
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            serving_over_http(gateway) as (url, token),
+            httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}) as raw,
+        ):
+            init = {"protocolVersion": "2025-11-25", "capabilities": {}}
+            init["clientInfo"] = {"name": "raw", "version": "0"}
+            accept = {"accept": "application/json, text/event-stream"}
+            served = await raw.post(url, json=_rpc(1, "initialize", init), headers=accept)
+            elsewhere = [
+                await raw.post(url.removesuffix("/mcp") + path, json=_rpc(1, "initialize", init))
+                for path in ("/", "/mcp/", "/other")
+            ]
+    assert served.status_code == 200
+    assert [answer.status_code for answer in elsewhere] == [404, 404, 404]
+
+
 @pytest.mark.parametrize("mode", ERAS)
 async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
     """200 sequential echo calls on one keep-alive connection are not held to a 40 ms floor.
