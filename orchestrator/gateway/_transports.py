@@ -147,6 +147,7 @@ async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
         # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
         # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
         # proxy_headers=False: no proxy sits in front of a loopback endpoint to be believed.
+        # http left to "auto": httptools, a dependency, where it installs (decision 52).
         config = uvicorn.Config(
             app,
             log_config=None,
