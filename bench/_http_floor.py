@@ -1,16 +1,20 @@
 """The client's own share of the HTTP path: a trivial streamable HTTP responder.
 
 It answers every POST at once with a canned JSON body (the `echo` result), no MCP server, no
-gateway, no skill. The Python SDK client timed against it in the bench's event loop gives the
-least any server could add to direct stdio for that client: its HTTP stack and its transport.
-It is a yardstick for `bench/gateway.py`, not a server: one connection, no validation.
+gateway, no skill. A client timed against it gives the least any server could add to direct
+stdio for that client: its HTTP stack, its transport and loopback TCP. It is a yardstick for
+`bench/gateway.py`, not a server: no validation. `python _http_floor.py` serves it in a process
+of its own (as the gateway's HTTP server runs in `run --http`'s), on uvloop when installed, and
+prints its URL on stdout; it runs until stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -80,3 +84,24 @@ async def trivial_server() -> AsyncIterator[str]:
         for task in handlers:  # the connection may outlive the client's exit by a moment
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
+
+
+async def _serve_until_stopped() -> None:
+    async with trivial_server() as url:
+        sys.stdout.write(url + "\n")
+        sys.stdout.flush()
+        await asyncio.Event().wait()
+
+
+def main() -> None:
+    """Serve the trivial responder in this process until it is stopped; print its URL."""
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop  # noqa: PLC0415 - optional, like the gateway's (launch.SERVER_LOOP)
+
+        uvloop.run(_serve_until_stopped())
+        return
+    asyncio.run(_serve_until_stopped())
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ only its owner can read.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -58,6 +59,9 @@ if TYPE_CHECKING:
     from perstack_sandbox.plan import Secret
 
 # `run --http` uses this variable's value as the bearer token when set, else a fresh one.
+# `run` serves on uvloop where it is installed (a dependency, but not on Windows): every call
+# crosses the event loop several times, and uvloop's passes are cheaper (decision 52).
+SERVER_LOOP: Final = {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 TOKEN_ENV: Final = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME, not a secret
 FLUSH_GRACE_S: Final = 0.2  # a queued MCP notification reaches the client's pipe or socket
 
@@ -313,7 +317,7 @@ def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None =
         if token_file is not None:
             raise UsageError("--token-file goes with --http (stdio needs no token)")
         with _signal_is_a_clean_stop():
-            anyio.run(_with_expert, options, serve_stdio)
+            anyio.run(_with_expert, options, serve_stdio, backend_options=SERVER_LOOP)
         return
     port = parse_listen(http)[1]
     if token_file is not None and not token_file.absolute().parent.is_dir():
@@ -321,7 +325,7 @@ def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None =
     sock = bind_loopback(port)  # a port in use fails here, before any image or container
     try:
         with _signal_is_a_clean_stop():
-            anyio.run(_serve_http, options, sock, token_file)
+            anyio.run(_serve_http, options, sock, token_file, backend_options=SERVER_LOOP)
     finally:
         sock.close()
 

@@ -15,11 +15,10 @@ import anyio.lowlevel
 import anyio.to_thread
 import uvicorn
 from mcp.server.stdio import stdio_server
-from mcp.server.transport_security import TransportSecuritySettings
 
 from perstack_sandbox.errors import GatewayError, UsageError
 from perstack_sandbox.gateway._guard import BearerOriginGuard, loopback_origins
-from perstack_sandbox.gateway._plain_json import PlainJsonResponses
+from perstack_sandbox.gateway._mount import mounted_endpoint
 from perstack_sandbox.gateway._server import make_server
 from perstack_sandbox.skills import first_of
 
@@ -27,10 +26,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from perstack_sandbox.gateway._core import Gateway, Prompter
-    from perstack_sandbox.gateway._guard import ASGIApp
+    from perstack_sandbox.gateway._guard import ASGIApp, Receive, Scope, Send
 
 
 MAX_PORT: Final = 65535
+MCP_PATH: Final = "/mcp"
 LISTEN_BACKLOG: Final = 128
 STDIN_LINES_BUFFERED: Final = 16
 STDIN_READ_BYTES: Final = 1 << 16
@@ -135,17 +135,40 @@ async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
     """
     sock = sock if sock is not None else bind_loopback(port)
     actual = sock.getsockname()[1]
-    # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
-    # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
-    config = uvicorn.Config(
-        http_app(gateway, port=actual, token=token),
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-    )
-    server = _SignalFreeServer(config)
+    origins = loopback_origins(actual)
+    hosts = [f"127.0.0.1:{actual}", f"localhost:{actual}"]
+    # The SDK's session manager and transport, with every check of theirs, minus the Starlette
+    # app around them: one path needs no router (decision 52). The sessions run for as long as
+    # uvicorn serves (lifespan off: nothing else has a lifespan).
+    async with mounted_endpoint(
+        gateway, allowed_hosts=hosts, allowed_origins=sorted(origins)
+    ) as endpoint:
+        app = BearerOriginGuard(OnePath(MCP_PATH, endpoint), token=token, allowed_origins=origins)
+        # log_config=None: uvicorn's default dictConfig shuts down every existing handler, which
+        # would close the run's tools.jsonl and skills.log for the rest of an HTTP run.
+        # proxy_headers=False: no proxy sits in front of a loopback endpoint to be believed.
+        # http left to "auto": httptools, a dependency, where it installs (decision 52).
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
+        url = f"http://127.0.0.1:{actual}{MCP_PATH}"
+        await _serve_until_stopped(_SignalFreeServer(config), sock, url, on_ready, stop)
+
+
+async def _serve_until_stopped(
+    server: uvicorn.Server,
+    sock: socket.socket,
+    url: str,
+    on_ready: Callable[[str], None] | None,
+    stop: anyio.Event | None,
+) -> None:
+    """Run `server` on `sock` until it ends, `stop` is set or the caller is cancelled."""
     served = anyio.Event()
 
     async def run_server() -> None:
@@ -159,13 +182,32 @@ async def serve_http(  # noqa: PLR0913 - the server's settings, all keyword-only
     async with anyio.create_task_group() as group:
         group.start_soon(run_server)
         if on_ready is not None:
-            on_ready(f"http://127.0.0.1:{actual}/mcp")
+            on_ready(url)
         try:
             await first_of(served.wait, (stop or anyio.Event()).wait)
         finally:
             server.should_exit = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE_S * 2):
                 await served.wait()
+
+
+class OnePath:
+    """ASGI app: `app` at exactly one path, 404 anywhere else (what a one-route router does)."""
+
+    def __init__(self, path: str, app: ASGIApp) -> None:
+        """Serve `app` at `path` only."""
+        self._path = path
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand a request for the path to the app; answer 404 Not Found to the rest."""
+        if scope.get("path") == self._path:
+            await self._app(scope, receive, send)
+            return
+        body = b"Not Found"
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class _SignalFreeServer(uvicorn.Server):
@@ -203,20 +245,6 @@ def bind_loopback(port: int) -> socket.socket:
         sock.close()
         raise GatewayError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
     return sock
-
-
-def http_app(gateway: Gateway, *, port: int, token: str) -> ASGIApp:
-    """Build the gateway's streamable HTTP app for 127.0.0.1:`port`: guard, plain JSON, MCP."""
-    origins = loopback_origins(port)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"127.0.0.1:{port}", f"localhost:{port}"],
-        allowed_origins=sorted(origins),
-    )
-    # SSE mode: a POST streams only when it must (PlainJsonResponses, and the SDK itself on
-    # 2026-07-28); a stream carries progress, log messages and questions before the answer.
-    app = make_server(gateway).streamable_http_app(transport_security=security, host="127.0.0.1")
-    return BearerOriginGuard(PlainJsonResponses(app), token=token, allowed_origins=origins)
 
 
 def terminal_prompter() -> Prompter | None:

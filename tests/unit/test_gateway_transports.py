@@ -30,10 +30,15 @@ NAGLE_DELAYED_ACK_MS = 40  # Linux's minimum delayed-ACK timeout: what Nagle mad
 CALLS = 200
 
 
-@pytest.fixture
-def anyio_backend():
-    """Run on asyncio (uvicorn needs it)."""
-    return "asyncio"
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),  # `run`'s loop
+    ]
+)
+def anyio_backend(request):
+    """Run on asyncio (uvicorn needs it), with its own loop and with uvloop's, as `run` does."""
+    return request.param
 
 
 @pytest.mark.parametrize("mode", ERAS)
@@ -118,6 +123,29 @@ async def test_the_bearer_scheme_is_accepted_in_any_case(scheme):
     assert basic.status_code == 401
 
 
+async def test_only_the_mcp_path_is_served():
+    """With the right token, /mcp answers and any other path gets 404, as the router did.
+
+    Seen failing ([200, 200, 200]) with the endpoint served without its one-path check.
+    """
+    with anyio.fail_after(DEADLINE_S):
+        async with (
+            open_gateway([sdk_skill("n")]) as gateway,
+            serving_over_http(gateway) as (url, token),
+            httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}) as raw,
+        ):
+            init = {"protocolVersion": "2025-11-25", "capabilities": {}}
+            init["clientInfo"] = {"name": "raw", "version": "0"}
+            accept = {"accept": "application/json, text/event-stream"}
+            served = await raw.post(url, json=_rpc(1, "initialize", init), headers=accept)
+            elsewhere = [
+                await raw.post(url.removesuffix("/mcp") + path, json=_rpc(1, "initialize", init))
+                for path in ("/", "/mcp/", "/other")
+            ]
+    assert served.status_code == 200
+    assert [answer.status_code for answer in elsewhere] == [404, 404, 404]
+
+
 @pytest.mark.parametrize("mode", ERAS)
 async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
     """200 sequential echo calls on one keep-alive connection are not held to a 40 ms floor.
@@ -125,8 +153,10 @@ async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
     A regression test for Nagle's algorithm meeting delayed ACKs: with the listening socket
     created as protocol 0, asyncio skipped TCP_NODELAY on accepted connections and every call
     after the first took 44-48 ms. Seen failing by creating the socket without IPPROTO_TCP:
-    every sample sat above 40 ms. A busy machine (the suite shares two cores) slows calls down
-    and spreads them out, but cannot put a floor under the fast ones; Nagle does.
+    every sample sat above 40 ms (on asyncio's loop; uvloop, `run`'s loop, sets TCP_NODELAY on
+    every TCP socket, so its variant guards that loop rather than the socket). A busy machine
+    (the suite shares two cores) slows calls down and spreads them out, but cannot put a floor
+    under the fast ones; Nagle does.
     """
     with anyio.fail_after(DEADLINE_S * 2):
         async with (
@@ -147,7 +177,8 @@ async def test_calls_on_a_reused_connection_do_not_wait_for_delayed_acks(mode):
 async def test_accepted_connections_have_tcp_nodelay():
     """A connection accepted on the gateway's listening socket has TCP_NODELAY set.
 
-    Seen failing (0) with the socket created as protocol 0, which asyncio skips.
+    Seen failing (0) with the socket created as protocol 0, which asyncio skips; uvloop sets it
+    either way, so the uvloop variant guards the loop `run` serves on.
     """
     flags: list[int] = []
     made = anyio.Event()
