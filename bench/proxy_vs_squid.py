@@ -6,8 +6,10 @@ Everything runs on loopback and stops by itself:
 - Squid (the Debian package) in the foreground (`squid -N`), configured the way Perstack
   configures it: a `dstdomain` allowlist, CONNECT to port 443 only, deny everything else, no
   cache. Squid resolves the allowlisted name through a `hosts_file` in the temp dir;
-- this proxy as a child process (the proxy package's own main) with a static resolver that
-  answers the same name with the same address, and `testAllowCidrs` opened for that one address.
+- this proxy as a child process (`python -m perstack_sandbox_proxy`, under the Python running
+  the benchmark), its test-only `testHosts` answering the same name with the same address and
+  `testAllowCidrs` opened for that one address; or, with `--ours image`, its image as it ships
+  (bench/_ours_image.py).
 
 Both see the same name, the same upstream and the same client. Each tunnel starts with a real
 TLS ClientHello carrying the right SNI (our proxy checks it), then a one-line command for the
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import _sealed_rows
+from _ours_image import ours_in_image
 from _procs import cpu_seconds, free_port, rss_kib, stop, wait_listening
 from _tunnel_sink import Sink, SinkHandler, drain, recv_exactly, send_zeros
 
@@ -81,12 +84,6 @@ visible_hostname bench
 shutdown_lifetime 0 seconds
 """
 
-OUR_PROXY = (
-    "import sys; from perstack_sandbox_proxy.__main__ import main; "
-    "from perstack_sandbox_proxy._resolver import StaticResolver; "
-    f"sys.exit(main(sys.argv[1:], StaticResolver({{{NAME!r}: [[{SINK_HOST!r}]]}})))"
-)
-
 
 @contextlib.contextmanager
 def _squid(workdir: Path) -> Iterator[tuple[int, int]]:
@@ -106,18 +103,24 @@ def _squid(workdir: Path) -> Iterator[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def _ours(workdir: Path) -> Iterator[tuple[int, int]]:
+def _ours(workdir: Path, where: str) -> Iterator[tuple[int, int]]:
+    """Run our proxy on the host (``where`` "host") or as it ships ("image"); yield port, pid."""
     port = free_port(PROXY_HOST)
-    policy = workdir / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {"allowedDomains": [NAME], "sandboxId": "bench", "testAllowCidrs": [f"{SINK_HOST}/32"]}
-        )
-    )
-    args = [sys.executable, "-c", OUR_PROXY, "--policy", str(policy)]
+    policy = {
+        "allowedDomains": [NAME],
+        "sandboxId": "bench",
+        "testAllowCidrs": [f"{SINK_HOST}/32"],
+        "testHosts": {NAME: SINK_HOST},
+    }
     with (workdir / "audit.jsonl").open("wb") as audit:
+        if where == "image":
+            with ours_in_image(policy, PROXY_HOST, port, audit) as pid:
+                yield port, pid
+            return
+        (workdir / "policy.json").write_text(json.dumps(policy))
+        args = ["--policy", str(workdir / "policy.json"), "--listen", f"{PROXY_HOST}:{port}"]
         process = subprocess.Popen(
-            [*args, "--listen", f"{PROXY_HOST}:{port}"],
+            [sys.executable, "-m", "perstack_sandbox_proxy", *args],
             cwd=REPO,
             stdout=audit,
             stderr=subprocess.DEVNULL,
@@ -327,6 +330,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         prog="bench/proxy_vs_squid.py", description=__doc__.split("\n\n", 1)[0]
     )
     parser.add_argument(
+        "--ours",
+        choices=("host", "image"),
+        default="host",
+        help="run our proxy under this Python on the host (default), or as it ships: its image "
+        "and hardening, on the host's network",
+    )
+    parser.add_argument(
         "--no-sealed", action="store_true", help="skip the sealed-path rows (and the bumping Squid)"
     )
     return parser.parse_args(argv)
@@ -344,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             work.chmod(0o755)  # squid's unprivileged user must reach its own subdirectory
             (work / "squid").mkdir()
             (work / "ours").mkdir()
-            with _squid(work / "squid") as squid, _ours(work / "ours") as ours:
+            with _squid(work / "squid") as squid, _ours(work / "ours", args.ours) as ours:
                 figures = _measure({"squid": squid, "ours": ours})
     finally:
         sink.shutdown()
