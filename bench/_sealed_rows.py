@@ -204,15 +204,26 @@ def measure(squid: str, directory: Path, port: int) -> dict[str, dict[str, float
                 setup(target_port, skill, trust)
         figures = _setups(targets)
         for label, upload in (("download 64 MiB (MiB/s)", False), ("upload 64 MiB (MiB/s)", True)):
-            rates: dict[str, list[float]] = {name: [] for name in targets}
-            for round_number in range(BULK_ROUNDS):
-                order = list(targets) if round_number % 2 == 0 else list(targets)[::-1]
-                for name in order:
-                    target_port, skill, trust, _ = targets[name]
-                    rates[name].append(bulk(target_port, skill, trust, upload=upload))
-            for name, values in rates.items():
-                figures[name][label] = statistics.median(values)
+            for name, rate in _bulk_rates(targets, label, upload=upload).items():
+                figures[name][label] = rate
     return figures
+
+
+def _bulk_rates(targets: Targets, label: str, *, upload: bool) -> dict[str, float]:
+    """Median rate per candidate over BULK_ROUNDS; a failed transfer is reported, not counted."""
+    rates: dict[str, list[float]] = {name: [] for name in targets}
+    for round_number in range(BULK_ROUNDS):
+        order = list(targets) if round_number % 2 == 0 else list(targets)[::-1]
+        for name in order:
+            target_port, skill, trust, _ = targets[name]
+            try:
+                rates[name].append(bulk(target_port, skill, trust, upload=upload))
+            except OSError as exc:
+                print(f"sealed rows: {name}, {label}, round {round_number}: {exc!r}")
+    return {
+        name: statistics.median(values) if values else float("nan")
+        for name, values in rates.items()
+    }
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:
