@@ -55,7 +55,7 @@ demo: install engine images ## Build the example Expert, list and call its tools
 	bash examples/demo.sh
 
 .PHONY: bench
-bench: install engine images ## Benchmarks that print ratio tables (installs Debian's squid to compare with)
-	@command -v squid >/dev/null 2>&1 || test -x /usr/sbin/squid || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq squid >/dev/null)
+bench: install engine images ## Benchmarks that print ratio tables (installs Debian's squid-openssl to compare with)
+	@/usr/sbin/squid -v 2>/dev/null | grep -q -- --with-openssl || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq squid-openssl >/dev/null)
 	$(PY) bench/run.py

@@ -6,18 +6,24 @@ Everything runs on loopback and stops by itself:
 - Squid (the Debian package) in the foreground (`squid -N`), configured the way Perstack
   configures it: a `dstdomain` allowlist, CONNECT to port 443 only, deny everything else, no
   cache. Squid resolves the allowlisted name through a `hosts_file` in the temp dir;
-- this proxy as a child process (the proxy package's own main) with a static resolver that
-  answers the same name with the same address, and `testAllowCidrs` opened for that one address.
+- this proxy as a child process (`python -m perstack_sandbox_proxy`, under the Python running
+  the benchmark), its test-only `testHosts` answering the same name with the same address and
+  `testAllowCidrs` opened for that one address; or, with `--ours image`, its image as it ships
+  (bench/_ours_image.py).
 
 Both see the same name, the same upstream and the same client. Each tunnel starts with a real
 TLS ClientHello carrying the right SNI (our proxy checks it), then a one-line command for the
 sink: ECHO (answer PONG, then echo), UP n (swallow n bytes, answer OK), DOWN n (send n bytes).
 
-Run: `python bench/proxy_vs_squid.py` (the `make bench` aggregator calls `main()`).
+Then the sealed path (bench/_sealed_rows.py): our sealed skill against our plain tunnel and
+a bumping Squid (Debian's squid-openssl), over HTTPS to a loopback upstream.
+
+Run: `python bench/proxy_vs_squid.py` (`--help` for options; `make bench` calls `main()`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -35,6 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import _sealed_rows
+from _ours_image import ours_in_image
+from _procs import cpu_seconds, free_port, rss_kib, stop, wait_listening
 from _tunnel_sink import Sink, SinkHandler, drain, recv_exactly, send_zeros
 
 if TYPE_CHECKING:
@@ -56,23 +65,6 @@ MIB = 1024 * 1024
 # --- the two proxies --------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((PROXY_HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((PROXY_HOST, port), 0.2):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"{what} did not listen on {port} within {DEADLINE} s")
-
-
 SQUID_CONF = """\
 http_port {host}:{port}
 acl allowed_domains dstdomain {name}
@@ -92,16 +84,10 @@ visible_hostname bench
 shutdown_lifetime 0 seconds
 """
 
-OUR_PROXY = (
-    "import sys; from perstack_sandbox_proxy.__main__ import main; "
-    "from perstack_sandbox_proxy._resolver import StaticResolver; "
-    f"sys.exit(main(sys.argv[1:], StaticResolver({{{NAME!r}: [[{SINK_HOST!r}]]}})))"
-)
-
 
 @contextlib.contextmanager
 def _squid(workdir: Path) -> Iterator[tuple[int, int]]:
-    port = _free_port()
+    port = free_port(PROXY_HOST)
     workdir.chmod(0o777)  # squid drops root privileges to its own user before writing logs
     (workdir / "hosts").write_text(f"{SINK_HOST} {NAME}\n")
     conf = workdir / "squid.conf"
@@ -110,62 +96,40 @@ def _squid(workdir: Path) -> Iterator[tuple[int, int]]:
         [SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_listening(port, process, "squid")
+        wait_listening(PROXY_HOST, port, process, "squid")
         yield port, process.pid
     finally:
-        _stop(process)
+        stop(process)
 
 
 @contextlib.contextmanager
-def _ours(workdir: Path) -> Iterator[tuple[int, int]]:
-    port = _free_port()
-    policy = workdir / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {"allowedDomains": [NAME], "sandboxId": "bench", "testAllowCidrs": [f"{SINK_HOST}/32"]}
-        )
-    )
-    args = [sys.executable, "-c", OUR_PROXY, "--policy", str(policy)]
+def _ours(workdir: Path, where: str) -> Iterator[tuple[int, int]]:
+    """Run our proxy on the host (``where`` "host") or as it ships ("image"); yield port, pid."""
+    port = free_port(PROXY_HOST)
+    policy = {
+        "allowedDomains": [NAME],
+        "sandboxId": "bench",
+        "testAllowCidrs": [f"{SINK_HOST}/32"],
+        "testHosts": {NAME: SINK_HOST},
+    }
     with (workdir / "audit.jsonl").open("wb") as audit:
+        if where == "image":
+            with ours_in_image(policy, PROXY_HOST, port, audit) as pid:
+                yield port, pid
+            return
+        (workdir / "policy.json").write_text(json.dumps(policy))
+        args = ["--policy", str(workdir / "policy.json"), "--listen", f"{PROXY_HOST}:{port}"]
         process = subprocess.Popen(
-            [*args, "--listen", f"{PROXY_HOST}:{port}"],
+            [sys.executable, "-m", "perstack_sandbox_proxy", *args],
             cwd=REPO,
             stdout=audit,
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_listening(port, process, "our proxy")
+            wait_listening(PROXY_HOST, port, process, "our proxy")
             yield port, process.pid
         finally:
-            _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(DEADLINE / 4)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(DEADLINE / 4)
-
-
-def _rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants, in KiB."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        todo += children.get(current, [])
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+            stop(process)
 
 
 # --- the workload -----------------------------------------------------------------------
@@ -280,15 +244,6 @@ def _interleaved(ports: dict[str, int], measure: Callable[[int], float]) -> dict
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of the main thread of ``pid`` (both proxies do all their work there).
-
-    From /proc/PID/schedstat, in nanoseconds: /proc/PID/stat counts clock ticks, too coarse
-    for a few hundred tunnels.
-    """
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-
-
 def _latencies(
     proxies: dict[str, tuple[int, int]], cpu: dict[str, float]
 ) -> dict[str, list[float]]:
@@ -301,9 +256,9 @@ def _latencies(
     for round_number in range(ROUNDS):
         for name in _alternating(list(proxies), round_number):
             port, pid = proxies[name]
-            before = _cpu_seconds(pid)
+            before = cpu_seconds(pid)
             samples[name] += _setup_latency(port, LATENCY_SAMPLES // ROUNDS)
-            cpu[name] = cpu.get(name, 0.0) + _cpu_seconds(pid) - before
+            cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pid) - before
     return {name: sorted(values) for name, values in samples.items()}
 
 
@@ -318,7 +273,7 @@ COLUMNS: tuple[tuple[str, Callable[[int], float]], ...] = (
 def _measure(proxies: dict[str, tuple[int, int]]) -> dict[str, Figures]:
     """Measure every proxy in ``proxies`` (name -> (port, pid)), interleaving the rounds."""
     ports = {name: port for name, (port, _) in proxies.items()}
-    figures = {name: Figures(rss_start_kib=_rss_kib(pid)) for name, (_, pid) in proxies.items()}
+    figures = {name: Figures(rss_start_kib=rss_kib(pid)) for name, (_, pid) in proxies.items()}
     for port in ports.values():
         _setup_latency(port, 50)  # warm-up
     cpu: dict[str, float] = {}
@@ -331,7 +286,7 @@ def _measure(proxies: dict[str, tuple[int, int]]) -> dict[str, Figures]:
             setattr(figures[name], attr, value)
     time.sleep(1)  # let both proxies settle to idle before reading memory again
     for name, (_, pid) in proxies.items():
-        figures[name].rss_after_kib = _rss_kib(pid)
+        figures[name].rss_after_kib = rss_kib(pid)
     return figures
 
 
@@ -367,11 +322,29 @@ def _check_environment() -> None:
     if os.geteuid() != 0:
         raise SystemExit("proxy_vs_squid: needs root (the upstream listens on port 443)")
     if not Path(SQUID).exists():
-        raise SystemExit("proxy_vs_squid: squid is not installed (apt-get install squid)")
+        raise SystemExit("proxy_vs_squid: squid is not installed (apt-get install squid-openssl)")
 
 
-def main() -> None:
-    """Run the workload through Squid and through our proxy; print the ratio table."""
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/proxy_vs_squid.py", description=__doc__.split("\n\n", 1)[0]
+    )
+    parser.add_argument(
+        "--ours",
+        choices=("host", "image"),
+        default="host",
+        help="run our proxy under this Python on the host (default), or as it ships: its image "
+        "and hardening, on the host's network",
+    )
+    parser.add_argument(
+        "--no-sealed", action="store_true", help="skip the sealed-path rows (and the bumping Squid)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the workload through Squid and through our proxy; print the ratio tables."""
+    args = _arguments(argv if argv is not None else sys.argv[1:])
     _check_environment()
     sink = Sink((SINK_HOST, SINK_PORT), SinkHandler)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
@@ -381,13 +354,28 @@ def main() -> None:
             work.chmod(0o755)  # squid's unprivileged user must reach its own subdirectory
             (work / "squid").mkdir()
             (work / "ours").mkdir()
-            with _squid(work / "squid") as squid, _ours(work / "ours") as ours:
+            with _squid(work / "squid") as squid, _ours(work / "ours", args.ours) as ours:
                 figures = _measure({"squid": squid, "ours": ours})
     finally:
         sink.shutdown()
         sink.server_close()
     print(f"CONNECT through each proxy to a loopback sink; {sys.platform}, {os.cpu_count()} cpus")
     print(_table(figures["ours"], figures["squid"]))
+    if not args.no_sealed:
+        _sealed()
+
+
+def _sealed() -> None:
+    """Print the sealed-path rows, against our plain tunnel and a bumping Squid."""
+    if not _sealed_rows.squid_can_bump(SQUID):
+        print("\nsealed rows skipped: this squid cannot bump TLS (apt-get install squid-openssl)")
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-sealed-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        figures = _sealed_rows.measure(SQUID, work, free_port(PROXY_HOST))
+    print("\nHTTPS through each: setup = new connection, CONNECT, TLS, one small GET")
+    print(_sealed_rows.table(figures))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ class Upstream(http.server.BaseHTTPRequestHandler):
     """GET /small answers 2 bytes, GET /down answers BULK bytes, POST swallows its body."""
 
     protocol_version = "HTTP/1.1"
+    # The head and the body are two writes: with Nagle on, the body waits for the client's
+    # delayed ACK (40 ms), which would swamp what the benchmark measures.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         """Answer /small or /down."""
@@ -87,8 +90,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _proxy(workdir: Path, upstream_ca: str) -> Iterator[tuple[int, str]]:
-    """Run the proxy, seal it; yield its port and the run CA's certificate."""
+def proxy(workdir: Path, upstream_ca: str) -> Iterator[tuple[int, str, int]]:
+    """Run the proxy, seal it; yield its port, the run CA's certificate and its pid."""
     port, control = _free_port(), str(workdir / "control.sock")
     skills = {
         TOKENS[name]: {"skill": name, "allowedDomains": [NAME]} for name in ("plain", "sealed")
@@ -116,7 +119,7 @@ def _proxy(workdir: Path, upstream_ca: str) -> Iterator[tuple[int, str]]:
         deadline = time.monotonic() + DEADLINE
         while True:
             done = subprocess.run(
-                [sys.executable, "-m", "perstack_sandbox_proxy.control", "--socket", control],
+                [sys.executable, "-m", "perstack_sandbox_proxy.control", control],
                 input=json.dumps(message).encode(),
                 capture_output=True,
                 check=False,
@@ -126,7 +129,7 @@ def _proxy(workdir: Path, upstream_ca: str) -> Iterator[tuple[int, str]]:
                 break
             time.sleep(0.05)
         reply = json.loads(done.stdout)
-        yield port, reply["caCertificate"]
+        yield port, reply["caCertificate"], process.pid
     finally:
         process.terminate()
         process.wait(DEADLINE)
@@ -140,7 +143,8 @@ def _connection(port: int, skill: str, trust: str) -> http.client.HTTPSConnectio
     return conn
 
 
-def _setup(port: int, skill: str, trust: str) -> float:
+def setup(port: int, skill: str, trust: str) -> float:
+    """Milliseconds for a new connection: CONNECT, TLS, one small GET carrying the key."""
     started = time.perf_counter()
     conn = _connection(port, skill, trust)
     conn.request("GET", "/small", headers={"Authorization": PLACEHOLDER})
@@ -150,7 +154,8 @@ def _setup(port: int, skill: str, trust: str) -> float:
     return elapsed * 1000
 
 
-def _bulk(port: int, skill: str, trust: str, *, upload: bool) -> float:
+def bulk(port: int, skill: str, trust: str, *, upload: bool) -> float:
+    """MiB/s of one BULK upload or download on an open connection."""
     conn = _connection(port, skill, trust)
     conn.request("GET", "/small")
     conn.getresponse().read()  # the tunnel is set up before the clock starts
@@ -173,7 +178,7 @@ def _measure(port: int, trust: dict[str, str]) -> dict[str, dict[str, float]]:
     for index in range(SETUP_SAMPLES):
         order = ("plain", "sealed") if index % 2 == 0 else ("sealed", "plain")
         for skill in order:
-            setups[skill].append(_setup(port, skill, trust[skill]))
+            setups[skill].append(setup(port, skill, trust[skill]))
     figures = {
         skill: {
             "setup p50 (ms)": statistics.median(values),
@@ -183,7 +188,7 @@ def _measure(port: int, trust: dict[str, str]) -> dict[str, dict[str, float]]:
     }
     for skill in ("plain", "sealed", "sealed", "plain"):  # alternated: warm caches for both
         for label, upload in (("download (MiB/s)", False), ("upload (MiB/s)", True)):
-            rate = _bulk(port, skill, trust[skill], upload=upload)
+            rate = bulk(port, skill, trust[skill], upload=upload)
             figures[skill][label] = max(figures[skill].get(label, 0.0), rate)
     return figures
 
@@ -199,7 +204,7 @@ def main() -> None:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-sealed-") as tmp,
-            _proxy(Path(tmp), upstream_ca.pem) as (port, run_ca),
+            proxy(Path(tmp), upstream_ca.pem) as (port, run_ca, _),
         ):
             figures = _measure(port, {"plain": upstream_ca.pem, "sealed": run_ca})
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -112,6 +113,11 @@ class _TestHosts:
             return [self._table[host]]
         return await self._fallback.resolve(host)
 
+    def answer_now(self, host: str) -> list[str] | None:
+        """Answer from the table at once; None sends the name to the fallback (DNS)."""
+        address = self._table.get(host)
+        return None if address is None else [address]
+
 
 def main(argv: Sequence[str] | None = None, resolver: Resolver | None = None) -> int:
     """Run the proxy; ``resolver`` replaces the system resolver (benchmarks, tests).
@@ -131,6 +137,7 @@ def main(argv: Sequence[str] | None = None, resolver: Resolver | None = None) ->
         if policy.test_hosts:  # the test suites' names; every other name goes to DNS
             resolver = _TestHosts(policy.test_hosts, resolver)
     server = ProxyServer(policy, resolver, AuditLog(policy.sandbox_id))
+    gc.freeze()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve(server, args.listen, control=args.control))

@@ -32,6 +32,28 @@ def escape_raw(raw: bytes | str) -> str:
     return escaped
 
 
+class _Clock:
+    """The time of a line as ``datetime.isoformat(timespec="milliseconds")`` writes it in UTC.
+
+    The date and time up to the second are formatted once per second, not once per line: a
+    burst of tunnels writes many lines within one second.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            stamp = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+            self._prefix = stamp.removesuffix("+00:00")
+        millis = int((now - second) * 1000)
+        return f"{self._prefix}.{millis:03d}+00:00"
+
+
 @dataclass
 class Decision:
     """Everything known about one request when the proxy decides on it."""
@@ -66,6 +88,12 @@ class AuditLog:
     # Set by `flush_once_per_iteration`: lines written in one loop iteration share one flush.
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     _flush_scheduled: bool = field(default=False, init=False, repr=False)
+    _clock: _Clock = field(default_factory=_Clock, init=False, repr=False)
+    _sandbox: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Encode the one field every line repeats once, not per line."""
+        self._sandbox = f'"sandboxId":{_string(self.sandbox_id)},'
 
     def flush_once_per_iteration(self, loop: asyncio.AbstractEventLoop) -> None:
         """Flush at the end of each iteration of ``loop`` instead of after every line.
@@ -120,9 +148,7 @@ class AuditLog:
         )
 
     def _write(self, fields: str) -> None:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        sandbox = _string(self.sandbox_id)
-        self.stream.write(f'{{"time":{_string(now)},"sandboxId":{sandbox},{fields}}}\n')
+        self.stream.write(f'{{"time":"{self._clock.now()}",{self._sandbox}{fields}}}\n')
         if self._loop is None or self._loop.is_closed():
             self.stream.flush()
         elif not self._flush_scheduled:

@@ -85,6 +85,19 @@ class Connection:
             self._reading = False
             self._loop.remove_reader(self._fd)
 
+    def park_reading(self) -> None:
+        """Keep the socket watched between two steps, but let input only pause reading.
+
+        What a pause and a later :meth:`read_with` do, for less: the loop keeps the socket's
+        poll handle (uvloop closes it when nothing is watched, and a new one costs an ioctl
+        and an epoll_ctl), and :meth:`read_with` just swaps the callback. Input that comes
+        early (or EOF) stays in the kernel until the next step reads it.
+        """
+        if not (self.saw_eof or self._closing):
+            self._reader = self.pause_reading
+            self._reading = True
+            self._loop.add_reader(self._fd, self.pause_reading)
+
     def resume_reading(self) -> None:
         """Watch the socket for input again (not after EOF or close)."""
         if not self._reading and self._reader and not (self.saw_eof or self._closing):
@@ -149,6 +162,7 @@ class Connection:
         """Call ``callback`` with SO_ERROR once the TCP handshake has ended (0: connected)."""
 
         def ended() -> None:
+            self.park_reading()  # before the writer goes, so that the poll handle stays
             self._unwatch_writable()
             callback(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
 
 class ResolveError(Exception):
     """The name has no usable address (NXDOMAIN, no answer, resolver failure)."""
+
+
+# A resolver's immediate answer for a name, or None when it must be awaited (see
+# `StaticResolver.answer_now`): the session then dials without a task (decision 46).
+ImmediateAnswer = Callable[[str], list[str] | None]
 
 
 class Resolver(Protocol):
@@ -96,6 +102,15 @@ class StaticResolver:
 
     async def resolve(self, host: str) -> list[str]:
         """Answer from the table, logging the query.
+
+        Raises:
+            ResolveError: the name is not in the table.
+
+        """
+        return self.answer_now(host)
+
+    def answer_now(self, host: str) -> list[str]:
+        """Answer as :meth:`resolve` does, without a coroutine (a table needs no waiting).
 
         Raises:
             ResolveError: the name is not in the table.

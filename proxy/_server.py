@@ -18,13 +18,13 @@ from ._http import Refusal
 from ._netrules import AddressRules, parse_address
 from ._seal import SealState
 from ._session import Session
-from ._tunnel import Connector, open_upstream
+from ._tunnel import Connector, ImmediateConnector, open_upstream, start_upstream
 
 if TYPE_CHECKING:
     from ._audit import AuditLog
     from ._connection import Connection
     from ._policy import Policy
-    from ._resolver import Resolver
+    from ._resolver import ImmediateAnswer, Resolver
 
 BACKLOG: Final = 1024
 # Connections accepted per readiness callback of a listening socket.
@@ -44,13 +44,23 @@ class ProxyServer:
         policy: Policy,
         resolver: Resolver,
         audit: AuditLog,
-        connector: Connector = open_upstream,
+        connector: Connector | None = None,
+        connect_now: ImmediateConnector | None = None,
     ) -> None:
-        """Hold the collaborators; nothing listens until :meth:`start`."""
+        """Hold the collaborators; nothing listens until :meth:`start`.
+
+        ``connector`` defaults to a real TCP dial (and ``connect_now`` to its immediate form);
+        a resolver with an ``answer_now`` method and a ``connect_now`` let a session resolve
+        and dial without a task (docs/architecture.md, decision 46).
+        """
         self.policy = policy
         self.resolver = resolver
         self.audit = audit
+        if connector is None:
+            connector, connect_now = open_upstream, start_upstream
         self.connector = connector
+        self.connect_now = connect_now
+        self.answer_now: ImmediateAnswer | None = getattr(resolver, "answer_now", None)
         # Empty until the orchestrator seals the run over the control channel (proxy/_control.py).
         self.seal = SealState()
         self.active = 0
@@ -127,9 +137,8 @@ class ProxyServer:
             self._open(sock, peer)
 
     def _open(self, sock: socket.socket, peer: object) -> None:
-        try:
+        try:  # TCP_NODELAY comes from the listening socket (Linux copies it to accepted ones)
             sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             sock.close()
             return
@@ -170,6 +179,8 @@ async def _listening_sockets(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Inherited by every accepted socket: one system call per listener, not per client.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:

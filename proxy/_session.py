@@ -34,9 +34,12 @@ from ._tls import TlsError, client_hello_body
 from ._tunnel import (
     Dial,
     TunnelRequest,
+    check_answers,
     check_hello,
     check_target,
+    dial_now,
     identify_skill,
+    immediate_answers,
     redial,
     resolve_and_dial,
 )
@@ -49,9 +52,9 @@ if TYPE_CHECKING:
     from ._fairness import Shares
     from ._netrules import AddressRules
     from ._policy import Policy
-    from ._resolver import Resolver
+    from ._resolver import ImmediateAnswer, Resolver
     from ._seal import SealState
-    from ._tunnel import Connector
+    from ._tunnel import Connector, ImmediateConnector
 
 HEALTH_PATH: Final = "/healthz"
 # A closing client gets this long to take our last bytes (a refusal) before it is cut off.
@@ -65,6 +68,8 @@ class SessionHost(Protocol):
     policy: Policy
     resolver: Resolver
     connector: Connector
+    answer_now: ImmediateAnswer | None
+    connect_now: ImmediateConnector | None
     audit: AuditLog
     shares: Shares[Session]
     seal: SealState
@@ -167,7 +172,8 @@ class Session:
             self._data += chunk
         if end + 4 > limit:
             raise Refusal(431, "header-too-large")
-        self._stop_reading()
+        self._stop_waiting()
+        self.client.park_reading()  # the ClientHello step reads it again
         self.server.shares.heard(self)
         raw, self._data = self._data[: end + 4], self._data[end + 4 :]
         self._decide(raw)
@@ -199,6 +205,30 @@ class Session:
         self._start_dial()
 
     def _start_dial(self) -> None:
+        """Resolve and dial at once when nothing needs awaiting, else in a task.
+
+        A resolver that knows the answer (a table, the test hosts) and a plain TCP dial need no
+        task, timeout scope or coroutine: the same checks run straight from this callback
+        (docs/architecture.md, decision 46). Name lookups in DNS take the task.
+        """
+        connect, request = self.server.connect_now, self._request
+        assert request is not None  # noqa: S101 - set before the first dial
+        if connect is not None and self._dial is not None:  # the last handshake failed
+            self.upstream = dial_now(request, self._dial, connect, self._loop)
+            self._wait_connected()
+            return
+        answer_now = self.server.answer_now if connect is not None else None
+        answers = immediate_answers(answer_now, self._host) if answer_now is not None else None
+        if answers is None:
+            self._start_dial_task()
+            return
+        assert connect is not None  # noqa: S101 - answers come only with a connector
+        limit = request.policy.limits.connect_timeout
+        self._dial = Dial(check_answers(request, answers), self._loop.time() + limit)
+        self.upstream = dial_now(request, self._dial, connect, self._loop)
+        self._wait_connected()
+
+    def _start_dial_task(self) -> None:
         coroutine = self._resolve_and_dial()
         if sys.version_info >= (3, 12):  # the image's Python: start it now, not an iteration later
             self.task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)

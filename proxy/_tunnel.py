@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 from ._connection import Connection
 from ._http import Refusal, RequestHead, split_authority
 from ._netrules import AddressRules, IPAddress, parse_address
-from ._resolver import ResolveError, Resolver
+from ._resolver import ImmediateAnswer, ResolveError, Resolver
 from ._tls import TlsError, server_name
 from .hosts import HostRejected, canonicalise_host, match_host
 
@@ -42,6 +42,8 @@ _IN_PROGRESS: Final = frozenset(
 )
 
 Connector = Callable[[str, int], Awaitable[Connection]]
+# The same, when it can connect without awaiting anything (see `Session._start_dial`).
+ImmediateConnector = Callable[[str, int, asyncio.AbstractEventLoop], Connection]
 
 
 async def open_upstream(address: str, port: int) -> Connection:
@@ -54,7 +56,16 @@ async def open_upstream(address: str, port: int) -> Connection:
         OSError: the connection failed at once (no route, for instance).
 
     """
-    loop = asyncio.get_running_loop()
+    return start_upstream(address, port, asyncio.get_running_loop())
+
+
+def start_upstream(address: str, port: int, loop: asyncio.AbstractEventLoop) -> Connection:
+    """Start the same connection as :func:`open_upstream`, without a coroutine.
+
+    Raises:
+        OSError: the connection failed at once (no route, for instance).
+
+    """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     # Created non-blocking (one system call fewer than setblocking afterwards).
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -252,6 +263,29 @@ async def resolve_checked(request: TunnelRequest, host: str) -> list[IPAddress]:
         raise Refusal(504, "resolve-timeout") from exc
     except ResolveError as exc:
         raise Refusal(502, "resolve-failed") from exc
+    return check_answers(request, answers)
+
+
+def immediate_answers(answer_now: ImmediateAnswer, host: str) -> list[str] | None:
+    """Return the resolver's answers for ``host`` if it has them at once, else None.
+
+    Raises:
+        Refusal: 502 when the resolver knows at once that the name has no address.
+
+    """
+    try:
+        return answer_now(host)
+    except ResolveError as exc:
+        raise Refusal(502, "resolve-failed") from exc
+
+
+def check_answers(request: TunnelRequest, answers: list[str]) -> list[IPAddress]:
+    """Record the resolver's ``answers`` and refuse unless every one of them may be dialled.
+
+    Raises:
+        Refusal: 502 on no answer, 403 on any refused address.
+
+    """
     request.record.resolved = answers[:16]
     if not answers:
         raise Refusal(502, "resolve-failed")
@@ -277,6 +311,27 @@ async def dial_next(request: TunnelRequest, dial: Dial) -> Connection:
         request.record.dialled = str(address)
         try:
             return await request.connector(str(address), TLS_PORT)
+        except OSError:
+            continue
+    raise Refusal(502, "connect-failed")
+
+
+def dial_now(
+    request: TunnelRequest, dial: Dial, connect: ImmediateConnector, loop: asyncio.AbstractEventLoop
+) -> Connection:
+    """Start dialling as :func:`dial_next` does, with a connector that needs no awaiting.
+
+    Raises:
+        Refusal: 504 once the dial's deadline has passed, 502 when every address refused.
+
+    """
+    if loop.time() >= dial.deadline:
+        raise Refusal(504, "connect-timeout")
+    while dial.addresses:
+        address = dial.addresses.pop(0)
+        request.record.dialled = str(address)
+        try:
+            return connect(str(address), TLS_PORT, loop)
         except OSError:
             continue
     raise Refusal(502, "connect-failed")

@@ -25,7 +25,7 @@ from perstack_sandbox_proxy._audit import AuditLog
 from perstack_sandbox_proxy._policy import parse_policy
 from perstack_sandbox_proxy._resolver import ResolveError
 from perstack_sandbox_proxy._server import ProxyServer
-from perstack_sandbox_proxy._tunnel import open_upstream
+from perstack_sandbox_proxy._tunnel import open_upstream, start_upstream
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -59,6 +59,27 @@ class RecordingResolver:
         self.queries.append(host)
         if self.hang:
             await asyncio.Event().wait()
+        answers = self.table.get(host)
+        if answers:
+            nth = min(self.queries.count(host), len(answers)) - 1
+            return list(answers[nth])
+        if self.default is None:
+            raise ResolveError(host)
+        return list(self.default)
+
+
+class ImmediateResolver(RecordingResolver):
+    """The same table, also answered at once: the proxy then resolves and dials without a task.
+
+    While ``hang`` is set it has no immediate answer, so the proxy falls back to awaiting
+    :meth:`resolve` (which hangs).
+    """
+
+    def answer_now(self, host: str) -> list[str] | None:
+        """Answer as :meth:`resolve` does, without a coroutine (None while hanging)."""
+        if self.hang:
+            return None
+        self.queries.append(host)
         answers = self.table.get(host)
         if answers:
             nth = min(self.queries.count(host), len(answers)) - 1
@@ -105,7 +126,11 @@ class ProxyHarness:
         self.dials: list[tuple[str, int]] = []
         self.connect_hangs = False
         self.server = ProxyServer(
-            parse_policy(policy), resolver, AuditLog("sbx-test", self.audit_stream), self._connect
+            parse_policy(policy),
+            resolver,
+            AuditLog("sbx-test", self.audit_stream),
+            self._connect,
+            self._connect_now,
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -117,6 +142,11 @@ class ProxyHarness:
         if self.connect_hangs:
             await asyncio.Event().wait()
         return await open_upstream(address, self.upstream_port)
+
+    def _connect_now(self, address: str, port: int, loop: asyncio.AbstractEventLoop) -> Connection:
+        """Dial at once (an `ImmediateResolver`'s answers, or a retry after a refusal)."""
+        self.dials.append((address, port))
+        return start_upstream(address, self.upstream_port, loop)
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` on the harness loop and return its result."""
