@@ -690,6 +690,8 @@ class Run:
             audit=sink,
             ends_when=sandbox.wait_stopped,
         ) as gateway:
+            # The skills may have started before the proxy (decision 50): ready means both.
+            await sandbox.wait_egress()
             yield gateway
 
     def _chosen_backend(self) -> engine.SandboxBackend:

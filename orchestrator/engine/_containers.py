@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.abc
 import docker.errors
 
 from perstack_sandbox import state
@@ -101,8 +102,9 @@ class Started:
     container_ids: tuple[str, ...]  # the sandbox containers, in skill order
     proxy_id: str
     proxy_ip: str
-    proxy_host_ip: str
+    proxy_host_ip: str  # "" while the proxy of an early start is still starting
     network_id: str
+    proxy_up: anyio.Event  # set once the proxy answers
 
     @property
     def container_id(self) -> str:
@@ -140,6 +142,17 @@ def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
         EngineError: the engine refused or could not be reached, or the range is full.
 
     """
+    return internal_network(spec, role=role)[0]
+
+
+def internal_network(spec: SandboxSpec, *, role: str = "network") -> tuple[str, IPv4Network]:
+    """Create the internal network of `spec`'s run as `create_internal_network`; and its subnet.
+
+    Raises:
+        UsageError: the configured subnet range is malformed.
+        EngineError: the engine refused or could not be reached, or the range is full.
+
+    """
     pool = _subnets.configured_pool()
     name, labels = _name(spec, "net"), _labels(spec, role)
     _intend(spec, "network", name, labels)
@@ -151,7 +164,7 @@ def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
             if subnet is None:
                 break
             try:
-                return _create_internal(api, name, labels, subnet)
+                return _create_internal(api, name, labels, subnet), subnet
             except docker.errors.APIError as exc:
                 if "overlap" not in str(exc.explanation or exc).lower():
                     raise
@@ -275,8 +288,31 @@ def sandbox_security_opt(isolation: Isolation = DEFAULT_ISOLATION) -> list[str]:
     return [*HARDENING["security_opt"], f"seccomp={profile}"]
 
 
-def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
+def proxy_address(subnet: IPv4Network) -> str:
+    """Return the address a sandbox's proxy takes on its internal network: the subnet's last.
+
+    Chosen before anything starts, so the skills' proxy URL is known while the proxy is still
+    starting (decision 50); the engine hands the sandbox containers the lowest free addresses.
+    """
+    return str(subnet.broadcast_address - 1)
+
+
+def start_proxy(spec: SandboxSpec, network: str, image: str, address: str | None = None) -> str:
     """Create and start `spec`'s proxy on `network` and the egress network; return its id.
+
+    `address`: the proxy's address on `network` (else the engine picks one).
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
+    created = create_proxy(spec, network, image, address)
+    run_proxy(spec, created, image)
+    return created
+
+
+def create_proxy(spec: SandboxSpec, network: str, image: str, address: str | None = None) -> str:
+    """Create (not start) `spec`'s proxy on `network`, at `address` when given; return its id.
 
     Raises:
         EngineError: the engine refused or could not be reached.
@@ -293,8 +329,13 @@ def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
         network_mode=network,
     )
     name, labels = _name(spec, "proxy"), _labels(spec, "proxy")
+    networking = None
+    if address:
+        # docker-py takes {network: endpoint}; types-docker types it as one EndpointConfig.
+        endpoint = api.create_endpoint_config(ipv4_address=address)
+        networking = docker.types.NetworkingConfig({network: endpoint})  # type: ignore[arg-type]
     _intend(spec, "container", name, labels)
-    with docker_errors(f"starting the proxy of run {spec.run_id}"):
+    with docker_errors(f"creating the proxy of run {spec.run_id}"):
         created = api.create_container(
             image,
             name=name,
@@ -303,18 +344,30 @@ def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
             environment={"PERSTACK_PROXY_POLICY": spec.policy},
             labels=labels,
             host_config=host_config,
+            networking_config=networking,
         )
-        egress = _connect_egress(created["Id"], image)
+    return str(created["Id"])
+
+
+def run_proxy(spec: SandboxSpec, proxy_id: str, image: str) -> None:
+    """Connect the created proxy `proxy_id` to the egress network and start it.
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
+    api = client().api
+    with docker_errors(f"starting the proxy of run {spec.run_id}"):
+        egress = _connect_egress(proxy_id, image)
         try:
-            api.start(created["Id"])
+            api.start(proxy_id)
         except docker.errors.NotFound:
             # A concurrent `gc` removed the egress network after our connect (an endpoint
             # exists only once a container runs): join a fresh one and start again.
             with contextlib.suppress(docker.errors.APIError):
-                api.disconnect_container_from_network(created["Id"], egress, force=True)
-            _connect_egress(created["Id"], image)
-            api.start(created["Id"])
-    return str(created["Id"])
+                api.disconnect_container_from_network(proxy_id, egress, force=True)
+            _connect_egress(proxy_id, image)
+            api.start(proxy_id)
 
 
 def _connect_egress(container_id: str, image: str) -> str:
@@ -345,11 +398,16 @@ def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
     return str(internal["IPAddress"]), str(egress["IPAddress"])
 
 
-async def start(spec: SandboxSpec, run: RunState) -> Started:
+async def start(
+    spec: SandboxSpec, run: RunState, *, early: anyio.abc.TaskGroup | None = None
+) -> Started:
     """Create and start the network, proxy and sandboxes of `spec`; wait for the proxy.
 
     Objects are labelled with the run id as they are made; the caller's teardown removes them
-    by that label whatever point this reached.
+    by that label whatever point this reached. With `early` (a task group that outlives the
+    returned sandbox), this returns once the sandbox containers run and the proxy exists: the
+    rest of the proxy's start runs in `early`, which fails with it, and `Started.proxy_up`
+    is set once the proxy answers (decision 50).
 
     Raises:
         EngineError: an engine call failed, or the proxy did not become ready.
@@ -358,12 +416,21 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
     if spec.workspace:
         await anyio.to_thread.run_sync(_workspace.check_host)
     proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
-    network = await anyio.to_thread.run_sync(create_internal_network, spec)
+    network, subnet = await anyio.to_thread.run_sync(internal_network, spec)
+    proxy_ip = proxy_address(subnet)
     proxy: list[str] = []
+    host_ip: list[str] = []
+    created, up = anyio.Event(), anyio.Event()
     sandboxes: dict[int, str] = {}
 
     async def make_proxy() -> None:
-        proxy.append(await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image))
+        proxy.append(
+            await anyio.to_thread.run_sync(create_proxy, spec, network, proxy_image, proxy_ip)
+        )
+        created.set()
+        await anyio.to_thread.run_sync(run_proxy, spec, proxy[0], proxy_image)
+        host_ip.append(await _proxy_answers(proxy[0], network, proxy_ip, run))
+        up.set()
 
     async def make_sandbox(index: int, view: str | None) -> None:
         sandboxes[index] = await anyio.to_thread.run_sync(
@@ -377,14 +444,26 @@ async def start(spec: SandboxSpec, run: RunState) -> Started:
             for index in range(max(1, spec.containers)):
                 group.start_soon(make_sandbox, index, view)
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(make_proxy)
-        group.start_soon(make_sandboxes)
-    proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, proxy[0], network)
-    await anyio.to_thread.run_sync(_health.follow_logs, proxy[0], run)
-    await _health.wait_ready(proxy[0], proxy_host_ip, PROXY_PORT)
+    if early is None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(make_proxy)
+            group.start_soon(make_sandboxes)
+    else:
+        early.start_soon(make_proxy)  # its failure cancels the caller's body
+        await make_sandboxes()
+        await created.wait()
     containers = tuple(sandboxes[index] for index in sorted(sandboxes))
-    return Started(containers, proxy[0], proxy_ip, proxy_host_ip, network)
+    return Started(containers, proxy[0], proxy_ip, host_ip[0] if host_ip else "", network, up)
+
+
+async def _proxy_answers(proxy_id: str, network: str, address: str, run: RunState) -> str:
+    """Copy the started proxy's output, wait until it answers; return its egress address."""
+    internal, egress = await anyio.to_thread.run_sync(proxy_addresses, proxy_id, network)
+    if internal != address:  # the engine gave it another: the skills' proxy URL would be wrong
+        raise EngineError(f"the proxy {proxy_id[:12]} is at {internal}, not at {address}")
+    await anyio.to_thread.run_sync(_health.follow_logs, proxy_id, run)
+    await _health.wait_ready(proxy_id, egress, PROXY_PORT)
+    return egress
 
 
 def remove_run(run_id: str) -> None:

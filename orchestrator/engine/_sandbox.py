@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 import anyio
+import anyio.abc
 
 from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
 from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _sweep
@@ -64,6 +65,16 @@ class Sandbox:
     container_ids: tuple[str, ...] = ()
     # The bundle the skills trust: the system's, or (sealed) the system's plus the run's CA.
     ca_bundle: str = CA_BUNDLE
+    # Set once the proxy answers; until then (skills started early) `proxy_host_ip` is "".
+    proxy_up: anyio.Event | None = field(default=None, compare=False)
+
+    async def wait_egress(self) -> None:
+        """Wait until the proxy answers (at once unless the skills were started before it).
+
+        A proxy that fails to start fails the sandbox's start (`open_sandbox`), not this.
+        """
+        if self.proxy_up is not None:
+            await self.proxy_up.wait()
 
     def proxy_env(self, skill: str | None = None) -> dict[str, str]:
         """Return the proxy and CA variables of `skill`'s process.
@@ -220,6 +231,7 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     isolation: Isolation = DEFAULT_ISOLATION,
     sealed: SealedSecrets | None = None,
     test_network: TestNetwork | None = None,
+    skills_first: bool = False,
 ) -> AsyncIterator[Sandbox]:
     """Start the sandbox of `plan` from `image` and tear everything down on exit.
 
@@ -242,6 +254,11 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     Every env file in the Expert's folder is covered by an empty read-only file (see
     `plan.check_expert_folder`).
 
+    With `skills_first`, a sandbox without sealing or remote skills is yielded once its
+    containers run, while its proxy still starts (at an address chosen ahead): the caller
+    starts the skills meanwhile and awaits `Sandbox.wait_egress` before it calls the run
+    ready; a proxy that fails to start cancels the body (decision 50).
+
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
         IsolationError: gVisor was asked for and is not installed or registered.
@@ -249,18 +266,22 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
 
     """
     status = "failed"
+    early = skills_first and sealed is None and not plan.sse_skills
     try:
-        sandbox = await start_sandbox(
-            plan,
-            image=image,
-            run=run,
-            workspace=workspace,
-            test_allow_cidrs=test_allow_cidrs,
-            isolation=isolation,
-            sealed=sealed,
-            test_network=test_network,
-        )
-        yield sandbox
+        async with anyio.create_task_group() as group:
+            sandbox = await start_sandbox(
+                plan,
+                image=image,
+                run=run,
+                workspace=workspace,
+                test_allow_cidrs=test_allow_cidrs,
+                isolation=isolation,
+                sealed=sealed,
+                test_network=test_network,
+                early=group if early else None,
+            )
+            yield sandbox
+            group.cancel_scope.cancel()  # a run that ends before its proxy answered
         status = "finished"
     finally:
         with anyio.CancelScope(shield=True):
@@ -278,13 +299,14 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     sealed: SealedSecrets | None = None,
     test_network: TestNetwork | None = None,
     warm: bool = False,
+    early: anyio.abc.TaskGroup | None = None,
 ) -> Sandbox:
     """Start the sandbox of `plan` as `open_sandbox` does, without tearing it down.
 
     The caller owns its teardown: `await teardown(run, status)` (shielded) whatever happens,
     also when this raises. `warm`: its proxy starts with no credential at all and lets no one
     through until a grant arrives over its control channel (`_warm.grant`); the skills'
-    credentials of the returned sandbox are empty.
+    credentials of the returned sandbox are empty. `early`: see `_containers.start`.
 
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
@@ -325,7 +347,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         containers=len(plan.skills) if isolation == "gvisor" else 1,
         run=run,
     )
-    started = await _containers.start(spec, run)
+    started = await _containers.start(spec, run, early=early)
     bundle = CA_BUNDLE
     if sealed is not None:
         bundle = await seal_sandbox(started.proxy_id, started.container_ids, sealed)
@@ -342,6 +364,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         isolation=isolation,
         container_ids=started.container_ids,
         ca_bundle=bundle,
+        proxy_up=started.proxy_up,
     )
 
 
