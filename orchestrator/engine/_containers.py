@@ -42,6 +42,7 @@ from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from ipaddress import IPv4Network
 
     from perstack_sandbox.isolation import Isolation
@@ -399,7 +400,11 @@ def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
 
 
 async def start(
-    spec: SandboxSpec, run: RunState, *, early: anyio.abc.TaskGroup | None = None
+    spec: SandboxSpec,
+    run: RunState,
+    *,
+    early: anyio.abc.TaskGroup | None = None,
+    on_ready: Callable[[str], Awaitable[None]] | None = None,
 ) -> Started:
     """Create and start the network, proxy and sandboxes of `spec`; wait for the proxy.
 
@@ -407,7 +412,8 @@ async def start(
     by that label whatever point this reached. With `early` (a task group that outlives the
     returned sandbox), this returns once the sandbox containers run and the proxy exists: the
     rest of the proxy's start runs in `early`, which fails with it, and `Started.proxy_up`
-    is set once the proxy answers (decision 50).
+    is set once the proxy answers (decision 50). `on_ready(proxy_id)` runs once the proxy
+    answers, before that (the grant of the skills' tokens: decision 51).
 
     Raises:
         EngineError: an engine call failed, or the proxy did not become ready.
@@ -430,6 +436,8 @@ async def start(
         created.set()
         await anyio.to_thread.run_sync(run_proxy, spec, proxy[0], proxy_image)
         host_ip.append(await _proxy_answers(proxy[0], network, proxy_ip, run))
+        if on_ready is not None:
+            await on_ready(proxy[0])
         up.set()
 
     async def make_sandbox(index: int, view: str | None) -> None:

@@ -23,9 +23,10 @@ import anyio.abc
 from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
 from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _sweep
 from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
+from perstack_sandbox.engine._control import send_grant
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.engine._gvisor import require_isolation
-from perstack_sandbox.errors import EngineError
+from perstack_sandbox.errors import EngineError, sole_exception
 from perstack_sandbox.images import no_progress
 from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation
 from perstack_sandbox.plan import check_expert_folder
@@ -268,7 +269,7 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     status = "failed"
     early = skills_first and sealed is None and not plan.sse_skills
     try:
-        async with anyio.create_task_group() as group:
+        async with _proxy_tasks(early=early) as group:
             sandbox = await start_sandbox(
                 plan,
                 image=image,
@@ -278,14 +279,33 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
                 isolation=isolation,
                 sealed=sealed,
                 test_network=test_network,
-                early=group if early else None,
+                early=group,
             )
             yield sandbox
-            group.cancel_scope.cancel()  # a run that ends before its proxy answered
         status = "finished"
     finally:
         with anyio.CancelScope(shield=True):
             await teardown(run, status)
+
+
+@asynccontextmanager
+async def _proxy_tasks(*, early: bool) -> AsyncIterator[anyio.abc.TaskGroup | None]:
+    """Yield a task group for the rest of the proxy's start (None unless `early`).
+
+    What the body raises comes out alone, as it does without the group.
+    """
+    if not early:
+        yield None
+        return
+    try:
+        async with anyio.create_task_group() as group:
+            yield group
+            group.cancel_scope.cancel()  # a run that ends before its proxy answered
+    except BaseExceptionGroup as errors:
+        sole = sole_exception(errors)
+        if sole is errors:
+            raise
+        raise sole from sole.__cause__
 
 
 async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
@@ -306,7 +326,9 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     The caller owns its teardown: `await teardown(run, status)` (shielded) whatever happens,
     also when this raises. `warm`: its proxy starts with no credential at all and lets no one
     through until a grant arrives over its control channel (`_warm.grant`); the skills'
-    credentials of the returned sandbox are empty. `early`: see `_containers.start`.
+    credentials of the returned sandbox are empty. Otherwise its proxy starts the same way
+    and is granted the skills' fresh tokens once it answers, before the sandbox counts as up:
+    no token is in a container's config (decision 51). `early`: see `_containers.start`.
 
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
@@ -319,9 +341,10 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
     credentials = {} if warm else {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
     test_network = test_network or TestNetwork(allow_cidrs=test_allow_cidrs)
-    policy = proxy_policy(plan, run.run_id, test_network.allow_cidrs, credentials)
+    # The tokens go over the control channel: the engine keeps a container's environment.
+    policy = proxy_policy(plan, run.run_id, test_network.allow_cidrs, {})
     policy |= test_network.policy_keys()
-    if warm:
+    if warm or credentials:
         policy["requireGrant"] = True
     # The run's copy names each skill's list but holds no token.
     kept = {key: value for key, value in policy.items() if key != "skills"}
@@ -347,7 +370,12 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         containers=len(plan.skills) if isolation == "gvisor" else 1,
         run=run,
     )
-    started = await _containers.start(spec, run, early=early)
+
+    async def hand_over(proxy_id: str) -> None:
+        if credentials:
+            await send_grant(proxy_id, credentials, skill_grants(plan))
+
+    started = await _containers.start(spec, run, early=early, on_ready=hand_over)
     bundle = CA_BUNDLE
     if sealed is not None:
         bundle = await seal_sandbox(started.proxy_id, started.container_ids, sealed)
