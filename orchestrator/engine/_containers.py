@@ -42,7 +42,7 @@ from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Coroutine
     from ipaddress import IPv4Network
 
     from perstack_sandbox.isolation import Isolation
@@ -404,7 +404,7 @@ async def start(
     run: RunState,
     *,
     early: anyio.abc.TaskGroup | None = None,
-    on_ready: Callable[[str], Awaitable[None]] | None = None,
+    on_proxy: Callable[[str, anyio.Event], Coroutine[Any, Any, None]] | None = None,
 ) -> Started:
     """Create and start the network, proxy and sandboxes of `spec`; wait for the proxy.
 
@@ -412,8 +412,9 @@ async def start(
     by that label whatever point this reached. With `early` (a task group that outlives the
     returned sandbox), this returns once the sandbox containers run and the proxy exists: the
     rest of the proxy's start runs in `early`, which fails with it, and `Started.proxy_up`
-    is set once the proxy answers (decision 50). `on_ready(proxy_id)` runs once the proxy
-    answers, before that (the grant of the skills' tokens: decision 51).
+    is set once the proxy answers (decision 50). `on_proxy(proxy_id, answers)` runs from the
+    moment the proxy container runs, beside the wait for its answer (`answers` is set then),
+    and `proxy_up` waits for it too: the grant of the skills' tokens (decision 51).
 
     Raises:
         EngineError: an engine call failed, or the proxy did not become ready.
@@ -435,9 +436,12 @@ async def start(
         )
         created.set()
         await anyio.to_thread.run_sync(run_proxy, spec, proxy[0], proxy_image)
-        host_ip.append(await _proxy_answers(proxy[0], network, proxy_ip, run))
-        if on_ready is not None:
-            await on_ready(proxy[0])
+        answers = anyio.Event()
+        async with anyio.create_task_group() as group:
+            if on_proxy is not None:
+                group.start_soon(on_proxy, proxy[0], answers)
+            host_ip.append(await _proxy_answers(proxy[0], network, proxy_ip, run))
+            answers.set()
         up.set()
 
     async def make_sandbox(index: int, view: str | None) -> None:

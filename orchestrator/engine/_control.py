@@ -104,6 +104,30 @@ async def send_grant(
     await send_control(proxy_id, {"op": "grant", "skills": skills}, control=control)
 
 
+async def grant_when_answering(
+    proxy_id: str,
+    answers: anyio.Event,
+    credentials: Mapping[str, str],
+    domains: Mapping[str, list[str]],
+) -> None:
+    """Start a control client now; once `answers` is set, send the grant through it.
+
+    The client's exec and interpreter start overlap the proxy's own (decision 51).
+
+    Raises:
+        EngineError: see `send_control`.
+
+    """
+    control = await open_control(proxy_id)
+    try:
+        await answers.wait()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await control.close(kill=False)  # never `kill -1` as the proxy's uid
+        raise
+    await send_grant(proxy_id, credentials, domains, control=control)
+
+
 async def _converse(process: ExecProcess, message: bytes) -> tuple[int | None, bytes]:
     """Write `message` to the client's stdin, close it, read stdout to its end; and its exit."""
     chunks: list[bytes] = []

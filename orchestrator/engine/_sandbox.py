@@ -23,7 +23,7 @@ import anyio.abc
 from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
 from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _sweep
 from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
-from perstack_sandbox.engine._control import send_grant
+from perstack_sandbox.engine._control import grant_when_answering
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.engine._gvisor import require_isolation
 from perstack_sandbox.errors import EngineError, sole_exception
@@ -371,11 +371,11 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         run=run,
     )
 
-    async def hand_over(proxy_id: str) -> None:
+    async def hand_over(proxy_id: str, answers: anyio.Event) -> None:
         if credentials:
-            await send_grant(proxy_id, credentials, skill_grants(plan))
+            await grant_when_answering(proxy_id, answers, credentials, skill_grants(plan))
 
-    started = await _containers.start(spec, run, early=early, on_ready=hand_over)
+    started = await _containers.start(spec, run, early=early, on_proxy=hand_over)
     bundle = CA_BUNDLE
     if sealed is not None:
         bundle = await seal_sandbox(started.proxy_id, started.container_ids, sealed)

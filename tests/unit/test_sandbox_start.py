@@ -116,17 +116,19 @@ async def test_a_runs_proxy_starts_without_tokens_and_is_granted_them_once_it_an
     monkeypatch.setenv(state.STATE_ENV, str(tmp_path / "state"))
     seen: dict[str, object] = {}
 
-    async def start(spec, _run, *, on_ready, **_options):
+    async def start(spec, _run, *, on_proxy, **_options):
         seen["policy"] = json.loads(spec.policy)
-        await on_ready("proxy-id")
+        answers = anyio.Event()
+        answers.set()
+        await on_proxy("proxy-id", answers)
         return _containers.Started(("box",), "proxy-id", "10.0.0.14", "", "net", anyio.Event())
 
-    async def send_grant(proxy_id, credentials, domains):
+    async def grant_when_answering(proxy_id, _answers, credentials, domains):
         seen["grant"] = (proxy_id, dict(credentials), dict(domains))
 
     monkeypatch.setattr(_sandbox, "require_isolation", lambda _isolation: None)
     monkeypatch.setattr(_containers, "start", start)
-    monkeypatch.setattr(_sandbox, "send_grant", send_grant)
+    monkeypatch.setattr(_sandbox, "grant_when_answering", grant_when_answering)
     run = state.create_run("e")
     sandbox = await _sandbox.start_sandbox(_plan(tmp_path), image="img", run=run)
     token = sandbox.credentials["api"]
