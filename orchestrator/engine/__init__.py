@@ -16,6 +16,7 @@ worker threads; every object carries our labels, so `ps`, `gc` and `down` find w
 _backend.py     the backend seam (SandboxBackend, SandboxHandle) and DOCKER_BACKEND
 _sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
 _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
+_start.py       their start, in parallel; the skills may start before the proxy answers
 _workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
 _gvisor.py      isolation: runc or gVisor's runsc (one container per stdio skill), its set-up
 _exec.py        a `docker exec` as three byte streams (the frames of the attach socket)

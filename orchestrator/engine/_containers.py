@@ -1,11 +1,7 @@
-"""The Docker objects of one sandbox: creating them fast, hardened, labelled; removing them.
+"""The Docker objects of one sandbox: creating them hardened and labelled; removing them.
 
-Set-up does the minimum number of engine calls, and runs the containers' creation in
-parallel: internal network, then {proxy: create, connect egress, start} || {[workspace layer:
-volume, container, wait until it answers (see `_workspace`)], sandboxes: create, start}, then
-one inspect for the proxy's addresses and a healthz poll from the host. Under runc there is one
-sandbox container; under gVisor one per stdio skill, each with the same mounts
-(docs/architecture.md, decision 25).
+`_start` orders their creation. Under runc there is one sandbox container; under gVisor one
+per stdio skill, each with the same mounts (docs/architecture.md, decision 25).
 
 Before each create, the object is named in the run's journal (fsynced) and this process's
 reaper is running (`_reaper`), so whatever point a run dies at, its objects are found and
@@ -20,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-import anyio.abc
 import docker.errors
 
 from perstack_sandbox import state
@@ -34,16 +28,17 @@ from perstack_sandbox.docker_edge import (
     docker_errors,
     owner_labels,
 )
-from perstack_sandbox.engine import _egress, _health, _reaper, _subnets, _sweep, _workspace
+from perstack_sandbox.engine import _egress, _reaper, _subnets, _sweep, _workspace
 from perstack_sandbox.engine._gvisor import RUNTIMES, host_pids_limit
 from perstack_sandbox.errors import EngineError
-from perstack_sandbox.images import ensure_proxy_image, sandbox_profile
+from perstack_sandbox.images import sandbox_profile
 from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
     from ipaddress import IPv4Network
+
+    import anyio
 
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Limits
@@ -219,7 +214,7 @@ def _mounts(spec: SandboxSpec, workspace_view: str | None) -> list[docker.types.
     return mounts
 
 
-def _start_workspace(spec: SandboxSpec) -> str | None:
+def start_workspace_layer(spec: SandboxSpec) -> str | None:
     if not spec.workspace:
         return None
     name, labels = _name(spec, _workspace.ROLE), _labels(spec, _workspace.ROLE)
@@ -235,7 +230,9 @@ def _start_workspace(spec: SandboxSpec) -> str | None:
     )
 
 
-def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None, index: int) -> str:
+def start_sandbox_container(
+    spec: SandboxSpec, network: str, workspace_view: str | None, index: int
+) -> str:
     api = client().api
     host_config = api.create_host_config(
         **{**HARDENING, "security_opt": sandbox_security_opt(spec.isolation)},
@@ -397,85 +394,6 @@ def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
     if not internal or not egress or not internal.get("IPAddress"):
         raise EngineError(f"the proxy {proxy_id[:12]} has no address on its networks")
     return str(internal["IPAddress"]), str(egress["IPAddress"])
-
-
-async def start(
-    spec: SandboxSpec,
-    run: RunState,
-    *,
-    early: anyio.abc.TaskGroup | None = None,
-    on_proxy: Callable[[str, anyio.Event], Coroutine[Any, Any, None]] | None = None,
-) -> Started:
-    """Create and start the network, proxy and sandboxes of `spec`; wait for the proxy.
-
-    Objects are labelled with the run id as they are made; the caller's teardown removes them
-    by that label whatever point this reached. With `early` (a task group that outlives the
-    returned sandbox), this returns once the sandbox containers run and the proxy exists: the
-    rest of the proxy's start runs in `early`, which fails with it, and `Started.proxy_up`
-    is set once the proxy answers (decision 50). `on_proxy(proxy_id, answers)` runs from the
-    moment the proxy container runs, beside the wait for its answer (`answers` is set then),
-    and `proxy_up` waits for it too: the grant of the skills' tokens (decision 51).
-
-    Raises:
-        EngineError: an engine call failed, or the proxy did not become ready.
-
-    """
-    if spec.workspace:
-        await anyio.to_thread.run_sync(_workspace.check_host)
-    proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
-    network, subnet = await anyio.to_thread.run_sync(internal_network, spec)
-    proxy_ip = proxy_address(subnet)
-    proxy: list[str] = []
-    host_ip: list[str] = []
-    created, up = anyio.Event(), anyio.Event()
-    sandboxes: dict[int, str] = {}
-
-    async def make_proxy() -> None:
-        proxy.append(
-            await anyio.to_thread.run_sync(create_proxy, spec, network, proxy_image, proxy_ip)
-        )
-        created.set()
-        await anyio.to_thread.run_sync(run_proxy, spec, proxy[0], proxy_image)
-        answers = anyio.Event()
-        async with anyio.create_task_group() as group:
-            if on_proxy is not None:
-                group.start_soon(on_proxy, proxy[0], answers)
-            host_ip.append(await _proxy_answers(proxy[0], network, proxy_ip, run))
-            answers.set()
-        up.set()
-
-    async def make_sandbox(index: int, view: str | None) -> None:
-        sandboxes[index] = await anyio.to_thread.run_sync(
-            _start_sandbox, spec, network, view, index
-        )
-
-    async def make_sandboxes() -> None:
-        # The layer first: every sandbox binds a mount that already answers (any runtime).
-        view = await anyio.to_thread.run_sync(_start_workspace, spec)
-        async with anyio.create_task_group() as group:
-            for index in range(max(1, spec.containers)):
-                group.start_soon(make_sandbox, index, view)
-
-    if early is None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(make_proxy)
-            group.start_soon(make_sandboxes)
-    else:
-        early.start_soon(make_proxy)  # its failure cancels the caller's body
-        await make_sandboxes()
-        await created.wait()
-    containers = tuple(sandboxes[index] for index in sorted(sandboxes))
-    return Started(containers, proxy[0], proxy_ip, host_ip[0] if host_ip else "", network, up)
-
-
-async def _proxy_answers(proxy_id: str, network: str, address: str, run: RunState) -> str:
-    """Copy the started proxy's output, wait until it answers; return its egress address."""
-    internal, egress = await anyio.to_thread.run_sync(proxy_addresses, proxy_id, network)
-    if internal != address:  # the engine gave it another: the skills' proxy URL would be wrong
-        raise EngineError(f"the proxy {proxy_id[:12]} is at {internal}, not at {address}")
-    await anyio.to_thread.run_sync(_health.follow_logs, proxy_id, run)
-    await _health.wait_ready(proxy_id, egress, PROXY_PORT)
-    return egress
 
 
 def remove_run(run_id: str) -> None:

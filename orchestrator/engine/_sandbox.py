@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
-from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _sweep
+from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _start, _sweep
 from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from perstack_sandbox.engine._control import grant_when_answering
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
@@ -328,7 +328,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     through until a grant arrives over its control channel (`_warm.grant`); the skills'
     credentials of the returned sandbox are empty. Otherwise its proxy starts the same way
     and is granted the skills' fresh tokens once it answers, before the sandbox counts as up:
-    no token is in a container's config (decision 51). `early`: see `_containers.start`.
+    no token is in a container's config (decision 51). `early`: see `_start.start`.
 
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
@@ -375,7 +375,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         if credentials:
             await grant_when_answering(proxy_id, answers, credentials, skill_grants(plan))
 
-    started = await _containers.start(spec, run, early=early, on_proxy=hand_over)
+    started = await _start.start(spec, run, early=early, on_proxy=hand_over)
     bundle = CA_BUNDLE
     if sealed is not None:
         bundle = await seal_sandbox(started.proxy_id, started.container_ids, sealed)

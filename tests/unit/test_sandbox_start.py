@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from perstack_sandbox import state
-from perstack_sandbox.engine import _containers, _control, _sandbox
+from perstack_sandbox.engine import _containers, _control, _sandbox, _start
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.plan import SandboxPlan, SkillLaunch
 
@@ -127,7 +127,7 @@ async def test_a_runs_proxy_starts_without_tokens_and_is_granted_them_once_it_an
         seen["grant"] = (proxy_id, dict(credentials), dict(domains))
 
     monkeypatch.setattr(_sandbox, "require_isolation", lambda _isolation: None)
-    monkeypatch.setattr(_containers, "start", start)
+    monkeypatch.setattr(_start, "start", start)
     monkeypatch.setattr(_sandbox, "grant_when_answering", grant_when_answering)
     run = state.create_run("e")
     sandbox = await _sandbox.start_sandbox(_plan(tmp_path), image="img", run=run)
