@@ -120,3 +120,11 @@ class GatewayError(RunError):
 
 class ToolsChangedError(SkillError):
     """A skill listed tools that differ from its lock entry; the message holds the diff."""
+
+
+def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Return the one leaf of a chain of single-member groups, else the group itself."""
+    current: BaseException = group
+    while isinstance(current, BaseExceptionGroup) and len(current.exceptions) == 1:
+        current = current.exceptions[0]
+    return group if isinstance(current, BaseExceptionGroup) else current

@@ -28,19 +28,7 @@ import anyio
 from perstack_sandbox import engine, state
 from perstack_sandbox.config import load_config
 from perstack_sandbox.engine import DEFAULT_BACKEND
-from perstack_sandbox.errors import RunError, RunInterruptedError, UsageError
-from perstack_sandbox.gateway import (
-    Gateway,
-    Prompter,
-    bind_loopback,
-    new_token,
-    parse_listen,
-    result_payload,
-    serve_http,
-    serve_stdio,
-    sole_exception,
-    tools_payload,
-)
+from perstack_sandbox.errors import RunError, RunInterruptedError, UsageError, sole_exception
 from perstack_sandbox.images import stderr_progress
 from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.plan import host_secrets
@@ -55,6 +43,7 @@ if TYPE_CHECKING:
     from perstack_sandbox.audit import Request, ToolCall
     from perstack_sandbox.config import PerstackConfig
     from perstack_sandbox.engine import BackendName
+    from perstack_sandbox.gateway import Gateway, Prompter
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Secret
 
@@ -267,6 +256,8 @@ def tools_report(options: LaunchOptions, *, as_json: bool) -> str:
     """
 
     async def report(gateway: Gateway) -> str:
+        from perstack_sandbox.gateway import tools_payload  # noqa: PLC0415 - loaded with the run
+
         tools = await gateway.list_tools()
         if as_json:  # each MCP tool object also names the skill it comes from
             payload = [
@@ -291,6 +282,8 @@ def call_report(options: LaunchOptions, tool: str, arguments: dict[str, object])
     """
 
     async def report(gateway: Gateway) -> str:
+        from perstack_sandbox.gateway import result_payload  # noqa: PLC0415 - loaded with the run
+
         result = await gateway.call_tool_checked(tool, dict(arguments))
         return json.dumps(result_payload(result), indent=2, sort_keys=True)
 
@@ -317,8 +310,12 @@ def serve(options: LaunchOptions, *, http: str | None, token_file: Path | None =
         if token_file is not None:
             raise UsageError("--token-file goes with --http (stdio needs no token)")
         with _signal_is_a_clean_stop():
-            anyio.run(_with_expert, options, serve_stdio, backend_options=SERVER_LOOP)
+            anyio.run(_with_expert, options, _serve_stdio, backend_options=SERVER_LOOP)
         return
+    # The HTTP transport binds before anything starts, so it needs the gateway (and the MCP
+    # SDK) first; stdio imports them while the sandbox starts (`run.preload_mcp_layer`).
+    from perstack_sandbox.gateway import bind_loopback, parse_listen  # noqa: PLC0415
+
     port = parse_listen(http)[1]
     if token_file is not None and not token_file.absolute().parent.is_dir():
         raise UsageError(f"--token-file {token_file}: its folder does not exist")
@@ -346,7 +343,15 @@ def _signal_is_a_clean_stop() -> Iterator[None]:
         print("stopped by a signal", file=sys.stderr, flush=True)  # noqa: T201
 
 
+async def _serve_stdio(gateway: Gateway) -> None:
+    from perstack_sandbox.gateway import serve_stdio  # noqa: PLC0415 - loaded with the run
+
+    await serve_stdio(gateway)
+
+
 async def _serve_http(options: LaunchOptions, sock: socket.socket, token_file: Path | None) -> None:
+    from perstack_sandbox.gateway import new_token, serve_http  # noqa: PLC0415 - imported by serve
+
     given = os.environ.get(TOKEN_ENV)
     token = given or new_token()
 

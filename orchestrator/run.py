@@ -16,27 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import pwd
+import sys
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
 
 import anyio
 import anyio.to_thread
-import mcp_types as types
-from mcp.shared.exceptions import MCPError
 
 from perstack_sandbox import engine, images, lock, state
 from perstack_sandbox.audit import NULL_SINK, RunFiles, TeeSink
 from perstack_sandbox.config import PerstackConfig, load_config
-from perstack_sandbox.errors import EngineError, LockError, RunError, SkillError, UsageError
-from perstack_sandbox.gateway import (
-    Gateway,
-    get_prompt,
-    open_gateway,
-    read_resource,
+from perstack_sandbox.errors import (
+    EngineError,
+    LockError,
+    RunError,
+    SkillError,
+    UsageError,
     sole_exception,
 )
 from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation, check_isolation
@@ -48,8 +49,6 @@ from perstack_sandbox.plan import (
     skill_environment,
 )
 from perstack_sandbox.plan import plan as make_plan
-from perstack_sandbox.pool import GrantedSandbox
-from perstack_sandbox.skills import RemoteSkillSession, SkillSession, SkillSpec, ToolPin
 from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:
@@ -57,8 +56,10 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
+    import mcp_types as types
+
     from perstack_sandbox.audit import AuditSink
-    from perstack_sandbox.gateway import Prompter
+    from perstack_sandbox.gateway import Gateway, Prompter
     from perstack_sandbox.lock import ExpertLock
     from perstack_sandbox.plan import (
         Limits,
@@ -68,12 +69,46 @@ if TYPE_CHECKING:
         SkillSecrets,
     )
     from perstack_sandbox.pool import WarmPool
-    from perstack_sandbox.skills import SkillProcess
+    from perstack_sandbox.skills import SkillProcess, SkillSession
 
     ExecContext = AbstractAsyncContextManager[SkillProcess]
 
 ConfigSource: TypeAlias = "PerstackConfig | str | os.PathLike[str]"
 """A parsed config (`parse_config`/`load_config`), or the path of a perstack.toml."""
+
+
+# What a run imports only once it starts: the gateway, the skills' sessions, the MCP SDK.
+MCP_LAYER: Final = ("perstack_sandbox.gateway", "perstack_sandbox.skills")
+
+
+def import_mcp_layer() -> None:
+    """Import the gateway and the skills' sessions, and the MCP SDK with them.
+
+    Raises:
+        ImportError: the installation is broken.
+
+    """
+    for name in MCP_LAYER:
+        importlib.import_module(name)
+
+
+def preload_mcp_layer() -> None:
+    """Start importing the MCP layer in a thread of its own, unless it is loaded already.
+
+    In a new process (`perstack-sandbox run`) the import is half a second of CPU in this
+    process, and the sandbox's start is engine round trips in worker threads: side by side,
+    the import is off the way to the first tools/list (docs/architecture.md, decision 49).
+    Whoever needs the layer calls `import_mcp_layer`, which waits for this import to finish.
+    """
+    if all(name in sys.modules for name in MCP_LAYER):
+        return
+    threading.Thread(target=_import_quietly, name="perstack-mcp-preload", daemon=True).start()
+
+
+def _import_quietly() -> None:
+    # A failure is raised again, where it is reported, by the `import_mcp_layer` that waits.
+    with contextlib.suppress(ImportError):
+        import_mcp_layer()
 
 
 def _quiet(_line: str) -> None:
@@ -468,6 +503,8 @@ class Run:
             RunError: the run is not started.
 
         """
+        from perstack_sandbox.gateway import get_prompt  # noqa: PLC0415 - loaded with the run
+
         with _skill_refusals(f"prompts/get {name!r}"):
             return await get_prompt(self.gateway, name, dict(arguments or {}))
 
@@ -500,6 +537,8 @@ class Run:
             RunError: the run is not started.
 
         """
+        from perstack_sandbox.gateway import read_resource  # noqa: PLC0415 - loaded with the run
+
         with _skill_refusals(f"resources/read {uri!r}"):
             return await read_resource(self.gateway, uri)
 
@@ -537,6 +576,7 @@ class Run:
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
+        preload_mcp_layer()  # the input is good: import the MCP side while the sandbox starts
         if options.pool is None:
             # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope)
             # stops the build and takes its fence down before this returns.
@@ -562,10 +602,12 @@ class Run:
             prepared.plan, isolation=options.isolation, workspace=options.workspace
         )
         self.run_id = claimed.run.run_id
+        from perstack_sandbox.pool import GrantedSandbox  # noqa: PLC0415 - docker-py when pooled
+
         granted = GrantedSandbox(claimed, prepared.plan, sealed=prepared.sealed)
         try:
             self._adopt(claimed.run, claimed.packages)
-            async with self._served(prepared, granted) as gateway:
+            async with self._served(prepared, granted, on_started=granted.started) as gateway:
                 yield gateway
         finally:
             if not granted.entered:  # failed or cancelled before its own teardown took over
@@ -589,6 +631,8 @@ class Run:
         self,
         prepared: Prepared,
         sandbox_context: AbstractAsyncContextManager[engine.SandboxHandle],
+        *,
+        on_started: Callable[[], None] | None = None,
     ) -> AsyncIterator[Gateway]:
         """Start the skills in the sandbox of `sandbox_context` behind the run's gateway."""
         options, run = self._options, self._state
@@ -605,24 +649,11 @@ class Run:
                 # Starts queue for a slot across this user's runs, in any process (`start_slot`).
                 engine.start_slot() as started,
                 sandbox_context as sandbox,
-                open_gateway(
-                    build_sessions(
-                        prepared,
-                        sandbox,
-                        audit=sink,
-                        accept_tool_changes=options.accept_tool_changes,
-                    ),
-                    prepared.plan.interactive_tools,
-                    prefix_tools=options.prefix_tools,
-                    prompter=options.prompter,
-                    egress_check=sandbox.egress_problem,
-                    audit=sink,
-                    ends_when=sandbox.wait_stopped,
-                ) as gateway,
+                self._gateway_over(prepared, sandbox, sink) as gateway,
             ):
                 started()  # the skills answered: the next sandbox may start
-                if isinstance(sandbox_context, GrantedSandbox):
-                    sandbox_context.started()
+                if on_started is not None:
+                    on_started()
                 yield gateway
         except BaseExceptionGroup as group:
             sole = sole_exception(group)
@@ -637,6 +668,31 @@ class Run:
             raise news from exc
         finally:
             files.close()
+
+    @asynccontextmanager
+    async def _gateway_over(
+        self, prepared: Prepared, sandbox: engine.SandboxHandle, sink: AuditSink
+    ) -> AsyncIterator[Gateway]:
+        """Start the skills in `sandbox` behind a gateway, once the MCP layer is imported."""
+        # Already imported by `preload_mcp_layer`, or waits for it off the event loop.
+        await anyio.to_thread.run_sync(import_mcp_layer)
+        from perstack_sandbox.gateway import open_gateway  # noqa: PLC0415 - imported just above
+
+        options = self._options
+        async with open_gateway(
+            build_sessions(
+                prepared, sandbox, audit=sink, accept_tool_changes=options.accept_tool_changes
+            ),
+            prepared.plan.interactive_tools,
+            prefix_tools=options.prefix_tools,
+            prompter=options.prompter,
+            egress_check=sandbox.egress_problem,
+            audit=sink,
+            ends_when=sandbox.wait_stopped,
+        ) as gateway:
+            # The skills may have started before the proxy (decision 50): ready means both.
+            await sandbox.wait_egress()
+            yield gateway
 
     def _chosen_backend(self) -> engine.SandboxBackend:
         if self._backend is None:
@@ -714,10 +770,13 @@ def skill_home(uid: int) -> str:
 @contextlib.contextmanager
 def _skill_refusals(what: str) -> Iterator[None]:
     """Raise a skill's JSON-RPC error as ours: bad params as `UsageError`, else `SkillError`."""
+    from mcp.shared.exceptions import MCPError  # noqa: PLC0415 - loaded with the run
+    from mcp_types import INVALID_PARAMS  # noqa: PLC0415
+
     try:
         yield
     except MCPError as exc:
-        error_class = UsageError if exc.error.code == types.INVALID_PARAMS else SkillError
+        error_class = UsageError if exc.error.code == INVALID_PARAMS else SkillError
         raise error_class(
             f"a skill refused {what}: {exc.error.message} (JSON-RPC error {exc.error.code})"
         ) from exc
@@ -735,6 +794,13 @@ def build_sessions(
     Every session reports its stderr and death to the run's `audit` sink. With a lock, each
     stdio skill's tools are pinned to the lock's (`ToolPin`).
     """
+    from perstack_sandbox.skills import (  # noqa: PLC0415 - the MCP SDK only once a run starts
+        RemoteSkillSession,
+        SkillSession,
+        SkillSpec,
+        ToolPin,
+    )
+
     timeout_s = prepared.plan.timeout_ms / 1000
     sessions: list[SkillSession] = []
     for index, launch in enumerate(prepared.plan.skills):

@@ -35,6 +35,7 @@ from perstack_sandbox.isolation import DEFAULT_ISOLATION
 
 if TYPE_CHECKING:
     from perstack_sandbox.engine import BackendName
+    from perstack_sandbox.gateway import Prompter
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.launch import LaunchOptions
 
@@ -63,7 +64,7 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
     backend: BackendName = DEFAULT_BACKEND,
 ) -> LaunchOptions:
     """Build the launch options; paths the user typed are taken against the current folder."""
-    from perstack_sandbox import gateway, launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox import launch  # noqa: PLC0415 - keeps --help fast
     from perstack_sandbox.errors import UsageError  # noqa: PLC0415
 
     if workspace is not None and not workspace.is_dir():
@@ -78,13 +79,19 @@ def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
         workspace=workspace.absolute() if workspace is not None else None,
         prefix_tools=prefix_tools,
         isolation=isolation,
-        prompter=gateway.terminal_prompter() if interactive else None,
+        prompter=_terminal_prompter() if interactive else None,
         warn=warn,
         seal_secrets=seal_secrets,
         seal_passthrough=tuple(passthrough or ()),
         accept_tool_changes=accept_tool_changes,
         backend=backend,
     )
+
+
+def _terminal_prompter() -> Prompter | None:
+    from perstack_sandbox import gateway  # noqa: PLC0415 - the MCP SDK only when it asks
+
+    return gateway.terminal_prompter()
 
 
 def via_server(server: str, options: LaunchOptions, what: str, *args: object) -> str | None:

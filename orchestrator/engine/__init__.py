@@ -16,9 +16,11 @@ worker threads; every object carries our labels, so `ps`, `gc` and `down` find w
 _backend.py     the backend seam (SandboxBackend, SandboxHandle) and DOCKER_BACKEND
 _sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
 _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
+_start.py       their start, in parallel; the skills may start before the proxy answers
 _workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
 _gvisor.py      isolation: runc or gVisor's runsc (one container per stdio skill), its set-up
 _exec.py        a `docker exec` as three byte streams (the frames of the attach socket)
+_control.py     the proxy's control channel: one message per control client (grants, seals)
 _seal.py        sealing a started sandbox: values to the proxy, the run's CA into the sandbox
 _health.py      the proxy's readiness and its output copied into the run's files
 _fence.py       the fence around a per-expert build: its own network and registry-only proxy
@@ -28,7 +30,7 @@ _reaper.py      the per-owner process that removes what its owner leaves when it
 _egress.py      the shared egress network, made once per engine under an engine-wide lock
 _subnets.py     small subnets for internal networks, from one configurable private range
 _gate.py        start slots: how many sandboxes start at the same time
-_warm.py        warm sandboxes: credentials granted to the proxy over its control channel
+_warm.py        warm sandboxes: fresh credentials granted to a claimed sandbox's proxy
 ```
 """
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
         StdioProcess,
     )
     from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
+    from perstack_sandbox.engine._control import open_control, send_control, send_grant
     from perstack_sandbox.engine._exec import ExecProcess
     from perstack_sandbox.engine._fence import (
         build_expert,
@@ -75,7 +78,7 @@ if TYPE_CHECKING:
         teardown,
     )
     from perstack_sandbox.engine._sweep import RunInfo
-    from perstack_sandbox.engine._warm import grant, open_control, send_control, send_grant
+    from perstack_sandbox.engine._warm import grant
 
 __all__ = [
     "BACKEND_NAMES",
@@ -142,7 +145,8 @@ _LAZY: Final = {
     "require_isolation": "._gvisor",
     "RunInfo": "._sweep",
     "SKILL_UID_COUNT": "._containers",
-    **dict.fromkeys(("grant", "open_control", "send_control", "send_grant"), "._warm"),
+    **dict.fromkeys(("open_control", "send_control", "send_grant"), "._control"),
+    "grant": "._warm",
     "SKILL_UID_FIRST": "._containers",
     **dict.fromkeys(
         (

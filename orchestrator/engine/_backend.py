@@ -84,6 +84,9 @@ class SandboxHandle(Protocol):
     async def egress_problem(self) -> str | None:
         """Return why the sandbox lost its egress proxy, or None while it runs."""
 
+    async def wait_egress(self) -> None:
+        """Wait until the egress proxy answers (the skills may have started before it)."""
+
     async def wait_stopped(self) -> str:
         """Wait until the sandbox stops or disappears; return how, as a sentence."""
 
@@ -159,6 +162,7 @@ class DockerBackend:
             isolation=isolation,
             sealed=sealed,
             test_network=test_network,
+            skills_first=True,  # the run awaits `wait_egress` before it is ready
         )
 
     async def list_runs(self) -> list[RunInfo]:

@@ -1,11 +1,7 @@
-"""The Docker objects of one sandbox: creating them fast, hardened, labelled; removing them.
+"""The Docker objects of one sandbox: creating them hardened and labelled; removing them.
 
-Set-up does the minimum number of engine calls, and runs the containers' creation in
-parallel: internal network, then {proxy: create, connect egress, start} || {[workspace layer:
-volume, container, wait until it answers (see `_workspace`)], sandboxes: create, start}, then
-one inspect for the proxy's addresses and a healthz poll from the host. Under runc there is one
-sandbox container; under gVisor one per stdio skill, each with the same mounts
-(docs/architecture.md, decision 25).
+`_start` orders their creation. Under runc there is one sandbox container; under gVisor one
+per stdio skill, each with the same mounts (docs/architecture.md, decision 25).
 
 Before each create, the object is named in the run's journal (fsynced) and this process's
 reaper is running (`_reaper`), so whatever point a run dies at, its objects are found and
@@ -20,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
 import docker.errors
 
 from perstack_sandbox import state
@@ -33,15 +28,17 @@ from perstack_sandbox.docker_edge import (
     docker_errors,
     owner_labels,
 )
-from perstack_sandbox.engine import _egress, _health, _reaper, _subnets, _sweep, _workspace
+from perstack_sandbox.engine import _egress, _reaper, _subnets, _sweep, _workspace
 from perstack_sandbox.engine._gvisor import RUNTIMES, host_pids_limit
 from perstack_sandbox.errors import EngineError
-from perstack_sandbox.images import ensure_proxy_image, sandbox_profile
+from perstack_sandbox.images import sandbox_profile
 from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.plan import EXPERT_DIR, WORKSPACE_DIR
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network
+
+    import anyio
 
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import Limits
@@ -101,8 +98,9 @@ class Started:
     container_ids: tuple[str, ...]  # the sandbox containers, in skill order
     proxy_id: str
     proxy_ip: str
-    proxy_host_ip: str
+    proxy_host_ip: str  # "" while the proxy of an early start is still starting
     network_id: str
+    proxy_up: anyio.Event  # set once the proxy answers
 
     @property
     def container_id(self) -> str:
@@ -140,6 +138,17 @@ def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
         EngineError: the engine refused or could not be reached, or the range is full.
 
     """
+    return internal_network(spec, role=role)[0]
+
+
+def internal_network(spec: SandboxSpec, *, role: str = "network") -> tuple[str, IPv4Network]:
+    """Create the internal network of `spec`'s run as `create_internal_network`; and its subnet.
+
+    Raises:
+        UsageError: the configured subnet range is malformed.
+        EngineError: the engine refused or could not be reached, or the range is full.
+
+    """
     pool = _subnets.configured_pool()
     name, labels = _name(spec, "net"), _labels(spec, role)
     _intend(spec, "network", name, labels)
@@ -151,7 +160,7 @@ def create_internal_network(spec: SandboxSpec, *, role: str = "network") -> str:
             if subnet is None:
                 break
             try:
-                return _create_internal(api, name, labels, subnet)
+                return _create_internal(api, name, labels, subnet), subnet
             except docker.errors.APIError as exc:
                 if "overlap" not in str(exc.explanation or exc).lower():
                     raise
@@ -205,7 +214,7 @@ def _mounts(spec: SandboxSpec, workspace_view: str | None) -> list[docker.types.
     return mounts
 
 
-def _start_workspace(spec: SandboxSpec) -> str | None:
+def start_workspace_layer(spec: SandboxSpec) -> str | None:
     if not spec.workspace:
         return None
     name, labels = _name(spec, _workspace.ROLE), _labels(spec, _workspace.ROLE)
@@ -221,7 +230,9 @@ def _start_workspace(spec: SandboxSpec) -> str | None:
     )
 
 
-def _start_sandbox(spec: SandboxSpec, network: str, workspace_view: str | None, index: int) -> str:
+def start_sandbox_container(
+    spec: SandboxSpec, network: str, workspace_view: str | None, index: int
+) -> str:
     api = client().api
     host_config = api.create_host_config(
         **{**HARDENING, "security_opt": sandbox_security_opt(spec.isolation)},
@@ -275,8 +286,31 @@ def sandbox_security_opt(isolation: Isolation = DEFAULT_ISOLATION) -> list[str]:
     return [*HARDENING["security_opt"], f"seccomp={profile}"]
 
 
-def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
+def proxy_address(subnet: IPv4Network) -> str:
+    """Return the address a sandbox's proxy takes on its internal network: the subnet's last.
+
+    Chosen before anything starts, so the skills' proxy URL is known while the proxy is still
+    starting (decision 50); the engine hands the sandbox containers the lowest free addresses.
+    """
+    return str(subnet.broadcast_address - 1)
+
+
+def start_proxy(spec: SandboxSpec, network: str, image: str, address: str | None = None) -> str:
     """Create and start `spec`'s proxy on `network` and the egress network; return its id.
+
+    `address`: the proxy's address on `network` (else the engine picks one).
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
+    created = create_proxy(spec, network, image, address)
+    run_proxy(spec, created, image)
+    return created
+
+
+def create_proxy(spec: SandboxSpec, network: str, image: str, address: str | None = None) -> str:
+    """Create (not start) `spec`'s proxy on `network`, at `address` when given; return its id.
 
     Raises:
         EngineError: the engine refused or could not be reached.
@@ -293,8 +327,13 @@ def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
         network_mode=network,
     )
     name, labels = _name(spec, "proxy"), _labels(spec, "proxy")
+    networking = None
+    if address:
+        # docker-py takes {network: endpoint}; types-docker types it as one EndpointConfig.
+        endpoint = api.create_endpoint_config(ipv4_address=address)
+        networking = docker.types.NetworkingConfig({network: endpoint})  # type: ignore[arg-type]
     _intend(spec, "container", name, labels)
-    with docker_errors(f"starting the proxy of run {spec.run_id}"):
+    with docker_errors(f"creating the proxy of run {spec.run_id}"):
         created = api.create_container(
             image,
             name=name,
@@ -303,18 +342,30 @@ def start_proxy(spec: SandboxSpec, network: str, image: str) -> str:
             environment={"PERSTACK_PROXY_POLICY": spec.policy},
             labels=labels,
             host_config=host_config,
+            networking_config=networking,
         )
-        egress = _connect_egress(created["Id"], image)
+    return str(created["Id"])
+
+
+def run_proxy(spec: SandboxSpec, proxy_id: str, image: str) -> None:
+    """Connect the created proxy `proxy_id` to the egress network and start it.
+
+    Raises:
+        EngineError: the engine refused or could not be reached.
+
+    """
+    api = client().api
+    with docker_errors(f"starting the proxy of run {spec.run_id}"):
+        egress = _connect_egress(proxy_id, image)
         try:
-            api.start(created["Id"])
+            api.start(proxy_id)
         except docker.errors.NotFound:
             # A concurrent `gc` removed the egress network after our connect (an endpoint
             # exists only once a container runs): join a fresh one and start again.
             with contextlib.suppress(docker.errors.APIError):
-                api.disconnect_container_from_network(created["Id"], egress, force=True)
-            _connect_egress(created["Id"], image)
-            api.start(created["Id"])
-    return str(created["Id"])
+                api.disconnect_container_from_network(proxy_id, egress, force=True)
+            _connect_egress(proxy_id, image)
+            api.start(proxy_id)
 
 
 def _connect_egress(container_id: str, image: str) -> str:
@@ -343,48 +394,6 @@ def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
     if not internal or not egress or not internal.get("IPAddress"):
         raise EngineError(f"the proxy {proxy_id[:12]} has no address on its networks")
     return str(internal["IPAddress"]), str(egress["IPAddress"])
-
-
-async def start(spec: SandboxSpec, run: RunState) -> Started:
-    """Create and start the network, proxy and sandboxes of `spec`; wait for the proxy.
-
-    Objects are labelled with the run id as they are made; the caller's teardown removes them
-    by that label whatever point this reached.
-
-    Raises:
-        EngineError: an engine call failed, or the proxy did not become ready.
-
-    """
-    if spec.workspace:
-        await anyio.to_thread.run_sync(_workspace.check_host)
-    proxy_image = await anyio.to_thread.run_sync(ensure_proxy_image)
-    network = await anyio.to_thread.run_sync(create_internal_network, spec)
-    proxy: list[str] = []
-    sandboxes: dict[int, str] = {}
-
-    async def make_proxy() -> None:
-        proxy.append(await anyio.to_thread.run_sync(start_proxy, spec, network, proxy_image))
-
-    async def make_sandbox(index: int, view: str | None) -> None:
-        sandboxes[index] = await anyio.to_thread.run_sync(
-            _start_sandbox, spec, network, view, index
-        )
-
-    async def make_sandboxes() -> None:
-        # The layer first: every sandbox binds a mount that already answers (any runtime).
-        view = await anyio.to_thread.run_sync(_start_workspace, spec)
-        async with anyio.create_task_group() as group:
-            for index in range(max(1, spec.containers)):
-                group.start_soon(make_sandbox, index, view)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(make_proxy)
-        group.start_soon(make_sandboxes)
-    proxy_ip, proxy_host_ip = await anyio.to_thread.run_sync(proxy_addresses, proxy[0], network)
-    await anyio.to_thread.run_sync(_health.follow_logs, proxy[0], run)
-    await _health.wait_ready(proxy[0], proxy_host_ip, PROXY_PORT)
-    containers = tuple(sandboxes[index] for index in sorted(sandboxes))
-    return Started(containers, proxy[0], proxy_ip, proxy_host_ip, network)
 
 
 def remove_run(run_id: str) -> None:

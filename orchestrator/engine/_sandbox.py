@@ -18,13 +18,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 import anyio
+import anyio.abc
 
 from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
-from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _sweep
+from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _start, _sweep
 from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
+from perstack_sandbox.engine._control import grant_when_answering
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.engine._gvisor import require_isolation
-from perstack_sandbox.errors import EngineError
+from perstack_sandbox.errors import EngineError, sole_exception
 from perstack_sandbox.images import no_progress
 from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation
 from perstack_sandbox.plan import check_expert_folder
@@ -64,6 +66,16 @@ class Sandbox:
     container_ids: tuple[str, ...] = ()
     # The bundle the skills trust: the system's, or (sealed) the system's plus the run's CA.
     ca_bundle: str = CA_BUNDLE
+    # Set once the proxy answers; until then (skills started early) `proxy_host_ip` is "".
+    proxy_up: anyio.Event | None = field(default=None, compare=False)
+
+    async def wait_egress(self) -> None:
+        """Wait until the proxy answers (at once unless the skills were started before it).
+
+        A proxy that fails to start fails the sandbox's start (`open_sandbox`), not this.
+        """
+        if self.proxy_up is not None:
+            await self.proxy_up.wait()
 
     def proxy_env(self, skill: str | None = None) -> dict[str, str]:
         """Return the proxy and CA variables of `skill`'s process.
@@ -220,6 +232,7 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     isolation: Isolation = DEFAULT_ISOLATION,
     sealed: SealedSecrets | None = None,
     test_network: TestNetwork | None = None,
+    skills_first: bool = False,
 ) -> AsyncIterator[Sandbox]:
     """Start the sandbox of `plan` from `image` and tear everything down on exit.
 
@@ -242,6 +255,11 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     Every env file in the Expert's folder is covered by an empty read-only file (see
     `plan.check_expert_folder`).
 
+    With `skills_first`, a sandbox without sealing or remote skills is yielded once its
+    containers run, while its proxy still starts (at an address chosen ahead): the caller
+    starts the skills meanwhile and awaits `Sandbox.wait_egress` before it calls the run
+    ready; a proxy that fails to start cancels the body (decision 50).
+
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
         IsolationError: gVisor was asked for and is not installed or registered.
@@ -249,22 +267,45 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
 
     """
     status = "failed"
+    early = skills_first and sealed is None and not plan.sse_skills
     try:
-        sandbox = await start_sandbox(
-            plan,
-            image=image,
-            run=run,
-            workspace=workspace,
-            test_allow_cidrs=test_allow_cidrs,
-            isolation=isolation,
-            sealed=sealed,
-            test_network=test_network,
-        )
-        yield sandbox
+        async with _proxy_tasks(early=early) as group:
+            sandbox = await start_sandbox(
+                plan,
+                image=image,
+                run=run,
+                workspace=workspace,
+                test_allow_cidrs=test_allow_cidrs,
+                isolation=isolation,
+                sealed=sealed,
+                test_network=test_network,
+                early=group,
+            )
+            yield sandbox
         status = "finished"
     finally:
         with anyio.CancelScope(shield=True):
             await teardown(run, status)
+
+
+@asynccontextmanager
+async def _proxy_tasks(*, early: bool) -> AsyncIterator[anyio.abc.TaskGroup | None]:
+    """Yield a task group for the rest of the proxy's start (None unless `early`).
+
+    What the body raises comes out alone, as it does without the group.
+    """
+    if not early:
+        yield None
+        return
+    try:
+        async with anyio.create_task_group() as group:
+            yield group
+            group.cancel_scope.cancel()  # a run that ends before its proxy answered
+    except BaseExceptionGroup as errors:
+        sole = sole_exception(errors)
+        if sole is errors:
+            raise
+        raise sole from sole.__cause__
 
 
 async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
@@ -278,13 +319,16 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     sealed: SealedSecrets | None = None,
     test_network: TestNetwork | None = None,
     warm: bool = False,
+    early: anyio.abc.TaskGroup | None = None,
 ) -> Sandbox:
     """Start the sandbox of `plan` as `open_sandbox` does, without tearing it down.
 
     The caller owns its teardown: `await teardown(run, status)` (shielded) whatever happens,
     also when this raises. `warm`: its proxy starts with no credential at all and lets no one
     through until a grant arrives over its control channel (`_warm.grant`); the skills'
-    credentials of the returned sandbox are empty.
+    credentials of the returned sandbox are empty. Otherwise its proxy starts the same way
+    and is granted the skills' fresh tokens once it answers, before the sandbox counts as up:
+    no token is in a container's config (decision 51). `early`: see `_start.start`.
 
     Raises:
         UsageError: the Expert's folder cannot be checked, or skills could not read it.
@@ -297,9 +341,10 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     folder = await anyio.to_thread.run_sync(check_expert_folder, plan)
     credentials = {} if warm else {name: secrets.token_urlsafe(32) for name in skill_grants(plan)}
     test_network = test_network or TestNetwork(allow_cidrs=test_allow_cidrs)
-    policy = proxy_policy(plan, run.run_id, test_network.allow_cidrs, credentials)
+    # The tokens go over the control channel: the engine keeps a container's environment.
+    policy = proxy_policy(plan, run.run_id, test_network.allow_cidrs, {})
     policy |= test_network.policy_keys()
-    if warm:
+    if warm or credentials:
         policy["requireGrant"] = True
     # The run's copy names each skill's list but holds no token.
     kept = {key: value for key, value in policy.items() if key != "skills"}
@@ -325,7 +370,12 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         containers=len(plan.skills) if isolation == "gvisor" else 1,
         run=run,
     )
-    started = await _containers.start(spec, run)
+
+    async def hand_over(proxy_id: str, answers: anyio.Event) -> None:
+        if credentials:
+            await grant_when_answering(proxy_id, answers, credentials, skill_grants(plan))
+
+    started = await _start.start(spec, run, early=early, on_proxy=hand_over)
     bundle = CA_BUNDLE
     if sealed is not None:
         bundle = await seal_sandbox(started.proxy_id, started.container_ids, sealed)
@@ -342,6 +392,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         isolation=isolation,
         container_ids=started.container_ids,
         ca_bundle=bundle,
+        proxy_up=started.proxy_up,
     )
 
 

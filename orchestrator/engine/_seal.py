@@ -1,20 +1,19 @@
 """Sealing a started sandbox: the values to its proxy, the run's CA into its containers.
 
-The values go over the proxy's control channel: `docker exec -i` of the control client in the
-proxy container, the message on its stdin (never argv, never an environment: a container's
-configuration is persisted by the engine). The proxy answers with its new CA's certificate,
+The values go over the proxy's control channel (`_control`: the message on a control client's
+stdin, never argv, never an environment). The proxy answers with its new CA's certificate,
 which is then appended to the system bundle in each sandbox container, in a folder the skills
 cannot write, before any skill starts (docs/architecture.md, decisions 37 and 38).
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Final
 
 import anyio
 
 from perstack_sandbox.engine._containers import SKILL_UID_FIRST
+from perstack_sandbox.engine._control import send_control
 from perstack_sandbox.engine._exec import start_exec
 from perstack_sandbox.errors import EngineError
 
@@ -26,15 +25,8 @@ if TYPE_CHECKING:
 SEALED_CA_DIR: Final = "/tmp/perstack-ca"  # noqa: S108 - made by the sandbox user, not writable by skills
 SEALED_CA_BUNDLE: Final = f"{SEALED_CA_DIR}/bundle.pem"
 SYSTEM_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
-CONTROL_ARGV: Final = ("python3", "-m", "perstack_sandbox_proxy.control")
-PROXY_UID: Final = 10000
-PROXY_WORKDIR: Final = "/opt/perstack-proxy"  # where the proxy's packages are (its image)
 SANDBOX_UID: Final = SKILL_UID_FIRST - 1
-# The proxy's control socket is bound right after its listener: a start this early may beat it.
-CONTROL_ATTEMPTS: Final = 20
-CONTROL_RETRY_S: Final = 0.1
-EXEC_TIMEOUT_S: Final = 30.0  # one exec on a busy engine; key generation is milliseconds
-_UNREACHABLE: Final = 2  # the control client's exit status when the socket does not answer
+EXEC_TIMEOUT_S: Final = 30.0  # one exec on a busy engine
 # mkdir fails if a folder is there already: nobody may have made it before us.
 _INSTALL: Final = (
     f"set -eu; umask 022; mkdir {SEALED_CA_DIR}; "
@@ -51,20 +43,10 @@ async def seal_proxy(proxy_id: str, message: bytes) -> str:
             keys, never values).
 
     """
-    for _ in range(CONTROL_ATTEMPTS):
-        code, out, err = await _run(
-            proxy_id, list(CONTROL_ARGV), message, {}, (PROXY_UID, PROXY_WORKDIR)
-        )
-        if code != _UNREACHABLE:
-            break
-        await anyio.sleep(CONTROL_RETRY_S)
     try:
-        reply = json.loads(out)
-    except ValueError:
-        reply = {}
-    if code != 0 or not isinstance(reply, dict) or not reply.get("ok"):
-        why = reply.get("error") if isinstance(reply, dict) else None
-        raise EngineError(f"the proxy refused to seal the run: {why or err.strip() or code}")
+        reply = await send_control(proxy_id, message)
+    except EngineError as exc:
+        raise EngineError(f"the proxy refused to seal the run: {exc}") from exc
     pem = reply.get("caCertificate")
     if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
         raise EngineError("the proxy's seal reply carried no CA certificate")

@@ -40,6 +40,8 @@ _mount.py       a gateway's endpoint as an ASGI app that `serve` mounts under a 
 
 from __future__ import annotations
 
+# Lives in errors: the layers below the gateway use it without importing the MCP SDK.
+from perstack_sandbox.errors import sole_exception
 from perstack_sandbox.gateway._audit import argument_shape, write_audit
 from perstack_sandbox.gateway._catalog import (
     Route,
@@ -54,7 +56,6 @@ from perstack_sandbox.gateway._core import (
     Gateway,
     Prompter,
     open_gateway,
-    sole_exception,
 )
 from perstack_sandbox.gateway._guard import new_token
 from perstack_sandbox.gateway._mount import mounted_endpoint

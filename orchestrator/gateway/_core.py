@@ -12,7 +12,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from perstack_sandbox.audit import NULL_SINK
-from perstack_sandbox.errors import SkillError, ToolsChangedError, UsageError
+from perstack_sandbox.errors import SkillError, ToolsChangedError, UsageError, sole_exception
 from perstack_sandbox.gateway._audit import argument_shape, audited
 from perstack_sandbox.gateway._catalog import (
     Catalog,
@@ -434,11 +434,3 @@ async def open_gateway(  # noqa: PLR0913 - the skills, then one keyword per coll
 
 async def _shut_down_when(gateway: Gateway, ends_when: EndWatch) -> None:
     await gateway.shut_down(await ends_when())
-
-
-def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Return the one leaf of a chain of single-member groups, else the group itself."""
-    current: BaseException = group
-    while isinstance(current, BaseExceptionGroup) and len(current.exceptions) == 1:
-        current = current.exceptions[0]
-    return group if isinstance(current, BaseExceptionGroup) else current

@@ -22,14 +22,14 @@ import sys
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urljoin, urlsplit
 
-import httpx2
-
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import _build
 from perstack_sandbox_proxy.hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+
+    import httpx2
 
     from perstack_sandbox.plan import PackageSpec
 
@@ -96,9 +96,7 @@ def build_hosts(packages: Sequence[PackageSpec]) -> list[str]:
     hosts: set[str] = set()
     npm_names = [p.name for p in packages if p.manager == "npm"]
     pypi_names = [p.name for p in packages if p.manager == "pypi"]
-    with httpx2.Client(
-        verify=ssl.create_default_context(), timeout=FETCH_TIMEOUT_S, follow_redirects=True
-    ) as http:
+    with _http_client() as http:
         if npm_names:
             registry = npm_registry()
             hosts.add(https_host(registry))
@@ -110,6 +108,15 @@ def build_hosts(packages: Sequence[PackageSpec]) -> list[str]:
             for name in pypi_names:
                 hosts.update(https_host(url) for url in _pypi_files(http, index, name))
     return sorted(hosts)
+
+
+def _http_client() -> httpx2.Client:
+    # Imported here: a run whose image is built already never reads a registry.
+    import httpx2  # noqa: PLC0415
+
+    return httpx2.Client(
+        verify=ssl.create_default_context(), timeout=FETCH_TIMEOUT_S, follow_redirects=True
+    )
 
 
 def https_host(url: str) -> str:
@@ -130,6 +137,8 @@ def https_host(url: str) -> str:
 
 def _get(http: httpx2.Client, url: str, accept: str) -> httpx2.Response | None:
     """GET registry metadata; None for an unknown package (its install step then says so)."""
+    import httpx2  # noqa: PLC0415 - loaded by `_http_client` already
+
     try:
         response = http.get(url, headers={"Accept": accept})
         if response.status_code == httpx2.codes.NOT_FOUND:
@@ -185,9 +194,7 @@ def latest_version(manager: str, name: str) -> str:
         EngineError: the registry could not be read.
 
     """
-    with httpx2.Client(
-        verify=ssl.create_default_context(), timeout=FETCH_TIMEOUT_S, follow_redirects=True
-    ) as http:
+    with _http_client() as http:
         if manager == "npm":
             return newest_npm(http, npm_registry(), name)
         return newest_pypi(http, python_index(), name)

@@ -134,6 +134,9 @@ class KubeSandbox:
         ) as process:
             yield process
 
+    async def wait_egress(self) -> None:
+        """Return at once: the pod is handed out only once its proxy is ready."""
+
     async def egress_problem(self) -> str | None:
         """Return why the proxy pod is gone, or None while it runs (from the run's pod watch)."""
         if self.proxy_down is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import docker
 import pytest
@@ -165,6 +166,32 @@ async def test_docker_inspect_of_every_object_of_the_run_holds_no_value(
         env = "\n".join(api.inspect_container(container.id)["Config"]["Env"] or [])
         assert hostile.canaries.found_in(env) == []
         assert not [name for name in hostile.canaries.values if name in env]
+
+
+async def test_no_container_of_the_run_holds_a_skills_proxy_token(hostile: Hostile) -> None:
+    """The hostile skill's proxy token is in its own environment, and in no container's config.
+
+    The tokens reach the proxy over its control channel (decision 51), so `docker inspect` of
+    every container of the run (and of their execs and networks) shows none of them.
+
+    Fails when: the tokens go in the proxy's environment again (seen failing on the old path,
+    runc, before the grant was used for every run: the proxy's PERSTACK_PROXY_POLICY held it).
+    """
+    proxy_url = await hostile.probe("import os\nemit(os.environ['HTTPS_PROXY'])")
+    token = urlsplit(proxy_url).password
+    assert token, proxy_url  # the skill holds its own credential
+    api = docker.from_env().api
+    found = []
+    for container in hostile.containers():
+        attrs = api.inspect_container(container.id)
+        texts = [json.dumps(attrs)]
+        texts += [json.dumps(api.exec_inspect(e)) for e in attrs.get("ExecIDs") or []]
+        texts += [
+            json.dumps(api.inspect_network(n["NetworkID"]))
+            for n in attrs["NetworkSettings"]["Networks"].values()
+        ]
+        found += [container.name for text in texts if token in text]
+    assert found == []
 
 
 async def test_the_run_state_files_hold_names_never_values(hostile: Hostile) -> None:

@@ -65,6 +65,9 @@ class LocalHandle:
         """Report no problem."""
         return None
 
+    async def wait_egress(self) -> None:
+        """Return at once: there is no proxy to wait for."""
+
     async def wait_stopped(self) -> str:
         """Never stop on its own."""
         await anyio.sleep_forever()
