@@ -164,13 +164,12 @@ def prepare_for_run(
     options: RunOptions,
     chosen_backend: Callable[[], engine.SandboxBackend],
 ) -> Prepared:
-    """Prepare the run `open_run` was asked for; check its backend and isolation; seal.
+    """Prepare the run `open_run` was asked for, check its backend and isolation, seal it.
 
-    `chosen_backend` is called once the input is checked (an unknown backend comes after).
+    `chosen_backend` is called once the input is checked: an unknown backend comes after.
 
     Raises:
-        InputError: see `open_run` (all of it before any build).
-        IsolationError: gVisor was asked for and runsc is missing or misregistered.
+        InputError: see `open_run`. IsolationError: gVisor is asked for and not set up.
 
     """
     isolation = check_isolation(options.isolation)
