@@ -14,7 +14,9 @@ worker threads; every object carries our labels, so `ps`, `gc` and `down` find w
 
 ```
 _backend.py     the backend seam (SandboxBackend, SandboxHandle) and DOCKER_BACKEND
-_sandbox.py     Sandbox, open_sandbox, the proxy policy, teardown, ps/gc/down/doctor entry points
+_sandbox.py     Sandbox, open_sandbox, start_sandbox: one sandbox's start and its processes
+_policy.py      the proxy's policy: the Expert's list, each skill's own, the test openings
+_lifecycle.py   a run's teardown, cancelling on signals; the ps/gc/down/doctor entry points
 _containers.py  the Docker objects of one sandbox: networks, proxy and sandbox containers
 _start.py       their start, in parallel; the skills may start before the proxy answers
 _workspace.py   the workspace layer: a FUSE container that writes the folder as its owner
@@ -61,22 +63,18 @@ if TYPE_CHECKING:
     )
     from perstack_sandbox.engine._gate import start_slot
     from perstack_sandbox.engine._gvisor import require_isolation
-    from perstack_sandbox.engine._sandbox import (
-        Sandbox,
-        TestNetwork,
+    from perstack_sandbox.engine._lifecycle import (
         cancel_on_signals,
         collect_garbage,
         diagnose,
         list_sandboxes,
-        open_sandbox,
-        proxy_policy,
         runs_to_take_down,
-        seal_sandbox,
-        skill_grants,
-        start_sandbox,
         take_down,
         teardown,
     )
+    from perstack_sandbox.engine._policy import TestNetwork, proxy_policy, skill_grants
+    from perstack_sandbox.engine._sandbox import Sandbox, open_sandbox, start_sandbox
+    from perstack_sandbox.engine._seal import seal_sandbox
     from perstack_sandbox.engine._sweep import RunInfo
     from perstack_sandbox.engine._warm import grant
 
@@ -148,24 +146,20 @@ _LAZY: Final = {
     **dict.fromkeys(("open_control", "send_control", "send_grant"), "._control"),
     "grant": "._warm",
     "SKILL_UID_FIRST": "._containers",
+    **dict.fromkeys(("Sandbox", "open_sandbox", "start_sandbox"), "._sandbox"),
+    **dict.fromkeys(("TestNetwork", "proxy_policy", "skill_grants"), "._policy"),
+    "seal_sandbox": "._seal",
     **dict.fromkeys(
         (
-            "Sandbox",
-            "TestNetwork",
             "cancel_on_signals",
             "collect_garbage",
             "diagnose",
             "list_sandboxes",
-            "open_sandbox",
-            "proxy_policy",
             "runs_to_take_down",
-            "seal_sandbox",
-            "skill_grants",
-            "start_sandbox",
             "take_down",
             "teardown",
         ),
-        "._sandbox",
+        "._lifecycle",
     ),
 }
 

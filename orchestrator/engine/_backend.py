@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
-    from perstack_sandbox.engine._sandbox import TestNetwork
+    from perstack_sandbox.engine._policy import TestNetwork
     from perstack_sandbox.engine._sweep import RunInfo
     from perstack_sandbox.isolation import Isolation
     from perstack_sandbox.plan import SandboxPlan, SealedSecrets

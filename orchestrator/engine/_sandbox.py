@@ -1,42 +1,39 @@
 """The sandbox lifecycle: networks, the proxy container, the sandbox container, teardown.
 
 `open_sandbox()` is an async context manager. Blocking docker-py calls run in worker threads;
-teardown is shielded from cancellation and bounded in time, and removes every object labelled
-with the run id (not only the ones this process remembers creating), so a cancellation at any
-point of the set-up leaves nothing behind.
+teardown (`_lifecycle.teardown`) is shielded from cancellation and bounded in time, and removes
+every object labelled with the run id (not only the ones this process remembers creating), so
+a cancellation at any point of the set-up leaves nothing behind. The proxy's policy is
+`_policy`'s.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
-import signal
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
 
-from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
-from perstack_sandbox.engine import _containers, _doctor, _health, _seal, _start, _sweep
+from perstack_sandbox.engine import _containers, _health, _seal, _start
 from perstack_sandbox.engine._containers import SKILL_UID_COUNT, SKILL_UID_FIRST
 from perstack_sandbox.engine._control import grant_when_answering
 from perstack_sandbox.engine._exec import ExecProcess, start_exec
 from perstack_sandbox.engine._gvisor import require_isolation
+from perstack_sandbox.engine._lifecycle import teardown
+from perstack_sandbox.engine._policy import TestNetwork, proxy_policy, skill_grants, userinfo_name
 from perstack_sandbox.errors import EngineError, sole_exception
-from perstack_sandbox.images import no_progress
 from perstack_sandbox.isolation import DEFAULT_ISOLATION, Isolation
 from perstack_sandbox.plan import check_expert_folder
 from perstack_sandbox.state import write_private
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
     from pathlib import Path
 
-    from perstack_sandbox.engine._sweep import RunInfo
     from perstack_sandbox.plan import SandboxPlan, SealedSecrets
     from perstack_sandbox.state import RunState
 
@@ -44,7 +41,6 @@ if TYPE_CHECKING:
 CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"
 NO_PROXY: Final = "localhost,127.0.0.1,::1"
 LAUNCHER: Final = "/usr/local/bin/perstack-launch"
-TEARDOWN_TIMEOUT_S: Final = 30.0  # force-removing two containers and a network; engine is slow
 EXEC_CLOSE_TIMEOUT_S: Final = 15.0  # killing a skill that outlived its session
 
 
@@ -152,7 +148,7 @@ class Sandbox:
         token = self.credentials.get(skill) if skill is not None else None
         if skill is None or token is None:
             return ""
-        return f"{_slug(skill)}:{token}@"
+        return f"{userinfo_name(skill)}:{token}@"
 
     def skill_uid(self, index: int) -> int:
         """Return the uid of the `index`-th skill (each skill gets its own).
@@ -378,7 +374,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     started = await _start.start(spec, run, early=early, on_proxy=hand_over)
     bundle = CA_BUNDLE
     if sealed is not None:
-        bundle = await seal_sandbox(started.proxy_id, started.container_ids, sealed)
+        bundle = await _seal.seal_sandbox(started.proxy_id, started.container_ids, sealed)
     run.update_meta(status="warm" if warm else "running", container=started.container_id)
     return Sandbox(
         run_id=run.run_id,
@@ -394,186 +390,3 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         ca_bundle=bundle,
         proxy_up=started.proxy_up,
     )
-
-
-async def seal_sandbox(proxy_id: str, container_ids: Sequence[str], sealed: SealedSecrets) -> str:
-    """Hand the proxy the real values, install the run's CA; return the bundle skills trust.
-
-    Raises:
-        EngineError: the proxy refused the seal or the CA could not be installed.
-
-    """
-    pem = await _seal.seal_proxy(proxy_id, sealed.message())
-    await _seal.install_ca(container_ids, pem)
-    return _seal.SEALED_CA_BUNDLE
-
-
-@dataclass(frozen=True, slots=True)
-class TestNetwork:
-    """Test-only openings of the proxy's policy; only the test suites ever set them.
-
-    `allow_cidrs` lets the proxy dial those non-public ranges, `hosts` answers those names
-    before DNS, `upstream_ca` (PEM) is trusted upstream on the sealed path.
-    """
-
-    __test__ = False  # not a pytest class, whatever its name
-
-    allow_cidrs: tuple[str, ...] = ()
-    hosts: Mapping[str, str] = field(default_factory=dict)
-    upstream_ca: str = ""
-
-    def policy_keys(self) -> dict[str, object]:
-        """Return the policy keys beyond `testAllowCidrs` (none when unused)."""
-        keys: dict[str, object] = {}
-        if self.hosts:
-            keys["testHosts"] = dict(self.hosts)
-        if self.upstream_ca:
-            keys["testUpstreamCa"] = self.upstream_ca
-        return keys
-
-
-def proxy_policy(
-    plan: SandboxPlan,
-    run_id: str,
-    test_allow_cidrs: Sequence[str],
-    credentials: Mapping[str, str],
-) -> dict[str, object]:
-    """Return the proxy's policy: the Expert's list, and each skill's token and own list.
-
-    `credentials` maps every skill of `skill_grants(plan)` to its token (a warm sandbox's
-    proxy gets none: its tokens come later, in a grant).
-    """
-    return {
-        "allowedDomains": list(plan.allowed_domains),
-        "sandboxId": run_id,
-        "testAllowCidrs": list(test_allow_cidrs),
-        "skills": {
-            credentials[name]: {"skill": name, "allowedDomains": domains}
-            for name, domains in skill_grants(plan).items()
-            if name in credentials
-        },
-    }
-
-
-def skill_grants(plan: SandboxPlan) -> dict[str, list[str]]:
-    """Return each skill's own allowlist: a stdio skill's list, a remote skill's endpoint host.
-
-    The host connects to a remote skill's endpoint and nowhere else on its behalf.
-    """
-    grants = {launch.name: list(launch.allowed_domains) for launch in plan.skills}
-    grants |= {sse.name: [sse.host] for sse in plan.sse_skills}
-    return grants
-
-
-def _slug(name: str) -> str:
-    """Return `name` as a URL userinfo user name (informative only: the token decides)."""
-    return re.sub(r"[^A-Za-z0-9._~-]", "-", name) or "skill"
-
-
-async def teardown(run: RunState, status: str) -> None:
-    """Remove every object of `run`, close its journal and record `status` (call it shielded).
-
-    Raises:
-        EngineError: the removal failed or timed out (`gc` removes what is left).
-
-    """
-    try:
-        with anyio.fail_after(TEARDOWN_TIMEOUT_S):
-            await anyio.to_thread.run_sync(_containers.remove_run, run.run_id)
-    except (EngineError, TimeoutError) as exc:
-        run.update_meta(status=f"{status}; teardown failed: {exc}")
-        raise EngineError(
-            f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox gc` removes "
-            f"what is left (objects labelled {LABEL_RUN}={run.run_id})"
-        ) from exc
-    # The status first: an owner killed between the two (an MCP client's SIGKILL after its
-    # SIGTERM) then leaves an open journal, which its reaper closes without touching the
-    # status; the other order left a closed journal and a run recorded as still running.
-    run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
-    if run.journal_path.exists():
-        run.close_journal(f"torn down by its owner ({status})")
-
-
-@asynccontextmanager
-async def cancel_on_signals() -> AsyncIterator[anyio.CancelScope]:
-    """Cancel the body on SIGINT or SIGTERM, so every sandbox in it is torn down.
-
-    Use it around `open_sandbox` in a command: `async with cancel_on_signals(): ...`.
-    """
-    async with anyio.create_task_group() as group:
-        scope = group.cancel_scope
-
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    scope.cancel()
-                    return
-
-        group.start_soon(watch)
-        try:
-            yield scope
-        finally:
-            scope.cancel()  # stop watching: the body is done
-
-
-def list_sandboxes() -> list[RunInfo]:
-    """Return every run with labelled containers, networks or volumes on this engine, oldest first.
-
-    Raises:
-        EngineError: the engine could not be reached.
-
-    """
-    return _sweep.list_runs()
-
-
-def collect_garbage(*, include_images: bool = False) -> list[str]:
-    """Remove every labelled object whose owning process is gone (on this host); name them.
-
-    Objects of live owners, and of owners on other hosts, are never touched. The journals of
-    runs (in this state directory) whose owner died before its teardown are closed. The
-    shared egress network goes once no container uses it. With `include_images`, images that
-    no current recipe uses (older base/proxy builds, experts built on an older base) go too.
-
-    Raises:
-        EngineError: the engine refused a removal or could not be reached.
-
-    """
-    removed = _sweep.collect_garbage()
-    return removed + (_sweep.remove_superseded_images() if include_images else [])
-
-
-def take_down(run_id: str) -> list[str]:
-    """Remove the objects of one run (`run_id`); name them.
-
-    Unlike `collect_garbage`, this removes objects of live owners too: it is what the user
-    asked for. The owner notices within seconds (`Sandbox.wait_stopped`) and exits.
-
-    Raises:
-        EngineError: the engine refused a removal or could not be reached.
-
-    """
-    return _sweep.take_down(run_id)
-
-
-def runs_to_take_down(*, everyone: bool = False) -> list[RunInfo]:
-    """Return the runs `down --all` takes down: this user's (`owner_user()`), or every run.
-
-    Raises:
-        EngineError: the engine could not be reached.
-
-    """
-    me = owner_user()
-    return [run for run in _sweep.list_runs() if everyone or run.owner_user == me]
-
-
-def diagnose(
-    *, fix: bool = False, progress: Callable[[str], None] = no_progress
-) -> list[_doctor.Check]:
-    """Report the engine, storage driver, cgroup version, images, gVisor, leftovers (`doctor`).
-
-    Raises:
-        ImageBuildError: `fix` was asked and a build failed.
-        EngineError: `fix` was asked and the engine, npm or pip failed.
-
-    """
-    return _doctor.diagnose(fix=fix, progress=progress)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from perstack_sandbox.engine._exec import ExecProcess
+    from perstack_sandbox.plan import SealedSecrets
 
 SEALED_CA_DIR: Final = "/tmp/perstack-ca"  # noqa: S108 - made by the sandbox user, not writable by skills
 SEALED_CA_BUNDLE: Final = f"{SEALED_CA_DIR}/bundle.pem"
@@ -102,3 +103,15 @@ async def _drain(process: ExecProcess) -> tuple[bytes, bytes]:
         group.start_soon(read, process.stdout, out)
         group.start_soon(read, process.stderr, err)
     return bytes(out), bytes(err)
+
+
+async def seal_sandbox(proxy_id: str, container_ids: Sequence[str], sealed: SealedSecrets) -> str:
+    """Hand the proxy the real values, install the run's CA; return the bundle skills trust.
+
+    Raises:
+        EngineError: the proxy refused the seal or the CA could not be installed.
+
+    """
+    pem = await seal_proxy(proxy_id, sealed.message())
+    await install_ca(container_ids, pem)
+    return SEALED_CA_BUNDLE

@@ -15,7 +15,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from perstack_sandbox.engine._control import send_grant
-from perstack_sandbox.engine._sandbox import skill_grants
+from perstack_sandbox.engine._policy import skill_grants
 
 if TYPE_CHECKING:
     from perstack_sandbox.engine._exec import ExecProcess

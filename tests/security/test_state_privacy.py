@@ -12,10 +12,10 @@ import anyio
 import pytest
 from support import EXPERT, Hostile, quiet, registry_host, write_expert
 
-from perstack_sandbox import run as library
 from perstack_sandbox import state
 from perstack_sandbox.errors import UsageError
 from perstack_sandbox.launch import LaunchOptions, open_expert, prepare
+from perstack_sandbox.run import _prepare
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -103,7 +103,7 @@ async def test_a_skill_reads_no_state_file_even_when_its_workspace_holds_the_sta
     workspace.mkdir(mode=0o755)
     workspace.chmod(0o755)
     other = plant_state(monkeypatch, workspace / "state")
-    monkeypatch.setattr(library, "check_workspace", lambda *_args: None)
+    monkeypatch.setattr(_prepare, "check_workspace", lambda *_args: None)
     options = LaunchOptions(
         config_path=hostile.run_config,
         expert=EXPERT,

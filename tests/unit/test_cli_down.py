@@ -7,7 +7,7 @@ import io
 import pytest
 
 from perstack_sandbox import cli, engine
-from perstack_sandbox.engine import RunInfo
+from perstack_sandbox.engine import RunInfo, _lifecycle, _sweep
 
 
 def info(run_id: str, user: str) -> RunInfo:
@@ -89,7 +89,7 @@ def test_down_wants_one_run_or_all(taken, monkeypatch, capsys, args) -> None:
 def test_runs_to_take_down_are_this_users_unless_everyone(monkeypatch) -> None:
     """Only runs labelled with this user are picked; --everyone picks all, unlabelled too."""
     runs = [info("a", "me"), info("b", "other"), info("c", "")]
-    monkeypatch.setattr(engine._sweep, "list_runs", lambda: runs)
-    monkeypatch.setattr(engine._sandbox, "owner_user", lambda: "me")
+    monkeypatch.setattr(_sweep, "list_runs", lambda: runs)
+    monkeypatch.setattr(_lifecycle, "owner_user", lambda: "me")
     assert [r.run_id for r in engine.runs_to_take_down()] == ["a"]
     assert [r.run_id for r in engine.runs_to_take_down(everyone=True)] == ["a", "b", "c"]

@@ -14,7 +14,8 @@ from perstack_sandbox import engine, open_run
 from perstack_sandbox.config import load_config
 from perstack_sandbox.errors import UsageError
 from perstack_sandbox.plan import Secret, SkillSecrets, host_secrets, seal_secrets
-from perstack_sandbox.run import _passthrough_host, build_sessions
+from perstack_sandbox.run import build_sessions
+from perstack_sandbox.run._prepare import passthrough_host
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -94,9 +95,9 @@ def test_the_test_network_adds_policy_keys_only_when_used() -> None:
 
 def test_a_passthrough_host_is_canonicalised_or_refused() -> None:
     """Upper case is folded; a value that is not a host is a usage error."""
-    assert _passthrough_host("Pinned.Example.COM") == "pinned.example.com"
+    assert passthrough_host("Pinned.Example.COM") == "pinned.example.com"
     with pytest.raises(UsageError, match="seal passthrough host"):
-        _passthrough_host("https://x.example.com/")
+        passthrough_host("https://x.example.com/")
 
 
 def test_seal_passthrough_without_seal_secrets_is_bad_input(
