@@ -22,7 +22,10 @@ from proxy_helpers import (
     UPSTREAM_HOST,
     ProxyHarness,
     RecordingResolver,
+    client_hello,
     policy,
+    read_response_head,
+    status_of,
 )
 from sealed_certs import TestCertificates, make_certificates
 from sealed_echo import handle, server_context
@@ -255,6 +258,54 @@ def test_an_upstream_certificate_that_fails_verification_ends_the_tunnel() -> No
             ),
             "the refusal line",
         )
+    finally:
+        harness.stop()
+
+
+def test_a_client_gone_after_the_upstream_handshake_leaves_no_upstream_connection_open() -> None:
+    """A client handshake that fails after the upstream one (run beside it) has ended closes it.
+
+    Seen failing (the upstream connection stayed open) with the close of the upstream streams
+    in `handshakes` and of the socket in `relay` removed.
+    """
+    certificates = make_certificates(HOST)
+    harness = ProxyHarness(_skills_policy(certificates), RecordingResolver())
+    harness.start()
+    opened: list[int] = []
+    ended: list[int] = []
+
+    async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(1)
+        while await reader.read(65536):
+            pass
+        ended.append(1)
+        writer.close()
+
+    async def begin() -> None:
+        context = server_context(certificates.chain, certificates.key)
+        server = await asyncio.start_server(track, UPSTREAM_HOST, 0, ssl=context)
+        harness.upstream_port = server.sockets[0].getsockname()[1]
+
+    try:
+        harness.run(begin())
+        _control(harness, seal_message())
+        credential = base64.b64encode(f"one:{TOKENS['one']}".encode()).decode()
+        with harness.open() as sock:
+            sock.sendall(
+                f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n"
+                f"Proxy-Authorization: Basic {credential}\r\n\r\n".encode()
+            )
+            assert status_of(read_response_head(sock)) == 200
+            sock.sendall(client_hello(HOST))
+            # The client's handshake stays unfinished until the upstream's has ended.
+            harness.wait_for(lambda: bool(opened), "the upstream handshake")
+        harness.wait_for(
+            lambda: any(
+                line.get("reason") == "sealed-handshake-failed" for line in harness.audit()
+            ),
+            "the failed handshake's line",
+        )
+        harness.wait_for(lambda: len(ended) == len(opened), "every upstream connection closed")
     finally:
         harness.stop()
 
