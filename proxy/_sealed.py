@@ -128,6 +128,7 @@ async def relay(
         pass
     finally:
         client.close()
+        upstream_context.remember(tunnel.host, up_writer.get_extra_info("ssl_object"))
         up_writer.close()
 
 
