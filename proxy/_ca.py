@@ -174,8 +174,15 @@ class UpstreamContext(ssl.SSLContext):
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
     def remember(self, host: str, tls: object) -> None:
-        """Keep the session of ``tls`` (the upstream's ``ssl.SSLObject``) for ``host``."""
-        session = tls.session if isinstance(tls, ssl.SSLObject) else None
+        """Keep the session of ``tls`` (the upstream's ``ssl.SSLObject``) for ``host``.
+
+        Only a full handshake's: reading a session costs about as much as resuming saves,
+        and the kept one serves until the server stops taking it (then a full handshake
+        replaces it).
+        """
+        if not isinstance(tls, ssl.SSLObject) or tls.session_reused:
+            return
+        session = tls.session
         if session is None or not session.has_ticket:
             return
         if host not in self._sessions and len(self._sessions) >= MAX_SESSIONS:
