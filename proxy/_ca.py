@@ -143,13 +143,63 @@ def _load_chain(context: ssl.SSLContext, chain: bytes, key: bytes) -> None:
         context.load_cert_chain(cert_path, key_path)
 
 
-def upstream_context(extra_pem: str = "") -> ssl.SSLContext:
+# Hosts whose last upstream TLS session is kept (a sealed skill talks to a few API hosts).
+MAX_SESSIONS: Final = 256
+
+
+class UpstreamContext(ssl.SSLContext):
+    """The client context of re-originated connections; it offers each host its last session.
+
+    A resumed TLS 1.3 session skips the server's certificate, its signature and their
+    verification (docs/architecture.md, decision 59): the session came from a fully verified
+    handshake with the same host name, and a server without that session's key cannot finish
+    the resumed handshake.
+    """
+
+    def __init__(self, *_protocol: object) -> None:
+        """Start with no session (the protocol is taken by ``ssl.SSLContext.__new__``)."""
+        self._sessions: dict[str, ssl.SSLSession] = {}
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,  # noqa: FBT001, FBT002 - ssl.SSLContext's signature
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        """Wrap as ``ssl.SSLContext`` does, offering ``server_hostname``'s last session."""
+        if session is None and isinstance(server_hostname, str):
+            session = self._sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def remember(self, host: str, tls: object) -> None:
+        """Keep the session of ``tls`` (the upstream's ``ssl.SSLObject``) for ``host``.
+
+        Only a full handshake's: reading a session costs about as much as resuming saves,
+        and the kept one serves until the server stops taking it (then a full handshake
+        replaces it).
+        """
+        if not isinstance(tls, ssl.SSLObject) or tls.session_reused:
+            return
+        session = tls.session
+        if session is None or not session.has_ticket:
+            return
+        if host not in self._sessions and len(self._sessions) >= MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]
+        self._sessions[host] = session
+
+
+def upstream_context(extra_pem: str = "") -> UpstreamContext:
     """Return the client context for re-originating upstream: full verification, HTTP/1.1.
 
     The system CAs (the image trusts the host's bundle too); ``extra_pem`` adds test-only
-    anchors (the policy's ``testUpstreamCa``, set by the security suite only).
+    anchors (the policy's ``testUpstreamCa``, set by the security suite only). It verifies as
+    ``ssl.create_default_context()`` does: the same checks, flags and trust.
     """
-    context = ssl.create_default_context()
+    context = UpstreamContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, hostname checked
+    context.verify_flags = ssl.create_default_context().verify_flags
+    context.load_default_certs()
     if extra_pem:
         context.load_verify_locations(cadata=extra_pem)
     context.set_alpn_protocols(ALPN)

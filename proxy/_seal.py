@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Final
 from .hosts import match_host
 
 if TYPE_CHECKING:
-    import ssl
-
-    from ._ca import RunCA
+    from ._ca import RunCA, UpstreamContext
     from ._policy import Policy, SkillGrant
 
 # A seal message far larger than this is a mistake: a few hundred variables fit well below.
@@ -50,7 +48,7 @@ class SealState:
     by_skill: dict[str, tuple[SealedValue, ...]] = field(default_factory=dict)
     passthrough: frozenset[str] = frozenset()
     ca: RunCA | None = None
-    upstream: ssl.SSLContext | None = None
+    upstream: UpstreamContext | None = None
 
     def applies(self, grant: SkillGrant | None, host: str) -> bool:
         """Tell whether the tunnel of ``grant`` to ``host`` is to be terminated."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from ._http import Refusal, response
 from ._seal import Masker, SealState, mask, substitute
-from ._sealed_io import READ_SIZE, ServerTls, Side
+from ._sealed_io import READ_SIZE, ServerTls, Side, handshakes
 from .hosts import HostRejected, canonicalise_host
 
 if TYPE_CHECKING:
@@ -94,9 +94,8 @@ async def relay(
     client = ServerTls(streams, ca.server_context(tunnel.host), hello)
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            await client.handshake()
-            up_reader, up_writer = await asyncio.open_connection(
-                sock=upstream_sock, ssl=upstream_context, server_hostname=tunnel.host
+            up_reader, up_writer = await handshakes(
+                client, upstream_sock, upstream_context, tunnel.host
             )
     except (OSError, ssl.SSLError, TimeoutError) as exc:
         tunnel.audit.sealed(tunnel.conn, tunnel.skill, tunnel.host, reason=_tls_reason(exc))
@@ -129,6 +128,7 @@ async def relay(
         pass
     finally:
         client.close()
+        upstream_context.remember(tunnel.host, up_writer.get_extra_info("ssl_object"))
         up_writer.close()
 
 

@@ -4,6 +4,7 @@ The client's ClientHello has already been read by the session when the tunnel is
 (proxy/_session.py), so the client side cannot be a TLS transport: it is an ``ssl.SSLObject``
 over memory BIOs, fed that hello first. ``Side`` gives either end buffered, time-bounded
 reads (a head up to a marker, an exact size) for the HTTP/1.1 relay (proxy/_sealed.py).
+`handshakes` runs the client's handshake and the upstream's at once.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import TYPE_CHECKING, Final
 from ._http import Refusal
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Awaitable, Callable
 
     _Receive = Callable[[], Awaitable[bytes]]
     _Send = Callable[[bytes], Awaitable[None]]
+    _Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 READ_SIZE: Final = 65536
 
@@ -171,3 +174,33 @@ class ServerTls:
             self._tls.unwrap()
             self._writer.write(self._out.read())
         self._writer.close()
+
+
+async def handshakes(
+    client: ServerTls, upstream_sock: socket.socket, context: ssl.SSLContext, host: str
+) -> _Streams:
+    """Complete the client's handshake and the upstream's at once; return the upstream streams.
+
+    The upstream handshake needs nothing from the client's: every check has passed before the
+    tunnel is handed over, and no byte of the client's goes up before both have ended. Run one
+    after the other, a sealed setup waited for both in turn (docs/architecture.md, decision 59).
+
+    Raises:
+        ssl.SSLError: either handshake failed (the client's is reported first).
+        OSError: either side went away.
+
+    """
+    upstream = asyncio.ensure_future(
+        asyncio.open_connection(sock=upstream_sock, ssl=context, server_hostname=host)
+    )
+    try:
+        await client.handshake()
+    except BaseException:
+        # Let the upstream attempt end (its transport closed) before the caller closes the
+        # socket, as when the two ran in turn.
+        upstream.cancel()
+        await asyncio.wait([upstream])
+        if not upstream.cancelled() and upstream.exception() is None:
+            upstream.result()[1].close()
+        raise
+    return await upstream

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
 import http.client
 import json
@@ -19,123 +17,47 @@ from hypothesis import given
 from hypothesis import strategies as st
 from proxy_helpers import (
     IO_TIMEOUT,
-    UPSTREAM_HOST,
     ProxyHarness,
     RecordingResolver,
-    policy,
 )
-from sealed_certs import TestCertificates, make_certificates
-from sealed_echo import handle, server_context
+from sealed_certs import make_certificates
+from sealed_harness import (
+    HOST,
+    OTHER,
+    PLACEHOLDERS,
+    TOKENS,
+    VALUES,
+    Sealed,
+    get,
+    open_sealed,
+    seal_message,
+    send_control,
+    skills_policy,
+    start_upstream,
+)
 
 from perstack_sandbox_proxy._ca import RunCA
-from perstack_sandbox_proxy._control import dispatch
 from perstack_sandbox_proxy._seal import Masker, SealedValue, mask
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-HOST = "api.example.com"
-OTHER = "files.example.org"
-TOKENS = {"one": "token-one", "two": "token-two", "bare": "token-bare"}
-VALUES = {"one": "real-one-0123456789abcdef", "two": "real-two-fedcba9876543210"}
-PLACEHOLDERS = {"one": "PHoneXXXXXXXXXXXXXXXXXXXX", "two": "PHtwoYYYYYYYYYYYYYYYYYYYY"}
-
-
-class Sealed:
-    """A running proxy with three skills (two sealed), an HTTPS echo upstream, the run's CA."""
-
-    def __init__(self, harness: ProxyHarness, certificates: TestCertificates, ca: str) -> None:
-        """Keep the harness and the run CA's certificate."""
-        self.harness, self.certificates, self.ca = harness, certificates, ca
-        self.requests: list[dict[str, Any]] = []
-
-    def connection(self, skill: str, host: str = HOST) -> http.client.HTTPSConnection:
-        """Return an HTTPS connection through the proxy as ``skill``, trusting the run's CA."""
-        context = ssl.create_default_context(cadata=self.ca)
-        address, port = self.harness.address
-        conn = http.client.HTTPSConnection(address, port, timeout=IO_TIMEOUT, context=context)
-        credential = base64.b64encode(f"{skill}:{TOKENS[skill]}".encode()).decode()
-        conn.set_tunnel(host, 443, headers={"Proxy-Authorization": f"Basic {credential}"})
-        return conn
-
-    def sealed_lines(self) -> list[dict[str, Any]]:
-        """Return the audit's sealed-path lines."""
-        return [line for line in self.harness.audit() if line["event"] == "sealed"]
-
-
-def _skills_policy(certificates: TestCertificates) -> dict[str, Any]:
-    document = policy()
-    document["skills"] = {
-        TOKENS["one"]: {"skill": "one", "allowedDomains": [HOST]},
-        TOKENS["two"]: {"skill": "two", "allowedDomains": ["*.example.org", "pinned.example.org"]},
-        TOKENS["bare"]: {"skill": "bare", "allowedDomains": [HOST]},
-    }
-    document["testUpstreamCa"] = certificates.ca
-    return document
-
-
-def seal_message(passthrough: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Return the seal message for skills one and two."""
-    return {
-        "op": "seal",
-        "skills": {
-            skill: {f"{skill.upper()}_KEY": {"placeholder": PLACEHOLDERS[skill], "value": value}}
-            for skill, value in VALUES.items()
-        },
-        "passthrough": list(passthrough),
-    }
-
-
-def _start(harness: ProxyHarness, certificates: TestCertificates) -> None:
-    context = server_context(certificates.chain, certificates.key)
-
-    async def begin() -> None:
-        server = await asyncio.start_server(handle, UPSTREAM_HOST, 0, ssl=context)
-        harness.upstream_port = server.sockets[0].getsockname()[1]
-
-    harness.run(begin())
-
-
-def _control(harness: ProxyHarness, message: dict[str, Any]) -> dict[str, Any]:
-    async def ask() -> dict[str, Any]:
-        return dispatch(harness.server, json.dumps(message).encode())
-
-    result: dict[str, Any] = harness.run(ask())
-    return result
-
 
 @pytest.fixture
 def sealed() -> Iterator[Sealed]:
     """Run a sealed proxy (pinned.example.org passes through) in a background loop."""
-    certificates = make_certificates(HOST, OTHER, "pinned.example.org")
-    harness = ProxyHarness(_skills_policy(certificates), RecordingResolver())
-    harness.start()
-    try:
-        _start(harness, certificates)
-        reply = _control(harness, seal_message(("pinned.example.org",)))
-        assert reply["ok"], reply
-        yield Sealed(harness, certificates, reply["caCertificate"])
-    finally:
-        harness.stop()
+    with open_sealed() as running:
+        yield running
 
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _get(
-    conn: http.client.HTTPSConnection, target: str, headers: dict[str, str]
-) -> tuple[http.client.HTTPResponse, dict[str, Any]]:
-    conn.request("GET", target, headers=headers)
-    response = conn.getresponse()
-    body = response.read()
-    return response, json.loads(body) if body.startswith(b"{") else {"raw": body.decode()}
-
-
 def test_a_skills_own_placeholder_reaches_its_host_as_the_real_value(sealed: Sealed) -> None:
     """The upstream gets the real value in header and URL; the audit names the variable only."""
     conn = sealed.connection("one")
-    _, echoed = _get(
+    _, echoed = get(
         conn, f"/v1?key={PLACEHOLDERS['one']}", {"Authorization": f"Bearer {PLACEHOLDERS['one']}"}
     )
     assert echoed["sha256"]["authorization"] == _sha256(f"Bearer {VALUES['one']}")
@@ -151,7 +73,7 @@ def test_a_skills_own_placeholder_reaches_its_host_as_the_real_value(sealed: Sea
 def test_a_real_value_in_a_response_reaches_the_skill_as_its_placeholder(sealed: Sealed) -> None:
     """An upstream echoing the value back in a header and in the body shows only the placeholder."""
     conn = sealed.connection("one")
-    response, echoed = _get(conn, "/", {"X-Echo-Back": PLACEHOLDERS["one"]})
+    response, echoed = get(conn, "/", {"X-Echo-Back": PLACEHOLDERS["one"]})
     assert response.getheader("X-Echoed") == PLACEHOLDERS["one"]
     assert echoed["echoed"] == PLACEHOLDERS["one"]
 
@@ -159,7 +81,7 @@ def test_a_real_value_in_a_response_reaches_the_skill_as_its_placeholder(sealed:
 def test_a_chunked_response_is_masked_across_chunk_boundaries(sealed: Sealed) -> None:
     """The value split over 7-byte chunks is still replaced, and the body still parses."""
     conn = sealed.connection("one")
-    response, echoed = _get(conn, "/chunked", {"X-Echo-Back": PLACEHOLDERS["one"]})
+    response, echoed = get(conn, "/chunked", {"X-Echo-Back": PLACEHOLDERS["one"]})
     assert response.getheader("Transfer-Encoding") == "chunked"
     assert echoed["echoed"] == PLACEHOLDERS["one"]
     assert VALUES["one"] not in json.dumps(echoed)
@@ -190,7 +112,7 @@ def test_a_host_header_naming_another_host_is_refused(sealed: Sealed) -> None:
 def test_keep_alive_chunked_uploads_and_posts_work(sealed: Sealed) -> None:
     """Three requests share one connection: a GET, a chunked POST and a sized POST."""
     conn = sealed.connection("one")
-    _get(conn, "/a", {})
+    get(conn, "/a", {})
     conn.request("POST", "/b", body=iter([b"hello ", b"chunked"]), encode_chunked=True)
     assert json.loads(conn.getresponse().read())["body"] == "hello chunked"
     conn.request("POST", "/c", body=b"sized body")
@@ -225,7 +147,7 @@ def test_a_passthrough_host_stays_a_plain_tunnel(sealed: Sealed) -> None:
     """pinned.example.org presents the upstream's own certificate (no run CA, no substitution)."""
     conn = sealed.connection("two", "pinned.example.org")
     conn._context = ssl.create_default_context(cadata=sealed.certificates.ca)
-    _, echoed = _get(conn, "/", {"Authorization": PLACEHOLDERS["two"]})
+    _, echoed = get(conn, "/", {"Authorization": PLACEHOLDERS["two"]})
     assert ["Authorization", PLACEHOLDERS["two"]] in echoed["headers"]
 
 
@@ -239,16 +161,16 @@ def test_a_skill_without_sealed_values_gets_a_plain_tunnel(sealed: Sealed) -> No
 def test_an_upstream_certificate_that_fails_verification_ends_the_tunnel() -> None:
     """With no test CA trusted, the upstream's certificate is refused and audited."""
     certificates = make_certificates(HOST)
-    document = _skills_policy(certificates)
+    document = skills_policy(certificates)
     del document["testUpstreamCa"]
     harness = ProxyHarness(document, RecordingResolver())
     harness.start()
     try:
-        _start(harness, certificates)
-        ca = _control(harness, seal_message())["caCertificate"]
+        start_upstream(harness, certificates)
+        ca = send_control(harness, seal_message())["caCertificate"]
         conn = Sealed(harness, certificates, ca).connection("one")
         with pytest.raises((ConnectionError, http.client.HTTPException, ssl.SSLError, OSError)):
-            _get(conn, "/", {})
+            get(conn, "/", {})
         harness.wait_for(
             lambda: any(
                 line.get("reason") == "upstream-certificate-refused" for line in harness.audit()
@@ -276,10 +198,10 @@ def test_a_malformed_seal_message_is_refused_without_echoing_values(
 ) -> None:
     """Each malformed message gets ok=false and a reason that names keys only."""
     certificates = make_certificates(HOST)
-    harness = ProxyHarness(_skills_policy(certificates), RecordingResolver())
+    harness = ProxyHarness(skills_policy(certificates), RecordingResolver())
     harness.start()
     try:
-        reply = _control(harness, message)
+        reply = send_control(harness, message)
     finally:
         harness.stop()
     assert reply["ok"] is False
@@ -289,7 +211,7 @@ def test_a_malformed_seal_message_is_refused_without_echoing_values(
 
 def test_a_run_is_sealed_only_once(sealed: Sealed) -> None:
     """A second seal message is refused: a placeholder never changes meaning."""
-    reply = _control(sealed.harness, seal_message())
+    reply = send_control(sealed.harness, seal_message())
     assert reply == {"ok": False, "error": "this run is sealed already"}
 
 
