@@ -11,6 +11,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Every wait on a process is bounded by this.
 DEADLINE = 60.0
@@ -48,6 +52,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(DEADLINE / 4)
+
+
+@contextlib.contextmanager
+def squid_process(squid: str, conf: Path, host: str, port: int, what: str) -> Iterator[int]:
+    """Run ``squid`` in the foreground with ``conf`` until it listens on ``port``; yield its pid."""
+    process = subprocess.Popen(
+        [squid, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_listening(host, port, process, what)
+        yield process.pid
+    finally:
+        stop(process)
 
 
 def tree(pid: int) -> list[int]:

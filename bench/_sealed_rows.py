@@ -24,7 +24,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from _procs import cpu_seconds, stop, wait_listening
+from _procs import cpu_seconds, squid_process
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -141,14 +141,8 @@ def _bumping_squid(
     conf.write_text(
         BUMP_CONF.format(host=PROXY_HOST, port=port, name=NAME, dir=directory, certgen=CERTGEN)
     )
-    process = subprocess.Popen(
-        [squid, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_listening(PROXY_HOST, port, process, "bumping squid")
-        yield trust, process.pid
-    finally:
-        stop(process)
+    with squid_process(squid, conf, PROXY_HOST, port, "bumping squid") as pid:
+        yield trust, pid
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import _sealed_rows
 from _ours_image import ours_in_image
-from _procs import cpu_seconds, free_port, rss_kib, stop, wait_listening
+from _procs import cpu_seconds, free_port, rss_kib, squid_process, stop, wait_listening
 from _tunnel_sink import Sink, SinkHandler, drain, recv_exactly, send_zeros
 
 if TYPE_CHECKING:
@@ -92,14 +92,8 @@ def _squid(workdir: Path) -> Iterator[tuple[int, int]]:
     (workdir / "hosts").write_text(f"{SINK_HOST} {NAME}\n")
     conf = workdir / "squid.conf"
     conf.write_text(SQUID_CONF.format(host=PROXY_HOST, port=port, name=NAME, dir=workdir))
-    process = subprocess.Popen(
-        [SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_listening(PROXY_HOST, port, process, "squid")
-        yield port, process.pid
-    finally:
-        stop(process)
+    with squid_process(SQUID, conf, PROXY_HOST, port, "squid") as pid:
+        yield port, pid
 
 
 @contextlib.contextmanager
