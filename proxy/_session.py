@@ -329,6 +329,8 @@ class Session:
         upstream, grant = self.upstream, self._request.grant if self._request else None
         assert upstream is not None  # noqa: S101 - dialled before the 200
         assert grant is not None  # noqa: S101 - applies() needs one
+        # Past every check, as a plain tunnel at its splice: no longer pending (decision 71).
+        self.server.shares.established(self)
         record = self.record
         record.decision, record.reason = "allow", "allowed"
         self.server.audit.decision(self.conn, record)
