@@ -10,11 +10,14 @@ From then on a CONNECT from a skill that has sealed values, to one of its own al
 not listed in ``passthrough``, is terminated with the run's CA (proxy/_sealed.py). In the
 request line and headers of such a tunnel that skill's own placeholders become the real
 values; another skill's placeholder refuses the request. In response heads and bodies every
-real value becomes its placeholder again. Values are held here only, never logged.
+real value of at least ``MIN_MASKED_BYTES`` becomes its placeholder again (a shorter one would
+mangle unrelated text). Both replacements are one pass over the data, so what one replacement
+wrote is never scanned again (decision 69). Values are held here only, never logged.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -26,6 +29,12 @@ if TYPE_CHECKING:
 
 # A seal message far larger than this is a mistake: a few hundred variables fit well below.
 MAX_VARIABLES: Final = 256
+# Every placeholder is at least this long, whatever its value's length, so that it never
+# matches by chance; a value this long or longer has a placeholder exactly as long, so that
+# masking it in a sized response body keeps the Content-Length. A shorter value (DEBUG=1) is
+# not masked in responses: its characters occur everywhere (decision 69). The orchestrator's
+# plan/_sealing.py makes placeholders by the same number.
+MIN_MASKED_BYTES: Final = 16
 
 
 class SealError(ValueError):
@@ -49,6 +58,30 @@ class SealState:
     passthrough: frozenset[str] = frozenset()
     ca: RunCA | None = None
     upstream: UpstreamContext | None = None
+    _placeholders: Replacer | None = field(default=None, repr=False)
+    _masker: Replacer | None = field(default=None, repr=False)
+
+    @property
+    def placeholders(self) -> Replacer:
+        """Every placeholder of the run, each found as its value (made on first use)."""
+        if self._placeholders is None:
+            self._placeholders = Replacer(
+                {sealed.placeholder: sealed.value for sealed in self.every_value()}
+            )
+        return self._placeholders
+
+    @property
+    def masking(self) -> Replacer:
+        """Every value masked in responses (at least MIN_MASKED_BYTES), as its placeholder."""
+        if self._masker is None:
+            self._masker = Replacer(
+                {
+                    sealed.value: sealed.placeholder
+                    for sealed in self.every_value()
+                    if len(sealed.value) >= MIN_MASKED_BYTES
+                }
+            )
+        return self._masker
 
     def applies(self, grant: SkillGrant | None, host: str) -> bool:
         """Tell whether the tunnel of ``grant`` to ``host`` is to be terminated."""
@@ -59,21 +92,8 @@ class SealState:
             and host not in self.passthrough
         )
 
-    def own(self, skill: str) -> tuple[SealedValue, ...]:
-        """Return ``skill``'s sealed values."""
-        return self.by_skill.get(skill, ())
-
-    def foreign(self, skill: str) -> list[tuple[str, SealedValue]]:
-        """Return every other skill's sealed values, with the skill that owns each."""
-        return [
-            (owner, sealed)
-            for owner, values in self.by_skill.items()
-            if owner != skill
-            for sealed in values
-        ]
-
     def every_value(self) -> tuple[SealedValue, ...]:
-        """Return the values of every skill (all are masked in responses)."""
+        """Return the sealed values of every skill."""
         return tuple(sealed for values in self.by_skill.values() for sealed in values)
 
 
@@ -107,6 +127,7 @@ def seal(state: SealState, policy: Policy, document: dict[str, object], test_ca:
     state.ca = RunCA(policy.sandbox_id, domains)
     state.upstream = upstream_context(test_ca)
     state.by_skill = by_skill
+    state._placeholders = state._masker = None  # noqa: SLF001 - made again from by_skill
     return state.ca.pem
 
 
@@ -139,53 +160,117 @@ def _sealed_value(skill: str, name: str, entry: object) -> SealedValue:
     placeholder, value = entry.get("placeholder"), entry.get("value")
     if not isinstance(placeholder, str) or not isinstance(value, str):
         raise SealError(f"{where} needs string placeholder and value")
-    if value and (len(placeholder) != len(value.encode("utf-8")) or not placeholder.isascii()):
-        # Same length: substitution never changes a Content-Length (decision 37).
-        raise SealError(f"{where}: the placeholder must be ASCII and as long as the value")
+    size = len(value.encode("utf-8"))
+    if value and not _placeholder_fits(placeholder, size):
+        raise SealError(
+            f"{where}: the placeholder must be ASCII, at least {MIN_MASKED_BYTES} long,"
+            " and as long as a value of that length or more"
+        )
     if any(char in value for char in "\r\n"):
         raise SealError(f"{where}: a value with a line break cannot go into a header")
     return SealedValue(name, placeholder.encode("ascii"), value.encode("utf-8"))
 
 
-def substitute(head: bytes, values: tuple[SealedValue, ...]) -> tuple[bytes, list[str]]:
-    """Replace each placeholder in a request head by its value; return it and the names used."""
-    used = []
-    for sealed in values:
-        if sealed.placeholder in head:
-            head = head.replace(sealed.placeholder, sealed.value)
-            used.append(sealed.variable)
-    return head, used
+def _placeholder_fits(placeholder: str, size: int) -> bool:
+    """Tell whether ``placeholder`` may stand for a value of ``size`` bytes (decision 69)."""
+    if not placeholder.isascii() or len(placeholder) < MIN_MASKED_BYTES:
+        return False
+    # A masked value and its placeholder are as long: a masked sized body keeps its length.
+    return size < MIN_MASKED_BYTES or len(placeholder) == size
+
+
+class Replacer:
+    """Replaces each of some byte strings by its own replacement, in one pass.
+
+    One alternation, longest first: where two could match, the longer wins, and a replacement
+    is never scanned again (so a real value just put in, or a short one inside it, is left
+    alone).
+    """
+
+    def __init__(self, table: dict[bytes, bytes]) -> None:
+        """Replace each key of ``table`` by its value."""
+        self.table = table
+        self.longest = max(map(len, table), default=0)
+        ordered = sorted(table, key=len, reverse=True)
+        self.pattern = re.compile(b"|".join(map(re.escape, ordered))) if ordered else None
+
+    def found(self, data: bytes) -> list[bytes]:
+        """Return the keys found in ``data``, in order (non-overlapping, as replaced)."""
+        if self.pattern is None:
+            return []
+        return [match.group() for match in self.pattern.finditer(data)]
+
+    def replace(self, data: bytes) -> bytes:
+        """Return ``data`` with every key replaced."""
+        if self.pattern is None:
+            return data
+        return self.pattern.sub(lambda match: self.table[match.group()], data)
+
+
+def substitute(head: bytes, state: SealState, skill: str) -> tuple[bytes, list[str], str | None]:
+    """Replace ``skill``'s placeholders in a request head by their values, in one pass.
+
+    Returns the head, the variables used, and the skill owning a foreign placeholder found in
+    it (None when there is none: the head is then fit to forward).
+    """
+    owners = {
+        sealed.placeholder: (owner, sealed.variable)
+        for owner, values in state.by_skill.items()
+        for sealed in values
+    }
+    used: list[str] = []
+    for placeholder in state.placeholders.found(head):
+        owner, variable = owners[placeholder]
+        if owner != skill:
+            return head, [], owner
+        if variable not in used:
+            used.append(variable)
+    if not used:
+        return head, [], None
+    return state.placeholders.replace(head), used, None
 
 
 class Masker:
     """Replaces real values by their placeholders in a stream cut into arbitrary pieces.
 
-    The last ``longest - 1`` bytes are held back until more arrive (or :meth:`flush`), so a
-    value split across two reads is still found. Replacement keeps the length (decision 37).
+    The last ``longest - 1`` bytes are held back, unscanned, until more arrive (or
+    :meth:`flush`), so a value split across two reads is still found; what was emitted is
+    never scanned again. Replacement keeps the length (decision 69).
     """
 
-    def __init__(self, values: tuple[SealedValue, ...]) -> None:
-        """Mask ``values``."""
-        self._values = values
-        self._keep = max((len(sealed.value) for sealed in values), default=1) - 1
+    def __init__(self, replacer: Replacer) -> None:
+        """Mask what ``replacer`` finds (``SealState.masking``)."""
+        self._replacer = replacer
+        self._keep = max(replacer.longest - 1, 0)
         self._held = b""
 
     def feed(self, data: bytes) -> bytes:
         """Return what may be passed on of ``data`` (masked); hold back a possible prefix."""
-        buffer = mask(self._held + data, self._values)
+        buffer = self._held + data
+        pattern = self._replacer.pattern
         cut = max(len(buffer) - self._keep, 0)
-        self._held = buffer[cut:]
-        return buffer[:cut]
+        if pattern is None:
+            self._held = buffer[cut:]
+            return buffer[:cut]
+        out: list[bytes] = []
+        position = 0
+        # A match starting before the cut is whole: at least `longest` bytes follow its start.
+        for match in pattern.finditer(buffer):
+            if match.start() >= cut:
+                break
+            out += (buffer[position : match.start()], self._replacer.table[match.group()])
+            position = match.end()
+        end = max(cut, position)
+        out.append(buffer[position:end])
+        self._held = buffer[end:]
+        return b"".join(out)
 
     def flush(self) -> bytes:
-        """Return the bytes still held back (the stream has ended)."""
+        """Return the bytes still held back, masked (the stream has ended)."""
         held, self._held = self._held, b""
-        return held
+        return self._replacer.replace(held)
 
 
-def mask(data: bytes, values: tuple[SealedValue, ...]) -> bytes:
-    """Replace every real value in ``data`` by its placeholder."""
-    for sealed in values:
-        if sealed.value in data:
-            data = data.replace(sealed.value, sealed.placeholder)
-    return data
+def mask(data: bytes, replacer: Replacer) -> bytes:
+    """Replace every real value in ``data`` by its placeholder, in one pass."""
+    return replacer.replace(data)

@@ -179,11 +179,9 @@ def _checked_request(tunnel: SealedTunnel, head: bytes) -> tuple[bytes, str, _Fr
     host = _header(headers, b"host")
     if host is None or not _is_target(host.decode("latin-1"), tunnel.host):
         raise Refusal(421, "sealed-host-mismatch")
-    seal = tunnel.seal
-    for owner, sealed in seal.foreign(tunnel.skill):
-        if sealed.placeholder in head:
-            raise ForeignPlaceholder(owner)
-    head, used = substitute(head, seal.own(tunnel.skill))
+    head, used, owner = substitute(head, tunnel.seal, tunnel.skill)
+    if owner is not None:
+        raise ForeignPlaceholder(owner)
     if used:
         tunnel.audit.sealed(tunnel.conn, tunnel.skill, tunnel.host, variables=used)
     # Ask for an identity body so that a response body can be masked (decision 37).
@@ -268,7 +266,7 @@ async def _relay_response(
         Refusal: the upstream closed or sent what is not HTTP/1.1 (502), or a compressed body.
 
     """
-    values = tunnel.seal.every_value()
+    values = tunnel.seal.masking
     while True:
         head = await far.read_until(b"\r\n\r\n", MAX_HEAD_BYTES)
         if head is None:

@@ -1,10 +1,11 @@
 """Sealed secrets, the orchestrator's half: placeholders for the skills, values for the proxy.
 
 With sealing (`--seal-secrets`, `open_run(seal_secrets=True)`), each skill's environment gets
-a per-run random placeholder for every requiredEnv value, distinct per skill and variable, and
-as long as the value it stands for (so that a substitution never changes a Content-Length).
-The real values go to the proxy only, over its control channel (`message`). See
-docs/architecture.md, decision 37.
+a per-run random placeholder for every requiredEnv value, distinct per skill and variable. A
+placeholder is at least `MIN_PLACEHOLDER_LENGTH` long whatever its value (so it never matches
+by chance), and exactly as long as a value that long or longer (so masking that value in a
+sized response body keeps its Content-Length). The real values go to the proxy only, over its
+control channel (`message`). See docs/architecture.md, decisions 37 and 69.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 _ALPHABET: Final = string.ascii_letters + string.digits
+# 16 letters or digits: 95 random bits. The proxy's MIN_MASKED_BYTES (proxy/_seal.py) is the
+# same number: it refuses a shorter placeholder and masks only values at least this long.
+MIN_PLACEHOLDER_LENGTH: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +62,19 @@ class SealMessage(bytes):
 
 
 def placeholder_for(value: str, taken: set[str]) -> str:
-    """Return a fresh random ASCII placeholder as long as `value`'s UTF-8 ("" for "")."""
+    """Return a fresh random ASCII placeholder for `value` ("" for "").
+
+    It is as long as `value`'s UTF-8, and never shorter than MIN_PLACEHOLDER_LENGTH; it is
+    neither in nor around any placeholder in `taken` (so one never matches inside another).
+    """
     if not value:
         return ""
+    length = max(len(value.encode("utf-8")), MIN_PLACEHOLDER_LENGTH)
     while True:
-        candidate = "".join(secrets.choice(_ALPHABET) for _ in value.encode("utf-8"))
-        if candidate not in taken and candidate != value:
+        candidate = "".join(secrets.choice(_ALPHABET) for _ in range(length))
+        if candidate != value and not any(
+            candidate in other or other in candidate for other in taken
+        ):
             taken.add(candidate)
             return candidate
 

@@ -99,15 +99,20 @@ def send_control(harness: ProxyHarness, message: dict[str, Any]) -> dict[str, An
 
 @contextlib.contextmanager
 def open_sealed(
-    handler: Handler = handle, passthrough: tuple[str, ...] = ("pinned.example.org",)
+    handler: Handler = handle,
+    passthrough: tuple[str, ...] = ("pinned.example.org",),
+    message: dict[str, Any] | None = None,
 ) -> Iterator[Sealed]:
-    """Run a sealed proxy (``passthrough`` hosts pass through) and an HTTPS upstream."""
+    """Run a sealed proxy (``passthrough`` hosts pass through) and an HTTPS upstream.
+
+    ``message`` replaces the default seal message (skills one and two, one value each).
+    """
     certificates = make_certificates(HOST, OTHER, "pinned.example.org")
     harness = ProxyHarness(skills_policy(certificates), RecordingResolver())
     harness.start()
     try:
         start_upstream(harness, certificates, handler)
-        reply = send_control(harness, seal_message(passthrough))
+        reply = send_control(harness, message or seal_message(passthrough))
         assert reply["ok"], reply
         yield Sealed(harness, certificates, reply["caCertificate"])
     finally:

@@ -37,7 +37,7 @@ from sealed_harness import (
 )
 
 from perstack_sandbox_proxy._ca import RunCA
-from perstack_sandbox_proxy._seal import Masker, SealedValue, mask
+from perstack_sandbox_proxy._seal import Masker, Replacer, mask
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -187,7 +187,14 @@ def test_an_upstream_certificate_that_fails_verification_ends_the_tunnel() -> No
         ({"op": "seal", "skills": {"nobody": {}}}, "unknown skill"),
         (
             {"op": "seal", "skills": {"one": {"K": {"placeholder": "short", "value": "longer"}}}},
-            "as long as the value",
+            "at least 16 long",
+        ),
+        (
+            {
+                "op": "seal",
+                "skills": {"one": {"K": {"placeholder": "P" * 20, "value": "longer" * 4}}},
+            },
+            "as long as a value",
         ),
         ({"op": "seal", "skills": []}, "skills must be an object"),
         ({"op": "nope"}, "unknown op"),
@@ -295,8 +302,8 @@ def test_masking_a_stream_cut_anywhere_equals_masking_it_whole(
     prefix: bytes, suffix: bytes, cuts: list[int]
 ) -> None:
     """However the stream is cut into reads, the masked output is the same and has no value."""
-    values = (SealedValue("K", b"P" * 20, b"v4lue-0123456789abcd"),)
-    whole = prefix + b"v4lue-0123456789abcd" + suffix + b"v4lue-0123456789abcd"
+    values = Replacer({b"v4lue-0123456789abcd": b"P" * 20, b"v4lue-0123456789abcdXY": b"Q" * 22})
+    whole = prefix + b"v4lue-0123456789abcd" + suffix + b"v4lue-0123456789abcdXY"
     masker, out, start = Masker(values), b"", 0
     for cut in sorted({min(cut, len(whole)) for cut in cuts}):
         out += masker.feed(whole[start:cut])

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
-from typing import TYPE_CHECKING
+import hashlib
+import json
+import string
+from typing import TYPE_CHECKING, Any
 
 from proxy_helpers import exchange, read_response_head, status_of
-from sealed_harness import HOST, TOKENS, Sealed, get, open_sealed
+from sealed_harness import HOST, OTHER, TOKENS, VALUES, Sealed, get, open_sealed
+
+from perstack_sandbox.plan import Secret, SkillSecrets, seal_secrets
+from perstack_sandbox_proxy._seal import Replacer, SealedValue, SealState, mask, substitute
 
 if TYPE_CHECKING:
+    import http.client
     import socket
 
 LIVE_TUNNELS = 40  # more than the default maxPendingPerSkill (32)
@@ -60,3 +66,103 @@ def test_forty_live_sealed_tunnels_of_one_skill_all_work_and_pending_ones_still_
             PENDING_SHARE,
             LIVE_TUNNELS + PENDING_SHARE,
         )
+
+
+# --- short values -------------------------------------------------------------------------
+
+# Every letter and digit: a placeholder as short as its value (one character) is in here.
+EVERY_CHARACTER = string.ascii_letters + string.digits
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _short_value_seal() -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """Return the orchestrator's seal message (one: a long key, DEBUG=1) and its placeholders."""
+    resolved = {
+        "one": SkillSecrets("one", {"ONE_KEY": Secret(VALUES["one"]), "DEBUG": Secret("1")}),
+        "two": SkillSecrets("two", {"TWO_KEY": Secret(VALUES["two"])}),
+    }
+    sealed = seal_secrets(resolved, ("pinned.example.org",))
+    placeholders = {
+        skill: {name: value.reveal() for name, value in found.values.items()}
+        for skill, found in sealed.placeholders.items()
+    }
+    return json.loads(sealed.message()), placeholders
+
+
+def test_a_one_character_secret_leaves_the_rest_of_its_owners_request_intact() -> None:
+    """DEBUG=1 beside a long key: both arrive as real values; Host and every other byte unchanged.
+
+    Fails when: placeholders and masked values may be as short as one character (checked by
+    hand: with both minimums set to 1 in plan/_sealing.py and proxy/_seal.py, the response's
+    `HTTP/1.1` reached the client as `HTTP/E.E`, DEBUG's placeholder, and the call failed).
+    """
+    message, placeholders = _short_value_seal()
+    one = placeholders["one"]
+    target = f"/v1?debug={one['DEBUG']}&note={EVERY_CHARACTER}"
+    headers = {
+        "Authorization": f"Bearer {one['ONE_KEY']}",
+        "X-Debug": one["DEBUG"],
+        "X-Note": EVERY_CHARACTER,
+    }
+    with open_sealed(message=message) as sealed:
+        response, echoed = get(sealed.connection("one"), target, headers)
+        lines = sealed.sealed_lines()
+    assert response.status == 200
+    digests = echoed["sha256"]
+    assert digests["authorization"] == _sha256(f"Bearer {VALUES['one']}")
+    assert digests["x-debug"] == _sha256("1")
+    assert digests["x-note"] == _sha256(EVERY_CHARACTER)
+    assert digests["host"] == _sha256(HOST)
+    assert echoed["targetSha256"] == _sha256(f"/v1?debug=1&note={EVERY_CHARACTER}")
+    assert sorted(lines[-1]["variables"]) == ["DEBUG", "ONE_KEY"]
+
+
+def test_another_skills_request_holding_a_short_values_character_passes_unmangled() -> None:
+    """Skill two sends every character; it is not refused, and the response is not masked.
+
+    Fails when: placeholders may be one character (checked by hand as above: 403
+    foreign-placeholder), or values shorter than the minimum are masked in responses
+    (checked by hand: masking every value, the status line's `1`s became DEBUG's 16-character
+    placeholder and the client could not read the response).
+    """
+    message, _ = _short_value_seal()
+    target = f"/items/1?page=1&note={EVERY_CHARACTER}"
+    with open_sealed(message=message) as sealed:
+        response, echoed = get(sealed.connection("two", OTHER), target, {"X-Echo-Back": "1"})
+    assert response.status == 200
+    assert echoed["target"] == target
+    assert (response.getheader("X-Echoed"), echoed["echoed"]) == ("1", "1")
+
+
+def test_a_substituted_value_is_never_scanned_again() -> None:
+    """A real value holding another of the skill's placeholders goes up exactly as it is.
+
+    Fails when: substitution replaces one placeholder after another (checked by hand: with a
+    loop of `bytes.replace` per value, B's placeholder inside A's value became B's value).
+    """
+    inner = b"PB-placeholder-00"
+    state = SealState()
+    state.by_skill = {
+        "s": (
+            SealedValue("A", b"PA-placeholder-00", b"value-of-a[" + inner + b"]"),
+            SealedValue("B", inner, b"value-of-b-000000"),
+        )
+    }
+    head = b"GET / HTTP/1.1\r\nAuthorization: PA-placeholder-00\r\n\r\n"
+    out, used, owner = substitute(head, state, "s")
+    assert out == b"GET / HTTP/1.1\r\nAuthorization: value-of-a[PB-placeholder-00]\r\n\r\n"
+    assert (used, owner) == (["A"], None)
+
+
+def test_a_masked_value_is_never_scanned_again() -> None:
+    """A placeholder holding another real value reaches the skill exactly as it is.
+
+    Fails when: masking replaces one value after another (checked by hand: with a loop of
+    `bytes.replace` per value, the second value inside the first placeholder was masked).
+    """
+    second = b"second-value-0000"
+    replacer = Replacer({b"first-value-00000000": b"P[" + second + b"]P", second: b"Q" * 17})
+    assert mask(b"<first-value-00000000>", replacer) == b"<P[second-value-0000]P>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from typing import TYPE_CHECKING
+from unittest.mock import patch
 
 import pytest
 from test_cli_run import TOML, run_cli
@@ -14,8 +15,10 @@ from perstack_sandbox import engine, open_run
 from perstack_sandbox.config import load_config
 from perstack_sandbox.errors import UsageError
 from perstack_sandbox.plan import Secret, SkillSecrets, host_secrets, seal_secrets
+from perstack_sandbox.plan._sealing import MIN_PLACEHOLDER_LENGTH, placeholder_for
 from perstack_sandbox.run import build_sessions
 from perstack_sandbox.run._prepare import passthrough_host
+from perstack_sandbox_proxy._seal import MIN_MASKED_BYTES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,6 +49,21 @@ def test_a_non_ascii_value_gets_a_placeholder_as_long_as_its_utf8() -> None:
     placeholder = seal_secrets(values).placeholders["s"].values["K"].reveal()
     assert placeholder.isascii()
     assert len(placeholder) == len("clé-secrète-ünï".encode())
+
+
+def test_a_short_value_gets_a_placeholder_of_the_minimum_length_that_the_proxy_accepts() -> None:
+    """DEBUG=1 gets 16 random characters, the length below which the proxy refuses one."""
+    values = {"s": SkillSecrets("s", {"DEBUG": Secret("1"), "REGION": Secret("eu")})}
+    placeholders = seal_secrets(values).placeholders["s"].values
+    assert [len(placeholders[name].reveal()) for name in ("DEBUG", "REGION")] == [16, 16]
+    assert MIN_PLACEHOLDER_LENGTH == MIN_MASKED_BYTES
+
+
+def test_no_placeholder_is_found_inside_another() -> None:
+    """A candidate inside or around a placeholder already taken is drawn again."""
+    taken = {"A" * 40}
+    with patch("secrets.choice", side_effect=["A"] * 16 + ["B"] * 16):
+        assert placeholder_for("1", taken) == "B" * 16
 
 
 def test_placeholders_are_fresh_for_every_run() -> None:
