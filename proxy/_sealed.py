@@ -4,7 +4,8 @@ The session hands over both sockets after every CONNECT check and the SNI check 
 (proxy/_session.py), with the ClientHello it has already read. The client side is TLS over a
 memory BIO (the hello is fed in first); the upstream side is a verified TLS connection to the
 checked address, named by the CONNECT host. Each request: read the head (bounded), refuse a
-Host naming another target or another skill's placeholder, substitute this skill's own
+Host or request target naming another host (proxy/_sealed_target.py) or another skill's
+placeholder, substitute this skill's own
 placeholders, forward; the response head and body are masked (proxy/_seal.py). Keep-alive,
 chunked bodies, interim 1xx answers (relayed while the request body still flows) and upgrades
 (WebSocket: relayed as bytes after 101) work; what this module cannot frame ends the connection.
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 from ._http import Refusal, response
 from ._seal import Masker, SealState, mask, substitute
 from ._sealed_io import READ_SIZE, ServerTls, Side, handshakes
-from .hosts import HostRejected, canonicalise_host
+from ._sealed_target import in_origin_form, is_target
 
 if TYPE_CHECKING:
     import socket
@@ -172,13 +173,15 @@ def _checked_request(tunnel: SealedTunnel, head: bytes) -> tuple[bytes, str, _Fr
     """Check one request head and substitute this skill's placeholders.
 
     Raises:
-        Refusal: a malformed head, a Host naming another target, another skill's placeholder.
+        Refusal: a malformed head, a Host or target naming another host, another skill's
+            placeholder.
 
     """
     method, headers = _parse(head, request=True)
     host = _header(headers, b"host")
-    if host is None or not _is_target(host.decode("latin-1"), tunnel.host):
+    if host is None or not is_target(host.decode("latin-1"), tunnel.host):
         raise Refusal(421, "sealed-host-mismatch")
+    head = in_origin_form(head, method, tunnel.host)
     head, used, owner = substitute(head, tunnel.seal, tunnel.skill)
     if owner is not None:
         raise ForeignPlaceholder(owner)
@@ -187,16 +190,6 @@ def _checked_request(tunnel: SealedTunnel, head: bytes) -> tuple[bytes, str, _Fr
     # Ask for an identity body so that a response body can be masked (decision 37).
     head = _set_identity_encoding(head)
     return head, method, _framing(headers, request=True)
-
-
-def _is_target(header: str, host: str) -> bool:
-    name, colon, port = header.rpartition(":")
-    if not colon or port.startswith("]") or "]" in port:
-        name, port = header, "443"
-    try:
-        return canonicalise_host(name.strip()) == host and port.strip() == "443"
-    except HostRejected:
-        return False
 
 
 _Framing = tuple[str, int]  # ("length", n) | ("chunked", 0) | ("close", 0) | ("none", 0)

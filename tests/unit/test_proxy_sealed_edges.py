@@ -9,11 +9,14 @@ import json
 import string
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from proxy_helpers import exchange, read_response_head, status_of
-from sealed_harness import HOST, OTHER, TOKENS, VALUES, Sealed, get, open_sealed
+from sealed_harness import HOST, OTHER, PLACEHOLDERS, TOKENS, VALUES, Sealed, get, open_sealed
 
 from perstack_sandbox.plan import Secret, SkillSecrets, seal_secrets
+from perstack_sandbox_proxy._http import Refusal
 from perstack_sandbox_proxy._seal import Replacer, SealedValue, SealState, mask, substitute
+from perstack_sandbox_proxy._sealed_target import in_origin_form
 
 if TYPE_CHECKING:
     import http.client
@@ -166,3 +169,74 @@ def test_a_masked_value_is_never_scanned_again() -> None:
     second = b"second-value-0000"
     replacer = Replacer({b"first-value-00000000": b"P[" + second + b"]P", second: b"Q" * 17})
     assert mask(b"<first-value-00000000>", replacer) == b"<P[second-value-0000]P>"
+
+
+# --- request targets ----------------------------------------------------------------------
+
+
+def _send(conn: http.client.HTTPSConnection, target: str) -> http.client.HTTPResponse:
+    """Send GET ``target`` with the right Host (http.client would take it from an absolute URL)."""
+    conn.putrequest("GET", target, skip_host=True)
+    conn.putheader("Host", HOST)
+    conn.putheader("Authorization", f"Bearer {PLACEHOLDERS['one']}")
+    conn.endheaders()
+    return conn.getresponse()
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "reason"),
+    [
+        ("https://evil.example.net/steal", 421, "sealed-target-mismatch"),
+        ("//evil.example.net/steal", 400, "sealed-bad-target"),
+        (f"https://{HOST}@evil.example.net/steal", 421, "sealed-target-mismatch"),
+        (f"https://{HOST}:8443/steal", 421, "sealed-target-mismatch"),
+        (f"http://{HOST}/steal", 400, "sealed-bad-target"),
+        (f"https://{HOST}//evil.example.net/steal", 400, "sealed-bad-target"),
+        (f"{HOST}:443", 400, "sealed-bad-target"),
+    ],
+)
+def test_a_target_not_naming_the_tunnels_host_in_origin_form_is_refused_before_substitution(
+    target: str, status: int, reason: str
+) -> None:
+    """With a correct Host, a target that may route elsewhere is refused, audited, not sent.
+
+    Fails when: only the Host header is checked (checked by hand: without `in_origin_form`
+    in `_checked_request`, all seven were forwarded with the value substituted).
+    """
+    with open_sealed() as sealed:
+        response = _send(sealed.connection("one"), target)
+        lines = sealed.sealed_lines()
+    assert response.status == status
+    assert [(line["decision"], line["reason"]) for line in lines] == [("deny", reason)]
+
+
+@pytest.mark.parametrize(
+    ("target", "origin"),
+    [
+        (f"https://{HOST}/v1?key={{}}", "/v1?key={}"),
+        (f"HTTPS://{HOST.upper()}:443/v1?key={{}}", "/v1?key={}"),
+        (f"https://{HOST}?key={{}}", "/?key={}"),
+    ],
+)
+def test_an_absolute_form_target_naming_the_tunnels_host_goes_up_in_origin_form(
+    target: str, origin: str
+) -> None:
+    """The upstream gets the origin form, with the skill's placeholder substituted in it.
+
+    Fails when: absolute-form targets are forwarded as they are (checked by hand: without
+    `in_origin_form`, the echo server got the absolute form).
+    """
+    with open_sealed() as sealed:
+        echoed = json.loads(
+            _send(sealed.connection("one"), target.format(PLACEHOLDERS["one"])).read()
+        )
+    assert echoed["target"] == origin.format(PLACEHOLDERS["one"])  # masked on its way back
+    assert echoed["targetSha256"] == _sha256(origin.format(VALUES["one"]))
+
+
+def test_only_options_may_ask_for_the_asterisk_target() -> None:
+    """`OPTIONS *` passes unchanged; `GET *` is refused."""
+    head = f"OPTIONS * HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    assert in_origin_form(head, "OPTIONS", HOST) == head
+    with pytest.raises(Refusal, match="sealed-bad-target"):
+        in_origin_form(head.replace(b"OPTIONS", b"GET"), "GET", HOST)
