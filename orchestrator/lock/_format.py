@@ -193,10 +193,11 @@ def stale_reasons(lock: JsonObject | None, plan: SandboxPlan) -> list[str]:
         return [f"expert {plan.expert!r} is not in the lock: run `perstack-sandbox lock`"]
     if entry.entry.get("source") == plan_source(plan):
         if entry.needs_relist:
-            return [
+            reason = (
                 f"expert {plan.expert!r} was locked by lock version 1, which pins no tool "
                 "title or annotations: run `perstack-sandbox lock`"
-            ]
+            )
+            return [reason]
         return []
     reasons: list[str] = []
     locked = entry.entry.get("skills") or {}

@@ -20,6 +20,7 @@ _sealing.py  sealed secrets: placeholders for the skills, the proxy's seal messa
 
 from __future__ import annotations
 
+from perstack_sandbox.config import DEFAULT_ENV_FILES
 from perstack_sandbox.plan._folder import FolderCheck, check_expert_folder, uses_expert_folder
 from perstack_sandbox.plan._plan import (
     DEFAULT_CPUS,
@@ -50,7 +51,6 @@ from perstack_sandbox.plan._plan import (
 )
 from perstack_sandbox.plan._sealing import SealedSecrets, seal_secrets
 from perstack_sandbox.plan._secrets import (
-    DEFAULT_ENV_FILES,
     MINIMAL_PATH,
     Secret,
     SkillSecrets,

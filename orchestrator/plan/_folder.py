@@ -2,8 +2,9 @@
 
 The folder is mounted only when a skill works in /expert (a local command, or an argument
 naming /expert; decision 73), and is walked only then. It holds perstack.toml and, usually,
-the env files with every skill's secrets. The sandbox sees it read-only, so each env file is covered by an empty read-only file (the run's
-`cover`, bound over it) at its place under /expert. The plan names the env files as configured
+the env files with every skill's secrets. The sandbox sees it read-only, so each env file is
+covered by an empty read-only file (the run's `cover`, bound over it) at its place under
+/expert. The plan names the env files as configured
 (`plan.hidden`); this walk, run when a run starts, adds what only the filesystem knows:
 
 - the real place of an env file that is a symbolic link into the folder (a link itself needs

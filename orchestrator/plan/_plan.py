@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from perstack_sandbox.config import DEFAULT_ENV_FILES
 from perstack_sandbox.errors import UnknownExpertError
-from perstack_sandbox.plan._secrets import DEFAULT_ENV_FILES
 from perstack_sandbox_proxy.hosts import match_host, shared_suffix
 
 if TYPE_CHECKING:

@@ -96,4 +96,3 @@ async def test_every_git_under_a_mounted_folder_is_covered_empty(
     assert seen["/expert/.git/config"] == "FileNotFoundError"
     assert (seen["/expert/lib/.git"], seen["/expert/README"]) == ("", "readable\n")
     assert token not in json.dumps(seen)
-

@@ -69,7 +69,7 @@ ESCAPES = {
 def test_an_env_file_outside_the_config_folder_is_refused_and_never_read(
     tmp_path: Path, case: str
 ) -> None:
-    """envPath (or a default `.env` link) leading outside the folder is refused, unread.
+    """An envPath entry (or a default `.env` link) leading outside the folder is refused.
 
     Fails when: the check in `plan.env_files` is removed (seen by hand, 2026-11-30: every
     case returned the victim's DB_PASSWORD and pytest said DID NOT RAISE).
@@ -108,7 +108,7 @@ def test_an_env_file_named_with_env_path_may_lie_anywhere(tmp_path: Path) -> Non
 
 
 def test_env_files_inside_the_folder_are_read_through_links(tmp_path: Path) -> None:
-    """envPath entries and a `.env` link that stay inside the folder are read as before."""
+    """The envPath entries and `.env` links that stay inside the folder are read as before."""
 
     def arrange(folder: Path) -> None:
         (folder / "secrets").mkdir()

@@ -74,7 +74,7 @@ def _fake_npm(monkeypatch: pytest.MonkeyPatch, registry: str) -> None:
     """Make the host's npm answer `registry` to `npm config get registry`."""
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: "npm" if name == "npm" else real_which(name))
-    monkeypatch.setattr(_build, "_run_host_tool", lambda argv, **_: f"{registry}\n")
+    monkeypatch.setattr(_build, "_run_host_tool", lambda _argv, **_: f"{registry}\n")
 
 
 @pytest.mark.parametrize("variable", _build.PYTHON_INDEX_VARIABLES)
@@ -103,19 +103,19 @@ def test_an_index_variable_with_credentials_is_refused_before_any_build(
 
 
 def test_a_pip_config_index_with_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pip's own global.index-url is checked like the variables, and named, not shown.
+    """The pip config's global.index-url is checked like the variables, named, not shown.
 
     Fails when: the pip-config branch of `python_index_url` skips `_without_credentials` (seen
     by hand, 2026-11-30: the URL came back with its token).
     """
-    monkeypatch.setattr(_build, "_run_host_tool", lambda argv, **_: f"{WITH_CREDENTIALS}\n")
-    with pytest.raises(UsageError, match="global.index-url") as caught:
+    monkeypatch.setattr(_build, "_run_host_tool", lambda _argv, **_: f"{WITH_CREDENTIALS}\n")
+    with pytest.raises(UsageError, match=r"global\.index-url") as caught:
         images.python_index()
     assert TOKEN not in str(caught.value)
 
 
 def test_an_npm_registry_with_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """npm's registry setting with user:token@ is refused the same way, never echoed.
+    """The npm registry setting with user:token@ is refused the same way, never echoed.
 
     Fails when: `npm_registry` returns the value unchecked (seen by hand, 2026-11-30: the
     credentialed registry was returned and became the NPM_REGISTRY build argument).
@@ -133,6 +133,4 @@ def test_an_index_without_credentials_is_a_build_argument_as_it_is(
     monkeypatch.setenv("UV_INDEX_URL", CLEAN)
     _fake_npm(monkeypatch, "https://npm.example.test/")
     _fence.build_expert(tmp_path, "expert-e", _plan(tmp_path), lambda _line: None)
-    assert recorded_builds == [
-        {"NPM_REGISTRY": "https://npm.example.test/", "UV_INDEX_URL": CLEAN}
-    ]
+    assert recorded_builds == [{"NPM_REGISTRY": "https://npm.example.test/", "UV_INDEX_URL": CLEAN}]

@@ -351,9 +351,8 @@ def test_lock_check_is_clean_for_a_current_lock_and_outdated_names_a_newer_versi
     """A current lock: no problem; --outdated with a newer release: one line naming both."""
     (tmp_path / "perstack.toml").write_text(CONFIG)
     sandbox = _plan(folder=str(tmp_path))
-    lock.write_lock(
-        lock.lock_path(tmp_path), {"lockfileVersion": lock.LOCK_VERSION, "experts": {"e": _entry(sandbox)}}
-    )
+    document = {"lockfileVersion": lock.LOCK_VERSION, "experts": {"e": _entry(sandbox)}}
+    lock.write_lock(lock.lock_path(tmp_path), document)
     monkeypatch.setattr(images, "latest_version", lambda _manager, _name: "1.3.0")
     config = tmp_path / "perstack.toml"
     assert locking.check_lock(config, None, outdated=False) == []
