@@ -115,12 +115,7 @@ def check_expert_folder(plan: SandboxPlan) -> FolderCheck:
     walk.masks |= {
         _target(walk, Path(e.path)) for e in entries if e.is_reachable and e.path in env_files
     }
-    # A checkout's `.git` holds what CI keeps there (the job's token in `.git/config`).
-    reachable_git = [e for e in walk.git if e.is_reachable]
-    walk.masks |= {_target(walk, Path(e.path)) for e in reachable_git if not _is_folder(e)}
-    folder_masks = {_target(walk, Path(e.path)) for e in reachable_git if _is_folder(e)}
-    # A file inside a covered folder is hidden with it; its own cover would have no mountpoint.
-    walk.masks = {m for m in walk.masks if not any(m.startswith(f"{f}/") for f in folder_masks)}
+    folder_masks = _hide_git(walk)
     if uses_expert_folder(plan):
         top = _Entry(str(root), root.name, root_stat, is_reachable=True)
         others = [e for e in entries if e.path not in env_files and e.name != GIT_NAME]
@@ -134,8 +129,18 @@ def check_expert_folder(plan: SandboxPlan) -> FolderCheck:
     )
 
 
-def _is_folder(entry: _Entry) -> bool:
-    return stat.S_ISDIR(entry.found.st_mode)
+def _hide_git(walk: _Walk) -> set[str]:
+    """Cover every reachable `.git` file (in `walk.masks`); return the `.git` folders to cover.
+
+    A checkout's `.git` holds what CI keeps there: the job's token in `.git/config`. A `.git`
+    that is a link needs no cover: it resolves inside the sandbox, as an env file's link does.
+    """
+    found = [e for e in walk.git if e.is_reachable]
+    walk.masks |= {_target(walk, Path(e.path)) for e in found if stat.S_ISREG(e.found.st_mode)}
+    folders = {_target(walk, Path(e.path)) for e in found if stat.S_ISDIR(e.found.st_mode)}
+    # A file inside a covered folder is hidden with it; its own cover would have no mountpoint.
+    walk.masks = {m for m in walk.masks if not any(m.startswith(f"{f}/") for f in folders)}
+    return folders
 
 
 def _add_env_file(walk: _Walk, path: Path) -> None:

@@ -231,12 +231,15 @@ def test_every_git_in_the_folder_is_covered_and_never_walked(tmp_path: Path) -> 
     folder mask, and the `.git` file had no cover).
     """
     folder = tmp_path / "repo"
-    sandbox = expert(folder)
+    sandbox = expert(folder, env_paths=(str(folder / ".git" / "creds.env"),))
     write(folder / ".git" / "config", mode=0o600)
+    write(folder / ".git" / "creds.env", mode=0o600)  # hidden with its folder: no own cover
     (folder / ".git").chmod(0o700)
     write(folder / "vendor" / "lib" / ".git", "gitdir: ../../.git/modules/lib\n", mode=0o600)
     write(folder / "nested" / ".git" / "HEAD")
     write(folder / "nested" / ".git" / ".env.cached")
+    (folder / "linked").mkdir(mode=0o755)
+    (folder / "linked" / ".git").symlink_to("../.git")  # resolves to the covered folder
     found = check_expert_folder(sandbox)
     assert found.folder_masks == ("/expert/.git", "/expert/nested/.git")
     assert found.masks == ("/expert/vendor/lib/.git",)
