@@ -122,11 +122,8 @@ def check_expert_folder(plan: SandboxPlan) -> FolderCheck:
         unreadable = _unreadable(top, others, walk.unlisted)
         if unreadable:
             raise UsageError(_describe_unreadable(root, unreadable))
-    return FolderCheck(
-        masks=tuple(sorted(walk.masks)),
-        entries=len(entries),
-        folder_masks=tuple(sorted(folder_masks)),
-    )
+    masks, folders = tuple(sorted(walk.masks)), tuple(sorted(folder_masks))
+    return FolderCheck(masks=masks, entries=len(entries), folder_masks=folders)
 
 
 def _hide_git(walk: _Walk) -> set[str]:

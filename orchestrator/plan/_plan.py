@@ -207,16 +207,18 @@ def plan(
         sse_skills=sse_skills,
         interactive_tools=tuple(_interactive_tools(interactive)),
         egress=fold_egress(requests),
-        # Only a skill that works in /expert gets the folder (decision 73): in CI the config
-        # sits at the repository's root, and its checkout holds the job's token.
-        mounts=(
-            (Mount(source=config.config_dir, target=EXPERT_DIR, read_only=True),)
-            if needs_expert_folder(launches)
-            else ()
-        ),
+        mounts=_mounts(config.config_dir, launches),
         hidden=hidden_files(config.config_dir, config.env_path, env_paths),
         timeout_ms=config.timeout or DEFAULT_TIMEOUT_MS,
     )
+
+
+def _mounts(config_dir: str, launches: Sequence[SkillLaunch]) -> tuple[Mount, ...]:
+    # Only a skill that works in /expert gets the folder (decision 73): in CI the config sits
+    # at the repository's root, and its checkout holds the job's token.
+    if not needs_expert_folder(launches):
+        return ()
+    return (Mount(source=config_dir, target=EXPERT_DIR, read_only=True),)
 
 
 def needs_expert_folder(launches: Iterable[SkillLaunch]) -> bool:
