@@ -9,7 +9,9 @@ Locking one expert is three steps, none of which runs package code on the host:
    definitions are pinned.
 
 The file is only replaced once all three succeeded. `lock` locks the experts that are missing
-or stale; `lock --update` re-resolves them all (newer versions, changed tools). `lock --check`
+or stale; `lock --update` re-resolves them all (newer versions, changed tools). An expert of a
+version 1 lock keeps its packages under plain `lock`: steps 2 and 3 only, to pin the tools'
+title and annotations that version 1 left out. `lock --check`
 touches no engine: it says what is stale and, with `--outdated`, which locked package has a
 newer version in its registry.
 """
@@ -17,6 +19,7 @@ newer version in its registry.
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import TYPE_CHECKING
 
 import anyio
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from perstack_sandbox.config import PerstackConfig
     from perstack_sandbox.launch import LaunchOptions
     from perstack_sandbox.lock import JsonObject
+    from perstack_sandbox.plan import SandboxPlan
 
 
 def _experts(config: PerstackConfig, expert: str | None) -> list[str]:
@@ -54,7 +58,7 @@ def lock_experts(options: LaunchOptions, experts: str | None, *, update: bool) -
     """
     config, _warnings = load_config(options.config_path)
     path = lock.lock_path(config.config_dir)
-    current = lock.read_lock(path) or lock.empty_lock()
+    current = lock.read_lock(path, upgrade=True) or lock.empty_lock()
     report: list[str] = []
     for expert in _experts(config, experts):
         sandbox_plan = make_plan(config, expert)
@@ -62,8 +66,8 @@ def lock_experts(options: LaunchOptions, experts: str | None, *, update: bool) -
             report.append(f"{expert}: up to date")
             continue
         options.progress(f"locking expert {expert}")
-        entry = engine.resolve_lock(sandbox_plan, progress=options.progress)
         old = lock.expert_lock(current, expert)
+        entry = _entry_to_list(sandbox_plan, old, options, update=update)
         for skill, held in entry["skills"].items():  # keep the pins while the image builds
             pinned = old.tools(skill) if old is not None else None
             if pinned is not None:
@@ -78,6 +82,26 @@ def lock_experts(options: LaunchOptions, experts: str | None, *, update: bool) -
     text = lock.render_lock(current)
     report.append(f"{path}: {lock.lock_digest(text)}")
     return report
+
+
+def _entry_to_list(
+    sandbox_plan: SandboxPlan, old: lock.ExpertLock | None, options: LaunchOptions, *, update: bool
+) -> JsonObject:
+    """Return the entry whose tools are to be listed: resolved afresh, or an upgraded one.
+
+    An entry upgraded from lock version 1 whose packages still match keeps them (no newer
+    version slips in with the upgrade); only its tools are listed again (decision 74).
+    """
+    if (
+        not update
+        and old is not None
+        and old.needs_relist
+        and old.entry.get("source") == lock.plan_source(sandbox_plan)
+    ):
+        kept = json.loads(json.dumps(old.entry))  # a deep copy: the tools are replaced
+        kept.pop(lock.RELIST_KEY)
+        return dict(kept)
+    return engine.resolve_lock(sandbox_plan, progress=options.progress)
 
 
 def _listed_tools(

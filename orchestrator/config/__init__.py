@@ -9,11 +9,18 @@ _types.py     field types (host patterns, env names, package specs) built from t
 _rules.py     the value rules themselves (pure functions)
 _report.py    TOML paths, unknown keys, pydantic errors made readable, publish rules
 _warnings.py  what Perstack accepts but a reviewer should see (warnings; --strict refuses)
+_envfiles.py  which env files a config may name: only files inside its own folder
 ```
 """
 
 from __future__ import annotations
 
+from perstack_sandbox.config._envfiles import (
+    DEFAULT_ENV_FILES,
+    configured_env_files,
+    env_file_issues,
+    is_outside_folder,
+)
 from perstack_sandbox.config._model import (
     PROTECTED_ENV_NAMES,
     PROTECTED_ENV_PREFIXES,
@@ -32,6 +39,7 @@ from perstack_sandbox.config._model import (
 )
 
 __all__ = [
+    "DEFAULT_ENV_FILES",
     "PROTECTED_ENV_NAMES",
     "PROTECTED_ENV_PREFIXES",
     "Expert",
@@ -43,6 +51,9 @@ __all__ = [
     "Provider",
     "Skill",
     "config_schema",
+    "configured_env_files",
+    "env_file_issues",
+    "is_outside_folder",
     "is_protected_env_name",
     "load_config",
     "parse_config",

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from perstack_sandbox.config import _rules as rules
+from perstack_sandbox.config._envfiles import env_file_issues
 from perstack_sandbox.config._report import (
     check_publish_rules,
     find_unknown_keys,
@@ -268,6 +269,9 @@ def load_config(
 ) -> tuple[PerstackConfig, list[ConfigIssue]]:
     """Read and validate perstack.toml at `path`; return the model and its warnings.
 
+    Besides `parse_config`'s warnings: each env file the config names (or a default one, by
+    a link) that lies outside its folder (`env_file_issues`); `strict` makes them errors.
+
     Raises:
         ConfigError: the file is unreadable, not TOML, or breaks any rule (every issue).
 
@@ -280,4 +284,9 @@ def load_config(
         message = f"{path} is not UTF-8 text (byte {exc.start})"
         raise ConfigError([ConfigIssue("", message)]) from exc
     config_dir = str(path.resolve().parent)
-    return parse_config(text, config_dir=config_dir, strict=strict, publish=publish)
+    config, warnings = parse_config(text, config_dir=config_dir, strict=strict, publish=publish)
+    # Only a config read from a file has a folder its env files must stay in (decision 73).
+    outside = env_file_issues(config)
+    if strict and outside:
+        raise ConfigError(_as_errors(outside))
+    return config, warnings + outside

@@ -82,6 +82,9 @@ class SandboxSpec:
     policy: str
     masks: tuple[str, ...] = ()  # paths under /expert covered by `cover`
     cover: str = ""  # an empty file on the host, readable by the skills
+    # Whether /expert is mounted at all: only when a skill works there (decision 73).
+    expert_mounted: bool = False
+    folder_masks: tuple[str, ...] = ()  # folders under /expert (`.git`) covered empty
     isolation: Isolation = DEFAULT_ISOLATION  # of the sandbox containers; the proxy is on runc
     # How many sandbox containers: one under runc; one per stdio skill under gVisor, where a
     # process can read every other process's /proc/<pid>/environ in Debian's runsc. Each of
@@ -201,13 +204,20 @@ def _create_internal(
 
 
 def _mounts(spec: SandboxSpec, workspace_view: str | None) -> list[docker.types.Mount]:
-    mounts = [docker.types.Mount(EXPERT_DIR, spec.expert_dir, type="bind", read_only=True)]
-    # The engine mounts deeper targets after /expert, so each env file is covered by an empty
-    # regular file: it reads as empty (a skill that loads `.env` gets nothing, not an error),
-    # and writes fail with EROFS.
-    mounts += [
-        docker.types.Mount(target, spec.cover, type="bind", read_only=True) for target in spec.masks
-    ]
+    mounts: list[docker.types.Mount] = []
+    if spec.expert_mounted:
+        mounts.append(docker.types.Mount(EXPERT_DIR, spec.expert_dir, type="bind", read_only=True))
+        # The engine mounts deeper targets after /expert, so each env file is covered by an
+        # empty regular file: it reads as empty (a skill that loads `.env` gets nothing, not an
+        # error), and writes fail with EROFS. A `.git` folder gets an empty read-only tmpfs.
+        mounts += [
+            docker.types.Mount(target, spec.cover, type="bind", read_only=True)
+            for target in spec.masks
+        ]
+        mounts += [
+            docker.types.Mount(target, None, type="tmpfs", read_only=True)
+            for target in spec.folder_masks
+        ]
     if workspace_view:
         # The workspace layer's view of the folder, never the folder itself (see `_workspace`).
         mounts.append(docker.types.Mount(WORKSPACE_DIR, workspace_view, type="bind"))

@@ -233,6 +233,8 @@ def build_expert(
     Raises:
         ImageBuildError: a step failed.
         EngineError: the engine, the fence or the registry look-ups failed.
+        UsageError: the host's index or registry URL holds credentials: refused before any
+            build, since build arguments stay in the image's history (decision 72).
 
     """
     if not plan.packages:  # only our own steps run: no network at all

@@ -248,7 +248,8 @@ async def open_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
     `Sandbox.ca_bundle` (docs/architecture.md, decisions 37 and 38). `test_network` opens the
     proxy further for the test suites only.
 
-    Every env file in the Expert's folder is covered by an empty read-only file (see
+    The Expert's folder is mounted only when a skill works in /expert; then every env file in
+    it is covered by an empty read-only file, and every `.git` covered empty (see
     `plan.check_expert_folder`).
 
     With `skills_first`, a sandbox without sealing or remote skills is yielded once its
@@ -350,7 +351,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         image=image,
         status="warming" if warm else "starting",
         workspace=str(workspace or ""),
-        hidden=folder.masks,
+        hidden=(*folder.masks, *folder.folder_masks),
     )
     spec = _containers.SandboxSpec(
         run_id=run.run_id,
@@ -362,6 +363,8 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         policy=json.dumps(policy),
         masks=folder.masks,
         cover=str(run.write_cover()) if folder.masks else "",
+        expert_mounted=plan.expert_mount is not None,
+        folder_masks=folder.folder_masks,
         isolation=isolation,
         containers=len(plan.skills) if isolation == "gvisor" else 1,
         run=run,

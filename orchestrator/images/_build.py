@@ -22,11 +22,12 @@ import sys
 import tarfile
 from collections import deque
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 import docker.errors
 
 from perstack_sandbox.docker_edge import client, docker_errors, owner_labels
-from perstack_sandbox.errors import EngineError, ImageBuildError
+from perstack_sandbox.errors import EngineError, ImageBuildError, UsageError
 from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ Progress = "Callable[[str], None]"
 _COLOUR: Final = re.compile(r"\x1b\[[0-9;]*m")  # SGR only: colours, nothing that moves or writes
 STEP_TAIL_LINES: Final = 60  # lines of a failed step's output kept in the error
 HOST_TOOL_TIMEOUT_S: Final = 600  # npm pack / pip download of ~60 MB through a slow proxy
+# Where the host's package managers name their index, in the order uv and pip read them.
+PYTHON_INDEX_VARIABLES: Final = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL")
+PIP_INDEX_SETTING: Final = "pip's global.index-url (pip config)"
+NPM_REGISTRY_SETTING: Final = "npm's registry setting (npm_config_registry or .npmrc)"
 
 
 def no_progress(_line: str) -> None:
@@ -224,7 +229,12 @@ def _run_host_tool(argv: list[str], *, what: str, cwd: Path | None = None) -> st
 
 @functools.cache
 def npm_registry() -> str:
-    """Return the npm registry the host's npm is configured with ('' when npm is absent)."""
+    """Return the npm registry the host's npm is configured with ('' when npm is absent).
+
+    Raises:
+        UsageError: the registry URL holds credentials (see `_without_credentials`).
+
+    """
     if shutil.which("npm") is None:
         return ""
     try:
@@ -232,7 +242,7 @@ def npm_registry() -> str:
     except EngineError:
         return ""
     value = out.strip().splitlines()[-1].strip() if out.strip() else ""
-    return value if value.startswith(("http://", "https://")) else ""
+    return _without_credentials(value, NPM_REGISTRY_SETTING) if _is_remote(value) else ""
 
 
 @functools.cache
@@ -241,11 +251,15 @@ def python_index_url() -> str:
 
     Read from uv's and pip's own settings (environment, then pip config); a `file://` index on
     the host means nothing inside a container, so only http(s) URLs are passed on.
+
+    Raises:
+        UsageError: the index URL holds credentials (see `_without_credentials`).
+
     """
-    for name in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"):
+    for name in PYTHON_INDEX_VARIABLES:
         value = os.environ.get(name, "")
-        if value.startswith(("http://", "https://")):
-            return value
+        if _is_remote(value):
+            return _without_credentials(value, name)
     try:
         out = _run_host_tool(
             [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
@@ -254,7 +268,38 @@ def python_index_url() -> str:
     except EngineError:
         return ""
     value = out.strip()
-    return value if value.startswith(("http://", "https://")) else ""
+    return _without_credentials(value, PIP_INDEX_SETTING) if _is_remote(value) else ""
+
+
+def _is_remote(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+def _without_credentials(url: str, setting: str) -> str:
+    """Return `url` when it carries no `user:password@`; refuse it otherwise (decision 72).
+
+    The URL becomes a build argument of the per-expert image: the classic builder records
+    build arguments on every RUN layer (`docker history --no-trunc` shows them), and the
+    packages' install scripts, untrusted code, read them. The message names the setting,
+    never the URL: any part of it may be the secret.
+
+    Raises:
+        UsageError: the URL has a user name or a password.
+
+    """
+    try:
+        parts = urlsplit(url)
+        has_userinfo = parts.username is not None or parts.password is not None
+    except ValueError:  # an unparsable URL: whatever it holds, it is not passed on
+        has_userinfo = True
+    if has_userinfo:
+        raise UsageError(
+            f"{setting} names a package index whose URL holds credentials (user:token@host): "
+            "perstack-sandbox refuses it, because a build argument stays readable in the "
+            "image's history and by every package's install script. Point it at an index "
+            "that needs no credentials (a local mirror or pull-through proxy) for the build"
+        )
+    return url
 
 
 def npm_pack(specs: Iterable[str], destination: Path) -> list[Path]:

@@ -49,6 +49,7 @@ def python_index() -> str:
 
     Raises:
         EngineError: neither is known (no index configured and no pip on the host).
+        UsageError: the configured index URL holds credentials (decision 72).
 
     """
     configured = _build.python_index_url()
@@ -78,6 +79,7 @@ def npm_registry() -> str:
 
     Raises:
         EngineError: the host has no npm, or it names no http(s) registry.
+        UsageError: the registry URL holds credentials (decision 72).
 
     """
     registry = _build.npm_registry()
@@ -91,6 +93,7 @@ def build_hosts(packages: Sequence[PackageSpec]) -> list[str]:
 
     Raises:
         EngineError: a registry location is unknown, not https on 443, or did not answer.
+        UsageError: a registry URL holds credentials (decision 72).
 
     """
     hosts: set[str] = set()

@@ -18,6 +18,7 @@ from perstack_sandbox.lock._diff import tools_diff
 from perstack_sandbox.lock._format import (
     LOCK_NAME,
     LOCK_VERSION,
+    RELIST_KEY,
     TOOL_FIELDS,
     ExpertLock,
     JsonObject,
@@ -40,6 +41,7 @@ from perstack_sandbox.lock._integrity import (
 __all__ = [
     "LOCK_NAME",
     "LOCK_VERSION",
+    "RELIST_KEY",
     "TOOL_FIELDS",
     "ExpertLock",
     "JsonObject",

@@ -11,8 +11,14 @@ experts.<expert>.skills.<skill>.package   manager, name, exact version, requeste
                                           and the installed tree's integrity:
                                           npm: its package.json and package-lock.json
                                           uv:  a hashed requirement set (one line each)
-experts.<expert>.skills.<skill>.tools     each tool's name, description, input/output schema
+experts.<expert>.skills.<skill>.tools     each tool's name, title, description, annotations,
+                                          input and output schema
 ```
+Version 2 added `title` and `annotations` to the pinned fields (decision 74): the hints a
+client may act on without asking (`readOnlyHint`, `destructiveHint`) and the name it shows.
+A version 1 lock is refused, with what to do, by everything but `lock`, which upgrades it:
+each expert it holds keeps its packages, marked `RELIST_KEY` (stale) until `lock` lists its
+tools again.
 Tools are plain JSON here: only skills and the gateway speak MCP (they turn a listing into
 these dictionaries with `skills.pinned_tools`).
 """
@@ -31,8 +37,10 @@ if TYPE_CHECKING:
     from perstack_sandbox.plan import PackageSpec, SandboxPlan
 
 LOCK_NAME: Final = "perstack-sandbox.lock"
-LOCK_VERSION: Final = 1
-TOOL_FIELDS: Final = ("name", "description", "inputSchema", "outputSchema")
+LOCK_VERSION: Final = 2
+UPGRADABLE_VERSIONS: Final = (1,)  # pinned tools without title and annotations
+RELIST_KEY: Final = "toolsToRelist"  # an expert upgraded from version 1, its tools not yet
+TOOL_FIELDS: Final = ("name", "title", "description", "annotations", "inputSchema", "outputSchema")
 
 JsonObject = dict[str, Any]
 
@@ -57,11 +65,15 @@ def empty_lock() -> JsonObject:
     return {"lockfileVersion": LOCK_VERSION, "experts": {}}
 
 
-def read_lock(path: Path) -> JsonObject | None:
+def read_lock(path: Path, *, upgrade: bool = False) -> JsonObject | None:
     """Return the parsed lock at `path`, or None when there is none.
 
+    With `upgrade` (only `lock` asks), a version 1 lock comes back as version 2 with every
+    expert marked `RELIST_KEY`: its packages stay pinned, its tools must be listed again.
+
     Raises:
-        LockError: the file is unreadable, not JSON, or not a lock of this version.
+        LockError: the file is unreadable, not JSON, or not a lock of this version (a
+            version 1 lock says how to upgrade it).
 
     """
     try:
@@ -74,10 +86,24 @@ def read_lock(path: Path) -> JsonObject | None:
         lock = json.loads(text)
     except ValueError as exc:
         raise LockError(f"{path} is not JSON: {exc}") from exc
-    if not isinstance(lock, dict) or lock.get("lockfileVersion") != LOCK_VERSION:
+    version = lock.get("lockfileVersion") if isinstance(lock, dict) else None
+    if version in UPGRADABLE_VERSIONS and not upgrade:
+        raise LockError(
+            f"{path} is a version {version} lock: it does not pin the tools' title and "
+            "annotations, so a skill could turn a tool's readOnlyHint or destructiveHint "
+            "around unseen. Run `perstack-sandbox lock` to pin them (it keeps the locked "
+            "packages and lists the tools again), then review and commit the diff"
+        )
+    if not isinstance(lock, dict) or version not in {LOCK_VERSION, *UPGRADABLE_VERSIONS}:
         raise LockError(f"{path} is not a version {LOCK_VERSION} perstack-sandbox lock")
     if not isinstance(lock.get("experts"), dict):
         raise LockError(f"{path} has no `experts` table")
+    if version != LOCK_VERSION:
+        experts = {
+            name: {**entry, RELIST_KEY: True} if isinstance(entry, dict) else entry
+            for name, entry in lock["experts"].items()
+        }
+        lock = {**lock, "lockfileVersion": LOCK_VERSION, "experts": experts}
     return lock
 
 
@@ -136,6 +162,11 @@ class ExpertLock:
         found = self._skill(skill).get("package")
         return found if isinstance(found, dict) else None
 
+    @property
+    def needs_relist(self) -> bool:
+        """True when the entry came from a version 1 lock and its tools were not listed since."""
+        return bool(self.entry.get(RELIST_KEY))
+
     def tools(self, skill: str) -> list[JsonObject] | None:
         """Return a skill's pinned tool definitions, or None when the lock has no entry."""
         found = self._skill(skill).get("tools")
@@ -161,6 +192,12 @@ def stale_reasons(lock: JsonObject | None, plan: SandboxPlan) -> list[str]:
     if entry is None:
         return [f"expert {plan.expert!r} is not in the lock: run `perstack-sandbox lock`"]
     if entry.entry.get("source") == plan_source(plan):
+        if entry.needs_relist:
+            reason = (
+                f"expert {plan.expert!r} was locked by lock version 1, which pins no tool "
+                "title or annotations: run `perstack-sandbox lock`"
+            )
+            return [reason]
         return []
     reasons: list[str] = []
     locked = entry.entry.get("skills") or {}

@@ -10,7 +10,8 @@ file (`hidden`); `check_expert_folder` walks the Expert's folder when a run star
 else to hide under /expert, and refuses a folder the skills could not read.
 
 ```
-_plan.py     SandboxPlan and its parts, plan(), launch commands, the plan's text and JSON
+_plan.py     SandboxPlan and its parts, plan(), launch commands, the plan's JSON
+_text.py     the plan's text, for a human reviewer
 _secrets.py  Secret, dotenv files, resolving requiredEnv names to values, a skill's environment
 _folder.py   the Expert's folder on the host: env files to cover, paths skills cannot read
 _sealing.py  sealed secrets: placeholders for the skills, the proxy's seal message
@@ -19,6 +20,7 @@ _sealing.py  sealed secrets: placeholders for the skills, the proxy's seal messa
 
 from __future__ import annotations
 
+from perstack_sandbox.config import DEFAULT_ENV_FILES
 from perstack_sandbox.plan._folder import FolderCheck, check_expert_folder, uses_expert_folder
 from perstack_sandbox.plan._plan import (
     DEFAULT_CPUS,
@@ -45,12 +47,10 @@ from perstack_sandbox.plan._plan import (
     hidden_files,
     plan,
     plan_to_json,
-    plan_to_text,
     skill_slug,
 )
 from perstack_sandbox.plan._sealing import SealedSecrets, seal_secrets
 from perstack_sandbox.plan._secrets import (
-    DEFAULT_ENV_FILES,
     MINIMAL_PATH,
     Secret,
     SkillSecrets,
@@ -62,6 +62,7 @@ from perstack_sandbox.plan._secrets import (
     resolve_secrets,
     skill_environment,
 )
+from perstack_sandbox.plan._text import plan_to_text
 
 __all__ = [
     "DEFAULT_CPUS",

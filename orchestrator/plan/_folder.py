@@ -1,14 +1,19 @@
 """The Expert's folder, checked before it is mounted at /expert: what to hide, what skills can read.
 
-The folder holds perstack.toml and, usually, the env files with every skill's secrets. The
-sandbox sees it read-only, so each env file is covered by an empty read-only file (the run's
-`cover`, bound over it) at its place under /expert. The plan names the env files as configured
+The folder is mounted only when a skill works in /expert (a local command, or an argument
+naming /expert; decision 73), and is walked only then. It holds perstack.toml and, usually,
+the env files with every skill's secrets. The sandbox sees it read-only, so each env file is
+covered by an empty read-only file (the run's `cover`, bound over it) at its place under
+/expert. The plan names the env files as configured
 (`plan.hidden`); this walk, run when a run starts, adds what only the filesystem knows:
 
 - the real place of an env file that is a symbolic link into the folder (a link itself needs
   no cover: it resolves inside the sandbox, to the covered target or to nothing);
 - every other name of an env file in the folder (hard links: same device and inode);
 - every other regular file whose name starts with `.env` (`.env.production`, `.envrc`...).
+- every `.git` at any depth: a folder is covered by an empty read-only one, a file (a
+  worktree's or submodule's pointer) by the cover file. CI checkouts keep the job's token in
+  `.git/config`. A `.git` folder is not walked.
 
 Skills run as uids 10001 and up, neither owner nor group of host files, so only the "others"
 permission bits let them in. When a skill works in /expert (a local command, or an argument
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 from perstack_sandbox import state
 from perstack_sandbox.errors import UsageError
-from perstack_sandbox.plan._plan import EXPERT_DIR, HIDDEN_NAME_PREFIX
+from perstack_sandbox.plan._plan import EXPERT_DIR, HIDDEN_NAME_PREFIX, needs_expert_folder
 
 if TYPE_CHECKING:
     from perstack_sandbox.plan._plan import SandboxPlan
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 # refused, not mounted.
 MAX_ENTRIES: Final = 100_000
 MAX_REPORTED: Final = 10  # unreadable paths named in one error
+GIT_NAME: Final = ".git"  # a repository's folder (or, in a worktree, its pointer file)
 SKILL_UIDS: Final = "uids 10001 and up"  # the engine's SKILL_UID_FIRST (a test holds them equal)
 
 
@@ -48,6 +54,7 @@ class FolderCheck:
 
     masks: tuple[str, ...]  # container paths under /expert to cover with an empty file
     entries: int  # how many entries the walk looked at
+    folder_masks: tuple[str, ...] = ()  # `.git` folders under /expert to cover with an empty one
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,27 +71,31 @@ class _Walk:
     env_inodes: set[tuple[int, int]] = field(default_factory=set)
     masks: set[str] = field(default_factory=set)
     unlisted: set[str] = field(default_factory=set)  # folders closed to us and to skills
+    git: list[_Entry] = field(default_factory=list)  # every `.git`, folder or file: not walked
 
 
 def uses_expert_folder(plan: SandboxPlan) -> bool:
     """Tell whether a skill works in /expert: a local command, or an argument naming it.
 
-    An argument counts wherever /expert appears in it (`--root=/expert/data` too).
+    An argument counts wherever /expert appears in it (`--root=/expert/data` too). Only then
+    is the folder mounted at all (`SandboxPlan.expert_mount`).
     """
-    return any(
-        launch.kind == "local" or any(EXPERT_DIR in arg for arg in launch.argv)
-        for launch in plan.skills
-    )
+    return needs_expert_folder(plan.skills)
 
 
 def check_expert_folder(plan: SandboxPlan) -> FolderCheck:
     """Walk the Expert's folder: find every file to hide, refuse files skills cannot read.
+
+    A plan that does not mount the folder (no skill works in /expert) is not walked: nothing
+    of it reaches the sandbox.
 
     Raises:
         UsageError: the folder is missing, too large to check, cannot be walked, or (when a
             skill works in /expert) holds a folder or file the skills' uids cannot read.
 
     """
+    if plan.expert_mount is None:
+        return FolderCheck(masks=(), entries=0)
     root = Path(plan.config_dir).resolve()
     try:
         root_stat = root.stat()
@@ -104,13 +115,29 @@ def check_expert_folder(plan: SandboxPlan) -> FolderCheck:
     walk.masks |= {
         _target(walk, Path(e.path)) for e in entries if e.is_reachable and e.path in env_files
     }
+    folder_masks = _hide_git(walk)
     if uses_expert_folder(plan):
         top = _Entry(str(root), root.name, root_stat, is_reachable=True)
-        others = [e for e in entries if e.path not in env_files]
+        others = [e for e in entries if e.path not in env_files and e.name != GIT_NAME]
         unreadable = _unreadable(top, others, walk.unlisted)
         if unreadable:
             raise UsageError(_describe_unreadable(root, unreadable))
-    return FolderCheck(masks=tuple(sorted(walk.masks)), entries=len(entries))
+    masks, folders = tuple(sorted(walk.masks)), tuple(sorted(folder_masks))
+    return FolderCheck(masks=masks, entries=len(entries), folder_masks=folders)
+
+
+def _hide_git(walk: _Walk) -> set[str]:
+    """Cover every reachable `.git` file (in `walk.masks`); return the `.git` folders to cover.
+
+    A checkout's `.git` holds what CI keeps there: the job's token in `.git/config`. A `.git`
+    that is a link needs no cover: it resolves inside the sandbox, as an env file's link does.
+    """
+    found = [e for e in walk.git if e.is_reachable]
+    walk.masks |= {_target(walk, Path(e.path)) for e in found if stat.S_ISREG(e.found.st_mode)}
+    folders = {_target(walk, Path(e.path)) for e in found if stat.S_ISDIR(e.found.st_mode)}
+    # A file inside a covered folder is hidden with it; its own cover would have no mountpoint.
+    walk.masks = {m for m in walk.masks if not any(m.startswith(f"{f}/") for f in folders)}
+    return folders
 
 
 def _add_env_file(walk: _Walk, path: Path) -> None:
@@ -172,10 +199,11 @@ def _list(walk: _Walk, root_stat: os.stat_result) -> list[_Entry]:
                 "many to check for env files before mounting it; keep the Expert in a folder "
                 "of its own"
             )
+        walk.git += [e for e in listed if e.name == GIT_NAME]
         pending += [
             (e.path, is_reachable and bool(e.found.st_mode & stat.S_IXOTH))
             for e in listed
-            if stat.S_ISDIR(e.found.st_mode) and e.path != skipped
+            if stat.S_ISDIR(e.found.st_mode) and e.path != skipped and e.name != GIT_NAME
         ]
     return found
 

@@ -20,14 +20,13 @@ import hashlib
 import json
 import posixpath
 import re
-import shlex
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from perstack_sandbox.config import DEFAULT_ENV_FILES
 from perstack_sandbox.errors import UnknownExpertError
-from perstack_sandbox.plan._secrets import DEFAULT_ENV_FILES
 from perstack_sandbox_proxy.hosts import match_host, shared_suffix
 
 if TYPE_CHECKING:
@@ -170,6 +169,11 @@ class SandboxPlan(_Frozen):
         """Every package the per-expert image must preinstall."""
         return tuple(s.package for s in self.skills if s.package is not None)
 
+    @property
+    def expert_mount(self) -> Mount | None:
+        """The mount of the Expert's folder at /expert, None when no skill needs it."""
+        return next((m for m in self.mounts if m.target == EXPERT_DIR), None)
+
 
 def plan(
     config: PerstackConfig, expert_key: str, env_paths: Sequence[Path | str] = ()
@@ -203,9 +207,28 @@ def plan(
         sse_skills=sse_skills,
         interactive_tools=tuple(_interactive_tools(interactive)),
         egress=fold_egress(requests),
-        mounts=(Mount(source=config.config_dir, target=EXPERT_DIR, read_only=True),),
+        mounts=_mounts(config.config_dir, launches),
         hidden=hidden_files(config.config_dir, config.env_path, env_paths),
         timeout_ms=config.timeout or DEFAULT_TIMEOUT_MS,
+    )
+
+
+def _mounts(config_dir: str, launches: Sequence[SkillLaunch]) -> tuple[Mount, ...]:
+    # Only a skill that works in /expert gets the folder (decision 73): in CI the config sits
+    # at the repository's root, and its checkout holds the job's token.
+    if not needs_expert_folder(launches):
+        return ()
+    return (Mount(source=config_dir, target=EXPERT_DIR, read_only=True),)
+
+
+def needs_expert_folder(launches: Iterable[SkillLaunch]) -> bool:
+    """Tell whether a skill works in /expert: a local command, or an argument naming it.
+
+    An argument counts wherever /expert appears in it (`--root=/expert/data` too).
+    """
+    return any(
+        launch.kind == "local" or any(EXPERT_DIR in arg for arg in launch.argv)
+        for launch in launches
     )
 
 
@@ -275,27 +298,6 @@ def plan_to_json(sandbox: SandboxPlan) -> str:
     return json.dumps(sandbox.model_dump(mode="json"), sort_keys=True, indent=2) + "\n"
 
 
-def plan_to_text(sandbox: SandboxPlan) -> str:
-    """Render the plan for a human reviewer: what runs, with which secrets, reaching where."""
-    lines = [f"expert {sandbox.expert}", f"  config folder  {sandbox.config_dir}"]
-    lines += [f"  mount  {m.source} -> {m.target} ({_mode(m)})" for m in sandbox.mounts]
-    lines += _hidden_text(sandbox)
-    limits = sandbox.limits
-    lines.append(
-        f"  limits  memory {limits.memory_bytes // 1024**2} MiB, cpus {limits.cpus:g}, "
-        f"pids {limits.pids}, generation timeout {sandbox.timeout_ms} ms"
-    )
-    for launch in sandbox.skills:
-        lines += _launch_text(launch)
-    for sse in sandbox.sse_skills:
-        lines += [f"sse skill {sse.name}", f"  endpoint  {sse.endpoint}", *_filter(sse)]
-    for tool in sandbox.interactive_tools:
-        lines.append(f"interactive tool {tool.skill}/{tool.name}  {tool.description}".rstrip())
-    lines.append("egress allowlist" + ("" if sandbox.egress else "  (empty: no egress at all)"))
-    lines += [f"  {r.pattern}  <- {', '.join(r.sources)}{_risk(r)}" for r in sandbox.egress]
-    return "\n".join(lines) + "\n"
-
-
 def _skills_by_type(
     expert: Expert,
 ) -> tuple[
@@ -355,28 +357,6 @@ def _interactive_tools(skills: list[tuple[str, InteractiveSkill]]) -> Iterable[I
             )
 
 
-def _launch_text(launch: SkillLaunch) -> list[str]:
-    lines = [f"skill {launch.name} ({launch.kind})", f"  runs  {shlex.join(launch.argv)}"]
-    lines.append(f"  in    {launch.workdir}" + ("  (started on first use)" * launch.lazy_init))
-    if launch.package is not None:
-        spec = launch.package.version_spec or "newest at build time"
-        lines.append(f"  package  {launch.package.manager} {launch.package.name} ({spec})")
-    lines.append(f"  env names  {', '.join(launch.env_names) or '(none)'}")
-    lines += _filter(launch)
-    lines.append(f"  may reach  {', '.join(launch.allowed_domains) or '(nothing)'}")
-    return lines
-
-
-def _filter(skill: SkillLaunch | SseSkill) -> list[str]:
-    if skill.pick and skill.omit:  # pick, then omit (see `config._warnings`)
-        return [f"  tools  only {', '.join(skill.pick)}, then not {', '.join(skill.omit)}"]
-    if skill.pick:
-        return [f"  tools  only {', '.join(skill.pick)}"]
-    if skill.omit:
-        return [f"  tools  all but {', '.join(skill.omit)}"]
-    return []
-
-
 def _relative_inside(path: str, root: str) -> str | None:
     """Return `path` relative to `root` when it lies strictly inside it (both normalised)."""
     pure, base = PurePosixPath(path), PurePosixPath(root)
@@ -384,31 +364,3 @@ def _relative_inside(path: str, root: str) -> str | None:
         return None
     relative = pure.relative_to(base)
     return None if not relative.parts or ".." in relative.parts else str(relative)
-
-
-def _hidden_text(sandbox: SandboxPlan) -> list[str]:
-    lines = [
-        f"  hidden  {h.target}  ({h.origin} env file; covered by an empty file when present)"
-        for h in sandbox.hidden
-        if h.target is not None
-    ]
-    lines.append(
-        f"  hidden  every other {sandbox.hidden_name_prefix}* file under {EXPERT_DIR}, and every "
-        "other name in the folder of an env file (link target, hard link), found at start"
-    )
-    lines += [
-        f"  env file outside the folder (not mounted)  {h.path}  ({h.origin})"
-        for h in sandbox.hidden
-        if h.target is None
-    ]
-    return lines
-
-
-def _risk(rule: EgressRule) -> str:
-    if rule.shared_suffix is None:
-        return ""
-    return f"  [shared suffix: every tenant of {rule.shared_suffix} is reachable]"
-
-
-def _mode(mount: Mount) -> str:
-    return "read-only" if mount.read_only else "read-write"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
+from perstack_sandbox.config import DEFAULT_ENV_FILES, is_outside_folder
 from perstack_sandbox.errors import EnvFileError, MissingEnvError, UsageError
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from perstack_sandbox.config import PerstackConfig
     from perstack_sandbox.plan._plan import SandboxPlan
 
-DEFAULT_ENV_FILES: Final = (".env", ".env.local")
 MINIMAL_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_LANG: Final = "C.UTF-8"
 
@@ -184,12 +184,26 @@ def env_files(
 ) -> list[tuple[Path, bool]]:
     """Decide which dotenv files to read, in override order, each with "must exist".
 
-    `--env-path` files must exist; the TOML's `envPath` and the default `.env`/`.env.local`
-    are read when present.
+    `--env-path` files must exist, and may lie anywhere: the user named them. The TOML's
+    `envPath` and the default `.env`/`.env.local` are read when present, and only from inside
+    the config's folder, links followed (decision 73): the config may be someone else's.
+
+    Raises:
+        UsageError: an `envPath` entry, or a default file by a link, lies outside the folder.
+
     """
     if cli_paths:
         return [(_against(config_dir, path), True) for path in cli_paths]
     names = DEFAULT_ENV_FILES if toml_paths is None else tuple(toml_paths)
+    for name in names:
+        if is_outside_folder(config_dir, name):
+            what = "the default env file" if toml_paths is None else "envPath entry"
+            raise UsageError(
+                f"{what} {name!r} lies outside the config's folder {config_dir} (links "
+                "followed): a perstack.toml may only name env files inside its own folder, "
+                "or a config you did not write could hand any dotenv file of yours to its "
+                "skills. Name the file with --env-path if you mean it"
+            )
     return [(_against(config_dir, Path(name)), False) for name in names]
 
 
@@ -314,7 +328,8 @@ def host_secrets(
     about a key set twice within one file.
 
     Raises:
-        UsageError: an env file is missing or unreadable.
+        UsageError: an env file is missing or unreadable, or one the config names (or a
+            default one, by a link) lies outside the config's folder (see `env_files`).
         EnvFileError: lines of an env file are malformed (every one named with its line
             number, never a value).
 

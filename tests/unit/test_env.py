@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -145,9 +144,9 @@ def test_env_files_prefer_cli_then_toml_then_defaults(tmp_path):
     """`--env-path` beats the TOML's envPath, which beats `.env` + `.env.local`."""
     cli = [tmp_path / "x.env"]
     assert env_files(tmp_path, cli, ["a.env"]) == [(tmp_path / "x.env", True)]
-    assert env_files(tmp_path, (), ["a.env", "/abs/b.env"]) == [
+    assert env_files(tmp_path, (), ["a.env", "b/c.env"]) == [
         (tmp_path / "a.env", False),
-        (Path("/abs/b.env"), False),
+        (tmp_path / "b" / "c.env", False),
     ]
     assert env_files(tmp_path) == [(tmp_path / ".env", False), (tmp_path / ".env.local", False)]
 

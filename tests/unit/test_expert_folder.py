@@ -12,7 +12,13 @@ from perstack_sandbox import engine, state
 from perstack_sandbox.config import parse_config
 from perstack_sandbox.engine import _containers
 from perstack_sandbox.errors import UsageError
-from perstack_sandbox.plan import Limits, check_expert_folder, plan, uses_expert_folder
+from perstack_sandbox.plan import (
+    Limits,
+    check_expert_folder,
+    plan,
+    plan_to_text,
+    uses_expert_folder,
+)
 from perstack_sandbox.plan import _folder as expert_folder
 
 if TYPE_CHECKING:
@@ -169,15 +175,88 @@ def test_a_private_folder_that_holds_only_env_files_is_accepted(tmp_path: Path) 
 
 
 def test_only_an_expert_whose_skills_work_in_expert_must_be_readable(tmp_path: Path) -> None:
-    """A private folder of an Expert with only package skills is mounted; env files still hidden."""
+    """A private folder of package skills is neither mounted nor walked; one naming /expert is."""
     folder = tmp_path / "expert"
     sandbox = expert(folder, PACKAGE_SKILL)
     write(folder / ".env", mode=0o600)
     folder.chmod(0o700)
     assert not uses_expert_folder(sandbox)
-    assert check_expert_folder(sandbox).masks == ("/expert/.env",)
+    assert check_expert_folder(sandbox) == expert_folder.FolderCheck(masks=(), entries=0)
     naming = expert(tmp_path / "b", PACKAGE_SKILL.replace('"some-server"', '"x", "--root=/expert"'))
     assert uses_expert_folder(naming)
+    (tmp_path / "b").chmod(0o700)
+    with pytest.raises(UsageError, match="cannot read the Expert's folder"):
+        check_expert_folder(naming)
+
+
+def test_an_expert_of_package_skills_gets_no_expert_mount(tmp_path: Path) -> None:
+    """npx/uvx skills that never name /expert get no mount of the config's folder at all.
+
+    Fails when: `plan` mounts the folder whatever the skills (seen by hand, 2026-11-30, with
+    `needs_expert_folder` answering True: the plan and the container both had /expert).
+    """
+    folder = tmp_path / "repo"
+    sandbox = expert(folder, PACKAGE_SKILL)
+    write(folder / ".git" / "config", "[http]\n\textraheader = AUTHORIZATION: basic x\n")
+    assert (sandbox.mounts, sandbox.expert_mount) == ((), None)
+    assert "not mounted  /expert" in plan_to_text(sandbox)
+    spec = _containers.SandboxSpec(
+        "r", "e", "img", Limits(), str(folder), None, "{}",
+        expert_mounted=sandbox.expert_mount is not None,
+    )  # fmt: skip
+    assert _containers._mounts(spec, None) == []
+
+
+@pytest.mark.parametrize(
+    ("skill", "mounted"),
+    [
+        (LOCAL_SKILL, True),
+        (PACKAGE_SKILL.replace('"some-server"', '"x", "/expert/data"'), True),
+        (PACKAGE_SKILL.replace('"some-server"', '"x", "--root=/expert"'), True),
+        (PACKAGE_SKILL, False),
+    ],
+)
+def test_the_folder_is_mounted_for_a_local_skill_or_an_argument_naming_it(
+    tmp_path: Path, skill: str, *, mounted: bool
+) -> None:
+    """A local command, or an argument naming /expert anywhere in it, mounts the folder."""
+    sandbox = expert(tmp_path / "expert", skill)
+    assert (sandbox.expert_mount is not None) is mounted
+
+
+def test_every_git_in_the_folder_is_covered_and_never_walked(tmp_path: Path) -> None:
+    """Each `.git` folder is covered empty, each `.git` file by the cover; none is checked.
+
+    Fails when: `.git` entries are not collected in `_list` (seen by hand, 2026-11-30: no
+    folder mask, and the `.git` file had no cover).
+    """
+    folder = tmp_path / "repo"
+    sandbox = expert(folder, env_paths=(str(folder / ".git" / "creds.env"),))
+    write(folder / ".git" / "config", mode=0o600)
+    write(folder / ".git" / "creds.env", mode=0o600)  # hidden with its folder: no own cover
+    (folder / ".git").chmod(0o700)
+    write(folder / "vendor" / "lib" / ".git", "gitdir: ../../.git/modules/lib\n", mode=0o600)
+    write(folder / "nested" / ".git" / "HEAD")
+    write(folder / "nested" / ".git" / ".env.cached")
+    (folder / "linked").mkdir(mode=0o755)
+    (folder / "linked" / ".git").symlink_to("../.git")  # resolves to the covered folder
+    found = check_expert_folder(sandbox)
+    assert found.folder_masks == ("/expert/.git", "/expert/nested/.git")
+    assert found.masks == ("/expert/vendor/lib/.git",)
+
+
+def test_a_git_folder_is_a_read_only_empty_tmpfs_after_the_folder() -> None:
+    """Each folder mask is an empty read-only tmpfs, mounted with the covers after /expert."""
+    spec = _containers.SandboxSpec(
+        "r", "e", "img", Limits(), "/srv/expert", None, "{}", ("/expert/.env",), "/c",
+        expert_mounted=True, folder_masks=("/expert/.git",),
+    )  # fmt: skip
+    mounts = _containers._mounts(spec, None)
+    assert [(m["Target"], m["Type"], m["ReadOnly"]) for m in mounts] == [
+        ("/expert", "bind", True),
+        ("/expert/.env", "bind", True),
+        ("/expert/.git", "tmpfs", True),
+    ]
 
 
 def test_a_folder_too_large_to_check_is_refused(tmp_path: Path, monkeypatch) -> None:
@@ -234,8 +313,9 @@ def test_each_cover_is_a_read_only_bind_of_the_cover_file_after_the_folder() -> 
     The workspace is the layer's view (a volume folder), never the user's folder itself.
     """
     spec = _containers.SandboxSpec(
-        "r", "e", "img", Limits(), "/srv/expert", "/home/u/p", "{}", ("/expert/.env",), "/c"
-    )
+        "r", "e", "img", Limits(), "/srv/expert", "/home/u/p", "{}", ("/expert/.env",), "/c",
+        expert_mounted=True,
+    )  # fmt: skip
     mounts = _containers._mounts(spec, "/volumes/v/_data")
     assert [(m["Target"], m["Source"], m["ReadOnly"]) for m in mounts] == [
         ("/expert", "/srv/expert", True),

@@ -106,8 +106,8 @@ def _tool(name: str, description: str) -> types.Tool:
 
 def test_a_lock_renders_the_same_bytes_whatever_the_order_it_was_built_in():
     """Keys are sorted, indent is fixed, one trailing newline: equal locks, equal bytes."""
-    one = {"lockfileVersion": 1, "experts": {"b": {"x": 1, "a": 2}, "a": {}}}
-    two = {"experts": {"a": {}, "b": {"a": 2, "x": 1}}, "lockfileVersion": 1}
+    one = {"lockfileVersion": lock.LOCK_VERSION, "experts": {"b": {"x": 1, "a": 2}, "a": {}}}
+    two = {"experts": {"a": {}, "b": {"a": 2, "x": 1}}, "lockfileVersion": lock.LOCK_VERSION}
     assert lock.render_lock(one) == lock.render_lock(two)
     assert lock.render_lock(one).endswith("}\n")
     assert lock.lock_digest(lock.render_lock(one)) == lock.lock_digest(lock.render_lock(two))
@@ -132,20 +132,20 @@ def test_a_missing_lock_is_none_and_a_malformed_one_is_a_lock_error(tmp_path: Pa
     with pytest.raises(LockError, match="not JSON"):
         lock.read_lock(path)
     path.write_text(json.dumps({"lockfileVersion": 99, "experts": {}}))
-    with pytest.raises(LockError, match="version 1"):
+    with pytest.raises(LockError, match="not a version 2"):
         lock.read_lock(path)
 
 
 def test_a_lock_made_for_the_config_is_current():
     """The same perstack.toml: no stale reason."""
     sandbox = _plan()
-    document = {"lockfileVersion": 1, "experts": {"e": _entry(sandbox)}}
+    document = {"lockfileVersion": lock.LOCK_VERSION, "experts": {"e": _entry(sandbox)}}
     assert lock.stale_reasons(document, sandbox) == []
 
 
 def test_a_changed_package_version_makes_the_lock_stale_naming_the_skill():
     """packageName@2 instead of the locked request: the reason names skill and both specs."""
-    document = {"lockfileVersion": 1, "experts": {"e": _entry(_plan())}}
+    document = {"lockfileVersion": lock.LOCK_VERSION, "experts": {"e": _entry(_plan())}}
     changed = _plan(CONFIG.replace('"@scope/srv"\n', '"@scope/srv@2"\n'))
     reasons = lock.stale_reasons(document, changed)
     assert reasons == ["skill 'srv' asks for npm @scope/srv@2, locked npm @scope/srv"]
@@ -153,7 +153,7 @@ def test_a_changed_package_version_makes_the_lock_stale_naming_the_skill():
 
 def test_an_added_or_removed_skill_and_a_missing_expert_make_the_lock_stale():
     """A new skill, a dropped skill, an expert with no entry: each is named."""
-    document = {"lockfileVersion": 1, "experts": {"e": _entry(_plan())}}
+    document = {"lockfileVersion": lock.LOCK_VERSION, "experts": {"e": _entry(_plan())}}
     added = _plan(CONFIG + '[experts."e".skills."new"]\ntype = "mcpStdioSkill"\ncommand = "node"\n')
     assert lock.stale_reasons(document, added) == ["skill 'new' is not in the lock"]
     dropped = _plan(CONFIG.split('[experts."e".skills."local"]', maxsplit=1)[0])
@@ -265,8 +265,8 @@ def test_the_tool_diff_shows_added_and_removed_tools_whole():
     assert "--- /dev/null\n+++ listed s/b" in diff
 
 
-def test_pinned_tools_keep_the_four_fields_sorted_by_name():
-    """name, description, inputSchema, outputSchema; annotations and titles are not pinned."""
+def test_pinned_tools_keep_the_six_fields_sorted_by_name():
+    """name, title, description, annotations, input and output schema; nothing else (`_meta`)."""
     tools = [
         types.Tool(
             name="z",
@@ -274,12 +274,22 @@ def test_pinned_tools_keep_the_four_fields_sorted_by_name():
             input_schema={"type": "object"},
             output_schema={"type": "object"},
             title="shown",
+            annotations=types.ToolAnnotations(read_only_hint=True),
+            _meta={"not": "pinned"},
         ),
         _tool("a", "A"),
     ]
     pinned = pinned_tools(tools)
     assert [tool["name"] for tool in pinned] == ["a", "z"]
-    assert set(pinned[1]) == {"name", "description", "inputSchema", "outputSchema"}
+    assert set(pinned[1]) == {
+        "name",
+        "title",
+        "description",
+        "annotations",
+        "inputSchema",
+        "outputSchema",
+    }
+    assert pinned[1]["annotations"] == {"readOnlyHint": True}
 
 
 def test_a_pin_refuses_a_changed_skill_with_the_diff_audits_it_and_keeps_refusing():
@@ -341,9 +351,8 @@ def test_lock_check_is_clean_for_a_current_lock_and_outdated_names_a_newer_versi
     """A current lock: no problem; --outdated with a newer release: one line naming both."""
     (tmp_path / "perstack.toml").write_text(CONFIG)
     sandbox = _plan(folder=str(tmp_path))
-    lock.write_lock(
-        lock.lock_path(tmp_path), {"lockfileVersion": 1, "experts": {"e": _entry(sandbox)}}
-    )
+    document = {"lockfileVersion": lock.LOCK_VERSION, "experts": {"e": _entry(sandbox)}}
+    lock.write_lock(lock.lock_path(tmp_path), document)
     monkeypatch.setattr(images, "latest_version", lambda _manager, _name: "1.3.0")
     config = tmp_path / "perstack.toml"
     assert locking.check_lock(config, None, outdated=False) == []

@@ -255,6 +255,10 @@ envPath = ["secrets/app.env", "../shared.env", "/etc/perstack/ci.env"]
 
 [experts."e"]
 instruction = "test"
+[experts."e".skills."local"]
+type = "mcpStdioSkill"
+command = "python3"
+args = ["server.py"]
 """
 
 
@@ -304,6 +308,7 @@ def test_plan_text_and_json_say_what_is_hidden() -> None:
     assert f"hidden  {EXPERT_DIR}/.env  (default env file" in text
     assert f"every other .env* file under {EXPERT_DIR}" in text
     assert "env file outside the folder (not mounted)  /srv/shared.env  (envPath)" in text
+    assert f"hidden  every .git under {EXPERT_DIR}" in text
     loaded = json.loads(plan_to_json(sandbox))
     assert {h["target"] for h in loaded["hidden"]} >= {f"{EXPERT_DIR}/secrets/app.env", None}
     assert loaded["hidden_name_prefix"] == ".env"
