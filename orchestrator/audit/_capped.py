@@ -6,7 +6,7 @@ its cap: the last whole line that fits is kept, then one marker line says the fi
 and later writes are dropped (counted, not kept). The head is kept rather than rotated: the
 first lines of a run say how it began, which a flood that follows would otherwise push out,
 and every reader (`audit`, `/metrics`, a person) reads one file. See docs/architecture.md,
-decision 75.
+decision 76.
 """
 
 from __future__ import annotations

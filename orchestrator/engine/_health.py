@@ -145,7 +145,7 @@ def describe_end(container_id: str) -> str:
 
 
 def _copy_frames(sock: object, run: RunState) -> None:
-    # Capped: a skill decides how many requests (audit lines) the proxy writes (decision 75).
+    # Capped: a skill decides how many requests (audit lines) the proxy writes (decision 76).
     audit_path, log_path = run.audit_path, run.proxy_log_path
     with (
         open_capped(audit_path, state.private_fd(audit_path, append=True), AUDIT_CAP) as audit,

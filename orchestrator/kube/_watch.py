@@ -83,7 +83,7 @@ async def copy_proxy_log(api: ApiClient, sandbox: KubeSandbox, run: RunState) ->
     """
     audit_path, log_path = run.audit_path, run.proxy_log_path
     try:
-        with (  # capped: a skill decides how many audit lines there are (decision 75)
+        with (  # capped: a skill decides how many audit lines there are (decision 76)
             open_capped(audit_path, state.private_fd(audit_path, append=True), AUDIT_CAP) as audit,
             open_capped(log_path, state.private_fd(log_path, append=True), LOG_CAP) as log,
         ):

@@ -3,7 +3,7 @@
 `--pool EXPERT=N` (with `serve --config`) asks for N sandboxes of that Expert started with no
 secret in them; a run of the same config and Expert claims one and only then starts its skills
 (decision 31). A run that does not fit the pool (a workspace, other limits) starts cold
-unless it asked for a pool explicitly (decision 76). The pool engine is
+unless it asked for a pool explicitly (decision 77). The pool engine is
 `perstack_sandbox.pool.WarmPool` (decisions 33 and 34); `open_pools` and `run_options` are the
 two points the service meets it at, and nothing else in the service knows whether pools exist.
 """

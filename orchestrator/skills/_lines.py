@@ -7,7 +7,7 @@ not 16 MiB of memory times the number of chunks. What it does with the rest of a
 line is the caller's choice: stdout (JSON-RPC) drops the whole line, a half message being
 useless; stderr keeps the head with a marker, the head being what a person reads.
 `StderrTail` keeps the last lines of stderr for an error message, bounded in characters
-(`printable` escapes a control byte as four characters). See docs/architecture.md, decision 75.
+(`printable` escapes a control byte as four characters). See docs/architecture.md, decision 76.
 """
 
 from __future__ import annotations
