@@ -154,15 +154,29 @@ class WarmPool:
             EngineError, RunError: see `claim`.
 
         """
+        reason = self.misfit(plan, isolation=isolation, workspace=workspace)
+        if reason is not None:
+            raise UsageError(reason)
+        return await self.claim()
+
+    def misfit(
+        self, plan: SandboxPlan, *, isolation: Isolation, workspace: Path | None
+    ) -> str | None:
+        """Say why a run of `plan` cannot use this pool, or None when it fits.
+
+        Raises:
+            RunError: the pool is not started (it has no plan yet).
+
+        """
         if workspace is not None:
-            raise UsageError("a run with a workspace cannot use a warm pool: mounts are fixed")
+            return "a run with a workspace cannot use a warm pool: mounts are fixed"
         if isolation != self.isolation or plan != self.plan:
-            raise UsageError(
+            return (
                 f"the warm pool holds sandboxes of {self.expert!r} made for another plan or "
                 f"isolation than this run's ({plan.expert!r}, {isolation}): same config, "
                 "expert, limits, env files and isolation, or no pool"
             )
-        return await self.claim()
+        return None
 
     async def claim(self) -> WarmSandbox:
         """Hand out one started sandbox, exactly once; the pool starts a replacement.

@@ -5,6 +5,7 @@ process-wide logging handlers, so runs that share a process keep separate trails
 is the sink of a run folder (see `perstack_sandbox.state`); `TeeSink` adds the caller's own.
 
 ```
+_capped.py   append-only run files with a size cap (skills.log, the proxy's audit and log)
 _sinks.py    AuditSink, ToolCall, Request, RunFiles, TeeSink, NULL_SINK
 _summary.py  reading audit.jsonl and tools.jsonl back into a summary, for `audit`
 ```
@@ -12,6 +13,13 @@ _summary.py  reading audit.jsonl and tools.jsonl back into a summary, for `audit
 
 from __future__ import annotations
 
+from perstack_sandbox.audit._capped import (
+    PROXY_AUDIT_CAP_BYTES,
+    PROXY_LOG_CAP_BYTES,
+    SKILLS_LOG_CAP_BYTES,
+    CappedFile,
+    open_capped,
+)
 from perstack_sandbox.audit._sinks import (
     NULL_SINK,
     TOOL_CALL_KIND,
@@ -36,8 +44,12 @@ from perstack_sandbox.audit._summary import (
 
 __all__ = [
     "NULL_SINK",
+    "PROXY_AUDIT_CAP_BYTES",
+    "PROXY_LOG_CAP_BYTES",
+    "SKILLS_LOG_CAP_BYTES",
     "TOOL_CALL_KIND",
     "AuditSink",
+    "CappedFile",
     "HostSummary",
     "Request",
     "RequestSummary",
@@ -47,6 +59,7 @@ __all__ = [
     "ToolCall",
     "ToolSummary",
     "find_run",
+    "open_capped",
     "read_jsonl",
     "render_text",
     "summarise",

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol, TextIO
 
 from perstack_sandbox import state
+from perstack_sandbox.audit._capped import SKILLS_LOG_CAP_BYTES, CappedFile, open_capped
 from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
@@ -175,7 +176,8 @@ class RunFiles:
     """The sink of a run folder: forwarded requests to `tools.jsonl`, all as text to `skills.log`.
 
     Lines are written and flushed one by one, so a run that crashed keeps its trail; every
-    text line is escaped with `printable` (it may quote a skill).
+    text line is escaped with `printable` (it may quote a skill). `skills.log` stops at
+    `SKILLS_LOG_CAP_BYTES` with a marker line (a skill writes what it likes to its stderr).
     """
 
     def __init__(self, run: state.RunState) -> None:
@@ -187,7 +189,10 @@ class RunFiles:
         """
         self._tools = _append_private(run.tools_path)
         try:
-            self._log = _append_private(run.skills_log_path)
+            path = run.skills_log_path
+            self._log: CappedFile = open_capped(
+                path, state.private_fd(path, append=True), SKILLS_LOG_CAP_BYTES
+            )
         except OSError:
             self._tools.close()
             raise
@@ -223,7 +228,7 @@ class RunFiles:
         if self._log.closed:  # a skill's last stderr bytes may arrive after the run closed
             return
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self._log.write(printable(f"{stamp} {source} {level} {message}") + "\n")
+        self._log.write((printable(f"{stamp} {source} {level} {message}") + "\n").encode())
 
     def close(self) -> None:
         """Close both files (later reports are an error)."""

@@ -61,6 +61,11 @@ PROXY_NANO_CPUS: Final = 1_000_000_000
 SCRATCH_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m"
 HOME_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m,mode=1777"
 PROXY_TMPFS: Final = "rw,noexec,nosuid,nodev,size=16m"
+# The engine keeps its own copy of the proxy's output (one audit line per request a skill
+# makes): capped like the run's copy (decision 76), json-file so `docker logs` still reads it.
+PROXY_LOG_CONFIG: Final = docker.types.LogConfig(
+    type="json-file", config={"max-size": "16m", "max-file": "2"}
+)
 HARDENING: Final[dict[str, Any]] = {
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges:true"],
@@ -335,6 +340,7 @@ def create_proxy(spec: SandboxSpec, network: str, image: str, address: str | Non
         nano_cpus=PROXY_NANO_CPUS,
         pids_limit=PROXY_PIDS,
         network_mode=network,
+        log_config=PROXY_LOG_CONFIG,
     )
     name, labels = _name(spec, "proxy"), _labels(spec, "proxy")
     networking = None

@@ -7,7 +7,6 @@ crashed run keeps its trail) and diagnostics on stderr (copied to `proxy.log`).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -15,6 +14,9 @@ import anyio
 import docker.errors
 
 from perstack_sandbox import state
+from perstack_sandbox.audit import PROXY_AUDIT_CAP_BYTES as AUDIT_CAP
+from perstack_sandbox.audit import PROXY_LOG_CAP_BYTES as LOG_CAP
+from perstack_sandbox.audit import open_capped
 from perstack_sandbox.docker_edge import client, docker_errors
 from perstack_sandbox.errors import EngineError
 
@@ -143,9 +145,11 @@ def describe_end(container_id: str) -> str:
 
 
 def _copy_frames(sock: object, run: RunState) -> None:
+    # Capped: a skill decides how many requests (audit lines) the proxy writes (decision 76).
+    audit_path, log_path = run.audit_path, run.proxy_log_path
     with (
-        os.fdopen(state.private_fd(run.audit_path, append=True), "ab", buffering=0) as audit,
-        os.fdopen(state.private_fd(run.proxy_log_path, append=True), "ab", buffering=0) as log,
+        open_capped(audit_path, state.private_fd(audit_path, append=True), AUDIT_CAP) as audit,
+        open_capped(log_path, state.private_fd(log_path, append=True), LOG_CAP) as log,
         contextlib.suppress(OSError, ValueError),
     ):
         buffer = b""

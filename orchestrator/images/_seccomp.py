@@ -69,6 +69,30 @@ SUBARCH_REASON: Final = (
     "64-bit code, and the compat entry is a second, older system call surface "
     "(CVE-2010-3081, CVE-2014-0038)"
 )
+# Upstream lets `socket` reach every address family but AF_ALG and AF_VSOCK, and `socketpair`
+# every family. Each family is kernel code any process can reach (TIPC, RDS, CAN, X.25, LLC,
+# AppleTalk, ... each had its privilege escalation), so ours allows these only, and within IP
+# only TCP and UDP (SCTP, MPTCP, UDP-Lite, L2TP and SMC are protocols of AF_INET). Anything
+# else meets the default action: EPERM, where the kernel itself would answer EAFNOSUPPORT.
+SocketRule = tuple[str, int, tuple[int, ...] | None, str]
+SOCKET_FAMILIES: Final[tuple[SocketRule, ...]] = (
+    ("AF_UNIX", 1, None, "local sockets: Node.js and Python child processes, asyncio, npm"),
+    ("AF_INET", 2, (0, 6, 17), "TCP and UDP over IPv4 (0 is the type's default protocol)"),
+    ("AF_INET6", 10, (0, 6, 17), "TCP and UDP over IPv6"),
+    (
+        "AF_NETLINK",
+        16,
+        (0,),
+        (
+            "NETLINK_ROUTE only: glibc's getaddrinfo (AI_ADDRCONFIG) and getifaddrs (Node.js's "
+            "os.networkInterfaces, Python's if_nameindex); nf_tables, xfrm and generic netlink "
+            "stay out of reach"
+        ),
+    ),
+)
+SOCKETPAIR_FAMILIES: Final = ("AF_UNIX",)  # the only family Linux pairs besides TIPC
+SOCKET_CALLS: Final = frozenset({"socket", "socketpair"})
+
 # Refused by upstream's default action already; the security suite probes them all the same.
 # This engine's built-in profile (Docker 20.10) still allows io_uring.
 ALREADY_REFUSED: Final[dict[str, str]] = {
@@ -103,8 +127,31 @@ def _without_removed(rule: dict[str, Any]) -> dict[str, Any] | None:
     return {**rule, "names": names} if names else None
 
 
+def _arg(index: int, value: int) -> dict[str, Any]:
+    return {"index": index, "value": value, "op": "SCMP_CMP_EQ"}
+
+
+def socket_rules() -> list[dict[str, Any]]:
+    """Return the rules that allow `socket` and `socketpair` for `SOCKET_FAMILIES` only."""
+    rules = []
+    for name, family, protocols, _reason in SOCKET_FAMILIES:
+        for protocol in protocols or (None,):
+            args = [_arg(0, family)] + ([] if protocol is None else [_arg(2, protocol)])
+            rules.append({"names": ["socket"], "action": ALLOW, "args": args})
+        if name in SOCKETPAIR_FAMILIES:
+            rules.append({"names": ["socketpair"], "action": ALLOW, "args": [_arg(0, family)]})
+    return rules
+
+
+def _without_socket_calls(rule: dict[str, Any]) -> dict[str, Any] | None:
+    names = [name for name in rule["names"] if name not in SOCKET_CALLS]
+    return {**rule, "names": names} if names else None
+
+
 def build_profile(upstream: dict[str, Any]) -> dict[str, Any]:
     """Return our profile: `upstream` minus `REMOVED`, capability rules and 32-bit entries.
+
+    `socket` and `socketpair` are allowed for `SOCKET_FAMILIES` only, whatever upstream says.
 
     Raises:
         ValueError: a removal names a system call upstream does not allow (a stale reason),
@@ -118,7 +165,8 @@ def build_profile(upstream: dict[str, Any]) -> dict[str, Any]:
     if stale:
         raise ValueError(f"upstream does not allow {stale} (without a capability): drop them")
     kept = [made for rule in rules if (made := _without_removed(rule)) is not None]
-    profile["syscalls"] = kept
+    kept = [made for rule in kept if (made := _without_socket_calls(rule)) is not None]
+    profile["syscalls"] = [*kept, *socket_rules()]
     profile["archMap"] = [{**arch, "subArchitectures": []} for arch in profile["archMap"]]
     still = sorted(set(ALREADY_REFUSED) & allowed_names(profile))
     if still:
@@ -161,6 +209,11 @@ def render_doc(upstream: dict[str, Any]) -> str:
     """Return the Markdown page that lists every removal and its reason."""
     rows = "\n".join(f"| `{name}` | {reason} |" for name, reason in REMOVED.items())
     refused = "\n".join(f"| `{name}` | {reason} |" for name, reason in ALREADY_REFUSED.items())
+    families = "\n".join(
+        f"| `{name}` | {'any' if protocols is None else ', '.join(map(str, protocols))} | "
+        f"{'yes' if name in SOCKETPAIR_FAMILIES else 'no'} | {reason} |"
+        for name, _family, protocols, reason in SOCKET_FAMILIES
+    )
     gated = sorted(
         {
             name
@@ -201,6 +254,19 @@ kernel answers it (`ENOSYS` in Debian's runsc).
 - Capability rules: {CAPS_REASON}. They named: {", ".join(f"`{n}`" for n in gated)}
   (`clone` stays allowed without namespace flags, and `clone3` answers `ENOSYS`, as upstream).
 - 32-bit entries: {SUBARCH_REASON}.
+
+## Socket address families
+
+Upstream allows `socket` for every address family but `AF_ALG` and `AF_VSOCK`, and
+`socketpair` for every family. Each family is kernel code that any process reaches (TIPC, RDS,
+CAN, X.25, LLC, AppleTalk, ... each had its privilege escalation), so this profile allows only
+these, and within IP only TCP and UDP (SCTP, MPTCP, UDP-Lite and L2TP are protocols of
+`AF_INET`). Every other family or protocol gets `EPERM` (where the kernel would answer
+`EAFNOSUPPORT`).
+
+| family | protocols (third argument) | `socketpair` | why it stays |
+|---|---|---|---|
+{families}
 
 ## Refused already (upstream's default action), probed by the security suite all the same
 

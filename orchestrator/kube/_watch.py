@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final
 
+from perstack_sandbox import state
+from perstack_sandbox.audit import PROXY_AUDIT_CAP_BYTES as AUDIT_CAP
+from perstack_sandbox.audit import PROXY_LOG_CAP_BYTES as LOG_CAP
+from perstack_sandbox.audit import open_capped
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.kube import _objects
 from perstack_sandbox.kube._labels import LABEL_ROLE, ROLE_PROXY, ROLE_SANDBOX, run_selector
@@ -77,12 +81,14 @@ async def copy_proxy_log(api: ApiClient, sandbox: KubeSandbox, run: RunState) ->
     The pod log merges the proxy's stdout (JSON audit lines) and stderr (diagnostics), so a
     line that is a JSON object is an audit record and any other line is a diagnostic.
     """
+    audit_path, log_path = run.audit_path, run.proxy_log_path
     try:
-        with run.audit_path.open("ab") as audit, run.proxy_log_path.open("ab") as log:
+        with (  # capped: a skill decides how many audit lines there are (decision 76)
+            open_capped(audit_path, state.private_fd(audit_path, append=True), AUDIT_CAP) as audit,
+            open_capped(log_path, state.private_fd(log_path, append=True), LOG_CAP) as log,
+        ):
             async for line in _objects.follow_log(api, sandbox.namespace, sandbox.proxy_pod):
-                target = audit if _is_record(line) else log
-                target.write(line)
-                target.flush()
+                (audit if _is_record(line) else log).write(line)
     except (EngineError, OSError) as exc:
         sandbox.proxy_log_error = str(exc)
     finally:

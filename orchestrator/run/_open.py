@@ -45,6 +45,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     accept_tool_changes: bool = False,
     backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND,
     pool: WarmPool | None = None,
+    pool_fallback: bool = False,
 ) -> Run:
     """Return the run of `expert`'s sandbox; `async with` starts it and tears it down.
 
@@ -70,7 +71,9 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
     cluster) or a `SandboxBackend` object. With `pool` (a `WarmPool` of the same Expert and
     plan, entered), the run claims one of its started sandboxes instead of starting one, gives
     its proxy fresh per-skill credentials, then starts the skills; its `run_id` becomes that
-    sandbox's on entering. An Expert's sandbox:
+    sandbox's on entering. A run that does not fit the pool (a workspace, other limits, env
+    files or isolation) is refused, or with `pool_fallback` starts its own sandbox instead
+    (`run.is_pooled` says which). An Expert's sandbox:
 
     ```python
     import anyio
@@ -92,7 +95,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
         InputError: on entering `async with`: bad config, unknown expert, missing secret, bad
             workspace, an Expert's folder the skills cannot read, an unknown isolation (nothing
             was built or started); a `pool` made for another Expert, plan or isolation, or a
-            workspace with a pool.
+            workspace with a pool (without `pool_fallback`).
         IsolationError: gVisor was asked for and runsc is missing or registered without the
             arguments the sandbox needs (before any build; the message says how to set it up).
         EngineError: Docker failed; ImageBuildError: an image build failed.
@@ -118,6 +121,7 @@ def open_run(  # noqa: PLR0913 - the config and expert, then one keyword per cho
             accept_tool_changes=accept_tool_changes,
             backend=backend,
             pool=pool,
+            pool_fallback=pool_fallback,
         ),
     )
 

@@ -48,6 +48,7 @@ class RunOptions:
     backend: engine.BackendName | engine.SandboxBackend = engine.DEFAULT_BACKEND
 
     pool: WarmPool | None = None
+    pool_fallback: bool = False  # a run that does not fit `pool` starts cold (decision 77)
 
 
 def sandbox_backend(choice: engine.BackendName | engine.SandboxBackend) -> engine.SandboxBackend:

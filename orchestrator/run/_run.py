@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from perstack_sandbox.audit import AuditSink
     from perstack_sandbox.gateway import Gateway
     from perstack_sandbox.plan import SandboxPlan, Secret
+    from perstack_sandbox.pool import WarmPool
     from perstack_sandbox.run._options import ConfigSource, RunOptions
     from perstack_sandbox.run._prepare import Prepared
 
@@ -65,6 +66,7 @@ class Run:
         self._state: state.RunState | None = None
         self._context: AbstractAsyncContextManager[Gateway] | None = None
         self._backend: engine.SandboxBackend | None = None
+        self.is_pooled = False  # set on entering: the sandbox was claimed from the pool
 
     @property
     def gateway(self) -> Gateway:
@@ -215,12 +217,23 @@ class Run:
         if context is not None:
             await context.__aexit__(exc_type, exc, traceback)
 
+    def _pool_for(self, prepared: Prepared) -> WarmPool | None:
+        """Return the pool to claim from: none for a run that does not fit it, when allowed."""
+        options, pool = self._options, self._options.pool
+        if pool is None or not options.pool_fallback:
+            return pool
+        misfit = pool.misfit(
+            prepared.plan, isolation=options.isolation, workspace=options.workspace
+        )
+        return None if misfit is not None else pool
+
     @asynccontextmanager
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
         preload_mcp_layer()  # the input is good: import the MCP side while the sandbox starts
-        if options.pool is None:
+        pool = self._pool_for(prepared)
+        if pool is None:
             # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope)
             # stops the build and takes its fence down before this returns.
             image = await engine.ensure_expert_image_async(
@@ -241,10 +254,10 @@ class Run:
             async with self._served(prepared, sandbox) as gateway:
                 yield gateway
             return
-        claimed = await options.pool.claim_for(
+        claimed = await pool.claim_for(
             prepared.plan, isolation=options.isolation, workspace=options.workspace
         )
-        self.run_id = claimed.run.run_id
+        self.run_id, self.is_pooled = claimed.run.run_id, True
         from perstack_sandbox.pool import GrantedSandbox  # noqa: PLC0415 - docker-py when pooled
 
         granted = GrantedSandbox(claimed, prepared.plan, sealed=prepared.sealed)

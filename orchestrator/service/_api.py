@@ -76,8 +76,11 @@ class CreateRun(BaseModel):
         default=False, description="Serve skills whose tools differ from the lock, this once."
     )
     backend: BackendName = DEFAULT_BACKEND
-    pool: bool = Field(
-        default=True, description="Claim a warm sandbox when the service keeps a pool of it."
+    pool: bool | None = Field(
+        default=None,
+        description="Omitted: claim a warm sandbox when the service keeps a pool this run "
+        "fits, else start one cold. true: claim one or answer 400 (no pool of this Expert, "
+        "or the run does not fit it: a workspace, other limits or isolation). false: cold.",
     )
 
     @field_validator("workspace")

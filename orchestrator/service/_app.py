@@ -4,9 +4,9 @@
 GET    /healthz                      200 {"status": "ok"|"draining"}   (no token)
 GET    /metrics                      Prometheus text
 GET    /v1/openapi.json              this API's OpenAPI document
-POST   /v1/runs                      201 {"id", "mcp": {"url", "token"}, "tools"}
+POST   /v1/runs                      201 {"id", "mcp": {"url", "token"}, "tools", "pooled"}
 GET    /v1/runs                      {"runs": [...]}
-GET    /v1/runs/{id}                 the run: status, expert, started, skills, tools
+GET    /v1/runs/{id}                 the run: status, expert, started, skills, tools, pooled
 DELETE /v1/runs/{id}                 204 once torn down
 GET    /v1/runs/{id}/audit           the `audit --json` document
 *      /v1/runs/{id}/mcp             that run's streamable-HTTP MCP endpoint (its own token)
@@ -156,7 +156,8 @@ class _Api:
         except SandboxError as exc:
             return _error(exc)
         mcp = {"url": self._mcp_url(managed.run_id), "token": managed.token}
-        return JSONResponse({"id": managed.run_id, "mcp": mcp, "tools": managed.tools}, 201)
+        created = {"id": managed.run_id, "mcp": mcp, "tools": managed.tools}
+        return JSONResponse({**created, "pooled": managed.pooled}, 201)
 
     async def list_runs(self, _request: Request) -> Response:
         return JSONResponse({"runs": [run.view() for run in self._runs.all()]})
@@ -189,7 +190,7 @@ def openapi_document() -> dict[str, object]:
     """Return the OpenAPI 3.1 document of the API (request schema from `CreateRun`)."""
     created = {
         "type": "object",
-        "required": ["id", "mcp", "tools"],
+        "required": ["id", "mcp", "tools", "pooled"],
         "properties": {
             "id": {"type": "string"},
             "mcp": {
@@ -197,6 +198,7 @@ def openapi_document() -> dict[str, object]:
                 "properties": {"url": {"type": "string"}, "token": {"type": "string"}},
             },
             "tools": {"type": "integer"},
+            "pooled": {"type": "boolean", "description": "claimed from a warm pool, else cold"},
         },
     }
     error = {"type": "object", "properties": {"error": {"type": "string"}, "lines": {}}}

@@ -74,6 +74,7 @@ class ManagedRun:
     state: str = "starting"
     skills: tuple[str, ...] = ()
     tools: int = 0
+    pooled: bool = False  # its sandbox was claimed from a warm pool (else started cold)
     ended: str = ""  # why it ended (deleted, idle, lifetime, the sandbox went, draining)
     app: ASGIApp | None = None
     last_active: float = field(default_factory=time.monotonic)
@@ -98,6 +99,7 @@ class ManagedRun:
             "started": self.started,
             "skills": list(self.skills),
             "tools": self.tools,
+            "pooled": self.pooled,
         }
 
 
@@ -159,9 +161,7 @@ class Runs:
             token=new_token(),
             started=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        extra = self._pools.run_options(
-            request.config_path, request.expert, request.isolation, wanted=request.pool
-        )
+        extra = self._pools.run_options(request)
         try:
             run = _run_of(request, config, ToolMetrics(self._metrics, managed.touch), extra)
         except BaseException:
@@ -178,7 +178,8 @@ class Runs:
             _remove(scratch)
             raise
         self._held.add(managed.run_id)
-        pooled = "yes" if "pool" in extra else "no"
+        managed.pooled = run.is_pooled
+        pooled = "yes" if run.is_pooled else "no"
         self._metrics.run_start.labels(pooled).observe(time.monotonic() - begun)
         return managed
 
@@ -346,7 +347,7 @@ def _run_of(
         accept_tool_changes=request.accept_tool_changes,
         backend=request.backend,
         audit=sink,
-        **extra,  # type: ignore[arg-type] # only `pool=` (see _pools.run_options)
+        **extra,  # type: ignore[arg-type] # only `pool=`, `pool_fallback=` (_pools.run_options)
     )
 
 

@@ -28,7 +28,7 @@ from perstack_sandbox.isolation import DEFAULT_ISOLATION
 from perstack_sandbox.service._address import Address, check_listen
 from perstack_sandbox.service._app import build_app
 from perstack_sandbox.service._metrics import Metrics
-from perstack_sandbox.service._pools import open_pools
+from perstack_sandbox.service._pools import check_pools, open_pools
 from perstack_sandbox.service._runs import Runs, RunSettings
 from perstack_sandbox.skills import first_of
 
@@ -43,6 +43,11 @@ TOKEN_ENV: Final = "PERSTACK_SANDBOX_TOKEN"  # noqa: S105 - the variable's NAME,
 SOCKET_MODE: Final = 0o600
 LISTEN_BACKLOG: Final = 128
 SHUTDOWN_GRACE_S: Final = 2  # open SSE streams would otherwise hold a graceful stop forever
+PLAIN_HTTP_WARNING: Final = (
+    "warning: --allow-remote serves plain HTTP: the bearer tokens, every run's token and the "
+    "secret values in POST /v1/runs cross the network unencrypted; put a TLS front end "
+    "(a reverse proxy) before this address and let only it reach the port"
+)
 PRUNE_INTERVAL_S: Final = 600.0  # trails age in days: ten minutes is prompt enough
 
 
@@ -65,11 +70,16 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> None:
 
     Raises:
         UsageError: a non-loopback address without `allow_remote`, or a socket path in use.
+        InputError: the pools' config or Experts are bad (before the engine is touched).
         GatewayError: the address cannot be bound.
         EngineError: the engine could not be reached for the start-up sweep.
 
     """
     check_listen(options.address, allow_remote=options.allow_remote)
+    # Every input is checked before the engine is touched (the sweep removes objects).
+    check_pools(options.pools, config_path=options.config_path, isolation=options.isolation)
+    if options.allow_remote and not options.address.is_unix:
+        say(PLAIN_HTTP_WARNING)
     token = None
     if not options.address.is_unix:
         token = os.environ.get(TOKEN_ENV) or new_token()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
 import anyio.abc
@@ -12,14 +12,12 @@ import mcp_types as types
 from mcp.shared.message import SessionMessage
 
 from perstack_sandbox.errors import SkillError
+from perstack_sandbox.skills._lines import read_lines
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
-
-MAX_LINE_BYTES: Final = 64 * 1024 * 1024  # one JSON-RPC message; beyond this the skill is broken
 
 
 class SkillProcess(Protocol):
@@ -93,30 +91,6 @@ async def local_process(
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
             await process.aclose()
-
-
-async def read_lines(
-    stream: anyio.abc.ByteReceiveStream, *, warn: Callable[[str], None]
-) -> AsyncIterator[bytes]:
-    """Yield complete lines (without the newline); a trailing partial line is yielded at EOF.
-
-    A line longer than `MAX_LINE_BYTES` is dropped, and `warn` is told.
-    """
-    buffer = bytearray()
-    with contextlib.suppress(
-        anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError
-    ):
-        while True:
-            chunk = await stream.receive()
-            buffer += chunk
-            while (end := buffer.find(b"\n")) >= 0:
-                yield bytes(buffer[:end])
-                del buffer[: end + 1]
-            if len(buffer) > MAX_LINE_BYTES:
-                warn(f"dropping an over-long line ({len(buffer)} bytes)")
-                buffer.clear()
-    if buffer:
-        yield bytes(buffer)
 
 
 async def pump_stdout(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
@@ -15,13 +14,8 @@ from pydantic import BaseModel, ValidationError
 from perstack_sandbox.audit import NULL_SINK
 from perstack_sandbox.errors import SkillError
 from perstack_sandbox.skills._client import NoBridge, connect_client, list_all
-from perstack_sandbox.skills._process import (
-    first_of,
-    pump_stdin,
-    pump_stdout,
-    read_lines,
-    wait_or_kill,
-)
+from perstack_sandbox.skills._lines import STDERR_LINE_BYTES, StderrTail, read_lines
+from perstack_sandbox.skills._process import first_of, pump_stdin, pump_stdout, wait_or_kill
 from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
@@ -41,7 +35,6 @@ STARTUP_TIMEOUT_S: Final = 60.0  # first start of a Node/Python server on 2 busy
 SHUTDOWN_GRACE_S: Final = 2.0  # MCP spec shutdown: close stdin, wait this long, then kill
 DRAIN_TIMEOUT_S: Final = 1.0  # time for a dead skill's last stderr bytes to arrive
 DEATH_REPORT_WAIT_S: Final = 5.0  # a failed call waits this long for the death report
-STDERR_TAIL_LINES: Final = 20
 RESTARTS: Final = 1
 # Which listing a skill's list_changed notification makes stale.
 LIST_CHANGED: Final = {
@@ -78,7 +71,7 @@ class SkillSession:
         self.pin = pin
         self._factory = factory
         self.audit = audit
-        self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._tail = StderrTail()
         self._client: SkillClient | None = None
         self._bridge: SkillBridge = NoBridge()
         self._stale: set[str] = set()
@@ -386,7 +379,10 @@ class SkillSession:
 
     async def _pump_stderr(self, stream: anyio.abc.ByteReceiveStream, done: anyio.Event) -> None:
         try:
-            async for line in read_lines(stream, warn=self.audit.warning):
+            lines = read_lines(
+                stream, warn=self.audit.warning, limit=STDERR_LINE_BYTES, keep_head=True
+            )
+            async for line in lines:
                 text = printable(line.decode("utf-8", "replace").rstrip())
                 self._tail.append(text)
                 self.audit.skill_stderr(self.name, text)
@@ -394,7 +390,7 @@ class SkillSession:
             done.set()
 
     def _describe(self, what: str) -> str:
-        tail = "\n".join(f"  | {line}" for line in self._tail)
+        tail = "\n".join(f"  | {line}" for line in self._tail.lines())
         lines = f"; last stderr lines:\n{tail}" if tail else " (no stderr output)"
         return f"skill {self.name!r} {what}{lines}"
 

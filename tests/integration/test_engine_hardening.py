@@ -165,3 +165,19 @@ async def test_the_sandbox_runs_on_runc_under_our_seccomp_profile_and_the_proxy_
     assert [json.loads(text) for text in profiles] == [json.loads(recipe("seccomp.json"))]
     assert sandbox["Runtime"] == proxy["Runtime"] == "runc"
     assert not any(option.startswith("seccomp=") for option in proxy["SecurityOpt"])
+
+
+async def test_the_engines_log_of_the_proxy_is_capped(plan_factory, empty_expert_image, docker_api):
+    """The engine's copy of the proxy's output rotates at 16 MiB, two files (decision 76).
+
+    Fails when (checked by hand): the proxy is created without `log_config` (the engine's
+    default json-file log has no size limit: `Config` is empty).
+    """
+    plan = plan_factory()
+    run = state.create_run(plan.expert)
+    async with open_sandbox(plan, image=empty_expert_image, run=run) as sb:
+        proxy = docker_api.inspect_container(sb.proxy_container_id)["HostConfig"]
+    assert proxy["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "16m", "max-file": "2"},
+    }

@@ -369,7 +369,11 @@ def _pool_size(metrics: str, expert: str) -> float | None:
 async def test_a_run_claims_a_warm_sandbox_of_the_services_pool_which_refills(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`serve -c CONFIG --pool EXPERT=1`: a run claims the warm sandbox, the pool refills, drain."""
+    """`serve -c CONFIG --pool EXPERT=1`: a run claims the warm sandbox, the pool refills, drain.
+
+    A run with a workspace does not fit the pool: it starts cold (and says so), unless it
+    asked for a pool explicitly, which is a 400.
+    """
     require_engine()
     monkeypatch.setenv("PERSTACK_SANDBOX_STATE", str(tmp_path / "state"))
     config, expert = calc_expert(tmp_path)
@@ -399,7 +403,30 @@ async def test_a_run_claims_a_warm_sandbox_of_the_services_pool_which_refills(
                 shown = await http.get(f"/v1/runs/{run['id']}")
                 assert shown.json()["status"] == "running"
             await until_one_is_warm()  # the replacement
+            assert run["pooled"] is True
+            await _check_a_run_that_does_not_fit_the_pool_starts_cold(
+                service, config, expert, tmp_path
+            )
     finally:
         code = await anyio.to_thread.run_sync(service.stop)
     assert code == 0, service.stderr_path.read_text()
     assert labelled_containers(expert) == []  # the run and the pool's sandbox are gone
+
+
+async def _check_a_run_that_does_not_fit_the_pool_starts_cold(
+    service: Service, config: Path, expert: str, tmp_path: Path
+) -> None:
+    """Check that a run with a workspace starts cold (`pooled: false`), or 400 with `pool`."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    body = {"config_path": str(config), "expert": expert, "workspace": str(workspace)}
+    refused = await service.create({**body, "pool": True})
+    assert refused.status_code == 400, refused.text
+    assert "workspace cannot use a warm pool" in refused.json()["error"]
+    created = await service.create(body)
+    assert created.status_code == 201, created.text
+    assert created.json()["pooled"] is False
+    async with service.http() as http:
+        metrics = (await http.get("/metrics")).text
+        assert 'perstack_sandbox_run_start_seconds_count{pooled="no"} 1.0' in metrics
+        assert (await http.delete(f"/v1/runs/{created.json()['id']}")).status_code == 204

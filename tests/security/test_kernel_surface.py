@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 sys.path.insert(0, str(HERE / "expert"))
-from kernel_probes import PROBES  # noqa: E402 - the same module runs in the sandbox
+from kernel_probes import (  # noqa: E402 - the same module runs in the sandbox
+    ALLOWED_SOCKETS,
+    PROBES,
+    REFUSED_SOCKETS,
+)
 
 PROBE_SCRIPT = HERE / "expert" / "kernel_probes.py"
 HOST_DEADLINE_S = 120
@@ -83,3 +87,55 @@ async def test_each_escalation_system_call_works_on_the_host_and_is_refused_in_t
     """
     assert on_host[probe] == "ok", f"the probe's arguments are not valid on this host: {on_host}"
     assert in_sandbox[probe] == REFUSED[hostile.isolation][probe], in_sandbox
+
+
+@pytest.fixture(scope="module")
+def sockets_on_host() -> dict[str, str]:
+    """Open every socket case on the host (as this test's user); return the outcomes."""
+    done = subprocess.run(
+        [sys.executable, str(PROBE_SCRIPT), "sockets"],
+        capture_output=True,
+        text=True,
+        timeout=HOST_DEADLINE_S,
+        check=True,
+    )
+    outcomes: dict[str, str] = json.loads(done.stdout)
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+async def sockets_in_sandbox(hostile: Hostile) -> dict[str, str]:
+    """Open every socket case in the sandbox as the hostile skill; return the outcomes."""
+    done = await hostile.python(
+        "import json, kernel_probes\nprint(json.dumps(kernel_probes.socket_outcomes()))"
+    )
+    assert done["exit"] == 0, done
+    outcomes: dict[str, str] = json.loads(done["stdout"])
+    return outcomes
+
+
+@pytest.mark.parametrize("case", [*REFUSED_SOCKETS, "socketpair AF_TIPC"])
+async def test_each_uncommon_socket_family_or_protocol_is_refused_by_the_profile(
+    case: str, sockets_on_host: dict[str, str], sockets_in_sandbox: dict[str, str]
+) -> None:
+    """socket() of a family or protocol outside the profile's list fails with EPERM.
+
+    The host's kernel never answers EPERM for these (it has no TIPC, RDS, CAN, ...:
+    EAFNOSUPPORT; VSOCK, MPTCP, UDP-Lite and netlink's netfilter open), so EPERM in the
+    sandbox is the profile's answer. Fails when (checked by hand): the profile keeps
+    upstream's socket rules (`build_profile` without `socket_rules`, regenerated): under
+    runc 21 of the 25 cases reach the kernel (EAFNOSUPPORT, ESOCKTNOSUPPORT, or they open:
+    MPTCP, UDP-Lite, ICMP, four netlink protocols); AF_ALG and AF_VSOCK (upstream refuses
+    them) and AF_PACKET and AF_XDP (no CAP_NET_RAW) still give EPERM. Under gVisor 23 fail
+    (its own kernel answers AF_PACKET and AF_XDP).
+    """
+    assert sockets_on_host[case] != "EPERM", sockets_on_host
+    assert sockets_in_sandbox[case] == "EPERM", sockets_in_sandbox
+
+
+@pytest.mark.parametrize("case", [*ALLOWED_SOCKETS, "socketpair AF_UNIX"])
+async def test_the_sockets_node_and_python_need_still_open(
+    case: str, sockets_in_sandbox: dict[str, str]
+) -> None:
+    """Unix, TCP and UDP over IPv4 and IPv6, and NETLINK_ROUTE sockets open in the sandbox."""
+    assert sockets_in_sandbox[case] == "ok", sockets_in_sandbox

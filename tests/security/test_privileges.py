@@ -128,8 +128,8 @@ emit({'uid': os.getuid(), 'gid': os.getgid(), 'seen': seen})
 async def test_privileged_operations_are_refused(hostile: Hostile, attempt: str, code: str) -> None:
     """setuid(0), namespaces, raw sockets, chown and mount all fail with EPERM.
 
-    Under gVisor raw and packet sockets fail with EAFNOSUPPORT: with `--network=host` gVisor
-    has no raw sockets at all.
+    Under gVisor raw and packet sockets are refused by our profile too (the launcher loads it
+    into each skill), before gVisor's own kernel, which would answer EAFNOSUPPORT.
 
     Fails when (checked by hand): skills run as root (setuid and chown succeed); root without
     `cap_drop` and without no-new-privileges (raw and packet sockets open too); seccomp
@@ -143,10 +143,7 @@ async def test_privileged_operations_are_refused(hostile: Hostile, attempt: str,
         + "    emit('done')\nexcept OSError as exc:\n    emit(outcome_of(exc))"
     )
     done = await hostile.python(wrapped)
-    expected = "EPERM"
-    if hostile.isolation == "gvisor" and attempt in {"raw-socket", "packet-socket"}:
-        expected = "EAFNOSUPPORT"
-    assert done["stdout"].strip() == f'"{expected}"', (attempt, done)
+    assert done["stdout"].strip() == '"EPERM"', (attempt, done)
 
 
 async def test_the_decoy_skill_cannot_be_traced_or_signalled(hostile: Hostile) -> None:

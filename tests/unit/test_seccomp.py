@@ -77,3 +77,45 @@ def test_the_sandbox_gets_the_profile_text_itself_not_a_path():
     assert json.loads(seccomp.removeprefix("seccomp=")) == json.loads(
         _seccomp.recipe(_seccomp.PROFILE_NAME)
     )
+
+
+def _socket_rules(profile):
+    return [rule for rule in profile["syscalls"] if {"socket", "socketpair"} & set(rule["names"])]
+
+
+def test_socket_and_socketpair_are_allowed_only_for_the_listed_families():
+    """Every rule naming socket or socketpair pins the family to one of the four listed."""
+    families = {family for _name, family, _protocols, _reason in _seccomp.SOCKET_FAMILIES}
+    rules = _socket_rules(_seccomp.build_profile(upstream()))
+    assert rules
+    for rule in rules:
+        assert rule["action"] == _seccomp.ALLOW
+        assert rule["names"] in (["socket"], ["socketpair"]), rule
+        (family,) = [arg for arg in rule["args"] if arg["index"] == 0]
+        assert family["op"] == "SCMP_CMP_EQ"
+        assert family["value"] in families
+    assert families == {1, 2, 10, 16}
+
+
+def test_ip_sockets_are_tcp_or_udp_and_netlink_is_route_only():
+    """AF_INET/AF_INET6 rules allow protocols 0, 6 and 17; AF_NETLINK only NETLINK_ROUTE (0)."""
+    protocols: dict[int, set[int]] = {}
+    for rule in _socket_rules(_seccomp.build_profile(upstream())):
+        family = rule["args"][0]["value"]
+        for arg in rule["args"][1:]:
+            assert (arg["index"], arg["op"]) == (2, "SCMP_CMP_EQ")
+            protocols.setdefault(family, set()).add(arg["value"])
+    assert protocols == {2: {0, 6, 17}, 10: {0, 6, 17}, 16: {0}}
+
+
+def test_socketpair_is_allowed_for_unix_sockets_only():
+    """The one socketpair rule pins AF_UNIX (Linux also pairs TIPC sockets)."""
+    rules = _socket_rules(_seccomp.build_profile(upstream()))
+    pairs = [rule for rule in rules if "socketpair" in rule["names"]]
+    assert [rule["args"] for rule in pairs] == [[{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]]
+
+
+def test_the_gvisor_form_keeps_the_same_socket_rules():
+    """The profile runsc reads has the same family and protocol conditions as runc's."""
+    profile = _seccomp.build_profile(upstream())
+    assert _socket_rules(_seccomp.for_gvisor(profile)) == _socket_rules(profile)

@@ -18,7 +18,7 @@ from perstack_sandbox.errors import (
 )
 from perstack_sandbox.service import parse_address, parse_create, parse_pool
 from perstack_sandbox.service._address import check_listen
-from perstack_sandbox.service._api import error_body, status_for
+from perstack_sandbox.service._api import CreateRun, error_body, status_for
 from perstack_sandbox.service._app import build_app, openapi_document
 from perstack_sandbox.service._metrics import DecisionTail, Metrics
 from perstack_sandbox.service._pools import Pools, open_pools
@@ -253,12 +253,29 @@ async def test_pools_need_a_config_that_has_their_expert(tmp_path) -> None:
         assert pools.held == {}
 
 
+def create(config, **fields) -> CreateRun:
+    """Return a `POST /v1/runs` body for `demo` of `config` with `fields`."""
+    return CreateRun(config_path=str(config), expert="demo", **fields)
+
+
 def test_a_run_gets_the_pool_of_its_config_expert_and_isolation_only(tmp_path) -> None:
-    """run_options adds `pool=` for the matching pool, and nothing when not wanted or no match."""
+    """run_options adds the matching pool (a fallback unless asked for), else nothing."""
     config = tmp_path / "perstack.toml"
     marker = object()
     pools = Pools(config_path=config, held={(str(config.resolve()), "demo", "runc"): marker})
-    assert pools.run_options(str(config), "demo", "runc", wanted=True) == {"pool": marker}
-    assert pools.run_options(str(config), "demo", "runc", wanted=False) == {}
-    assert pools.run_options(str(config), "demo", "gvisor", wanted=True) == {}
-    assert pools.run_options(None, "demo", "runc", wanted=True) == {}
+    assert pools.run_options(create(config)) == {"pool": marker, "pool_fallback": True}
+    assert pools.run_options(create(config, pool=True)) == {"pool": marker, "pool_fallback": False}
+    assert pools.run_options(create(config, pool=False)) == {}
+    assert pools.run_options(create(config, isolation="gvisor")) == {}
+    assert pools.run_options(create(config, backend="kubernetes")) == {}
+    assert pools.run_options(CreateRun(config="", expert="demo")) == {}
+
+
+def test_an_explicit_pool_request_without_a_pool_is_refused(tmp_path) -> None:
+    """`"pool": true` for a run the service keeps no pool of is bad input, not a cold start."""
+    config = tmp_path / "perstack.toml"
+    pools = Pools(config_path=config, held={(str(config.resolve()), "demo", "runc"): object()})
+    with pytest.raises(UsageError, match="no warm pool of 'demo'"):
+        pools.run_options(create(config, pool=True, isolation="gvisor"))
+    with pytest.raises(UsageError, match="no warm pool of 'other'"):
+        pools.run_options(CreateRun(config_path=str(config), expert="other", pool=True))

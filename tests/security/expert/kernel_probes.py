@@ -19,6 +19,7 @@ import os
 import platform
 import select
 import signal
+import socket
 import sys
 import tempfile
 from typing import TYPE_CHECKING
@@ -316,6 +317,77 @@ PROBES: dict[str, Callable[[], int]] = {
 }
 
 
+# socket(family, type, protocol) of families and protocols outside the profile's list, each
+# kernel code any process could otherwise reach; x86_64 numbers (linux/socket.h, in.h).
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_SEQPACKET = 1, 2, 3, 5
+REFUSED_SOCKETS: dict[str, tuple[int, int, int]] = {
+    "AF_TIPC": (30, SOCK_SEQPACKET, 0),
+    "AF_RDS": (21, SOCK_SEQPACKET, 0),
+    "AF_CAN": (29, SOCK_RAW, 1),
+    "AF_X25": (9, SOCK_SEQPACKET, 0),
+    "AF_LLC": (26, SOCK_DGRAM, 0),
+    "AF_APPLETALK": (5, SOCK_DGRAM, 0),
+    "AF_AX25": (3, SOCK_SEQPACKET, 0),
+    "AF_KEY": (15, SOCK_RAW, 2),
+    "AF_PPPOX": (24, SOCK_STREAM, 0),
+    "AF_RXRPC": (33, SOCK_DGRAM, 2),
+    "AF_ALG": (38, SOCK_SEQPACKET, 0),
+    "AF_VSOCK": (40, SOCK_STREAM, 0),
+    "AF_XDP": (44, SOCK_RAW, 0),
+    "AF_PACKET": (17, SOCK_RAW, 0),
+    "AF_BLUETOOTH": (31, SOCK_RAW, 0),
+    "AF_INET IPPROTO_SCTP": (2, SOCK_STREAM, 132),
+    "AF_INET6 IPPROTO_SCTP": (10, SOCK_SEQPACKET, 132),
+    "AF_INET IPPROTO_MPTCP": (2, SOCK_STREAM, 262),
+    "AF_INET IPPROTO_UDPLITE": (2, SOCK_DGRAM, 136),
+    "AF_INET IPPROTO_ICMP": (2, SOCK_DGRAM, 1),
+    "AF_NETLINK NETLINK_NETFILTER": (16, SOCK_RAW, 12),
+    "AF_NETLINK NETLINK_GENERIC": (16, SOCK_RAW, 16),
+    "AF_NETLINK NETLINK_XFRM": (16, SOCK_RAW, 6),
+    "AF_NETLINK NETLINK_KOBJECT_UEVENT": (16, SOCK_DGRAM, 15),
+}
+# What a skill needs: Node.js and Python open these (NETLINK_ROUTE: getaddrinfo, getifaddrs).
+ALLOWED_SOCKETS: dict[str, tuple[int, int, int]] = {
+    "AF_UNIX stream": (1, SOCK_STREAM, 0),
+    "AF_UNIX datagram": (1, SOCK_DGRAM, 0),
+    "AF_INET TCP": (2, SOCK_STREAM, 0),
+    "AF_INET IPPROTO_TCP": (2, SOCK_STREAM, 6),
+    "AF_INET UDP": (2, SOCK_DGRAM, 0),
+    "AF_INET IPPROTO_UDP": (2, SOCK_DGRAM, 17),
+    "AF_INET6 TCP": (10, SOCK_STREAM, 0),
+    "AF_INET6 UDP": (10, SOCK_DGRAM, 17),
+    "AF_NETLINK NETLINK_ROUTE": (16, SOCK_RAW, 0),
+}
+
+
+def open_socket(family: int, kind: int, protocol: int) -> None:
+    """Open and close one socket (with the flags Node.js and Python add)."""
+    socket.socket(family, kind | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK, protocol).close()
+
+
+def open_pair(family: int, kind: int) -> None:
+    """Open and close one socket pair."""
+    for end in socket.socketpair(family, kind):
+        end.close()
+
+
+def _outcome(attempt: Callable[[], None]) -> str:
+    try:
+        attempt()
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, f"errno {exc.errno}")
+    return "ok"
+
+
+def socket_outcomes() -> dict[str, str]:
+    """Return {case: 'ok' | errno name} for every socket case and two socket pairs."""
+    cases = {**REFUSED_SOCKETS, **ALLOWED_SOCKETS}
+    outcomes = {name: _outcome(lambda c=case: open_socket(*c)) for name, case in cases.items()}
+    outcomes["socketpair AF_UNIX"] = _outcome(lambda: open_pair(1, SOCK_STREAM))
+    outcomes["socketpair AF_TIPC"] = _outcome(lambda: open_pair(30, SOCK_SEQPACKET))
+    return outcomes
+
+
 def in_child(probe: Callable[[], int]) -> str:
     """Run `probe` in a forked child; return 'ok', the errno name, or how the child died."""
     read_end, write_end = os.pipe()
@@ -353,5 +425,5 @@ def run_all() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    json.dump(run_all(), sys.stdout)
+    json.dump(socket_outcomes() if sys.argv[1:] == ["sockets"] else run_all(), sys.stdout)
     sys.stdout.write("\n")
