@@ -10,12 +10,12 @@ from __future__ import annotations
 import signal
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import anyio
 
-from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
-from perstack_sandbox.engine import _containers, _doctor, _sweep
+from perstack_sandbox.docker_edge import LABEL_RUN, is_transient, owner_user
+from perstack_sandbox.engine import _containers, _doctor, _patience, _sweep
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import no_progress
 
@@ -25,20 +25,22 @@ if TYPE_CHECKING:
     from perstack_sandbox.engine._sweep import RunInfo
     from perstack_sandbox.state import RunState
 
-TEARDOWN_TIMEOUT_S: Final = 30.0  # force-removing two containers and a network; engine is slow
-
 
 async def teardown(run: RunState, status: str) -> None:
     """Remove every object of `run`, close its journal and record `status` (call it shielded).
 
+    While the engine is unreachable, timing out or busy, the removal is repeated with backoff
+    for up to `_patience.PATIENCE_S` (decision 66): a run closed on a stalled engine is removed
+    once it answers. A process killed meanwhile (a second Ctrl-C) leaves it to its reaper.
+
     Raises:
-        EngineError: the removal failed or timed out (`gc` removes what is left).
+        EngineError: the engine refused a removal for good, or still failed after
+            `_patience.PATIENCE_S` (`gc` removes what is left).
 
     """
     try:
-        with anyio.fail_after(TEARDOWN_TIMEOUT_S):
-            await anyio.to_thread.run_sync(_containers.remove_run, run.run_id)
-    except (EngineError, TimeoutError) as exc:
+        await anyio.to_thread.run_sync(_remove_patiently, run.run_id)
+    except EngineError as exc:
         run.update_meta(status=f"{status}; teardown failed: {exc}")
         raise EngineError(
             f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox gc` removes "
@@ -50,6 +52,10 @@ async def teardown(run: RunState, status: str) -> None:
     run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
     if run.journal_path.exists():
         run.close_journal(f"torn down by its owner ({status})")
+
+
+def _remove_patiently(run_id: str) -> None:
+    _patience.retry_transient(lambda: _containers.remove_run(run_id), is_transient)
 
 
 @asynccontextmanager
