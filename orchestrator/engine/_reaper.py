@@ -255,6 +255,7 @@ def reap(
 ) -> None:
     """Once `owner` is gone, remove its objects and close its open journals.
 
+    The build contexts the owner left (decision 67) go first: they need no engine.
     While the engine is unreachable, timing out or busy, the sweep goes on with backoff for
     up to `_patience.PATIENCE_S` (decision 66). Each removed object is logged as it goes, so
     a reaper that stops still says what it did; the journals stay open when it stops.
@@ -265,6 +266,8 @@ def reap(
 
     """
     crashed = [path for path in journals if _is_open(path)]
+    for line in state.remove_dead_contexts():  # the owner's builds killed mid-way, if any
+        log(f"removed {line}")
 
     def sweep() -> tuple[list[str], bool]:
         found, is_busy = _remove_owned(owner, log)
