@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clock_support import FakeClock
 
 from perstack_sandbox import procs, state
 from perstack_sandbox.cli import _app
@@ -167,22 +168,6 @@ def test_a_zombie_is_dead_and_so_is_a_reused_pid():
         assert not procs.is_process_alive(pid)
     finally:
         os.waitpid(pid, 0)
-
-
-class FakeClock:
-    """A clock that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        """Start at zero."""
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        """Return the current fake time."""
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        """Advance the fake time instead of waiting."""
-        self.now += seconds
 
 
 def scripted(*passes: tuple[list[str], bool]):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import docker.errors
 import pytest
 import requests
+from clock_support import FakeClock
 
 from perstack_sandbox import docker_edge, state
 from perstack_sandbox.docker_edge import (
@@ -34,22 +35,6 @@ if TYPE_CHECKING:
 OWNER = _reaper.Owner(pid=4242, start_ticks="777", host=socket.gethostname())
 LABELS = {LABEL_MANAGED: "1", LABEL_OWNER_PID: "4242", LABEL_OWNER_START: "777", LABEL_RUN: "r"}
 STALL_S = 900.0  # five times the reaper's old deadline (180 s)
-
-
-class FakeClock:
-    """A clock that moves only when the code under test sleeps or an engine call times out."""
-
-    def __init__(self) -> None:
-        """Start at zero."""
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        """Return the current fake time."""
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        """Advance the fake time instead of waiting."""
-        self.now += seconds
 
 
 def api_error(status: int, explanation: str) -> docker.errors.APIError:
