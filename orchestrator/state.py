@@ -213,8 +213,12 @@ def remove_dead_contexts() -> list[str]:
     processes cannot be seen from here.
     """
     root = state_dir() / CONTEXTS_DIR / socket.gethostname()
+    try:
+        found = sorted(root.iterdir())
+    except OSError:  # none yet (or unreadable): nothing to remove
+        return []
     removed = []
-    for path in sorted(root.iterdir()) if root.is_dir() else []:
+    for path in found:
         pid, start_ticks, *_ = [*path.name.split("-", 2), ""]
         if pid.isdigit() and not is_process_alive(int(pid), start_ticks):
             shutil.rmtree(path, ignore_errors=True)

@@ -31,7 +31,7 @@ async def teardown(run: RunState, status: str) -> None:
 
     While the engine is unreachable, timing out or busy, the removal is repeated with backoff
     for up to `_patience.PATIENCE_S` (decision 66): a run closed on a stalled engine is removed
-    once it answers. A process killed meanwhile (a second Ctrl-C) leaves it to its reaper.
+    once it answers. A process killed meanwhile (SIGKILL) leaves the rest to its reaper.
 
     Raises:
         EngineError: the engine refused a removal for good, or still failed after
