@@ -20,7 +20,7 @@ from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import no_progress
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from perstack_sandbox.engine._sweep import RunInfo
     from perstack_sandbox.state import RunState
@@ -39,7 +39,7 @@ async def teardown(run: RunState, status: str) -> None:
 
     """
     try:
-        await anyio.to_thread.run_sync(_remove_patiently, run.run_id)
+        await remove_patiently(run.run_id)
     except EngineError as exc:
         run.update_meta(status=f"{status}; teardown failed: {exc}")
         raise EngineError(
@@ -54,8 +54,32 @@ async def teardown(run: RunState, status: str) -> None:
         run.close_journal(f"torn down by its owner ({status})")
 
 
-def _remove_patiently(run_id: str) -> None:
-    _patience.retry_transient(lambda: _containers.remove_run(run_id), is_transient)
+async def remove_patiently(
+    run_id: str,
+    *,
+    clock: Callable[[], float] = anyio.current_time,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> None:
+    """Remove the objects of `run_id`, repeating after transient engine errors (decision 66).
+
+    The waits are the event loop's, not a worker thread's: a process interrupted meanwhile
+    starts no further attempt, so it exits once the engine call under way returns.
+
+    Raises:
+        EngineError: the engine refused a removal for good, or still failed after
+            `_patience.PATIENCE_S`.
+
+    """
+    start, backoff = clock(), _patience.Backoff()
+    while True:
+        try:
+            await anyio.to_thread.run_sync(_containers.remove_run, run_id)
+        except EngineError as exc:
+            if not is_transient(exc) or clock() - start >= _patience.PATIENCE_S:
+                raise
+        else:
+            return
+        await sleep(backoff.next_delay())
 
 
 @asynccontextmanager

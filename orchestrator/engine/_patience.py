@@ -12,13 +12,7 @@ Only the standard library is imported here: the reaper imports this module while
 from __future__ import annotations
 
 import random
-import time
-from typing import TYPE_CHECKING, Final, TypeVar
-
-from perstack_sandbox.errors import EngineError
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from typing import Final
 
 # A stall of the engine lasts minutes; an engine down for longer than this is someone's to fix,
 # and `gc` (or the next `serve`) removes what is left. Each engine call is bounded on its own
@@ -28,8 +22,6 @@ BACKOFF_FIRST_S: Final = 0.5  # a network still in use is usually free again by 
 # The longest wait between two attempts: an engine back from a stall is used within this, and
 # 40 reapers polling a stalled engine add at most 40 calls per this many seconds.
 BACKOFF_MAX_S: Final = 30.0
-
-T = TypeVar("T")
 
 
 class Backoff:
@@ -51,28 +43,3 @@ class Backoff:
     def reset(self) -> None:
         """Start again at the first delay (the engine answered)."""
         self._next = BACKOFF_FIRST_S
-
-
-def retry_transient(
-    call: Callable[[], T],
-    is_transient: Callable[[EngineError], bool],
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Return what `call` returns, repeating it after transient engine errors with backoff.
-
-    Raises:
-        EngineError: `call` failed with an error that is not transient, or still failed
-            after `PATIENCE_S`.
-
-    """
-    start = clock()
-    backoff = Backoff()
-    while True:
-        try:
-            return call()
-        except EngineError as exc:
-            if not is_transient(exc) or clock() - start >= PATIENCE_S:
-                raise
-        sleep(backoff.next_delay())

@@ -259,52 +259,62 @@ def test_the_clients_failure_to_reach_the_engine_is_transient():
 
 
 def failing(errors: list[EngineError]):
-    """Return a call that raises each of `errors` in turn, then returns 'done', and its count."""
-    calls: list[int] = []
+    """Return a `remove_run` that raises each of `errors` in turn, then succeeds; its calls."""
+    calls: list[str] = []
 
-    def call() -> str:
-        calls.append(1)
+    def remove_run(run_id: str) -> None:
+        calls.append(run_id)
         if errors:
             raise errors.pop(0)
-        return "done"
 
-    return call, calls
+    return remove_run, calls
 
 
-def test_a_call_is_repeated_through_a_stall_until_it_succeeds(clock):
-    """Transient errors for longer than the old deadline: the call is repeated until it works."""
-    calls: list[int] = []
+async def remove_patiently(clock: FakeClock) -> None:
+    """Run the owner's removal of run `r` on the fake clock."""
 
-    def call() -> str:
-        calls.append(1)
+    async def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+
+    await _lifecycle.remove_patiently("r", clock=clock, sleep=sleep)
+
+
+@pytest.mark.anyio
+async def test_the_owners_removal_is_repeated_through_a_stall_until_it_succeeds(clock, monkeypatch):
+    """Transient errors for longer than the old deadline: the removal is repeated until done."""
+    calls: list[str] = []
+
+    def remove_run(run_id: str) -> None:
+        calls.append(run_id)
         if clock.now < STALL_S:
             raise mapped(STALLS[len(calls) % len(STALLS)])
-        return "done"
 
-    assert (
-        _patience.retry_transient(call, docker_edge.is_transient, clock=clock, sleep=clock.sleep)
-        == "done"
-    )
+    monkeypatch.setattr(_containers, "remove_run", remove_run)
+    await remove_patiently(clock)
     assert clock.now >= STALL_S
     assert len(calls) < STALL_S / _patience.BACKOFF_MAX_S * 2  # backed off, not hammering
 
 
-def test_a_permanent_error_is_raised_at_once(clock):
+@pytest.mark.anyio
+async def test_the_owners_removal_raises_a_permanent_error_at_once(clock, monkeypatch):
     """A refusal that will not pass is not repeated."""
-    call, calls = failing([mapped(api_error(400, "invalid filter"))])
+    remove_run, calls = failing([mapped(api_error(400, "invalid filter"))])
+    monkeypatch.setattr(_containers, "remove_run", remove_run)
     with pytest.raises(EngineError, match="invalid filter"):
-        _patience.retry_transient(call, docker_edge.is_transient, clock=clock, sleep=clock.sleep)
-    assert len(calls) == 1
+        await remove_patiently(clock)
+    assert calls == ["r"]
 
 
-def test_repeating_stops_at_the_ceiling(clock):
+@pytest.mark.anyio
+async def test_the_owners_removal_stops_at_the_ceiling(clock, monkeypatch):
     """An engine that never answers is given up on after `PATIENCE_S`."""
 
-    def call() -> str:
+    def remove_run(_run_id: str) -> None:
         raise mapped(STALLS[0])
 
+    monkeypatch.setattr(_containers, "remove_run", remove_run)
     with pytest.raises(EngineError, match="unreachable"):
-        _patience.retry_transient(call, docker_edge.is_transient, clock=clock, sleep=clock.sleep)
+        await remove_patiently(clock)
     assert _patience.PATIENCE_S <= clock.now < _patience.PATIENCE_S + _patience.BACKOFF_MAX_S
 
 
@@ -315,8 +325,8 @@ async def test_the_owners_teardown_outlasts_a_stall(crashed_run, monkeypatch):
     Seen failing with the teardown before this change: the first timeout failed it.
     """
     monkeypatch.setattr(_patience, "BACKOFF_FIRST_S", 0.0)  # no real waiting in a unit test
-    call, calls = failing([mapped(cause) for cause in STALLS])
-    monkeypatch.setattr(_containers, "remove_run", lambda _run_id: call())
+    remove_run, calls = failing([mapped(cause) for cause in STALLS])
+    monkeypatch.setattr(_containers, "remove_run", remove_run)
     await _lifecycle.teardown(crashed_run, "finished")
     assert len(calls) == len(STALLS) + 1
     assert crashed_run.read_meta()["status"] == "finished"
@@ -326,8 +336,8 @@ async def test_the_owners_teardown_outlasts_a_stall(crashed_run, monkeypatch):
 @pytest.mark.anyio
 async def test_the_owners_teardown_reports_a_permanent_refusal_at_once(crashed_run, monkeypatch):
     """A denied removal fails the teardown on the first call, naming `gc`."""
-    call, calls = failing([mapped(api_error(403, "authorization denied by plugin policy"))])
-    monkeypatch.setattr(_containers, "remove_run", lambda _run_id: call())
+    remove_run, calls = failing([mapped(api_error(403, "authorization denied by plugin policy"))])
+    monkeypatch.setattr(_containers, "remove_run", remove_run)
     with pytest.raises(EngineError, match="gc"):
         await _lifecycle.teardown(crashed_run, "finished")
     assert len(calls) == 1
