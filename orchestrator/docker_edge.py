@@ -44,6 +44,12 @@ MANAGED_FILTER: Final = {"label": f"{LABEL_MANAGED}=1"}
 FRAME_HEADER_BYTES: Final = 8  # stream type, three zero bytes, big-endian payload length
 STDERR_STREAM: Final = 2
 API_TIMEOUT_S: Final = 120  # one engine call; image builds stream and are not bound by it
+# Refusals that may pass by themselves: a request timeout, a conflict (a removal already under
+# way, an object in use) and too many requests; every server error is one too (the daemon's own
+# deadlines: "get state ... context deadline exceeded" under a storm of removals).
+TRANSIENT_STATUSES: Final = frozenset({408, 409, 429})
+HTTP_FORBIDDEN: Final = 403  # also what the engine answers to removing a network still in use
+HTTP_SERVER_ERROR: Final = 500
 ENGINE_HINT: Final = (
     "start one with `make engine` (or `bash images/ensure-engine.sh`), or set DOCKER_HOST"
 )
@@ -65,6 +71,29 @@ def docker_errors(action: str) -> Iterator[None]:
         raise EngineError(
             f"{action}: the Docker engine is unreachable ({exc}); {ENGINE_HINT}"
         ) from exc
+
+
+def is_transient(error: BaseException) -> bool:
+    """Tell whether an engine error may pass by itself, so repeating the call is worth it.
+
+    True when the engine was unreachable or timed out (a transport error, or the daemon's own
+    deadline as a server error) or busy (a conflict, a network that still has endpoints);
+    False for any other refusal (a bad request, a denial by an authorization plugin) and for
+    an error that did not come from the engine: repeating those gets the same answer.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, docker.errors.APIError) and cause.status_code is not None:
+            status = cause.status_code
+            return (
+                status >= HTTP_SERVER_ERROR
+                or status in TRANSIENT_STATUSES
+                or (status == HTTP_FORBIDDEN and "active endpoints" in _explain(cause))
+            )
+        if isinstance(cause, requests.exceptions.RequestException | OSError):
+            return True  # OSError: ConnectionError, TimeoutError, no socket at all
+        cause = cause.__cause__
+    return False
 
 
 def _explain(exc: docker.errors.DockerException) -> str:

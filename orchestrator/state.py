@@ -17,6 +17,8 @@ $PERSTACK_SANDBOX_STATE  (default ~/.local/state/perstack-sandbox)
     ├── audit.jsonl   what the build fetched, and what it was refused
     ├── proxy.log     the build proxy's own diagnostics
     └── journal.jsonl as for a run
+└── contexts/<host>/<pid>-<start>-<kind>-<random>/  an image build's context while it builds;
+                      a build killed mid-way leaves it to `gc` or the owner's reaper
 ```
 
 Files are appended line by line while the run is live, so a run that crashed can still be read.
@@ -34,17 +36,23 @@ opened without following links and with their mode set through the descriptor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from perstack_sandbox.errors import UsageError
+from perstack_sandbox.procs import is_process_alive, process_start_ticks
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 STATE_ENV: Final = "PERSTACK_SANDBOX_STATE"
 META_FILE: Final = "meta.json"
@@ -58,6 +66,7 @@ COVER_MODE: Final = 0o444  # the skills read it (as nothing); nobody writes it
 RUNS_DIR: Final = "runs"
 BUILDS_DIR: Final = "builds"
 BUILD_PREFIX: Final = "build-"
+CONTEXTS_DIR: Final = "contexts"
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 JOURNAL_FILE: Final = "journal.jsonl"
@@ -174,6 +183,47 @@ def write_private(path: Path, text: str) -> None:
 def builds_dir() -> Path:
     """Return the folder that holds one subfolder (audit, proxy log) per fenced build."""
     return state_dir() / BUILDS_DIR
+
+
+@contextlib.contextmanager
+def build_context(kind: str) -> Iterator[Path]:
+    """Yield a new private folder for the context of an image build of `kind`; remove it after.
+
+    It lives in the state directory, named after this host and process (pid and start time),
+    so that a build killed mid-way leaves a folder `remove_dead_contexts` knows to be garbage
+    (docs/architecture.md, decision 67).
+
+    Raises:
+        UsageError: the state directory is not usable (see `ensure_state_dir`).
+
+    """
+    pid = os.getpid()
+    name = f"{pid}-{process_start_ticks(pid)}-{kind}-{secrets.token_hex(4)}"
+    path = private_folder(state_dir() / CONTEXTS_DIR / socket.gethostname() / name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_dead_contexts() -> list[str]:
+    """Remove the build contexts of this host whose process is gone; name them.
+
+    Folders of other hosts (a state directory on a shared home) are never touched: their
+    processes cannot be seen from here.
+    """
+    root = state_dir() / CONTEXTS_DIR / socket.gethostname()
+    try:
+        found = sorted(root.iterdir())
+    except OSError:  # none yet (or unreadable): nothing to remove
+        return []
+    removed = []
+    for path in found:
+        pid, start_ticks, *_ = [*path.name.split("-", 2), ""]
+        if pid.isdigit() and not is_process_alive(int(pid), start_ticks):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"build context {path.name}")
+    return removed
 
 
 def new_run_id() -> str:

@@ -7,8 +7,11 @@ validate, plan, schema and build need no sandbox; tools, call and run start one 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from pathlib import Path  # noqa: TC003 - typer resolves the annotations at run time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,6 +37,8 @@ from perstack_sandbox.engine import DEFAULT_BACKEND
 from perstack_sandbox.isolation import DEFAULT_ISOLATION
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from perstack_sandbox.engine import BackendName
     from perstack_sandbox.gateway import Prompter
     from perstack_sandbox.isolation import Isolation
@@ -48,6 +53,66 @@ AcceptToolChangesOption = Annotated[
         "diff goes to the audit); `lock --update` records them.",
     ),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchArgs:
+    """The arguments tools, call and run share, declared once (`launch_command` adds them)."""
+
+    expert: ExpertArgument
+    config: ConfigOption = DEFAULT_CONFIG
+    env_path: EnvPathOption = None
+    workspace: WorkspaceOption = None
+    prefix_tools: PrefixToolsOption = False
+    isolation: IsolationOption = DEFAULT_ISOLATION
+    server: ServerOption = None
+    seal_secrets: SealSecretsOption = False
+    seal_passthrough: SealPassthroughOption = None
+    accept_tool_changes: AcceptToolChangesOption = False
+    backend: BackendOption = DEFAULT_BACKEND
+
+    def options(self, *, interactive: bool = False) -> LaunchOptions:
+        """Return the launch options (see `_launch_options`).
+
+        Raises:
+            UsageError: the workspace is not a folder, or --seal-passthrough lacks its flag.
+
+        """
+        return _launch_options(
+            self.config,
+            self.expert,
+            self.env_path,
+            self.workspace,
+            prefix_tools=self.prefix_tools,
+            isolation=self.isolation,
+            interactive=interactive,
+            seal=(self.seal_secrets, self.seal_passthrough),
+            accept_tool_changes=self.accept_tool_changes,
+            backend=self.backend,
+        )
+
+
+def launch_command(*examples: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command that starts a sandbox, with the parameters of `LaunchArgs`.
+
+    Its help lists `EXPERT`, then the command's own parameters, then the rest of `LaunchArgs`;
+    the command receives the shared ones as its first argument, `launch`.
+    """
+    shared = list(inspect.signature(LaunchArgs, eval_str=True).parameters.values())
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(func, eval_str=True).parameters.values())[1:]
+
+        @functools.wraps(func, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+        def run_command(**values: Any) -> None:  # noqa: ANN401 - typer passes any value
+            launch = LaunchArgs(**{param.name: values.pop(param.name) for param in shared})
+            func(launch, **values)
+
+        parameters = [shared[0], *own, *shared[1:]]  # the help lists them in this order
+        run_command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        return command(*examples)(run_command)
+
+    return register
 
 
 def _launch_options(  # noqa: PLR0913 - one parameter per command-line option
@@ -107,52 +172,32 @@ def via_server(server: str, options: LaunchOptions, what: str, *args: object) ->
     return None
 
 
-@command(
+@launch_command(
     f"{PROGRAM} tools demo {EXAMPLE_CONFIG}",
     f"{PROGRAM} tools demo --json {EXAMPLE_CONFIG}",
 )
-def tools(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
-    expert: ExpertArgument,
-    config: ConfigOption = DEFAULT_CONFIG,
+def tools(
+    launch: LaunchArgs,
     as_json: Annotated[  # noqa: FBT002 - a typer flag
         bool, typer.Option("--json", help="Print the MCP tool list, each tool with its skill.")
     ] = False,
-    env_path: EnvPathOption = None,
-    workspace: WorkspaceOption = None,
-    prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
-    isolation: IsolationOption = DEFAULT_ISOLATION,
-    server: ServerOption = None,
-    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
-    seal_passthrough: SealPassthroughOption = None,
-    accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
-    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Start the Expert's sandbox, list every tool its skills expose, and stop."""
-    from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox.launch import tools_report  # noqa: PLC0415 - MCP SDK only for these
 
-    options = _launch_options(
-        config,
-        expert,
-        env_path,
-        workspace,
-        prefix_tools=prefix_tools,
-        isolation=isolation,
-        seal=(seal_secrets, seal_passthrough),
-        accept_tool_changes=accept_tool_changes,
-        backend=backend,
-    )
-    if server is not None:
-        typer.echo(via_server(server, options, "tools", as_json))
+    options = launch.options()
+    if launch.server is not None:
+        typer.echo(via_server(launch.server, options, "tools", as_json))
         return
-    typer.echo(launch.tools_report(options, as_json=as_json))
+    typer.echo(tools_report(options, as_json=as_json))
 
 
-@command(
+@launch_command(
     f'{PROGRAM} call demo get_current_time --args \'{{"timezone": "UTC"}}\' {EXAMPLE_CONFIG}',
     f'{PROGRAM} call demo echo --args \'{{"message": "hi"}}\' --workspace ./out {EXAMPLE_CONFIG}',
 )
-def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
-    expert: ExpertArgument,
+def call(
+    launch: LaunchArgs,
     tool: Annotated[
         str,
         typer.Argument(metavar="TOOL", help="The tool's name (see `tools`).", show_default=False),
@@ -161,45 +206,24 @@ def call(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
         str | None,
         typer.Option("--args", metavar="JSON", help="Tool arguments (a JSON object)."),
     ] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env_path: EnvPathOption = None,
-    workspace: WorkspaceOption = None,
-    prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
-    isolation: IsolationOption = DEFAULT_ISOLATION,
-    server: ServerOption = None,
-    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
-    seal_passthrough: SealPassthroughOption = None,
-    accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
-    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Start the sandbox, call one tool, print the MCP CallToolResult as JSON, and stop."""
-    from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox.launch import call_report, parse_tool_args  # noqa: PLC0415 - as above
 
-    arguments = launch.parse_tool_args(args)
-    options = _launch_options(
-        config,
-        expert,
-        env_path,
-        workspace,
-        prefix_tools=prefix_tools,
-        isolation=isolation,
-        interactive=server is None,
-        seal=(seal_secrets, seal_passthrough),
-        accept_tool_changes=accept_tool_changes,
-        backend=backend,
-    )
-    if server is not None:
-        typer.echo(via_server(server, options, "call", tool, arguments))
+    arguments = parse_tool_args(args)
+    options = launch.options(interactive=launch.server is None)
+    if launch.server is not None:
+        typer.echo(via_server(launch.server, options, "call", tool, arguments))
         return
-    typer.echo(launch.call_report(options, tool, arguments))
+    typer.echo(call_report(options, tool, arguments))
 
 
-@command(
+@launch_command(
     f"{PROGRAM} run demo {EXAMPLE_CONFIG}",
     f"{PROGRAM} run demo --http 8765 --token-file ./token {EXAMPLE_CONFIG}",
 )
-def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
-    expert: ExpertArgument,
+def run(
+    launch: LaunchArgs,
     http: Annotated[
         str | None,
         typer.Option(
@@ -218,39 +242,19 @@ def run(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
             "instead of printing it.",
         ),
     ] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env_path: EnvPathOption = None,
-    workspace: WorkspaceOption = None,
-    prefix_tools: PrefixToolsOption = False,  # noqa: FBT002 - a typer flag
-    isolation: IsolationOption = DEFAULT_ISOLATION,
-    server: ServerOption = None,
-    seal_secrets: SealSecretsOption = False,  # noqa: FBT002 - a typer flag
-    seal_passthrough: SealPassthroughOption = None,
-    accept_tool_changes: AcceptToolChangesOption = False,  # noqa: FBT002 - a typer flag
-    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Serve the Expert's skills as one MCP server (stdio by default) until stopped."""
-    from perstack_sandbox import launch  # noqa: PLC0415 - MCP SDK only for these commands
+    from perstack_sandbox.launch import serve  # noqa: PLC0415 - MCP SDK only for these commands
 
-    options = _launch_options(
-        config,
-        expert,
-        env_path,
-        workspace,
-        prefix_tools=prefix_tools,
-        isolation=isolation,
-        seal=(seal_secrets, seal_passthrough),
-        accept_tool_changes=accept_tool_changes,
-        backend=backend,
-    )
-    if server is not None:
+    options = launch.options()
+    if launch.server is not None:
         if http is not None:
             from perstack_sandbox.errors import UsageError  # noqa: PLC0415
 
             raise UsageError("--server bridges stdio to the service's run; it takes no --http")
-        via_server(server, options, "run")
+        via_server(launch.server, options, "run")
         return
-    launch.serve(options, http=http, token_file=token_file)
+    serve(options, http=http, token_file=token_file)
 
 
 # --- config and plan: validate, plan, schema, build -------------------------------------------

@@ -29,6 +29,7 @@ _fence.py       the fence around a per-expert build: its own network and registr
 _sweep.py       listing and removing labelled objects; closing crashed runs' journals
 _doctor.py      what `doctor` checks and fixes
 _reaper.py      the per-owner process that removes what its owner leaves when it dies
+_patience.py    how long and how often removal retries an engine that does not answer
 _egress.py      the shared egress network, made once per engine under an engine-wide lock
 _subnets.py     small subnets for internal networks, from one configurable private range
 _gate.py        start slots: how many sandboxes start at the same time

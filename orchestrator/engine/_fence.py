@@ -20,18 +20,16 @@ import contextlib
 import functools
 import json
 import secrets
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.to_thread
 
-from perstack_sandbox import images, lock
+from perstack_sandbox import images, lock, state
 from perstack_sandbox.engine import _health
 from perstack_sandbox.engine._containers import (
     PROXY_PORT,
@@ -55,6 +53,7 @@ from perstack_sandbox.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
+    from pathlib import Path
 
     from perstack_sandbox.plan import SandboxPlan
 
@@ -313,8 +312,8 @@ def resolve_lock(
 
             return build_expert(context, f"{images.EXPERT_REPO}-resolve:{plan.expert}", plan, both)
 
-        with tempfile.TemporaryDirectory(prefix="perstack-resolve-") as tmp:
-            resolved = images.resolve_packages(plan, base, fenced, Path(tmp))
+        with state.build_context("resolve") as context:
+            resolved = images.resolve_packages(plan, base, fenced, context)
         for name, package in resolved.items():
             skills[name]["package"] = package
     base_id = images.image_id(base) or ""

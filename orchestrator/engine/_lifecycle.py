@@ -10,35 +10,37 @@ from __future__ import annotations
 import signal
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import anyio
 
-from perstack_sandbox.docker_edge import LABEL_RUN, owner_user
-from perstack_sandbox.engine import _containers, _doctor, _sweep
+from perstack_sandbox.docker_edge import LABEL_RUN, is_transient, owner_user
+from perstack_sandbox.engine import _containers, _doctor, _patience, _sweep
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import no_progress
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from perstack_sandbox.engine._sweep import RunInfo
     from perstack_sandbox.state import RunState
-
-TEARDOWN_TIMEOUT_S: Final = 30.0  # force-removing two containers and a network; engine is slow
 
 
 async def teardown(run: RunState, status: str) -> None:
     """Remove every object of `run`, close its journal and record `status` (call it shielded).
 
+    While the engine is unreachable, timing out or busy, the removal is repeated with backoff
+    for up to `_patience.PATIENCE_S` (decision 66): a run closed on a stalled engine is removed
+    once it answers. A process killed meanwhile (SIGKILL) leaves the rest to its reaper.
+
     Raises:
-        EngineError: the removal failed or timed out (`gc` removes what is left).
+        EngineError: the engine refused a removal for good, or still failed after
+            `_patience.PATIENCE_S` (`gc` removes what is left).
 
     """
     try:
-        with anyio.fail_after(TEARDOWN_TIMEOUT_S):
-            await anyio.to_thread.run_sync(_containers.remove_run, run.run_id)
-    except (EngineError, TimeoutError) as exc:
+        await remove_patiently(run.run_id)
+    except EngineError as exc:
         run.update_meta(status=f"{status}; teardown failed: {exc}")
         raise EngineError(
             f"tearing down run {run.run_id} failed ({exc}); `perstack-sandbox gc` removes "
@@ -50,6 +52,34 @@ async def teardown(run: RunState, status: str) -> None:
     run.update_meta(status=status, ended=datetime.now(UTC).isoformat(timespec="seconds"))
     if run.journal_path.exists():
         run.close_journal(f"torn down by its owner ({status})")
+
+
+async def remove_patiently(
+    run_id: str,
+    *,
+    clock: Callable[[], float] = anyio.current_time,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> None:
+    """Remove the objects of `run_id`, repeating after transient engine errors (decision 66).
+
+    The waits are the event loop's, not a worker thread's: a process interrupted meanwhile
+    starts no further attempt, so it exits once the engine call under way returns.
+
+    Raises:
+        EngineError: the engine refused a removal for good, or still failed after
+            `_patience.PATIENCE_S`.
+
+    """
+    start, backoff = clock(), _patience.Backoff()
+    while True:
+        try:
+            await anyio.to_thread.run_sync(_containers.remove_run, run_id)
+        except EngineError as exc:
+            if not is_transient(exc) or clock() - start >= _patience.PATIENCE_S:
+                raise
+        else:
+            return
+        await sleep(backoff.next_delay())
 
 
 @asynccontextmanager

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from perstack_sandbox import state
+from perstack_sandbox.engine import _patience
+from perstack_sandbox.errors import EngineError
 from perstack_sandbox.procs import is_process_alive, process_start_ticks
 
 if TYPE_CHECKING:
@@ -46,7 +48,6 @@ POLL_INTERVAL_S: Final = 0.05
 # sweep goes on until nothing new has appeared for this long.
 SETTLE_S: Final = 5.0
 SWEEP_INTERVAL_S: Final = 0.5  # between passes of a sweep that must settle
-REAP_DEADLINE_S: Final = 180.0  # removing a few objects on an engine busy with hundreds
 LOG_FILE: Final = "reaper.log"
 
 
@@ -184,22 +185,38 @@ def sweep_until_settled(
 ) -> list[str]:
     """Call `sweep` until a pass removes nothing (and, if `must_settle`, for `SETTLE_S` more).
 
-    `sweep` returns what it removed and whether something was busy (a network still in use,
-    a removal already in progress). Finding something or being busy asks for the settle
-    window: the dead owner may have had more creates in flight. Gives up after
-    `REAP_DEADLINE_S`. Returns everything removed.
+    `sweep` returns what it removed and whether the engine was busy (a network still in use,
+    a removal already in progress, an engine unreachable or timing out). Finding something or
+    being busy asks for the settle window: the dead owner may have had more creates in flight.
+    After a busy pass the next waits longer (`_patience.Backoff`); a pass that removes or
+    finds nothing busy starts the backoff again. Returns everything removed.
+
+    Raises:
+        EngineError: the engine was still busy after `PATIENCE_S` (what is left stays for
+            `gc`), or `sweep` raised it (a permanent refusal).
+
     """
     removed: list[str] = []
     start = quiet_since = clock()
+    backoff = _patience.Backoff()
     while True:
         found, is_busy = sweep()
         now = clock()
         removed += found
         if found or is_busy:
             must_settle, quiet_since = True, now
-        if not must_settle or now - quiet_since >= SETTLE_S or now - start >= REAP_DEADLINE_S:
+        if not must_settle or now - quiet_since >= SETTLE_S:
             return removed
-        sleep(SWEEP_INTERVAL_S)
+        if now - start >= _patience.PATIENCE_S:
+            raise EngineError(
+                f"the engine was still busy or unreachable after {_patience.PATIENCE_S:.0f} s "
+                f"({len(removed)} object(s) removed); `perstack-sandbox gc` removes the rest"
+            )
+        if is_busy:
+            sleep(backoff.next_delay())
+        else:
+            backoff.reset()
+            sleep(SWEEP_INTERVAL_S)
 
 
 def _close_journals(journals: Sequence[Path], removed: int) -> int:
@@ -228,17 +245,37 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def reap(owner: Owner, journals: Sequence[Path], log: Callable[[str], None]) -> None:
+def reap(
+    owner: Owner,
+    journals: Sequence[Path],
+    log: Callable[[str], None],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Once `owner` is gone, remove its objects and close its open journals.
 
+    The build contexts the owner left (decision 67) go first: they need no engine.
+    While the engine is unreachable, timing out or busy, the sweep goes on with backoff for
+    up to `_patience.PATIENCE_S` (decision 66). Each removed object is logged as it goes, so
+    a reaper that stops still says what it did; the journals stay open when it stops.
+
     Raises:
-        EngineError: the engine could not be reached or refused a removal.
+        EngineError: the engine refused a removal for good, or was still busy or
+            unreachable after `_patience.PATIENCE_S`.
 
     """
     crashed = [path for path in journals if _is_open(path)]
-    removed = sweep_until_settled(lambda: _remove_owned(owner, log), must_settle=bool(crashed))
-    for line in removed:
+    for line in state.remove_dead_contexts():  # the owner's builds killed mid-way, if any
         log(f"removed {line}")
+
+    def sweep() -> tuple[list[str], bool]:
+        found, is_busy = _remove_owned(owner, log)
+        for line in found:
+            log(f"removed {line}")
+        return found, is_busy
+
+    removed = sweep_until_settled(sweep, must_settle=bool(crashed), clock=clock, sleep=sleep)
     closed = _close_journals(crashed, len(removed))
     if removed or closed:  # a clean exit leaves nothing: no line for it
         log(f"owner {owner.pid} gone: removed {len(removed)} object(s), closed {closed} journal(s)")
@@ -248,7 +285,6 @@ def _remove_owned(owner: Owner, log: Callable[[str], None]) -> tuple[list[str], 
     # Only now: until its owner is gone the reaper has imported nothing but the stdlib.
     from perstack_sandbox import docker_edge  # noqa: PLC0415
     from perstack_sandbox.engine import _sweep  # noqa: PLC0415
-    from perstack_sandbox.errors import EngineError  # noqa: PLC0415
 
     filters = {
         "label": [
@@ -264,8 +300,11 @@ def _remove_owned(owner: Owner, log: Callable[[str], None]) -> tuple[list[str], 
     try:
         return _sweep.remove_labelled(filters, keep=is_someone_else), False
     except EngineError as exc:
+        if not docker_edge.is_transient(exc):
+            raise
         # A network still has an endpoint (a container the engine is removing, a cancelled
-        # build's step): this pass counts as busy, and the next one retries.
+        # build's step), or the engine is stalled or away: this pass counts as busy, and a
+        # later one retries.
         log(f"busy, retrying: {exc}")
         return [], True
 

@@ -110,11 +110,13 @@ def collect_garbage() -> list[str]:
 
     The journals of runs whose owner died without its teardown are closed, and any journalled
     object that is still there without our labels is named (not removed: it may not be ours).
+    The build contexts of dead processes (builds killed mid-way) are removed too.
 
     Raises:
         EngineError: the engine refused a removal or could not be reached.
 
     """
+    contexts = state.remove_dead_contexts()  # first: they need no engine
     removed = remove_labelled(
         MANAGED_FILTER, keep=lambda labels: _is_shared(labels) or is_owner_alive(labels)
     )
@@ -128,7 +130,7 @@ def collect_garbage() -> list[str]:
         run.close_journal(how)
         if run.read_meta().get("status") in {"starting", "running"}:
             run.update_meta(status=f"ended: {how}")
-    return removed + _remove_unused_shared() + notes
+    return contexts + removed + _remove_unused_shared() + notes
 
 
 def _still_there(run: RunState) -> list[str]:

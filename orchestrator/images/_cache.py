@@ -21,13 +21,13 @@ import hashlib
 import os
 import platform
 import subprocess
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import docker.errors
 
+from perstack_sandbox import state
 from perstack_sandbox.docker_edge import (
     LABEL_BASE,
     LABEL_KIND,
@@ -207,8 +207,7 @@ def _ensure_built(
         return name
     ensure_debian(progress)
     progress(f"building {name}")
-    with tempfile.TemporaryDirectory(prefix=f"perstack-{kind}-") as tmp:
-        context = Path(tmp)
+    with state.build_context(kind) as context:
         for file in files:
             copy_recipe(file, context / file)
         fill(context)

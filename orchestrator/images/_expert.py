@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import secrets
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeAlias
 
+from perstack_sandbox import state
 from perstack_sandbox.docker_edge import LABEL_BASE, LABEL_KIND, LABEL_PACKAGES, LABEL_RECIPE
 from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.images import _build, _locked, _recipe
@@ -35,6 +34,7 @@ from perstack_sandbox.images._cache import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from perstack_sandbox.lock import ExpertLock, JsonObject
     from perstack_sandbox.plan import PackageSpec, SandboxPlan
@@ -121,8 +121,7 @@ def ensure_expert_image(
         lines.append(line)
         progress(line)
 
-    with tempfile.TemporaryDirectory(prefix="perstack-expert-") as tmp:
-        context = Path(tmp)
+    with state.build_context("expert") as context:
         dockerfile = _recipe.expert_dockerfile(
             base, plan.packages, locked=material is not None, build_id=secrets.token_hex(8)
         )

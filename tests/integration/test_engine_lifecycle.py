@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from engine_support import objects_of_run, reaper_of, run_in, wait_until
 from perstack_sandbox import engine, images, state
 from perstack_sandbox.config import load_config
 from perstack_sandbox.engine import _doctor, _sweep, open_sandbox
-from perstack_sandbox.errors import ImageBuildError
+from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.plan import (
     WORKSPACE_DIR,
     PackageSpec,
@@ -448,12 +449,50 @@ def test_a_process_killed_during_a_build_leaves_nothing_behind(docker_api, tmp_p
     """
     child, tag = start_cold_call(docker_api, tmp_path / "expert")
     try:
+        assert contexts_of(child.pid)  # the build's context, in the state directory
         child.kill()
         child.wait(timeout=CHILD_DEADLINE_S)
         assert wait_until(lambda: not owned_objects(docker_api, child.pid), REAPED_DEADLINE_S)
+        assert wait_until(lambda: not contexts_of(child.pid), REAPED_DEADLINE_S)
         assert images.image_id(tag) is None
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
         assert_tagged_only_with_labels(tag)
+
+
+@pytest.mark.usefixtures("base_images")
+def test_a_build_killed_with_its_reaper_leaves_its_context_to_the_next_gc(docker_api, tmp_path):
+    """SIGKILL of the owner and its reaper mid-build: `gc` removes the fence and the context.
+
+    Before decision 67 the context was a folder in /tmp, which nothing ever removed.
+    """
+    child, tag = start_cold_call(docker_api, tmp_path / "expert")
+    try:
+        [context] = contexts_of(child.pid)
+        kill_owner_and_reaper(child, reaper_of(child.pid))
+        assert context.is_dir()
+        removed: list[str] = []
+
+        def collected() -> bool:
+            try:
+                removed.extend(engine.collect_garbage())
+            except EngineError:  # the fence's network may still hold the cancelled step
+                return False
+            return not owned_objects(docker_api, child.pid)
+
+        assert wait_until(collected, REAPED_DEADLINE_S)
+        assert f"build context {context.name}" in removed
+        assert not context.exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        assert_tagged_only_with_labels(tag)
+
+
+def contexts_of(pid: int) -> list[Path]:
+    """Return the build contexts that process `pid` holds in the state directory."""
+    folder = state.state_dir() / state.CONTEXTS_DIR / socket.gethostname()
+    return sorted(folder.glob(f"{pid}-*")) if folder.is_dir() else []
