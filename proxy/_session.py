@@ -136,13 +136,19 @@ class Session:
             sys.stderr.write(f"proxy: connection {self.conn} failed: {exc!r}\n")
             self._end()
 
-    def _wait_readable(self, step: Callable[[], None], timeout: float, refusal: Refusal) -> None:
+    def _wait_readable(
+        self, step: Callable[[], None], timeout: float, status: int | None, reason: str
+    ) -> None:
         """Run ``step`` when the client sends more, or refuse once ``timeout`` has passed."""
         if self._timer is None:
-            self._timer = self._loop.call_later(timeout, self._guard, partial(_raise, refusal))
+            self._timer = self._loop.call_later(timeout, self._timed_out, status, reason)
         if not self._reading_for_step:
             self._reading_for_step = True
             self.client.read_with(partial(self._guard, step))
+
+    def _timed_out(self, status: int | None, reason: str) -> None:
+        """Refuse: a wait ran out (the refusal is made only now, not for every wait)."""
+        self._refuse(Refusal(status, reason))
 
     def _stop_waiting(self) -> None:
         """Cancel the timer of the current wait; the socket stays watched (see ``_allow``)."""
@@ -164,8 +170,8 @@ class Session:
                 raise Refusal(431, "header-too-large")
             chunk = self.client.recv(limit + 4 - len(self._data))
             if chunk is None:
-                refusal = Refusal(408, "header-timeout")
-                self._wait_readable(self._read_head, self._limits.header_timeout, refusal)
+                limit = self._limits.header_timeout
+                self._wait_readable(self._read_head, limit, 408, "header-timeout")
                 return
             if not chunk:
                 raise Refusal(400, "incomplete-request" if self._data else "no-request")
@@ -173,7 +179,8 @@ class Session:
         if end + 4 > limit:
             raise Refusal(431, "header-too-large")
         self._stop_waiting()
-        self.client.park_reading()  # the ClientHello step reads it again
+        if self.client.reading:  # the head came after a wait: the ClientHello step reads next
+            self.client.park_reading()
         self.server.shares.heard(self)
         raw, self._data = self._data[: end + 4], self._data[end + 4 :]
         self._decide(raw)
@@ -262,8 +269,11 @@ class Session:
         upstream, dial = self.upstream, self._dial
         assert upstream is not None  # noqa: S101 - just dialled
         assert dial is not None  # noqa: S101
-        refusal = Refusal(504, "connect-timeout")
-        self._timer = self._loop.call_at(dial.deadline, self._guard, partial(_raise, refusal))
+        error = upstream.handshake_result()
+        if error is not None:  # ended inside the connect call (decision 60): no wait
+            self._connected(error)
+            return
+        self._timer = self._loop.call_at(dial.deadline, self._timed_out, 504, "connect-timeout")
         upstream.when_connected(lambda error: self._guard(partial(self._connected, error)))
 
     def _connected(self, error: int) -> None:
@@ -288,8 +298,8 @@ class Session:
             self._wait_for_hello()
 
     def _wait_for_hello(self) -> None:
-        refusal = Refusal(None, "client-hello-timeout")
-        self._wait_readable(self._read_hello, self._limits.client_hello_timeout, refusal)
+        limit = self._limits.client_hello_timeout
+        self._wait_readable(self._read_hello, limit, None, "client-hello-timeout")
 
     def _read_hello(self) -> None:
         limit = self._limits.max_client_hello_bytes
