@@ -308,9 +308,9 @@ async def dial_next(request: TunnelRequest, dial: Dial) -> Connection:
     """
     while dial.addresses:
         address = dial.addresses.pop(0)
-        request.record.dialled = str(address)
+        text = request.record.dialled = str(address)
         try:
-            return await request.connector(str(address), TLS_PORT)
+            return await request.connector(text, TLS_PORT)
         except OSError:
             continue
     raise Refusal(502, "connect-failed")
@@ -329,9 +329,9 @@ def dial_now(
         raise Refusal(504, "connect-timeout")
     while dial.addresses:
         address = dial.addresses.pop(0)
-        request.record.dialled = str(address)
+        text = request.record.dialled = str(address)  # ipaddress formats in Python: once
         try:
-            return connect(str(address), TLS_PORT, loop)
+            return connect(text, TLS_PORT, loop)
         except OSError:
             continue
     raise Refusal(502, "connect-failed")
