@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._poller import Poller
+
 # The most one read takes from a socket (asyncio's own transport reads this much).
 RECV_SIZE: Final = 256 * 1024
 # Unsent bytes per socket before the other side stops being read; big enough for loopback
@@ -47,10 +49,13 @@ class Connection:
         *,
         upstream: bool = False,
         loop: asyncio.AbstractEventLoop | None = None,
+        poller: Poller | None = None,
     ) -> None:
         """Wrap the connected, non-blocking ``sock``; ``upstream`` marks the dialled side.
 
         ``loop`` defaults to the running loop (on Python 3.11 each lookup is a getpid call).
+        The socket is watched through ``poller`` when given (see :meth:`watch_with`), else
+        through the loop's own readers and writers.
         """
         self.sock = sock
         self.upstream = upstream
@@ -62,6 +67,7 @@ class Connection:
         self.is_closed = False
         self._fd = sock.fileno()
         self._loop = loop or asyncio.get_running_loop()
+        self._watch: Poller | asyncio.AbstractEventLoop = poller or self._loop
         self._out = bytearray()
         self._reader: Callable[[], None] | None = None
         self._reading = False
@@ -69,13 +75,19 @@ class Connection:
         self._closing = False
         self._eof_pending = False
 
+    def watch_with(self, poller: Poller) -> None:
+        """Watch the socket through ``poller`` from now on (only while nothing is watched)."""
+        if self._reading or self._writing:
+            raise RuntimeError("watch_with: the socket is already watched")
+        self._watch = poller
+
     # --- reading -------------------------------------------------------------------------
 
     def read_with(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever the socket is readable, until paused or closed."""
         self._reader = callback
         if self._reading:  # swap the callback (no epoll_ctl: the watched events stay the same)
-            self._loop.add_reader(self._fd, callback)
+            self._watch.add_reader(self._fd, callback)
         else:
             self.resume_reading()
 
@@ -88,7 +100,7 @@ class Connection:
         """Stop watching the socket for input."""
         if self._reading:
             self._reading = False
-            self._loop.remove_reader(self._fd)
+            self._watch.remove_reader(self._fd)
 
     def park_reading(self) -> None:
         """Keep the socket watched between two steps, but let input only pause reading.
@@ -101,13 +113,13 @@ class Connection:
         if not (self.saw_eof or self._closing):
             self._reader = self.pause_reading
             self._reading = True
-            self._loop.add_reader(self._fd, self.pause_reading)
+            self._watch.add_reader(self._fd, self.pause_reading)
 
     def resume_reading(self) -> None:
         """Watch the socket for input again (not after EOF or close)."""
         if not self._reading and self._reader and not (self.saw_eof or self._closing):
             self._reading = True
-            self._loop.add_reader(self._fd, self._reader)
+            self._watch.add_reader(self._fd, self._reader)
 
     def recv(self, size: int) -> bytes | None:
         """Return up to ``size`` bytes, None when nothing is there yet, b"" at EOF.
@@ -189,12 +201,12 @@ class Connection:
 
     def _watch_writable(self, callback: Callable[[], None]) -> None:
         self._writing = True
-        self._loop.add_writer(self._fd, callback)
+        self._watch.add_writer(self._fd, callback)
 
     def _unwatch_writable(self) -> None:
         if self._writing:
             self._writing = False
-            self._loop.remove_writer(self._fd)
+            self._watch.remove_writer(self._fd)
 
     def write_eof(self) -> None:
         """Half-close: send EOF once everything queued has been sent."""

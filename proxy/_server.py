@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 from ._fairness import UNAUTHENTICATED_EVICTED, Shares
 from ._http import Refusal
 from ._netrules import AddressRules, parse_address
+from ._poller import Poller
 from ._seal import SealState
 from ._session import Session
 from ._tunnel import Connector, ImmediateConnector, open_upstream, start_upstream
@@ -65,6 +66,7 @@ class ProxyServer:
         self.seal = SealState()
         self.active = 0
         self.loop: asyncio.AbstractEventLoop  # set by start(), before any connection exists
+        self.poller: Poller  # likewise: watches every tunnel socket (decision 61)
         self._ids = itertools.count(1)
         self._listeners: list[socket.socket] = []
         self._sessions: set[Session] = set()
@@ -80,6 +82,7 @@ class ProxyServer:
 
         """
         loop = self.loop = asyncio.get_running_loop()
+        self.poller = Poller(loop)
         self.audit.flush_once_per_iteration(loop)
         bound: list[tuple[str, int]] = []
         for host, port in listen:
@@ -103,6 +106,8 @@ class ProxyServer:
         for session in sessions:
             session.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if hasattr(self, "poller"):  # not when start() failed before making it
+            self.poller.close()
         self.audit.flush()
 
     def rules_for(self, client: Connection) -> AddressRules:

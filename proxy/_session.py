@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ._fairness import Shares
     from ._netrules import AddressRules
     from ._policy import Policy
+    from ._poller import Poller
     from ._resolver import ImmediateAnswer, Resolver
     from ._seal import SealState
     from ._tunnel import Connector, ImmediateConnector
@@ -65,6 +66,7 @@ class SessionHost(Protocol):
     """What a session needs from the server that accepted it (`ProxyServer` is one)."""
 
     loop: asyncio.AbstractEventLoop
+    poller: Poller
     policy: Policy
     resolver: Resolver
     connector: Connector
@@ -90,7 +92,7 @@ class Session:
         self.conn = conn
         self.started = time.monotonic()
         self._loop = server.loop
-        self.client = Connection(sock, loop=self._loop)
+        self.client = Connection(sock, loop=self._loop, poller=server.poller)
         self.record = Decision(client=_address_text(peer))
         self.stats = TunnelStats()
         self.upstream: Connection | None = None
@@ -170,8 +172,8 @@ class Session:
                 raise Refusal(431, "header-too-large")
             chunk = self.client.recv(limit + 4 - len(self._data))
             if chunk is None:
-                limit = self._limits.header_timeout
-                self._wait_readable(self._read_head, limit, 408, "header-timeout")
+                timeout = self._limits.header_timeout
+                self._wait_readable(self._read_head, timeout, 408, "header-timeout")
                 return
             if not chunk:
                 raise Refusal(400, "incomplete-request" if self._data else "no-request")
@@ -269,6 +271,7 @@ class Session:
         upstream, dial = self.upstream, self._dial
         assert upstream is not None  # noqa: S101 - just dialled
         assert dial is not None  # noqa: S101
+        upstream.watch_with(self.server.poller)
         error = upstream.handshake_result()
         if error is not None:  # ended inside the connect call (decision 60): no wait
             self._connected(error)
