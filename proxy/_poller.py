@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 _IN: Final = select.EPOLLIN
 _OUT: Final = select.EPOLLOUT
-# Readiness that also wakes a reader (and a writer): the socket failed or was hung up.
-_FAILED: Final = select.EPOLLERR | select.EPOLLHUP
+# A failed or hung-up socket wakes its reader and its writer too.
+_READABLE: Final = _IN | select.EPOLLERR | select.EPOLLHUP
+_WRITABLE: Final = _OUT | select.EPOLLERR | select.EPOLLHUP
 # Ready sockets taken per dispatch; more stay ready (level-triggered) for the next iteration.
 MAX_EVENTS: Final = 256
 
@@ -88,26 +89,22 @@ class Poller:
             self._epoll.register(fd, mask)
 
     def dispatch(self) -> None:
-        """Run the callbacks of every ready socket (the loop calls this)."""
-        dropped = self._dropped
+        """Run the callbacks of every ready socket (the loop calls this).
+
+        What a callback raises goes to the loop's exception handler, as a loop callback's
+        would; the other sockets are still dispatched.
+        """
+        dropped, readers, writers = self._dropped, self._readers, self._writers
         dropped.clear()
         for fd, events in self._epoll.poll(0, MAX_EVENTS):
-            if events & (_IN | _FAILED) and fd not in dropped:
-                reader = self._readers.get(fd)
-                if reader is not None:
-                    self._run(reader)
-            if events & (_OUT | _FAILED) and fd not in dropped:
-                writer = self._writers.get(fd)
-                if writer is not None:
-                    self._run(writer)
-
-    def _run(self, callback: Callable[[], None]) -> None:
-        """Run one callback; what it raises goes to the loop's handler, as a loop callback's."""
-        try:
-            callback()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - one socket's failure must not stop the rest
-            self._loop.call_exception_handler(
-                {"message": "Exception in a socket callback", "exception": exc}
-            )
+            try:
+                if events & _READABLE and fd not in dropped and (reader := readers.get(fd)):
+                    reader()
+                if events & _WRITABLE and fd not in dropped and (writer := writers.get(fd)):
+                    writer()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - one socket must not stop the rest
+                self._loop.call_exception_handler(
+                    {"message": "Exception in a socket callback", "exception": exc}
+                )
