@@ -11,7 +11,7 @@ from perstack_sandbox_proxy._server import ACCEPT_BATCH, _queued
 def test_the_batch_is_the_listener_s_queue_length_at_least_one() -> None:
     """An empty queue still allows one accept; two queued connections allow exactly two.
 
-    Seen failing: with `_queued` answering ACCEPT_BATCH, the two-connection case got 64.
+    Seen failing: with `_queued` answering ACCEPT_BATCH always, the empty queue got 64.
     """
     with ExitStack() as stack:
         listener = stack.enter_context(socket.socket())
