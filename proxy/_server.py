@@ -77,6 +77,8 @@ class ProxyServer:
         self._sessions: set[Session] = set()
         self._rules = policy.addresses
         self._rules_by_local: dict[str, AddressRules] = {}
+        # Listeners bound to one address: every socket they accept has it as its own.
+        self._rules_by_listener: dict[int, AddressRules] = {}
         self.shares: Shares[Session] = Shares(policy.limits, len(policy.skills))
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -97,6 +99,9 @@ class ProxyServer:
                 bound.append(sock.getsockname()[:2])
         own = [parse_address(host) for host, _ in bound]
         self._rules = self._rules.with_own(a for a in own if a is not None and not a.is_unspecified)
+        for sock, address in zip(self._listeners[-len(bound) :], own, strict=True):
+            if address is not None and not address.is_unspecified:
+                self._rules_by_listener[sock.fileno()] = self._rules
         return bound
 
     async def close(self) -> None:
@@ -144,15 +149,15 @@ class ProxyServer:
                     self._pause_accepting(listener)
                     return
                 continue  # e.g. the client gave up before we accepted
-            self._open(sock, peer)
+            self._open(sock, peer, self._rules_by_listener.get(listener.fileno()))
 
-    def _open(self, sock: socket.socket, peer: object) -> None:
+    def _open(self, sock: socket.socket, peer: object, rules: AddressRules | None) -> None:
         try:  # TCP_NODELAY comes from the listening socket (Linux copies it to accepted ones)
             sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
         except OSError:
             sock.close()
             return
-        session = Session(self, next(self._ids), sock, peer)
+        session = Session(self, next(self._ids), sock, peer, rules)
         self._sessions.add(session)
         self.active += 1
         if self.active > self.policy.limits.max_connections:

@@ -86,8 +86,19 @@ class SessionHost(Protocol):
 class Session:
     """The state of one client connection; each method runs as one loop callback."""
 
-    def __init__(self, server: SessionHost, conn: int, sock: socket.socket, peer: object) -> None:
-        """Take over the accepted, non-blocking ``sock``; nothing happens until :meth:`start`."""
+    def __init__(
+        self,
+        server: SessionHost,
+        conn: int,
+        sock: socket.socket,
+        peer: object,
+        rules: AddressRules | None = None,
+    ) -> None:
+        """Take over the accepted, non-blocking ``sock``; nothing happens until :meth:`start`.
+
+        ``rules`` are the address rules when the listener knows them (bound to one address);
+        else the session asks the server, which looks up the socket's own address.
+        """
         self.server = server
         self.conn = conn
         self.started = time.monotonic()
@@ -98,6 +109,7 @@ class Session:
         self.upstream: Connection | None = None
         self.task: asyncio.Task[None] | None = None
         self._limits = server.policy.limits
+        self._rules = rules
         self._data = b""
         self._timer: asyncio.TimerHandle | None = None
         self._host = ""
@@ -201,7 +213,7 @@ class Session:
         grant = identify_skill(server.policy, head, record)  # before anything can refuse
         if head.method != "CONNECT":
             _refuse_plain_http(head, record)
-        rules = server.rules_for(self.client)
+        rules = self._rules or server.rules_for(self.client)
         request = TunnelRequest(
             server.policy, server.resolver, server.connector, rules, record, grant
         )

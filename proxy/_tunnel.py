@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Final
 
 from ._connection import Connection
 from ._http import Refusal, RequestHead, split_authority
-from ._netrules import AddressRules, IPAddress, parse_address
 from ._resolver import ImmediateAnswer, ResolveError, Resolver
 from ._tls import TlsError, server_name
 from .hosts import HostRejected, canonicalise_host, match_host
 
 if TYPE_CHECKING:
     from ._audit import Decision
+    from ._netrules import AddressRules, IPAddress
     from ._policy import Policy, SkillGrant
 
 TLS_PORT: Final = 443
@@ -291,8 +291,7 @@ def check_answers(request: TunnelRequest, answers: list[str]) -> list[IPAddress]
         raise Refusal(502, "resolve-failed")
     checked: list[IPAddress] = []
     for answer in answers:
-        address = parse_address(answer)
-        reason = "bad-answer" if address is None else request.rules.refusal(address)
+        address, reason = request.rules.verdict(answer)
         if address is None or reason is not None:
             raise Refusal(403, reason or "bad-answer")  # one bad answer taints the name
         checked.append(address)
