@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._idle import IdleWatch
     from ._poller import Poller
 
 # The most one read takes from a socket (asyncio's own transport reads this much).
@@ -304,46 +305,27 @@ class Connection:
             peer.close()
 
 
-class _IdleCutter:
-    """Aborts both sides once no byte has moved for ``idle`` seconds."""
-
-    def __init__(
-        self, sides: tuple[Connection, Connection], stats: TunnelStats, idle: float
-    ) -> None:
-        self._sides, self._stats, self._idle = sides, stats, idle
-        self._loop = sides[0]._loop  # noqa: SLF001 - same module
-        self._timer = self._loop.call_later(idle, self._check)
-
-    def _check(self) -> None:
-        remaining = self._stats.last_activity + self._idle - time.monotonic()
-        if remaining > 0:
-            self._timer = self._loop.call_later(remaining, self._check)
-            return
-        for side in self._sides:
-            side.abort()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
 def splice(
     client: Connection,
     upstream: Connection,
     stats: TunnelStats,
-    idle_timeout: float,
+    idle: IdleWatch,
     on_done: Callable[[], None],
 ) -> None:
-    """Pair ``client`` and ``upstream``; call ``on_done`` once both are closed."""
+    """Pair ``client`` and ``upstream``; call ``on_done`` once both are closed.
+
+    ``idle`` cuts the tunnel once no byte has moved for its timeout.
+    """
     stats.last_activity = time.monotonic()
     client.peer, client.stats = upstream, stats
     upstream.peer, upstream.stats = client, stats
-    cutter = _IdleCutter((client, upstream), stats, idle_timeout)
+    idle.watch(client, upstream, stats)
     ended: list[bool] = []
 
     def closed() -> None:
         if client.is_closed and upstream.is_closed and not ended:
             ended.append(True)
-            cutter.cancel()
+            idle.forget(client)
             client.peer = upstream.peer = None  # no cycle left for the garbage collector
             on_done()
 

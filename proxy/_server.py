@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 from ._fairness import UNAUTHENTICATED_EVICTED, Shares
 from ._http import Refusal
+from ._idle import IdleWatch
 from ._netrules import AddressRules, parse_address
 from ._poller import Poller
 from ._seal import SealState
@@ -72,6 +73,7 @@ class ProxyServer:
         self.active = 0
         self.loop: asyncio.AbstractEventLoop  # set by start(), before any connection exists
         self.poller: Poller  # likewise: watches every tunnel socket (decision 61)
+        self.idle: IdleWatch  # likewise: cuts idle tunnels (decision 62)
         self._ids = itertools.count(1)
         self._listeners: list[socket.socket] = []
         self._sessions: set[Session] = set()
@@ -90,6 +92,7 @@ class ProxyServer:
         """
         loop = self.loop = asyncio.get_running_loop()
         self.poller = Poller(loop)
+        self.idle = IdleWatch(loop, self.policy.limits.idle_timeout)
         self.audit.flush_once_per_iteration(loop)
         bound: list[tuple[str, int]] = []
         for host, port in listen:
@@ -118,6 +121,7 @@ class ProxyServer:
         await asyncio.gather(*tasks, return_exceptions=True)
         if hasattr(self, "poller"):  # not when start() failed before making it
             self.poller.close()
+            self.idle.close()
         self.audit.flush()
 
     def rules_for(self, client: Connection) -> AddressRules:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from ._audit import AuditLog
     from ._fairness import Shares
+    from ._idle import IdleWatch
     from ._netrules import AddressRules
     from ._policy import Policy
     from ._poller import Poller
@@ -67,6 +68,7 @@ class SessionHost(Protocol):
 
     loop: asyncio.AbstractEventLoop
     poller: Poller
+    idle: IdleWatch
     policy: Policy
     resolver: Resolver
     connector: Connector
@@ -347,7 +349,7 @@ class Session:
         record = self.record
         record.decision, record.reason = "allow", "allowed"
         self.server.audit.decision(self.conn, record)
-        splice(self.client, upstream, self.stats, self._limits.idle_timeout, self._finish)
+        splice(self.client, upstream, self.stats, self.server.idle, self._finish)
 
     def _terminate(self, hello: bytes) -> None:
         """Hand both sockets to the sealed relay (docs/architecture.md, decision 37)."""
