@@ -7,7 +7,8 @@ calls, plus the loop's Python-level bookkeeping on every change (docs/architectu
 decision 61). Here a socket costs one epoll_ctl to be watched and one to be dropped; the
 loop watches only this set's descriptor and calls :meth:`Poller.dispatch` when any socket in
 it is ready. The interface is the loop's (``add_reader``, ``remove_reader``, ``add_writer``,
-``remove_writer``), with one callback per direction and no arguments.
+``remove_writer``), with one callback per direction and no arguments, and its contract: a
+socket is dropped (no reader, no writer) before it is closed.
 """
 
 from __future__ import annotations
@@ -80,10 +81,18 @@ class Poller:
         if not mask:
             del self._masks[fd]
             self._dropped.add(fd)
-            self._epoll.unregister(fd)
+            try:  # noqa: SIM105 - on every tunnel: a try costs nothing, suppress() is a call
+                self._epoll.unregister(fd)
+            except OSError:  # closed already: the kernel has dropped it from the set
+                pass
         elif old:
             self._masks[fd] = mask
-            self._epoll.modify(fd, mask)
+            try:
+                self._epoll.modify(fd, mask)
+            except FileNotFoundError:  # closed while watched, and the number reused
+                self._epoll.register(fd, mask)
+            except OSError:  # closed while watched: nothing left to watch
+                pass
         else:
             self._masks[fd] = mask
             self._epoll.register(fd, mask)

@@ -173,3 +173,16 @@ def test_removing_an_unwatched_socket_is_harmless(twice: bool) -> None:  # noqa:
         poller.remove_writer(near.fileno())
         poller.add_reader(near.fileno(), lambda: None)  # still registrable afterwards
         poller.remove_reader(near.fileno())
+
+
+def test_dropping_a_socket_closed_while_watched_does_not_raise() -> None:
+    """A close before the drop (against the contract) must not break the closing path."""
+    with poller_on_a_loop() as (_loop, poller):
+        near, far = socket.socketpair()
+        with far:
+            fd = near.fileno()
+            poller.add_reader(fd, lambda: None)
+            poller.add_writer(fd, lambda: None)
+            near.close()
+            poller.remove_writer(fd)  # a modify of a number the kernel no longer watches
+            poller.remove_reader(fd)
