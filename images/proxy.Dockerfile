@@ -4,11 +4,10 @@
 # orchestrator/images/_cache.py.
 FROM debian:trixie-slim
 
-# Not PYTHONUNBUFFERED: the audit writes its lines once per loop iteration (proxy/_audit.py);
-# unbuffered, every line was a write of its own (docs/architecture.md, decision 62).
 ENV LANG=C.UTF-8 \
     DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
