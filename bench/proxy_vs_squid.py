@@ -239,9 +239,9 @@ def _interleaved(ports: dict[str, int], measure: Callable[[int], float]) -> dict
 
 
 def _latencies(
-    proxies: dict[str, tuple[int, int]], cpu: dict[str, float]
+    proxies: dict[str, tuple[int, int]], cpu: dict[str, float], count: int
 ) -> dict[str, list[float]]:
-    """LATENCY_SAMPLES setup latencies per proxy, taken in alternating blocks.
+    """``count`` setup latencies per proxy, taken in alternating blocks.
 
     Adds each proxy's CPU seconds over its own blocks to ``cpu``: unlike a latency, that
     hardly moves with the machine's load.
@@ -251,7 +251,7 @@ def _latencies(
         for name in _alternating(list(proxies), round_number):
             port, pid = proxies[name]
             before = cpu_seconds(pid)
-            samples[name] += _setup_latency(port, LATENCY_SAMPLES // ROUNDS)
+            samples[name] += _setup_latency(port, count // ROUNDS)
             cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pid) - before
     return {name: sorted(values) for name, values in samples.items()}
 
@@ -264,14 +264,19 @@ COLUMNS: tuple[tuple[str, Callable[[int], float]], ...] = (
 )
 
 
-def _measure(proxies: dict[str, tuple[int, int]]) -> dict[str, Figures]:
-    """Measure every proxy in ``proxies`` (name -> (port, pid)), interleaving the rounds."""
+def _measure(
+    proxies: dict[str, tuple[int, int]], tunnels: int = LATENCY_SAMPLES
+) -> dict[str, Figures]:
+    """Measure every proxy in ``proxies`` (name -> (port, pid)), interleaving the rounds.
+
+    ``tunnels`` tunnels per proxy give the setup latencies and the CPU per tunnel.
+    """
     ports = {name: port for name, (port, _) in proxies.items()}
     figures = {name: Figures(rss_start_kib=rss_kib(pid)) for name, (_, pid) in proxies.items()}
     for port in ports.values():
         _setup_latency(port, 50)  # warm-up
     cpu: dict[str, float] = {}
-    for name, latency in _latencies(proxies, cpu).items():
+    for name, latency in _latencies(proxies, cpu, tunnels).items():
         figures[name].p50_ms = statistics.median(latency) * 1000
         figures[name].p99_ms = latency[int(len(latency) * 0.99) - 1] * 1000
         figures[name].cpu_us = cpu[name] / len(latency) * 1e6
@@ -331,9 +336,19 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "and hardening, on the host's network",
     )
     parser.add_argument(
+        "--tunnels",
+        type=int,
+        default=LATENCY_SAMPLES,
+        help=f"tunnels per proxy for the setup and CPU rows (default {LATENCY_SAMPLES}; more "
+        "narrows their spread on a busy machine)",
+    )
+    parser.add_argument(
         "--no-sealed", action="store_true", help="skip the sealed-path rows (and the bumping Squid)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.tunnels < ROUNDS:
+        parser.error(f"--tunnels must be at least {ROUNDS} (one per round)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -349,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
             (work / "squid").mkdir()
             (work / "ours").mkdir()
             with _squid(work / "squid") as squid, _ours(work / "ours", args.ours) as ours:
-                figures = _measure({"squid": squid, "ours": ours})
+                figures = _measure({"squid": squid, "ours": ours}, args.tunnels)
     finally:
         sink.shutdown()
         sink.server_close()

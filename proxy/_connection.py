@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._idle import IdleWatch
+    from ._poller import Poller
+
 # The most one read takes from a socket (asyncio's own transport reads this much).
 RECV_SIZE: Final = 256 * 1024
 # Unsent bytes per socket before the other side stops being read; big enough for loopback
@@ -47,10 +50,13 @@ class Connection:
         *,
         upstream: bool = False,
         loop: asyncio.AbstractEventLoop | None = None,
+        poller: Poller | None = None,
     ) -> None:
         """Wrap the connected, non-blocking ``sock``; ``upstream`` marks the dialled side.
 
         ``loop`` defaults to the running loop (on Python 3.11 each lookup is a getpid call).
+        The socket is watched through ``poller`` when given (see :meth:`watch_with`), else
+        through the loop's own readers and writers.
         """
         self.sock = sock
         self.upstream = upstream
@@ -62,6 +68,7 @@ class Connection:
         self.is_closed = False
         self._fd = sock.fileno()
         self._loop = loop or asyncio.get_running_loop()
+        self._watch: Poller | asyncio.AbstractEventLoop = poller or self._loop
         self._out = bytearray()
         self._reader: Callable[[], None] | None = None
         self._reading = False
@@ -69,21 +76,32 @@ class Connection:
         self._closing = False
         self._eof_pending = False
 
+    def watch_with(self, poller: Poller) -> None:
+        """Watch the socket through ``poller`` from now on (only while nothing is watched)."""
+        if self._reading or self._writing:
+            raise RuntimeError("watch_with: the socket is already watched")
+        self._watch = poller
+
     # --- reading -------------------------------------------------------------------------
 
     def read_with(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever the socket is readable, until paused or closed."""
         self._reader = callback
         if self._reading:  # swap the callback (no epoll_ctl: the watched events stay the same)
-            self._loop.add_reader(self._fd, callback)
+            self._watch.add_reader(self._fd, callback)
         else:
             self.resume_reading()
+
+    @property
+    def reading(self) -> bool:
+        """Whether the socket is watched for input now."""
+        return self._reading
 
     def pause_reading(self) -> None:
         """Stop watching the socket for input."""
         if self._reading:
             self._reading = False
-            self._loop.remove_reader(self._fd)
+            self._watch.remove_reader(self._fd)
 
     def park_reading(self) -> None:
         """Keep the socket watched between two steps, but let input only pause reading.
@@ -96,13 +114,13 @@ class Connection:
         if not (self.saw_eof or self._closing):
             self._reader = self.pause_reading
             self._reading = True
-            self._loop.add_reader(self._fd, self.pause_reading)
+            self._watch.add_reader(self._fd, self.pause_reading)
 
     def resume_reading(self) -> None:
         """Watch the socket for input again (not after EOF or close)."""
         if not self._reading and self._reader and not (self.saw_eof or self._closing):
             self._reading = True
-            self._loop.add_reader(self._fd, self._reader)
+            self._watch.add_reader(self._fd, self._reader)
 
     def recv(self, size: int) -> bytes | None:
         """Return up to ``size`` bytes, None when nothing is there yet, b"" at EOF.
@@ -158,6 +176,20 @@ class Connection:
         if self._closing:
             self._close_now()
 
+    def handshake_result(self) -> int | None:
+        """Return how the TCP handshake ended if it already has (0: connected), else None.
+
+        On loopback or a same-host bridge the kernel completes the handshake inside the
+        connect call: asking costs one system call and saves a loop iteration, a writer and a
+        timer (docs/architecture.md, decision 60). A remote upstream answers None here.
+        """
+        try:
+            self.sock.getpeername()
+        except OSError:  # not connected: still under way (0) or failed (its error)
+            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            return error or None
+        return 0
+
     def when_connected(self, callback: Callable[[int], None]) -> None:
         """Call ``callback`` with SO_ERROR once the TCP handshake has ended (0: connected)."""
 
@@ -170,12 +202,12 @@ class Connection:
 
     def _watch_writable(self, callback: Callable[[], None]) -> None:
         self._writing = True
-        self._loop.add_writer(self._fd, callback)
+        self._watch.add_writer(self._fd, callback)
 
     def _unwatch_writable(self) -> None:
         if self._writing:
             self._writing = False
-            self._loop.remove_writer(self._fd)
+            self._watch.remove_writer(self._fd)
 
     def write_eof(self) -> None:
         """Half-close: send EOF once everything queued has been sent."""
@@ -273,46 +305,27 @@ class Connection:
             peer.close()
 
 
-class _IdleCutter:
-    """Aborts both sides once no byte has moved for ``idle`` seconds."""
-
-    def __init__(
-        self, sides: tuple[Connection, Connection], stats: TunnelStats, idle: float
-    ) -> None:
-        self._sides, self._stats, self._idle = sides, stats, idle
-        self._loop = sides[0]._loop  # noqa: SLF001 - same module
-        self._timer = self._loop.call_later(idle, self._check)
-
-    def _check(self) -> None:
-        remaining = self._stats.last_activity + self._idle - time.monotonic()
-        if remaining > 0:
-            self._timer = self._loop.call_later(remaining, self._check)
-            return
-        for side in self._sides:
-            side.abort()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
 def splice(
     client: Connection,
     upstream: Connection,
     stats: TunnelStats,
-    idle_timeout: float,
+    idle: IdleWatch,
     on_done: Callable[[], None],
 ) -> None:
-    """Pair ``client`` and ``upstream``; call ``on_done`` once both are closed."""
+    """Pair ``client`` and ``upstream``; call ``on_done`` once both are closed.
+
+    ``idle`` cuts the tunnel once no byte has moved for its timeout.
+    """
     stats.last_activity = time.monotonic()
     client.peer, client.stats = upstream, stats
     upstream.peer, upstream.stats = client, stats
-    cutter = _IdleCutter((client, upstream), stats, idle_timeout)
+    idle.watch(client, upstream, stats)
     ended: list[bool] = []
 
     def closed() -> None:
         if client.is_closed and upstream.is_closed and not ended:
             ended.append(True)
-            cutter.cancel()
+            idle.forget(client)
             client.peer = upstream.peer = None  # no cycle left for the garbage collector
             on_done()
 

@@ -11,11 +11,14 @@ import asyncio
 import errno
 import itertools
 import socket
+import struct
 from typing import TYPE_CHECKING, Final
 
 from ._fairness import UNAUTHENTICATED_EVICTED, Shares
 from ._http import Refusal
+from ._idle import IdleWatch
 from ._netrules import AddressRules, parse_address
+from ._poller import Poller
 from ._seal import SealState
 from ._session import Session
 from ._tunnel import Connector, ImmediateConnector, open_upstream, start_upstream
@@ -29,6 +32,10 @@ if TYPE_CHECKING:
 BACKLOG: Final = 1024
 # Connections accepted per readiness callback of a listening socket.
 ACCEPT_BATCH: Final = 64
+# TCP_INFO of a listening socket: tcpi_unacked (offset 24) holds its accept queue's length.
+_TCP_INFO_SIZE: Final = 32
+_QUEUE_LENGTH: Final = struct.Struct("=I")
+_QUEUE_OFFSET: Final = 24
 # Out of file descriptors (or memory): stop accepting for this long, as asyncio does.
 ACCEPT_RETRY_DELAY: Final = 1.0
 _OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -65,11 +72,15 @@ class ProxyServer:
         self.seal = SealState()
         self.active = 0
         self.loop: asyncio.AbstractEventLoop  # set by start(), before any connection exists
+        self.poller: Poller  # likewise: watches every tunnel socket (decision 61)
+        self.idle: IdleWatch  # likewise: cuts idle tunnels (decision 62)
         self._ids = itertools.count(1)
         self._listeners: list[socket.socket] = []
         self._sessions: set[Session] = set()
         self._rules = policy.addresses
         self._rules_by_local: dict[str, AddressRules] = {}
+        # Listeners bound to one address: every socket they accept has it as its own.
+        self._rules_by_listener: dict[int, AddressRules] = {}
         self.shares: Shares[Session] = Shares(policy.limits, len(policy.skills))
 
     async def start(self, listen: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -80,6 +91,8 @@ class ProxyServer:
 
         """
         loop = self.loop = asyncio.get_running_loop()
+        self.poller = Poller(loop)
+        self.idle = IdleWatch(loop, self.policy.limits.idle_timeout)
         self.audit.flush_once_per_iteration(loop)
         bound: list[tuple[str, int]] = []
         for host, port in listen:
@@ -89,6 +102,9 @@ class ProxyServer:
                 bound.append(sock.getsockname()[:2])
         own = [parse_address(host) for host, _ in bound]
         self._rules = self._rules.with_own(a for a in own if a is not None and not a.is_unspecified)
+        for sock, address in zip(self._listeners[-len(bound) :], own, strict=True):
+            if address is not None and not address.is_unspecified:
+                self._rules_by_listener[sock.fileno()] = self._rules
         return bound
 
     async def close(self) -> None:
@@ -103,6 +119,9 @@ class ProxyServer:
         for session in sessions:
             session.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if hasattr(self, "poller"):  # not when start() failed before making it
+            self.poller.close()
+            self.idle.close()
         self.audit.flush()
 
     def rules_for(self, client: Connection) -> AddressRules:
@@ -124,7 +143,7 @@ class ProxyServer:
             self.shares.released(session)
 
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(_queued(listener)):
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -134,15 +153,15 @@ class ProxyServer:
                     self._pause_accepting(listener)
                     return
                 continue  # e.g. the client gave up before we accepted
-            self._open(sock, peer)
+            self._open(sock, peer, self._rules_by_listener.get(listener.fileno()))
 
-    def _open(self, sock: socket.socket, peer: object) -> None:
+    def _open(self, sock: socket.socket, peer: object, rules: AddressRules | None) -> None:
         try:  # TCP_NODELAY comes from the listening socket (Linux copies it to accepted ones)
             sock.setblocking(False)  # noqa: FBT003 - the socket API takes a positional flag
         except OSError:
             sock.close()
             return
-        session = Session(self, next(self._ids), sock, peer)
+        session = Session(self, next(self._ids), sock, peer, rules)
         self._sessions.add(session)
         self.active += 1
         if self.active > self.policy.limits.max_connections:
@@ -162,6 +181,24 @@ class ProxyServer:
                 loop.add_reader(listener.fileno(), self._accept, listener)
 
         loop.call_later(ACCEPT_RETRY_DELAY, resume)
+
+
+def _queued(listener: socket.socket) -> int:
+    """Return how many connections to accept now: those queued, at least 1, at most a batch.
+
+    Accepting until the queue answers EAGAIN costs a failed accept (a system call and an
+    exception) per readiness callback, that is per tunnel when clients come one at a time;
+    the kernel reports the queue's length for the price of one getsockopt (decision 62).
+    Where it does not, every accept that finds nothing just ends the batch, as before.
+    """
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):  # no TCP_INFO here: accept until EAGAIN
+        return ACCEPT_BATCH
+    if len(info) < _QUEUE_OFFSET + _QUEUE_LENGTH.size:
+        return ACCEPT_BATCH
+    queued: int = _QUEUE_LENGTH.unpack_from(info, _QUEUE_OFFSET)[0]
+    return max(1, min(ACCEPT_BATCH, queued))
 
 
 async def _listening_sockets(host: str, port: int) -> list[socket.socket]:

@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 
     from ._audit import AuditLog
     from ._fairness import Shares
+    from ._idle import IdleWatch
     from ._netrules import AddressRules
     from ._policy import Policy
+    from ._poller import Poller
     from ._resolver import ImmediateAnswer, Resolver
     from ._seal import SealState
     from ._tunnel import Connector, ImmediateConnector
@@ -65,6 +67,8 @@ class SessionHost(Protocol):
     """What a session needs from the server that accepted it (`ProxyServer` is one)."""
 
     loop: asyncio.AbstractEventLoop
+    poller: Poller
+    idle: IdleWatch
     policy: Policy
     resolver: Resolver
     connector: Connector
@@ -84,18 +88,30 @@ class SessionHost(Protocol):
 class Session:
     """The state of one client connection; each method runs as one loop callback."""
 
-    def __init__(self, server: SessionHost, conn: int, sock: socket.socket, peer: object) -> None:
-        """Take over the accepted, non-blocking ``sock``; nothing happens until :meth:`start`."""
+    def __init__(
+        self,
+        server: SessionHost,
+        conn: int,
+        sock: socket.socket,
+        peer: object,
+        rules: AddressRules | None = None,
+    ) -> None:
+        """Take over the accepted, non-blocking ``sock``; nothing happens until :meth:`start`.
+
+        ``rules`` are the address rules when the listener knows them (bound to one address);
+        else the session asks the server, which looks up the socket's own address.
+        """
         self.server = server
         self.conn = conn
         self.started = time.monotonic()
         self._loop = server.loop
-        self.client = Connection(sock, loop=self._loop)
+        self.client = Connection(sock, loop=self._loop, poller=server.poller)
         self.record = Decision(client=_address_text(peer))
         self.stats = TunnelStats()
         self.upstream: Connection | None = None
         self.task: asyncio.Task[None] | None = None
         self._limits = server.policy.limits
+        self._rules = rules
         self._data = b""
         self._timer: asyncio.TimerHandle | None = None
         self._host = ""
@@ -136,13 +152,19 @@ class Session:
             sys.stderr.write(f"proxy: connection {self.conn} failed: {exc!r}\n")
             self._end()
 
-    def _wait_readable(self, step: Callable[[], None], timeout: float, refusal: Refusal) -> None:
+    def _wait_readable(
+        self, step: Callable[[], None], timeout: float, status: int | None, reason: str
+    ) -> None:
         """Run ``step`` when the client sends more, or refuse once ``timeout`` has passed."""
         if self._timer is None:
-            self._timer = self._loop.call_later(timeout, self._guard, partial(_raise, refusal))
+            self._timer = self._loop.call_later(timeout, self._timed_out, status, reason)
         if not self._reading_for_step:
             self._reading_for_step = True
             self.client.read_with(partial(self._guard, step))
+
+    def _timed_out(self, status: int | None, reason: str) -> None:
+        """Refuse: a wait ran out (the refusal is made only now, not for every wait)."""
+        self._refuse(Refusal(status, reason))
 
     def _stop_waiting(self) -> None:
         """Cancel the timer of the current wait; the socket stays watched (see ``_allow``)."""
@@ -164,8 +186,8 @@ class Session:
                 raise Refusal(431, "header-too-large")
             chunk = self.client.recv(limit + 4 - len(self._data))
             if chunk is None:
-                refusal = Refusal(408, "header-timeout")
-                self._wait_readable(self._read_head, self._limits.header_timeout, refusal)
+                timeout = self._limits.header_timeout
+                self._wait_readable(self._read_head, timeout, 408, "header-timeout")
                 return
             if not chunk:
                 raise Refusal(400, "incomplete-request" if self._data else "no-request")
@@ -173,7 +195,8 @@ class Session:
         if end + 4 > limit:
             raise Refusal(431, "header-too-large")
         self._stop_waiting()
-        self.client.park_reading()  # the ClientHello step reads it again
+        if self.client.reading:  # the head came after a wait: the ClientHello step reads next
+            self.client.park_reading()
         self.server.shares.heard(self)
         raw, self._data = self._data[: end + 4], self._data[end + 4 :]
         self._decide(raw)
@@ -192,7 +215,7 @@ class Session:
         grant = identify_skill(server.policy, head, record)  # before anything can refuse
         if head.method != "CONNECT":
             _refuse_plain_http(head, record)
-        rules = server.rules_for(self.client)
+        rules = self._rules or server.rules_for(self.client)
         request = TunnelRequest(
             server.policy, server.resolver, server.connector, rules, record, grant
         )
@@ -262,8 +285,12 @@ class Session:
         upstream, dial = self.upstream, self._dial
         assert upstream is not None  # noqa: S101 - just dialled
         assert dial is not None  # noqa: S101
-        refusal = Refusal(504, "connect-timeout")
-        self._timer = self._loop.call_at(dial.deadline, self._guard, partial(_raise, refusal))
+        upstream.watch_with(self.server.poller)
+        error = upstream.handshake_result()
+        if error is not None:  # ended inside the connect call (decision 60): no wait
+            self._connected(error)
+            return
+        self._timer = self._loop.call_at(dial.deadline, self._timed_out, 504, "connect-timeout")
         upstream.when_connected(lambda error: self._guard(partial(self._connected, error)))
 
     def _connected(self, error: int) -> None:
@@ -288,8 +315,8 @@ class Session:
             self._wait_for_hello()
 
     def _wait_for_hello(self) -> None:
-        refusal = Refusal(None, "client-hello-timeout")
-        self._wait_readable(self._read_hello, self._limits.client_hello_timeout, refusal)
+        limit = self._limits.client_hello_timeout
+        self._wait_readable(self._read_hello, limit, None, "client-hello-timeout")
 
     def _read_hello(self) -> None:
         limit = self._limits.max_client_hello_bytes
@@ -322,7 +349,7 @@ class Session:
         record = self.record
         record.decision, record.reason = "allow", "allowed"
         self.server.audit.decision(self.conn, record)
-        splice(self.client, upstream, self.stats, self._limits.idle_timeout, self._finish)
+        splice(self.client, upstream, self.stats, self.server.idle, self._finish)
 
     def _terminate(self, hello: bytes) -> None:
         """Hand both sockets to the sealed relay (docs/architecture.md, decision 37)."""

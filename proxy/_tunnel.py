@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Final
 
 from ._connection import Connection
 from ._http import Refusal, RequestHead, split_authority
-from ._netrules import AddressRules, IPAddress, parse_address
 from ._resolver import ImmediateAnswer, ResolveError, Resolver
 from ._tls import TlsError, server_name
 from .hosts import HostRejected, canonicalise_host, match_host
 
 if TYPE_CHECKING:
     from ._audit import Decision
+    from ._netrules import AddressRules, IPAddress
     from ._policy import Policy, SkillGrant
 
 TLS_PORT: Final = 443
@@ -291,8 +291,7 @@ def check_answers(request: TunnelRequest, answers: list[str]) -> list[IPAddress]
         raise Refusal(502, "resolve-failed")
     checked: list[IPAddress] = []
     for answer in answers:
-        address = parse_address(answer)
-        reason = "bad-answer" if address is None else request.rules.refusal(address)
+        address, reason = request.rules.verdict(answer)
         if address is None or reason is not None:
             raise Refusal(403, reason or "bad-answer")  # one bad answer taints the name
         checked.append(address)
@@ -308,9 +307,9 @@ async def dial_next(request: TunnelRequest, dial: Dial) -> Connection:
     """
     while dial.addresses:
         address = dial.addresses.pop(0)
-        request.record.dialled = str(address)
+        text = request.record.dialled = str(address)
         try:
-            return await request.connector(str(address), TLS_PORT)
+            return await request.connector(text, TLS_PORT)
         except OSError:
             continue
     raise Refusal(502, "connect-failed")
@@ -329,9 +328,9 @@ def dial_now(
         raise Refusal(504, "connect-timeout")
     while dial.addresses:
         address = dial.addresses.pop(0)
-        request.record.dialled = str(address)
+        text = request.record.dialled = str(address)  # ipaddress formats in Python: once
         try:
-            return connect(str(address), TLS_PORT, loop)
+            return connect(text, TLS_PORT, loop)
         except OSError:
             continue
     raise Refusal(502, "connect-failed")

@@ -84,6 +84,31 @@ def test_test_cidr_admits_only_its_own_range_and_never_the_proxy_itself() -> Non
     assert rules.refusal(ipaddress.ip_address("10.0.0.1")) == "non-public-address"
 
 
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("127.0.0.9", None),
+        ("127.0.0.1", "own-address"),
+        ("127.0.1.9", "non-public-address"),
+        ("::ffff:127.0.0.1", "own-address"),
+        ("169.254.169.254", "non-public-address"),
+        ("8.8.8.8", None),
+        ("not-an-ip", "bad-answer"),
+    ],
+)
+def test_a_remembered_verdict_is_the_rules_own_on_every_ask(
+    answer: str, expected: str | None
+) -> None:
+    """`verdict` answers as parsing plus `refusal` do, the first time and when remembered."""
+    rules = AddressRules(test_allow=(ipaddress.ip_network("127.0.0.0/24"),)).with_own(
+        [ipaddress.ip_address("127.0.0.1")]
+    )
+    for _ in range(2):
+        address, reason = rules.verdict(answer)
+        assert reason == expected
+        assert (address is None) == (expected == "bad-answer")
+
+
 # --- ClientHello -------------------------------------------------------------------------
 
 
