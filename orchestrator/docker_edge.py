@@ -96,6 +96,25 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def is_unreachable(error: BaseException) -> bool:
+    """Tell whether `error` says no engine answers at all (refused, reset, no socket).
+
+    A subset of `is_transient`: a stalled engine times out or answers 5xx, while a stopped
+    or lost one refuses the connection. An owner waits through a stall but not for a stopped
+    engine: its reaper, which outlives it, keeps trying (decision 66).
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, requests.exceptions.Timeout | TimeoutError):
+            return False
+        if isinstance(cause, requests.exceptions.ConnectionError | ConnectionError):
+            return True
+        if isinstance(cause, FileNotFoundError):
+            return True  # the engine's socket is gone
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _explain(exc: docker.errors.DockerException) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from perstack_sandbox.docker_edge import LABEL_RUN, is_transient, owner_user
+from perstack_sandbox.docker_edge import LABEL_RUN, is_transient, is_unreachable, owner_user
 from perstack_sandbox.engine import _containers, _doctor, _patience, _sweep
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import no_progress
@@ -29,13 +29,15 @@ if TYPE_CHECKING:
 async def teardown(run: RunState, status: str) -> None:
     """Remove every object of `run`, close its journal and record `status` (call it shielded).
 
-    While the engine is unreachable, timing out or busy, the removal is repeated with backoff
-    for up to `_patience.PATIENCE_S` (decision 66): a run closed on a stalled engine is removed
-    once it answers. A process killed meanwhile (SIGKILL) leaves the rest to its reaper.
+    While the engine is timing out or busy, the removal is repeated with backoff for up to
+    `_patience.PATIENCE_S` (decision 66): a run closed on a stalled engine is removed once it
+    answers. An engine that refuses the connection fails the teardown at once, so a command
+    says so and exits; its reaper, which outlives it, keeps trying. A process killed meanwhile
+    (SIGKILL) leaves the rest to its reaper.
 
     Raises:
-        EngineError: the engine refused a removal for good, or still failed after
-            `_patience.PATIENCE_S` (`gc` removes what is left).
+        EngineError: the engine refused a removal for good, refused the connection, or still
+            failed after `_patience.PATIENCE_S` (`gc` removes what is left).
 
     """
     try:
@@ -60,14 +62,14 @@ async def remove_patiently(
     clock: Callable[[], float] = anyio.current_time,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> None:
-    """Remove the objects of `run_id`, repeating after transient engine errors (decision 66).
+    """Remove the objects of `run_id`, repeating while the engine stalls (decision 66).
 
     The waits are the event loop's, not a worker thread's: a process interrupted meanwhile
     starts no further attempt, so it exits once the engine call under way returns.
 
     Raises:
-        EngineError: the engine refused a removal for good, or still failed after
-            `_patience.PATIENCE_S`.
+        EngineError: the engine refused a removal for good, refused the connection, or
+            still failed after `_patience.PATIENCE_S`.
 
     """
     start, backoff = clock(), _patience.Backoff()
@@ -75,7 +77,11 @@ async def remove_patiently(
         try:
             await anyio.to_thread.run_sync(_containers.remove_run, run_id)
         except EngineError as exc:
-            if not is_transient(exc) or clock() - start >= _patience.PATIENCE_S:
+            if (
+                not is_transient(exc)
+                or is_unreachable(exc)
+                or clock() - start >= _patience.PATIENCE_S
+            ):
                 raise
         else:
             return

@@ -59,6 +59,8 @@ STALLS = [
     api_error(500, "get state: context deadline exceeded"),
     requests.exceptions.ConnectionError("Connection refused"),
 ]
+# What a stalled engine answers (no refused connection): the owner waits through these.
+ENGINE_STALLS = STALLS[:2]
 
 
 class FakeEngine:
@@ -287,7 +289,7 @@ async def test_the_owners_removal_is_repeated_through_a_stall_until_it_succeeds(
     def remove_run(run_id: str) -> None:
         calls.append(run_id)
         if clock.now < STALL_S:
-            raise mapped(STALLS[len(calls) % len(STALLS)])
+            raise mapped(ENGINE_STALLS[len(calls) % len(ENGINE_STALLS)])
 
     monkeypatch.setattr(_containers, "remove_run", remove_run)
     await remove_patiently(clock)
@@ -303,6 +305,38 @@ async def test_the_owners_removal_raises_a_permanent_error_at_once(clock, monkey
     with pytest.raises(EngineError, match="invalid filter"):
         await remove_patiently(clock)
     assert calls == ["r"]
+
+
+@pytest.mark.anyio
+async def test_the_owners_removal_fails_at_once_when_the_engine_refuses_the_connection(
+    clock, monkeypatch
+):
+    """A stopped engine is not waited for by the owner: its reaper keeps trying instead.
+
+    Seen failing with the refused connection counted as a stall: `call` through a cut relay
+    to the engine waited silently instead of exiting 1 (tests/integration/test_faults.py).
+    """
+    remove_run, calls = failing([mapped(requests.exceptions.ConnectionError("refused"))])
+    monkeypatch.setattr(_containers, "remove_run", remove_run)
+    with pytest.raises(EngineError, match="unreachable"):
+        await remove_patiently(clock)
+    assert calls == ["r"]
+    assert clock.now == 0
+
+
+@pytest.mark.parametrize(
+    ("cause", "unreachable"),
+    [
+        (requests.exceptions.ConnectionError("Connection refused"), True),
+        (requests.exceptions.ConnectTimeout("connect timed out"), False),
+        (requests.exceptions.ReadTimeout("read timed out"), False),
+        (api_error(500, "get state: context deadline exceeded"), False),
+        (api_error(409, "removal of container c1 is already in progress"), False),
+    ],
+)
+def test_a_refused_connection_is_told_apart_from_a_stall(cause, unreachable):
+    """Only an engine that refuses the connection is unreachable; timeouts and 5xx are stalls."""
+    assert docker_edge.is_unreachable(mapped(cause)) is unreachable
 
 
 @pytest.mark.anyio
@@ -325,10 +359,10 @@ async def test_the_owners_teardown_outlasts_a_stall(crashed_run, monkeypatch):
     Seen failing with the teardown before this change: the first timeout failed it.
     """
     monkeypatch.setattr(_patience, "BACKOFF_FIRST_S", 0.0)  # no real waiting in a unit test
-    remove_run, calls = failing([mapped(cause) for cause in STALLS])
+    remove_run, calls = failing([mapped(cause) for cause in ENGINE_STALLS])
     monkeypatch.setattr(_containers, "remove_run", remove_run)
     await _lifecycle.teardown(crashed_run, "finished")
-    assert len(calls) == len(STALLS) + 1
+    assert len(calls) == len(ENGINE_STALLS) + 1
     assert crashed_run.read_meta()["status"] == "finished"
     assert not crashed_run.is_journal_open()
 
