@@ -5,9 +5,13 @@ example Expert's slowest skill in its own image, from the spawn to its first too
 MCP SDK's stdio client; no sandbox, proxy or gateway). Measured, interleaved:
 - pool: `open_run(..., pool=pool)` on a full `WarmPool` until `list_tools` answers (claim,
   grant over the proxy's control channel, skills start) (goal: at most 1.15x the floor);
-- library: `open_run(...)` with no pool, until `list_tools` answers;
+- library: `open_run(...)` with no pool, until `list_tools` answers (goal: at most 1.5x);
 - process: `perstack-sandbox run demo` spawned, driven by the SDK's stdio client, until its
   tools/list answers (goal: at most 1.5x the floor).
+The pool refills before the next row. Beside the times: the CPU-seconds of each start,
+machine-wide and per group (`_cpu`: this process, the spawned run, the engine, the skills' and the
+proxy's containers, kernel threads, the rest), against the budget of 1.5x the floor on every
+core: a row whose own CPU is over it cannot meet 1.5x by any ordering.
 
 With `--concurrent N` (0: skip), N runs claim from one pool of N in one process at once, as a
 service would: time until all listed their tools, host memory per sandbox without the skills'
@@ -35,6 +39,7 @@ from mcp.client.stdio import stdio_client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import _cpu  # noqa: E402
 from scale import _children, _container_memory, _rss, leftovers_of, percentile  # noqa: E402
 
 from perstack_sandbox import engine, state  # noqa: E402 - after the path tweak
@@ -68,48 +73,65 @@ def example_image() -> tuple[str, dict[str, list[str]]]:
     return image, argvs
 
 
-async def floor_once(image: str, argv: list[str]) -> float:
-    """Seconds from `docker run -i --rm IMAGE ARGV` to its first tools/list answer."""
+Sample = tuple[float, dict[str, float]]  # seconds to the first tools/list; CPU-s per group
+
+
+async def floor_once(image: str, argv: list[str]) -> Sample:
+    """Seconds from `docker run -i --rm IMAGE ARGV` to its first tools/list answer; CPU."""
+    user = ["--user", str(FIRST_SKILL_UID), "-e", "HOME=/tmp"]
+    label = ["--label", _cpu.FLOOR_LABEL]  # tells its cgroup apart in the CPU accounting
     server = StdioServerParameters(
-        command="docker",
-        args=["run", "-i", "--rm", "--user", str(FIRST_SKILL_UID), "-e", "HOME=/tmp", image, *argv],
+        command="docker", args=["run", "-i", "--rm", *label, *user, image, *argv]
     )
+    before = _cpu.snapshot()
     started = time.perf_counter()
     with open(os.devnull, "w") as errlog:  # noqa: PTH123, ASYNC230 - /dev/null, no wait
         async with Client(stdio_client(server, errlog=errlog), mode="legacy") as client:
             await client.list_tools()
-            return time.perf_counter() - started
+            return _sample(started, before)
 
 
-async def library_once(pool: WarmPool | None) -> float:
-    """Seconds from `open_run` (claiming from `pool`, when given) to its first tools/list."""
+def _sample(started: float, before: _cpu.Snapshot) -> Sample:
+    """Return the seconds since `started` and the CPU since `before` (the row still runs)."""
+    seconds = time.perf_counter() - started
+    return seconds, _cpu.usage(before, _cpu.snapshot())
+
+
+async def library_once(pool: WarmPool | None) -> Sample:
+    """Seconds from `open_run` (claiming from `pool`, when given) to its first tools/list; CPU."""
     if pool is not None:
         await pool.wait_ready()  # a full pool, as a service keeps it between requests
+    before = _cpu.snapshot()
     started = time.perf_counter()
     async with open_run(CONFIG, EXPERT, pool=pool) as run:
         await run.list_tools()
-        return time.perf_counter() - started
+        return _sample(started, before)
 
 
-async def process_once() -> float:
-    """Seconds from spawning `perstack-sandbox run` to its first tools/list answer."""
+async def process_once() -> Sample:
+    """Seconds from spawning `perstack-sandbox run` to its first tools/list answer; CPU."""
     server = StdioServerParameters(
         command=sys.executable,
         args=["-m", "perstack_sandbox", "run", EXPERT, "-c", str(CONFIG)],
         env=dict(os.environ),
         cwd=str(ROOT),
     )
+    before = _cpu.snapshot()
     started = time.perf_counter()
     with open(os.devnull, "w") as errlog:  # noqa: PTH123, ASYNC230 - /dev/null, no wait
         async with Client(stdio_client(server, errlog=errlog), mode="legacy") as client:
             await client.list_tools()
-            return time.perf_counter() - started
+            return _sample(started, before)
 
 
-async def side_by_side(runs: int) -> dict[str, list[float]]:
-    """Measure the floor (each packaged skill), pool, library and process rows, interleaved."""
+async def side_by_side(runs: int) -> dict[str, list[Sample]]:
+    """Measure the floor (each packaged skill), pool, library and process rows, interleaved.
+
+    After the pool row the pool refills (one whole sandbox start) before the next row: the
+    rows without a pool would otherwise share the CPU, and the start slots, with that refill.
+    """
     image, argvs = await anyio.to_thread.run_sync(example_image)
-    samples: dict[str, list[float]] = {f"floor {name}": [] for name in argvs}
+    samples: dict[str, list[Sample]] = {f"floor {name}": [] for name in argvs}
     samples |= {"pool": [], "library": [], "process": []}
     async with WarmPool(CONFIG, EXPERT, 1) as pool:
         for argv in argvs.values():  # warm the caches the first of each would pay for
@@ -120,6 +142,7 @@ async def side_by_side(runs: int) -> dict[str, list[float]]:
             for name, argv in argvs.items():
                 samples[f"floor {name}"].append(await floor_once(image, argv))
             samples["pool"].append(await library_once(pool))
+            await pool.wait_ready()
             samples["library"].append(await library_once(None))
             samples["process"].append(await process_once())
     return samples
@@ -183,10 +206,11 @@ def _containers_memory(run_ids: tuple[str, ...]) -> int:
     return total
 
 
-def report(samples: dict[str, list[float]], fleet: dict[str, object] | None, out: TextIO) -> None:
-    """Print the side-by-side table, the goals, and the concurrent row."""
+def report(samples: dict[str, list[Sample]], fleet: dict[str, object] | None, out: TextIO) -> None:
+    """Print the side-by-side table, the goals, the CPU accounting and the concurrent row."""
     if samples:
         _report_starts(samples, out)
+        _report_cpu(samples, out)
     if fleet is not None:
         out.write(
             "\n| concurrent runs (one pool, one process) | all listed s | host MB / sandbox "
@@ -199,20 +223,28 @@ def report(samples: dict[str, list[float]], fleet: dict[str, object] | None, out
         )
 
 
-def _report_starts(samples: dict[str, list[float]], out: TextIO) -> None:
-    floors = {name: statistics.median(v) for name, v in samples.items() if name.startswith("floor")}
+def _slowest_floor(samples: dict[str, list[Sample]]) -> tuple[str, float]:
+    floors = {
+        name: statistics.median(s for s, _ in v)
+        for name, v in samples.items()
+        if name.startswith("floor")
+    }
     slowest = max(floors, key=floors.__getitem__)
-    floor = floors[slowest]
+    return slowest, floors[slowest]
+
+
+def _report_starts(samples: dict[str, list[Sample]], out: TextIO) -> None:
+    slowest, floor = _slowest_floor(samples)
     rows = [
         (f"floor: docker run -i of the slowest skill ({slowest.split()[1]})", slowest, None),
         ("pool: open_run(pool=...) to first tools/list", "pool", POOL_GOAL),
-        ("library: open_run(...) to first tools/list", "library", None),
+        ("library: open_run(...) to first tools/list", "library", PROCESS_GOAL),
         ("process: `run` spawned to first tools/list", "process", PROCESS_GOAL),
     ]
     out.write(f"| {'measure':<58} | runs | median s | min s | x floor | goal |\n")
     out.write(f"|{'-' * 60}|------|----------|-------|---------|------|\n")
     for label, name, goal in rows:
-        values = samples[name]
+        values = [seconds for seconds, _ in samples[name]]
         median = statistics.median(values)
         verdict = (
             "" if goal is None else f"<= {goal}x " + ("met" if median <= goal * floor else "MISSED")
@@ -221,8 +253,38 @@ def _report_starts(samples: dict[str, list[float]], out: TextIO) -> None:
             f"| {label:<58} | {len(values):>4} | {median:>8.3f} | {min(values):>5.3f} "
             f"| {median / floor:>7.2f} | {verdict} |\n"
         )
-    others = ", ".join(f"{name.split()[1]} {value:.3f} s" for name, value in floors.items())
+    others = ", ".join(
+        f"{name.split()[1]} {statistics.median(s for s, _ in v):.3f} s"
+        for name, v in samples.items()
+        if name.startswith("floor")
+    )
     out.write(f"\nfloors by skill (median): {others}\n")
+
+
+def _report_cpu(samples: dict[str, list[Sample]], out: TextIO) -> None:
+    """CPU-seconds per group during each row's start (medians), against the 1.5x budget.
+
+    The budget is what the machine's cores can give in 1.5x the floor's wall time: a
+    start whose own CPU (machine minus "other") exceeds it cannot meet 1.5x by any ordering.
+    """
+    _, floor = _slowest_floor(samples)
+    cores = os.cpu_count() or 1
+    budget = cores * PROCESS_GOAL * floor
+    groups = (*_cpu.GROUPS, "machine")
+    out.write(
+        f"\nCPU-seconds during each start (median of each column; budget: {cores} cores x "
+        f"{PROCESS_GOAL} x floor {floor:.3f} s = {budget:.2f} CPU-s)\n\n"
+        f"| row | wall s | {' | '.join(groups)} | ours (machine - other) | ours / budget |\n"
+        f"|---|---|{'---|' * len(groups)}---|---|\n"
+    )
+    for name, values in samples.items():
+        wall = statistics.median(seconds for seconds, _ in values)
+        cells = [statistics.median(spent[group] for _, spent in values) for group in groups]
+        ours = statistics.median(spent["machine"] - spent["other"] for _, spent in values)
+        out.write(
+            f"| {name} | {wall:.3f} | {' | '.join(f'{cell:.2f}' for cell in cells)} "
+            f"| {ours:.2f} | {ours / budget:.2f} |\n"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

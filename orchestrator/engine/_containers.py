@@ -58,6 +58,7 @@ SANDBOX_DNS: Final = ("127.0.0.1",)
 PROXY_MEMORY_BYTES: Final = 256 * 1024**2
 PROXY_PIDS: Final = 128
 PROXY_NANO_CPUS: Final = 1_000_000_000
+CPU_SHARES_PER_SKILL: Final = 1024  # the engine's default weight of one container (decision 63)
 SCRATCH_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m"
 HOME_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m,mode=1777"
 PROXY_TMPFS: Final = "rw,noexec,nosuid,nodev,size=16m"
@@ -95,6 +96,7 @@ class SandboxSpec:
     # process can read every other process's /proc/<pid>/environ in Debian's runsc. Each of
     # them gets the same mounts: /expert, its env-file covers and the workspace layer's view.
     containers: int = 1
+    skills: int = 1  # stdio skills per sandbox container: all under runc, one under gVisor
     # The run's state folder: its journal names each object before it is created.
     run: RunState | None = None
 
@@ -260,6 +262,7 @@ def start_sandbox_container(
         **_pids_limits(spec),
         network_mode=network,
         dns=list(SANDBOX_DNS),
+        **sandbox_cpu_weight(spec),
     )
     name = _name(spec, f"sandbox-{index}" if index else "sandbox")
     labels = _labels(spec, "sandbox")
@@ -276,6 +279,17 @@ def start_sandbox_container(
         )
         api.start(created["Id"])
     return str(created["Id"])
+
+
+def sandbox_cpu_weight(spec: SandboxSpec) -> dict[str, Any]:
+    """Return a sandbox container's CPU weight: the engine's default once per skill in it.
+
+    The scheduler weighs a container as one, however many skills start in it; the weight only
+    divides CPU under contention, under the `cpus` limit (docs/architecture.md, decision 63).
+    """
+    if spec.skills <= 1:
+        return {}  # the engine's default: no setting at all
+    return {"cpu_shares": CPU_SHARES_PER_SKILL * spec.skills}
 
 
 def _pids_limits(spec: SandboxSpec) -> dict[str, Any]:

@@ -367,6 +367,7 @@ async def start_sandbox(  # noqa: PLR0913 - keyword-only settings of one sandbox
         folder_masks=folder.folder_masks,
         isolation=isolation,
         containers=len(plan.skills) if isolation == "gvisor" else 1,
+        skills=1 if isolation == "gvisor" else len(plan.skills),
         run=run,
     )
 

@@ -231,7 +231,6 @@ class Run:
     async def _started(self) -> AsyncIterator[Gateway]:
         options = self._options
         prepared = self._prepared = await anyio.to_thread.run_sync(self._prepare)
-        preload_mcp_layer()  # the input is good: import the MCP side while the sandbox starts
         pool = self._pool_for(prepared)
         if pool is None:
             # Cancelling the run during a build (the CLI's Ctrl-C, a caller's cancel scope)
@@ -242,6 +241,10 @@ class Run:
             await anyio.to_thread.run_sync(self._ensure_images)
             packages = await anyio.to_thread.run_sync(images.resolved_packages, image)
             run = self._adopt(None, packages)
+            # Not before the checks above: the import holds the GIL for most of half a second,
+            # and they are this process's work on the way to the first engine call
+            # (docs/architecture.md, decisions 49 and 65).
+            preload_mcp_layer()
             sandbox = self._chosen_backend().open_sandbox(
                 prepared.plan,
                 image=image,
@@ -254,6 +257,7 @@ class Run:
             async with self._served(prepared, sandbox) as gateway:
                 yield gateway
             return
+        preload_mcp_layer()  # the input is good: import the MCP side while the claim runs
         claimed = await pool.claim_for(
             prepared.plan, isolation=options.isolation, workspace=options.workspace
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -132,6 +133,14 @@ def test_under_gvisor_the_pids_limit_is_rlimit_nproc_with_a_host_backstop():
     (nproc,) = limits["ulimits"]
     assert (nproc["Name"], nproc["Soft"], nproc["Hard"]) == ("nproc", pids, pids)
     assert limits["pids_limit"] == _gvisor.host_pids_limit(pids) > 7 * pids
+
+
+def test_each_skill_of_a_sandbox_weighs_one_container_in_the_cpu_scheduler():
+    """Three skills in one container: three times the default weight; one skill: no setting."""
+    assert _containers.sandbox_cpu_weight(spec("runc")) == {}
+    three = dataclasses.replace(spec("runc"), skills=3)
+    assert _containers.sandbox_cpu_weight(three) == {"cpu_shares": 3 * 1024}
+    assert _containers.sandbox_cpu_weight(dataclasses.replace(three, skills=0)) == {}
 
 
 def test_the_sandbox_gets_the_profile_form_its_runtime_reads():
