@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from _procs import DEADLINE, wait_listening
 
-from perstack_sandbox.engine._containers import (
+from perstack_sandbox.engine._proxybox import (
     PROXY_MEMORY_BYTES,
     PROXY_NANO_CPUS,
     PROXY_PIDS,

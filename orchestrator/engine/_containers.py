@@ -11,7 +11,6 @@ shared egress network is made once per engine (`_egress`).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -28,7 +27,7 @@ from perstack_sandbox.docker_edge import (
     docker_errors,
     owner_labels,
 )
-from perstack_sandbox.engine import _egress, _reaper, _subnets, _sweep, _workspace
+from perstack_sandbox.engine import _reaper, _subnets, _sweep, _workspace
 from perstack_sandbox.engine._gvisor import RUNTIMES, host_pids_limit
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import sandbox_profile
@@ -50,23 +49,13 @@ SKILL_UID_COUNT: Final = 32  # users baked into the base image (images/sandbox.D
 SKILL_UIDS: Final = range(SKILL_UID_FIRST, SKILL_UID_FIRST + SKILL_UID_COUNT)
 SUBNET_ATTEMPTS: Final = 16  # each refused pick is one that a concurrent start just took
 SANDBOX_USER: Final = "10000:10000"
-PROXY_USER: Final = "10000:10000"
 # An explicit upstream resolver makes Docker's embedded DNS forward from inside the container's
 # namespace, which on an internal network has no route (the CVE-2024-29018 mitigation); on
 # loopback nothing answers, so no name resolves.
 SANDBOX_DNS: Final = ("127.0.0.1",)
-PROXY_MEMORY_BYTES: Final = 256 * 1024**2
-PROXY_PIDS: Final = 128
-PROXY_NANO_CPUS: Final = 1_000_000_000
 CPU_SHARES_PER_SKILL: Final = 1024  # the engine's default weight of one container (decision 63)
 SCRATCH_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m"
 HOME_TMPFS: Final = "rw,noexec,nosuid,nodev,size=256m,mode=1777"
-PROXY_TMPFS: Final = "rw,noexec,nosuid,nodev,size=16m"
-# The engine keeps its own copy of the proxy's output (one audit line per request a skill
-# makes): capped like the run's copy (decision 76), json-file so `docker logs` still reads it.
-PROXY_LOG_CONFIG: Final = docker.types.LogConfig(
-    type="json-file", config={"max-size": "16m", "max-file": "2"}
-)
 HARDENING: Final[dict[str, Any]] = {
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges:true"],
@@ -118,16 +107,23 @@ class Started:
         return self.container_ids[0]
 
 
-def _labels(spec: SandboxSpec, role: str) -> dict[str, str]:
+def labels_of(spec: SandboxSpec, role: str) -> dict[str, str]:
+    """Return the labels of `spec`'s object in `role`: its owner, run, Expert and role."""
     return {**owner_labels(), LABEL_RUN: spec.run_id, LABEL_EXPERT: spec.expert, LABEL_ROLE: role}
 
 
-def _name(spec: SandboxSpec, role: str) -> str:
+def name_of(spec: SandboxSpec, role: str) -> str:
+    """Return the engine name of `spec`'s object in `role`."""
     return f"perstack-{spec.run_id}-{role}"
 
 
-def _intend(spec: SandboxSpec, kind: str, name: str, labels: dict[str, str]) -> None:
-    """Before a create: make sure the reaper watches, and journal the object (fsynced)."""
+def intend(spec: SandboxSpec, kind: str, name: str, labels: dict[str, str]) -> None:
+    """Before a create: make sure the reaper watches, and journal the object (fsynced).
+
+    Raises:
+        EngineError: the journal could not be written or the reaper not started.
+
+    """
     journal = spec.run.journal_path if spec.run is not None else None
     try:
         _reaper.guard(journal)
@@ -160,8 +156,8 @@ def internal_network(spec: SandboxSpec, *, role: str = "network") -> tuple[str, 
 
     """
     pool = _subnets.configured_pool()
-    name, labels = _name(spec, "net"), _labels(spec, role)
-    _intend(spec, "network", name, labels)
+    name, labels = name_of(spec, "net"), labels_of(spec, role)
+    intend(spec, "network", name, labels)
     api = client().api
     with docker_errors(f"creating the internal network of run {spec.run_id}"):
         taken = _subnets.parse_subnets(_engine_subnets(api)) + _subnets.host_routes()
@@ -234,9 +230,9 @@ def _mounts(spec: SandboxSpec, workspace_view: str | None) -> list[docker.types.
 def start_workspace_layer(spec: SandboxSpec) -> str | None:
     if not spec.workspace:
         return None
-    name, labels = _name(spec, _workspace.ROLE), _labels(spec, _workspace.ROLE)
+    name, labels = name_of(spec, _workspace.ROLE), labels_of(spec, _workspace.ROLE)
     for kind in ("volume", "container"):  # `serve` makes both, in that order
-        _intend(spec, kind, name, labels)
+        intend(spec, kind, name, labels)
     return _workspace.serve(
         spec.workspace,
         name=name,
@@ -264,9 +260,9 @@ def start_sandbox_container(
         dns=list(SANDBOX_DNS),
         **sandbox_cpu_weight(spec),
     )
-    name = _name(spec, f"sandbox-{index}" if index else "sandbox")
-    labels = _labels(spec, "sandbox")
-    _intend(spec, "container", name, labels)
+    name = name_of(spec, f"sandbox-{index}" if index else "sandbox")
+    labels = labels_of(spec, "sandbox")
+    intend(spec, "container", name, labels)
     with docker_errors(f"starting the sandbox container of run {spec.run_id}"):
         created = api.create_container(
             spec.image,
@@ -313,117 +309,6 @@ def sandbox_security_opt(isolation: Isolation = DEFAULT_ISOLATION) -> list[str]:
     """
     profile = sandbox_profile(gvisor=isolation == "gvisor")
     return [*HARDENING["security_opt"], f"seccomp={profile}"]
-
-
-def proxy_address(subnet: IPv4Network) -> str:
-    """Return the address a sandbox's proxy takes on its internal network: the subnet's last.
-
-    Chosen before anything starts, so the skills' proxy URL is known while the proxy is still
-    starting (decision 50); the engine hands the sandbox containers the lowest free addresses.
-    """
-    return str(subnet.broadcast_address - 1)
-
-
-def start_proxy(spec: SandboxSpec, network: str, image: str, address: str | None = None) -> str:
-    """Create and start `spec`'s proxy on `network` and the egress network; return its id.
-
-    `address`: the proxy's address on `network` (else the engine picks one).
-
-    Raises:
-        EngineError: the engine refused or could not be reached.
-
-    """
-    created = create_proxy(spec, network, image, address)
-    run_proxy(spec, created, image)
-    return created
-
-
-def create_proxy(spec: SandboxSpec, network: str, image: str, address: str | None = None) -> str:
-    """Create (not start) `spec`'s proxy on `network`, at `address` when given; return its id.
-
-    Raises:
-        EngineError: the engine refused or could not be reached.
-
-    """
-    api = client().api
-    host_config = api.create_host_config(
-        **HARDENING,
-        tmpfs={"/tmp": PROXY_TMPFS},  # noqa: S108 - a private tmpfs
-        mem_limit=PROXY_MEMORY_BYTES,
-        memswap_limit=PROXY_MEMORY_BYTES,
-        nano_cpus=PROXY_NANO_CPUS,
-        pids_limit=PROXY_PIDS,
-        network_mode=network,
-        log_config=PROXY_LOG_CONFIG,
-    )
-    name, labels = _name(spec, "proxy"), _labels(spec, "proxy")
-    networking = None
-    if address:
-        # docker-py takes {network: endpoint}; types-docker types it as one EndpointConfig.
-        endpoint = api.create_endpoint_config(ipv4_address=address)
-        networking = docker.types.NetworkingConfig({network: endpoint})  # type: ignore[arg-type]
-    _intend(spec, "container", name, labels)
-    with docker_errors(f"creating the proxy of run {spec.run_id}"):
-        created = api.create_container(
-            image,
-            name=name,
-            hostname="proxy",
-            user=PROXY_USER,
-            environment={"PERSTACK_PROXY_POLICY": spec.policy},
-            labels=labels,
-            host_config=host_config,
-            networking_config=networking,
-        )
-    return str(created["Id"])
-
-
-def run_proxy(spec: SandboxSpec, proxy_id: str, image: str) -> None:
-    """Connect the created proxy `proxy_id` to the egress network and start it.
-
-    Raises:
-        EngineError: the engine refused or could not be reached.
-
-    """
-    api = client().api
-    with docker_errors(f"starting the proxy of run {spec.run_id}"):
-        egress = _connect_egress(proxy_id, image)
-        try:
-            api.start(proxy_id)
-        except docker.errors.NotFound:
-            # A concurrent `gc` removed the egress network after our connect (an endpoint
-            # exists only once a container runs): join a fresh one and start again.
-            with contextlib.suppress(docker.errors.APIError):
-                api.disconnect_container_from_network(proxy_id, egress, force=True)
-            _connect_egress(proxy_id, image)
-            api.start(proxy_id)
-
-
-def _connect_egress(container_id: str, image: str) -> str:
-    api = client().api
-    network = _egress.ensure_egress_network(image)
-    try:
-        api.connect_container_to_network(container_id, network)
-    except docker.errors.NotFound:
-        # `gc` removed the unused egress network between our lookup and the connect.
-        network = _egress.ensure_egress_network(image)
-        api.connect_container_to_network(container_id, network)
-    return network
-
-
-def proxy_addresses(proxy_id: str, network_id: str) -> tuple[str, str]:
-    """Return the proxy's address on `network_id` and its address on the egress network.
-
-    Raises:
-        EngineError: the proxy lacks one of them, or the engine could not be reached.
-
-    """
-    with docker_errors("inspecting the proxy"):
-        networks = client().api.inspect_container(proxy_id)["NetworkSettings"]["Networks"]
-    internal = next((n for n in networks.values() if n.get("NetworkID") == network_id), None)
-    egress = next((n for n in networks.values() if n.get("NetworkID") != network_id), None)
-    if not internal or not egress or not internal.get("IPAddress"):
-        raise EngineError(f"the proxy {proxy_id[:12]} has no address on its networks")
-    return str(internal["IPAddress"]), str(egress["IPAddress"])
 
 
 def remove_run(run_id: str) -> None:

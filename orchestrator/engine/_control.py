@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from perstack_sandbox.engine._containers import PROXY_USER
 from perstack_sandbox.engine._exec import start_exec
+from perstack_sandbox.engine._proxybox import PROXY_USER
 from perstack_sandbox.errors import EngineError
 
 if TYPE_CHECKING:

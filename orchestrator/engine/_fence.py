@@ -35,10 +35,9 @@ from perstack_sandbox.engine._containers import (
     PROXY_PORT,
     SandboxSpec,
     create_internal_network,
-    proxy_addresses,
     remove_run,
-    start_proxy,
 )
+from perstack_sandbox.engine._proxybox import proxy_addresses, start_proxy
 from perstack_sandbox.engine._sweep import remove_attached
 from perstack_sandbox.errors import EngineError, ImageBuildError
 from perstack_sandbox.plan import Limits

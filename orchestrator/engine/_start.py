@@ -19,13 +19,15 @@ from perstack_sandbox.engine._containers import (
     PROXY_PORT,
     SandboxSpec,
     Started,
-    create_proxy,
     internal_network,
+    start_sandbox_container,
+    start_workspace_layer,
+)
+from perstack_sandbox.engine._proxybox import (
+    create_proxy,
     proxy_address,
     proxy_addresses,
     run_proxy,
-    start_sandbox_container,
-    start_workspace_layer,
 )
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.images import ensure_proxy_image

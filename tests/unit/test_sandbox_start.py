@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from perstack_sandbox import state
-from perstack_sandbox.engine import _containers, _control, _sandbox, _start
+from perstack_sandbox.engine import _containers, _control, _proxybox, _sandbox, _start
 from perstack_sandbox.errors import EngineError
 from perstack_sandbox.plan import SandboxPlan, SkillLaunch
 
@@ -33,7 +33,7 @@ def anyio_backend() -> str:
 def test_the_proxy_takes_the_last_address_of_its_subnet(subnet, address):
     """Chosen with the subnet, away from the gateway and the engine's lowest-first picks."""
     network = ipaddress.IPv4Network(subnet)
-    assert _containers.proxy_address(network) == address
+    assert _proxybox.proxy_address(network) == address
     assert address != str(next(network.hosts()))  # never the gateway's
 
 
