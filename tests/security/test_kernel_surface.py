@@ -46,11 +46,10 @@ REFUSED = {
 }
 
 
-@pytest.fixture(scope="module")
-def on_host() -> dict[str, str]:
-    """Run every probe on the host (as this test's user); return the outcomes."""
+def probe_on_host(*args: str) -> dict[str, str]:
+    """Run the probe script on the host (as this test's user) with `args`; return the outcomes."""
     done = subprocess.run(
-        [sys.executable, str(PROBE_SCRIPT)],
+        [sys.executable, str(PROBE_SCRIPT), *args],
         capture_output=True,
         text=True,
         timeout=HOST_DEADLINE_S,
@@ -60,15 +59,26 @@ def on_host() -> dict[str, str]:
     return outcomes
 
 
-@pytest.fixture(scope="module")
-async def in_sandbox(hostile: Hostile) -> dict[str, str]:
-    """Run every probe in the sandbox as the hostile skill; return the outcomes."""
+async def probe_in_sandbox(hostile: Hostile, function: str) -> dict[str, str]:
+    """Call `kernel_probes.<function>()` in the sandbox as the hostile skill; return outcomes."""
     done = await hostile.python(
-        "import json, kernel_probes\nprint(json.dumps(kernel_probes.run_all()))"
+        f"import json, kernel_probes\nprint(json.dumps(kernel_probes.{function}()))"
     )
     assert done["exit"] == 0, done
     outcomes: dict[str, str] = json.loads(done["stdout"])
     return outcomes
+
+
+@pytest.fixture(scope="module")
+def on_host() -> dict[str, str]:
+    """Run every probe on the host (as this test's user); return the outcomes."""
+    return probe_on_host()
+
+
+@pytest.fixture(scope="module")
+async def in_sandbox(hostile: Hostile) -> dict[str, str]:
+    """Run every probe in the sandbox as the hostile skill; return the outcomes."""
+    return await probe_in_sandbox(hostile, "run_all")
 
 
 @pytest.mark.parametrize("probe", list(PROBES))
@@ -92,26 +102,13 @@ async def test_each_escalation_system_call_works_on_the_host_and_is_refused_in_t
 @pytest.fixture(scope="module")
 def sockets_on_host() -> dict[str, str]:
     """Open every socket case on the host (as this test's user); return the outcomes."""
-    done = subprocess.run(
-        [sys.executable, str(PROBE_SCRIPT), "sockets"],
-        capture_output=True,
-        text=True,
-        timeout=HOST_DEADLINE_S,
-        check=True,
-    )
-    outcomes: dict[str, str] = json.loads(done.stdout)
-    return outcomes
+    return probe_on_host("sockets")
 
 
 @pytest.fixture(scope="module")
 async def sockets_in_sandbox(hostile: Hostile) -> dict[str, str]:
     """Open every socket case in the sandbox as the hostile skill; return the outcomes."""
-    done = await hostile.python(
-        "import json, kernel_probes\nprint(json.dumps(kernel_probes.socket_outcomes()))"
-    )
-    assert done["exit"] == 0, done
-    outcomes: dict[str, str] = json.loads(done["stdout"])
-    return outcomes
+    return await probe_in_sandbox(hostile, "socket_outcomes")
 
 
 @pytest.mark.parametrize("case", [*REFUSED_SOCKETS, "socketpair AF_TIPC"])
