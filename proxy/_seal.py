@@ -144,11 +144,12 @@ def _parse_skills(value: object, known: set[str]) -> dict[str, tuple[SealedValue
         entries = []
         for name, entry in variables.items():
             sealed = _sealed_value(skill, name, entry)
+            if not sealed.value:  # nothing to hide, and its "" placeholder would match anywhere
+                continue
             if sealed.placeholder in placeholders:
                 raise SealError(f"skills.{skill}.{name}: placeholder used twice")
             placeholders.add(sealed.placeholder)
-            if sealed.value:  # an empty value has nothing to hide (and would match anywhere)
-                entries.append(sealed)
+            entries.append(sealed)
         parsed[skill] = tuple(entries)
     return parsed
 

@@ -14,8 +14,16 @@ from proxy_helpers import exchange, read_response_head, status_of
 from sealed_harness import HOST, OTHER, PLACEHOLDERS, TOKENS, VALUES, Sealed, get, open_sealed
 
 from perstack_sandbox.plan import Secret, SkillSecrets, seal_secrets
+from perstack_sandbox_proxy import _seal
 from perstack_sandbox_proxy._http import Refusal
-from perstack_sandbox_proxy._seal import Replacer, SealedValue, SealState, mask, substitute
+from perstack_sandbox_proxy._seal import (
+    MIN_MASKED_BYTES,
+    Replacer,
+    SealedValue,
+    SealState,
+    mask,
+    substitute,
+)
 from perstack_sandbox_proxy._sealed_target import in_origin_form
 
 if TYPE_CHECKING:
@@ -240,3 +248,18 @@ def test_only_options_may_ask_for_the_asterisk_target() -> None:
     assert in_origin_form(head, "OPTIONS", HOST) == head
     with pytest.raises(Refusal, match="sealed-bad-target"):
         in_origin_form(head.replace(b"OPTIONS", b"GET"), "GET", HOST)
+
+
+def test_two_empty_sealed_values_do_not_fail_the_seal() -> None:
+    """Empty values (each with the placeholder "") are left out, not taken for a reused one.
+
+    Seen failing (2026-11-30) with the reuse check before the empty-value check: two required
+    variables set to "" failed the seal with "placeholder used twice", and the run with it.
+    """
+    empty = {"placeholder": "", "value": ""}
+    long_value = {"placeholder": "p" * MIN_MASKED_BYTES, "value": "v" * MIN_MASKED_BYTES}
+    parsed = _seal._parse_skills(
+        {"a": {"X": empty, "Y": empty, "KEY": long_value}, "b": {"Z": empty}}, {"a", "b"}
+    )
+    assert [sealed.variable for sealed in parsed["a"]] == ["KEY"]
+    assert parsed["b"] == ()
