@@ -276,25 +276,29 @@ def _is_remote(url: str) -> bool:
 
 
 def _without_credentials(url: str, setting: str) -> str:
-    """Return `url` when it carries no `user:password@`; refuse it otherwise (decision 72).
+    """Return `url` when it carries no `user:password@` nor query; refuse it otherwise.
 
     The URL becomes a build argument of the per-expert image: the classic builder records
     build arguments on every RUN layer (`docker history --no-trunc` shows them), and the
     packages' install scripts, untrusted code, read them. The message names the setting,
-    never the URL: any part of it may be the secret.
+    never the URL: any part of it may be the secret. A query string is refused too: it is
+    where some indexes take a token (`?token=...`); a token in the path cannot be told from
+    an ordinary path, which the README says (decision 72).
 
     Raises:
-        UsageError: the URL has a user name or a password.
+        UsageError: the URL has a user name, a password or a query string.
 
     """
     try:
         parts = urlsplit(url)
         has_userinfo = parts.username is not None or parts.password is not None
+        has_credentials = has_userinfo or bool(parts.query)
     except ValueError:  # an unparsable URL: whatever it holds, it is not passed on
-        has_userinfo = True
-    if has_userinfo:
+        has_credentials = True
+    if has_credentials:
         raise UsageError(
-            f"{setting} names a package index whose URL holds credentials (user:token@host): "
+            f"{setting} names a package index whose URL may hold credentials (user:token@host "
+            "or a query string): "
             "perstack-sandbox refuses it, because a build argument stays readable in the "
             "image's history and by every package's install script. Point it at an index "
             "that needs no credentials (a local mirror or pull-through proxy) for the build"

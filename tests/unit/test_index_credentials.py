@@ -24,6 +24,7 @@ TOKEN = "s3cr3t-index-token"  # noqa: S105 - a stand-in secret the tests look fo
 # Stand-in registries: reserved example names, never contacted.
 WITH_CREDENTIALS = f"https://ci-user:{TOKEN}@index.example.test/simple"
 WITH_TOKEN_ONLY = f"https://{TOKEN}@index.example.test/simple"
+WITH_TOKEN_QUERY = f"https://index.example.test/simple/?token={TOKEN}"
 CLEAN = "https://index.example.test/simple"
 SKILLS = """
 [experts."e"]
@@ -78,7 +79,7 @@ def _fake_npm(monkeypatch: pytest.MonkeyPatch, registry: str) -> None:
 
 
 @pytest.mark.parametrize("variable", _build.PYTHON_INDEX_VARIABLES)
-@pytest.mark.parametrize("url", [WITH_CREDENTIALS, WITH_TOKEN_ONLY])
+@pytest.mark.parametrize("url", [WITH_CREDENTIALS, WITH_TOKEN_ONLY, WITH_TOKEN_QUERY])
 def test_an_index_variable_with_credentials_is_refused_before_any_build(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -89,7 +90,8 @@ def test_an_index_variable_with_credentials_is_refused_before_any_build(
     """A credentialed index is refused as bad input naming its variable; no build starts.
 
     Fails when: `_without_credentials` returns the URL as it is (seen by hand, 2026-11-30:
-    pytest said DID NOT RAISE: the build went on with the URL as a build argument).
+    pytest said DID NOT RAISE: the build went on with the URL as a build argument); the
+    query-string case failed the same way before query strings were refused.
     """
     monkeypatch.setenv(variable, url)
     _fake_npm(monkeypatch, "https://npm.example.test/")
