@@ -56,6 +56,9 @@ REMOVED: Final[dict[str, str]] = {
     "msgsnd": "see msgget",
     "msgrcv": "see msgget",
     "msgctl": "see msgget",
+    "socketcall": "the old socket multiplexer (a native call on s390x, the 32-bit one on "
+    "x86): seccomp cannot read its pointed-to arguments, so it would open any address "
+    "family past the socket rules; Node.js and Python call socket() directly",
 }
 # Rule-wide removals (the same reasons for many system calls at once).
 CAPS_REASON: Final = (
