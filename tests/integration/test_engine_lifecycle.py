@@ -473,17 +473,19 @@ def test_a_build_killed_with_its_reaper_leaves_its_context_to_the_next_gc(docker
         [context] = contexts_of(child.pid)
         kill_owner_and_reaper(child, reaper_of(child.pid))
         assert context.is_dir()
-        removed: list[str] = []
 
         def collected() -> bool:
             try:
-                removed.extend(engine.collect_garbage())
+                engine.collect_garbage()
             except EngineError:  # the fence's network may still hold the cancelled step
                 return False
             return not owned_objects(docker_api, child.pid)
 
         assert wait_until(collected, REAPED_DEADLINE_S)
-        assert f"build context {context.name}" in removed
+        # Not by gc's list of names: a call that removed the context first (it needs no
+        # engine) may then fail on the fence's network, and that call's names are lost with
+        # its error (seen in a fresh-clone CI run); tests/unit/test_build_contexts.py checks
+        # the naming.
         assert not context.exists()
     finally:
         if child.poll() is None:
